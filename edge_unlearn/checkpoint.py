@@ -1,0 +1,141 @@
+"""Checkpoints: one safetensors file, everything needed to rebuild and audit the model in its header.
+
+Loading never executes code (safetensors holds raw tensors; the metadata is JSON).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import __version__
+from .data import Normalization
+from .errors import CheckpointError, UsageError
+from .fileio import atomic_output, sha256_file
+from .models import UnlearnableClassifier, build_model
+
+FORMAT = "edge-unlearn/1"
+
+
+@dataclass(frozen=True)
+class CheckpointMeta:
+    """What a checkpoint says about itself (stored as JSON in the safetensors header)."""
+
+    arch: str
+    num_classes: int
+    class_names: tuple[str, ...]
+    input_shape: tuple[int, int, int]
+    normalization: Normalization
+    dataset: str = ""
+    forgotten_classes: tuple[int, ...] = ()
+    train_recipe: dict[str, Any] = field(default_factory=dict)
+    lineage: tuple[dict[str, Any], ...] = ()
+    parent_sha256: str | None = None
+    version: str = __version__
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["normalization"] = self.normalization.to_json()
+        data["class_names"] = list(self.class_names)
+        data["input_shape"] = list(self.input_shape)
+        data["forgotten_classes"] = list(self.forgotten_classes)
+        data["lineage"] = list(self.lineage)
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "CheckpointMeta":
+        return cls(
+            arch=str(data["arch"]), num_classes=int(data["num_classes"]),
+            class_names=tuple(str(n) for n in data["class_names"]),
+            input_shape=tuple(int(v) for v in data["input_shape"]),  # type: ignore[arg-type]
+            normalization=Normalization.from_json(data["normalization"]),
+            dataset=str(data.get("dataset", "")),
+            forgotten_classes=tuple(int(c) for c in data.get("forgotten_classes", ())),
+            train_recipe=dict(data.get("train_recipe", {})),
+            lineage=tuple(dict(step) for step in data.get("lineage", ())),
+            parent_sha256=data.get("parent_sha256"),
+            version=str(data.get("version", "?")),
+        )
+
+    def with_forgetting(self, classes: list[int], step: dict[str, Any], parent_sha256: str | None) -> "CheckpointMeta":
+        """The metadata of a child checkpoint: masks accumulate, lineage grows."""
+        forgotten = tuple(sorted(set(self.forgotten_classes) | set(classes)))
+        return replace(self, forgotten_classes=forgotten, lineage=(*self.lineage, step),
+                       parent_sha256=parent_sha256, version=__version__)
+
+
+@dataclass
+class Checkpoint:
+    """A loaded checkpoint: the model (eval mode, on CPU), its metadata and its file's sha256."""
+
+    model: UnlearnableClassifier
+    meta: CheckpointMeta
+    sha256: str | None = None
+    path: Path | None = None
+
+
+def save_checkpoint(path: str | Path, model: UnlearnableClassifier, meta: CheckpointMeta) -> str:
+    """Write atomically; returns the new file's sha256."""
+    from safetensors.torch import save_file
+
+    if model.num_classes != meta.num_classes:
+        raise UsageError(f"model has {model.num_classes} classes but metadata says {meta.num_classes}")
+    meta = replace(meta, forgotten_classes=tuple(model.forgotten_classes))
+    tensors = {name: t.detach().to("cpu").contiguous().clone() for name, t in model.state_dict().items()}
+    header = {"format": FORMAT, "edge_unlearn": json.dumps(meta.to_json(), sort_keys=True)}
+    with atomic_output(path) as tmp:
+        save_file(tensors, str(tmp), metadata=header)
+        digest = sha256_file(tmp)
+    return digest
+
+
+def read_meta(path: str | Path) -> CheckpointMeta:
+    """Read only the header (fast, no tensors)."""
+    return _open(Path(path))[0]
+
+
+def _open(path: Path) -> tuple[CheckpointMeta, dict[str, torch.Tensor] | None]:
+    from safetensors import safe_open
+
+    if not path.is_file():
+        raise UsageError(f"checkpoint {path} not found; train one with `edge-unlearn train -o {path}`")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            header = handle.metadata() or {}
+            if header.get("format") != FORMAT or "edge_unlearn" not in header:
+                raise CheckpointError(
+                    f"{path} is a safetensors file but not an edge-unlearn checkpoint (no '{FORMAT}' metadata); "
+                    "train one with `edge-unlearn train` or convert your model with edge_unlearn.checkpoint.save_checkpoint")
+            meta = CheckpointMeta.from_json(json.loads(header["edge_unlearn"]))
+            tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+    except CheckpointError:
+        raise
+    except (KeyError, ValueError, TypeError) as exc:
+        raise CheckpointError(f"{path} has unreadable edge-unlearn metadata ({exc}); re-create it with `edge-unlearn train`") from exc
+    except Exception as exc:  # safetensors raises its own SafetensorError for corrupt headers
+        raise CheckpointError(f"{path} is not a valid safetensors checkpoint ({exc}); "
+                              "the file is corrupt or of another format: re-create it with `edge-unlearn train`") from exc
+    return meta, tensors
+
+
+def load_checkpoint(path: str | Path) -> Checkpoint:
+    """Rebuild the model from its registry entry and load the tensors (strict)."""
+    path = Path(path)
+    meta, tensors = _open(path)
+    try:
+        model = build_model(meta.arch, meta.num_classes, meta.input_shape)
+    except UsageError as exc:
+        raise CheckpointError(f"{path}: {exc}") from exc
+    try:
+        model.load_state_dict(tensors, strict=True)  # type: ignore[arg-type]
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise CheckpointError(f"{path}: tensors do not match arch {meta.arch} with {meta.num_classes} classes ({first}); "
+                              "the file was edited or written by another version") from exc
+    if sorted(model.forgotten_classes) != sorted(meta.forgotten_classes):
+        raise CheckpointError(f"{path}: class mask and metadata disagree on the forgotten classes; the file was edited")
+    model.eval()
+    return Checkpoint(model=model, meta=meta, sha256=sha256_file(path), path=path)

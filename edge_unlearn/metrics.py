@@ -1,0 +1,93 @@
+"""Forgetting figures (DESIGN.md §2): accuracy with and without the mask, retained drop, linear probe."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from .data import Dataset, preprocess
+from .models import UnlearnableClassifier
+
+
+@torch.no_grad()
+def model_outputs(model: UnlearnableClassifier, images: torch.Tensor, data: Dataset,
+                  batch_size: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
+    """(features [N, D], unmasked logits [N, C]) for uint8 images, in eval mode on the model's device."""
+    model.eval()
+    device = next(model.parameters()).device
+    feats, logits = [], []
+    for i in range(0, len(images), batch_size):
+        x = preprocess(images[i:i + batch_size], data.normalization).to(device)
+        f = model.features(x)
+        feats.append(f.cpu())
+        logits.append(model.head(f).cpu())
+    return torch.cat(feats), torch.cat(logits)
+
+
+def _accuracy(pred: torch.Tensor, labels: torch.Tensor, classes: Sequence[int]) -> float:
+    sel = torch.isin(labels, torch.tensor(list(classes), dtype=labels.dtype))
+    if not bool(sel.any()):
+        return float("nan")
+    return float((pred[sel] == labels[sel]).float().mean())
+
+
+def linear_probe_accuracy(train_features: np.ndarray, train_labels: np.ndarray, test_features: np.ndarray,
+                          test_labels: np.ndarray, classes: Sequence[int], seed: int = 0) -> float:
+    """Accuracy on ``classes`` of a multinomial logistic-regression probe fitted on labelled features of
+    all classes (standardised): can the class still be read out of the representation?"""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=500, C=1.0, random_state=seed))
+    probe.fit(train_features, train_labels)
+    pred = probe.predict(test_features)
+    sel = np.isin(test_labels, np.asarray(list(classes)))
+    return float((pred[sel] == test_labels[sel]).mean())
+
+
+@dataclass(frozen=True)
+class EvalReport:
+    """Figures of one model on a dataset's test split, for one set of forgotten classes."""
+
+    forget_classes: list[int]
+    accuracy: float
+    per_class_accuracy: list[float]
+    forget_acc: float
+    forget_acc_unmasked: float
+    retain_acc: float
+    probe_forget_acc: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def evaluate_model(model: UnlearnableClassifier, data: Dataset, forget_classes: Sequence[int],
+                   probe: bool = True, probe_train_size: int = 5000, seed: int = 0) -> EvalReport:
+    """Evaluate on the test split; the probe is fitted on up to ``probe_train_size`` training images."""
+    forget = sorted(set(int(c) for c in forget_classes))
+    retained = [c for c in range(data.num_classes) if c not in forget]
+    feats, logits = model_outputs(model, data.x_test, data)
+    masked_pred = logits.masked_fill(~model.class_mask.cpu(), float("-inf")).argmax(1)
+    unmasked_pred = logits.argmax(1)
+    y = data.y_test
+    per_class = [_accuracy(masked_pred, y, [c]) for c in range(data.num_classes)]
+    probe_acc = None
+    if probe and forget:
+        gen = torch.Generator().manual_seed(seed)
+        idx = torch.randperm(len(data.x_train), generator=gen)[:probe_train_size]
+        train_feats, _ = model_outputs(model, data.x_train[idx], data)
+        probe_acc = linear_probe_accuracy(train_feats.numpy(), data.y_train[idx].numpy(), feats.numpy(), y.numpy(),
+                                          forget, seed=seed)
+    return EvalReport(
+        forget_classes=forget,
+        accuracy=float((masked_pred == y).float().mean()),
+        per_class_accuracy=per_class,
+        forget_acc=_accuracy(masked_pred, y, forget) if forget else float("nan"),
+        forget_acc_unmasked=_accuracy(unmasked_pred, y, forget) if forget else float("nan"),
+        retain_acc=_accuracy(masked_pred, y, retained),
+        probe_forget_acc=probe_acc,
+    )

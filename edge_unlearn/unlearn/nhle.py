@@ -1,0 +1,175 @@
+"""NHLE: negative-hot label encoding fine-tuning + class weight masking (Wang, Bie, Jing, Zhi, 2026).
+
+Only the paper's abstract is public; this is our reading of it (../shared/DESIGN.md §1), with every guessed
+detail a parameter whose default was chosen by measurement (docs/nhle.md has the table). Three steps, all
+from a few forget samples and no retained data:
+
+1. **Feature-level class weight masking** (closed form). In the input space of the backbone's last
+   learnable layer, the forget direction is the forget samples' mean minus the retained classes' mean
+   (from the class statistics recorded at training time), made orthogonal to the directions that separate
+   the retained classes from each other. The layer's weights are projected off that direction, and the bias
+   compensated so that an input at the retained mean maps exactly as before. Forget samples thereby land
+   on the retained mean along the direction that singled them out: their features stop forming a class of
+   their own (the linear-probe figure), while the retained classes keep every direction they use.
+2. **NHLE fine-tuning.** Each forget sample gets a negative-hot target: ``-neg_value`` on the forgotten
+   classes, the rest of the mass on the retained classes (the model's own distribution over them, or
+   uniform). The loss ``-sum_r t_r log p_r - neg_value * log(1 - p_forgotten)`` is bounded and pushes the
+   forgotten classes' probability to zero. By default only the forgotten classes' head rows train, so no
+   retained logit can move; ``scope`` widens it.
+3. **Decision-level class weight masking.** The class mask is set (done by :func:`forget`), so no input can
+   ever predict a forgotten class, and the forgotten classes' statistics are erased from the model.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..errors import UsageError
+from ..models import UnlearnableClassifier
+from . import ForgetSet, RetainSet, register_method
+
+SCOPES = ("forgotten_rows", "head", "edit_layer")
+RETAIN_TARGETS = ("own", "uniform")
+
+
+@dataclass(frozen=True)
+class NHLEConfig:
+    """NHLE hyper-parameters. Defaults were chosen on mnist.npz with lenet (docs/nhle.md)."""
+
+    steps: int = 20
+    lr: float = 0.05
+    neg_value: float = 1.0
+    retain_target: str = "own"
+    temperature: float = 1.0
+    scope: str = "forgotten_rows"
+    project: bool = True
+    alpha: float = 1.0
+    orthogonalize: bool = True
+
+    def __post_init__(self) -> None:
+        if self.scope not in SCOPES:
+            raise UsageError(f"nhle scope must be one of {', '.join(SCOPES)}, got {self.scope!r}")
+        if self.retain_target not in RETAIN_TARGETS:
+            raise UsageError(f"nhle retain_target must be one of {', '.join(RETAIN_TARGETS)}, got {self.retain_target!r}")
+        if self.steps < 0 or self.lr <= 0 or self.neg_value < 0 or not 0 <= self.alpha <= 1 or self.temperature <= 0:
+            raise UsageError("nhle needs steps >= 0, lr > 0, neg_value >= 0, 0 <= alpha <= 1, temperature > 0")
+
+
+def _following_batchnorm(model: nn.Module, layer: nn.Module) -> nn.BatchNorm2d | None:
+    """torchvision blocks name a conv's BatchNorm after it (conv2 -> bn2); used to fold a bias shift."""
+    names = {module: name for name, module in model.named_modules()}
+    name = names.get(layer, "")
+    parent, _, leaf = name.rpartition(".")
+    if leaf.startswith("conv"):
+        bn = dict(model.named_modules()).get(f"{parent}.bn{leaf[4:]}" if parent else f"bn{leaf[4:]}")
+        if isinstance(bn, nn.BatchNorm2d):
+            return bn
+    return None
+
+
+@torch.no_grad()
+def project_forget_directions(model: UnlearnableClassifier, forget_inputs: torch.Tensor, forget_labels: torch.Tensor,
+                              forget_classes: list[int], alpha: float = 1.0, orthogonalize: bool = True) -> int:
+    """Step 1: remove the forget-specific input directions of the backbone's last learnable layer.
+
+    Returns the number of directions removed (0 when the model carries no class statistics)."""
+    keep = model.class_mask.clone()
+    keep[forget_classes] = False
+    if not model.has_class_stats or alpha == 0:
+        return 0
+    layer = model.edit_layer()
+    captured: list[torch.Tensor] = []
+    handle = layer.register_forward_pre_hook(lambda _m, args: captured.append(args[0]))
+    try:
+        model.backbone(forget_inputs)
+    finally:
+        handle.remove()
+    act = captured[0].float()
+    act = act.flatten(2).mean(2) if act.dim() == 4 else act
+    retained_means = model.class_stats[keep].float()
+    mu_r = retained_means.mean(0)
+    # one direction per forgotten class that has samples here (multi-class: a low-rank subspace)
+    labels = forget_labels.to(act.device)
+    directions = [act[labels == c].mean(0) - mu_r for c in forget_classes if bool((labels == c).any())]
+    directions = directions or [act.mean(0) - mu_r]
+    d = torch.stack(directions, dim=1)
+    if orthogonalize and len(retained_means) > 1:
+        basis, _ = torch.linalg.qr(retained_means.T - mu_r[:, None])
+        d = d - basis @ (basis.T @ d)
+    q, r = torch.linalg.qr(d)
+    q = q[:, r.diagonal().abs() > 1e-6 * max(1.0, float(r.abs().max()))]
+    if q.shape[1] == 0:
+        return 0
+    weight = layer.weight
+    shift_in = alpha * q @ (q.T @ mu_r)  # keeps an input at the retained mean where it was
+    if isinstance(layer, nn.Linear):
+        wq = weight @ q
+        weight -= alpha * wq @ q.T
+        if layer.bias is not None:
+            layer.bias += alpha * wq @ (q.T @ mu_r)
+    else:  # Conv2d: project every kernel tap over the input-channel axis
+        w = weight.permute(2, 3, 0, 1)  # [kh, kw, out, in]
+        delta = (w @ shift_in).sum((0, 1))  # output shift the compensation must restore, per out channel
+        w -= alpha * (w @ q) @ q.T
+        if layer.bias is not None:
+            layer.bias += delta
+        else:
+            bn = _following_batchnorm(model, layer)
+            if bn is not None and bn.running_mean is not None:
+                bn.running_mean -= delta
+    return int(q.shape[1])
+
+
+def _targets(logits: torch.Tensor, keep: torch.Tensor, config: NHLEConfig) -> torch.Tensor:
+    if config.retain_target == "uniform":
+        return keep.float().expand_as(logits) / keep.sum()
+    return torch.softmax(logits.masked_fill(~keep, float("-inf")) / config.temperature, dim=1)
+
+
+@register_method("nhle", NHLEConfig, needs="forget",
+                 description="NHLE: feature-level class weight masking + negative-hot label fine-tuning + "
+                             "decision-level masking, from a few forget samples, no retained data")
+def run_nhle(model: UnlearnableClassifier, forget_set: ForgetSet, config: NHLEConfig, retain: RetainSet | None,
+             device: torch.device, progress: bool) -> None:
+    model.eval()  # BatchNorm statistics stay frozen: only forget samples are seen
+    forget = list(forget_set.classes)
+    keep = model.class_mask.clone()
+    keep[forget] = False
+    x = forget_set.inputs
+    with torch.no_grad():
+        original_logits = model.head(model.features(x))
+        targets = _targets(original_logits, keep, config)
+    if config.project:
+        project_forget_directions(model, x, forget_set.labels, forget, config.alpha, config.orthogonalize)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    head = model.head
+    if config.scope == "edit_layer":
+        params = [*model.edit_layer().parameters(), head.weight, head.bias]
+    else:
+        params = [head.weight, head.bias]
+    for p in params:
+        p.requires_grad_(True)
+    row_filter = None
+    if config.scope == "forgotten_rows":
+        row_filter = (~keep).float()
+    cached = None if config.scope == "edit_layer" else model.features(x).detach()
+    optimizer = torch.optim.Adam(params, lr=config.lr)
+    for _ in tqdm(range(config.steps), desc="nhle", disable=not progress, unit="step"):
+        feats = model.features(x) if cached is None else cached
+        logp = F.log_softmax(head(feats), dim=1)
+        p_forgotten = logp[:, forget].exp().sum(1).clamp(max=1 - 1e-6)
+        loss = -(targets * logp.masked_fill(~keep, 0)).sum(1).mean() - config.neg_value * torch.log1p(-p_forgotten).mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if row_filter is not None:
+            head.weight.grad.mul_(row_filter[:, None])
+            head.bias.grad.mul_(row_filter)
+        optimizer.step()
+    for p in model.parameters():
+        p.requires_grad_(True)
+    model.drop_class_stats(forget)

@@ -1,0 +1,200 @@
+"""The jobs behind the CLI, as Python functions: train, retrain, forget, evaluate.
+
+Each takes paths and plain values, does the work and returns a JSON-able summary, so the click commands
+stay thin and Python users get the same behaviour.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from .checkpoint import Checkpoint, CheckpointMeta, load_checkpoint, save_checkpoint
+from .data import Dataset, load_dataset, load_image_folder, preprocess, resolve_classes, take_samples
+from .errors import CheckpointError, UsageError
+from .metrics import EvalReport, evaluate_model
+from .training import TrainConfig, train_model
+from .unlearn import ForgetSet, RetainSet, forget, get_method, method_config
+
+
+def dataset_for(ck: Checkpoint, spec: str | None, data_dir: str | None = None, download: bool = False) -> Dataset:
+    """The checkpoint's dataset (or ``spec``), checked against the model's classes and input shape."""
+    spec = spec or ck.meta.dataset
+    if not spec:
+        raise UsageError("the checkpoint records no dataset; pass --dataset")
+    data = load_dataset(spec, data_dir=data_dir, download=download)
+    if data.num_classes != ck.meta.num_classes:
+        raise CheckpointError(f"dataset {spec} has {data.num_classes} classes but the checkpoint was trained on "
+                              f"{ck.meta.num_classes}; pass the --dataset it was trained on ({ck.meta.dataset or '?'})")
+    if data.input_shape != tuple(ck.meta.input_shape):
+        raise CheckpointError(f"dataset {spec} has images of shape {data.input_shape} but the checkpoint expects "
+                              f"{tuple(ck.meta.input_shape)}; pass the --dataset it was trained on ({ck.meta.dataset or '?'})")
+    return data
+
+
+def train_checkpoint(dataset: str, arch: str, out: str | Path, config: TrainConfig = TrainConfig(),
+                     data_dir: str | None = None, download: bool = False, progress: bool = True) -> dict[str, Any]:
+    """Train the original model and write its checkpoint."""
+    data = load_dataset(dataset, data_dir=data_dir, download=download)
+    result = train_model(arch, data, config, progress=progress)
+    report = evaluate_model(result.model, data, [], probe=False)
+    meta = CheckpointMeta(arch=arch, num_classes=data.num_classes, class_names=data.class_names,
+                          input_shape=data.input_shape, normalization=data.normalization, dataset=dataset,
+                          train_recipe=config.to_json())
+    digest = save_checkpoint(out, result.model, meta)
+    return {"checkpoint": str(out), "sha256": digest, "arch": arch, "dataset": dataset, "seconds": result.seconds,
+            "test_accuracy": report.accuracy, "per_class_accuracy": report.per_class_accuracy}
+
+
+def retrain_checkpoint(original: str | Path, forget_classes: Sequence[str | int], out: str | Path,
+                       dataset: str | None = None, data_dir: str | None = None, download: bool = False,
+                       progress: bool = True, config: TrainConfig | None = None) -> dict[str, Any]:
+    """The gold standard: the original's arch and recipe, trained on the retained classes only."""
+    ck = load_checkpoint(original)
+    data = dataset_for(ck, dataset, data_dir, download)
+    classes = resolve_classes(forget_classes, ck.meta.class_names)
+    if len(classes) >= data.num_classes:
+        raise UsageError("that would forget every class; keep at least one class")
+    recipe = config or TrainConfig.from_json(ck.meta.train_recipe)
+    result = train_model(ck.meta.arch, data, recipe, forget_classes=classes, progress=progress)
+    report = evaluate_model(result.model, data, classes, probe=False)
+    step = {"method": "retrain", "params": recipe.to_json(), "forget_classes": classes,
+            "seconds": result.seconds, "parent_sha256": ck.sha256}
+    meta = ck.meta.with_forgetting(classes, step, ck.sha256)
+    meta = replace(meta, dataset=dataset or ck.meta.dataset)
+    digest = save_checkpoint(out, result.model, meta)
+    return {"checkpoint": str(out), "sha256": digest, "forget_classes": classes, "seconds": result.seconds,
+            "retain_acc": report.retain_acc, "forget_acc": report.forget_acc}
+
+
+@dataclass(frozen=True)
+class ForgetRequest:
+    """What `edge-unlearn forget` takes. ``None`` means the default."""
+
+    checkpoint: str
+    forget: tuple[str, ...]
+    out: str
+    method: str = "nhle"
+    samples: int = 32
+    forget_samples_dir: str | None = None
+    params: tuple[tuple[str, Any], ...] = ()
+    dataset: str | None = None
+    data_dir: str | None = None
+    download: bool = False
+    seed: int = 0
+    device: str = "auto"
+    evaluate: bool = True
+    retain_samples: int = 0
+
+
+def _forget_set(req: ForgetRequest, ck: Checkpoint, data: Dataset | None, classes: list[int]) -> ForgetSet:
+    norm = ck.meta.normalization
+    if req.forget_samples_dir:
+        channels, height, width = ck.meta.input_shape
+        images, folders, owners = load_image_folder(req.forget_samples_dir, channels=channels, size=(height, width))
+        labels = []
+        for owner in owners:
+            name = folders[owner] if owner >= 0 else None
+            if name is not None and name in ck.meta.class_names:
+                labels.append(ck.meta.class_names.index(name))
+            elif name is not None and name.isdigit() and int(name) < ck.meta.num_classes:
+                labels.append(int(name))
+            else:
+                labels.append(classes[0])
+        bad = sorted({ck.meta.class_names[y] for y in labels if y not in classes})
+        if bad:
+            raise UsageError(f"--forget-samples holds images of classes {bad} that are not being forgotten; "
+                             "remove them or add those classes to --forget")
+        return ForgetSet(preprocess(torch.from_numpy(images), norm), torch.tensor(labels), tuple(classes))
+    assert data is not None
+    images, labels = take_samples(data, classes, req.samples, seed=req.seed)
+    return ForgetSet(preprocess(images, norm), labels, tuple(classes))
+
+
+def forget_checkpoint(req: ForgetRequest, progress: bool = False) -> dict[str, Any]:
+    """Unlearn classes from a checkpoint, write the child checkpoint and return the figures."""
+    ck = load_checkpoint(req.checkpoint)
+    classes = resolve_classes(req.forget, ck.meta.class_names)
+    already = sorted(set(classes) & set(ck.meta.forgotten_classes))
+    if already:
+        raise UsageError(f"class(es) {already} are already forgotten in {req.checkpoint}; forget other classes")
+    spec = get_method(req.method)
+    config = method_config(req.method, dict(req.params))
+    need_data = req.evaluate or not req.forget_samples_dir or spec.needs != "forget"
+    data = dataset_for(ck, req.dataset, req.data_dir, req.download) if need_data else None
+    forget_set = _forget_set(req, ck, data, classes)
+    retain = None
+    if spec.needs != "forget":
+        assert data is not None
+        all_forgotten = set(classes) | set(ck.meta.forgotten_classes)
+        keep = torch.tensor([c for c in range(data.num_classes) if c not in all_forgotten])
+        sel = torch.isin(data.y_train, keep)
+        x, y = data.x_train[sel], data.y_train[sel]
+        if req.retain_samples:
+            idx = torch.randperm(len(x), generator=torch.Generator().manual_seed(req.seed))[:req.retain_samples]
+            x, y = x[idx], y[idx]
+        retain = RetainSet(preprocess(x, ck.meta.normalization), y)
+    result = forget(ck.model, forget_set, method=req.method, config=config, retain=retain, device=req.device,
+                    progress=progress)
+    summary: dict[str, Any] = {
+        "checkpoint": req.out, "parent": str(req.checkpoint), "parent_sha256": ck.sha256, "method": req.method,
+        "params": result.params, "forget_classes": classes,
+        "forget_class_names": [ck.meta.class_names[c] for c in classes],
+        "all_forgotten_classes": sorted(set(classes) | set(ck.meta.forgotten_classes)),
+        "samples_used": result.samples_used, "seconds": result.seconds,
+    }
+    if req.evaluate:
+        assert data is not None
+        all_forgotten = summary["all_forgotten_classes"]
+        t0 = time.perf_counter()
+        before = evaluate_model(ck.model, data, all_forgotten, seed=req.seed)
+        after = evaluate_model(result.model, data, all_forgotten, seed=req.seed)
+        summary.update(figures(before, after))
+        summary["evaluation_seconds"] = time.perf_counter() - t0
+    step = {"method": req.method, "params": result.params, "forget_classes": classes,
+            "samples_used": result.samples_used, "seconds": result.seconds, "parent_sha256": ck.sha256,
+            **{k: summary[k] for k in ("forget_acc", "forget_acc_unmasked", "retain_acc", "retain_drop",
+                                       "probe_forget_acc") if k in summary}}
+    meta = ck.meta.with_forgetting(classes, step, ck.sha256)
+    summary["sha256"] = save_checkpoint(req.out, result.model, meta)
+    return summary
+
+
+def figures(before: EvalReport, after: EvalReport) -> dict[str, Any]:
+    """The comparison figures of issue #2 (after vs before unlearning, same classes)."""
+    return {
+        "forget_acc": after.forget_acc, "forget_acc_unmasked": after.forget_acc_unmasked,
+        "retain_acc": after.retain_acc, "retain_acc_before": before.retain_acc,
+        "retain_drop": before.retain_acc - after.retain_acc,
+        "probe_forget_acc": after.probe_forget_acc, "probe_forget_acc_before": before.probe_forget_acc,
+        "forget_acc_before": before.forget_acc_unmasked,
+        "accuracy": after.accuracy, "per_class_accuracy": after.per_class_accuracy,
+        "per_class_accuracy_before": before.per_class_accuracy,
+    }
+
+
+def evaluate_checkpoint(checkpoint: str | Path, dataset: str | None = None, forget_classes: Sequence[str | int] = (),
+                        reference: str | Path | None = None, probe: bool = True, data_dir: str | None = None,
+                        seed: int = 0) -> dict[str, Any]:
+    """Figures of one checkpoint; with ``reference`` (the original) also retain_drop against it."""
+    ck = load_checkpoint(checkpoint)
+    data = dataset_for(ck, dataset, data_dir)
+    classes = resolve_classes(forget_classes, ck.meta.class_names) if forget_classes else list(ck.meta.forgotten_classes)
+    t0 = time.perf_counter()
+    report = evaluate_model(ck.model, data, classes, probe=probe, seed=seed)
+    out: dict[str, Any] = {"checkpoint": str(checkpoint), "sha256": ck.sha256, "dataset": data.spec,
+                           "class_names": list(data.class_names), **report.to_json()}
+    if reference is not None:
+        ref = load_checkpoint(reference)
+        if ref.meta.num_classes != ck.meta.num_classes:
+            raise CheckpointError(f"--reference has {ref.meta.num_classes} classes, {checkpoint} has {ck.meta.num_classes}")
+        before = evaluate_model(ref.model, data, classes, probe=probe, seed=seed)
+        out["retain_acc_before"] = before.retain_acc
+        out["retain_drop"] = before.retain_acc - report.retain_acc
+        out["probe_forget_acc_reference"] = before.probe_forget_acc
+    out["seconds"] = time.perf_counter() - t0
+    out["lineage"] = list(ck.meta.lineage)
+    return out

@@ -1,0 +1,138 @@
+"""The evaluation bundle: a torch-free .npz that lets a device validate a model without the dataset or torch.
+
+Arrays (``np.load(allow_pickle=False)`` reads them all): ``inputs`` float32 [N, C, H, W] (preprocessed test
+images), ``labels`` int64 [N], ``reference_logits`` float32 [N, num_classes] (the FP32 checkpoint's logits,
+forgotten classes = MASK_VALUE), ``class_names`` str [num_classes], ``forgotten_classes`` int64 [K] and
+``meta_json`` (one JSON string: format, source sha256, dataset, normalisation, input shape, mask value).
+
+:func:`load_bundle` imports no torch; :func:`make_bundle` runs the checkpoint, so it imports torch lazily.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge_unlearn import __version__
+from edge_unlearn.errors import ModelFileError, UsageError
+from edge_unlearn.fileio import atomic_output, sha256_file
+
+from .onnx_meta import MASK_VALUE, check_output_path
+
+FORMAT = "edge-unlearn.bundle/1"
+ARRAYS = ("inputs", "labels", "reference_logits", "class_names", "forgotten_classes", "meta_json")
+
+
+@dataclass(frozen=True)
+class Bundle:
+    inputs: np.ndarray
+    labels: np.ndarray
+    reference_logits: np.ndarray
+    class_names: tuple[str, ...]
+    forgotten_classes: tuple[int, ...]
+    meta: dict[str, Any] = field(default_factory=dict)
+    path: str = ""
+    sha256: str = ""
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def retained_classes(self) -> list[int]:
+        gone = set(self.forgotten_classes)
+        return [c for c in range(self.num_classes) if c not in gone]
+
+    def describe(self) -> dict[str, Any]:
+        return {"path": self.path, "sha256": self.sha256, "samples": int(len(self.labels)),
+                "num_classes": self.num_classes, "forgotten_classes": list(self.forgotten_classes),
+                "source_sha256": self.meta.get("source_sha256"), "dataset": self.meta.get("dataset")}
+
+
+def load_bundle(path: str | Path) -> Bundle:
+    """Read and check a bundle (no torch). ModelFileError with a one-line fix when it is not one of ours."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(f"bundle {path} not found; make one with `edge-unlearn bundle CHECKPOINT --dataset SPEC -o {path.name}`")
+    try:
+        with np.load(path, allow_pickle=False) as arrays:
+            missing = [k for k in ARRAYS if k not in arrays.files]
+            if missing:
+                raise ModelFileError(f"{path} is not an edge-unlearn evaluation bundle (lacks {', '.join(missing)}); "
+                                     "make one with `edge-unlearn bundle`")
+            data = {k: arrays[k] for k in ARRAYS}
+        meta = json.loads(str(data["meta_json"]))
+    except ModelFileError:
+        raise
+    except (OSError, ValueError) as exc:
+        raise ModelFileError(f"{path} is not a readable .npz bundle ({exc}); re-create it with `edge-unlearn bundle`") from exc
+    if meta.get("format") != FORMAT:
+        raise ModelFileError(f"{path}: bundle format {meta.get('format')!r} is not {FORMAT}; re-create it with `edge-unlearn bundle`")
+    bundle = Bundle(
+        inputs=np.ascontiguousarray(data["inputs"], dtype=np.float32),
+        labels=np.asarray(data["labels"], dtype=np.int64),
+        reference_logits=np.asarray(data["reference_logits"], dtype=np.float32),
+        class_names=tuple(str(n) for n in data["class_names"]),
+        forgotten_classes=tuple(int(c) for c in data["forgotten_classes"]),
+        meta=meta, path=str(path), sha256=sha256_file(path))
+    n, c = len(bundle.labels), bundle.num_classes
+    if bundle.inputs.ndim != 4 or len(bundle.inputs) != n or bundle.reference_logits.shape != (n, c):
+        raise ModelFileError(f"{path}: array shapes disagree (inputs {bundle.inputs.shape}, labels {n}, "
+                             f"reference_logits {bundle.reference_logits.shape}, {c} classes); re-create the bundle")
+    if n and (bundle.labels.min() < 0 or bundle.labels.max() >= c):
+        raise ModelFileError(f"{path}: labels outside 0..{c - 1}; re-create the bundle")
+    return bundle
+
+
+def make_bundle(checkpoint: str | Path, dataset: str, output: str | Path, per_class: int | None = None,
+                seed: int = 0, batch_size: int = 256) -> Bundle:
+    """Preprocessed test images of ``dataset`` + the checkpoint's FP32 logits, written atomically.
+
+    ``per_class`` caps the samples of each class (None: the whole test split)."""
+    import torch
+
+    from edge_unlearn.checkpoint import load_checkpoint
+    from edge_unlearn.data import load_dataset, preprocess
+
+    check_output_path(output)
+    ckpt = load_checkpoint(checkpoint)
+    model, meta = ckpt.model.eval(), ckpt.meta
+    if not model.forgotten_classes:
+        raise UsageError(f"{checkpoint} has no forgotten classes; make the bundle from the checkpoint that "
+                         "`edge-unlearn forget` wrote")
+    data = load_dataset(dataset)
+    if data.num_classes > meta.num_classes or tuple(data.input_shape) != tuple(meta.input_shape):
+        raise UsageError(f"dataset {dataset} ({data.num_classes} classes, images {tuple(data.input_shape)}) does not fit "
+                         f"the model ({meta.num_classes} classes, images {tuple(meta.input_shape)}); use the dataset "
+                         "it was trained on")
+    if per_class is not None and per_class < 1:
+        raise UsageError(f"--per-class must be at least 1, got {per_class}")
+    labels = data.y_test.numpy()
+    idx = np.arange(len(labels))
+    if per_class is not None:
+        rng = np.random.default_rng(seed)
+        idx = np.sort(np.concatenate([rng.permutation(np.nonzero(labels == c)[0])[:per_class]
+                                      for c in range(meta.num_classes)]).astype(np.int64))
+    if not np.isin(labels[idx], model.forgotten_classes).any():
+        raise UsageError(f"dataset {dataset} has no test samples of the forgotten classes {model.forgotten_classes}; "
+                         "the bundle could not show that they are forgotten")
+    x = preprocess(data.x_test[torch.from_numpy(idx)], meta.normalization)
+    with torch.no_grad():
+        logits = torch.cat([model.logits(x[i:i + batch_size], masked=False) for i in range(0, len(x), batch_size)])
+        logits = logits.masked_fill(~model.class_mask, MASK_VALUE)
+    info = {"format": FORMAT, "source_sha256": ckpt.sha256, "checkpoint": str(checkpoint), "dataset": dataset,
+            "arch": meta.arch, "normalization": meta.normalization.to_json(), "input_shape": list(meta.input_shape),
+            "mask_value": MASK_VALUE, "per_class": per_class, "seed": seed, "version": __version__}
+    output = Path(output)
+    with atomic_output(output) as tmp:
+        with open(tmp, "wb") as handle:  # np.savez_compressed adds .npz to a str path; a handle keeps ours
+            np.savez_compressed(
+                handle, inputs=x.numpy().astype(np.float32), labels=labels[idx].astype(np.int64),
+                reference_logits=logits.numpy().astype(np.float32),
+                class_names=np.asarray(meta.class_names, dtype=np.str_),
+                forgotten_classes=np.asarray(model.forgotten_classes, dtype=np.int64),
+                meta_json=np.asarray(json.dumps(info)))
+    return load_bundle(output)

@@ -1,0 +1,248 @@
+"""torch -> ONNX export of an unlearned checkpoint (the only export module that imports torch).
+
+The graph holds the backbone, a *compact* head with the retained classes' rows only, and two float nodes
+that scatter the retained logits back to their class positions and fill the forgotten ones with
+:data:`export.onnx_meta.MASK_VALUE` (why: docs/deployment.md). Export runs ``torch.onnx.export(dynamo=True)``
+with a dynamic batch axis, ``onnx.checker`` with ``full_check=True``, and a parity check against torch on
+onnxruntime at two batch sizes.
+"""
+from __future__ import annotations
+
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from edge_unlearn import __version__
+from edge_unlearn.errors import ModelFileError, UsageError
+from edge_unlearn.fileio import atomic_output, sha256_file
+
+from .onnx_meta import (INPUT_NAME, MASK_NODE_PREFIX, MASK_VALUE, OUTPUT_NAME, RETAINED_NAME, OnnxMeta,
+                        check_output_path, write_meta)
+
+DEFAULT_OPSET = 18
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """How to export. Parity tolerance = ``parity_rtol`` × max(1, largest |logit|) on random normal inputs."""
+
+    opset: int = DEFAULT_OPSET
+    parity_samples: int = 16
+    parity_rtol: float = 1e-4
+    seed: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Parity:
+    """torch vs onnxruntime on the same inputs (retained classes' logits; forgotten ones must be the mask value)."""
+
+    samples: int
+    batch_sizes: tuple[int, ...]
+    max_abs_diff: float
+    tolerance: float
+    argmax_agreement: float
+    forgotten_exact: bool
+
+    @property
+    def ok(self) -> bool:
+        return self.max_abs_diff <= self.tolerance and self.argmax_agreement == 1.0 and self.forgotten_exact
+
+    def line(self) -> str:
+        return (f"parity torch vs onnxruntime ({self.samples} samples, batches {list(self.batch_sizes)}): "
+                f"max |diff| {self.max_abs_diff:.2e} (tolerance {self.tolerance:.1e}), "
+                f"argmax agreement {self.argmax_agreement:.4f}, forgotten logits = {MASK_VALUE:g}: "
+                f"{'yes' if self.forgotten_exact else 'NO'}")
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    path: Path
+    sha256: str
+    meta: OnnxMeta
+    parity: Parity
+
+    def to_json(self) -> dict[str, Any]:
+        return {"path": str(self.path), "sha256": self.sha256, "forgotten_classes": list(self.meta.forgotten_classes),
+                "num_classes": self.meta.num_classes, "source_sha256": self.meta.source_sha256,
+                "parity": {**asdict(self.parity), "ok": self.parity.ok}}
+
+
+VARIANTS = ("compact", "where", "naive", "naive_1e9")
+
+
+def _deploy_module(model, variant: str = "compact"):
+    """The torch part of the graph.
+
+    compact: backbone + head with the retained rows only -> retained logits [B, R] (ours);
+    where: backbone + the full head as trained -> raw logits [B, C] (a float Where masks them afterwards);
+    naive / naive_1e9: full head with forgotten rows zeroed and their bias set to -1e4 / -1e9 (DESIGN.md §3).
+    """
+    import torch
+    from torch import nn
+
+    forgotten = list(model.forgotten_classes)
+    retained = [c for c in range(model.num_classes) if c not in set(forgotten)]
+    rows = retained if variant == "compact" else list(range(model.num_classes))
+    head = nn.Linear(model.feature_dim, len(rows))
+    with torch.no_grad():
+        head.weight.copy_(model.head.weight[rows])
+        head.bias.copy_(model.head.bias[rows])
+        if variant.startswith("naive"):
+            head.weight[forgotten] = 0.0
+            head.bias[forgotten] = -1e9 if variant == "naive_1e9" else -1e4
+
+    class Deploy(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.backbone = model.backbone
+            self.head = head
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(self.backbone(x))
+
+    return Deploy().eval(), retained
+
+
+def _rename_io(graph, first_out: str) -> None:
+    last = graph.output[0].name
+    for node in graph.node:
+        node.output[:] = [first_out if o == last else o for o in node.output]
+    graph.output[0].name = first_out
+    first = graph.input[0].name
+    for node in graph.node:
+        node.input[:] = [INPUT_NAME if i == first else i for i in node.input]
+    graph.input[0].name = INPUT_NAME
+
+
+def _append_mask(graph_model, retained: list[int], num_classes: int, variant: str = "compact") -> None:
+    """compact: Pad the retained logits with one MASK_VALUE column and Gather every class from it;
+    where: Where(class_mask, logits, MASK_VALUE). Both float nodes named MASK_NODE_PREFIX*."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = graph_model.graph
+    if len(graph.output) != 1 or len(graph.input) != 1:
+        raise ModelFileError("the exported graph must have exactly one input and one output")
+    if variant.startswith("naive"):
+        _rename_io(graph, OUTPUT_NAME)
+        return
+    _rename_io(graph, RETAINED_NAME)
+    batch = graph.output[0].type.tensor_type.shape.dim[0]
+    fill = numpy_helper.from_array(np.array(MASK_VALUE, dtype=np.float32), "edge_unlearn_mask_value")
+    if variant == "compact":
+        index = np.full(num_classes, len(retained), dtype=np.int64)  # forgotten -> the pad column
+        index[retained] = np.arange(len(retained), dtype=np.int64)
+        graph.initializer.extend([
+            numpy_helper.from_array(np.array([0, 0, 0, 1], dtype=np.int64), "edge_unlearn_mask_pads"), fill,
+            numpy_helper.from_array(index, "edge_unlearn_class_index")])
+        graph.node.extend([
+            helper.make_node("Pad", [RETAINED_NAME, "edge_unlearn_mask_pads", "edge_unlearn_mask_value"],
+                             ["edge_unlearn_padded"], name=MASK_NODE_PREFIX + "fill", mode="constant"),
+            helper.make_node("Gather", ["edge_unlearn_padded", "edge_unlearn_class_index"], [OUTPUT_NAME],
+                             name=MASK_NODE_PREFIX + "scatter", axis=1)])
+    elif variant == "where":
+        keep = np.zeros(num_classes, dtype=bool)
+        keep[retained] = True
+        graph.initializer.extend([numpy_helper.from_array(keep, "edge_unlearn_class_mask"), fill])
+        graph.node.append(helper.make_node("Where", ["edge_unlearn_class_mask", RETAINED_NAME, "edge_unlearn_mask_value"],
+                                           [OUTPUT_NAME], name=MASK_NODE_PREFIX + "where"))
+    else:
+        raise UsageError(f"unknown graph variant {variant!r}; choose one of {', '.join(VARIANTS)}")
+    out = helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, [batch.dim_param or "batch", num_classes])
+    del graph.output[:]
+    graph.output.append(out)
+
+
+def _check_parity(path: Path, model, input_shape: tuple[int, ...], config: ExportConfig,
+                  variant: str = "compact") -> Parity:
+    import onnxruntime as ort
+    import torch
+
+    gen = torch.Generator().manual_seed(config.seed)
+    x = torch.randn(config.parity_samples, *input_shape, generator=gen)
+    with torch.no_grad():
+        ref = model.logits(x, masked=False).numpy()
+    mask = model.class_mask.numpy()
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    batches = (1, config.parity_samples)
+    outs = []
+    for bs in batches:  # batch 1 and a larger batch: proves the dynamic batch axis
+        outs.append(np.concatenate([session.run([OUTPUT_NAME], {INPUT_NAME: x[i:i + bs].numpy()})[0]
+                                    for i in range(0, len(x), bs)]))
+    diff = max(float(np.max(np.abs(o[:, mask] - ref[:, mask]))) for o in outs)
+    tol = config.parity_rtol * max(1.0, float(np.max(np.abs(ref[:, mask]))))
+    ref_arg = np.where(mask, ref, -np.inf).argmax(1)
+    agree = min(float(np.mean(o.argmax(1) == ref_arg)) for o in outs)
+    fill = np.float32(-1e9 if variant == "naive_1e9" else MASK_VALUE)
+    exact = all(bool(np.all(o[:, ~mask] == fill)) for o in outs)
+    return Parity(len(x), batches, diff, tol, agree, exact)
+
+
+def export_onnx(checkpoint: str | Path, output: str | Path, config: ExportConfig = ExportConfig(),
+                echo: Callable[[str], None] | None = None, variant: str = "compact") -> ExportResult:
+    """Export a checkpoint to ONNX with the class mask in the graph; raises ModelFileError on failed parity.
+
+    ``variant`` other than "compact" exists to measure the alternatives of docs/deployment.md."""
+    import onnx
+    import torch
+
+    from edge_unlearn.checkpoint import load_checkpoint
+
+    if config.opset < 17:
+        raise UsageError(f"--opset must be at least 17, got {config.opset}")
+    check_output_path(output)
+    ckpt = load_checkpoint(checkpoint)
+    model, meta = ckpt.model.eval(), ckpt.meta
+    if variant not in VARIANTS:
+        raise UsageError(f"unknown graph variant {variant!r}; choose one of {', '.join(VARIANTS)}")
+    module, retained = _deploy_module(model, variant)
+    example = torch.zeros(2, *meta.input_shape)
+    try:
+        program = torch.onnx.export(module, (example,), dynamo=True, opset_version=config.opset,
+                                    input_names=[INPUT_NAME],
+                                    dynamic_shapes={"x": {0: torch.export.Dim("batch")}}, verbose=False,
+                                    optimize=True)
+    except Exception as exc:  # the exporter raises many types; keep the first line
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelFileError(f"torch.onnx.export failed for arch {meta.arch}: {first}") from exc
+    proto = program.model_proto
+    _append_mask(proto, retained, model.num_classes, variant)
+    onnx_meta = OnnxMeta(
+        num_classes=meta.num_classes, class_names=tuple(meta.class_names),
+        forgotten_classes=tuple(model.forgotten_classes), input_shape=tuple(meta.input_shape),  # type: ignore[arg-type]
+        normalization=meta.normalization.to_json(), source_sha256=ckpt.sha256 or "", arch=meta.arch,
+        dataset=meta.dataset, precision="fp32", version=__version__,
+        retained_name=OUTPUT_NAME if variant.startswith("naive") else RETAINED_NAME,
+        quantization={"graph_variant": variant} if variant != "compact" else {})
+    write_meta(proto, onnx_meta)
+    proto.producer_name, proto.producer_version = "edge-unlearn", __version__
+    output = Path(output)
+    with atomic_output(output) as tmp:
+        onnx.save(proto, str(tmp))
+        try:
+            onnx.checker.check_model(str(tmp), full_check=True)
+        except onnx.checker.ValidationError as exc:
+            raise ModelFileError(f"the exported graph fails onnx.checker: {str(exc).splitlines()[0]}") from exc
+        parity = _check_parity(tmp, model, meta.input_shape, config, variant)
+        if echo is not None:
+            echo(parity.line())
+        if not parity.ok:
+            raise ModelFileError(f"export parity failed, nothing written: {parity.line()}")
+        digest = sha256_file(tmp)
+    return ExportResult(output, digest, onnx_meta, parity)
+
+
+def export_from_model(model, meta, output: str | Path, config: ExportConfig = ExportConfig(),
+                      echo: Callable[[str], None] | None = None, variant: str = "compact") -> ExportResult:
+    """Convenience for tests and benchmarks: save a temporary checkpoint of ``model`` and export it."""
+    from edge_unlearn.checkpoint import save_checkpoint
+
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpt = Path(tmp) / "model.safetensors"
+        save_checkpoint(ckpt, model, meta)
+        return export_onnx(ckpt, output, config, echo, variant)

@@ -1,0 +1,207 @@
+"""The metadata an edge-unlearn ONNX model carries in ``metadata_props``, and the graph facts around the mask.
+
+Imports no torch (only ``onnx`` and numpy), so the deployment side can read a model's contract on the device.
+
+The deployed graph (see docs/deployment.md for why this design):
+
+    input [B, C, H, W] float32
+      -> backbone -> compact head Linear(D, R), R = retained classes only   (quantizable)
+      -> "retained_logits" [B, R]
+      -> Pad(+1 column = MASK_VALUE) -> Gather(axis=1, index map [C])        (kept in float)
+      -> "logits" [B, C]: retained classes in their original positions, forgotten ones = MASK_VALUE
+
+The forgotten rows of the head are not in the file at all; the mask is the constant index map.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from edge_unlearn.errors import ModelFileError
+
+FORMAT = "edge-unlearn.onnx/1"
+PREFIX = "edge_unlearn."
+#: Value of a forgotten class's logit: finite in FP16 (max 65504), far below any trained logit.
+MASK_VALUE = -1.0e4
+INPUT_NAME = "input"
+OUTPUT_NAME = "logits"
+RETAINED_NAME = "retained_logits"
+#: names of the nodes that place the retained logits and fill the forgotten ones (never quantized)
+MASK_NODE_PREFIX = "edge_unlearn_mask/"
+PRECISIONS = ("fp32", "fp16", "int8")
+
+
+@dataclass(frozen=True)
+class OnnxMeta:
+    """What an exported model says about itself (``metadata_props`` under the ``edge_unlearn.`` prefix)."""
+
+    num_classes: int
+    class_names: tuple[str, ...]
+    forgotten_classes: tuple[int, ...]
+    input_shape: tuple[int, int, int]
+    normalization: dict[str, list[float]]
+    source_sha256: str
+    arch: str = ""
+    dataset: str = ""
+    precision: str = "fp32"
+    mask_value: float = MASK_VALUE
+    input_name: str = INPUT_NAME
+    output_name: str = OUTPUT_NAME
+    retained_name: str = RETAINED_NAME
+    quantization: dict[str, Any] = field(default_factory=dict)
+    version: str = ""
+    format: str = FORMAT
+
+    @property
+    def retained_classes(self) -> list[int]:
+        gone = set(self.forgotten_classes)
+        return [c for c in range(self.num_classes) if c not in gone]
+
+    def to_props(self) -> dict[str, str]:
+        data = asdict(self)
+        data["class_names"] = list(self.class_names)
+        data["forgotten_classes"] = list(self.forgotten_classes)
+        data["input_shape"] = list(self.input_shape)
+        return {PREFIX + k: (v if isinstance(v, str) else json.dumps(v)) for k, v in data.items()}
+
+    @classmethod
+    def from_props(cls, props: dict[str, str], where: str) -> "OnnxMeta":
+        ours = {k[len(PREFIX):]: v for k, v in props.items() if k.startswith(PREFIX)}
+        if ours.get("format") != FORMAT:
+            raise ModelFileError(
+                f"{where} has no edge-unlearn metadata ({PREFIX}format = {FORMAT}); it was not produced by "
+                "`edge-unlearn export`: export your checkpoint with `edge-unlearn export CHECKPOINT -o model.onnx`")
+        try:
+            text = {"source_sha256", "arch", "dataset", "precision", "input_name", "output_name", "retained_name",
+                    "version", "format"}
+            values = {k: (v if k in text else json.loads(v)) for k, v in ours.items()
+                      if k in cls.__dataclass_fields__}
+            meta = cls(**values)
+            meta = replace(meta, num_classes=int(meta.num_classes),
+                           class_names=tuple(str(n) for n in meta.class_names),
+                           forgotten_classes=tuple(int(c) for c in meta.forgotten_classes),
+                           input_shape=tuple(int(v) for v in meta.input_shape),  # type: ignore[arg-type]
+                           mask_value=float(meta.mask_value))
+        except (TypeError, ValueError, KeyError) as exc:
+            raise ModelFileError(f"{where}: edge-unlearn metadata is damaged ({exc}); re-export the model") from exc
+        if meta.precision not in PRECISIONS or len(meta.class_names) != meta.num_classes:
+            raise ModelFileError(f"{where}: edge-unlearn metadata is inconsistent; re-export the model")
+        return meta
+
+
+def load_onnx(path: str | Path, load_weights: bool = True):
+    """Load an ONNX file with a one-line error when it is missing or not ONNX."""
+    import onnx
+
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(f"model {path} not found; export one with `edge-unlearn export CHECKPOINT -o {path.name}`")
+    try:
+        return onnx.load(str(path), load_external_data=load_weights)
+    except Exception as exc:  # onnx raises DecodeError / google.protobuf errors / OSError
+        raise ModelFileError(f"{path} is not a readable ONNX model ({type(exc).__name__}); "
+                             "re-export it with `edge-unlearn export`") from exc
+
+
+def read_meta(model_or_path) -> OnnxMeta:
+    """The :class:`OnnxMeta` of an ONNX ModelProto or file; ModelFileError for a foreign model."""
+    if isinstance(model_or_path, (str, Path)):
+        model = load_onnx(model_or_path, load_weights=False)
+        where = str(model_or_path)
+    else:
+        model, where = model_or_path, "the ONNX model"
+    return OnnxMeta.from_props({p.key: p.value for p in model.metadata_props}, where)
+
+
+def write_meta(model, meta: OnnxMeta) -> None:
+    """Replace the edge-unlearn entries of ``model.metadata_props`` (others are kept)."""
+    keep = [(p.key, p.value) for p in model.metadata_props if not p.key.startswith(PREFIX)]
+    del model.metadata_props[:]
+    for key, value in keep + sorted(meta.to_props().items()):
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+
+
+def mask_node_names(model) -> list[str]:
+    """Names of every node downstream of the retained logits (the mask/scatter): excluded from quantization."""
+    meta = read_meta(model)
+    tainted = {meta.retained_name}
+    names: list[str] = []
+    for node in model.graph.node:  # ONNX graphs are topologically sorted
+        if tainted.intersection(node.input):
+            names.append(node.name)
+            tainted.update(node.output)
+    if not names:
+        raise ModelFileError(f"the ONNX model has no node reading {meta.retained_name!r}; re-export it")
+    return names
+
+
+def graph_hazards(model) -> list[str]:
+    """Static checks of a graph against DESIGN.md §3: zero/non-finite Q/DQ scales, FP16 constants that
+    overflowed, an infinite mask value. Returns one line per problem (empty when clean)."""
+    import numpy as np
+    from onnx import TensorProto, numpy_helper
+
+    problems: list[str] = []
+    inits = {t.name: t for t in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type in ("QuantizeLinear", "DequantizeLinear") and len(node.input) > 1 and node.input[1] in inits:
+            scale = numpy_helper.to_array(inits[node.input[1]]).astype(np.float64)
+            if not np.all(np.isfinite(scale)) or np.any(scale <= 0):
+                problems.append(f"{node.op_type} {node.name}: scale has {int(np.sum(~(scale > 0)))} zero/negative/"
+                                "non-finite entries (TensorRT rejects it; an all-zero weight row?)")
+    for init in model.graph.initializer:
+        if init.data_type in (TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE):
+            values = numpy_helper.to_array(init)
+            if values.size and not np.all(np.isfinite(values)):
+                problems.append(f"initializer {init.name}: {int(np.sum(~np.isfinite(values)))} non-finite values "
+                                "(a mask constant beyond FP16 range?)")
+    for node in model.graph.node:
+        for attr in node.attribute:
+            if attr.type == attr.FLOAT and not np.isfinite(attr.f):
+                problems.append(f"node {node.name}: attribute {attr.name} = {attr.f}")
+            elif attr.type == attr.TENSOR and attr.t.data_type in (TensorProto.FLOAT, TensorProto.FLOAT16):
+                values = numpy_helper.to_array(attr.t)
+                if values.size and not np.all(np.isfinite(values)):
+                    problems.append(f"node {node.name}: constant {attr.name} has non-finite values")
+    return problems
+
+
+def topological_sort(model) -> None:
+    """Reorder ``model.graph.node`` so every node comes after the producers of its inputs (in place).
+
+    The FP16 converter appends its input/output Cast nodes at the end, which ``onnx.checker`` rejects."""
+    graph = model.graph
+    ready = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {""}
+    pending = list(graph.node)
+    ordered = []
+    while pending:
+        rest = []
+        for node in pending:
+            if all(name in ready for name in node.input):
+                ordered.append(node)
+                ready.update(node.output)
+            else:
+                rest.append(node)
+        if len(rest) == len(pending):
+            raise ModelFileError(f"the graph has a cycle or a dangling input at node {rest[0].name}")
+        pending = rest
+    copies = [type(n)() for n in ordered]
+    for dst, src in zip(copies, ordered):
+        dst.CopyFrom(src)
+    del graph.node[:]
+    graph.node.extend(copies)
+
+
+def check_output_path(path: str | Path) -> None:
+    """Fail before any expensive work when ``path`` cannot be written (same rules as ``atomic_output``)."""
+    from edge_unlearn.errors import UsageError
+
+    target = Path(path)
+    parent = target.parent if str(target.parent) else Path(".")
+    if not parent.is_dir():
+        raise UsageError(f"cannot write {target}: folder {parent} does not exist; create it or choose another -o path")
+    if target.is_dir():
+        raise UsageError(f"cannot write {target}: it is a folder; give a file path to -o")

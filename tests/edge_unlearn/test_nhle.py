@@ -1,0 +1,104 @@
+"""NHLE on a real (small) trained model: digits + lenet, and the projection's exact properties."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from edge_unlearn.checkpoint import load_checkpoint
+from edge_unlearn.data import preprocess, take_samples
+from edge_unlearn.errors import UsageError
+from edge_unlearn.metrics import evaluate_model
+from edge_unlearn.models import build_model
+from edge_unlearn.unlearn import METHODS, ForgetSet, forget, list_methods, method_config
+from edge_unlearn.unlearn.nhle import NHLEConfig, project_forget_directions
+
+
+def _forget_set(data, classes, n=16):
+    x, y = take_samples(data, classes, n, seed=0)
+    return ForgetSet(preprocess(x, data.normalization), y, tuple(classes))
+
+
+@pytest.fixture(scope="module")
+def original(digits_checkpoint):
+    return load_checkpoint(digits_checkpoint).model
+
+
+def test_nhle_forgets_and_keeps_the_rest(original, digits):
+    before = evaluate_model(original, digits, [3], probe=False)
+    assert before.forget_acc_unmasked > 0.8  # the original knows class 3
+    params_before = copy.deepcopy(original.state_dict())
+    result = forget(original, _forget_set(digits, [3]), method="nhle")
+    after = evaluate_model(result.model, digits, [3], probe=False)
+    assert after.forget_acc == 0.0
+    assert after.forget_acc_unmasked <= 0.05
+    assert before.retain_acc - after.retain_acc <= 0.02
+    assert result.model.forgotten_classes == [3] and not result.model.class_stats_count[3]
+    for key, value in original.state_dict().items():  # the input model is untouched
+        assert torch.equal(value, params_before[key]), key
+
+
+def test_nhle_retained_head_rows_unchanged(original, digits):
+    result = forget(original, _forget_set(digits, [3]), method="nhle", config=NHLEConfig(project=False))
+    rows = [c for c in range(10) if c != 3]
+    assert torch.equal(result.model.head.weight[rows], original.head.weight[rows])
+    assert not torch.equal(result.model.head.weight[3], original.head.weight[3])
+
+
+def test_projection_moves_forget_mean_to_retained_mean_and_keeps_retained_mean(original, digits):
+    model = copy.deepcopy(original)
+    fs = _forget_set(digits, [3])
+    layer = model.edit_layer()
+    keep = [c for c in range(10) if c != 3]
+    mu_r = model.class_stats[keep].mean(0)
+    captured = []
+    handle = layer.register_forward_pre_hook(lambda _m, args: captured.append(args[0]))
+    with torch.no_grad():
+        model.backbone(fs.inputs)
+    handle.remove()
+    mu_f = captured[0].mean(0)
+    with torch.no_grad():
+        out_r_before = layer(mu_r[None])
+        removed = project_forget_directions(model, fs.inputs, fs.labels, [3], alpha=1.0, orthogonalize=False)
+        out_r_after = layer(mu_r[None])
+        out_f_after = layer(mu_f[None])
+    assert removed == 1
+    torch.testing.assert_close(out_r_after, out_r_before, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(out_f_after, out_r_before, rtol=1e-4, atol=1e-4)  # forget mean lands on retained mean
+
+
+def test_projection_needs_class_stats(digits):
+    model = build_model("lenet", 10, (1, 8, 8)).eval()
+    fs = _forget_set(digits, [1], n=4)
+    assert project_forget_directions(model, fs.inputs, fs.labels, [1]) == 0
+
+
+def test_multi_class_and_sequential_forgetting(original, digits):
+    first = forget(original, _forget_set(digits, [1, 7]), method="nhle")
+    assert first.model.forgotten_classes == [1, 7]
+    second = forget(first.model, _forget_set(digits, [4]), method="nhle")
+    assert second.model.forgotten_classes == [1, 4, 7]
+    report = evaluate_model(second.model, digits, [1, 4, 7], probe=False)
+    assert report.forget_acc == 0.0 and report.retain_acc > 0.85
+
+
+def test_bad_requests(original, digits):
+    with pytest.raises(UsageError, match="out of range"):
+        forget(original, ForgetSet(torch.zeros(1, 1, 8, 8), torch.tensor([0]), (10,)))
+    with pytest.raises(UsageError, match="every class"):
+        forget(original, ForgetSet(torch.zeros(1, 1, 8, 8), torch.tensor([0]), tuple(range(10))))
+    with pytest.raises(UsageError, match="scope"):
+        method_config("nhle", {"scope": "everything"})
+    with pytest.raises(UsageError, match="no parameter"):
+        method_config("nhle", {"learning_rate": 1})
+    with pytest.raises(UsageError, match="unknown method"):
+        forget(original, _forget_set(digits, [3]), method="magic")
+
+
+@pytest.mark.parametrize("name", [n for n in list_methods() if METHODS[n].needs == "forget"])
+def test_every_forget_only_method_reduces_forget_accuracy(name, original, digits):
+    before = evaluate_model(original, digits, [5], probe=False)
+    result = forget(original, _forget_set(digits, [5]), method=name)
+    after = evaluate_model(result.model, digits, [5], probe=False)
+    assert after.forget_acc_unmasked < before.forget_acc_unmasked - 0.5

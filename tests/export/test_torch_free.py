@@ -1,0 +1,53 @@
+"""The deployment side runs where torch cannot be imported (a Jetson with numpy + onnxruntime only)."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_validate_without_torch(artifacts):
+    code = textwrap.dedent(f"""
+        import json, sys
+        sys.modules["torch"] = None  # any `import torch` now raises ImportError
+        sys.path.insert(0, {str(ROOT)!r})
+        import export.runners, export.bundle, export.validate, export.runner, export.onnx_meta
+        import edge_unlearn.cli_export
+        from export.validate import validate_model
+        report = validate_model({str(artifacts.int8)!r}, {str(artifacts.bundle)!r})
+        try:
+            import torch
+            raise SystemExit("torch was importable")
+        except ImportError:
+            pass
+        print(json.dumps({{"verdict": bool(report), "precision": report.environment["precision"],
+                          "torch_loaded": [m for m in sys.modules if m == "torch" or m.startswith("torch.")
+                                           if sys.modules[m] is not None]}}))
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out == {"verdict": True, "precision": "int8", "torch_loaded": []}
+
+
+def test_torch_runner_reports_missing_torch_cleanly(artifacts):
+    """On a torch-less device a checkpoint opens lazily and fails on entry with a DependencyError naming the fix."""
+    code = textwrap.dedent(f"""
+        import sys
+        sys.modules["torch"] = None
+        sys.path.insert(0, {str(ROOT)!r})
+        from export.runners import open_runner
+        from edge_unlearn.errors import DependencyError
+        runner = open_runner({str(artifacts.checkpoint)!r})
+        try:
+            with runner:
+                pass
+        except DependencyError as exc:
+            print(type(runner).__name__, "onnxruntime instead" in str(exc))
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and proc.stdout.strip() == "TorchRunner True", proc.stderr[-2000:]
