@@ -57,12 +57,14 @@ def latency(path: Path, shape: tuple[int, ...], batch: int, reps: int, threads: 
     return float(np.median(times))
 
 
-def measure_variants(model, meta, spec: str, bundle: Path, folder: Path) -> list[dict]:
-    """The graph designs of docs/deployment.md under INT8 and FP16, validated on the same bundle."""
+def measure_variants(checkpoint: Path, spec: str, bundle: Path, folder: Path) -> list[dict]:
+    """The graph designs of docs/deployment.md under INT8 and FP16, validated on the same bundle.
+
+    Every variant is exported from the same checkpoint *file* (re-saving a model gives another sha256)."""
     import onnx
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
-    from export.onnx_export import export_from_model
+    from export.onnx_export import export_onnx
     from export.onnx_meta import read_meta, topological_sort, write_meta
     from export.quantize import QuantizeConfig, fp16_plain_cast, quantize_model
     from export.validate import validate_model
@@ -93,7 +95,7 @@ def measure_variants(model, meta, spec: str, bundle: Path, folder: Path) -> list
         fp32 = folder / f"variant_{variant}.onnx"
         if not fp32.exists():
             with _quiet():
-                export_from_model(model, meta, fp32, variant=variant)
+                export_onnx(checkpoint, fp32, variant=variant)
         out = folder / f"variant_{i}.int8.onnx"
         with _quiet():
             quantize_model(fp32, out, config, calib=spec)
@@ -104,7 +106,7 @@ def measure_variants(model, meta, spec: str, bundle: Path, folder: Path) -> list
         fp32 = folder / f"variant_{variant}.onnx"
         if not fp32.exists():
             with _quiet():
-                export_from_model(model, meta, fp32, variant=variant)
+                export_onnx(checkpoint, fp32, variant=variant)
         out = folder / f"variant_{variant}_{clamp}.fp16.onnx"
         if clamp:  # a plain cast, as .half() does: -1e9 -> -inf
             proto = fp16_plain_cast(onnx.load(str(fp32)))
@@ -146,11 +148,10 @@ def run_case(arch: str, spec: str, data, base, classes, epochs: int, folder: Pat
                 method = f"mask ({args.method} failed: {type(exc).__name__})"
                 unlearned = copy.deepcopy(base)
                 unlearned.mask_classes([c])
-        result = argparse.Namespace(model=unlearned)
         sub = folder / f"{arch}_forget{c}"
         sub.mkdir(parents=True, exist_ok=True)
         ckpt = sub / "forgotten.safetensors"
-        save_checkpoint(ckpt, result.model, dataclasses.replace(meta, forgotten_classes=(c,)))
+        save_checkpoint(ckpt, unlearned, dataclasses.replace(meta, forgotten_classes=(c,)))
         with _quiet():
             exported = export_onnx(ckpt, sub / "model.onnx")
             quantize_model(sub / "model.onnx", sub / "model.int8.onnx", QuantizeConfig(), calib=spec)
@@ -164,7 +165,12 @@ def run_case(arch: str, spec: str, data, base, classes, epochs: int, folder: Pat
                 rep = validate_model(path, sub / "eval.npz", provider="cpu")
                 row[prec] = {"verdict": "pass" if rep else "fail", "forget_acc": rep.figure("forget_acc"),
                              "retain_drop": rep.figure("retain_drop"), "agreement": rep.figure("retain_agreement"),
-                             "retain_acc_ref": None, "failed": [k.name for k in rep.failed]}
+                             "retain_acc": _retain_acc(rep.per_class, "acc"),
+                             "retain_acc_ref": _retain_acc(rep.per_class, "ref_acc"),
+                             "failed": [k.name for k in rep.failed],
+                             # the issue's acceptance: forget_acc <= 0.01 and retained drop <= 0.01 against FP32
+                             "accept": rep.figure("forget_acc") is not None and rep.figure("forget_acc") <= 0.01
+                             and rep.figure("retain_drop") is not None and rep.figure("retain_drop") <= 0.01}
             except Exception as exc:  # noqa: BLE001 - e.g. no FP16 kernel on this CPU: recorded, not hidden
                 row[prec] = {"verdict": "cannot run", "error": str(exc)[:200]}
         row["latency_ms"] = {
@@ -173,9 +179,14 @@ def run_case(arch: str, spec: str, data, base, classes, epochs: int, folder: Pat
         rows.append(row)
         print(format_row(row), flush=True)
         if variants and c == classes[0]:
-            row["variants"] = measure_variants(result.model, dataclasses.replace(meta, forgotten_classes=(c,)),
-                                               spec, sub / "eval.npz", sub)
+            row["variants"] = measure_variants(ckpt, spec, sub / "eval.npz", sub)
     return rows
+
+
+def _retain_acc(per_class: list[dict], key: str) -> float | None:
+    rows = [r for r in per_class if not r["forgotten"] and r[key] is not None]
+    total = sum(r["n"] for r in rows)
+    return sum(r[key] * r["n"] for r in rows) / total if total else None
 
 
 def _f(v) -> str:
@@ -190,6 +201,7 @@ def format_row(row: dict) -> str:
             cells.append(f"{prec}: cannot run".ljust(37))
         else:
             cells.append(f"{prec} {r['verdict']:4} f{_f(r['forget_acc'])} d{_f(r['retain_drop'])} a{_f(r['agreement'])}")
+    cells[0] = f"acc {_f(row['fp32'].get('retain_acc'))} " + cells[0]
     lat = row["latency_ms"]
     return (f"{row['arch']:<9} {Path(row['dataset'][4:]).stem:<14} c{row['forget']}  " + " | ".join(cells)
             + f" | ms fp32/int8 b1 {lat['fp32_b1']:.2f}/{lat['int8_b1']:.2f} b64 {lat['fp32_b64']:.1f}/{lat['int8_b64']:.1f}")
@@ -249,7 +261,7 @@ def main(argv=None) -> int:
     path = Path(args.json) if args.json else out / "results.json"
     path.write_text(json.dumps(result, indent=2, default=str) + "\n")
     print(f"wrote {path} ({result['seconds']:.0f}s)")
-    ok = all(r[p]["verdict"] in ("pass", "cannot run") for r in rows for p in ("fp32", "fp16", "int8"))
+    ok = all(r[p]["verdict"] == "cannot run" or r[p].get("accept") for r in rows for p in ("fp32", "fp16", "int8"))
     return 0 if ok else 1
 
 

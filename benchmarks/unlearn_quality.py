@@ -123,6 +123,7 @@ def main() -> int:
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(results, indent=2))
+        args.json.with_suffix(".md").write_text(render_table(results) + "\n")
     return 0
 
 

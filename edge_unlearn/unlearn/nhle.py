@@ -97,12 +97,13 @@ def project_forget_directions(model: UnlearnableClassifier, forget_inputs: torch
     directions = [act[labels == c].mean(0) - mu_r for c in forget_classes if bool((labels == c).any())]
     directions = directions or [act.mean(0) - mu_r]
     d = torch.stack(directions, dim=1)
+    scale = float(d.norm())
     if orthogonalize and len(retained_means) > 1:
         basis, _ = torch.linalg.qr(retained_means.T - mu_r[:, None])
         d = d - basis @ (basis.T @ d)
     q, r = torch.linalg.qr(d)
-    q = q[:, r.diagonal().abs() > 1e-6 * max(1.0, float(r.abs().max()))]
-    if q.shape[1] == 0:
+    q = q[:, r.diagonal().abs() > 1e-4 * scale]  # drop directions the retained classes already span
+    if q.shape[1] == 0 or scale == 0:
         return 0
     weight = layer.weight
     shift_in = alpha * q @ (q.T @ mu_r)  # keeps an input at the retained mean where it was

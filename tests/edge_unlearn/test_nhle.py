@@ -102,3 +102,37 @@ def test_every_forget_only_method_reduces_forget_accuracy(name, original, digits
     result = forget(original, _forget_set(digits, [5]), method=name)
     after = evaluate_model(result.model, digits, [5], probe=False)
     assert after.forget_acc_unmasked < before.forget_acc_unmasked - 0.5
+
+
+@pytest.mark.parametrize("arch, shape", [("lenet", (1, 8, 8)), ("resnet18", (1, 16, 16)),
+                                         ("mobilenet_v3_small", (3, 16, 16))])
+def test_projection_keeps_retained_mean_on_every_edit_layer_kind(arch, shape):
+    """Linear edit layers (lenet, mobilenet) and conv ones (resnet: bias folded into the next BatchNorm)."""
+    torch.manual_seed(0)
+    model = build_model(arch, 4, shape).eval()
+    x, y = torch.rand(40, *shape), torch.arange(40) % 4
+    x[y == 2] += 1.0  # class 2 differs
+    model.record_class_stats(x, y)
+    layer = model.edit_layer()
+    mu_r = model.class_stats[[0, 1, 3]].mean(0)
+    probe = mu_r[None] if isinstance(layer, torch.nn.Linear) else mu_r[None, :, None, None].expand(1, -1, 4, 4)
+    bn = None
+    if isinstance(layer, torch.nn.Conv2d):
+        from edge_unlearn.unlearn.nhle import _following_batchnorm
+
+        bn = _following_batchnorm(model, layer)
+        assert bn is not None
+
+    def response():
+        out = layer(probe)
+        if bn is not None:
+            out = bn(out)
+        return out[..., 1:-1, 1:-1] if out.dim() == 4 else out  # conv: interior taps (padding breaks the mean)
+
+    with torch.no_grad():
+        before = response()
+        assert project_forget_directions(model, x[y == 2], y[y == 2], [2]) == 1
+        after = response()
+    torch.testing.assert_close(after, before, rtol=1e-3, atol=1e-3)
+    result = forget(model, ForgetSet(x[y == 2], y[y == 2], (2,)), method="nhle")
+    assert result.model.forgotten_classes == [2]

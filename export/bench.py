@@ -1,0 +1,643 @@
+"""The latency bench: any :class:`~export.runner.Runner`, a batch sweep, percentiles, throughput, peak memory.
+
+Deployment side: imports no torch (a torch checkpoint's runner imports it itself when entered, and the torch
+thread setting imports it only for torch artefacts), and matplotlib only inside :func:`plot_latency`.
+
+Per artefact and batch it measures ``iterations`` timed ``infer`` calls (or as many as fit in ``duration``
+seconds) after ``warmup`` untimed ones, on fixed random inputs of the model's input shape, and reports mean,
+p50, p90, p99 latency (ms per batch), throughput (images/s = batch / mean latency), the process's peak resident
+set size during that batch (Linux ``VmHWM``, reset before each batch through ``/proc/self/clear_refs`` where the
+kernel allows it, else the process-lifetime peak) and, through an optional hook, the GPU's peak allocation.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import platform
+import shutil
+import struct
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Protocol, Sequence
+
+import numpy as np
+
+from edge_unlearn.errors import DependencyError, EdgeUnlearnError, ModelFileError, UsageError
+
+from .runner import Runner
+
+DEFAULT_BATCHES = (1, 8, 64)
+DEFAULT_ITERATIONS = 50
+#: onnxruntime providers ``provider="auto"`` benches, in this order, when onnxruntime has them
+AUTO_ONNX_PROVIDERS = (("cpu", "CPUExecutionProvider"), ("cuda", "CUDAExecutionProvider"),
+                       ("tensorrt", "TensorrtExecutionProvider"))
+CSV_FIELDS = ("name", "path", "runtime", "provider", "precision", "batch", "iterations", "mean_ms", "p50_ms",
+              "p90_ms", "p99_ms", "min_ms", "max_ms", "std_ms", "throughput", "peak_rss_mib", "gpu_peak_mib",
+              "threads")
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """What to measure. ``iterations`` and ``duration`` exclude each other; neither means 50 iterations."""
+
+    batches: tuple[int, ...] = DEFAULT_BATCHES
+    warmup: int = 5
+    iterations: int | None = None
+    duration: float | None = None
+    min_iterations: int = 5
+    threads: int | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.batches or any(int(b) < 1 for b in self.batches):
+            raise UsageError(f"--batch takes positive batch sizes, e.g. 1,8,64; got {list(self.batches)}")
+        if self.iterations is not None and self.duration is not None:
+            raise UsageError("give --iterations or --duration, not both")
+        if self.iterations is not None and self.iterations < 1:
+            raise UsageError(f"--iterations must be at least 1, got {self.iterations}")
+        if self.duration is not None and not self.duration > 0:
+            raise UsageError(f"--duration must be a positive number of seconds, got {self.duration}")
+        if self.warmup < 0:
+            raise UsageError(f"--warmup must be 0 or more, got {self.warmup}")
+        if self.threads is not None and self.threads < 1:
+            raise UsageError(f"--threads must be at least 1, got {self.threads}")
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["batches"] = list(self.batches)
+        data["mode"] = "duration" if self.duration is not None else "iterations"
+        if self.duration is None and self.iterations is None:
+            data["iterations"] = DEFAULT_ITERATIONS
+        return data
+
+
+def parse_batches(text: str) -> tuple[int, ...]:
+    """``"1,8,64"`` -> (1, 8, 64)."""
+    try:
+        values = tuple(int(v) for v in str(text).replace(" ", "").split(",") if v)
+    except ValueError:
+        raise UsageError(f"--batch takes comma-separated integers such as 1,8,64; got {text!r}") from None
+    if not values or any(v < 1 for v in values):
+        raise UsageError(f"--batch takes positive integers such as 1,8,64; got {text!r}")
+    return tuple(dict.fromkeys(values))
+
+
+# ------------------------------------------------------------------------------------------------ memory
+
+
+def _proc_status_kib(key: str) -> int | None:
+    try:
+        with open("/proc/self/status") as handle:
+            for line in handle:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def current_rss_mib() -> float | None:
+    kib = _proc_status_kib("VmRSS")
+    return None if kib is None else kib / 1024.0
+
+
+def reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS mark (``VmHWM``) to the current RSS (Linux >= 4.0); False where not possible."""
+    try:
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss_mib() -> float | None:
+    """The process's peak resident set size in MiB: ``VmHWM``, else ``getrusage`` (Linux kB, macOS bytes)."""
+    kib = _proc_status_kib("VmHWM")
+    if kib is not None:
+        return kib / 1024.0
+    try:
+        import resource
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    except (ImportError, OSError):
+        return None
+    return peak / (1024.0 * 1024.0) if sys.platform == "darwin" else peak / 1024.0
+
+
+class GpuMemoryHook(Protocol):
+    """Optional GPU memory probe: ``reset()`` before a batch, ``peak_mib()`` after it."""
+
+    def reset(self) -> None: ...
+
+    def peak_mib(self) -> float | None: ...
+
+
+class TorchCudaMemory:
+    """``torch.cuda`` max allocated memory (only for torch artefacts on CUDA; imports torch when used)."""
+
+    def __init__(self, device: str = "cuda") -> None:
+        self.device = device
+
+    def reset(self) -> None:
+        import torch
+
+        torch.cuda.synchronize(self.device)
+        torch.cuda.reset_peak_memory_stats(self.device)
+
+    def peak_mib(self) -> float | None:
+        import torch
+
+        torch.cuda.synchronize(self.device)
+        return torch.cuda.max_memory_allocated(self.device) / 2**20
+
+
+# ------------------------------------------------------------------------------------------------ runners
+
+
+def input_shape_of(path: str | Path, runner: Runner | None = None) -> tuple[int, ...]:
+    """The model's input shape without the batch axis, read without torch: the ONNX metadata, the safetensors
+    header (JSON after an 8-byte length) or the TensorRT engine's sidecar."""
+    meta = getattr(runner, "meta", None)
+    shape = getattr(meta, "input_shape", None)
+    if shape:
+        return tuple(int(v) for v in shape)
+    path = Path(path)
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".safetensors":
+            with open(path, "rb") as handle:
+                (size,) = struct.unpack("<Q", handle.read(8))
+                header = json.loads(handle.read(size))
+            meta_json = json.loads(header["__metadata__"]["edge_unlearn"])
+            return tuple(int(v) for v in meta_json["input_shape"])
+        if suffix in (".plan", ".engine"):
+            sidecar = json.loads(path.with_name(path.name + ".json").read_text())
+            if sidecar.get("input_shape"):
+                return tuple(int(v) for v in sidecar["input_shape"])
+        if suffix == ".onnx":
+            from .onnx_meta import read_meta
+
+            return tuple(int(v) for v in read_meta(path).input_shape)
+    except EdgeUnlearnError:
+        raise
+    except (OSError, KeyError, ValueError, TypeError, struct.error) as exc:
+        raise ModelFileError(f"cannot read the input shape of {path} ({type(exc).__name__}: {exc}); "
+                             "give an edge-unlearn checkpoint, ONNX model or engine with its sidecar") from exc
+    raise ModelFileError(f"{path} does not say its input shape; give an edge-unlearn checkpoint, ONNX model "
+                         "or an engine with its .json sidecar")
+
+
+def _onnx_providers_available() -> list[str]:
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return []
+    return list(ort.get_available_providers())
+
+
+def _torch_cuda_available() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return bool(torch.cuda.is_available())
+
+
+def _split(provider: str | Sequence[str] | None) -> list[str]:
+    if provider is None:
+        return ["auto"]
+    items = [provider] if isinstance(provider, str) else list(provider)
+    out = [p.strip().lower() for item in items for p in str(item).split(",") if p.strip()]
+    return out or ["auto"]
+
+
+def plan_runs(path: str | Path, provider: str | Sequence[str] | None = None) -> list[str | None]:
+    """The providers/devices to bench ``path`` on. ``auto``: ONNX on every onnxruntime provider present among
+    CPU, CUDA, TensorRT; a checkpoint on CPU and, when torch sees a GPU, CUDA eager and CUDA with the fused
+    masked head (``cuda-fused``); an engine on its GPU."""
+    suffix = Path(path).suffix.lower()
+    wanted = _split(provider)
+    if suffix == ".onnx":
+        if wanted == ["auto"]:
+            available = _onnx_providers_available()
+            return [short for short, full in AUTO_ONNX_PROVIDERS if full in available] or ["cpu"]
+        return list(dict.fromkeys(wanted))
+    if suffix == ".safetensors":
+        if wanted == ["auto"]:
+            return ["cpu"] + (["cuda", "cuda-fused"] if _torch_cuda_available() else [])
+        bad = [p for p in wanted if p not in ("cpu", "cuda", "cuda-fused")]
+        if bad:
+            raise UsageError(f"--provider {','.join(bad)} does not apply to torch checkpoint {Path(path).name}; "
+                             "use cpu, cuda or cuda-fused (or auto)")
+        return list(dict.fromkeys(wanted))
+    return [None]
+
+
+def _fused_runner_class():
+    from .runners import TorchRunner
+
+    class TorchFusedHeadRunner(TorchRunner):
+        """A checkpoint in PyTorch with the fused masked head of ``kernels/`` (Triton on CUDA): the backbone in
+        eager mode, then ``model.predict(output="logits")`` with ``head_impl="fused"``, which never reads the
+        forgotten rows of the head. Same contract as every runner: logits [B, C], forgotten = MASK_VALUE."""
+
+        runtime = "torch-fused"
+
+        def activate_impl(self) -> None:
+            super().activate_impl()
+            self._model.head_impl = "fused"
+
+        def infer_impl(self, inputs: np.ndarray) -> np.ndarray:
+            import torch
+
+            from .onnx_meta import MASK_VALUE
+
+            with torch.no_grad():
+                out = self._model.predict(torch.from_numpy(inputs).to(self.device), output="logits")
+                out = out.masked_fill(~self._model.class_mask, MASK_VALUE)
+            return out.float().cpu().numpy()
+
+        def describe_impl(self) -> dict[str, Any]:
+            return {**super().describe_impl(), "provider": f"{self.device}-fused"}
+
+    return TorchFusedHeadRunner
+
+
+def fused_head_runner(path: str | Path, device: str = "cuda") -> Runner:
+    """:class:`TorchFusedHeadRunner` for a checkpoint (the ``cuda-fused`` provider of the bench)."""
+    return _fused_runner_class()(str(path), device=device)
+
+
+def open_bench_runner(path: str | Path, provider: str | None = None, threads: int | None = None) -> Runner:
+    """The runner of ``path`` (through :func:`export.runners.open_runner`) with the CPU thread setting applied;
+    provider ``cuda-fused`` on a checkpoint gives the fused masked head runner."""
+    from .runners import open_runner
+
+    if provider == "cuda-fused":
+        if Path(path).suffix.lower() != ".safetensors":
+            raise UsageError(f"--provider cuda-fused applies to .safetensors checkpoints only, not {Path(path).name}")
+        if not _torch_cuda_available():
+            raise DependencyError("--provider cuda-fused needs a CUDA GPU visible to torch (and Triton); "
+                                  "bench on cpu here")
+        return fused_head_runner(path, "cuda")
+    runner = open_runner(path, provider=provider)
+    if threads is not None and hasattr(runner, "threads"):
+        runner.threads = threads  # onnxruntime: intra_op_num_threads
+    return runner
+
+
+# ------------------------------------------------------------------------------------------------ measuring
+
+
+@dataclass
+class BenchRow:
+    """One artefact at one batch size. Latencies in milliseconds per ``infer`` call (one batch)."""
+
+    name: str
+    path: str
+    runtime: str
+    provider: str
+    precision: str
+    batch: int
+    iterations: int
+    mean_ms: float
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    min_ms: float
+    max_ms: float
+    std_ms: float
+    throughput: float
+    peak_rss_mib: float | None
+    gpu_peak_mib: float | None
+    threads: int | str
+    source_sha256: str = ""
+
+    @property
+    def label(self) -> str:
+        return f"{self.name} [{self.runtime}/{self.provider}/{self.precision}]"
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def summarize(latencies_s: Sequence[float], batch: int) -> dict[str, float]:
+    """mean/p50/p90/p99/min/max/std in ms and images/s of per-call latencies in seconds."""
+    ms = np.asarray(latencies_s, dtype=np.float64) * 1e3
+    if ms.size == 0:
+        raise UsageError("no timed iteration was run; raise --iterations or --duration")
+    p50, p90, p99 = (float(v) for v in np.percentile(ms, [50, 90, 99]))
+    mean = float(ms.mean())
+    return {"mean_ms": mean, "p50_ms": p50, "p90_ms": p90, "p99_ms": p99, "min_ms": float(ms.min()),
+            "max_ms": float(ms.max()), "std_ms": float(ms.std()),
+            "throughput": batch / (mean / 1e3) if mean > 0 else math.inf}
+
+
+def time_batches(runner: Runner, inputs: np.ndarray, config: BenchConfig) -> list[float]:
+    """Warm up, then the timed calls on an active runner; per-call seconds."""
+    for _ in range(config.warmup):
+        runner.infer(inputs)
+    latencies: list[float] = []
+    clock = time.perf_counter
+    if config.duration is not None:
+        deadline = clock() + config.duration
+        while clock() < deadline or len(latencies) < config.min_iterations:
+            start = clock()
+            runner.infer(inputs)
+            latencies.append(clock() - start)
+    else:
+        for _ in range(config.iterations or DEFAULT_ITERATIONS):
+            start = clock()
+            runner.infer(inputs)
+            latencies.append(clock() - start)
+    return latencies
+
+
+def _set_torch_threads(threads: int | None) -> int | None:
+    """Set torch's intra-op threads for a torch artefact; returns the previous value to restore."""
+    if threads is None:
+        return None
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    return previous
+
+
+def bench_runner(runner: Runner, config: BenchConfig = BenchConfig(), name: str | None = None,
+                 input_shape: Sequence[int] | None = None, gpu_memory: GpuMemoryHook | None = None,
+                 echo: Callable[[str], None] | None = None) -> list[BenchRow]:
+    """Enter ``runner`` and measure every batch of ``config``; one :class:`BenchRow` per batch."""
+    shape = tuple(input_shape) if input_shape else input_shape_of(runner.path, runner)
+    rng = np.random.default_rng(config.seed)
+    rows: list[BenchRow] = []
+    previous_threads = _set_torch_threads(config.threads) if runner.runtime.startswith("torch") else None
+    try:
+        with runner:
+            info = runner.describe()
+            if runner.runtime.startswith("torch") and gpu_memory is None and str(info.get("device", "")).startswith("cuda"):
+                gpu_memory = TorchCudaMemory(str(info["device"]))
+            for batch in config.batches:
+                inputs = rng.standard_normal((int(batch), *shape)).astype(np.float32)
+                out = runner.infer(inputs)  # also checks the batch is accepted before timing
+                if len(out) != batch:
+                    raise ModelFileError(f"{runner.name} returned {len(out)} rows for a batch of {batch}")
+                reset_peak_rss()
+                if gpu_memory is not None:
+                    gpu_memory.reset()
+                latencies = time_batches(runner, inputs, config)
+                stats = summarize(latencies, int(batch))
+                row = BenchRow(
+                    name=name or Path(runner.path).name, path=str(runner.path), runtime=str(info.get("runtime", runner.runtime)),
+                    provider=str(info.get("provider") or "-"), precision=str(info.get("precision") or "-"),
+                    batch=int(batch), iterations=len(latencies), **stats, peak_rss_mib=peak_rss_mib(),
+                    gpu_peak_mib=gpu_memory.peak_mib() if gpu_memory is not None else None,
+                    threads=config.threads if config.threads is not None else "default",
+                    source_sha256=str(info.get("source_sha256") or ""))
+                rows.append(row)
+                if echo is not None:
+                    echo(f"  {row.label} batch {batch}: p50 {row.p50_ms:.3f} ms, p99 {row.p99_ms:.3f} ms, "
+                         f"{row.throughput:.1f} img/s ({row.iterations} iterations)")
+    finally:
+        if previous_threads is not None:
+            _set_torch_threads(previous_threads)
+    return rows
+
+
+# ------------------------------------------------------------------------------------------------ environment
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.lower().startswith(("model name", "hardware", "cpu model")):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def gpu_names() -> list[str]:
+    """GPU names from nvidia-smi when present (no CUDA library import); [] otherwise."""
+    exe = shutil.which("nvidia-smi")
+    if not exe:
+        return []
+    try:
+        out = subprocess.run([exe, "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [line.strip() for line in out.stdout.splitlines() if line.strip()] if out.returncode == 0 else []
+
+
+def environment(threads: int | None = None) -> dict[str, Any]:
+    """CPU model, cores, load, thread setting, GPUs and library versions (torch/TensorRT only if already loaded)."""
+    from edge_unlearn import __version__
+
+    versions: dict[str, str] = {"python": platform.python_version(), "numpy": np.__version__,
+                                "edge_unlearn": __version__}
+    try:
+        import onnxruntime as ort
+
+        versions["onnxruntime"] = ort.__version__
+        providers = list(ort.get_available_providers())
+    except ImportError:
+        providers = []
+    for module in ("onnx", "torch", "tensorrt", "pycuda"):
+        mod = sys.modules.get(module)
+        if mod is not None and getattr(mod, "__version__", None):
+            versions[module] = str(mod.__version__)
+    try:
+        affinity = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        affinity = os.cpu_count()
+    try:
+        load = [round(v, 2) for v in os.getloadavg()]
+    except (AttributeError, OSError):
+        load = None
+    return {"cpu": cpu_model(), "cpu_count": os.cpu_count(), "cpus_usable": affinity, "load_average": load,
+            "threads": threads if threads is not None else "default", "machine": platform.machine(),
+            "system": f"{platform.system()} {platform.release()}", "host": platform.node(), "gpus": gpu_names(),
+            "onnxruntime_providers": providers, "versions": versions,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+
+
+# ------------------------------------------------------------------------------------------------ report
+
+
+@dataclass
+class BenchReport:
+    rows: list[BenchRow]
+    config: BenchConfig
+    environment: dict[str, Any]
+    errors: list[dict[str, str]] = field(default_factory=list)
+
+    def ratios(self) -> list[dict[str, Any]]:
+        """Each row that is not onnxruntime FP32 against the onnxruntime FP32 row of the same source checkpoint,
+        batch and kind of device (CPU or GPU): ``p50_ratio`` < 1 is faster than FP32, ``speedup`` = FP32 p50 /
+        this p50. Rows without a source checkpoint sha256 or without such an FP32 row are left out."""
+        def where(provider: str) -> str:
+            return "cpu" if provider.lower() in ("cpu", "-") or "CPU" in provider else "gpu"
+
+        base = {(r.source_sha256, where(r.provider), r.batch): r for r in self.rows
+                if r.runtime == "onnxruntime" and r.precision == "fp32" and r.source_sha256}
+        out = []
+        for r in self.rows:
+            if not r.source_sha256 or (r.runtime == "onnxruntime" and r.precision == "fp32"):
+                continue
+            ref = base.get((r.source_sha256, where(r.provider), r.batch))
+            if ref is None:
+                continue
+            out.append({"name": r.name, "runtime": r.runtime, "precision": r.precision, "provider": r.provider,
+                        "batch": r.batch, "baseline": ref.name, "p50_ratio": r.p50_ms / ref.p50_ms,
+                        "p99_ratio": r.p99_ms / ref.p99_ms, "speedup": ref.p50_ms / r.p50_ms,
+                        "throughput_ratio": r.throughput / ref.throughput})
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        return {"format": "edge-unlearn.bench/1", "config": self.config.to_json(), "environment": self.environment,
+                "results": [r.to_json() for r in self.rows], "ratios_vs_onnx_fp32": self.ratios(),
+                "errors": self.errors}
+
+    def table(self) -> str:
+        head = (f"{'artefact':<24} {'runtime':<11} {'provider':<22} {'prec':<5} {'batch':>5} {'iters':>5} "
+                f"{'mean ms':>9} {'p50 ms':>9} {'p90 ms':>9} {'p99 ms':>9} {'img/s':>9} {'RSS MiB':>8} {'GPU MiB':>8}")
+        lines = [head, "-" * len(head)]
+        for r in self.rows:
+            gpu = "-" if r.gpu_peak_mib is None else f"{r.gpu_peak_mib:.1f}"
+            rss = "-" if r.peak_rss_mib is None else f"{r.peak_rss_mib:.0f}"
+            lines.append(f"{r.name[:24]:<24} {r.runtime[:11]:<11} {r.provider[:22]:<22} {r.precision[:5]:<5} "
+                         f"{r.batch:>5} {r.iterations:>5} {r.mean_ms:>9.3f} {r.p50_ms:>9.3f} {r.p90_ms:>9.3f} "
+                         f"{r.p99_ms:>9.3f} {r.throughput:>9.1f} {rss:>8} {gpu:>8}")
+        ratios = self.ratios()
+        if ratios:
+            lines.append("vs onnxruntime FP32 of the same checkpoint (p50 ratio < 1 is faster):")
+            for q in ratios:
+                lines.append(f"  {q['name'][:24]:<24} {q['runtime']}/{q['precision']} batch {q['batch']:>3}: "
+                             f"p50 x{q['p50_ratio']:.2f}  p99 x{q['p99_ratio']:.2f}  speedup {q['speedup']:.2f}")
+        env = self.environment
+        lines.append(f"machine: {env.get('cpu')} ({env.get('cpus_usable')} usable CPUs, threads {env.get('threads')}, "
+                     f"load {env.get('load_average')}); GPUs: {', '.join(env.get('gpus') or []) or 'none'}; "
+                     + ", ".join(f"{k} {v}" for k, v in env.get("versions", {}).items()))
+        for err in self.errors:
+            lines.append(f"skipped {err['artefact']} ({err['provider']}): {err['error']}")
+        return "\n".join(lines)
+
+    def to_csv(self) -> str:
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=list(CSV_FIELDS), extrasaction="ignore", lineterminator="\n")
+        writer.writeheader()
+        for r in self.rows:
+            writer.writerow({k: ("" if v is None else v) for k, v in r.to_json().items()})
+        return buf.getvalue()
+
+    def write_json(self, path: str | Path) -> None:
+        from edge_unlearn.cli_common import to_json_text
+        from edge_unlearn.fileio import atomic_output
+
+        with atomic_output(path) as tmp:
+            Path(tmp).write_text(to_json_text(self.to_json()) + "\n")
+
+    def write_csv(self, path: str | Path) -> None:
+        from edge_unlearn.fileio import atomic_output
+
+        with atomic_output(path) as tmp:
+            Path(tmp).write_text(self.to_csv())
+
+    def plot(self, path: str | Path) -> Path:
+        return plot_latency([r.to_json() for r in self.rows], path)
+
+
+def bench_artefacts(paths: Iterable[str | Path], config: BenchConfig = BenchConfig(),
+                    provider: str | Sequence[str] | None = None, names: Sequence[str] | None = None,
+                    keep_going: bool = False, echo: Callable[[str], None] | None = None) -> BenchReport:
+    """Bench every artefact on every provider of :func:`plan_runs`. With ``keep_going`` an artefact whose
+    runtime is missing here (e.g. CUDA provider) is listed in ``errors`` instead of stopping the sweep."""
+    paths = [Path(p) for p in paths]
+    if not paths:
+        raise UsageError("give at least one artefact: a .safetensors checkpoint, an .onnx model or an engine")
+    if names is not None and len(names) not in (0, len(paths)):
+        raise UsageError(f"--name was given {len(names)} times for {len(paths)} artefacts; give one per artefact")
+    for path in paths:
+        if not path.is_file():
+            raise ModelFileError(f"artefact {path} not found; give .safetensors checkpoints, .onnx models or "
+                                 ".plan/.engine files")
+    rows: list[BenchRow] = []
+    errors: list[dict[str, str]] = []
+    for i, path in enumerate(paths):
+        label = names[i] if names else path.name
+        providers = plan_runs(path, provider)
+        for prov in providers:
+            if echo is not None:
+                echo(f"bench {path} ({prov or 'default'})")
+            try:
+                runner = open_bench_runner(path, prov, config.threads)
+                rows.extend(bench_runner(runner, config, name=label, echo=echo))
+            except EdgeUnlearnError as exc:
+                if not keep_going:
+                    raise
+                errors.append({"artefact": str(path), "provider": str(prov), "error": str(exc)})
+    return BenchReport(rows, config, environment(config.threads), errors)
+
+
+# ------------------------------------------------------------------------------------------------ plot
+
+
+def latency_figure(rows: Sequence[dict[str, Any]], title: str | None = None):
+    """A matplotlib figure: p50 latency per batch (p90..p99 shaded) and throughput vs batch, one line per
+    artefact/runtime/precision (the provider is named when it is not the CPU)."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        provider = str(r.get("provider", ""))
+        where = "" if provider in ("cpu", "CPUExecutionProvider", "-") else f"/{provider}"
+        key = f"{r['name']} [{r['runtime']}/{r['precision']}{where}]"
+        groups.setdefault(key, []).append(r)
+    fig, (ax_lat, ax_tp) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for key, items in groups.items():
+        items = sorted(items, key=lambda r: r["batch"])
+        b = [r["batch"] for r in items]
+        line, = ax_lat.plot(b, [r["p50_ms"] for r in items], marker="o", label=key)
+        ax_lat.fill_between(b, [r["p90_ms"] for r in items], [r["p99_ms"] for r in items], alpha=0.15,
+                            color=line.get_color())
+        ax_tp.plot(b, [r["throughput"] for r in items], marker="o", color=line.get_color(), label=key)
+    for ax in (ax_lat, ax_tp):
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("batch size")
+        ax.grid(True, which="both", alpha=0.3)
+    ax_lat.set_ylabel("latency per batch, ms (p50; p90-p99 shaded)")
+    ax_tp.set_ylabel("throughput, images/s")
+    ax_lat.set_title(title or "latency vs batch")
+    ax_tp.set_title("throughput vs batch")
+    ax_tp.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    return fig
+
+
+def plot_latency(rows: Sequence[dict[str, Any]], path: str | Path, title: str | None = None) -> Path:
+    """Write :func:`latency_figure` as a PNG (atomically)."""
+    import matplotlib.pyplot as plt
+
+    from edge_unlearn.fileio import atomic_output
+
+    fig = latency_figure(rows, title)
+    path = Path(path)
+    try:
+        with atomic_output(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=110)
+    finally:
+        plt.close(fig)
+    return path

@@ -1,0 +1,140 @@
+"""`edge-unlearn bench` on real onnxruntime sessions of tiny ONNX models: structure, percentiles, outputs."""
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from edge_unlearn.cli_report import bench_cmd
+from edge_unlearn.errors import UsageError
+from export.bench import BenchConfig, bench_artefacts, input_shape_of, parse_batches, summarize
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_bench_library_real_onnxruntime(tiny_models):
+    fp32, int8 = tiny_models
+    report = bench_artefacts([fp32, int8], BenchConfig(batches=(1, 3, 16), warmup=2, iterations=12, threads=1),
+                             provider="cpu")
+    assert [(r.name, r.batch) for r in report.rows] == [(p.name, b) for p in (fp32, int8) for b in (1, 3, 16)]
+    for r in report.rows:
+        assert r.runtime == "onnxruntime" and r.provider == "CPUExecutionProvider" and r.iterations == 12
+        assert 0 < r.min_ms <= r.p50_ms <= r.p90_ms <= r.p99_ms <= r.max_ms
+        assert r.min_ms <= r.mean_ms <= r.max_ms
+        assert r.throughput == pytest.approx(r.batch / (r.mean_ms / 1e3))
+        assert r.peak_rss_mib is not None and r.peak_rss_mib > 10  # onnxruntime alone is tens of MiB
+        assert r.gpu_peak_mib is None and r.threads == 1
+    assert {r.precision for r in report.rows} == {"fp32", "int8"}
+    ratios = report.ratios()  # same source checkpoint: INT8 against FP32 per batch
+    assert [(q["precision"], q["batch"]) for q in ratios] == [("int8", 1), ("int8", 3), ("int8", 16)]
+    for q in ratios:
+        fp, i8 = (next(r for r in report.rows if r.precision == p and r.batch == q["batch"]) for p in ("fp32", "int8"))
+        assert q["p50_ratio"] == pytest.approx(i8.p50_ms / fp.p50_ms)
+    env = report.environment
+    assert env["cpu"] and env["threads"] == 1 and "onnxruntime" in env["versions"]
+    assert "CPUExecutionProvider" in env["onnxruntime_providers"]
+
+
+def test_duration_mode_and_config_errors(tiny_models):
+    report = bench_artefacts([tiny_models[0]], BenchConfig(batches=(2,), warmup=0, duration=0.05), provider="cpu")
+    assert report.rows[0].iterations >= 5  # min_iterations
+    with pytest.raises(UsageError, match="not both"):
+        BenchConfig(iterations=3, duration=1.0)
+    with pytest.raises(UsageError, match="--batch"):
+        parse_batches("1,x")
+    assert parse_batches("1, 8,64,8") == (1, 8, 64)
+    assert input_shape_of(tiny_models[0]) == (1, 8, 8)
+
+
+def test_summarize_percentiles_are_numpy_linear():
+    stats = summarize([0.001 * k for k in range(1, 101)], batch=4)  # 1..100 ms
+    assert stats["p50_ms"] == pytest.approx(50.5) and stats["p90_ms"] == pytest.approx(90.1)
+    assert stats["p99_ms"] == pytest.approx(99.01) and stats["throughput"] == pytest.approx(4 / 0.0505)
+
+
+def test_bench_cli_writes_table_json_csv_plot(tiny_models, tmp_path):
+    fp32, int8 = tiny_models
+    out_json, out_csv, out_png = tmp_path / "b.json", tmp_path / "b.csv", tmp_path / "b.png"
+    result = CliRunner().invoke(bench_cmd, [str(fp32), str(int8), "--batch", "1,4", "--iterations", "6",
+                                            "--warmup", "1", "--threads", "1", "--provider", "cpu",
+                                            "--name", "fp32", "--name", "int8", "--json", str(out_json),
+                                            "--csv", str(out_csv), "--plot", str(out_png), "-q"])
+    assert result.exit_code == 0, result.output
+    assert "p50 ms" in result.output and "p99 ms" in result.output and "speedup" in result.output
+    data = json.loads(out_json.read_text())
+    assert data["format"] == "edge-unlearn.bench/1" and data["config"]["batches"] == [1, 4]
+    assert [(r["name"], r["batch"]) for r in data["results"]] == [("fp32", 1), ("fp32", 4), ("int8", 1), ("int8", 4)]
+    assert all(r["p50_ms"] <= r["p99_ms"] for r in data["results"])
+    assert [q["batch"] for q in data["ratios_vs_onnx_fp32"]] == [1, 4]
+    rows = list(csv.DictReader(out_csv.open()))
+    assert len(rows) == 4 and float(rows[0]["p99_ms"]) >= float(rows[0]["p50_ms"])
+    assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bench_cli_errors_are_one_line(tmp_path, tiny_models):
+    result = CliRunner().invoke(bench_cmd, [str(tmp_path / "nope.onnx")])
+    assert result.exit_code == 2 and "not found" in result.output
+    result = CliRunner().invoke(bench_cmd, [str(tiny_models[0]), "--iterations", "3", "--duration", "1"])
+    assert result.exit_code == 2 and "not both" in result.output
+
+
+def test_bench_onnx_without_torch(tiny_models, tmp_path):
+    """The measuring loop runs where torch cannot be imported (deployment side)."""
+    code = textwrap.dedent(f"""
+        import json, sys
+        sys.modules["torch"] = None
+        sys.path.insert(0, {str(ROOT)!r})
+        from export.bench import BenchConfig, bench_artefacts
+        from edge_unlearn import cli_report
+        report = bench_artefacts([{str(tiny_models[0])!r}], BenchConfig(batches=(1,), warmup=0, iterations=3))
+        loaded = [m for m in sys.modules if (m == "torch" or m.startswith("torch.")) and sys.modules[m] is not None]
+        print(json.dumps({{"rows": len(report.rows), "torch": loaded}}))
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == {"rows": 1, "torch": []}
+
+
+def test_bench_torch_checkpoint_eager(tmp_path):
+    """A .safetensors checkpoint runs through the torch runner (eager head); its input shape comes from the
+    safetensors header, read without torch."""
+    import torch
+
+    from edge_unlearn.checkpoint import CheckpointMeta, save_checkpoint
+    from edge_unlearn.data import Normalization
+    from edge_unlearn.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("lenet", 4, (1, 8, 8))
+    model.mask_classes([3])
+    meta = CheckpointMeta("lenet", 4, ("a", "b", "c", "d"), (1, 8, 8), Normalization((0.0,), (1.0,)), "digits")
+    path = tmp_path / "m.safetensors"
+    save_checkpoint(path, model, meta)
+    assert input_shape_of(path) == (1, 8, 8)
+    threads = torch.get_num_threads()
+    report = bench_artefacts([path], BenchConfig(batches=(1, 5), warmup=1, iterations=4, threads=1), provider="cpu")
+    assert torch.get_num_threads() == threads  # restored
+    assert [(r.runtime, r.provider, r.precision, r.batch) for r in report.rows] == [
+        ("torch", "cpu", "fp32", 1), ("torch", "cpu", "fp32", 5)]
+    assert all(r.p50_ms <= r.p99_ms for r in report.rows) and "torch" in report.environment["versions"]
+
+    # the fused masked head runner (Triton on CUDA; here its PyTorch reference path) keeps the runner contract
+    import numpy as np
+
+    from edge_unlearn.errors import DependencyError
+    from export.bench import fused_head_runner, open_bench_runner
+    from export.runners import TorchRunner
+
+    x = np.random.default_rng(0).standard_normal((3, 1, 8, 8)).astype(np.float32)
+    with TorchRunner(path) as eager, fused_head_runner(path, device="cpu") as fused:
+        np.testing.assert_allclose(fused.infer(x), eager.infer(x), rtol=1e-5, atol=1e-5)
+        assert fused.describe()["provider"] == "cpu-fused"
+    if not torch.cuda.is_available():
+        with pytest.raises(DependencyError, match="CUDA"):
+            open_bench_runner(path, "cuda-fused")
