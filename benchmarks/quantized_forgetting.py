@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 DATA = Path("/work/shared/data")
-PLAN = [  # arch, dataset file, epochs, classes to forget (one at a time)
+PLAN = [  # arch, dataset file, epochs (TrainConfig.min_steps may raise them), classes to forget (one at a time)
     ("lenet", "mnist.npz", 2, (0, 3, 7)),
     ("resnet18", "fashion_mnist.npz", 2, (1, 4, 9)),
 ]
@@ -83,13 +83,15 @@ def measure_variants(checkpoint: Path, spec: str, bundle: Path, folder: Path) ->
     cases = [
         ("naive zero rows, bias -1e4; ORT static QDQ defaults", "naive", QuantizeConfig(ort_defaults=True, strict=False)),
         ("full head + float Where mask; everything quantized", "where",
-         QuantizeConfig(exclude_mask_nodes=False, strict=False)),
-        ("full head + Where mask kept in float", "where", QuantizeConfig(strict=False)),
+         QuantizeConfig(exclude_mask_nodes=False, float_first_layer=False, strict=False)),
+        ("full head + Where mask kept in float", "where", QuantizeConfig(float_first_layer=False, strict=False)),
         ("compact head + Pad/Gather; everything quantized", "compact",
-         QuantizeConfig(exclude_mask_nodes=False, strict=False)),
+         QuantizeConfig(exclude_mask_nodes=False, float_first_layer=False, strict=False)),
         ("compact head + Pad/Gather kept in float, symmetric activations", "compact",
-         QuantizeConfig(symmetric_activations=True)),
-        ("compact head + Pad/Gather kept in float (ours)", "compact", QuantizeConfig()),
+         QuantizeConfig(symmetric_activations=True, float_first_layer=False)),
+        ("compact head + Pad/Gather kept in float, first conv quantized", "compact",
+         QuantizeConfig(float_first_layer=False)),
+        ("compact head + Pad/Gather and first conv kept in float (ours)", "compact", QuantizeConfig()),
     ]
     for i, (name, variant, config) in enumerate(cases):
         fp32 = folder / f"variant_{variant}.onnx"
@@ -238,12 +240,15 @@ def main(argv=None) -> int:
         spec = f"npz:{DATA / file}"
         data = load_dataset(spec)
         t = time.perf_counter()
+        config = TrainConfig(epochs=epochs, device="cpu")
+        steps = -(-len(data.y_train) // config.batch_size)
+        epochs = max(config.epochs, -(-getattr(config, "min_steps", 0) // steps))  # what train_model really runs
         cached = out / f"base_{arch}_{Path(file).stem}_e{epochs}.safetensors"
         if cached.exists():
             base = load_checkpoint(cached).model
             print(f"loaded {cached}", flush=True)
         else:
-            base = train_model(arch, data, TrainConfig(epochs=epochs, device="cpu"), progress=False).model
+            base = train_model(arch, data, config, progress=False).model
             save_checkpoint(cached, base, CheckpointMeta(
                 arch=arch, num_classes=data.num_classes, class_names=data.class_names, input_shape=data.input_shape,
                 normalization=data.normalization, dataset=spec))

@@ -148,9 +148,11 @@ def print_forget_summary(s: dict[str, Any]) -> None:
 @click.option("--no-eval", is_flag=True, help="Skip the before/after evaluation (no dataset needed with --forget-samples).")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object with every figure.")
+@click.option("--run-dir", type=click.Path(file_okay=False), default=None,
+              help="Record this run in a folder for `edge-unlearn report`.")
 @handle_errors
 def forget_cmd(checkpoint, forget_classes, samples, forget_samples_dir, method, params, dataset, data_dir, download,
-               seed, device, no_eval, output, as_json):
+               seed, device, no_eval, output, as_json, run_dir):
     """Make CHECKPOINT forget classes and write the unlearned checkpoint (masks accumulate over runs)."""
     from .workflows import ForgetRequest, forget_checkpoint
 
@@ -159,6 +161,10 @@ def forget_cmd(checkpoint, forget_classes, samples, forget_samples_dir, method, 
                         dataset=dataset, data_dir=data_dir, download=download, seed=seed, device=device,
                         evaluate=not no_eval)
     summary = forget_checkpoint(req)
+    if run_dir:
+        from .cli_report import record_to_run_dir
+
+        record_to_run_dir(run_dir, "forget", summary, [Path(checkpoint), Path(output)])
     if as_json:
         echo_json(summary)
     else:
@@ -228,7 +234,8 @@ def demo(out_dir, forget_class, skip_deploy):
 
 def _register_optional_commands() -> None:
     for module, names in (("edge_unlearn.cli_export", ("export_cmd", "quantize_cmd", "bundle_cmd", "validate_cmd")),
-                          ("edge_unlearn.cli_tensorrt", ("build_engine_cmd", "doctor_cmd"))):
+                          ("edge_unlearn.cli_tensorrt", ("build_engine_cmd", "doctor_cmd")),
+                          ("edge_unlearn.cli_report", ("bench_cmd", "report_cmd", "verify_cmd"))):
         mod = __import__(module, fromlist=list(names))
         for name in names:
             main.add_command(getattr(mod, name))

@@ -73,23 +73,28 @@ def export_cmd(checkpoint: str, output: str, opset: int | None, json_path: str |
 @click.option("--symmetric-activations", is_flag=True,
               help="Zero-point-0 activations (what TensorRT needs); costs accuracy on onnxruntime.")
 @click.option("--per-tensor", is_flag=True, help="Per-tensor instead of per-channel weight scales.")
+@click.option("--quantize-first-layer", is_flag=True,
+              help="Quantize the first layer too (by default it stays in float: the largest INT8 error source).")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="ONNX file to write.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Also write a JSON summary here.")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
 @handle_errors
 def quantize_cmd(model: str, precision: str, calib: str | None, calib_samples: int | None, calib_method: str | None,
-                 symmetric_activations: bool, per_tensor: bool, output: str, json_path: str | None, quiet: bool) -> None:
+                 symmetric_activations: bool, per_tensor: bool, quantize_first_layer: bool, output: str,
+                 json_path: str | None, quiet: bool) -> None:
     """Make an INT8 or FP16 version of an exported FP32 model; the mask survives.
 
     INT8 is onnxruntime static QDQ (signed 8-bit weights and activations, per-channel weights) after
-    quant_pre_process, calibrated on retained-class samples only; the two mask nodes stay in float.
+    quant_pre_process, calibrated on retained-class samples only; the two mask nodes and the first layer
+    stay in float.
     FP16 uses onnxruntime's float16 converter with float32 inputs and outputs.
     """
     from export.quantize import QuantizeConfig, quantize_model
 
     values = {"precision": precision.lower(), "calib_samples": calib_samples, "calib_method": calib_method}
     config = QuantizeConfig(**{k: v for k, v in values.items() if v is not None},
-                            symmetric_activations=symmetric_activations, per_channel=not per_tensor)
+                            symmetric_activations=symmetric_activations, per_channel=not per_tensor,
+                            float_first_layer=not quantize_first_layer)
     say = _say(quiet)
     with _quiet_stdout(quiet):
         result = quantize_model(model, output, config, calib=calib, echo=say)

@@ -18,12 +18,13 @@ from .cli_common import echo_json, handle_errors
 def record_to_run_dir(run_dir: str | Path | None, kind: str, summary: dict[str, Any],
                       artefacts: Sequence[str | Path] = ()) -> Path | None:
     """Append a record of one command (its JSON summary and the artefacts it read or wrote, hashed) to
-    ``run_dir``; nothing when ``run_dir`` is None. Returns the record's path."""
+    ``run_dir``; nothing when ``run_dir`` is None. Returns the record's path. ``None`` entries of ``artefacts``
+    are skipped; a path that does not exist raises ModelFileError (a record never silently drops evidence)."""
     if run_dir is None:
         return None
     from export.rundir import record
 
-    return record(run_dir, kind, summary, [Path(a) for a in artefacts if a is not None and Path(a).is_file()])
+    return record(run_dir, kind, summary, [Path(a) for a in artefacts if a is not None])
 
 
 @click.command("bench")

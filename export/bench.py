@@ -527,6 +527,11 @@ class BenchReport:
         lines.append(f"machine: {env.get('cpu')} ({env.get('cpus_usable')} usable CPUs, threads {env.get('threads')}, "
                      f"load {env.get('load_average')}); GPUs: {', '.join(env.get('gpus') or []) or 'none'}; "
                      + ", ".join(f"{k} {v}" for k, v in env.get("versions", {}).items()))
+        load, cpus = env.get("load_average"), env.get("cpus_usable")
+        if load and cpus and load[0] > cpus:
+            lines.append(f"warning: load average {load[0]} exceeds the {cpus} usable CPUs: these latencies include "
+                         "waiting for a CPU (multi-threaded torch suffers most); rerun on an idle machine or "
+                         "with --threads 1")
         for err in self.errors:
             lines.append(f"skipped {err['artefact']} ({err['provider']}): {err['error']}")
         return "\n".join(lines)

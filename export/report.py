@@ -38,10 +38,10 @@ body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em a
 padding:0 1em}
 h1{font-size:1.6em;margin-bottom:.2em}h2{border-bottom:2px solid #e3e7ee;padding-bottom:.2em;margin-top:1.8em}
 table{border-collapse:collapse;margin:.6em 0;font-size:.9em}th,td{border:1px solid #d5dae3;padding:.3em .6em;
-text-align:left;vertical-align:top;overflow-wrap:anywhere}th{background:#f3f5f9}td.num{text-align:right;font-variant-numeric:tabular-nums}
+text-align:left;vertical-align:top}th{background:#f3f5f9;white-space:nowrap}td.num{text-align:right;font-variant-numeric:tabular-nums}
 .pass{background:#e3f6e8;color:#11632d;font-weight:600}.fail{background:#fde5e5;color:#9b1c1c;font-weight:600}
-code,.hash{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:.85em}.muted{color:#667085}
-img{max-width:100%;border:1px solid #e3e7ee;margin:.4em 0}
+code,.hash{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:.85em;overflow-wrap:anywhere}.muted{color:#667085}
+table{max-width:100%}img{max-width:100%;border:1px solid #e3e7ee;margin:.4em 0}
 """
 
 #: sets data-images-loaded="yes"/"no" on <body> once every <img> decoded (checked by the headless-browser test)
@@ -204,12 +204,20 @@ def _lineage(data: dict[str, Any]) -> str:
     return "\n".join(parts)
 
 
+def _retrained_eval(records: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The last ``evaluate`` record of a checkpoint that a ``retrain`` record wrote (outside the demo)."""
+    made = {Path(str(r["payload"].get("checkpoint"))).name for r in records if r["kind"] == "retrain"}
+    evals = [r["payload"] for r in records if r["kind"] == "evaluate"
+             and Path(str(r["payload"].get("checkpoint"))).name in made]
+    return evals[-1] if evals else None
+
+
 def _figures(data: dict[str, Any]) -> str:
     demo = data["demo"] or {}
     forget = demo.get("forget") or next((r["payload"] for r in data["records"] if r["kind"] == "forget"), None)
     if not forget or "forget_acc" not in forget:
         return ""
-    gold = demo.get("retrain_eval") or {}
+    gold = demo.get("retrain_eval") or _retrained_eval(data["records"]) or {}
     rows_spec = [("forget_acc (deployed, mask on)", "forget_acc_before", "forget_acc", "forget_acc"),
                  ("forget_acc_unmasked", "forget_acc_before", "forget_acc_unmasked", "forget_acc_unmasked"),
                  ("retain_acc", "retain_acc_before", "retain_acc", "retain_acc"),
@@ -354,6 +362,9 @@ def _latency(data: dict[str, Any]) -> str:
                                   f"×{q['p50_ratio']:.2f}", f"×{q['p99_ratio']:.2f}", f"{q['speedup']:.2f}"]
                                  for q in ratios]))
         parts.append(_img(_png(latency_figure(rows)), "latency and throughput vs batch size"))
+        parts.append("<p class='muted'>Latency is per batch (one <code>infer</code> call). Peak RSS is the whole "
+                     "process's (it includes libraries loaded for earlier rows, e.g. torch); bench one artefact per "
+                     "process for a per-runtime memory figure.</p>")
     return "\n".join(parts)
 
 

@@ -43,7 +43,8 @@ def _now() -> str:
 def _to_text(data: Any) -> str:
     from edge_unlearn.cli_common import to_json_text
 
-    return to_json_text(data) + "\n"
+    plain = json.loads(json.dumps(data, default=str))  # Paths, numpy scalars ... -> their text
+    return to_json_text(plain) + "\n"
 
 
 def _rel(path: Path, root: Path) -> str:

@@ -105,23 +105,21 @@ def project_forget_directions(model: UnlearnableClassifier, forget_inputs: torch
     q = q[:, r.diagonal().abs() > 1e-4 * scale]  # drop directions the retained classes already span
     if q.shape[1] == 0 or scale == 0:
         return 0
-    weight = layer.weight
-    shift_in = alpha * q @ (q.T @ mu_r)  # keeps an input at the retained mean where it was
+    shift_in = alpha * q @ (q.T @ mu_r)  # the input shift the projection applies at the retained mean
     if isinstance(layer, nn.Linear):
-        wq = weight @ q
-        weight -= alpha * wq @ q.T
-        if layer.bias is not None:
-            layer.bias += alpha * wq @ (q.T @ mu_r)
+        weight = layer.weight
+        delta = weight @ shift_in  # output shift to compensate, per output unit
+        weight -= alpha * (weight @ q) @ q.T
     else:  # Conv2d: project every kernel tap over the input-channel axis
-        w = weight.permute(2, 3, 0, 1)  # [kh, kw, out, in]
-        delta = (w @ shift_in).sum((0, 1))  # output shift the compensation must restore, per out channel
-        w -= alpha * (w @ q) @ q.T
-        if layer.bias is not None:
-            layer.bias += delta
-        else:
-            bn = _following_batchnorm(model, layer)
-            if bn is not None and bn.running_mean is not None:
-                bn.running_mean -= delta
+        taps = layer.weight.permute(2, 3, 0, 1)  # a view [kh, kw, out, in]: edits land in the weight
+        delta = (taps @ shift_in).sum((0, 1))
+        taps -= alpha * (taps @ q) @ q.T
+    if layer.bias is not None:
+        layer.bias += delta
+    else:
+        bn = _following_batchnorm(model, layer)
+        if bn is not None and bn.running_mean is not None:
+            bn.running_mean -= delta
     return int(q.shape[1])
 
 

@@ -22,8 +22,10 @@ FORGET = (1,)
 # retained data alone has no gradient when the retain loss is ~0 (as here): it forgets only through weight
 # decay of the head rows nothing supports any more and feature drift, so the test turns weight decay up
 # (measured: with the default 5e-4 forget accuracy stays 100% even at lr 1.0).
+# Retrain repeats the training recipe, whose min_steps (hundreds of steps) a 240-image task does not need.
 TEST_CONFIGS = {
     "finetune": baselines.FinetuneConfig(epochs=10, lr=0.05, batch_size=32, weight_decay=0.1),
+    "retrain": baselines.RetrainConfig(epochs=4, min_steps=0, batch_size=32),
 }
 
 
@@ -170,7 +172,7 @@ def test_retrain_does_not_depend_on_the_weights_it_starts_from(task):
     with torch.no_grad():
         for p in other.parameters():
             p.add_(1.0)
-    config = baselines.RetrainConfig(epochs=1, batch_size=64)
+    config = baselines.RetrainConfig(epochs=1, min_steps=0, batch_size=64)
     with _one_thread():
         a = forget(model, fs, "retrain", config=config, retain=rs, device="cpu").model
         b = forget(other, fs, "retrain", config=config, retain=rs, device="cpu").model
@@ -196,3 +198,10 @@ def test_neggrad_with_a_retain_term_needs_retained_data(task):
     with _one_thread():
         result = forget(model, fs, "neggrad", config=config, retain=rs, device="cpu")
     assert result.params["retain_weight"] == 0.5
+
+
+def test_retrain_defaults_are_the_training_recipe():
+    recipe, config = TrainConfig(), baselines.RetrainConfig()
+    shared = {f.name for f in dataclasses.fields(TrainConfig)} & {f.name for f in dataclasses.fields(config)}
+    assert {"epochs", "batch_size", "lr", "weight_decay"} <= shared
+    assert all(getattr(recipe, name) == getattr(config, name) for name in shared - {"seed"})

@@ -73,6 +73,11 @@ def test_int8_keeps_mask_in_float(artifacts):
     fill = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}[pad.input[2]]
     assert fill.dtype == np.float32 and float(fill) == MASK_VALUE
     assert graph_hazards(proto) == []
+    first = [n for n in proto.graph.node if "input" in n.input]
+    assert [n.op_type for n in first] == ["Conv"]  # the first layer reads the float input: not quantized
+    assert first[0].name in meta.quantization["excluded_nodes"]
+    assert sum(n.op_type == "Conv" and producers.get(n.input[0], first[0]).op_type == "DequantizeLinear"
+               for n in proto.graph.node) == 1  # the second conv is quantized
 
 
 def test_fp16_mask_is_finite(artifacts, digits):

@@ -85,13 +85,14 @@ def test_bench_cli_errors_are_one_line(tmp_path, tiny_models):
 
 
 def test_bench_onnx_without_torch(tiny_models, tmp_path):
-    """The measuring loop runs where torch cannot be imported (deployment side)."""
+    """The measuring loop (and the run-folder and report modules) load where torch cannot be imported."""
     code = textwrap.dedent(f"""
         import json, sys
         sys.modules["torch"] = None
         sys.path.insert(0, {str(ROOT)!r})
         from export.bench import BenchConfig, bench_artefacts
         from edge_unlearn import cli_report
+        import export.rundir, export.report
         report = bench_artefacts([{str(tiny_models[0])!r}], BenchConfig(batches=(1,), warmup=0, iterations=3))
         loaded = [m for m in sys.modules if (m == "torch" or m.startswith("torch.")) and sys.modules[m] is not None]
         print(json.dumps({{"rows": len(report.rows), "torch": loaded}}))

@@ -80,3 +80,11 @@ def test_manifest_and_verify_catch_modified_and_missing(tmp_path, tiny_models):
 def test_verify_without_manifest_is_exit_2(tmp_path):
     result = CliRunner().invoke(verify_cmd, [str(tmp_path)])
     assert result.exit_code == 2 and "no manifest.json" in result.output and "edge-unlearn report" in result.output
+
+
+def test_record_payload_with_paths_and_nan(tmp_path):
+    from pathlib import Path
+
+    path = record(tmp_path / "run", "forget", {"checkpoint": Path("a/b.safetensors"), "probe": float("nan")})
+    data = json.loads(path.read_text())  # strict JSON
+    assert data["payload"] == {"checkpoint": "a/b.safetensors", "probe": None}
