@@ -70,6 +70,14 @@ def measure_variants(checkpoint: Path, spec: str, bundle: Path, folder: Path) ->
     from export.validate import validate_model
 
     rows = []
+    exported: dict[str, Path] = {}
+
+    def export(variant: str) -> Path:  # once per call: files from an earlier run may come from another checkpoint
+        if variant not in exported:
+            exported[variant] = folder / f"variant_{variant}.onnx"
+            with _quiet():
+                export_onnx(checkpoint, exported[variant], variant=variant)
+        return exported[variant]
 
     def judge(name: str, precision: str, path: Path) -> None:
         try:
@@ -82,22 +90,22 @@ def measure_variants(checkpoint: Path, spec: str, bundle: Path, folder: Path) ->
 
     cases = [
         ("naive zero rows, bias -1e4; ORT static QDQ defaults", "naive", QuantizeConfig(ort_defaults=True, strict=False)),
-        ("full head + float Where mask; everything quantized", "where",
-         QuantizeConfig(exclude_mask_nodes=False, float_first_layer=False, strict=False)),
-        ("full head + Where mask kept in float", "where", QuantizeConfig(float_first_layer=False, strict=False)),
+        ("full head + Where mask, quantized (first conv in float)", "where",
+         QuantizeConfig(exclude_mask_nodes=False, strict=False)),
+        ("full head + Where mask kept in float (first conv in float)", "where", QuantizeConfig(strict=False)),
         ("compact head + Pad/Gather; everything quantized", "compact",
          QuantizeConfig(exclude_mask_nodes=False, float_first_layer=False, strict=False)),
-        ("compact head + Pad/Gather kept in float, symmetric activations", "compact",
-         QuantizeConfig(symmetric_activations=True, float_first_layer=False)),
-        ("compact head + Pad/Gather kept in float, first conv quantized", "compact",
+        ("compact head + Pad/Gather in float, first conv quantized, symmetric activations", "compact",
          QuantizeConfig(float_first_layer=False)),
-        ("compact head + Pad/Gather and first conv kept in float (ours)", "compact", QuantizeConfig()),
+        ("compact head + Pad/Gather in float, first conv quantized, asymmetric activations", "compact",
+         QuantizeConfig(float_first_layer=False, symmetric_activations=False)),
+        ("compact head + Pad/Gather and first conv in float, asymmetric activations", "compact",
+         QuantizeConfig(symmetric_activations=False)),
+        ("compact head + Pad/Gather and first conv in float, symmetric activations (ours)", "compact",
+         QuantizeConfig()),
     ]
     for i, (name, variant, config) in enumerate(cases):
-        fp32 = folder / f"variant_{variant}.onnx"
-        if not fp32.exists():
-            with _quiet():
-                export_onnx(checkpoint, fp32, variant=variant)
+        fp32 = export(variant)
         out = folder / f"variant_{i}.int8.onnx"
         with _quiet():
             quantize_model(fp32, out, config, calib=spec)
@@ -105,10 +113,7 @@ def measure_variants(checkpoint: Path, spec: str, bundle: Path, folder: Path) ->
     for name, variant, clamp in (("naive bias -1e9, plain FP16 cast", "naive_1e9", 65504.0),
                                  ("naive bias -1e9, ORT converter (clamps to ±1e4)", "naive_1e9", None),
                                  ("compact head + Pad/Gather (ours)", "compact", None)):
-        fp32 = folder / f"variant_{variant}.onnx"
-        if not fp32.exists():
-            with _quiet():
-                export_onnx(checkpoint, fp32, variant=variant)
+        fp32 = export(variant)
         out = folder / f"variant_{variant}_{clamp}.fp16.onnx"
         if clamp:  # a plain cast, as .half() does: -1e9 -> -inf
             proto = fp16_plain_cast(onnx.load(str(fp32)))

@@ -172,6 +172,22 @@ def run(args) -> dict[str, Any]:
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
+    # every finished row is appended here at once, so an interrupted run resumes where it stopped
+    partial = out_dir / "rows.partial.jsonl"
+    done: dict[tuple, dict[str, Any]] = {}
+    if partial.is_file():
+        for line in partial.read_text().splitlines():
+            if line.strip():
+                row = json.loads(line)
+                row = {k: (float("nan") if v is None and k == "seconds" else v) for k, v in row.items()}
+                done[(row["dataset"], row["seed"], row["forget_class"], row["method"])] = row
+
+    def keep(row: dict[str, Any]) -> None:
+        rows.append(row)
+        if (row["dataset"], row["seed"], row["forget_class"], row["method"]) not in done:
+            with open(partial, "a") as handle:
+                handle.write(json.dumps(_clean(row), default=str) + "\n")
+
     models_for_plots: dict[str, Any] = {}
     t_start = time.perf_counter()
     for spec in args.datasets:
@@ -183,24 +199,31 @@ def run(args) -> dict[str, Any]:
                   f"{train_seconds:.1f}s", flush=True)
             for c in args.forget_classes:
                 base = {"dataset": spec, "seed": seed, "forget_class": c, "arch": args.arch}
-                orig = _row_figures(original, data, c, args, original_forget=None, seed=seed)
+                if (spec, seed, c, "original") in done:
+                    orig = done[(spec, seed, c, "original")]
+                    keep(orig)
+                else:
+                    orig = _row_figures(original, data, c, args, original_forget=None, seed=seed)
+                    keep({**base, "method": "original", "needs": "-", **orig, "retain_drop": 0.0,
+                          "seconds": float("nan"), "train_seconds": train_seconds, "samples_used": len(x_all)})
                 orig_forget = orig["forget_acc"]  # relearn target for every method: 0.9 × this
-                rows.append({**base, "method": "original", "needs": "-", **orig, "retain_drop": 0.0,
-                             "seconds": float("nan"), "train_seconds": train_seconds, "samples_used": len(x_all)})
                 sel = data.y_train == c
                 full_fs = ForgetSet(x_all[sel], data.y_train[sel], (c,))
                 few_x, few_y = take_samples(data, [c], args.forget_samples, seed=seed)
                 few_fs = ForgetSet(preprocess(few_x, data.normalization), few_y, (c,))
                 rs = RetainSet(x_all[~sel], data.y_train[~sel])
                 for method in methods:
+                    if (spec, seed, c, method) in done:  # resumed (its model is not rebuilt for the t-SNE plot)
+                        keep(done[(spec, seed, c, method)])
+                        continue
                     mspec = get_method(method)
                     fs = few_fs if mspec.needs == "forget" else full_fs
                     result = forget(original, fs, method, config=_config(method, seed, args.epochs, overrides, args.min_steps),
                                     retain=None if mspec.needs == "forget" else rs, device="cpu")
                     figs = _row_figures(result.model, data, c, args, original_forget=orig_forget, seed=seed)
-                    rows.append({**base, "method": method, "needs": mspec.needs, **figs,
-                                 "retain_drop": orig["retain_acc"] - figs["retain_acc"], "seconds": result.seconds,
-                                 "samples_used": result.samples_used, "params": result.params})
+                    keep({**base, "method": method, "needs": mspec.needs, **figs,
+                          "retain_drop": orig["retain_acc"] - figs["retain_acc"], "seconds": result.seconds,
+                          "samples_used": result.samples_used, "params": result.params})
                     if (spec, seed, c) == (args.datasets[0], args.seeds[0], args.forget_classes[0]):
                         models_for_plots.setdefault("original", original)
                         models_for_plots[method] = result.model

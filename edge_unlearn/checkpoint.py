@@ -85,7 +85,9 @@ def save_checkpoint(path: str | Path, model: UnlearnableClassifier, meta: Checkp
         raise UsageError(f"model has {model.num_classes} classes but metadata says {meta.num_classes}")
     meta = replace(meta, forgotten_classes=tuple(model.forgotten_classes))
     tensors = {name: t.detach().to("cpu").contiguous().clone() for name, t in model.state_dict().items()}
-    header = {"format": FORMAT, "edge_unlearn": json.dumps(meta.to_json(), sort_keys=True)}
+    # One header entry: safetensors keeps metadata in an unordered map, so a second key would make the
+    # file's bytes (and sha256) depend on the process's hash seed.
+    header = {"edge_unlearn": json.dumps({"format": FORMAT, **meta.to_json()}, sort_keys=True)}
     with atomic_output(path) as tmp:
         save_file(tensors, str(tmp), metadata=header)
         digest = sha256_file(tmp)
@@ -105,11 +107,12 @@ def _open(path: Path) -> tuple[CheckpointMeta, dict[str, torch.Tensor] | None]:
     try:
         with safe_open(str(path), framework="pt") as handle:
             header = handle.metadata() or {}
-            if header.get("format") != FORMAT or "edge_unlearn" not in header:
+            data = json.loads(header["edge_unlearn"]) if "edge_unlearn" in header else {}
+            if not isinstance(data, dict) or data.get("format") != FORMAT:
                 raise CheckpointError(
                     f"{path} is a safetensors file but not an edge-unlearn checkpoint (no '{FORMAT}' metadata); "
                     "train one with `edge-unlearn train` or convert your model with edge_unlearn.checkpoint.save_checkpoint")
-            meta = CheckpointMeta.from_json(json.loads(header["edge_unlearn"]))
+            meta = CheckpointMeta.from_json(data)
             tensors = {key: handle.get_tensor(key) for key in handle.keys()}
     except CheckpointError:
         raise

@@ -70,8 +70,8 @@ def export_cmd(checkpoint: str, output: str, opset: int | None, json_path: str |
               "only its retained-class training images are used.")
 @click.option("--calib-samples", type=int, default=None, help="Calibration images (default 256).")
 @click.option("--calib-method", default=None, help="minmax (default), entropy, percentile or distribution.")
-@click.option("--symmetric-activations", is_flag=True,
-              help="Zero-point-0 activations (what TensorRT needs); costs accuracy on onnxruntime.")
+@click.option("--asymmetric-activations", is_flag=True,
+              help="Activations with a zero point (onnxruntime only; TensorRT needs the default symmetric ones).")
 @click.option("--per-tensor", is_flag=True, help="Per-tensor instead of per-channel weight scales.")
 @click.option("--quantize-first-layer", is_flag=True,
               help="Quantize the first layer too (by default it stays in float: the largest INT8 error source).")
@@ -80,20 +80,20 @@ def export_cmd(checkpoint: str, output: str, opset: int | None, json_path: str |
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
 @handle_errors
 def quantize_cmd(model: str, precision: str, calib: str | None, calib_samples: int | None, calib_method: str | None,
-                 symmetric_activations: bool, per_tensor: bool, quantize_first_layer: bool, output: str,
+                 asymmetric_activations: bool, per_tensor: bool, quantize_first_layer: bool, output: str,
                  json_path: str | None, quiet: bool) -> None:
     """Make an INT8 or FP16 version of an exported FP32 model; the mask survives.
 
-    INT8 is onnxruntime static QDQ (signed 8-bit weights and activations, per-channel weights) after
-    quant_pre_process, calibrated on retained-class samples only; the two mask nodes and the first layer
-    stay in float.
+    INT8 is onnxruntime static QDQ (signed symmetric 8-bit weights and activations, per-channel weights,
+    float biases: what TensorRT accepts) after quant_pre_process, calibrated on retained-class samples
+    only; the two mask nodes and the first layer stay in float.
     FP16 uses onnxruntime's float16 converter with float32 inputs and outputs.
     """
     from export.quantize import QuantizeConfig, quantize_model
 
     values = {"precision": precision.lower(), "calib_samples": calib_samples, "calib_method": calib_method}
     config = QuantizeConfig(**{k: v for k, v in values.items() if v is not None},
-                            symmetric_activations=symmetric_activations, per_channel=not per_tensor,
+                            symmetric_activations=not asymmetric_activations, per_channel=not per_tensor,
                             float_first_layer=not quantize_first_layer)
     say = _say(quiet)
     with _quiet_stdout(quiet):

@@ -152,7 +152,8 @@ def open_runner(path: str | Path, provider: str | None = None) -> Runner:
             raise UsageError(f"--provider {provider} does not apply to a torch checkpoint; use cpu or cuda")
         return TorchRunner(path, device=None if provider in (None, "auto") else provider)
     if suffix in TENSORRT_SUFFIXES:
-        raise DependencyError(f"{path.name} is a TensorRT engine and this installation has no TensorRT runner; "
-                              "install it with `pip install edge-unlearn[tensorrt]` on a device with TensorRT")
+        from .tensorrt import TensorRTRunner  # checks the sidecar and imports TensorRT only on entry
+
+        return TensorRTRunner(str(path))
     raise UsageError(f"cannot tell the engine of {path.name} from its suffix; use one of "
                      f"{', '.join(ONNX_SUFFIXES + TORCH_SUFFIXES + TENSORRT_SUFFIXES)}")

@@ -31,6 +31,12 @@ def test_roundtrip_keeps_outputs_mask_and_metadata(tmp_path):
     assert loaded.meta.train_recipe == {"epochs": 3} and not loaded.model.training
 
 
+def test_saving_is_byte_deterministic(tmp_path):
+    model = build_model("lenet", 4, (1, 8, 8))
+    digests = {save_checkpoint(tmp_path / f"m{i}.safetensors", model, _meta()) for i in range(6)}
+    assert len(digests) == 1
+
+
 def test_lineage_accumulates():
     meta = _meta().with_forgetting([2], {"method": "nhle"}, "abc")
     meta = meta.with_forgetting([0], {"method": "nhle"}, "def")
@@ -75,7 +81,7 @@ def test_tensors_of_another_arch(tmp_path):
     path = tmp_path / "m.safetensors"
     tensors = {k: v.contiguous() for k, v in model.state_dict().items()}
     tensors["head.weight"] = torch.zeros(3, 128)
-    header = {"format": "edge-unlearn/1", "edge_unlearn": json.dumps(_meta().to_json())}
+    header = {"edge_unlearn": json.dumps({"format": "edge-unlearn/1", **_meta().to_json()})}
     save_file(tensors, str(path), metadata=header)
     with pytest.raises(CheckpointError, match="do not match arch lenet with 4 classes"):
         load_checkpoint(path)

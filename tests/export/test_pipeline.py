@@ -80,6 +80,22 @@ def test_int8_keeps_mask_in_float(artifacts):
                for n in proto.graph.node) == 1  # the second conv is quantized
 
 
+def test_int8_is_tensorrt_shaped(artifacts):
+    """Q/DQ as TensorRT wants it (DESIGN.md §4): signed INT8, zero point 0, no int32 (bias) DequantizeLinear."""
+    from onnx import TensorProto
+
+    proto = onnx.load(str(artifacts.int8))
+    inits = {t.name: t for t in proto.graph.initializer}
+    qdq = [n for n in proto.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
+    assert qdq
+    for node in qdq:
+        zero_point = inits[node.input[2]]
+        assert zero_point.data_type == TensorProto.INT8, node.name
+        assert not numpy_helper.to_array(zero_point).any(), node.name
+        if node.op_type == "DequantizeLinear" and node.input[0] in inits:
+            assert inits[node.input[0]].data_type == TensorProto.INT8, f"{node.name}: quantized bias"
+
+
 def test_fp16_mask_is_finite(artifacts, digits):
     meta = read_meta(artifacts.fp16)
     assert meta.precision == "fp16"

@@ -86,7 +86,7 @@ def header_only_checkpoint(path: Path, forgotten: tuple[int, ...], lineage: list
 
     meta = {"arch": "lenet", "num_classes": 4, "class_names": list(CLASSES), "input_shape": [1, 8, 8],
             "dataset": "digits", "forgotten_classes": list(forgotten), "lineage": lineage, "parent_sha256": parent}
-    header = json.dumps({"__metadata__": {"format": "edge-unlearn/1", "edge_unlearn": json.dumps(meta)}}).encode()
+    header = json.dumps({"__metadata__": {"edge_unlearn": json.dumps({"format": "edge-unlearn/1", **meta})}}).encode()
     header += b" " * (-len(header) % 8)
     path.write_bytes(struct.pack("<Q", len(header)) + header)
     return path
