@@ -118,13 +118,18 @@ def main() -> int:
             print(f"{tag} class {c}: " + " ".join(f"{k}={v:.4f}" for k, v in row.items() if k != "class"), flush=True)
         mean = {k: statistics.fmean(r[k] for r in rows) for k in rows[0] if k != "class"}
         results["datasets"][tag] = {"spec": spec, "train_seconds": train_seconds, "rows": rows, "mean": mean}
+        write(results, args.json)  # after each dataset, so a long run keeps what it finished
     print()
     print(render_table(results))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=2))
-        args.json.with_suffix(".md").write_text(render_table(results) + "\n")
     return 0
+
+
+def write(results: dict, path: Path | None) -> None:
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=2))
+    path.with_suffix(".md").write_text(render_table(results) + "\n")
 
 
 def render_table(results: dict) -> str:

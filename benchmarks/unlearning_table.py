@@ -335,8 +335,9 @@ def _write(out_dir: Path, rows: list[dict[str, Any]], report: dict[str, Any]) ->
     (out_dir / "rows.json").write_text(json.dumps(_clean(report), indent=2, default=str))
     env = report["environment"]
     text = [markdown_table(report["summary"]), "",
-            f"Machine: {env['cpu_model']} ({env['machine']}), torch {env['torch']} on CPU, {env['threads']} thread(s); "
-            f"total {env['total_seconds'] / 60:.1f} min.", "", f"Command: `{env['command']}`", ""]
+            f"Machine: {env['cpu_model']} ({env['machine']}), torch {env['torch']} on CPU, {env['threads']} thread(s)"
+            + (f"; total {env['total_seconds'] / 60:.1f} min." if env.get("total_seconds") else "."),
+            "", f"Command: `{env['command']}`", ""]
     checks = acceptance(report["summary"])
     if checks:
         text += ["Acceptance checks (NHLE vs retrain):", *checks, ""]
@@ -375,7 +376,10 @@ def _plots(out_dir: Path, rows: list[dict[str, Any]], models: dict[str, Any], ar
         ax.set_ylim(0, 1.05)
     for ax in list(axes.flat)[len(after):]:
         ax.axis("off")
-    axes[0, 0].legend(loc="lower left", fontsize=7)
+    from matplotlib.patches import Patch
+
+    axes[0, 0].legend(handles=[Patch(color="#bbbbbb", label="original"), Patch(color="#1f77b4", label="after"),
+                               Patch(color="#d62728", label="forgotten class, after")], loc="lower left", fontsize=7)
     fig.suptitle(f"Per-class test accuracy before (grey) and after unlearning class {c} (red) — {data_name}, seed {seed}")
     fig.tight_layout()
     fig.savefig(out_dir / "per_class_accuracy.png", dpi=120)
@@ -395,7 +399,7 @@ def _plots(out_dir: Path, rows: list[dict[str, Any]], models: dict[str, Any], ar
             emb = TSNE(n_components=2, init="pca", random_state=0, perplexity=30).fit_transform(feats.numpy())
             other = y != c
             ax.scatter(emb[other, 0], emb[other, 1], c=y[other], cmap="tab10", s=5, alpha=0.35, vmin=0, vmax=9)
-            ax.scatter(emb[~other, 0], emb[~other, 1], c="#d62728", s=14, edgecolors="black", linewidths=0.3,
+            ax.scatter(emb[~other, 0], emb[~other, 1], c="black", marker="x", s=16, linewidths=0.8,
                        label=f"forgotten class {c}")
             ax.set_title(title)
             ax.set_xticks([])
@@ -449,7 +453,7 @@ def combine(dirs: list[str], out_dir: str) -> dict[str, Any]:
     rows.sort(key=lambda r: (datasets.index(r["dataset"]), r["seed"], r["forget_class"], order[r["method"]]))
     env = dict(envs[0])
     env["command"] = " ; ".join(e["command"] for e in envs)
-    env["total_seconds"] = sum(e["total_seconds"] for e in envs)
+    env["total_seconds"] = None  # runs may have overlapped or resumed: no meaningful total
     report = {"environment": env, "runs": envs, "rows": rows, "summary": _aggregate(rows)}
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
