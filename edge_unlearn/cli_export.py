@@ -33,6 +33,14 @@ def _write_json(path: str | None, data: Any) -> None:
             Path(tmp).write_text(to_json_text(data) + "\n")
 
 
+def _record(run_dir: str | None, kind: str, payload: dict, artefacts: list[str]) -> None:
+    """Append this run to ``--run-dir`` (nothing when it is not given)."""
+    if run_dir:
+        from .cli_report import record_to_run_dir
+
+        record_to_run_dir(run_dir, kind, payload, [Path(a) for a in artefacts])
+
+
 def _say(quiet: bool) -> Callable[[str], None]:
     return (lambda _msg: None) if quiet else click.echo
 
@@ -44,8 +52,11 @@ def _say(quiet: bool) -> Callable[[str], None]:
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
               help="Also write the export summary (parity figures, sha256) as JSON here.")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
+@click.option("--run-dir", type=click.Path(file_okay=False), default=None,
+              help="Record this run in a folder for `edge-unlearn report`.")
 @handle_errors
-def export_cmd(checkpoint: str, output: str, opset: int | None, json_path: str | None, quiet: bool) -> None:
+def export_cmd(checkpoint: str, output: str, opset: int | None, json_path: str | None, quiet: bool,
+               run_dir: str | None) -> None:
     """Export a checkpoint to ONNX with the class mask in the graph.
 
     The graph takes float32 [B, C, H, W] (dynamic batch) and returns logits [B, classes]; forgotten classes
@@ -60,6 +71,7 @@ def export_cmd(checkpoint: str, output: str, opset: int | None, json_path: str |
     with _quiet_stdout(quiet):
         result = export_onnx(checkpoint, output, config, echo=say)
     _write_json(json_path, result.to_json())
+    _record(run_dir, "export", result.to_json(), [checkpoint, output])
     say(f"wrote {result.path} (forgotten classes {list(result.meta.forgotten_classes)}, sha256 {result.sha256[:12]}…)")
 
 
@@ -78,10 +90,12 @@ def export_cmd(checkpoint: str, output: str, opset: int | None, json_path: str |
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="ONNX file to write.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Also write a JSON summary here.")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
+@click.option("--run-dir", type=click.Path(file_okay=False), default=None,
+              help="Record this run in a folder for `edge-unlearn report`.")
 @handle_errors
 def quantize_cmd(model: str, precision: str, calib: str | None, calib_samples: int | None, calib_method: str | None,
                  asymmetric_activations: bool, per_tensor: bool, quantize_first_layer: bool, output: str,
-                 json_path: str | None, quiet: bool) -> None:
+                 json_path: str | None, quiet: bool, run_dir: str | None) -> None:
     """Make an INT8 or FP16 version of an exported FP32 model; the mask survives.
 
     INT8 is onnxruntime static QDQ (signed symmetric 8-bit weights and activations, per-channel weights,
@@ -99,6 +113,7 @@ def quantize_cmd(model: str, precision: str, calib: str | None, calib_samples: i
     with _quiet_stdout(quiet):
         result = quantize_model(model, output, config, calib=calib, echo=say)
     _write_json(json_path, result.to_json())
+    _record(run_dir, "quantize", result.to_json(), [model, output])
     say(f"wrote {result.path} ({result.meta.precision}, sha256 {result.sha256[:12]}…)")
 
 
@@ -137,9 +152,11 @@ def bundle_cmd(checkpoint: str, dataset: str, per_class: int | None, seed: int, 
 @click.option("--batch-size", type=int, default=64, show_default=True)
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write the full report here.")
 @click.option("-q", "--quiet", is_flag=True, help="Print only the verdict line.")
+@click.option("--run-dir", type=click.Path(file_okay=False), default=None,
+              help="Record this run in a folder for `edge-unlearn report`.")
 @handle_errors
 def validate_cmd(model: str, bundle_path: str, max_forget_acc: float, max_retain_drop: float, min_agreement: float,
-                 provider: str | None, batch_size: int, json_path: str | None, quiet: bool) -> None:
+                 provider: str | None, batch_size: int, json_path: str | None, quiet: bool, run_dir: str | None) -> None:
     """Check on this runtime that the forgotten classes stay forgotten and the retained ones still work.
 
     MODEL is an .onnx (onnxruntime) or a .safetensors checkpoint (torch). Exit 0: every check passed;
@@ -150,6 +167,7 @@ def validate_cmd(model: str, bundle_path: str, max_forget_acc: float, max_retain
     thresholds = Thresholds(max_forget_acc, max_retain_drop, min_agreement)
     report = validate_model(model, bundle_path, thresholds, provider=provider, batch_size=batch_size)
     _write_json(json_path, report.to_json())
+    _record(run_dir, "validate", report.to_json(), [model, bundle_path])
     if quiet:
         click.echo(f"{'PASS' if report else 'FAIL'} {model}")
     else:
