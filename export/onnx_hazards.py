@@ -253,7 +253,7 @@ def _check_qdq(model: Any, consts: dict[str, np.ndarray], range_limit: float) ->
                     "qdq-nonzero-zero-point", "error",
                     f"{node.op_type} zero point {zp_name!r} is {vals}; TensorRT quantization is symmetric "
                     "(zero point 0)",
-                    "re-quantize with symmetric activations (`edge-unlearn quantize --symmetric-activations`; "
+                    "re-quantize with symmetric activations (`edge-unlearn quantize` without --asymmetric-activations; "
                     "quantize_static extra_options={'ActivationSymmetric': True, 'WeightSymmetric': True})",
                     node=name, tensor=zp_name)
         x_name = node.input[0]

@@ -206,15 +206,14 @@ def test_edge_unlearn_quantize_fp16_is_accepted(tmp_path):
     assert report.ok and report.precision == "fp16", report.to_json()
 
 
-@pytest.mark.xfail(strict=False, reason="export/quantize.py keeps onnxruntime's QuantizeBias=True: the bias becomes an "
-                                        "INT32 DequantizeLinear, which TensorRT's ONNX parser rejects")
-def test_edge_unlearn_quantize_int8_symmetric_is_accepted(tmp_path):
-    report = check_onnx_for_tensorrt(_quantize(tmp_path, symmetric_activations=True))
+def test_edge_unlearn_quantize_int8_default_is_accepted(tmp_path):
+    """quantize's default (symmetric activations, float biases) is what TensorRT takes."""
+    report = check_onnx_for_tensorrt(_quantize(tmp_path))
     assert report.ok, report.summary()
 
 
-def test_edge_unlearn_quantize_int8_asymmetric_default_is_refused(tmp_path):
-    """quantize's default (asymmetric activations, better on onnxruntime) has zero points TensorRT cannot take."""
-    report = check_onnx_for_tensorrt(_quantize(tmp_path))
+def test_edge_unlearn_quantize_int8_asymmetric_is_refused(tmp_path):
+    """`--asymmetric-activations` (onnxruntime only) has zero points TensorRT cannot take."""
+    report = check_onnx_for_tensorrt(_quantize(tmp_path, symmetric_activations=False))
     assert "qdq-nonzero-zero-point" in report.codes("error")
-    assert "--symmetric-activations" in next(f.fix for f in report.errors if f.code == "qdq-nonzero-zero-point")
+    assert "without --asymmetric-activations" in next(f.fix for f in report.errors if f.code == "qdq-nonzero-zero-point")
