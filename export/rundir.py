@@ -155,9 +155,9 @@ def write_manifest(run_dir: str | Path) -> Path:
     for rec in read_records(root):
         for art in rec.get("artefacts", []):
             path = _resolve(art["path"], root)
-            if Path(art["path"]).is_absolute() and art["path"] not in outside and path.is_file():
-                outside[art["path"]] = {"path": art["path"], "sha256": sha256_file(path), "bytes": path.stat().st_size}
             current = sha256_file(path) if path.is_file() else None
+            if Path(art["path"]).is_absolute() and art["path"] not in outside and current is not None:
+                outside[art["path"]] = {"path": art["path"], "sha256": current, "bytes": path.stat().st_size}
             if current != art.get("sha256"):
                 stale.append({"record": rec["_file"], "path": art["path"], "recorded": art.get("sha256"),
                               "now": current})
@@ -165,12 +165,8 @@ def write_manifest(run_dir: str | Path) -> Path:
             "files": files, "external": list(outside.values()),
             "changed_since_recorded": stale}
     target = root / MANIFEST
-    try:
-        with atomic_output(target) as tmp:
-            Path(tmp).write_text(_to_text(data))
-    except BaseException:
-        target.unlink(missing_ok=True)  # give the reserved number back; never leave an empty record
-        raise
+    with atomic_output(target) as tmp:  # a failed write keeps the previous manifest intact
+        Path(tmp).write_text(_to_text(data))
     return target
 
 

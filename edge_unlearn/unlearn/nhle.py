@@ -61,11 +61,11 @@ class NHLEConfig:
 
 def _following_batchnorm(model: nn.Module, layer: nn.Module) -> nn.BatchNorm2d | None:
     """torchvision blocks name a conv's BatchNorm after it (conv2 -> bn2); used to fold a bias shift."""
-    names = {module: name for name, module in model.named_modules()}
-    name = names.get(layer, "")
+    modules = dict(model.named_modules())
+    name = next((n for n, m in modules.items() if m is layer), "")
     parent, _, leaf = name.rpartition(".")
     if leaf.startswith("conv"):
-        bn = dict(model.named_modules()).get(f"{parent}.bn{leaf[4:]}" if parent else f"bn{leaf[4:]}")
+        bn = modules.get(f"{parent}.bn{leaf[4:]}" if parent else f"bn{leaf[4:]}")
         if isinstance(bn, nn.BatchNorm2d):
             return bn
     return None
