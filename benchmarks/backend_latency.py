@@ -23,7 +23,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 DATA = Path("/work/shared/data")
 #: arch, dataset file, training images (None: all), epochs
@@ -39,8 +38,8 @@ def prepare(arch: str, dataset_file: str, train_samples: int | None, epochs: int
     from edge_unlearn.checkpoint import CheckpointMeta, save_checkpoint
     from edge_unlearn.data import load_dataset
     from edge_unlearn.training import TrainConfig, train_model
-    from export.onnx_export import export_onnx
-    from export.quantize import QuantizeConfig, quantize_model
+    from edge_unlearn.export.onnx_export import export_onnx
+    from edge_unlearn.export.quantize import QuantizeConfig, quantize_model
 
     spec = f"npz:{DATA / dataset_file}"
     data = load_dataset(spec)
@@ -76,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="Smoke test: 512 training images, 64 calibration images, 5 iterations, batches 1,8.")
     args = parser.parse_args(argv)
 
-    from export.bench import BenchConfig, BenchReport, bench_artefacts, parse_batches, plot_latency
+    from edge_unlearn.export.bench import BenchConfig, BenchReport, bench_artefacts, parse_batches, plot_latency
 
     quick = args.quick
     batches = parse_batches("1,8" if quick and args.batch == "1,8,64" else args.batch)

@@ -30,9 +30,8 @@ from typing import Callable, Dict, List, Optional
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from kernels import CompactHead  # noqa: E402
+from edge_unlearn.kernels import CompactHead  # noqa: E402
 
 BATCHES = (1, 8, 64, 256)
 CLASSES = (10, 1000, 100000)

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from edge_unlearn.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint  # noqa: E402
 from edge_unlearn.data import load_dataset, preprocess, take_samples  # noqa: E402

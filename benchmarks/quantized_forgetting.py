@@ -25,7 +25,6 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 DATA = Path("/work/shared/data")
 PLAN = [  # arch, dataset file, epochs (TrainConfig.min_steps may raise them), classes to forget (one at a time)
@@ -64,10 +63,10 @@ def measure_variants(checkpoint: Path, spec: str, bundle: Path, folder: Path) ->
     import onnx
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
-    from export.onnx_export import export_onnx
-    from export.onnx_meta import read_meta, topological_sort, write_meta
-    from export.quantize import QuantizeConfig, fp16_plain_cast, quantize_model
-    from export.validate import validate_model
+    from edge_unlearn.export.onnx_export import export_onnx
+    from edge_unlearn.export.onnx_meta import read_meta, topological_sort, write_meta
+    from edge_unlearn.export.quantize import QuantizeConfig, fp16_plain_cast, quantize_model
+    from edge_unlearn.export.validate import validate_model
 
     rows = []
     exported: dict[str, Path] = {}
@@ -130,10 +129,10 @@ def run_case(arch: str, spec: str, data, base, classes, epochs: int, folder: Pat
     from edge_unlearn.checkpoint import CheckpointMeta, save_checkpoint
     from edge_unlearn.data import preprocess, take_samples
     from edge_unlearn.unlearn import ForgetSet, forget
-    from export.bundle import make_bundle
-    from export.onnx_export import export_onnx
-    from export.quantize import QuantizeConfig, quantize_model
-    from export.validate import validate_model
+    from edge_unlearn.export.bundle import make_bundle
+    from edge_unlearn.export.onnx_export import export_onnx
+    from edge_unlearn.export.quantize import QuantizeConfig, quantize_model
+    from edge_unlearn.export.validate import validate_model
 
     rows = []
     meta = CheckpointMeta(arch=arch, num_classes=data.num_classes, class_names=data.class_names,

@@ -34,7 +34,6 @@ from typing import Any
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from edge_unlearn import attacks  # noqa: E402
 from edge_unlearn.data import Dataset, load_dataset, preprocess, take_samples  # noqa: E402

@@ -64,7 +64,7 @@ def export_cmd(checkpoint: str, output: str, opset: int | None, json_path: str |
     printed; onnx.checker runs with full_check. Metadata carries the classes, forgotten classes,
     normalisation, input shape and the checkpoint's sha256.
     """
-    from export.onnx_export import ExportConfig, export_onnx
+    from edge_unlearn.export.onnx_export import ExportConfig, export_onnx
 
     config = ExportConfig(**({"opset": opset} if opset is not None else {}))
     say = _say(quiet)
@@ -103,7 +103,7 @@ def quantize_cmd(model: str, precision: str, calib: str | None, calib_samples: i
     only; the two mask nodes and the first layer stay in float.
     FP16 uses onnxruntime's float16 converter with float32 inputs and outputs.
     """
-    from export.quantize import QuantizeConfig, quantize_model
+    from edge_unlearn.export.quantize import QuantizeConfig, quantize_model
 
     values = {"precision": precision.lower(), "calib_samples": calib_samples, "calib_method": calib_method}
     config = QuantizeConfig(**{k: v for k, v in values.items() if v is not None},
@@ -130,7 +130,7 @@ def bundle_cmd(checkpoint: str, dataset: str, per_class: int | None, seed: int, 
                json_path: str | None, quiet: bool) -> None:
     """Write a torch-free evaluation bundle: preprocessed test inputs, labels, class names, forgotten
     classes and the checkpoint's FP32 reference logits, so a device without torch can validate."""
-    from export.bundle import make_bundle
+    from edge_unlearn.export.bundle import make_bundle
 
     bundle = make_bundle(checkpoint, dataset, output, per_class=per_class, seed=seed)
     _write_json(json_path, bundle.describe())
@@ -162,7 +162,7 @@ def validate_cmd(model: str, bundle_path: str, max_forget_acc: float, max_retain
     MODEL is an .onnx (onnxruntime) or a .safetensors checkpoint (torch). Exit 0: every check passed;
     1: a check failed (or a figure could not be measured); 2: bad input.
     """
-    from export.validate import Thresholds, validate_model
+    from edge_unlearn.export.validate import Thresholds, validate_model
 
     thresholds = Thresholds(max_forget_acc, max_retain_drop, min_agreement)
     report = validate_model(model, bundle_path, thresholds, provider=provider, batch_size=batch_size)
@@ -178,10 +178,10 @@ def validate_cmd(model: str, bundle_path: str, max_forget_acc: float, max_retain
 def deployment_demo(checkpoint_path: Path, dataset_spec: str, out_dir: Path,
                     echo: Callable[[str], None] = click.echo) -> dict[str, Any]:
     """export -> INT8 (calibrated on retained classes) -> bundle -> validate FP32 and INT8; returns the verdicts."""
-    from export.bundle import make_bundle
-    from export.onnx_export import export_onnx
-    from export.quantize import QuantizeConfig, quantize_model
-    from export.validate import validate_model
+    from edge_unlearn.export.bundle import make_bundle
+    from edge_unlearn.export.onnx_export import export_onnx
+    from edge_unlearn.export.quantize import QuantizeConfig, quantize_model
+    from edge_unlearn.export.validate import validate_model
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -22,7 +22,7 @@ def record_to_run_dir(run_dir: str | Path | None, kind: str, summary: dict[str, 
     are skipped; a path that does not exist raises ModelFileError (a record never silently drops evidence)."""
     if run_dir is None:
         return None
-    from export.rundir import record
+    from edge_unlearn.export.rundir import record
 
     return record(run_dir, kind, summary, [Path(a) for a in artefacts if a is not None])
 
@@ -60,7 +60,7 @@ def bench_cmd(artefacts: tuple[str, ...], batch: str, warmup: int, iterations: i
     on CUDA), with the machine and library versions. INT8/FP16/torch rows are also given as a ratio to the
     onnxruntime FP32 model of the same checkpoint.
     """
-    from export.bench import BenchConfig, bench_artefacts, parse_batches
+    from edge_unlearn.export.bench import BenchConfig, bench_artefacts, parse_batches
 
     config = BenchConfig(batches=parse_batches(batch), warmup=warmup, iterations=iterations, duration=duration,
                          threads=threads, seed=seed)
@@ -85,7 +85,7 @@ def report_cmd(run_dir: str, output: str | None) -> None:
     """Render a run folder as one self-contained HTML file (plots embedded): lineage with checkpoint hashes,
     unlearning figures against the original and the retrained model, per-class accuracy, validation verdicts
     per backend and precision, latency. Then write RUN_DIR/manifest.json with the sha256 of every file."""
-    from export.report import render_report
+    from edge_unlearn.export.report import render_report
 
     path = render_report(run_dir, output)
     click.echo(f"wrote {path} and {Path(run_dir) / 'manifest.json'}")
@@ -98,7 +98,7 @@ def report_cmd(run_dir: str, output: str | None) -> None:
 def verify_cmd(run_dir: str, as_json: bool) -> None:
     """Re-hash every file listed in RUN_DIR/manifest.json. Exit 0: all present and unchanged; 1: a file was
     modified or is missing; 2: no readable manifest."""
-    from export.rundir import verify
+    from edge_unlearn.export.rundir import verify
 
     result = verify(run_dir)
     if as_json:
@@ -114,9 +114,9 @@ def demo_bench_and_report(out_dir: Path, artefacts: Sequence[Path], echo: Callab
     between runtimes and stable on a busy machine), validate any not yet validated against the demo's bundle,
     record it all in ``out_dir``, render ``report.html`` and write the manifest. Call it after demo.json is
     written (the report reads the figures from it)."""
-    from export.bench import BenchConfig, bench_artefacts
-    from export.report import render_report
-    from export.rundir import read_records, record
+    from edge_unlearn.export.bench import BenchConfig, bench_artefacts
+    from edge_unlearn.export.report import render_report
+    from edge_unlearn.export.rundir import read_records, record
 
     out_dir = Path(out_dir)
     artefacts = [Path(a) for a in artefacts if Path(a).is_file()]
@@ -124,7 +124,7 @@ def demo_bench_and_report(out_dir: Path, artefacts: Sequence[Path], echo: Callab
     bundle = out_dir / "eval.npz"
     validated = {Path(str(r["payload"].get("model"))).name for r in read_records(out_dir, "validate")}
     if bundle.is_file():
-        from export.validate import validate_model
+        from edge_unlearn.export.validate import validate_model
 
         for path in artefacts:
             if path.name in validated or path.suffix.lower() not in (".onnx", ".safetensors"):

@@ -57,8 +57,8 @@ def build_engine_cmd(onnx_path: str, output: str | None, precision: str | None, 
     the build. TensorRT 10 and 11 are both supported, chosen by the version installed. The engine only runs on
     the TensorRT version and GPU it was built with: build it on the device.
     """
-    from export.onnx_hazards import DEFAULT_RANGE_LIMIT, check_model, load_onnx, onnx_precision
-    from export.tensorrt import BuildConfig, build_engine, default_engine_path, hazard_target
+    from edge_unlearn.export.onnx_hazards import DEFAULT_RANGE_LIMIT, check_model, load_onnx, onnx_precision
+    from edge_unlearn.export.tensorrt import BuildConfig, build_engine, default_engine_path, hazard_target
 
     config = BuildConfig(precision=precision, min_batch=min_batch, opt_batch=opt_batch, max_batch=max_batch,
                          workspace_mib=workspace_mib, timing_cache=timing_cache, dla_core=dla_core,
@@ -87,7 +87,7 @@ def build_engine_cmd(onnx_path: str, output: str | None, precision: str | None, 
 def doctor_cmd(as_json: bool) -> None:
     """What this machine offers: torch and CUDA, Triton, onnxruntime providers, TensorRT, pycuda, the GPU and its
     compute capability, the Jetson model and JetPack release -- and what each missing piece disables."""
-    from export.doctor import probe, render
+    from edge_unlearn.export.doctor import probe, render
 
     report = probe()
     if as_json:

@@ -137,7 +137,7 @@ class UnlearnableClassifier(nn.Module):
 
     def compact_head(self):
         """The kept rows of the head and their class ids, built once and cached until the head or mask changes."""
-        from kernels import CompactHead
+        from .kernels import CompactHead
 
         key = (self.head.weight.data_ptr(), self.head.weight._version, self.head.bias._version,
                self.class_mask._version, self.class_mask.data_ptr(), self.head.weight.device, self.head.weight.dtype)

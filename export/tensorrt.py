@@ -1,6 +1,6 @@
 """TensorRT engines: build from our ONNX files, run with pycuda. The ONE module that imports tensorrt / pycuda.
 
-Both are imported lazily, inside functions, so ``import export.tensorrt`` works on a machine without them (our
+Both are imported lazily, inside functions, so ``import edge_unlearn.export.tensorrt`` works on a machine without them (our
 development and CI machines: TensorRT cannot be installed there) and everything that is not a TensorRT call --
 version dispatch, the optimisation profile, the ONNX hazard check, the sidecar check -- is a pure function
 tested without TensorRT. Written against the official TensorRT 10 and 11 Python API documentation:

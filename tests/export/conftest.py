@@ -52,9 +52,9 @@ def trained(digits):
 @pytest.fixture(scope="session")
 def artifacts(trained, tmp_path_factory) -> Artifacts:
     from edge_unlearn.checkpoint import save_checkpoint
-    from export.bundle import make_bundle
-    from export.onnx_export import export_onnx
-    from export.quantize import QuantizeConfig, quantize_model
+    from edge_unlearn.export.bundle import make_bundle
+    from edge_unlearn.export.onnx_export import export_onnx
+    from edge_unlearn.export.quantize import QuantizeConfig, quantize_model
 
     folder = tmp_path_factory.mktemp("deploy")
     model, meta = trained

@@ -13,11 +13,11 @@ import pytest
 from onnx import numpy_helper
 
 from edge_unlearn.errors import ModelFileError, UsageError
-from export.bundle import load_bundle
-from export.onnx_meta import MASK_VALUE, OUTPUT_NAME, graph_hazards, read_meta
-from export.quantize import QuantizeConfig, quantize_model
-from export.runners import OnnxRuntimeRunner, TorchRunner, open_runner
-from export.validate import Thresholds, validate, validate_model
+from edge_unlearn.export.bundle import load_bundle
+from edge_unlearn.export.onnx_meta import MASK_VALUE, OUTPUT_NAME, graph_hazards, read_meta
+from edge_unlearn.export.quantize import QuantizeConfig, quantize_model
+from edge_unlearn.export.runners import OnnxRuntimeRunner, TorchRunner, open_runner
+from edge_unlearn.export.validate import Thresholds, validate, validate_model
 
 FORGET = (3,)  # the class the session fixture masks (conftest.py)
 
@@ -119,7 +119,7 @@ def test_every_precision_passes(artifacts, which):
 
 def test_naive_masked_head_int8_is_rejected(trained, artifacts, tmp_path):
     """DESIGN.md §3: zero rows + -1e4 bias under onnxruntime's default static QDQ must fail validation."""
-    from export.onnx_export import export_from_model
+    from edge_unlearn.export.onnx_export import export_from_model
 
     model, meta = trained
     with contextlib.redirect_stdout(io.StringIO()):
@@ -137,9 +137,9 @@ def test_naive_masked_head_int8_is_rejected(trained, artifacts, tmp_path):
 
 def test_naive_1e9_fp16_cast_is_rejected(trained, artifacts, tmp_path):
     """A -1e9 bias cast to FP16 without clamping becomes -inf (DESIGN.md §3); the validator must catch it."""
-    from export.onnx_export import export_from_model
-    from export.onnx_meta import write_meta
-    from export.quantize import fp16_plain_cast
+    from edge_unlearn.export.onnx_export import export_from_model
+    from edge_unlearn.export.onnx_meta import write_meta
+    from edge_unlearn.export.quantize import fp16_plain_cast
 
     model, meta = trained
     with contextlib.redirect_stdout(io.StringIO()):

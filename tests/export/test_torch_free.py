@@ -14,10 +14,9 @@ def test_validate_without_torch(artifacts):
     code = textwrap.dedent(f"""
         import json, sys
         sys.modules["torch"] = None  # any `import torch` now raises ImportError
-        sys.path.insert(0, {str(ROOT)!r})
-        import export.runners, export.bundle, export.validate, export.runner, export.onnx_meta
+        import edge_unlearn.export.runners, export.bundle, export.validate, export.runner, export.onnx_meta
         import edge_unlearn.cli_export
-        from export.validate import validate_model
+        from edge_unlearn.export.validate import validate_model
         report = validate_model({str(artifacts.int8)!r}, {str(artifacts.bundle)!r})
         try:
             import torch
@@ -39,8 +38,7 @@ def test_torch_runner_reports_missing_torch_cleanly(artifacts):
     code = textwrap.dedent(f"""
         import sys
         sys.modules["torch"] = None
-        sys.path.insert(0, {str(ROOT)!r})
-        from export.runners import open_runner
+        from edge_unlearn.export.runners import open_runner
         from edge_unlearn.errors import DependencyError
         runner = open_runner({str(artifacts.checkpoint)!r})
         try:

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 
 from edge_unlearn.errors import ModelFileError
-from export.bundle import Bundle
-from export.onnx_meta import MASK_VALUE
-from export.runner import Runner
-from export.validate import Check, Thresholds, ValidationReport, evaluate_logits, validate
+from edge_unlearn.export.bundle import Bundle
+from edge_unlearn.export.onnx_meta import MASK_VALUE
+from edge_unlearn.export.runner import Runner
+from edge_unlearn.export.validate import Check, Thresholds, ValidationReport, evaluate_logits, validate
 
 C, FORGOTTEN = 5, (1,)
 

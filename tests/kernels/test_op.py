@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kernels import CompactHead, index_maps, masked_head_reference
-from kernels.op import OPS
+from edge_unlearn.kernels import CompactHead, index_maps, masked_head_reference
+from edge_unlearn.kernels.op import OPS
 
 from .conftest import HAS_CUDA, INTERPRET, make_inputs, make_mask
 

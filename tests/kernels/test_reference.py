@@ -7,7 +7,7 @@ import itertools
 import pytest
 import torch
 
-from kernels import CompactHead, index_maps, masked_head, masked_head_reference
+from edge_unlearn.kernels import CompactHead, index_maps, masked_head, masked_head_reference
 
 from .conftest import MASK_KINDS, check_all_outputs, make_inputs, make_mask, poison_forgotten
 
@@ -127,7 +127,7 @@ def test_bad_inputs():
 def test_triton_on_cpu_without_interpreter_says_how_to_fix(monkeypatch):
     pytest.importorskip("triton", reason="triton is not installed")
     # import first: kernels are defined (interpreted or not) at import, and later tests need the interpreter
-    from kernels.triton_head import masked_head_triton
+    from edge_unlearn.kernels.triton_head import masked_head_triton
 
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     x, w, b = make_inputs(2, 10, 7, torch.float32)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kernels import CompactHead, index_maps, masked_head
+from edge_unlearn.kernels import CompactHead, index_maps, masked_head
 
 from .conftest import (
     HAS_CUDA,
@@ -38,7 +38,7 @@ CASES = [(shape, dtype, MASK_KINDS[(i + j) % len(MASK_KINDS)])
 
 
 def _kernel_config(**kwargs):
-    from kernels.triton_head import KernelConfig  # lazy: imports triton
+    from edge_unlearn.kernels.triton_head import KernelConfig  # lazy: imports triton
 
     return KernelConfig(**kwargs)
 
@@ -52,7 +52,7 @@ def _run_all(x, w, b, mask, k, compact: bool, config=None):
                     for out, kk in (("logits", 1), ("probs", 1), ("argmax", 1), ("topk", k))}
         return {out: masked_head(x, w, b, mask, output=out, k=kk, impl="triton")
                 for out, kk in (("logits", 1), ("probs", 1), ("argmax", 1), ("topk", k))}
-    from kernels.triton_head import masked_head_triton
+    from edge_unlearn.kernels.triton_head import masked_head_triton
 
     kept, row_of = index_maps(mask.to(w.device))
     return {out: masked_head_triton(x, w, b, row_of, kept, kept, out, kk, config)
@@ -99,7 +99,7 @@ def test_exact_ties_pick_smallest_kept_id(num_splits, dtype):
     wp, bp = poison_forgotten(w, b, mask)
     cfg = _kernel_config(block_c=16, block_d=16, num_splits=num_splits)
     res = _run_all(x.to(DEVICE), wp.to(DEVICE), bp.to(DEVICE), mask.to(DEVICE), 16, False, cfg)
-    from kernels import masked_head_reference
+    from edge_unlearn.kernels import masked_head_reference
 
     want_arg = masked_head_reference(x, w, b, mask, output="argmax", compute_dtype=torch.float64)
     want_v, want_i = masked_head_reference(x, w, b, mask, output="topk", k=16, compute_dtype=torch.float64)

@@ -18,7 +18,7 @@ def tiny_onnx(path: Path, precision: str = "fp32", hidden: int = 32, seed: int =
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    from export.onnx_meta import OnnxMeta, write_meta
+    from edge_unlearn.export.onnx_meta import OnnxMeta, write_meta
 
     rng = np.random.default_rng(seed)
     w1 = numpy_helper.from_array(rng.standard_normal((64, hidden)).astype(np.float32), "w1")
@@ -98,7 +98,7 @@ def run_folder(tmp_path, tiny_models) -> Path:
     import shutil
 
     from edge_unlearn.cli_report import record_to_run_dir
-    from export.bench import BenchConfig, bench_artefacts
+    from edge_unlearn.export.bench import BenchConfig, bench_artefacts
 
     run = tmp_path / "run"
     run.mkdir()

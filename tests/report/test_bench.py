@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 from edge_unlearn.cli_report import bench_cmd
 from edge_unlearn.errors import UsageError
-from export.bench import BenchConfig, bench_artefacts, input_shape_of, parse_batches, summarize
+from edge_unlearn.export.bench import BenchConfig, bench_artefacts, input_shape_of, parse_batches, summarize
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -89,10 +89,9 @@ def test_bench_onnx_without_torch(tiny_models, tmp_path):
     code = textwrap.dedent(f"""
         import json, sys
         sys.modules["torch"] = None
-        sys.path.insert(0, {str(ROOT)!r})
-        from export.bench import BenchConfig, bench_artefacts
+        from edge_unlearn.export.bench import BenchConfig, bench_artefacts
         from edge_unlearn import cli_report
-        import export.rundir, export.report
+        import edge_unlearn.export.rundir, export.report
         report = bench_artefacts([{str(tiny_models[0])!r}], BenchConfig(batches=(1,), warmup=0, iterations=3))
         loaded = [m for m in sys.modules if (m == "torch" or m.startswith("torch.")) and sys.modules[m] is not None]
         print(json.dumps({{"rows": len(report.rows), "torch": loaded}}))
@@ -129,8 +128,8 @@ def test_bench_torch_checkpoint_eager(tmp_path):
     import numpy as np
 
     from edge_unlearn.errors import DependencyError
-    from export.bench import fused_head_runner, open_bench_runner
-    from export.runners import TorchRunner
+    from edge_unlearn.export.bench import fused_head_runner, open_bench_runner
+    from edge_unlearn.export.runners import TorchRunner
 
     x = np.random.default_rng(0).standard_normal((3, 1, 8, 8)).astype(np.float32)
     with TorchRunner(path) as eager, fused_head_runner(path, device="cpu") as fused:

@@ -24,7 +24,7 @@ def _chromium(tmp_path, *args: str) -> subprocess.CompletedProcess:
 
 
 def test_report_renders_in_headless_chromium(run_folder, tmp_path):
-    from export.report import render_report
+    from edge_unlearn.export.report import render_report
 
     html_path = render_report(run_folder)
     proc = _chromium(tmp_path, "--dump-dom", html_path.resolve().as_uri())

@@ -7,7 +7,7 @@ import re
 from click.testing import CliRunner
 
 from edge_unlearn.cli_report import report_cmd, verify_cmd
-from export.rundir import verify
+from edge_unlearn.export.rundir import verify
 
 
 def test_report_html_is_self_contained_with_verdicts(run_folder):
@@ -62,7 +62,7 @@ def test_report_of_demo_json_only_and_empty_folder(tmp_path):
 def test_demo_bench_and_report(run_folder):
     """The demo's last step on a demo-like folder: bench (batches 1/8/64), record, report, manifest."""
     from edge_unlearn.cli_report import demo_bench_and_report
-    from export.rundir import read_records
+    from edge_unlearn.export.rundir import read_records
 
     lines: list[str] = []
     out = demo_bench_and_report(run_folder, [run_folder / "model.onnx", run_folder / "model.int8.onnx"],

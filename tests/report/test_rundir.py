@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from edge_unlearn.cli_report import record_to_run_dir, verify_cmd
 from edge_unlearn.errors import ModelFileError, UsageError
 from edge_unlearn.fileio import sha256_file
-from export.rundir import read_records, record, verify, write_manifest
+from edge_unlearn.export.rundir import read_records, record, verify, write_manifest
 
 
 def _run(tmp_path, tiny_models):

@@ -14,7 +14,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from export.onnx_meta import MASK_VALUE, OnnxMeta, write_meta
+from edge_unlearn.export.onnx_meta import MASK_VALUE, OnnxMeta, write_meta
 
 NUM_CLASSES = 10
 FORGOTTEN = (3, 7)
@@ -40,7 +40,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def has_tensorrt() -> bool:
     """The real NVIDIA TensorRT is importable (not merely some module named ``tensorrt``)."""
-    from export.tensorrt import tensorrt_status
+    from edge_unlearn.export.tensorrt import tensorrt_status
 
     return bool(tensorrt_status()["available"])
 
@@ -209,7 +209,7 @@ def write_bundle(path: Path, onnx_path: Path, n_per_class: int = 4, seed: int = 
     graph, labels = the reference's choice for retained samples, the forgotten class for forgotten ones."""
     import onnxruntime as ort
 
-    from export.bundle import FORMAT
+    from edge_unlearn.export.bundle import FORMAT
 
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((n_per_class * NUM_CLASSES, *IMAGE)).astype(np.float32)
@@ -229,7 +229,7 @@ def write_bundle(path: Path, onnx_path: Path, n_per_class: int = 4, seed: int = 
 def trt_device():
     """Skip (with the reason) unless TensorRT, pycuda and a CUDA GPU are all here; yields the tensorrt module."""
     from edge_unlearn.errors import DependencyError
-    from export.tensorrt import import_pycuda, import_tensorrt
+    from edge_unlearn.export.tensorrt import import_pycuda, import_tensorrt
 
     not_shadowed()
 

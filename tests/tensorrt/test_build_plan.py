@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from edge_unlearn.errors import DependencyError, ModelFileError, UsageError
-from export.tensorrt import (BuildConfig, api_generation, compute_profile, default_engine_path, hazard_target,
+from edge_unlearn.export.tensorrt import (BuildConfig, api_generation, compute_profile, default_engine_path, hazard_target,
                              is_engine_path, load_calibration_inputs, onnx_input_shape, parse_version, plan_build)
 
 from .conftest import IMAGE, ours_fp32

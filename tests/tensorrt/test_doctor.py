@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from export.doctor import jetson_info, missing_features, parse_nv_tegra_release, probe, render
+from edge_unlearn.export.doctor import jetson_info, missing_features, parse_nv_tegra_release, probe, render
 
 from .conftest import has_tensorrt
 

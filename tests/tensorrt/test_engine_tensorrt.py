@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 
 from edge_unlearn.errors import ModelFileError, UsageError
-from export.bundle import load_bundle
-from export.onnx_meta import MASK_VALUE
-from export.sidecar import read_sidecar, sidecar_path
-from export.tensorrt import BuildConfig, TensorRTRunner, api_generation, build_engine, current_environment
-from export.validate import Thresholds, validate
+from edge_unlearn.export.bundle import load_bundle
+from edge_unlearn.export.onnx_meta import MASK_VALUE
+from edge_unlearn.export.sidecar import read_sidecar, sidecar_path
+from edge_unlearn.export.tensorrt import BuildConfig, TensorRTRunner, api_generation, build_engine, current_environment
+from edge_unlearn.export.validate import Thresholds, validate
 
 from .conftest import (FORGOTTEN, IMAGE, NUM_CLASSES, calib_inputs, ours_fp16, ours_fp32, ours_int8, save,
                        write_bundle)
@@ -78,8 +78,8 @@ def test_build_from_reduced_precision_onnx_and_validate(trt_device, tmp_path, pr
 
 def test_open_runner_dispatches_engines_to_tensorrt(trt_device, tmp_path):
     """The lead's wiring: ``open_runner`` (and so ``validate``/``bench``) takes .plan/.engine unchanged."""
-    from export.runners import open_runner
-    from export.validate import validate_model
+    from edge_unlearn.export.runners import open_runner
+    from edge_unlearn.export.validate import validate_model
 
     fp32 = save(ours_fp32(), tmp_path / "model.onnx")
     plan = tmp_path / "model.engine"

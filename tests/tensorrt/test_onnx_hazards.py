@@ -9,7 +9,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from edge_unlearn.errors import ModelFileError
-from export.onnx_hazards import check_model, check_onnx_for_tensorrt, onnx_precision
+from edge_unlearn.export.onnx_hazards import check_model, check_onnx_for_tensorrt, onnx_precision
 
 from .conftest import (FORGOTTEN, masked_add_graph, naive_masked_head, ours_fp16, ours_fp32, ours_int8, qdq_graph,
                        zero_scale_head)
@@ -191,7 +191,7 @@ def test_hazard_module_imports_no_torch_or_tensorrt():
 
 
 def _quantize(tmp_path, **config):
-    from export.quantize import QuantizeConfig, quantize_model
+    from edge_unlearn.export.quantize import QuantizeConfig, quantize_model
 
     from .conftest import calib_inputs, save
 

@@ -7,7 +7,7 @@ import pytest
 
 from edge_unlearn.errors import ModelFileError
 from edge_unlearn.fileio import sha256_file
-from export.sidecar import (EngineSidecar, check_compatible, compatibility_problems, read_sidecar, sidecar_path,
+from edge_unlearn.export.sidecar import (EngineSidecar, check_compatible, compatibility_problems, read_sidecar, sidecar_path,
                             write_sidecar)
 
 ENV = {"tensorrt_version": "10.3.0", "gpu_name": "Orin", "compute_capability": "8.7"}
