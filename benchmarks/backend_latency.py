@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     data["quick"] = quick
     data["models"] = {arch: {"dataset": ds, "train_samples": 512 if quick else n, "epochs": ep}
                       for arch, ds, n, ep in PLAN if arch in wanted}
-    from edge_unlearn.cli_common import to_json_text
+    from edge_unlearn.core.jsontext import to_json_text
 
     (out / "backend_latency.json").write_text(to_json_text(data) + "\n")
     merged.write_csv(out / "backend_latency.csv")

@@ -36,6 +36,7 @@ import torch
 
 
 from edge_unlearn import attacks  # noqa: E402
+from edge_unlearn.core.figures import retain_drop  # noqa: E402
 from edge_unlearn.data import Dataset, load_dataset, preprocess, take_samples  # noqa: E402
 from edge_unlearn.metrics import evaluate_model, model_outputs  # noqa: E402
 from edge_unlearn.training import TrainConfig, train_model  # noqa: E402
@@ -144,10 +145,9 @@ def _original_model(spec: str, data: Dataset, seed: int, args) -> tuple[Any, flo
         name = f"{safe}_{args.arch}_e{args.epochs}_m{args.min_steps}_n{args.max_train}_s{seed}.safetensors"
         path = Path(args.cache_dir) / name
         if path.is_file():
-            from safetensors import safe_open
+            from edge_unlearn.core.formats import read_safetensors_metadata
 
-            with safe_open(str(path), framework="pt") as handle:
-                seconds = float((handle.metadata() or {}).get("train_seconds", "nan"))
+            seconds = float(read_safetensors_metadata(path).get("train_seconds", "nan"))
             model = build_model(args.arch, data.num_classes, data.input_shape)
             model.load_state_dict(load_file(str(path)), strict=True)
             return model.eval(), seconds
@@ -221,7 +221,7 @@ def run(args) -> dict[str, Any]:
                                     retain=None if mspec.needs == "forget" else rs, device="cpu")
                     figs = _row_figures(result.model, data, c, args, original_forget=orig_forget, seed=seed)
                     keep({**base, "method": method, "needs": mspec.needs, **figs,
-                          "retain_drop": orig["retain_acc"] - figs["retain_acc"], "seconds": result.seconds,
+                          "retain_drop": retain_drop(orig["retain_acc"], figs["retain_acc"]), "seconds": result.seconds,
                           "samples_used": result.samples_used, "params": result.params})
                     if (spec, seed, c) == (args.datasets[0], args.seeds[0], args.forget_classes[0]):
                         models_for_plots.setdefault("original", original)

@@ -26,7 +26,8 @@ import torch.nn.functional as F
 
 from .data import Dataset, preprocess, take_samples
 from .errors import UsageError
-from .metrics import linear_probe_accuracy, model_outputs
+from .core.figures import accuracy, retain_drop
+from .metrics import model_outputs, probe_forget_accuracy
 from .models import UnlearnableClassifier
 
 ALPHA_GRID = (0.2, 0.4, 0.6, 0.8)
@@ -153,18 +154,8 @@ def mia_svc(model: UnlearnableClassifier, data: Dataset, forget_classes: Sequenc
 # linear probe
 
 
-def probe_recoverability(model: UnlearnableClassifier, data: Dataset, forget_classes: Sequence[int],
-                         train_size: int = 5000, seed: int = 0) -> float:
-    """Can a linear read-out recover the forgotten classes? Fits :func:`edge_unlearn.metrics.linear_probe_accuracy`
-    (standardised multinomial logistic regression) on penultimate features of up to ``train_size`` labelled
-    training images of *all* classes and returns its accuracy on the forgotten classes' test images.
-    The mask plays no part (features only). Compare with ``retrain``, never with chance (DESIGN.md §2)."""
-    gen = torch.Generator().manual_seed(seed)
-    idx = _pick(len(data.x_train), train_size, gen)
-    train_feats, _ = model_outputs(model, data.x_train[idx], data)
-    test_feats, _ = model_outputs(model, data.x_test, data)
-    return linear_probe_accuracy(train_feats.numpy(), data.y_train[idx].numpy(), test_feats.numpy(),
-                                 data.y_test.numpy(), sorted(set(int(c) for c in forget_classes)), seed=seed)
+#: Can a linear read-out recover the forgotten classes? The one probe: :func:`edge_unlearn.metrics.probe_forget_accuracy`.
+probe_recoverability = probe_forget_accuracy
 
 
 # ---------------------------------------------------------------------------------------------
@@ -189,7 +180,8 @@ class RelearnAttackResult:
 
 
 def _acc(pred: torch.Tensor, labels: torch.Tensor, sel: torch.Tensor) -> float:
-    return float((pred[sel] == labels[sel]).double().mean()) if bool(sel.any()) else float("nan")
+    value = accuracy(pred[sel].numpy(), labels[sel].numpy())
+    return float("nan") if value is None else value
 
 
 @torch.no_grad()
@@ -244,9 +236,9 @@ def prototype_relearn_attack(model: UnlearnableClassifier, data: Dataset, forget
         pred = predict(w2, b2)
         fa, ra = _acc(pred, y, forget_sel), _acc(pred, y, retain_sel)
         grid.append({"alpha": float(alpha), "forget_acc": fa, "retain_acc": ra})
-        if retain0 - ra <= max_retain_drop + 1e-12:
+        if retain_drop(retain0, ra) <= max_retain_drop + 1e-12:
             best = (float(alpha), fa, ra)
-    return RelearnAttackResult(forget_acc=best[1], retain_acc=best[2], retain_drop=retain0 - best[2], alpha=best[0],
+    return RelearnAttackResult(forget_acc=best[1], retain_acc=best[2], retain_drop=retain_drop(retain0, best[2]), alpha=best[0],
                                mask_lifted=lift_mask, forget_acc_before=forget0, retain_acc_before=retain0, grid=grid)
 
 

@@ -12,12 +12,13 @@ from typing import Any
 import torch
 
 from . import __version__
+from .core.formats import CHECKPOINT_FORMAT, read_checkpoint_header
 from .data import Normalization
 from .errors import CheckpointError, UsageError
 from .fileio import atomic_output, sha256_file
 from .models import UnlearnableClassifier, build_model
 
-FORMAT = "edge-unlearn/1"
+FORMAT = CHECKPOINT_FORMAT
 
 
 @dataclass(frozen=True)
@@ -96,32 +97,27 @@ def save_checkpoint(path: str | Path, model: UnlearnableClassifier, meta: Checkp
 
 def read_meta(path: str | Path) -> CheckpointMeta:
     """Read only the header (fast, no tensors)."""
-    return _open(Path(path))[0]
+    return _open(Path(path), tensors=False)[0]
 
 
-def _open(path: Path) -> tuple[CheckpointMeta, dict[str, torch.Tensor] | None]:
-    from safetensors import safe_open
-
-    if not path.is_file():
-        raise UsageError(f"checkpoint {path} not found; train one with `edge-unlearn train -o {path}`")
+def _open(path: Path, tensors: bool = True) -> tuple[CheckpointMeta, dict[str, torch.Tensor] | None]:
+    """The metadata (through the core's one header reader) and, with ``tensors``, the tensors."""
+    data = read_checkpoint_header(path)
     try:
-        with safe_open(str(path), framework="pt") as handle:
-            header = handle.metadata() or {}
-            data = json.loads(header["edge_unlearn"]) if "edge_unlearn" in header else {}
-            if not isinstance(data, dict) or data.get("format") != FORMAT:
-                raise CheckpointError(
-                    f"{path} is a safetensors file but not an edge-unlearn checkpoint (no '{FORMAT}' metadata); "
-                    "train one with `edge-unlearn train` or convert your model with edge_unlearn.checkpoint.save_checkpoint")
-            meta = CheckpointMeta.from_json(data)
-            tensors = {key: handle.get_tensor(key) for key in handle.keys()}
-    except CheckpointError:
-        raise
+        meta = CheckpointMeta.from_json(data)
     except (KeyError, ValueError, TypeError) as exc:
         raise CheckpointError(f"{path} has unreadable edge-unlearn metadata ({exc}); re-create it with `edge-unlearn train`") from exc
-    except Exception as exc:  # safetensors raises its own SafetensorError for corrupt headers
+    if not tensors:
+        return meta, None
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            loaded = {key: handle.get_tensor(key) for key in handle.keys()}
+    except Exception as exc:  # safetensors raises its own SafetensorError for corrupt files
         raise CheckpointError(f"{path} is not a valid safetensors checkpoint ({exc}); "
                               "the file is corrupt or of another format: re-create it with `edge-unlearn train`") from exc
-    return meta, tensors
+    return meta, loaded
 
 
 def load_checkpoint(path: str | Path) -> Checkpoint:

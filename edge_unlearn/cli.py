@@ -9,7 +9,10 @@ from typing import Any
 import click
 
 from . import __version__
-from .cli_common import echo_json, handle_errors
+from .cli_common import DEVICES, EdgeUnlearnGroup, emit, output_options, progress_enabled, say
+from .cli_export import bundle_cmd, export_cmd, quantize_cmd, validate_cmd
+from .cli_report import bench_cmd, report_cmd, verify_cmd
+from .cli_tensorrt import build_engine_cmd, doctor_cmd
 from .errors import UsageError
 
 DATASET_HELP = ("digits (offline default), mnist, fashion_mnist, cifar10, cifar100, svhn (torchvision, from "
@@ -37,13 +40,15 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(cls=EdgeUnlearnGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="edge-unlearn")
 def main() -> None:
     """Make an image classifier forget classes (NHLE + class weight masking), export it to ONNX/TensorRT,
     and prove on the target device that it stayed forgotten.
 
-    Errors print one line and exit 2; a failed validation exits 1.
+    Errors print one line and exit 2 (a missing extra names the `pip install 'edge-unlearn[...]'` to run); a
+    failed validation exits 1. Every command takes --json (print the result as JSON on stdout), --json-out PATH
+    (also write it to a file) and -q/--quiet.
     """
 
 
@@ -68,13 +73,12 @@ def with_data_options(fn):
 @click.option("--batch-size", type=int, default=None, help="Batch size (default 128).")
 @click.option("--lr", type=float, default=None, help="Peak learning rate of the one-cycle AdamW schedule (default 2e-3).")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
+@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
 @with_data_options
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Checkpoint to write (.safetensors).")
-@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
-@click.option("--quiet", is_flag=True, help="No progress bar.")
-@handle_errors
-def train(dataset, arch, epochs, min_steps, batch_size, lr, seed, device, data_dir, download, output, as_json, quiet):
+@output_options
+def train(dataset, arch, epochs, min_steps, batch_size, lr, seed, device, data_dir, download, output, as_json,
+          json_out, quiet):
     """Train the original classifier and write its checkpoint."""
     from .training import TrainConfig
     from .workflows import train_checkpoint
@@ -82,11 +86,11 @@ def train(dataset, arch, epochs, min_steps, batch_size, lr, seed, device, data_d
     overrides = {k: v for k, v in dict(epochs=epochs, min_steps=min_steps, batch_size=batch_size, lr=lr).items()
                  if v is not None}
     config = TrainConfig(seed=seed, device=device, **overrides)
-    summary = train_checkpoint(dataset, arch, output, config, data_dir, download, progress=not (quiet or as_json))
-    if as_json:
-        echo_json(summary)
-    else:
-        click.echo(f"trained {arch} on {dataset} in {summary['seconds']:.1f} s: test accuracy "
+    summary = train_checkpoint(dataset, arch, output, config, data_dir, download,
+                               progress=progress_enabled(quiet, as_json))
+    emit(summary, as_json, json_out)
+    if not as_json:
+        say(quiet)(f"trained {arch} on {dataset} in {summary['seconds']:.1f} s: test accuracy "
                    f"{summary['test_accuracy']:.4f} -> {output}")
 
 
@@ -97,20 +101,17 @@ def train(dataset, arch, epochs, min_steps, batch_size, lr, seed, device, data_d
 @click.option("--dataset", default=None, help="Default: the dataset recorded in the checkpoint. " + DATASET_HELP)
 @with_data_options
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False))
-@click.option("--json", "as_json", is_flag=True)
-@click.option("--quiet", is_flag=True)
-@handle_errors
-def retrain(original, forget_classes, dataset, data_dir, download, output, as_json, quiet):
+@output_options
+def retrain(original, forget_classes, dataset, data_dir, download, output, as_json, json_out, quiet):
     """Retrain from scratch without the forgotten classes: the gold standard every unlearning run is
     compared with (same arch and recipe as ORIGINAL)."""
     from .workflows import retrain_checkpoint
 
     summary = retrain_checkpoint(original, forget_classes, output, dataset, data_dir, download,
-                                 progress=not (quiet or as_json))
-    if as_json:
-        echo_json(summary)
-    else:
-        click.echo(f"retrained without {summary['forget_classes']} in {summary['seconds']:.1f} s: retained accuracy "
+                                 progress=progress_enabled(quiet, as_json))
+    emit(summary, as_json, json_out)
+    if not as_json:
+        say(quiet)(f"retrained without {summary['forget_classes']} in {summary['seconds']:.1f} s: retained accuracy "
                    f"{summary['retain_acc']:.4f} -> {output}")
 
 
@@ -144,15 +145,14 @@ def print_forget_summary(s: dict[str, Any]) -> None:
 @click.option("--dataset", default=None, help="Default: the dataset recorded in the checkpoint. " + DATASET_HELP)
 @with_data_options
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--device", default="auto", show_default=True)
+@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
 @click.option("--no-eval", is_flag=True, help="Skip the before/after evaluation (no dataset needed with --forget-samples).")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False))
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object with every figure.")
+@output_options
 @click.option("--run-dir", type=click.Path(file_okay=False), default=None,
               help="Record this run in a folder for `edge-unlearn report`.")
-@handle_errors
 def forget_cmd(checkpoint, forget_classes, samples, forget_samples_dir, method, params, dataset, data_dir, download,
-               seed, device, no_eval, output, as_json, run_dir):
+               seed, device, no_eval, output, as_json, json_out, quiet, run_dir):
     """Make CHECKPOINT forget classes and write the unlearned checkpoint (masks accumulate over runs)."""
     from .workflows import ForgetRequest, forget_checkpoint
 
@@ -160,14 +160,13 @@ def forget_cmd(checkpoint, forget_classes, samples, forget_samples_dir, method, 
                         samples=samples, forget_samples_dir=forget_samples_dir, params=_parse_params(params),
                         dataset=dataset, data_dir=data_dir, download=download, seed=seed, device=device,
                         evaluate=not no_eval)
-    summary = forget_checkpoint(req)
+    summary = forget_checkpoint(req, progress=progress_enabled(quiet, as_json))
     if run_dir:
         from .cli_report import record_to_run_dir
 
         record_to_run_dir(run_dir, "forget", summary, [Path(checkpoint), Path(output)])
-    if as_json:
-        echo_json(summary)
-    else:
+    emit(summary, as_json, json_out)
+    if not (as_json or quiet):
         print_forget_summary(summary)
 
 
@@ -179,16 +178,15 @@ def forget_cmd(checkpoint, forget_classes, samples, forget_samples_dir, method, 
               help="The original checkpoint, for retain_drop.")
 @click.option("--no-probe", is_flag=True, help="Skip the linear probe (faster).")
 @click.option("--data-dir", type=click.Path(file_okay=False), default=None)
-@click.option("--json", "as_json", is_flag=True)
-@handle_errors
-def evaluate(checkpoint, dataset, forget_classes, reference, no_probe, data_dir, as_json):
+@output_options
+def evaluate(checkpoint, dataset, forget_classes, reference, no_probe, data_dir, as_json, json_out, quiet):
     """Accuracy overall and per class, forget_acc with and without the mask, retained accuracy, and the
     linear-probe accuracy on the forgotten classes."""
     from .workflows import evaluate_checkpoint
 
     s = evaluate_checkpoint(checkpoint, dataset, forget_classes, reference, probe=not no_probe, data_dir=data_dir)
-    if as_json:
-        echo_json(s)
+    emit(s, as_json, json_out)
+    if as_json or quiet:
         return
     click.echo(f"{checkpoint}: accuracy {s['accuracy']:.4f}, forgotten {s['forget_classes']}")
     for key in ("forget_acc", "forget_acc_unmasked", "retain_acc", "retain_drop", "probe_forget_acc"):
@@ -198,50 +196,59 @@ def evaluate(checkpoint, dataset, forget_classes, reference, no_probe, data_dir,
 
 
 @main.command()
-def models():
+@output_options
+def models(as_json, json_out, quiet):
     """List the model registry."""
     from .models import MODELS
 
-    for spec in MODELS.values():
-        click.echo(f"{spec.name:20s} {spec.description}")
+    emit([{"name": spec.name, "description": spec.description} for spec in MODELS.values()], as_json, json_out)
+    if not (as_json or quiet):
+        for spec in MODELS.values():
+            click.echo(f"{spec.name:20s} {spec.description}")
 
 
 @main.command()
-def methods():
+@output_options
+def methods(as_json, json_out, quiet):
     """List the unlearning methods, the data each needs and their parameters."""
     import dataclasses
 
     from .unlearn import METHODS, list_methods
 
-    for name in list_methods():
-        spec = METHODS[name]
-        params = ", ".join(f"{f.name}={f.default!r}" for f in dataclasses.fields(spec.config_cls))
-        click.echo(f"{name:14s} needs {spec.needs:14s} {spec.description}\n{'':14s} parameters: {params}")
+    listing = [{"name": name, "needs": METHODS[name].needs, "description": METHODS[name].description,
+                "parameters": {f.name: f.default for f in dataclasses.fields(METHODS[name].config_cls)}}
+               for name in list_methods()]
+    emit(listing, as_json, json_out)
+    if not (as_json or quiet):
+        for item in listing:
+            params = ", ".join(f"{k}={v!r}" for k, v in item["parameters"].items())
+            click.echo(f"{item['name']:14s} needs {item['needs']:14s} {item['description']}\n{'':14s} parameters: {params}")
 
 
 @main.command()
 @click.option("--out-dir", type=click.Path(file_okay=False), default="runs/demo", show_default=True)
 @click.option("--forget", "forget_class", default="3", show_default=True, help="Digit to forget.")
 @click.option("--skip-deploy", is_flag=True, help="Stop after evaluation (no ONNX export / INT8 / validation).")
-@handle_errors
-def demo(out_dir, forget_class, skip_deploy):
+@output_options
+def demo(out_dir, forget_class, skip_deploy, as_json, json_out, quiet):
     """The whole job on scikit-learn's bundled digits, offline: train -> forget -> compare with retraining
-    -> export to ONNX -> INT8 -> validate."""
+    -> export to ONNX -> INT8 -> validate -> bench -> report (every figure in OUT_DIR/demo.json)."""
     from .demo import run_demo
 
-    run_demo(Path(out_dir), forget_class, deploy=not skip_deploy, echo=click.echo)
+    result = run_demo(Path(out_dir), forget_class, deploy=not skip_deploy, echo=say(quiet, as_json),
+                      progress=progress_enabled(quiet, as_json))
+    emit(result, as_json, json_out)
 
 
-def _register_optional_commands() -> None:
-    for module, names in (("edge_unlearn.cli_export", ("export_cmd", "quantize_cmd", "bundle_cmd", "validate_cmd")),
-                          ("edge_unlearn.cli_tensorrt", ("build_engine_cmd", "doctor_cmd")),
-                          ("edge_unlearn.cli_report", ("bench_cmd", "report_cmd", "verify_cmd"))):
-        mod = __import__(module, fromlist=list(names))
-        for name in names:
-            main.add_command(getattr(mod, name))
-
-
-_register_optional_commands()
+main.add_command(export_cmd)
+main.add_command(quantize_cmd)
+main.add_command(bundle_cmd)
+main.add_command(validate_cmd)
+main.add_command(build_engine_cmd)
+main.add_command(doctor_cmd)
+main.add_command(bench_cmd)
+main.add_command(report_cmd)
+main.add_command(verify_cmd)
 
 if __name__ == "__main__":
     sys.exit(main())

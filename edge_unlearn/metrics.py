@@ -7,6 +7,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from .core.figures import accuracy
 from .data import Dataset, preprocess
 from .models import UnlearnableClassifier
 
@@ -27,10 +28,9 @@ def model_outputs(model: UnlearnableClassifier, images: torch.Tensor, data: Data
 
 
 def _accuracy(pred: torch.Tensor, labels: torch.Tensor, classes: Sequence[int]) -> float:
-    sel = torch.isin(labels, torch.tensor(list(classes), dtype=labels.dtype))
-    if not bool(sel.any()):
-        return float("nan")
-    return float((pred[sel] == labels[sel]).float().mean())
+    """:func:`edge_unlearn.core.figures.accuracy` on tensors, NaN where no sample of ``classes`` exists."""
+    value = accuracy(pred.numpy(), labels.numpy(), classes)
+    return float("nan") if value is None else value
 
 
 def linear_probe_accuracy(train_features: np.ndarray, train_labels: np.ndarray, test_features: np.ndarray,
@@ -44,8 +44,24 @@ def linear_probe_accuracy(train_features: np.ndarray, train_labels: np.ndarray, 
     probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=500, C=1.0, random_state=seed))
     probe.fit(train_features, train_labels)
     pred = probe.predict(test_features)
-    sel = np.isin(test_labels, np.asarray(list(classes)))
-    return float((pred[sel] == test_labels[sel]).mean())
+    value = accuracy(pred, test_labels, classes)
+    return float("nan") if value is None else value
+
+
+def probe_forget_accuracy(model: UnlearnableClassifier, data: Dataset, forget_classes: Sequence[int],
+                          train_size: int = 5000, seed: int = 0, test_features: torch.Tensor | None = None) -> float:
+    """probe_forget_acc (DESIGN.md §2): can a linear read-out recover the forgotten classes? Fits
+    :func:`linear_probe_accuracy` on penultimate features of up to ``train_size`` labelled training images of
+    *all* classes (random draw, ``seed``) and returns its accuracy on the forgotten classes' test images. The
+    mask plays no part (features only). Compare with ``retrain``, never with chance. ``test_features``: the
+    test split's features when the caller already has them."""
+    gen = torch.Generator().manual_seed(seed)
+    idx = torch.randperm(len(data.x_train), generator=gen)[:train_size]
+    train_feats, _ = model_outputs(model, data.x_train[idx], data)
+    if test_features is None:
+        test_features, _ = model_outputs(model, data.x_test, data)
+    return linear_probe_accuracy(train_feats.numpy(), data.y_train[idx].numpy(), test_features.numpy(),
+                                 data.y_test.numpy(), sorted(set(int(c) for c in forget_classes)), seed=seed)
 
 
 @dataclass(frozen=True)
@@ -77,14 +93,10 @@ def evaluate_model(model: UnlearnableClassifier, data: Dataset, forget_classes: 
     per_class = [_accuracy(masked_pred, y, [c]) for c in range(data.num_classes)]
     probe_acc = None
     if probe and forget:
-        gen = torch.Generator().manual_seed(seed)
-        idx = torch.randperm(len(data.x_train), generator=gen)[:probe_train_size]
-        train_feats, _ = model_outputs(model, data.x_train[idx], data)
-        probe_acc = linear_probe_accuracy(train_feats.numpy(), data.y_train[idx].numpy(), feats.numpy(), y.numpy(),
-                                          forget, seed=seed)
+        probe_acc = probe_forget_accuracy(model, data, forget, probe_train_size, seed, test_features=feats)
     return EvalReport(
         forget_classes=forget,
-        accuracy=float((masked_pred == y).float().mean()),
+        accuracy=accuracy(masked_pred.numpy(), y.numpy()),
         per_class_accuracy=per_class,
         forget_acc=_accuracy(masked_pred, y, forget) if forget else float("nan"),
         forget_acc_unmasked=_accuracy(unmasked_pred, y, forget) if forget else float("nan"),

@@ -13,6 +13,7 @@ from typing import Any, Sequence
 import torch
 
 from .checkpoint import Checkpoint, CheckpointMeta, load_checkpoint, save_checkpoint
+from .core.figures import retain_drop
 from .data import Dataset, load_dataset, load_image_folder, preprocess, resolve_classes, take_samples
 from .errors import CheckpointError, UsageError
 from .metrics import EvalReport, evaluate_model
@@ -168,7 +169,7 @@ def figures(before: EvalReport, after: EvalReport) -> dict[str, Any]:
     return {
         "forget_acc": after.forget_acc, "forget_acc_unmasked": after.forget_acc_unmasked,
         "retain_acc": after.retain_acc, "retain_acc_before": before.retain_acc,
-        "retain_drop": before.retain_acc - after.retain_acc,
+        "retain_drop": retain_drop(before.retain_acc, after.retain_acc),
         "probe_forget_acc": after.probe_forget_acc, "probe_forget_acc_before": before.probe_forget_acc,
         "forget_acc_before": before.forget_acc_unmasked,
         "accuracy": after.accuracy, "per_class_accuracy": after.per_class_accuracy,
@@ -193,7 +194,7 @@ def evaluate_checkpoint(checkpoint: str | Path, dataset: str | None = None, forg
             raise CheckpointError(f"--reference has {ref.meta.num_classes} classes, {checkpoint} has {ck.meta.num_classes}")
         before = evaluate_model(ref.model, data, classes, probe=probe, seed=seed)
         out["retain_acc_before"] = before.retain_acc
-        out["retain_drop"] = before.retain_acc - report.retain_acc
+        out["retain_drop"] = retain_drop(before.retain_acc, report.retain_acc)
         out["probe_forget_acc_reference"] = before.probe_forget_acc
     out["seconds"] = time.perf_counter() - t0
     out["lineage"] = list(ck.meta.lineage)

@@ -18,7 +18,6 @@ import math
 import os
 import platform
 import shutil
-import struct
 import subprocess
 import sys
 import time
@@ -28,6 +27,7 @@ from typing import Any, Callable, Iterable, Protocol, Sequence
 
 import numpy as np
 
+from edge_unlearn.core.formats import BENCH_FORMAT, read_checkpoint_header
 from edge_unlearn.errors import DependencyError, EdgeUnlearnError, ModelFileError, UsageError
 
 from .runner import Runner
@@ -172,11 +172,7 @@ def input_shape_of(path: str | Path, runner: Runner | None = None) -> tuple[int,
     suffix = path.suffix.lower()
     try:
         if suffix == ".safetensors":
-            with open(path, "rb") as handle:
-                (size,) = struct.unpack("<Q", handle.read(8))
-                header = json.loads(handle.read(size))
-            meta_json = json.loads(header["__metadata__"]["edge_unlearn"])
-            return tuple(int(v) for v in meta_json["input_shape"])
+            return tuple(int(v) for v in read_checkpoint_header(path)["input_shape"])
         if suffix in (".plan", ".engine"):
             sidecar = json.loads(path.with_name(path.name + ".json").read_text())
             if sidecar.get("input_shape"):
@@ -187,7 +183,7 @@ def input_shape_of(path: str | Path, runner: Runner | None = None) -> tuple[int,
             return tuple(int(v) for v in read_meta(path).input_shape)
     except EdgeUnlearnError:
         raise
-    except (OSError, KeyError, ValueError, TypeError, struct.error) as exc:
+    except (OSError, KeyError, ValueError, TypeError) as exc:
         raise ModelFileError(f"cannot read the input shape of {path} ({type(exc).__name__}: {exc}); "
                              "give an edge-unlearn checkpoint, ONNX model or engine with its sidecar") from exc
     raise ModelFileError(f"{path} does not say its input shape; give an edge-unlearn checkpoint, ONNX model "
@@ -503,7 +499,7 @@ class BenchReport:
         return out
 
     def to_json(self) -> dict[str, Any]:
-        return {"format": "edge-unlearn.bench/1", "config": self.config.to_json(), "environment": self.environment,
+        return {"format": BENCH_FORMAT, "config": self.config.to_json(), "environment": self.environment,
                 "results": [r.to_json() for r in self.rows], "ratios_vs_onnx_fp32": self.ratios(),
                 "errors": self.errors}
 
@@ -545,7 +541,7 @@ class BenchReport:
         return buf.getvalue()
 
     def write_json(self, path: str | Path) -> None:
-        from edge_unlearn.cli_common import to_json_text
+        from edge_unlearn.core.jsontext import to_json_text
         from edge_unlearn.fileio import atomic_output
 
         with atomic_output(path) as tmp:

@@ -32,6 +32,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
+from edge_unlearn.core.formats import PRECISIONS
 from edge_unlearn.errors import ModelFileError
 
 FP16_MAX = 65504.0
@@ -41,7 +42,6 @@ TRT_TOPK_MAX_K = 3840
 DEFAULT_RANGE_LIMIT = 1000.0
 
 SEVERITIES = ("error", "warning", "info")
-PRECISIONS = ("fp32", "fp16", "int8")
 
 _QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
 #: order of errors in a report (the first one is what the CLI prints): the §3 hazards first

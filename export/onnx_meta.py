@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from edge_unlearn.core.formats import PRECISIONS
 from edge_unlearn.errors import ModelFileError
 
 FORMAT = "edge-unlearn.onnx/1"
@@ -30,7 +31,6 @@ OUTPUT_NAME = "logits"
 RETAINED_NAME = "retained_logits"
 #: names of the nodes that place the retained logits and fill the forgotten ones (never quantized)
 MASK_NODE_PREFIX = "edge_unlearn_mask/"
-PRECISIONS = ("fp32", "fp16", "int8")
 
 
 @dataclass(frozen=True)

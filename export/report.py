@@ -19,19 +19,18 @@ import base64
 import html
 import io
 import json
-import struct
 import time
 from pathlib import Path
 from typing import Any, Iterable
 
 from edge_unlearn import __version__
-from edge_unlearn.errors import UsageError
+from edge_unlearn.core.formats import BENCH_FORMAT, read_checkpoint_header
+from edge_unlearn.errors import EdgeUnlearnError, UsageError
 from edge_unlearn.fileio import atomic_output, sha256_file
 
 from .rundir import MANIFEST, read_records, write_manifest
 
 REPORT_NAME = "report.html"
-BENCH_FORMAT = "edge-unlearn.bench/1"
 
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:1100px;color:#1d2330;
@@ -108,15 +107,10 @@ def _load_json(path: Path) -> Any:
 
 
 def checkpoint_header(path: Path) -> dict[str, Any] | None:
-    """The edge-unlearn metadata of a safetensors checkpoint, read as JSON (no torch, no tensors)."""
+    """The edge-unlearn metadata of a safetensors checkpoint (no torch, no tensors); None for a foreign file."""
     try:
-        with open(path, "rb") as handle:
-            (size,) = struct.unpack("<Q", handle.read(8))
-            if size > 100 * 2**20:
-                return None
-            header = json.loads(handle.read(size))
-        return json.loads(header["__metadata__"]["edge_unlearn"])
-    except (OSError, ValueError, KeyError, TypeError, struct.error):
+        return read_checkpoint_header(path)
+    except EdgeUnlearnError:
         return None
 
 

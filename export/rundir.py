@@ -41,7 +41,7 @@ def _now() -> str:
 
 
 def _to_text(data: Any) -> str:
-    from edge_unlearn.cli_common import to_json_text
+    from edge_unlearn.core.jsontext import to_json_text
 
     plain = json.loads(json.dumps(data, default=str))  # Paths, numpy scalars ... -> their text
     return to_json_text(plain) + "\n"

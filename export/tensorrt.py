@@ -29,6 +29,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
+from edge_unlearn.core.formats import PRECISIONS
 from edge_unlearn.errors import DependencyError, ModelFileError, UsageError
 from edge_unlearn.fileio import atomic_output, sha256_file
 
@@ -41,7 +42,6 @@ DEFAULT_OPT_BATCH = 8
 DEFAULT_MAX_BATCH = 32
 DEFAULT_WORKSPACE_MIB = 1024
 ENGINE_SUFFIXES = (".plan", ".engine")
-PRECISIONS = ("fp32", "fp16", "int8")
 
 INSTALL_TENSORRT = ("install TensorRT on the device: `pip install edge-unlearn[tensorrt]` on a server, or use "
                     "JetPack's TensorRT on a Jetson (`sudo apt install python3-libnvinfer`); see docs/jetson.md")

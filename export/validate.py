@@ -16,6 +16,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from edge_unlearn.core.figures import accuracy as _acc
+from edge_unlearn.core.figures import retain_drop
 from edge_unlearn.errors import ModelFileError, UsageError
 
 from .bundle import Bundle, load_bundle
@@ -126,15 +128,11 @@ class ValidationReport:
         return "\n".join(lines)
 
     def write_json(self, path: str | Path) -> None:
-        from edge_unlearn.cli_common import to_json_text
+        from edge_unlearn.core.jsontext import to_json_text
         from edge_unlearn.fileio import atomic_output
 
         with atomic_output(path) as tmp:
             Path(tmp).write_text(to_json_text(self.to_json()) + "\n")
-
-
-def _acc(pred: np.ndarray, target: np.ndarray) -> float | None:
-    return float(np.mean(pred == target)) if len(target) else None
 
 
 def run_logits(runner: Runner, inputs: np.ndarray, batch_size: int = 64) -> np.ndarray:
@@ -165,7 +163,7 @@ def evaluate_logits(logits: np.ndarray, bundle: Bundle, thresholds: Thresholds,
     forget_acc = _acc(pred[is_forgotten], labels[is_forgotten]) if forgotten else None
     retain_acc = _acc(pred[is_retained], labels[is_retained])
     ref_retain_acc = _acc(ref_pred[is_retained], labels[is_retained])
-    drop = None if retain_acc is None or ref_retain_acc is None else ref_retain_acc - retain_acc
+    drop = retain_drop(ref_retain_acc, retain_acc)
     agreement = _acc(pred[is_retained], ref_pred[is_retained])
     wins = int(np.isin(pred, forgotten).sum()) if forgotten else 0
     checks = [

@@ -14,7 +14,8 @@ def test_validate_without_torch(artifacts):
     code = textwrap.dedent(f"""
         import json, sys
         sys.modules["torch"] = None  # any `import torch` now raises ImportError
-        import edge_unlearn.export.runners, export.bundle, export.validate, export.runner, export.onnx_meta
+        import edge_unlearn.export.runners, edge_unlearn.export.bundle, edge_unlearn.export.validate
+        import edge_unlearn.export.runner, edge_unlearn.export.onnx_meta
         import edge_unlearn.cli_export
         from edge_unlearn.export.validate import validate_model
         report = validate_model({str(artifacts.int8)!r}, {str(artifacts.bundle)!r})

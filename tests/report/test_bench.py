@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from edge_unlearn.cli_report import bench_cmd
+from edge_unlearn.cli import main
 from edge_unlearn.errors import UsageError
 from edge_unlearn.export.bench import BenchConfig, bench_artefacts, input_shape_of, parse_batches, summarize
 
@@ -61,9 +61,9 @@ def test_summarize_percentiles_are_numpy_linear():
 def test_bench_cli_writes_table_json_csv_plot(tiny_models, tmp_path):
     fp32, int8 = tiny_models
     out_json, out_csv, out_png = tmp_path / "b.json", tmp_path / "b.csv", tmp_path / "b.png"
-    result = CliRunner().invoke(bench_cmd, [str(fp32), str(int8), "--batch", "1,4", "--iterations", "6",
+    result = CliRunner().invoke(main, ["bench", str(fp32), str(int8), "--batch", "1,4", "--iterations", "6",
                                             "--warmup", "1", "--threads", "1", "--provider", "cpu",
-                                            "--name", "fp32", "--name", "int8", "--json", str(out_json),
+                                            "--name", "fp32", "--name", "int8", "--json-out", str(out_json),
                                             "--csv", str(out_csv), "--plot", str(out_png), "-q"])
     assert result.exit_code == 0, result.output
     assert "p50 ms" in result.output and "p99 ms" in result.output and "speedup" in result.output
@@ -78,9 +78,9 @@ def test_bench_cli_writes_table_json_csv_plot(tiny_models, tmp_path):
 
 
 def test_bench_cli_errors_are_one_line(tmp_path, tiny_models):
-    result = CliRunner().invoke(bench_cmd, [str(tmp_path / "nope.onnx")])
+    result = CliRunner().invoke(main, ["bench", str(tmp_path / "nope.onnx")])
     assert result.exit_code == 2 and "not found" in result.output
-    result = CliRunner().invoke(bench_cmd, [str(tiny_models[0]), "--iterations", "3", "--duration", "1"])
+    result = CliRunner().invoke(main, ["bench", str(tiny_models[0]), "--iterations", "3", "--duration", "1"])
     assert result.exit_code == 2 and "not both" in result.output
 
 
@@ -91,7 +91,7 @@ def test_bench_onnx_without_torch(tiny_models, tmp_path):
         sys.modules["torch"] = None
         from edge_unlearn.export.bench import BenchConfig, bench_artefacts
         from edge_unlearn import cli_report
-        import edge_unlearn.export.rundir, export.report
+        import edge_unlearn.export.rundir, edge_unlearn.export.report
         report = bench_artefacts([{str(tiny_models[0])!r}], BenchConfig(batches=(1,), warmup=0, iterations=3))
         loaded = [m for m in sys.modules if (m == "torch" or m.startswith("torch.")) and sys.modules[m] is not None]
         print(json.dumps({{"rows": len(report.rows), "torch": loaded}}))

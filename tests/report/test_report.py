@@ -6,12 +6,12 @@ import re
 
 from click.testing import CliRunner
 
-from edge_unlearn.cli_report import report_cmd, verify_cmd
+from edge_unlearn.cli import main
 from edge_unlearn.export.rundir import verify
 
 
 def test_report_html_is_self_contained_with_verdicts(run_folder):
-    result = CliRunner().invoke(report_cmd, [str(run_folder)])
+    result = CliRunner().invoke(main, ["report", str(run_folder)])
     assert result.exit_code == 0, result.output
     html = (run_folder / "report.html").read_text()
     images = re.findall(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)"', html)
@@ -33,7 +33,7 @@ def test_report_html_is_self_contained_with_verdicts(run_folder):
     # the manifest covers the report; verify passes until the report is touched
     assert verify(run_folder)
     (run_folder / "report.html").write_text(html.replace("FAIL", "PASS"))
-    assert CliRunner().invoke(verify_cmd, [str(run_folder)]).exit_code == 1
+    assert CliRunner().invoke(main, ["verify", str(run_folder)]).exit_code == 1
 
 
 def test_report_of_demo_json_only_and_empty_folder(tmp_path):
@@ -44,7 +44,7 @@ def test_report_of_demo_json_only_and_empty_folder(tmp_path):
     run = tmp_path / "r"
     run.mkdir()
     cli = CliRunner()
-    result = cli.invoke(report_cmd, [str(run)])
+    result = cli.invoke(main, ["report", str(run)])
     assert result.exit_code == 2 and "no run records" in result.output
     data = demo_json()
     data["deploy"] = {"artifacts": {"fp32": "model.onnx", "int8": "model.int8.onnx"},
@@ -53,7 +53,7 @@ def test_report_of_demo_json_only_and_empty_folder(tmp_path):
                       "int8": {"verdict": "pass", "forget_acc": 0.0, "retain_drop": 0.004, "retain_agreement": 0.99,
                                "failed": []}}
     (run / "demo.json").write_text(json.dumps(data))
-    assert cli.invoke(report_cmd, [str(run), "-o", str(tmp_path / "out.html")]).exit_code == 0
+    assert cli.invoke(main, ["report", str(run), "-o", str(tmp_path / "out.html")]).exit_code == 0
     html = (tmp_path / "out.html").read_text()
     assert re.findall(r'data-verdict="(pass|fail)"', html) == ["pass", "pass"] and "all validations PASS" in html
     assert (run / "manifest.json").is_file()
@@ -61,7 +61,7 @@ def test_report_of_demo_json_only_and_empty_folder(tmp_path):
 
 def test_demo_bench_and_report(run_folder):
     """The demo's last step on a demo-like folder: bench (batches 1/8/64), record, report, manifest."""
-    from edge_unlearn.cli_report import demo_bench_and_report
+    from edge_unlearn.demo import demo_bench_and_report
     from edge_unlearn.export.rundir import read_records
 
     lines: list[str] = []

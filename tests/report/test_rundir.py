@@ -7,7 +7,8 @@ import shutil
 import pytest
 from click.testing import CliRunner
 
-from edge_unlearn.cli_report import record_to_run_dir, verify_cmd
+from edge_unlearn.cli import main
+from edge_unlearn.cli_report import record_to_run_dir
 from edge_unlearn.errors import ModelFileError, UsageError
 from edge_unlearn.fileio import sha256_file
 from edge_unlearn.export.rundir import read_records, record, verify, write_manifest
@@ -54,7 +55,7 @@ def test_manifest_and_verify_catch_modified_and_missing(tmp_path, tiny_models):
     assert ok and ok.checked == len(listed) + 1 and ok.to_json()["verdict"] == "pass"
 
     cli = CliRunner()
-    assert cli.invoke(verify_cmd, [str(run)]).exit_code == 0
+    assert cli.invoke(main, ["verify", str(run)]).exit_code == 0
     data = bytearray(model.read_bytes())
     data[-1] ^= 1  # one flipped bit
     model.write_bytes(bytes(data))
@@ -64,10 +65,10 @@ def test_manifest_and_verify_catch_modified_and_missing(tmp_path, tiny_models):
     assert not report
     assert [m["path"] for m in report.mismatched] == ["model.onnx"] and report.missing == ["sub/notes.txt"]
     assert report.unlisted == ["new.txt"]  # listed, but a new file alone does not fail
-    result = cli.invoke(verify_cmd, [str(run)])
+    result = cli.invoke(main, ["verify", str(run)])
     assert result.exit_code == 1
     assert "MODIFIED model.onnx" in result.output and "MISSING  sub/notes.txt" in result.output
-    as_json = json.loads(cli.invoke(verify_cmd, [str(run), "--json"]).output)
+    as_json = json.loads(cli.invoke(main, ["verify", str(run), "--json"]).output)
     assert as_json["verdict"] == "fail" and as_json["missing"] == ["sub/notes.txt"]
 
     outside.write_bytes(b"changed")  # an artefact referenced from outside the folder is checked too
@@ -78,7 +79,7 @@ def test_manifest_and_verify_catch_modified_and_missing(tmp_path, tiny_models):
 
 
 def test_verify_without_manifest_is_exit_2(tmp_path):
-    result = CliRunner().invoke(verify_cmd, [str(tmp_path)])
+    result = CliRunner().invoke(main, ["verify", str(tmp_path)])
     assert result.exit_code == 2 and "no manifest.json" in result.output and "edge-unlearn report" in result.output
 
 
