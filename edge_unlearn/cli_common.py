@@ -20,7 +20,7 @@ from .fileio import atomic_output
 #: the extra that provides each optional top-level module (``pip install 'edge-unlearn[EXTRA]'``)
 EXTRA_OF_MODULE = {
     **dict.fromkeys(("torch", "torchvision", "sklearn", "safetensors", "tqdm", "onnxscript", "triton"), "host"),
-    **dict.fromkeys(("matplotlib", "jinja2", "markupsafe"), "report"),
+    "matplotlib": "report",
     **dict.fromkeys(("tensorrt", "pycuda"), "tensorrt"),
 }
 

@@ -57,6 +57,9 @@ def bench_cmd(artefacts: tuple[str, ...], batch: str, warmup: int, iterations: i
     """
     from edge_unlearn.export.bench import BenchConfig, bench_artefacts, parse_batches
 
+    if plot_path:
+        import matplotlib  # noqa: F401  - the `report` extra: say so before measuring, not after
+
     config = BenchConfig(batches=parse_batches(batch), warmup=warmup, iterations=iterations, duration=duration,
                          threads=threads, seed=seed)
     report = bench_artefacts(artefacts, config, provider=list(providers) or None, names=list(names) or None,

@@ -94,7 +94,7 @@ def test_every_module_and_the_cli_load_under_edge_unlearn_only(tmp_path):
     assert out["codes"][:3] == [0, 0, 0]
 
 
-@pytest.mark.parametrize("module, extra", [("matplotlib", "report"), ("jinja2", "report"), ("torch", "host"),
+@pytest.mark.parametrize("module, extra", [("matplotlib", "report"), ("torch", "host"), ("tqdm", "host"),
                                            ("sklearn", "host"), ("tensorrt", "tensorrt"), ("pycuda", "tensorrt")])
 def test_a_missing_extra_is_named_in_one_line(module, extra, monkeypatch):
     """The group's one error handler turns a missing optional module into one line naming the extra, exit 2."""

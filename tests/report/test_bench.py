@@ -128,8 +128,8 @@ def test_bench_torch_checkpoint_eager(tmp_path):
     import numpy as np
 
     from edge_unlearn.errors import DependencyError
-    from edge_unlearn.export.bench import fused_head_runner, open_bench_runner
-    from edge_unlearn.export.runners import TorchRunner
+    from edge_unlearn.export.bench import open_bench_runner
+    from edge_unlearn.export.runners import TorchRunner, fused_head_runner
 
     x = np.random.default_rng(0).standard_normal((3, 1, 8, 8)).astype(np.float32)
     with TorchRunner(path) as eager, fused_head_runner(path, device="cpu") as fused:
@@ -138,3 +138,21 @@ def test_bench_torch_checkpoint_eager(tmp_path):
     if not torch.cuda.is_available():
         with pytest.raises(DependencyError, match="CUDA"):
             open_bench_runner(path, "cuda-fused")
+
+
+def test_bench_names_the_quant_layout_of_each_onnx_row(tiny_models, tmp_path):
+    """The ONNX metadata key edge_unlearn_quant_layout is shown next to every latency row that has it."""
+    import onnx
+
+    fp32, int8 = tiny_models
+    tagged = tmp_path / "tagged.int8.onnx"
+    model = onnx.load(str(int8))
+    entry = model.metadata_props.add()
+    entry.key, entry.value = "edge_unlearn_quant_layout", "s8s8-qdq"
+    onnx.save(model, str(tagged))
+    report = bench_artefacts([fp32, tagged], BenchConfig(batches=(1, 2), warmup=0, iterations=2), provider="cpu")
+    assert [(r.name, r.quant_layout) for r in report.rows] == [
+        (fp32.name, ""), (fp32.name, ""), ("tagged.int8.onnx", "s8s8-qdq"), ("tagged.int8.onnx", "s8s8-qdq")]
+    table_rows = [line for line in report.table().splitlines() if line.startswith("tagged.int8.onnx")]
+    assert len(table_rows) == 2 and all("s8s8-qdq" in line for line in table_rows)
+    assert all(r["quant_layout"] == "s8s8-qdq" for r in report.to_json()["results"] if r["name"] == "tagged.int8.onnx")

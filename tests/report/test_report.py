@@ -26,7 +26,7 @@ def test_report_html_is_self_contained_with_verdicts(run_folder):
     from edge_unlearn.fileio import sha256_file
 
     assert sha256_file(run_folder / "original.safetensors") in html
-    assert "3 (three)" in html and "nhle" in html and "&quot;steps&quot;: 20" in html
+    assert "3 (three)" in html and "nhle" in html and "&#34;steps&#34;: 20" in html
     # figures against original and retrained, latency table with p50/p99 and INT8 ratio
     assert "retrained" in html and "probe_forget_acc" in html
     assert "p99 ms" in html and "p50 vs ONNX FP32" in html
@@ -74,3 +74,21 @@ def test_demo_bench_and_report(run_folder):
     html = (run_folder / "report.html").read_text()
     assert html.count("data:image/png;base64,") == 4  # two bench records -> two latency plots
     assert verify(run_folder)
+
+
+def test_report_escapes_every_value(run_folder):
+    """The template autoescapes: markup in a recorded value (a model file name) is shown as text, never run."""
+    import json
+
+    from edge_unlearn.cli_report import record_to_run_dir
+    from tests.report.conftest import validation_json
+
+    hostile = run_folder / "<img src=x onerror=alert(1)>.onnx"
+    hostile.write_bytes((run_folder / "model.onnx").read_bytes())
+    record_to_run_dir(run_folder, "validate", validation_json(str(hostile), "fp32", "pass"), [hostile])
+    result = CliRunner().invoke(main, ["report", str(run_folder), "--json"])
+    assert result.exit_code == 0, result.output
+    html = (run_folder / "report.html").read_text()
+    assert "<img src=x onerror" not in html
+    assert "&lt;img src=x onerror=alert(1)&gt;.onnx" in html
+    assert json.loads(result.stdout)["report"] == str(run_folder / "report.html")  # human lines go to stderr

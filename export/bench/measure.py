@@ -1,18 +1,16 @@
-"""The latency bench: any :class:`~export.runner.Runner`, a batch sweep, percentiles, throughput, peak memory.
-
-Deployment side: imports no torch (a torch checkpoint's runner imports it itself when entered, and the torch
-thread setting imports it only for torch artefacts), and matplotlib only inside :func:`plot_latency`.
+"""Measuring: any :class:`~edge_unlearn.export.runner.Runner`, a batch sweep, percentiles, throughput, peak memory.
 
 Per artefact and batch it measures ``iterations`` timed ``infer`` calls (or as many as fit in ``duration``
 seconds) after ``warmup`` untimed ones, on fixed random inputs of the model's input shape, and reports mean,
 p50, p90, p99 latency (ms per batch), throughput (images/s = batch / mean latency), the process's peak resident
 set size during that batch (Linux ``VmHWM``, reset before each batch through ``/proc/self/clear_refs`` where the
 kernel allows it, else the process-lifetime peak) and, through an optional hook, the GPU's peak allocation.
+
+Deployment side: imports no torch. A checkpoint's runner (:mod:`edge_unlearn.export.runners`) imports torch
+itself when entered, sets torch's threads while active and gives its CUDA memory hook.
 """
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 import os
@@ -21,26 +19,24 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Protocol, Sequence
 
 import numpy as np
 
-from edge_unlearn.core.formats import BENCH_FORMAT, read_checkpoint_header
+from edge_unlearn.core.formats import read_checkpoint_header
 from edge_unlearn.errors import DependencyError, EdgeUnlearnError, ModelFileError, UsageError
 
-from .runner import Runner
+from ..runner import Runner
+from ..runners import fused_head_runner, open_runner, torch_cuda_available
+from .results import BenchReport
 
 DEFAULT_BATCHES = (1, 8, 64)
 DEFAULT_ITERATIONS = 50
 #: onnxruntime providers ``provider="auto"`` benches, in this order, when onnxruntime has them
 AUTO_ONNX_PROVIDERS = (("cpu", "CPUExecutionProvider"), ("cuda", "CUDAExecutionProvider"),
                        ("tensorrt", "TensorrtExecutionProvider"))
-CSV_FIELDS = ("name", "path", "runtime", "provider", "precision", "batch", "iterations", "mean_ms", "p50_ms",
-              "p90_ms", "p99_ms", "min_ms", "max_ms", "std_ms", "throughput", "peak_rss_mib", "gpu_peak_mib",
-              "threads")
-
 
 @dataclass(frozen=True)
 class BenchConfig:
@@ -139,25 +135,6 @@ class GpuMemoryHook(Protocol):
     def peak_mib(self) -> float | None: ...
 
 
-class TorchCudaMemory:
-    """``torch.cuda`` max allocated memory (only for torch artefacts on CUDA; imports torch when used)."""
-
-    def __init__(self, device: str = "cuda") -> None:
-        self.device = device
-
-    def reset(self) -> None:
-        import torch
-
-        torch.cuda.synchronize(self.device)
-        torch.cuda.reset_peak_memory_stats(self.device)
-
-    def peak_mib(self) -> float | None:
-        import torch
-
-        torch.cuda.synchronize(self.device)
-        return torch.cuda.max_memory_allocated(self.device) / 2**20
-
-
 # ------------------------------------------------------------------------------------------------ runners
 
 
@@ -178,7 +155,7 @@ def input_shape_of(path: str | Path, runner: Runner | None = None) -> tuple[int,
             if sidecar.get("input_shape"):
                 return tuple(int(v) for v in sidecar["input_shape"])
         if suffix == ".onnx":
-            from .onnx_meta import read_meta
+            from ..onnx_meta import read_meta
 
             return tuple(int(v) for v in read_meta(path).input_shape)
     except EdgeUnlearnError:
@@ -196,14 +173,6 @@ def _onnx_providers_available() -> list[str]:
     except ImportError:
         return []
     return list(ort.get_available_providers())
-
-
-def _torch_cuda_available() -> bool:
-    try:
-        import torch
-    except ImportError:
-        return False
-    return bool(torch.cuda.is_available())
 
 
 def _split(provider: str | Sequence[str] | None) -> list[str]:
@@ -227,7 +196,7 @@ def plan_runs(path: str | Path, provider: str | Sequence[str] | None = None) -> 
         return list(dict.fromkeys(wanted))
     if suffix == ".safetensors":
         if wanted == ["auto"]:
-            return ["cpu"] + (["cuda", "cuda-fused"] if _torch_cuda_available() else [])
+            return ["cpu"] + (["cuda", "cuda-fused"] if torch_cuda_available() else [])
         bad = [p for p in wanted if p not in ("cpu", "cuda", "cuda-fused")]
         if bad:
             raise UsageError(f"--provider {','.join(bad)} does not apply to torch checkpoint {Path(path).name}; "
@@ -236,60 +205,23 @@ def plan_runs(path: str | Path, provider: str | Sequence[str] | None = None) -> 
     return [None]
 
 
-def _fused_runner_class():
-    from .runners import TorchRunner
-
-    class TorchFusedHeadRunner(TorchRunner):
-        """A checkpoint in PyTorch with the fused masked head of ``kernels/`` (Triton on CUDA): the backbone in
-        eager mode, then ``model.predict(output="logits")`` with ``head_impl="fused"``, which never reads the
-        forgotten rows of the head. Same contract as every runner: logits [B, C], forgotten = MASK_VALUE."""
-
-        runtime = "torch-fused"
-
-        def activate_impl(self) -> None:
-            super().activate_impl()
-            self._model.head_impl = "fused"
-
-        def infer_impl(self, inputs: np.ndarray) -> np.ndarray:
-            import torch
-
-            from .onnx_meta import MASK_VALUE
-
-            with torch.no_grad():
-                out = self._model.predict(torch.from_numpy(inputs).to(self.device), output="logits")
-                out = out.masked_fill(~self._model.class_mask, MASK_VALUE)
-            return out.float().cpu().numpy()
-
-        def describe_impl(self) -> dict[str, Any]:
-            return {**super().describe_impl(), "provider": f"{self.device}-fused"}
-
-    return TorchFusedHeadRunner
-
-
-def fused_head_runner(path: str | Path, device: str = "cuda") -> Runner:
-    """:class:`TorchFusedHeadRunner` for a checkpoint (the ``cuda-fused`` provider of the bench)."""
-    return _fused_runner_class()(str(path), device=device)
-
-
 def open_bench_runner(path: str | Path, provider: str | None = None, threads: int | None = None) -> Runner:
-    """The runner of ``path`` (through :func:`export.runners.open_runner`) with the CPU thread setting applied;
+    """The runner of ``path`` (through :func:`edge_unlearn.export.runners.open_runner`) with the CPU thread setting applied;
     provider ``cuda-fused`` on a checkpoint gives the fused masked head runner."""
-    from .runners import open_runner
-
     if provider == "cuda-fused":
         if Path(path).suffix.lower() != ".safetensors":
             raise UsageError(f"--provider cuda-fused applies to .safetensors checkpoints only, not {Path(path).name}")
-        if not _torch_cuda_available():
+        if not torch_cuda_available():
             raise DependencyError("--provider cuda-fused needs a CUDA GPU visible to torch (and Triton); "
                                   "bench on cpu here")
-        return fused_head_runner(path, "cuda")
-    runner = open_runner(path, provider=provider)
+        runner = fused_head_runner(path, "cuda")
+    else:
+        runner = open_runner(path, provider=provider)
     if threads is not None and hasattr(runner, "threads"):
-        runner.threads = threads  # onnxruntime: intra_op_num_threads
+        runner.threads = threads  # onnxruntime: intra_op_num_threads; torch: torch.set_num_threads while active
     return runner
 
 
-# ------------------------------------------------------------------------------------------------ measuring
 
 
 @dataclass
@@ -315,10 +247,13 @@ class BenchRow:
     gpu_peak_mib: float | None
     threads: int | str
     source_sha256: str = ""
+    #: the ONNX metadata ``edge_unlearn_quant_layout`` (e.g. "s8s8-qdq", "u8s8-qoperator"); "" when not recorded
+    quant_layout: str = ""
 
     @property
     def label(self) -> str:
-        return f"{self.name} [{self.runtime}/{self.provider}/{self.precision}]"
+        layout = f", {self.quant_layout}" if self.quant_layout else ""
+        return f"{self.name} [{self.runtime}/{self.provider}/{self.precision}{layout}]"
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -356,17 +291,6 @@ def time_batches(runner: Runner, inputs: np.ndarray, config: BenchConfig) -> lis
     return latencies
 
 
-def _set_torch_threads(threads: int | None) -> int | None:
-    """Set torch's intra-op threads for a torch artefact; returns the previous value to restore."""
-    if threads is None:
-        return None
-    import torch
-
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    return previous
-
-
 def bench_runner(runner: Runner, config: BenchConfig = BenchConfig(), name: str | None = None,
                  input_shape: Sequence[int] | None = None, gpu_memory: GpuMemoryHook | None = None,
                  echo: Callable[[str], None] | None = None) -> list[BenchRow]:
@@ -374,36 +298,34 @@ def bench_runner(runner: Runner, config: BenchConfig = BenchConfig(), name: str 
     shape = tuple(input_shape) if input_shape else input_shape_of(runner.path, runner)
     rng = np.random.default_rng(config.seed)
     rows: list[BenchRow] = []
-    previous_threads = _set_torch_threads(config.threads) if runner.runtime.startswith("torch") else None
-    try:
-        with runner:
-            info = runner.describe()
-            if runner.runtime.startswith("torch") and gpu_memory is None and str(info.get("device", "")).startswith("cuda"):
-                gpu_memory = TorchCudaMemory(str(info["device"]))
-            for batch in config.batches:
-                inputs = rng.standard_normal((int(batch), *shape)).astype(np.float32)
-                out = runner.infer(inputs)  # also checks the batch is accepted before timing
-                if len(out) != batch:
-                    raise ModelFileError(f"{runner.name} returned {len(out)} rows for a batch of {batch}")
-                reset_peak_rss()
-                if gpu_memory is not None:
-                    gpu_memory.reset()
-                latencies = time_batches(runner, inputs, config)
-                stats = summarize(latencies, int(batch))
-                row = BenchRow(
-                    name=name or Path(runner.path).name, path=str(runner.path), runtime=str(info.get("runtime", runner.runtime)),
-                    provider=str(info.get("provider") or "-"), precision=str(info.get("precision") or "-"),
-                    batch=int(batch), iterations=len(latencies), **stats, peak_rss_mib=peak_rss_mib(),
-                    gpu_peak_mib=gpu_memory.peak_mib() if gpu_memory is not None else None,
-                    threads=config.threads if config.threads is not None else "default",
-                    source_sha256=str(info.get("source_sha256") or ""))
-                rows.append(row)
-                if echo is not None:
-                    echo(f"  {row.label} batch {batch}: p50 {row.p50_ms:.3f} ms, p99 {row.p99_ms:.3f} ms, "
-                         f"{row.throughput:.1f} img/s ({row.iterations} iterations)")
-    finally:
-        if previous_threads is not None:
-            _set_torch_threads(previous_threads)
+    if config.threads is not None and hasattr(runner, "threads"):
+        runner.threads = config.threads
+    with runner:
+        info = runner.describe()
+        if gpu_memory is None and hasattr(runner, "gpu_memory_hook"):
+            gpu_memory = runner.gpu_memory_hook()  # torch on CUDA: its peak allocation
+        for batch in config.batches:
+            inputs = rng.standard_normal((int(batch), *shape)).astype(np.float32)
+            out = runner.infer(inputs)  # also checks the batch is accepted before timing
+            if len(out) != batch:
+                raise ModelFileError(f"{runner.name} returned {len(out)} rows for a batch of {batch}")
+            reset_peak_rss()
+            if gpu_memory is not None:
+                gpu_memory.reset()
+            latencies = time_batches(runner, inputs, config)
+            stats = summarize(latencies, int(batch))
+            row = BenchRow(
+                name=name or Path(runner.path).name, path=str(runner.path), runtime=str(info.get("runtime", runner.runtime)),
+                provider=str(info.get("provider") or "-"), precision=str(info.get("precision") or "-"),
+                batch=int(batch), iterations=len(latencies), **stats, peak_rss_mib=peak_rss_mib(),
+                gpu_peak_mib=gpu_memory.peak_mib() if gpu_memory is not None else None,
+                threads=config.threads if config.threads is not None else "default",
+                source_sha256=str(info.get("source_sha256") or ""),
+                quant_layout=str(info.get("quant_layout") or ""))
+            rows.append(row)
+            if echo is not None:
+                echo(f"  {row.label} batch {batch}: p50 {row.p50_ms:.3f} ms, p99 {row.p99_ms:.3f} ms, "
+                     f"{row.throughput:.1f} img/s ({row.iterations} iterations)")
     return rows
 
 
@@ -466,97 +388,6 @@ def environment(threads: int | None = None) -> dict[str, Any]:
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
 
-# ------------------------------------------------------------------------------------------------ report
-
-
-@dataclass
-class BenchReport:
-    rows: list[BenchRow]
-    config: BenchConfig
-    environment: dict[str, Any]
-    errors: list[dict[str, str]] = field(default_factory=list)
-
-    def ratios(self) -> list[dict[str, Any]]:
-        """Each row that is not onnxruntime FP32 against the onnxruntime FP32 row of the same source checkpoint,
-        batch and kind of device (CPU or GPU): ``p50_ratio`` < 1 is faster than FP32, ``speedup`` = FP32 p50 /
-        this p50. Rows without a source checkpoint sha256 or without such an FP32 row are left out."""
-        def where(provider: str) -> str:
-            return "cpu" if provider.lower() in ("cpu", "-") or "CPU" in provider else "gpu"
-
-        base = {(r.source_sha256, where(r.provider), r.batch): r for r in self.rows
-                if r.runtime == "onnxruntime" and r.precision == "fp32" and r.source_sha256}
-        out = []
-        for r in self.rows:
-            if not r.source_sha256 or (r.runtime == "onnxruntime" and r.precision == "fp32"):
-                continue
-            ref = base.get((r.source_sha256, where(r.provider), r.batch))
-            if ref is None:
-                continue
-            out.append({"name": r.name, "runtime": r.runtime, "precision": r.precision, "provider": r.provider,
-                        "batch": r.batch, "baseline": ref.name, "p50_ratio": r.p50_ms / ref.p50_ms,
-                        "p99_ratio": r.p99_ms / ref.p99_ms, "speedup": ref.p50_ms / r.p50_ms,
-                        "throughput_ratio": r.throughput / ref.throughput})
-        return out
-
-    def to_json(self) -> dict[str, Any]:
-        return {"format": BENCH_FORMAT, "config": self.config.to_json(), "environment": self.environment,
-                "results": [r.to_json() for r in self.rows], "ratios_vs_onnx_fp32": self.ratios(),
-                "errors": self.errors}
-
-    def table(self) -> str:
-        head = (f"{'artefact':<24} {'runtime':<11} {'provider':<22} {'prec':<5} {'batch':>5} {'iters':>5} "
-                f"{'mean ms':>9} {'p50 ms':>9} {'p90 ms':>9} {'p99 ms':>9} {'img/s':>9} {'RSS MiB':>8} {'GPU MiB':>8}")
-        lines = [head, "-" * len(head)]
-        for r in self.rows:
-            gpu = "-" if r.gpu_peak_mib is None else f"{r.gpu_peak_mib:.1f}"
-            rss = "-" if r.peak_rss_mib is None else f"{r.peak_rss_mib:.0f}"
-            lines.append(f"{r.name[:24]:<24} {r.runtime[:11]:<11} {r.provider[:22]:<22} {r.precision[:5]:<5} "
-                         f"{r.batch:>5} {r.iterations:>5} {r.mean_ms:>9.3f} {r.p50_ms:>9.3f} {r.p90_ms:>9.3f} "
-                         f"{r.p99_ms:>9.3f} {r.throughput:>9.1f} {rss:>8} {gpu:>8}")
-        ratios = self.ratios()
-        if ratios:
-            lines.append("vs onnxruntime FP32 of the same checkpoint (p50 ratio < 1 is faster):")
-            for q in ratios:
-                lines.append(f"  {q['name'][:24]:<24} {q['runtime']}/{q['precision']} batch {q['batch']:>3}: "
-                             f"p50 x{q['p50_ratio']:.2f}  p99 x{q['p99_ratio']:.2f}  speedup {q['speedup']:.2f}")
-        env = self.environment
-        lines.append(f"machine: {env.get('cpu')} ({env.get('cpus_usable')} usable CPUs, threads {env.get('threads')}, "
-                     f"load {env.get('load_average')}); GPUs: {', '.join(env.get('gpus') or []) or 'none'}; "
-                     + ", ".join(f"{k} {v}" for k, v in env.get("versions", {}).items()))
-        load, cpus = env.get("load_average"), env.get("cpus_usable")
-        if load and cpus and load[0] > cpus:
-            lines.append(f"warning: load average {load[0]} exceeds the {cpus} usable CPUs: these latencies include "
-                         "waiting for a CPU (multi-threaded torch suffers most); rerun on an idle machine or "
-                         "with --threads 1")
-        for err in self.errors:
-            lines.append(f"skipped {err['artefact']} ({err['provider']}): {err['error']}")
-        return "\n".join(lines)
-
-    def to_csv(self) -> str:
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=list(CSV_FIELDS), extrasaction="ignore", lineterminator="\n")
-        writer.writeheader()
-        for r in self.rows:
-            writer.writerow({k: ("" if v is None else v) for k, v in r.to_json().items()})
-        return buf.getvalue()
-
-    def write_json(self, path: str | Path) -> None:
-        from edge_unlearn.core.jsontext import to_json_text
-        from edge_unlearn.fileio import atomic_output
-
-        with atomic_output(path) as tmp:
-            Path(tmp).write_text(to_json_text(self.to_json()) + "\n")
-
-    def write_csv(self, path: str | Path) -> None:
-        from edge_unlearn.fileio import atomic_output
-
-        with atomic_output(path) as tmp:
-            Path(tmp).write_text(self.to_csv())
-
-    def plot(self, path: str | Path) -> Path:
-        return plot_latency([r.to_json() for r in self.rows], path)
-
-
 def bench_artefacts(paths: Iterable[str | Path], config: BenchConfig = BenchConfig(),
                     provider: str | Sequence[str] | None = None, names: Sequence[str] | None = None,
                     keep_going: bool = False, echo: Callable[[str], None] | None = None) -> BenchReport:
@@ -589,56 +420,3 @@ def bench_artefacts(paths: Iterable[str | Path], config: BenchConfig = BenchConf
     return BenchReport(rows, config, environment(config.threads), errors)
 
 
-# ------------------------------------------------------------------------------------------------ plot
-
-
-def latency_figure(rows: Sequence[dict[str, Any]], title: str | None = None):
-    """A matplotlib figure: p50 latency per batch (p90..p99 shaded) and throughput vs batch, one line per
-    artefact/runtime/precision (the provider is named when it is not the CPU)."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    groups: dict[str, list[dict[str, Any]]] = {}
-    for r in rows:
-        provider = str(r.get("provider", ""))
-        where = "" if provider in ("cpu", "CPUExecutionProvider", "-") else f"/{provider}"
-        key = f"{r['name']} [{r['runtime']}/{r['precision']}{where}]"
-        groups.setdefault(key, []).append(r)
-    fig, (ax_lat, ax_tp) = plt.subplots(1, 2, figsize=(11, 4.2))
-    for key, items in groups.items():
-        items = sorted(items, key=lambda r: r["batch"])
-        b = [r["batch"] for r in items]
-        line, = ax_lat.plot(b, [r["p50_ms"] for r in items], marker="o", label=key)
-        ax_lat.fill_between(b, [r["p90_ms"] for r in items], [r["p99_ms"] for r in items], alpha=0.15,
-                            color=line.get_color())
-        ax_tp.plot(b, [r["throughput"] for r in items], marker="o", color=line.get_color(), label=key)
-    for ax in (ax_lat, ax_tp):
-        ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
-        ax.set_xlabel("batch size")
-        ax.grid(True, which="both", alpha=0.3)
-    ax_lat.set_ylabel("latency per batch, ms (p50; p90-p99 shaded)")
-    ax_tp.set_ylabel("throughput, images/s")
-    ax_lat.set_title(title or "latency vs batch")
-    ax_tp.set_title("throughput vs batch")
-    ax_tp.legend(fontsize=7, loc="best")
-    fig.tight_layout()
-    return fig
-
-
-def plot_latency(rows: Sequence[dict[str, Any]], path: str | Path, title: str | None = None) -> Path:
-    """Write :func:`latency_figure` as a PNG (atomically)."""
-    import matplotlib.pyplot as plt
-
-    from edge_unlearn.fileio import atomic_output
-
-    fig = latency_figure(rows, title)
-    path = Path(path)
-    try:
-        with atomic_output(path) as tmp:
-            fig.savefig(tmp, format="png", dpi=110)
-    finally:
-        plt.close(fig)
-    return path
