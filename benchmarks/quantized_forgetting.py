@@ -64,6 +64,7 @@ def measure_variants(checkpoint: Path, spec: str, bundle: Path, folder: Path) ->
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
     from edge_unlearn.export.onnx_export import export_onnx
+    from mask_variants import DESIGNS  # benchmarks/, beside this script
     from edge_unlearn.export.onnx_meta import read_meta, topological_sort, write_meta
     from edge_unlearn.export.quantize import QuantizeConfig, fp16_plain_cast, quantize_model
     from edge_unlearn.export.validate import validate_model
@@ -75,7 +76,7 @@ def measure_variants(checkpoint: Path, spec: str, bundle: Path, folder: Path) ->
         if variant not in exported:
             exported[variant] = folder / f"variant_{variant}.onnx"
             with _quiet():
-                export_onnx(checkpoint, exported[variant], variant=variant)
+                export_onnx(checkpoint, exported[variant], design=DESIGNS[variant])
         return exported[variant]
 
     def judge(name: str, precision: str, path: Path) -> None:

@@ -22,7 +22,6 @@ import argparse
 import csv
 import dataclasses
 import json
-import math
 import os
 import platform
 import shlex
@@ -37,6 +36,7 @@ import torch
 
 from edge_unlearn import attacks  # noqa: E402
 from edge_unlearn.core.figures import retain_drop  # noqa: E402
+from edge_unlearn.core.jsontext import clean_json  # noqa: E402
 from edge_unlearn.data import Dataset, load_dataset, preprocess, take_samples  # noqa: E402
 from edge_unlearn.metrics import evaluate_model, model_outputs  # noqa: E402
 from edge_unlearn.training import TrainConfig, train_model  # noqa: E402
@@ -185,7 +185,7 @@ def run(args) -> dict[str, Any]:
         rows.append(row)
         if (row["dataset"], row["seed"], row["forget_class"], row["method"]) not in done:
             with open(partial, "a") as handle:
-                handle.write(json.dumps(_clean(row), default=str) + "\n")
+                handle.write(json.dumps(clean_json(row), default=str) + "\n")
 
     models_for_plots: dict[str, Any] = {}
     t_start = time.perf_counter()
@@ -273,16 +273,6 @@ def _aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def _clean(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
-    return value
-
-
 def markdown_table(summary: list[dict[str, Any]]) -> str:
     head = ["dataset", "method", "needs"] + [h for _, h, _ in METRICS]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -330,8 +320,8 @@ def _write(out_dir: Path, rows: list[dict[str, Any]], report: dict[str, Any]) ->
         writer = csv.DictWriter(handle, fieldnames=keys, extrasaction="ignore")
         writer.writeheader()
         for row in rows:
-            writer.writerow(_clean(row))
-    (out_dir / "rows.json").write_text(json.dumps(_clean(report), indent=2, default=str))
+            writer.writerow(clean_json(row))
+    (out_dir / "rows.json").write_text(json.dumps(clean_json(report), indent=2, default=str))
     env = report["environment"]
     text = [markdown_table(report["summary"]), "",
             f"Machine: {env['cpu_model']} ({env['machine']}), torch {env['torch']} on CPU, {env['threads']} thread(s)"

@@ -88,10 +88,8 @@ def train(dataset, arch, epochs, min_steps, batch_size, lr, seed, device, data_d
     config = TrainConfig(seed=seed, device=device, **overrides)
     summary = train_checkpoint(dataset, arch, output, config, data_dir, download,
                                progress=progress_enabled(quiet, as_json))
-    emit(summary, as_json, json_out)
-    if not as_json:
-        say(quiet)(f"trained {arch} on {dataset} in {summary['seconds']:.1f} s: test accuracy "
-                   f"{summary['test_accuracy']:.4f} -> {output}")
+    emit(summary, as_json, json_out, quiet, f"trained {arch} on {dataset} in {summary['seconds']:.1f} s: test accuracy "
+                                            f"{summary['test_accuracy']:.4f} -> {output}")
 
 
 @main.command()
@@ -109,10 +107,8 @@ def retrain(original, forget_classes, dataset, data_dir, download, output, as_js
 
     summary = retrain_checkpoint(original, forget_classes, output, dataset, data_dir, download,
                                  progress=progress_enabled(quiet, as_json))
-    emit(summary, as_json, json_out)
-    if not as_json:
-        say(quiet)(f"retrained without {summary['forget_classes']} in {summary['seconds']:.1f} s: retained accuracy "
-                   f"{summary['retain_acc']:.4f} -> {output}")
+    emit(summary, as_json, json_out, quiet, f"retrained without {summary['forget_classes']} in "
+                                            f"{summary['seconds']:.1f} s: retained accuracy {summary['retain_acc']:.4f} -> {output}")
 
 
 def print_forget_summary(s: dict[str, Any]) -> None:

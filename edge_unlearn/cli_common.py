@@ -24,12 +24,8 @@ EXTRA_OF_MODULE = {
     **dict.fromkeys(("tensorrt", "pycuda"), "tensorrt"),
 }
 
-#: closed sets of option values
+#: torch devices of the host commands (the closed sets of the deployment commands come from their modules)
 DEVICES = ("auto", "cpu", "cuda")
-ONNX_PROVIDERS = ("auto", "cpu", "cuda", "tensorrt")
-BENCH_PROVIDERS = ("auto", "cpu", "cuda", "tensorrt", "cuda-fused")
-QUANT_PRECISIONS = ("int8", "fp16")
-CALIB_METHODS = ("minmax", "entropy", "percentile", "distribution")
 
 
 def missing_extra_message(exc: ModuleNotFoundError) -> str | None:
@@ -111,11 +107,14 @@ def write_json(path: str | Path | None, data: Any) -> None:
             Path(tmp).write_text(to_json_text(data) + "\n")
 
 
-def emit(data: Any, as_json: bool, json_out: str | None) -> None:
-    """The JSON side of :func:`output_options`: write ``--json-out``, print on ``--json``."""
+def emit(data: Any, as_json: bool, json_out: str | None, quiet: bool = False, line: str | None = None) -> None:
+    """The output of :func:`output_options`: write ``--json-out``; print the JSON on ``--json``, else ``line``
+    (the human summary) unless ``--quiet``."""
     write_json(json_out, data)
     if as_json:
         echo_json(data)
+    elif line is not None and not quiet:
+        click.echo(line)
 
 
 def say(quiet: bool, as_json: bool = False) -> Callable[[str], None]:

@@ -13,7 +13,11 @@ from typing import Iterator
 
 import click
 
-from .cli_common import CALIB_METHODS, ONNX_PROVIDERS, QUANT_PRECISIONS, emit, output_options, say
+from .cli_common import emit, output_options, say
+from .export.quantize import CALIB_METHODS, QUANT_PRECISIONS
+from .export.runners import PROVIDERS
+
+ONNX_PROVIDERS = ("auto", *PROVIDERS)
 
 
 @contextlib.contextmanager

@@ -8,7 +8,11 @@ from typing import Any, Sequence
 
 import click
 
-from .cli_common import BENCH_PROVIDERS, emit, output_options, say
+from .cli_common import emit, output_options, say
+from .export.runners import PROVIDERS
+
+#: onnxruntime providers, plus cuda-fused: a checkpoint with the fused masked head (Triton) on CUDA
+BENCH_PROVIDERS = ("auto", *PROVIDERS, "cuda-fused")
 
 
 def record_to_run_dir(run_dir: str | Path | None, kind: str, summary: dict[str, Any],

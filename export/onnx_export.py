@@ -73,29 +73,36 @@ class ExportResult:
                 "parity": {**asdict(self.parity), "ok": self.parity.ok}}
 
 
-VARIANTS = ("compact", "where", "naive", "naive_1e9")
+class MaskDesign:
+    """How the class mask enters the exported graph. The library ships one design, :class:`CompactMask` (ours,
+    docs/deployment.md); the alternatives it was measured against (a float ``Where``, a naive bias of -1e4 or
+    -1e9) live in ``benchmarks/mask_variants.py`` and plug in here through the same three hooks."""
+
+    #: recorded in the ONNX metadata (``quantization.graph_variant``) when not the default
+    name = "compact"
+    #: value of a forgotten class's logit in the graph's output
+    fill_value = MASK_VALUE
+    #: name of the tensor that holds the logits before masking (the quantizer stops there)
+    retained_name = RETAINED_NAME
+
+    def deploy_module(self, model):
+        """The torch part of the graph; returns (module, retained class ids)."""
+        raise NotImplementedError
+
+    def append_mask(self, graph_model, retained: list[int], num_classes: int) -> None:
+        """Add the mask nodes after the torch part (renaming its input and output)."""
+        raise NotImplementedError
 
 
-def _deploy_module(model, variant: str = "compact"):
-    """The torch part of the graph.
-
-    compact: backbone + head with the retained rows only -> retained logits [B, R] (ours);
-    where: backbone + the full head as trained -> raw logits [B, C] (a float Where masks them afterwards);
-    naive / naive_1e9: full head with forgotten rows zeroed and their bias set to -1e4 / -1e9 (DESIGN.md §3).
-    """
+def deploy_module_with_rows(model, rows: list[int]):
+    """backbone + a Linear head holding ``rows`` of the model's head (edit its weights before exporting)."""
     import torch
     from torch import nn
 
-    forgotten = list(model.forgotten_classes)
-    retained = [c for c in range(model.num_classes) if c not in set(forgotten)]
-    rows = retained if variant == "compact" else list(range(model.num_classes))
     head = nn.Linear(model.feature_dim, len(rows))
     with torch.no_grad():
         head.weight.copy_(model.head.weight[rows])
         head.bias.copy_(model.head.bias[rows])
-        if variant.startswith("naive"):
-            head.weight[forgotten] = 0.0
-            head.bias[forgotten] = -1e9 if variant == "naive_1e9" else -1e4
 
     class Deploy(nn.Module):
         def __init__(self) -> None:
@@ -106,10 +113,62 @@ def _deploy_module(model, variant: str = "compact"):
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return self.head(self.backbone(x))
 
-    return Deploy().eval(), retained
+    return Deploy().eval()
 
 
-def _rename_io(graph, first_out: str) -> None:
+def retained_classes(model) -> list[int]:
+    forgotten = set(model.forgotten_classes)
+    return [c for c in range(model.num_classes) if c not in forgotten]
+
+
+class CompactMask(MaskDesign):
+    """Ours: the head holds the retained rows only (forgotten rows are absent from the file); a float Pad adds one
+    MASK_VALUE column and a Gather scatters every class from it, after the last quantized tensor."""
+
+    def deploy_module(self, model):
+        retained = retained_classes(model)
+        return deploy_module_with_rows(model, retained), retained
+
+    def append_mask(self, graph_model, retained: list[int], num_classes: int) -> None:
+        from onnx import helper, numpy_helper
+
+        graph = graph_model.graph
+        check_single_io(graph)
+        rename_io(graph, RETAINED_NAME)
+        index = np.full(num_classes, len(retained), dtype=np.int64)  # forgotten -> the pad column
+        index[retained] = np.arange(len(retained), dtype=np.int64)
+        graph.initializer.extend([
+            numpy_helper.from_array(np.array([0, 0, 0, 1], dtype=np.int64), "edge_unlearn_mask_pads"),
+            numpy_helper.from_array(np.array(MASK_VALUE, dtype=np.float32), "edge_unlearn_mask_value"),
+            numpy_helper.from_array(index, "edge_unlearn_class_index")])
+        graph.node.extend([
+            helper.make_node("Pad", [RETAINED_NAME, "edge_unlearn_mask_pads", "edge_unlearn_mask_value"],
+                             ["edge_unlearn_padded"], name=MASK_NODE_PREFIX + "fill", mode="constant"),
+            helper.make_node("Gather", ["edge_unlearn_padded", "edge_unlearn_class_index"], [OUTPUT_NAME],
+                             name=MASK_NODE_PREFIX + "scatter", axis=1)])
+        set_output(graph, num_classes)
+
+
+COMPACT = CompactMask()
+
+
+def check_single_io(graph) -> None:
+    if len(graph.output) != 1 or len(graph.input) != 1:
+        raise ModelFileError("the exported graph must have exactly one input and one output")
+
+
+def set_output(graph, num_classes: int) -> None:
+    """Declare OUTPUT_NAME [batch, num_classes] float as the graph's only output."""
+    from onnx import TensorProto, helper
+
+    batch = graph.output[0].type.tensor_type.shape.dim[0]
+    out = helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, [batch.dim_param or "batch", num_classes])
+    del graph.output[:]
+    graph.output.append(out)
+
+
+def rename_io(graph, first_out: str) -> None:
+    """Name the graph's input INPUT_NAME and its (torch) output ``first_out``."""
     last = graph.output[0].name
     for node in graph.node:
         node.output[:] = [first_out if o == last else o for o in node.output]
@@ -120,46 +179,8 @@ def _rename_io(graph, first_out: str) -> None:
     graph.input[0].name = INPUT_NAME
 
 
-def _append_mask(graph_model, retained: list[int], num_classes: int, variant: str = "compact") -> None:
-    """compact: Pad the retained logits with one MASK_VALUE column and Gather every class from it;
-    where: Where(class_mask, logits, MASK_VALUE). Both float nodes named MASK_NODE_PREFIX*."""
-    from onnx import TensorProto, helper, numpy_helper
-
-    graph = graph_model.graph
-    if len(graph.output) != 1 or len(graph.input) != 1:
-        raise ModelFileError("the exported graph must have exactly one input and one output")
-    if variant.startswith("naive"):
-        _rename_io(graph, OUTPUT_NAME)
-        return
-    _rename_io(graph, RETAINED_NAME)
-    batch = graph.output[0].type.tensor_type.shape.dim[0]
-    fill = numpy_helper.from_array(np.array(MASK_VALUE, dtype=np.float32), "edge_unlearn_mask_value")
-    if variant == "compact":
-        index = np.full(num_classes, len(retained), dtype=np.int64)  # forgotten -> the pad column
-        index[retained] = np.arange(len(retained), dtype=np.int64)
-        graph.initializer.extend([
-            numpy_helper.from_array(np.array([0, 0, 0, 1], dtype=np.int64), "edge_unlearn_mask_pads"), fill,
-            numpy_helper.from_array(index, "edge_unlearn_class_index")])
-        graph.node.extend([
-            helper.make_node("Pad", [RETAINED_NAME, "edge_unlearn_mask_pads", "edge_unlearn_mask_value"],
-                             ["edge_unlearn_padded"], name=MASK_NODE_PREFIX + "fill", mode="constant"),
-            helper.make_node("Gather", ["edge_unlearn_padded", "edge_unlearn_class_index"], [OUTPUT_NAME],
-                             name=MASK_NODE_PREFIX + "scatter", axis=1)])
-    elif variant == "where":
-        keep = np.zeros(num_classes, dtype=bool)
-        keep[retained] = True
-        graph.initializer.extend([numpy_helper.from_array(keep, "edge_unlearn_class_mask"), fill])
-        graph.node.append(helper.make_node("Where", ["edge_unlearn_class_mask", RETAINED_NAME, "edge_unlearn_mask_value"],
-                                           [OUTPUT_NAME], name=MASK_NODE_PREFIX + "where"))
-    else:
-        raise UsageError(f"unknown graph variant {variant!r}; choose one of {', '.join(VARIANTS)}")
-    out = helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, [batch.dim_param or "batch", num_classes])
-    del graph.output[:]
-    graph.output.append(out)
-
-
 def _check_parity(path: Path, model, input_shape: tuple[int, ...], config: ExportConfig,
-                  variant: str = "compact") -> Parity:
+                  design: MaskDesign = COMPACT) -> Parity:
     import onnxruntime as ort
     import torch
 
@@ -178,16 +199,16 @@ def _check_parity(path: Path, model, input_shape: tuple[int, ...], config: Expor
     tol = config.parity_rtol * max(1.0, float(np.max(np.abs(ref[:, mask]))))
     ref_arg = np.where(mask, ref, -np.inf).argmax(1)
     agree = min(float(np.mean(o.argmax(1) == ref_arg)) for o in outs)
-    fill = np.float32(-1e9 if variant == "naive_1e9" else MASK_VALUE)
+    fill = np.float32(design.fill_value)
     exact = all(bool(np.all(o[:, ~mask] == fill)) for o in outs)
     return Parity(len(x), batches, diff, tol, agree, exact)
 
 
 def export_onnx(checkpoint: str | Path, output: str | Path, config: ExportConfig = ExportConfig(),
-                echo: Callable[[str], None] | None = None, variant: str = "compact") -> ExportResult:
+                echo: Callable[[str], None] | None = None, design: MaskDesign = COMPACT) -> ExportResult:
     """Export a checkpoint to ONNX with the class mask in the graph; raises ModelFileError on failed parity.
 
-    ``variant`` other than "compact" exists to measure the alternatives of docs/deployment.md."""
+    ``design`` other than :data:`COMPACT` is for measuring the alternatives (benchmarks/mask_variants.py)."""
     import onnx
     import torch
 
@@ -198,9 +219,7 @@ def export_onnx(checkpoint: str | Path, output: str | Path, config: ExportConfig
     check_output_path(output)
     ckpt = load_checkpoint(checkpoint)
     model, meta = ckpt.model.eval(), ckpt.meta
-    if variant not in VARIANTS:
-        raise UsageError(f"unknown graph variant {variant!r}; choose one of {', '.join(VARIANTS)}")
-    module, retained = _deploy_module(model, variant)
+    module, retained = design.deploy_module(model)
     example = torch.zeros(2, *meta.input_shape)
     try:
         program = torch.onnx.export(module, (example,), dynamo=True, opset_version=config.opset,
@@ -211,14 +230,14 @@ def export_onnx(checkpoint: str | Path, output: str | Path, config: ExportConfig
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelFileError(f"torch.onnx.export failed for arch {meta.arch}: {first}") from exc
     proto = program.model_proto
-    _append_mask(proto, retained, model.num_classes, variant)
+    design.append_mask(proto, retained, model.num_classes)
     onnx_meta = OnnxMeta(
         num_classes=meta.num_classes, class_names=tuple(meta.class_names),
         forgotten_classes=tuple(model.forgotten_classes), input_shape=tuple(meta.input_shape),  # type: ignore[arg-type]
         normalization=meta.normalization.to_json(), source_sha256=ckpt.sha256 or "", arch=meta.arch,
         dataset=meta.dataset, precision="fp32", version=__version__,
-        retained_name=OUTPUT_NAME if variant.startswith("naive") else RETAINED_NAME,
-        quantization={"graph_variant": variant} if variant != "compact" else {})
+        retained_name=design.retained_name,
+        quantization={"graph_variant": design.name} if design.name != COMPACT.name else {})
     write_meta(proto, onnx_meta)
     proto.producer_name, proto.producer_version = "edge-unlearn", __version__
     output = Path(output)
@@ -228,7 +247,7 @@ def export_onnx(checkpoint: str | Path, output: str | Path, config: ExportConfig
             onnx.checker.check_model(str(tmp), full_check=True)
         except onnx.checker.ValidationError as exc:
             raise ModelFileError(f"the exported graph fails onnx.checker: {str(exc).splitlines()[0]}") from exc
-        parity = _check_parity(tmp, model, meta.input_shape, config, variant)
+        parity = _check_parity(tmp, model, meta.input_shape, config, design)
         if echo is not None:
             echo(parity.line())
         if not parity.ok:
@@ -238,11 +257,11 @@ def export_onnx(checkpoint: str | Path, output: str | Path, config: ExportConfig
 
 
 def export_from_model(model, meta, output: str | Path, config: ExportConfig = ExportConfig(),
-                      echo: Callable[[str], None] | None = None, variant: str = "compact") -> ExportResult:
+                      echo: Callable[[str], None] | None = None, design: MaskDesign = COMPACT) -> ExportResult:
     """Convenience for tests and benchmarks: save a temporary checkpoint of ``model`` and export it."""
     from edge_unlearn.checkpoint import save_checkpoint
 
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = Path(tmp) / "model.safetensors"
         save_checkpoint(ckpt, model, meta)
-        return export_onnx(ckpt, output, config, echo, variant)
+        return export_onnx(ckpt, output, config, echo, design)

@@ -119,11 +119,12 @@ def test_every_precision_passes(artifacts, which):
 
 def test_naive_masked_head_int8_is_rejected(trained, artifacts, tmp_path):
     """DESIGN.md §3: zero rows + -1e4 bias under onnxruntime's default static QDQ must fail validation."""
+    from benchmarks.mask_variants import DESIGNS
     from edge_unlearn.export.onnx_export import export_from_model
 
     model, meta = trained
     with contextlib.redirect_stdout(io.StringIO()):
-        naive = export_from_model(model, meta, tmp_path / "naive.onnx", variant="naive").path
+        naive = export_from_model(model, meta, tmp_path / "naive.onnx", design=DESIGNS["naive"]).path
         quantize_model(naive, tmp_path / "naive.int8.onnx", QuantizeConfig(ort_defaults=True, strict=False),
                        calib="digits")
     fp32 = validate_model(naive, artifacts.bundle)
@@ -137,13 +138,14 @@ def test_naive_masked_head_int8_is_rejected(trained, artifacts, tmp_path):
 
 def test_naive_1e9_fp16_cast_is_rejected(trained, artifacts, tmp_path):
     """A -1e9 bias cast to FP16 without clamping becomes -inf (DESIGN.md §3); the validator must catch it."""
+    from benchmarks.mask_variants import DESIGNS
     from edge_unlearn.export.onnx_export import export_from_model
     from edge_unlearn.export.onnx_meta import write_meta
     from edge_unlearn.export.quantize import fp16_plain_cast
 
     model, meta = trained
     with contextlib.redirect_stdout(io.StringIO()):
-        naive = export_from_model(model, meta, tmp_path / "n9.onnx", variant="naive_1e9").path
+        naive = export_from_model(model, meta, tmp_path / "n9.onnx", design=DESIGNS["naive_1e9"]).path
     proto = fp16_plain_cast(onnx.load(str(naive)))
     write_meta(proto, dataclasses.replace(read_meta(naive), precision="fp16"))
     onnx.save(proto, str(tmp_path / "n9.fp16.onnx"))
@@ -233,3 +235,17 @@ def test_validate_thresholds_are_used(artifacts):
 def test_validate_with_runner_object(artifacts):
     report = validate(OnnxRuntimeRunner(artifacts.int8, provider="cpu"), load_bundle(artifacts.bundle))
     assert report and report.environment["precision"] == "int8"
+
+
+def test_research_mask_designs_plug_into_the_exporter(trained, tmp_path):
+    """The compared graph designs live in benchmarks/ and export through the library's MaskDesign hooks."""
+    from benchmarks.mask_variants import DESIGNS
+    from edge_unlearn.export.onnx_export import export_from_model
+
+    model, meta = trained
+    with contextlib.redirect_stdout(io.StringIO()):
+        where = export_from_model(model, meta, tmp_path / "where.onnx", design=DESIGNS["where"])
+    assert where.parity.ok and where.parity.forgotten_exact
+    assert read_meta(where.path).quantization == {"graph_variant": "where"}
+    ops = [node.op_type for node in onnx.load(str(where.path)).graph.node]
+    assert ops[-1] == "Where" and "Gather" not in ops[-2:]
