@@ -104,3 +104,39 @@ def test_already_forgotten(digits_checkpoint, tmp_path):
 def test_listing_commands():
     assert "lenet" in run("models").output and "nhle" in run("methods").output
     assert "forget" in run("--help").output
+
+
+#: commands of cli_tensorrt.py (helper h17's file) that take the shared output options once that branch lands
+OUTPUT_OPTIONS_PENDING = {"build-engine", "doctor"}
+
+
+def test_every_command_takes_the_same_output_options():
+    """--json is a flag (JSON on stdout), --json-out PATH writes it, -q/--quiet: the same on every command."""
+    for name, command in main.commands.items():
+        if name in OUTPUT_OPTIONS_PENDING:
+            continue
+        params = {p.name: p for p in command.params}
+        assert params["as_json"].is_flag and params["as_json"].opts == ["--json"], name
+        assert params["json_out"].opts == ["--json-out"] and not params["json_out"].is_flag, name
+        assert set(params["quiet"].opts) == {"-q", "--quiet"}, name
+
+
+def test_progress_bars_stay_off_a_log_file(tmp_path):
+    """stderr to a file (not a terminal): no progress bar, so no carriage-return updates in the log."""
+    import subprocess
+    import sys
+
+    log = tmp_path / "train.log"
+    with log.open("w") as handle:
+        done = subprocess.run([sys.executable, "-m", "edge_unlearn.cli", "train", "--epochs", "1", "--min-steps", "20",
+                               "-o", str(tmp_path / "m.safetensors")], stdout=subprocess.PIPE, stderr=handle,
+                              text=True, timeout=300)
+    assert done.returncode == 0, log.read_text()
+    assert "trained lenet on digits" in done.stdout
+    assert "\r" not in log.read_text() and "step/s" not in log.read_text()
+
+
+def test_json_flag_prints_only_json_on_stdout(digits_checkpoint):
+    result = CliRunner().invoke(main, ["evaluate", str(digits_checkpoint), "--no-probe", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["checkpoint"] == str(digits_checkpoint)
