@@ -234,7 +234,7 @@ def demo(out_dir, forget_class, skip_deploy):
 
 def _register_optional_commands() -> None:
     for module, names in (("edge_unlearn.cli_export", ("export_cmd", "quantize_cmd", "bundle_cmd", "validate_cmd")),
-                          ("edge_unlearn.cli_tensorrt", ("build_engine_cmd", "doctor_cmd")),
+                          ("edge_unlearn.cli_tensorrt", ("build_engine_cmd", "inspect_engine_cmd", "doctor_cmd")),
                           ("edge_unlearn.cli_report", ("bench_cmd", "report_cmd", "verify_cmd"))):
         mod = __import__(module, fromlist=list(names))
         for name in names:
