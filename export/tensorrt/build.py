@@ -247,7 +247,10 @@ def _build(trt: Any, logger: Any, onnx_path: Path, plan: BuildPlan, config: Buil
     if config.timing_cache:
         cache_path = Path(config.timing_cache)
         old = cache_path.read_bytes() if cache_path.is_file() else b""
-        cache = builder_config.create_timing_cache(old)
+        try:
+            cache = builder_config.create_timing_cache(old)
+        except Exception:  # noqa: BLE001 - an unreadable blob: some versions raise instead of returning None
+            cache = None
         attached = cache is not None and bool(builder_config.set_timing_cache(cache, False))
         outcome = timing_cache_outcome(str(cache_path), bool(old), cache is not None, attached)
         if outcome.state == "stale":
