@@ -301,12 +301,13 @@ class TensorRTRunner(Runner):
         self._state = {"trt": trt, "cuda": cuda, "env": env, "primary": primary}
         try:
             with primary.active():
-                self._state.update(self._load(trt, cuda, path))
+                self._load(trt, cuda, path, self._state)
         except BaseException:
-            self.deactivate_impl()
+            self.deactivate_impl()  # frees whatever _load had allocated, then releases the context
             raise
 
-    def _load(self, trt: Any, cuda: Any, path: Path) -> dict[str, Any]:
+    def _load(self, trt: Any, cuda: Any, path: Path, state: dict[str, Any]) -> None:
+        """Fill ``state`` step by step, so that a failure half-way leaves everything allocated reachable."""
         logger = make_logger(trt, self.verbose)
         runtime = trt.Runtime(logger)
         sidecar = self.sidecar
@@ -314,7 +315,7 @@ class TensorRTRunner(Runner):
             runtime.DLA_core = int(sidecar.dla_core)  # before deserialising: the engine runs on this DLA core
         if sidecar is not None and sidecar.version_compatible:
             runtime.engine_host_code_allowed = True  # the plan embeds the lean runtime; we built it ourselves
-        state: dict[str, Any] = {"logger": logger, "runtime": runtime}
+        state.update(logger=logger, runtime=runtime)
         engine = runtime.deserialize_cuda_engine(path.read_bytes())
         if engine is None:
             reason = logger.sink.last_error() or "no reason logged"
@@ -338,7 +339,6 @@ class TensorRTRunner(Runner):
                 buffers[name] = (host, None)
                 buffers[name] = (host, cuda.mem_alloc(max(1, host.nbytes)))
         bind_addresses(context, {name: int(dev) for name, (_host, dev) in buffers.items()})
-        return state
 
     def infer_impl(self, inputs: np.ndarray) -> np.ndarray:
         layout: EngineLayout = self._state["layout"]
