@@ -183,6 +183,15 @@ def build_engine(onnx_path: str | os.PathLike, out_path: str | os.PathLike, conf
         stack.enter_context(cache_lock)
         built = _build(trt, logger, onnx_path, plan, config, src, workspace, calib_inputs, cuda, stack, say)
     serialized, placement, cache_blob, layer_info = built
+    inspected = summarize_engine_information(layer_info) if layer_info is not None else None
+    if inspected is not None and inspected["detailed"]:
+        counts = ", ".join(f"{k} {v}" for k, v in sorted(inspected["precision_counts"].items())) or "unknown"
+        say(f"engine inspector: {inspected['num_layers']} layers, output precision {counts}"
+            + (f", {inspected['dla_layers']} on the DLA" if plan.dla_core is not None else ""))
+        if plan.dla_core is not None and inspected["dla_layers"] == 0:
+            say("warning: the engine inspector names no DLA layer although the plan placed "
+                f"{len(placement.on_dla) if placement else 0} there; check `edge-unlearn inspect-engine "
+                f"{out_path} --layers`")
     blob = memoryview(serialized).cast("B")
     engine_sha = hashlib.sha256(blob).hexdigest()
     with atomic_output(out_path) as tmp:
@@ -201,7 +210,8 @@ def build_engine(onnx_path: str | os.PathLike, out_path: str | os.PathLike, conf
         workspace_mib=int(workspace), jetson=env.get("jetson"), power_mode=env.get("power_mode"),
         version_compatible=config.version_compatible, hardware_compatibility=config.hardware_compatibility,
         optimization_level=config.optimization_level,
-        dla_placement=placement.to_dict() if placement is not None else None,
+        dla_placement=({**placement.to_dict(), "inspector_dla_layers": inspected["dla_layers"] if inspected else None}
+                       if placement is not None else None),
         created_utc=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), edge_unlearn_version=__version__)
     write_sidecar(out_path, sidecar)
     if layer_info is not None:

@@ -66,7 +66,8 @@ class BuildConfig:
     ``batch``: a static batch (min = opt = max = batch), what DLA needs; excludes min/opt/max_batch.
     ``int8_calibration``: a .npy/.npz of preprocessed float32 inputs for *implicit* INT8 calibration of an FP32
     ONNX -- TensorRT 10 only, deprecated there; prefer the Q/DQ ONNX.
-    ``strongly_typed``: ``None`` = automatic (always on TensorRT 11, off on 10).
+    ``strongly_typed``: ``None`` = automatic (always on TensorRT 11; on 10.12+ for the FP16 / Q/DQ ONNX, where the
+    precision flags are deprecated; otherwise off on 10).
     ``hardware_compatibility``: ``None`` or a key of :data:`HARDWARE_COMPAT` (discrete GPUs only).
     ``detailed_profiling``: build with ``ProfilingVerbosity.DETAILED`` so the engine inspector reports each
     layer's precision and tactic (on by default, as trtexec's ``--profilingVerbosity=detailed``).
@@ -225,8 +226,13 @@ def plan_build(version: str, onnx_prec: str, config: BuildConfig) -> BuildPlan:
         # STRONGLY_TYPED is the default and deprecated in 11.x: pass no network flag
         return BuildPlan(gen, precision, True, (), tuple(flags), False, config.dla_core, tuple(notes), **common)
 
-    # TensorRT 10.x
-    strongly = bool(config.strongly_typed)
+    # TensorRT 10.x. From 10.12, where the FP16/INT8 flags are deprecated, an ONNX that carries its own reduced
+    # precision (FP16, Q/DQ INT8) is built strongly typed unless --weakly-typed says otherwise (not for DLA).
+    if config.strongly_typed is None:
+        strongly = (precision_flags_deprecated(version) and onnx_prec in ("fp16", "int8") and not calibrate
+                    and not dla and want in (None, onnx_prec))
+    else:
+        strongly = bool(config.strongly_typed)
     builder: list[str] = []
     if calibrate:
         if onnx_prec != "fp32":

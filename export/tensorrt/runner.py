@@ -14,8 +14,9 @@ github.com/inducer/pycuda src/cpp/cuda.hpp and doc/driver.rst):
 - pycuda: ``Device.retain_primary_context()`` returns a context that is *not* current; ``Context.pop()`` pops the
   top of pycuda's thread-local stack. ``Context.detach()`` on a primary context that is not current pushes it and
   calls ``cuDevicePrimaryCtxRelease``, which -- unlike ``cuCtxDetach`` -- pops nothing, leaving a stale entry on
-  the driver's stack (cuda.hpp, ``context::detach`` / ``primary_context::detach_internal``). So the runner
-  detaches while its context is current and then pops it. Allocation failures raise ``pycuda.driver.MemoryError``
+  the driver's stack (cuda.hpp, ``context::detach`` / ``primary_context::detach_internal``); detaching while
+  current drops pycuda's entry but leaves the driver's. So the primary context is retained once per process
+  and never detached, as pycuda/autoprimaryctx.py does, and each use pushes and pops it. Allocation failures raise ``pycuda.driver.MemoryError``
   (wrap_cudadrv.cpp ``translate_cuda_error``: CUDA_ERROR_OUT_OF_MEMORY). ``Event.record(stream)``,
   ``Event.synchronize()`` and ``end.time_since(start)`` (milliseconds) per doc/driver.rst.
 - CUDA graphs: pycuda has no graph API, so the driver API is called through ctypes, in the order trtexec uses
@@ -183,21 +184,37 @@ def cuda_errors(cuda: Any, what: str) -> Iterator[None]:
                               "(`tegrastats` on a Jetson)") from exc
 
 
+_PRIMARY_LOCK = threading.Lock()
+_PRIMARY_CONTEXTS: dict[int, Any] = {}
+
+
+def _retained_primary(cuda: Any, device: int) -> Any:
+    """The device's primary context, retained once per process and never detached (pycuda.autoprimaryctx does the
+    same: it pushes once and only pops at exit). Detaching per use is what leaked: ``detach()`` of a
+    primary context pushes it and releases it without popping (see the module docstring)."""
+    with _PRIMARY_LOCK:
+        if device not in _PRIMARY_CONTEXTS:
+            with cuda_errors(cuda, f"retaining CUDA device {device}'s primary context"):
+                _PRIMARY_CONTEXTS[device] = cuda.Device(device).retain_primary_context()
+        return _PRIMARY_CONTEXTS[device]
+
+
 class PrimaryContext:
     """The device's primary context (the one TensorRT's runtime API uses), current only inside :meth:`active`.
 
-    Pushed and popped around each use, so any thread may use the runner (one at a time: the lock); released
-    once by :meth:`release`, detaching while current and then popping (see the module docstring)."""
+    Pushed and popped around each use, symmetrically, so any thread may use the runner (one at a time: the lock)
+    and no entry is left on the context stack; the context itself stays retained for the process."""
 
     def __init__(self, cuda: Any, device: int) -> None:
         self.cuda = cuda
         self.lock = threading.RLock()
-        with cuda_errors(cuda, f"retaining CUDA device {device}'s primary context"):
-            self.context = cuda.Device(device).retain_primary_context()
+        self.context: Any = _retained_primary(cuda, device)
 
     @contextlib.contextmanager
     def active(self) -> Iterator[None]:
         with self.lock:
+            if self.context is None:
+                raise RuntimeError("the CUDA context of this runner was released")
             self.context.push()
             try:
                 yield
@@ -205,15 +222,9 @@ class PrimaryContext:
                 self.cuda.Context.pop()
 
     def release(self) -> None:
+        """This user is done (nothing to free: the primary context is shared and stays retained)."""
         with self.lock:
-            if self.context is None:
-                return
-            self.context.push()
-            try:
-                self.context.detach()
-            finally:
-                self.cuda.Context.pop()
-                self.context = None
+            self.context = None
 
 
 class _CudaGraph:

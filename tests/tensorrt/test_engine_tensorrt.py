@@ -18,7 +18,7 @@ from edge_unlearn.export.bundle import load_bundle
 from edge_unlearn.export.onnx_meta import MASK_VALUE
 from edge_unlearn.export.sidecar import read_sidecar, sidecar_path
 from edge_unlearn.export.tensorrt import (BuildConfig, TensorRTRunner, api_generation, build_engine,
-                                          current_environment, inspect_engine)
+                                          current_environment, inspect_engine, plan_build)
 from edge_unlearn.export.validate import Thresholds, validate
 
 from .conftest import FORGOTTEN, IMAGE, NUM_CLASSES, calib_inputs, ours_fp32, save
@@ -45,7 +45,7 @@ def test_pipeline_engine_passes_validation_with_default_thresholds(trt_device, d
     plan = tmp_path / f"model.{which}.plan"
     sidecar = build_engine(src, plan, BuildConfig(**SMALL))
     assert sidecar.precision == which
-    assert sidecar.strongly_typed is (api_generation(sidecar.tensorrt_version) >= 11)
+    assert sidecar.strongly_typed is plan_build(sidecar.tensorrt_version, which, BuildConfig(**SMALL)).strongly_typed
     report = validate(TensorRTRunner(str(plan)), load_bundle(deploy.bundle), Thresholds())
     assert report, report.summary()
     assert report.environment["runtime"] == "tensorrt"

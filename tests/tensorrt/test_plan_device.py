@@ -89,6 +89,17 @@ def test_precision_flags_deprecated_from_10_12_are_noted():
     assert any("deprecated in TensorRT 10.13.3" in n for n in new.notes)
 
 
+@pytest.mark.parametrize("onnx_prec", ["fp16", "int8"])
+def test_trt10_12_plus_builds_reduced_precision_onnx_strongly_typed(onnx_prec):
+    """From 10.12 the FP16/INT8 flags are deprecated: the ONNX that carries its precision needs none of them."""
+    plan = plan_build(TRT10_NEW, onnx_prec, BuildConfig())
+    assert plan.strongly_typed and plan.network_flags == ("STRONGLY_TYPED",) and plan.builder_flags == ()
+    weak = plan_build(TRT10_NEW, onnx_prec, BuildConfig(strongly_typed=False))
+    assert not weak.strongly_typed and weak.builder_flags == (onnx_prec.upper(),)
+    assert not plan_build(TRT10, onnx_prec, BuildConfig()).strongly_typed  # 10.3: unchanged
+    assert not plan_build(TRT10_NEW, "fp32", BuildConfig()).strongly_typed
+
+
 def test_trt10_strongly_typed_qdq_does_not_silently_ignore_fp16():
     """TensorRT 10 ignores --precision fp16 on a strongly typed Q/DQ network, 11 errors: refuse on both."""
     with pytest.raises(UsageError, match="would be ignored by TensorRT 10"):
