@@ -248,8 +248,10 @@ class _CudaGraph:
         stream = ctypes.c_void_p(stream_handle)
         if self._call("cuStreamBeginCapture_v2", stream, ctypes.c_int(self.CAPTURE_MODE_THREAD_LOCAL)) != 0:
             return False
-        ok = run()
-        ended = self._call("cuStreamEndCapture", stream, ctypes.byref(self.graph))
+        try:
+            ok = run()
+        finally:  # never leave the stream capturing, whatever ``run`` did
+            ended = self._call("cuStreamEndCapture", stream, ctypes.byref(self.graph))
         if not ok or ended != 0:
             self.close()
             return False
