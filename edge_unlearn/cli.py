@@ -12,7 +12,7 @@ from . import __version__
 from .cli_common import DEVICES, EdgeUnlearnGroup, emit, output_options, progress_enabled, say
 from .cli_export import bundle_cmd, export_cmd, quantize_cmd, validate_cmd
 from .cli_report import bench_cmd, report_cmd, verify_cmd
-from .cli_tensorrt import build_engine_cmd, doctor_cmd
+from .cli_tensorrt import build_engine_cmd, doctor_cmd, inspect_engine_cmd
 from .errors import UsageError
 
 DATASET_HELP = ("digits (offline default), mnist, fashion_mnist, cifar10, cifar100, svhn (torchvision, from "
@@ -241,6 +241,7 @@ main.add_command(quantize_cmd)
 main.add_command(bundle_cmd)
 main.add_command(validate_cmd)
 main.add_command(build_engine_cmd)
+main.add_command(inspect_engine_cmd)
 main.add_command(doctor_cmd)
 main.add_command(bench_cmd)
 main.add_command(report_cmd)

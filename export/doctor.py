@@ -2,7 +2,8 @@
 
 Every probe is guarded: a missing or broken package is reported, never raised. torch and triton are imported
 only inside ``try`` (the deployment side must work without them); TensorRT and pycuda are probed through
-:mod:`export.tensorrt`, the one module that imports them.
+:mod:`edge_unlearn.export.tensorrt.probe`. On a Jetson it also reports the DLA cores and the power mode
+(``nvpmodel -q``), both of which change what an engine can do and how fast it runs.
 """
 from __future__ import annotations
 
@@ -23,7 +24,8 @@ _L4T_TO_JETPACK = {
     34: ("5.0 (developer preview)", "TensorRT 8.4 (too old for edge-unlearn)"),
     35: ("5.x", "TensorRT 8.5 (too old for edge-unlearn)"),
     36: ("6.x", "TensorRT 10.3 from JetPack 6.1 (L4T 36.4) on; JetPack 6.0 (L4T 36.3) ships TensorRT 8.6"),
-    38: ("7.x", "TensorRT 10.x on the first JetPack 7 releases (Jetson Thor); TensorRT 11 from JetPack 7.2.2"),
+    38: ("7.x", "TensorRT 10.x on the first JetPack 7 releases (Jetson Thor); TensorRT 11.4.1 supports JetPack 7.2.2, "
+                "on AGX Orin too"),
 }
 
 
@@ -103,7 +105,7 @@ def _probe_onnxruntime() -> dict[str, Any]:
 
 def probe() -> dict[str, Any]:
     """Everything ``doctor`` reports, as a JSON-ready dict."""
-    from . import tensorrt as trt_mod
+    from .tensorrt import probe as trt_mod
 
     report: dict[str, Any] = {
         "python": sys.version.split()[0],
@@ -118,6 +120,9 @@ def probe() -> dict[str, Any]:
         "jetson": jetson_info(),
         "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
     }
+    if report["jetson"] is not None:
+        report["jetson"] = {**report["jetson"], "power_mode": trt_mod.jetson_power_mode(),
+                            "dla": trt_mod.dla_cores()}
     gpu = (report["pycuda"].get("gpu") or (report["torch"].get("gpu") if report["torch"].get("available") else None))
     report["gpu"] = gpu
     report["missing"] = missing_features(report)
@@ -153,7 +158,8 @@ def missing_features(report: dict[str, Any]) -> list[dict[str, str]]:
             "pip install edge-unlearn[tensorrt] on a server, or JetPack's TensorRT on a Jetson (docs/jetson.md)")
     if not report.get("pycuda", {}).get("available"):
         add("pycuda (with a CUDA GPU)", "running TensorRT engines (`validate`/`bench` of .plan/.engine)",
-            "pip install pycuda on the device (needs the CUDA toolkit headers; docs/jetson.md)")
+            "pip install 'pycuda>=2025.1.2' on the device (numpy 2 and CUDA 13 need it; it compiles against the CUDA "
+            "toolkit headers; docs/jetson.md)")
     return out
 
 
@@ -193,6 +199,14 @@ def render(report: dict[str, Any]) -> str:
         "jetson       " + (f"{jetson.get('model') or 'unknown model'}, L4T {jetson.get('l4t') or '?'}, "
                            f"JetPack {jetson.get('jetpack') or '?'}" if jetson else "no (not a Jetson)"),
     ]
+    if jetson:
+        power = jetson.get("power_mode")
+        dla = jetson.get("dla") or {}
+        cores = dla.get("cores")
+        lines.append("power mode   " + (f"{power['name']} (nvpmodel mode {power['id']})" if power else
+                                        "unknown (`nvpmodel -q` not available)"))
+        lines.append("DLA cores    " + (f"{cores} (from {dla.get('source')})" if cores is not None else "unknown")
+                     + ("; DLA is on AGX Orin and Orin NX only" if cores == 0 else ""))
     if trt.get("lean_runtime_only"):
         lines.append(f"             (only {', '.join(trt['lean_runtime_only'])} found: it runs version-compatible "
                      "engines but cannot build)")

@@ -3,8 +3,12 @@
 A TensorRT engine runs only on the TensorRT version and the GPU model it was built with; loading it elsewhere
 fails deep inside ``deserialize_cuda_engine`` (or, worse, works badly). So ``build-engine`` writes
 ``model.plan.json`` beside ``model.plan`` and the TensorRT runner reads it *before* deserialising, comparing the
-TensorRT version, GPU name and compute capability with the device it runs on. The current environment is
-measured by :func:`export.tensorrt.current_environment`; everything here is pure and tested without TensorRT.
+TensorRT version, GPU name and compute capability with the device it runs on -- and, on a Jetson, the module
+model: every Orin module reports GPU "Orin" and compute capability 8.7, so only the device-tree model tells an AGX
+Orin engine (tuned for 2048 CUDA cores and 2 DLAs) from an Orin Nano. Version-compatible engines may run on a newer
+TensorRT (same major, or a TensorRT 10 engine on 11: TensorRT 11.4.1 support matrix, "Engine Portability");
+hardware-compatible ones on other GPUs of the level. The current environment is measured by
+:func:`edge_unlearn.export.tensorrt.current_environment`; everything here is pure and tested without TensorRT.
 """
 from __future__ import annotations
 
@@ -50,6 +54,11 @@ class EngineSidecar:
     dla_core: int | None = None
     workspace_mib: int | None = None
     jetson: dict[str, Any] | None = None
+    power_mode: dict[str, Any] | None = None
+    version_compatible: bool = False
+    hardware_compatibility: str | None = None
+    optimization_level: int | None = None
+    dla_placement: dict[str, Any] | None = None
     created_utc: str = ""
     edge_unlearn_version: str = ""
     format: str = FORMAT
@@ -116,20 +125,80 @@ def _version_key(version: str) -> tuple[int, ...]:
     return tuple(parts)
 
 
+#: Jetson module families, most specific first (device-tree models read e.g. "NVIDIA Jetson AGX Orin Developer Kit",
+#: "NVIDIA Jetson Orin Nano Engineering Reference Developer Kit Super")
+JETSON_FAMILIES = ("AGX Thor", "AGX Orin", "Orin NX", "Orin Nano", "AGX Xavier", "Xavier NX", "TX2", "Nano")
+
+
+def jetson_module(model: str | None) -> str | None:
+    """'NVIDIA Jetson AGX Orin Developer Kit' -> 'AGX Orin'; the whole model text when no family matches; None
+    when there is no model. Carrier boards differ (developer kit vs production carrier), the module must not."""
+    if not model:
+        return None
+    text = " ".join(str(model).split())
+    low = text.lower()
+    for family in JETSON_FAMILIES:
+        if family.lower() in low:
+            return family
+    return text
+
+
+def _jetson_model(jetson: Any) -> str | None:
+    if isinstance(jetson, dict) and jetson.get("model"):
+        return jetson_module(str(jetson["model"]))
+    return None
+
+
+def _version_problem(built: str, here: str | None, version_compatible: bool) -> str | None:
+    if not here:
+        return f"TensorRT {built} (here: unknown)"
+    b, h = _version_key(built), _version_key(here)
+    if not version_compatible:
+        return None if b == h else f"TensorRT {built} (here: {here})"
+    if not b or not h:
+        return f"TensorRT {built} (here: {here})"
+    same_major_newer = b[0] == h[0] and h >= b
+    ten_on_eleven = b[0] == 10 and h[0] == 11
+    if same_major_newer or ten_on_eleven:
+        return None
+    return f"TensorRT {built} or a newer runtime it is version-compatible with (here: {here})"
+
+
+def _capability(text: Any) -> tuple[int, int] | None:
+    try:
+        major, minor = str(text).split(".")[:2]
+        return int(major), int(minor)
+    except (ValueError, TypeError):
+        return None
+
+
 def compatibility_problems(sidecar: EngineSidecar, env: dict[str, Any]) -> list[str]:
     """What differs between where the engine was built and ``env`` (keys ``tensorrt_version``, ``gpu_name``,
-    ``compute_capability``); empty when it may be loaded. A value missing from ``env`` counts as a mismatch
-    (fail closed)."""
+    ``compute_capability``, ``jetson``); empty when it may be loaded. A value missing from ``env`` counts as a
+    mismatch (fail closed). An engine built on a Jetson needs the same Jetson model (AGX Orin vs Orin Nano report
+    the same GPU name and compute capability)."""
     problems: list[str] = []
-    here_trt = env.get("tensorrt_version")
-    if not here_trt or _version_key(here_trt) != _version_key(sidecar.tensorrt_version):
-        problems.append(f"TensorRT {sidecar.tensorrt_version} (here: {here_trt or 'unknown'})")
+    version_problem = _version_problem(sidecar.tensorrt_version, env.get("tensorrt_version"),
+                                       sidecar.version_compatible)
+    if version_problem:
+        problems.append(version_problem)
     here_cc = env.get("compute_capability")
-    if not here_cc or str(here_cc) != str(sidecar.compute_capability):
+    level = sidecar.hardware_compatibility
+    if level == "ampere-plus":
+        cc = _capability(here_cc)
+        if cc is None or cc < (8, 0):
+            problems.append(f"an Ampere or newer GPU, compute capability >= 8.0 (here: {here_cc or 'unknown'})")
+    elif not here_cc or str(here_cc) != str(sidecar.compute_capability):
         problems.append(f"compute capability {sidecar.compute_capability} (here: {here_cc or 'unknown'})")
-    here_gpu = env.get("gpu_name")
-    if not here_gpu or str(here_gpu).strip().lower() != str(sidecar.gpu_name).strip().lower():
-        problems.append(f"GPU {sidecar.gpu_name!r} (here: {here_gpu or 'unknown'!r})")
+    if level is None:
+        here_gpu = env.get("gpu_name")
+        if not here_gpu or str(here_gpu).strip().lower() != str(sidecar.gpu_name).strip().lower():
+            problems.append(f"GPU {sidecar.gpu_name!r} (here: {here_gpu or 'unknown'!r})")
+    built_model = _jetson_model(sidecar.jetson)
+    here_model = _jetson_model(env.get("jetson"))
+    if (built_model or here_model) and (built_model or "").lower() != (here_model or "").lower():
+        problems.append(f"Jetson model {built_model or 'none (not a Jetson)'!r} "
+                        f"(here: {here_model or 'none (not a Jetson)'!r})")
     return problems
 
 

@@ -107,7 +107,7 @@ def test_listing_commands():
 
 
 #: commands of cli_tensorrt.py (helper h17's file) that take the shared output options once that branch lands
-OUTPUT_OPTIONS_PENDING = {"build-engine", "doctor"}
+OUTPUT_OPTIONS_PENDING = {"build-engine", "inspect-engine", "doctor"}
 
 
 def test_every_command_takes_the_same_output_options():

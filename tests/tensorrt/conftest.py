@@ -225,7 +225,7 @@ def write_bundle(path: Path, onnx_path: Path, n_per_class: int = 4, seed: int = 
     return path
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def trt_device():
     """Skip (with the reason) unless TensorRT, pycuda and a CUDA GPU are all here; yields the tensorrt module."""
     from edge_unlearn.errors import DependencyError
@@ -243,3 +243,35 @@ def trt_device():
     except DependencyError as exc:
         pytest.skip(f"needs pycuda and a CUDA GPU: {str(exc).split(';')[0]}")
     return trt
+
+
+# ---------------------------------------------------------------- the real pipeline, for the device tests
+#
+# export -> quantize (our INT8 and FP16) -> bundle, trained once per session by tests/export/conftest.py's
+# fixtures (lenet on scikit-learn's digits, class 3 masked). They need torch (the host extra). On a device without
+# torch, build them on the host with the same fixtures (or `edge-unlearn export/quantize/bundle`) and point
+# EDGE_UNLEARN_DEPLOY_DIR at a folder holding model.onnx, model.int8.onnx, model.fp16.onnx and eval.npz.
+from tests.export.conftest import Artifacts, artifacts, digits, trained  # noqa: E402,F401 - fixtures, re-used
+
+
+@pytest.fixture(scope="session")
+def deploy(request, trt_device) -> Artifacts:
+    """The exported/quantized lenet + bundle: from EDGE_UNLEARN_DEPLOY_DIR, else made here (needs torch). Depends
+    on ``trt_device`` so that nothing is trained where the TensorRT tests skip anyway."""
+    import os
+
+    folder = os.environ.get("EDGE_UNLEARN_DEPLOY_DIR")
+    if folder:
+        root = Path(folder)
+        made = Artifacts(root / "forgotten.safetensors", root / "model.onnx", root / "model.int8.onnx",
+                         root / "model.fp16.onnx", root / "eval.npz", root)
+        missing = [p.name for p in (made.fp32, made.int8, made.fp16, made.bundle) if not p.is_file()]
+        if missing:
+            pytest.fail(f"EDGE_UNLEARN_DEPLOY_DIR={folder} lacks {missing}")
+        return made
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        pytest.skip("the pipeline test exports with torch: install the host extra, or set EDGE_UNLEARN_DEPLOY_DIR "
+                    "to a folder of model.onnx / model.int8.onnx / model.fp16.onnx / eval.npz made on the host")
+    return request.getfixturevalue("artifacts")

@@ -84,13 +84,24 @@ def test_trt10_strongly_typed_refuses_precision_flags():
         plan_build(TRT10, "fp32", BuildConfig(precision="fp16", strongly_typed=True))
 
 
-def test_trt10_dla():
-    plan = plan_build(TRT10, "int8", BuildConfig(dla_core=0))
-    assert plan.dla_core == 0 and "GPU_FALLBACK" in plan.builder_flags
+def test_trt10_dla_builds_fp16():
+    plan = plan_build(TRT10, "fp32", BuildConfig(dla_core=0, precision="fp16", batch=1))
+    assert plan.dla_core == 0 and plan.precision == "fp16" and plan.builder_flags == ("FP16", "GPU_FALLBACK")
+    assert plan_build(TRT10, "fp16", BuildConfig(dla_core=1)).builder_flags == ("FP16", "GPU_FALLBACK")
+    assert plan_build(TRT10, "fp16", BuildConfig(dla_core=0, gpu_fallback=False)).builder_flags == ("FP16",)
     with pytest.raises(UsageError, match="DLA runs FP16 or INT8"):
         plan_build(TRT10, "fp32", BuildConfig(dla_core=0))
     with pytest.raises(UsageError, match="--dla-core"):
-        plan_build(TRT10, "int8", BuildConfig(dla_core=-1))
+        plan_build(TRT10, "fp16", BuildConfig(dla_core=-1))
+
+
+def test_trt10_dla_refuses_qdq_int8_and_calibration():
+    """TensorRT 10's DLA does not run explicit (Q/DQ) INT8: with GPU fallback every layer would silently land on
+    the GPU while the sidecar said dla_core=0."""
+    with pytest.raises(UsageError, match="does not run Q/DQ.*FP16"):
+        plan_build(TRT10, "int8", BuildConfig(dla_core=0))
+    with pytest.raises(UsageError, match="DLA engines in FP16"):
+        plan_build(TRT10, "fp32", BuildConfig(dla_core=0, int8_calibration="calib.npz"))
 
 
 def test_unknown_precision():
@@ -125,6 +136,9 @@ def test_trt11_refuses_implicit_calibration_and_weak_typing():
 
 def test_trt11_dla_keeps_gpu_fallback():
     assert plan_build(TRT11, "fp16", BuildConfig(dla_core=1)).builder_flags == ("GPU_FALLBACK",)
+    assert plan_build(TRT11, "int8", BuildConfig(dla_core=0)).precision == "int8"  # the placement report decides
+    with pytest.raises(UsageError, match="DLA runs FP16 or INT8"):
+        plan_build(TRT11, "fp32", BuildConfig(dla_core=0))
 
 
 def test_hazard_target():

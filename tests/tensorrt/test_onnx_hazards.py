@@ -179,9 +179,10 @@ def test_hazard_module_imports_no_torch_or_tensorrt():
     import subprocess
     import sys
 
-    code = ("import sys, edge_unlearn.export.onnx_hazards, edge_unlearn.export.sidecar, edge_unlearn.export.tensorrt, "
-            "edge_unlearn.export.doctor, "
-            "edge_unlearn.cli_tensorrt; "
+    code = ("import sys, edge_unlearn.export.onnx_hazards, edge_unlearn.export.sidecar, "
+            "edge_unlearn.export.tensorrt, edge_unlearn.export.tensorrt.plan, edge_unlearn.export.tensorrt.probe, "
+            "edge_unlearn.export.tensorrt.logger, edge_unlearn.export.tensorrt.build, "
+            "edge_unlearn.export.tensorrt.runner, edge_unlearn.export.doctor, edge_unlearn.cli_tensorrt; "
             "bad = [m for m in ('torch', 'tensorrt', 'pycuda') if m in sys.modules]; "
             "sys.exit(1 if bad else 0)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)

@@ -10,7 +10,8 @@ from edge_unlearn.fileio import sha256_file
 from edge_unlearn.export.sidecar import (EngineSidecar, check_compatible, compatibility_problems, read_sidecar, sidecar_path,
                             write_sidecar)
 
-ENV = {"tensorrt_version": "10.3.0", "gpu_name": "Orin", "compute_capability": "8.7"}
+AGX_ORIN = {"model": "NVIDIA Jetson AGX Orin Developer Kit", "l4t": "36.4.3", "jetpack": "6.x"}
+ENV = {"tensorrt_version": "10.3.0", "gpu_name": "Orin", "compute_capability": "8.7", "jetson": AGX_ORIN}
 
 
 def make(engine_path=None, **overrides) -> EngineSidecar:
@@ -19,7 +20,7 @@ def make(engine_path=None, **overrides) -> EngineSidecar:
                   engine_sha256=sha256_file(engine_path) if engine_path else "",
                   forgotten_classes=(3, 7), num_classes=10, profile={"min": [1, 1, 8, 8], "opt": [8, 1, 8, 8],
                                                                      "max": [32, 1, 8, 8]},
-                  jetson={"model": "NVIDIA Jetson AGX Orin Developer Kit", "l4t": "36.4.3", "jetpack": "6.x"})
+                  jetson=AGX_ORIN)
     values.update(overrides)
     return EngineSidecar(**values)
 
@@ -98,3 +99,70 @@ def test_unknown_keys_are_ignored(engine):
     data = {**make(engine).to_dict(), "future_field": 1}
     sidecar_path(engine).write_text(json.dumps(data))
     assert read_sidecar(engine).num_classes == 10
+
+
+# ---------------------------------------------------------------- Jetson modules: every Orin is "Orin", 8.7
+
+
+@pytest.mark.parametrize("here_model", [
+    "NVIDIA Jetson Orin Nano Engineering Reference Developer Kit Super",
+    "NVIDIA Jetson Orin NX Engineering Reference Developer Kit",
+])
+def test_agx_orin_engine_is_refused_on_another_orin_module(engine, here_model):
+    """Same GPU name and compute capability, different module: only the Jetson model tells them apart."""
+    write_sidecar(engine, make(engine))
+    here = {**ENV, "jetson": {**AGX_ORIN, "model": here_model}}
+    with pytest.raises(ModelFileError, match="Jetson model 'AGX Orin'.*here: 'Orin (Nano|NX)'"):
+        check_compatible(engine, here)
+
+
+def test_same_module_on_another_carrier_is_accepted():
+    here = {**ENV, "jetson": {**AGX_ORIN, "model": "NVIDIA Jetson AGX Orin"}}  # production carrier board
+    assert compatibility_problems(make(), here) == []
+
+
+def test_jetson_engine_on_a_server_and_back_is_refused():
+    server = {"tensorrt_version": "10.3.0", "gpu_name": "Orin", "compute_capability": "8.7", "jetson": None}
+    assert any("Jetson model 'AGX Orin' (here: 'none" in p for p in compatibility_problems(make(), server))
+    assert any("Jetson model 'none" in p for p in compatibility_problems(make(jetson=None), ENV))
+
+
+def test_jetson_module_families():
+    from edge_unlearn.export.sidecar import jetson_module
+
+    assert jetson_module("NVIDIA Jetson AGX Orin Developer Kit") == "AGX Orin"
+    assert jetson_module("NVIDIA Jetson Orin Nano Developer Kit") == "Orin Nano"
+    assert jetson_module("NVIDIA  Jetson   Xavier NX") == "Xavier NX"
+    assert jetson_module("Custom Board") == "Custom Board" and jetson_module(None) is None
+
+
+# ---------------------------------------------------------------- version- and hardware-compatible engines
+
+
+@pytest.mark.parametrize("here, ok", [
+    ("10.3.0", True), ("10.7.0", True), ("11.4.1", True),  # newer in the major, and 10 -> 11
+    ("10.2.0", False), ("12.0.0", False),
+])
+def test_version_compatible_engine_runs_on_newer_runtimes(here, ok):
+    sc = make(version_compatible=True)
+    problems = compatibility_problems(sc, {**ENV, "tensorrt_version": here})
+    assert (problems == []) is ok, problems
+    assert compatibility_problems(make(), {**ENV, "tensorrt_version": "10.7.0"})  # a plain engine does not
+
+
+def test_hardware_compatible_engine_runs_on_other_ampere_plus_gpus():
+    server = dict(gpu_name="NVIDIA A100-SXM4-80GB", compute_capability="8.0", jetson=None)
+    sc = make(hardware_compatibility="ampere-plus", **server)
+    assert compatibility_problems(sc, {**ENV, **server, "gpu_name": "NVIDIA H100", "compute_capability": "9.0"}) == []
+    assert compatibility_problems(sc, {**ENV, **server, "compute_capability": "7.5"})
+    same_cc = make(hardware_compatibility="same-compute-capability", **server)
+    assert compatibility_problems(same_cc, {**ENV, **server, "gpu_name": "NVIDIA A30"}) == []
+    assert compatibility_problems(same_cc, {**ENV, **server, "compute_capability": "8.6"})
+
+
+def test_power_mode_and_compat_fields_round_trip(engine):
+    sc = make(engine, power_mode={"name": "MAXN", "id": 0}, version_compatible=True, optimization_level=4,
+              dla_placement={"dla_layers": 3, "gpu_layers": 2, "layers": []})
+    write_sidecar(engine, sc)
+    back = read_sidecar(engine)
+    assert back == sc and back.power_mode == {"name": "MAXN", "id": 0}
