@@ -26,8 +26,8 @@ import torch.nn.functional as F
 
 from .data import Dataset, preprocess, take_samples
 from .errors import UsageError
-from .core.figures import accuracy, retain_drop
-from .metrics import model_outputs, probe_forget_accuracy
+from .core.figures import retain_drop
+from .metrics import model_outputs, probe_forget_accuracy, tensor_accuracy
 from .models import UnlearnableClassifier
 
 ALPHA_GRID = (0.2, 0.4, 0.6, 0.8)
@@ -179,11 +179,6 @@ class RelearnAttackResult:
         return asdict(self)
 
 
-def _acc(pred: torch.Tensor, labels: torch.Tensor, sel: torch.Tensor) -> float:
-    value = accuracy(pred[sel].numpy(), labels[sel].numpy())
-    return float("nan") if value is None else value
-
-
 @torch.no_grad()
 def prototype_relearn_attack(model: UnlearnableClassifier, data: Dataset, forget_classes: Sequence[int], k: int = 5,
                              alphas: Sequence[float] = ALPHA_GRID, max_retain_drop: float = 0.01,
@@ -214,8 +209,7 @@ def prototype_relearn_attack(model: UnlearnableClassifier, data: Dataset, forget
     x_k, y_k = take_samples(data, forget, k, seed=seed)
     proto_feats, _ = model_outputs(model, x_k, data)
     y = data.y_test
-    forget_sel = torch.isin(y, torch.tensor(forget))
-    retain_sel = ~forget_sel
+    retained = [c for c in range(data.num_classes) if c not in forget]
     retained_rows = [c for c in range(w.shape[0]) if c not in forget and bool(model.class_mask[c])]
     row_norm = w[retained_rows].norm(dim=1).mean() if retained_rows else torch.tensor(1.0, dtype=torch.float64)
 
@@ -223,7 +217,7 @@ def prototype_relearn_attack(model: UnlearnableClassifier, data: Dataset, forget
         return (feats @ weight.T + bias).masked_fill(~mask, float("-inf")).argmax(1)
 
     pred0 = predict(w, b)
-    forget0, retain0 = _acc(pred0, y, forget_sel), _acc(pred0, y, retain_sel)
+    forget0, retain0 = tensor_accuracy(pred0, y, forget), tensor_accuracy(pred0, y, retained)
     best = (0.0, forget0, retain0)
     grid = []
     for alpha in sorted(alphas):
@@ -234,7 +228,7 @@ def prototype_relearn_attack(model: UnlearnableClassifier, data: Dataset, forget
             w2[c] = alpha * proto + (1 - alpha) * w[c]
             b2[c] = (1 - alpha) * b[c]
         pred = predict(w2, b2)
-        fa, ra = _acc(pred, y, forget_sel), _acc(pred, y, retain_sel)
+        fa, ra = tensor_accuracy(pred, y, forget), tensor_accuracy(pred, y, retained)
         grid.append({"alpha": float(alpha), "forget_acc": fa, "retain_acc": ra})
         if retain_drop(retain0, ra) <= max_retain_drop + 1e-12:
             best = (float(alpha), fa, ra)
@@ -292,7 +286,7 @@ def relearn_time(model: UnlearnableClassifier, data: Dataset, forget_classes: Se
 
     def forget_acc() -> float:
         with torch.no_grad():
-            return float((work(x_eval).argmax(1) == y_eval).double().mean())
+            return tensor_accuracy(work(x_eval).argmax(1).cpu(), y_eval.cpu())
 
     opt = torch.optim.Adam(work.parameters(), lr=lr)
     history = [forget_acc()]

@@ -27,7 +27,7 @@ def model_outputs(model: UnlearnableClassifier, images: torch.Tensor, data: Data
     return torch.cat(feats), torch.cat(logits)
 
 
-def _accuracy(pred: torch.Tensor, labels: torch.Tensor, classes: Sequence[int]) -> float:
+def tensor_accuracy(pred: torch.Tensor, labels: torch.Tensor, classes: Sequence[int] | None = None) -> float:
     """:func:`edge_unlearn.core.figures.accuracy` on tensors, NaN where no sample of ``classes`` exists."""
     value = accuracy(pred.numpy(), labels.numpy(), classes)
     return float("nan") if value is None else value
@@ -90,7 +90,7 @@ def evaluate_model(model: UnlearnableClassifier, data: Dataset, forget_classes: 
     masked_pred = logits.masked_fill(~model.class_mask.cpu(), float("-inf")).argmax(1)
     unmasked_pred = logits.argmax(1)
     y = data.y_test
-    per_class = [_accuracy(masked_pred, y, [c]) for c in range(data.num_classes)]
+    per_class = [tensor_accuracy(masked_pred, y, [c]) for c in range(data.num_classes)]
     probe_acc = None
     if probe and forget:
         probe_acc = probe_forget_accuracy(model, data, forget, probe_train_size, seed, test_features=feats)
@@ -98,8 +98,8 @@ def evaluate_model(model: UnlearnableClassifier, data: Dataset, forget_classes: 
         forget_classes=forget,
         accuracy=accuracy(masked_pred.numpy(), y.numpy()),
         per_class_accuracy=per_class,
-        forget_acc=_accuracy(masked_pred, y, forget) if forget else float("nan"),
-        forget_acc_unmasked=_accuracy(unmasked_pred, y, forget) if forget else float("nan"),
-        retain_acc=_accuracy(masked_pred, y, retained),
+        forget_acc=tensor_accuracy(masked_pred, y, forget) if forget else float("nan"),
+        forget_acc_unmasked=tensor_accuracy(unmasked_pred, y, forget) if forget else float("nan"),
+        retain_acc=tensor_accuracy(masked_pred, y, retained),
         probe_forget_acc=probe_acc,
     )
