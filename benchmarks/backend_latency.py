@@ -3,7 +3,7 @@ vs onnxruntime INT8, batches 1/8/64, p50/p99 and throughput, INT8/FP32 ratio.
 
 For each model: train briefly (latency does not depend on how well the weights are trained), mask class 3
 (the deployed contract: compact head + mask), write the checkpoint, export FP32 ONNX, quantize to INT8 (static
-QDQ, calibrated on retained classes), then bench all three with ``export.bench`` — the same loop as
+QDQ, calibrated on retained classes), then bench all three with ``edge_unlearn.export.bench`` — the same loop as
 ``edge-unlearn bench``. Writes the table (stdout), JSON, CSV and a latency plot.
 
     python benchmarks/backend_latency.py --out-dir bench_out/backend_latency            # the full run

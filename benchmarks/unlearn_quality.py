@@ -12,8 +12,6 @@ import argparse
 import json
 import platform
 import statistics
-import sys
-import time
 from pathlib import Path
 
 import torch

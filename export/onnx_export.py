@@ -2,7 +2,7 @@
 
 The graph holds the backbone, a *compact* head with the retained classes' rows only, and two float nodes
 that scatter the retained logits back to their class positions and fill the forgotten ones with
-:data:`export.onnx_meta.MASK_VALUE` (why: docs/deployment.md). Export runs ``torch.onnx.export(dynamo=True)``
+:data:`edge_unlearn.export.onnx_meta.MASK_VALUE` (why: docs/deployment.md). Export runs ``torch.onnx.export(dynamo=True)``
 with a dynamic batch axis, ``onnx.checker`` with ``full_check=True``, and a parity check against torch on
 onnxruntime at two batch sizes.
 """
