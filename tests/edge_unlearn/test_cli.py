@@ -106,15 +106,9 @@ def test_listing_commands():
     assert "forget" in run("--help").output
 
 
-#: commands of cli_tensorrt.py (helper h17's file) that take the shared output options once that branch lands
-OUTPUT_OPTIONS_PENDING = {"build-engine", "inspect-engine", "doctor"}
-
-
 def test_every_command_takes_the_same_output_options():
     """--json is a flag (JSON on stdout), --json-out PATH writes it, -q/--quiet: the same on every command."""
     for name, command in main.commands.items():
-        if name in OUTPUT_OPTIONS_PENDING:
-            continue
         params = {p.name: p for p in command.params}
         assert params["as_json"].is_flag and params["as_json"].opts == ["--json"], name
         assert params["json_out"].opts == ["--json-out"] and not params["json_out"].is_flag, name
