@@ -199,7 +199,7 @@ def resolve_target(target: str, output: str | Path | None = None) -> tuple[str, 
     name = Path(output).name.lower() if output is not None else ""
     if TENSORRT_NAME_PARTS.intersection(name.split(".")[:-1]):
         return "tensorrt", f"--target auto: the output name {Path(output).name} names TensorRT"  # type: ignore[arg-type]
-    return "cpu", "--target auto: no TensorRT target named (no --target tensorrt, no .trt. in the output name)"
+    return "cpu", "--target auto, no TensorRT named"
 
 
 @dataclass(frozen=True)
@@ -396,6 +396,15 @@ def read_layout(model_or_path) -> dict[str, str]:
     return {"layout": props[LAYOUT_KEY], "target": props.get(TARGET_KEY, ""), "reason": props.get(REASON_KEY, "")}
 
 
+def require_tensorrt_layout(model_or_path, where: str = "the ONNX model") -> None:
+    """For ``build-engine``: refuse an INT8 file laid out for a CPU (uint8 activations, int32 biases, or
+    dynamic INT8) with the one-line fix. FP16 and FP32 files are the same for every target and pass."""
+    layout = read_layout(model_or_path)
+    if layout["target"] == "cpu" and layout["layout"] not in ("fp16", "fp32"):
+        raise UsageError(f"{where} is INT8 laid out for a CPU ({layout['layout']}); TensorRT needs signed symmetric "
+                         "Q/DQ: re-quantize the FP32 model with `edge-unlearn quantize --target tensorrt`")
+
+
 def quantize_model(model_path: str | Path, output: str | Path, config: QuantizeConfig = QuantizeConfig(),
                    calib: str | None = None, echo: Callable[[str], None] | None = None,
                    calib_inputs: np.ndarray | None = None, cpu: CpuFeatures | None = None) -> QuantizeResult:
@@ -424,8 +433,6 @@ def quantize_model(model_path: str | Path, output: str | Path, config: QuantizeC
     float_first = layout.float_first_layer if config.float_first_layer is None else config.float_first_layer
     if float_first and not config.ort_defaults:
         exclude += [n.name for n in proto.graph.node if meta.input_name in n.input and n.name not in exclude]
-    if echo:
-        echo(f"layout {layout.name} (target {layout.target}; {target_why}): {layout.reason}")
     calib_classes: tuple[int, ...] = ()
     info: dict[str, Any] = {"precision": config.precision, "source_sha256": sha256_file(model_path),
                             "layout": layout.to_json(), "cpu": cpu.summary()}
@@ -441,17 +448,18 @@ def quantize_model(model_path: str | Path, output: str | Path, config: QuantizeC
             inputs = np.ascontiguousarray(calib_inputs, dtype=np.float32)
         info.update(config.to_json(), calib=calib or "(inputs)", calib_count=int(len(inputs)),
                     calib_classes=list(calib_classes), excluded_nodes=exclude)
-        if echo:
-            echo(f"calibrating INT8 ({config.calib_method}) on {len(inputs)} retained-class samples; "
-                 f"kept in float: {', '.join(exclude)}")
     elif config.precision == "int8":
         inputs = rng.standard_normal((8, *meta.input_shape)).astype(np.float32)
         info.update(config.to_json(), excluded_nodes=exclude)
-        if echo:
-            echo(f"dynamic INT8: weights quantized now, activations at run time; kept in float: {', '.join(exclude)}")
     else:
         inputs = rng.standard_normal((8, *meta.input_shape)).astype(np.float32)
         info.update(converter="onnxruntime.transformers.float16", keep_io_types=True)
+    if echo:  # after every input check: a refused run prints one error line and nothing else
+        echo(f"layout {layout.name} (target {layout.target}; {target_why}): {layout.reason}")
+        if config.precision == "int8":
+            echo(f"calibrating INT8 ({config.calib_method}) on {len(inputs)} retained-class samples; kept in float: "
+                 f"{', '.join(exclude)}" if not layout.dynamic else
+                 f"dynamic INT8: weights quantized now, activations at run time; kept in float: {', '.join(exclude)}")
     new_meta = replace(meta, precision=config.precision, quantization=info)
     output = Path(output)
     with atomic_output(output) as tmp:

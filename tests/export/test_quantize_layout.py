@@ -14,7 +14,7 @@ from edge_unlearn.errors import UsageError
 from edge_unlearn.export.onnx_meta import MASK_VALUE, mask_node_names, read_meta
 from edge_unlearn.export.quantize import (LAYOUT_KEY, REASON_KEY, TARGET_KEY, CpuFeatures, QuantizeConfig,
                                           choose_layout, quantize_model, read_cpu_features, read_layout,
-                                          resolve_target)
+                                          require_tensorrt_layout, resolve_target)
 
 AVX2 = CpuFeatures("x86_64", frozenset({"sse4_2", "avx", "avx2", "fma", "f16c"}))  # this project's AMD EPYC
 AVX512_VNNI = CpuFeatures("x86_64", frozenset({"avx2", "avx512f", "avx512bw", "avx512_vnni"}))
@@ -201,6 +201,16 @@ def test_layouts_differ_where_the_decision_says(layouts):
     first = {name: next(n for n in p.graph.node if "input" in n.input).op_type for name, p in protos.items()}
     assert first["s8s8-qdq"] == "Conv" and first["u8s8-qdq-reduce-range"] == "QuantizeLinear"
     assert {n.op_type for n in protos["dynamic-int8"].graph.node} >= {"DynamicQuantizeLinear"}
+
+
+def test_tensorrt_refuses_cpu_layouts_with_the_fix(layouts, artifacts):
+    require_tensorrt_layout(layouts["s8s8-qdq"].path)
+    require_tensorrt_layout(artifacts.fp32)
+    require_tensorrt_layout(artifacts.fp16)  # written by the library default (tensorrt)
+    for name in ("u8s8-qdq-reduce-range", "u8s8-qdq", "s8s8-qdq-arm", "dynamic-int8"):
+        with pytest.raises(UsageError, match="--target tensorrt") as err:
+            require_tensorrt_layout(layouts[name].path, where=name)
+        assert name.removesuffix("-arm") in str(err.value) and "\n" not in str(err.value)
 
 
 # ---- the CLI ---------------------------------------------------------------------------------------------------
