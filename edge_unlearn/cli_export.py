@@ -69,42 +69,53 @@ def export_cmd(checkpoint: str, output: str, opset: int | None, as_json: bool, j
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option("--precision", type=click.Choice(QUANT_PRECISIONS, case_sensitive=False), default="int8",
               show_default=True, help="int8 (static QDQ) or fp16.")
+@click.option("--target", type=click.Choice(["tensorrt", "cpu", "auto"], case_sensitive=False), default="auto",
+              show_default=True, help="Where the model runs: tensorrt (symmetric S8S8 Q/DQ, for build-engine), cpu "
+              "(the layout fastest on this CPU: U8S8 + reduce_range without VNNI), auto (cpu unless TensorRT is "
+              "named: --target tensorrt or a 'trt'/'tensorrt' part in the output name, e.g. model.trt.onnx).")
+@click.option("--dynamic", is_flag=True, help="INT8 weights only, activations quantized at run time (cpu target; "
+              "no --calib needed).")
 @click.option("--calib", default=None, help="Calibration dataset spec for INT8 (e.g. npz:data.npz, digits); "
               "only its retained-class training images are used.")
 @click.option("--calib-samples", type=int, default=None, help="Calibration images (default 256).")
 @click.option("--calib-method", type=click.Choice(CALIB_METHODS), default=None,
               help="Calibration method (default minmax).")
 @click.option("--asymmetric-activations", is_flag=True,
-              help="Activations with a zero point (onnxruntime only; TensorRT needs the default symmetric ones).")
+              help="tensorrt target: activations with a zero point (onnxruntime only; TensorRT needs symmetric "
+              "ones). The cpu layouts choose their own.")
 @click.option("--per-tensor", is_flag=True, help="Per-tensor instead of per-channel weight scales.")
-@click.option("--quantize-first-layer", is_flag=True,
-              help="Quantize the first layer too (by default it stays in float: the largest INT8 error source).")
+@click.option("--quantize-first-layer/--float-first-layer", default=None,
+              help="Quantize the first layer too, or keep it in float. Default: float for tensorrt (with symmetric "
+              "activations the largest INT8 error source), quantized for the cpu layouts (uint8 activations).")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="ONNX file to write.")
 @output_options
 @click.option("--run-dir", type=click.Path(file_okay=False), default=None,
               help="Record this run in a folder for `edge-unlearn report`.")
-def quantize_cmd(model: str, precision: str, calib: str | None, calib_samples: int | None, calib_method: str | None,
-                 asymmetric_activations: bool, per_tensor: bool, quantize_first_layer: bool, output: str,
-                 as_json: bool, json_out: str | None, quiet: bool, run_dir: str | None) -> None:
+def quantize_cmd(model: str, precision: str, target: str, dynamic: bool, calib: str | None, calib_samples: int | None,
+                 calib_method: str | None, asymmetric_activations: bool, per_tensor: bool, quantize_first_layer: bool | None,
+                 output: str, as_json: bool, json_out: str | None, quiet: bool, run_dir: str | None) -> None:
     """Make an INT8 or FP16 version of an exported FP32 model; the mask survives.
 
-    INT8 is onnxruntime static QDQ (signed symmetric 8-bit weights and activations, per-channel weights,
-    float biases: what TensorRT accepts) after quant_pre_process, calibrated on retained-class samples
-    only; the two mask nodes and the first layer stay in float.
+    INT8 is onnxruntime static QDQ after quant_pre_process, per-channel weights, calibrated on retained-class
+    samples only, in the layout of --target: tensorrt = signed symmetric weights and activations, float biases
+    (what TensorRT accepts); cpu = the layout this CPU runs fastest (printed with the reason and recorded in the
+    ONNX metadata as edge_unlearn_quant_layout). The two mask nodes and the first layer stay in float.
     FP16 uses onnxruntime's float16 converter with float32 inputs and outputs.
     """
     from edge_unlearn.export.quantize import QuantizeConfig, quantize_model
 
     values = {"precision": precision.lower(), "calib_samples": calib_samples, "calib_method": calib_method}
-    config = QuantizeConfig(**{k: v for k, v in values.items() if v is not None},
+    config = QuantizeConfig(**{k: v for k, v in values.items() if v is not None}, target=target.lower(),
+                            mode="dynamic" if dynamic else "static",
                             symmetric_activations=not asymmetric_activations, per_channel=not per_tensor,
-                            float_first_layer=not quantize_first_layer)
+                            float_first_layer=None if quantize_first_layer is None else not quantize_first_layer)
     echo = say(quiet, as_json)
     with _quiet_stdout(quiet or as_json):
         result = quantize_model(model, output, config, calib=calib, echo=echo)
     _record(run_dir, "quantize", result.to_json(), [model, output])
     emit(result.to_json(), as_json, json_out)
-    echo(f"wrote {result.path} ({result.meta.precision}, sha256 {result.sha256[:12]}…)")
+    layout = f", layout {result.layout.name} for {result.layout.target}" if result.layout else ""
+    echo(f"wrote {result.path} ({result.meta.precision}{layout}, sha256 {result.sha256[:12]}…)")
 
 
 @click.command("bundle")

@@ -1,15 +1,30 @@
-"""INT8 (static QDQ, S8S8, per-channel) and FP16 versions of an exported model, with the mask intact.
+"""INT8 (static or dynamic) and FP16 versions of an exported model, with the mask intact, laid out for a target.
 
-INT8: ``quant_pre_process`` first, then ``quantize_static`` in QDQ format with signed symmetric activations
-and weights (zero point 0, what TensorRT wants), per-channel weights, the first layer kept in float, calibrated on *retained-class samples
-only* (the forgotten data may be legally gone). The two mask nodes (Pad + Gather after the compact head) are
-excluded from quantization, so the forgotten classes' fill value never enters a quantization range.
-FP16: onnxruntime's maintained converter (``onnxruntime.transformers.float16``) with float32 inputs/outputs.
+The INT8 *layout* depends on where the model runs (``--target``):
+
+- ``tensorrt``: static QDQ, signed symmetric activations and weights (S8S8, zero point 0), float biases --
+  what TensorRT and the hazard checker accept. onnxruntime on an x86 CPU without VNNI runs it *slower* than FP32.
+- ``cpu``: the layout onnxruntime's CPU kernels run fastest on *this* CPU (:func:`choose_layout`, from the
+  feature flags of :func:`read_cpu_features`): x86 without VNNI -> U8S8 QDQ with ``reduce_range`` (7-bit
+  weights: VPMADDUBSW saturates on full-range ones); x86 with VNNI -> U8S8 QDQ; ARM64 -> S8S8 QDQ (onnxruntime's
+  own guidance for each). Biases are int32, so the DQ-Conv-Q groups fuse into QLinearConv.
+- ``auto`` (the CLI default): ``cpu`` unless TensorRT is *named*, i.e. ``--target tensorrt``, or an output file
+  name with a ``trt`` / ``tensorrt`` part (``model.trt.onnx``): a file meant for ``build-engine``.
+
+``quant_pre_process`` first, then ``quantize_static`` (per-channel weights, calibrated on *retained-class samples
+only*: the forgotten data may be legally gone) or ``quantize_dynamic`` (weights only, no calibration). The two
+mask nodes (Pad + Gather after the compact head) stay in float in every layout, so the forgotten classes' fill
+value never enters a quantization range; the first layer stays in float for tensorrt (symmetric activations lose
+accuracy there) and is quantized for the cpu layouts (uint8 activations keep it accurate, and it is faster). The layout, its target and the reason for it are recorded
+in the ONNX metadata (``edge_unlearn_quant_layout`` / ``_target`` / ``_reason``).
+FP16: onnxruntime's maintained converter (``onnxruntime.transformers.float16``) with float32 inputs/outputs; the
+layout line says whether this CPU has native FP16 arithmetic (without it onnxruntime's CPU kernels do not gain).
 
 Imports no torch itself; loading a calibration dataset by spec goes through ``edge_unlearn.data`` (host side).
 """
 from __future__ import annotations
 
+import platform
 import tempfile
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -25,24 +40,190 @@ from .onnx_meta import (OnnxMeta, check_output_path, graph_hazards, load_onnx, m
 
 QUANT_PRECISIONS = ("int8", "fp16")
 CALIB_METHODS = ("minmax", "entropy", "percentile", "distribution")
+#: where the quantized model will run; ``auto`` resolves to one of the other two (:func:`resolve_target`)
+QUANT_TARGETS = ("tensorrt", "cpu", "auto")
+#: static: weights and activations, calibrated; dynamic: weights only, activations quantized at run time
+INT8_MODES = ("static", "dynamic")
+#: ONNX metadata keys (outside the ``edge_unlearn.`` contract: a layout is a property of one file, not of the model)
+LAYOUT_KEY, TARGET_KEY, REASON_KEY = "edge_unlearn_quant_layout", "edge_unlearn_quant_target", "edge_unlearn_quant_reason"
+#: output-name parts that name TensorRT as the target of ``--target auto``
+TENSORRT_NAME_PARTS = frozenset({"trt", "tensorrt"})
+_VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
+_X86_MACHINES = frozenset({"x86_64", "amd64", "i386", "i686", "x86"})
+_ARM_MACHINES = frozenset({"aarch64", "arm64", "armv8l", "armv7l"})
+
+
+@dataclass(frozen=True)
+class CpuFeatures:
+    """The CPU facts the layout depends on: the machine name and its feature flags as Linux spells them
+    (x86 ``flags`` / ARM ``Features`` of /proc/cpuinfo)."""
+
+    machine: str
+    flags: frozenset[str] = frozenset()
+
+    @property
+    def is_x86(self) -> bool:
+        return self.machine.lower() in _X86_MACHINES
+
+    @property
+    def is_arm(self) -> bool:
+        return self.machine.lower() in _ARM_MACHINES
+
+    @property
+    def avx2(self) -> bool:
+        return "avx2" in self.flags
+
+    @property
+    def avx512(self) -> bool:
+        return "avx512f" in self.flags
+
+    @property
+    def vnni(self) -> bool:
+        """x86 8-bit dot product (AVX512-VNNI, AVX-VNNI or AMX): u8*s8 products accumulate without saturation."""
+        return any(f in self.flags for f in _VNNI_FLAGS)
+
+    @property
+    def arm_dotprod(self) -> bool:
+        return "asimddp" in self.flags
+
+    @property
+    def native_fp16(self) -> bool:
+        """FP16 arithmetic in hardware (AVX512-FP16 on x86, the half-precision SIMD extension on ARM)."""
+        return "avx512_fp16" in self.flags or "asimdhp" in self.flags
+
+    def summary(self) -> str:
+        if self.is_x86:
+            isa = "AVX-512" if self.avx512 else "AVX2" if self.avx2 else "SSE"
+            return f"{self.machine} {isa}, {'with' if self.vnni else 'no'} VNNI"
+        if self.is_arm:
+            return f"{self.machine} {'with' if self.arm_dotprod else 'no'} dot-product"
+        return f"{self.machine or 'unknown machine'}{'' if self.flags else ' (no feature flags read)'}"
+
+
+def read_cpu_features(cpuinfo: str | None = None, machine: str | None = None) -> CpuFeatures:
+    """This CPU's features, from ``cpuinfo`` text (default: /proc/cpuinfo) and ``machine`` (default:
+    ``platform.machine()``). Apple Silicon (no /proc/cpuinfo) has dot-product and FP16 on every model."""
+    machine = machine if machine is not None else platform.machine()
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text(errors="replace")
+        except OSError:
+            cpuinfo = ""
+    flags: set[str] = set()
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip().lower() in ("flags", "features"):
+            flags.update(value.split())
+            break  # every core lists the same flags
+    if not flags and machine.lower() == "arm64" and platform.system() == "Darwin" and cpuinfo == "":
+        flags = {"asimddp", "asimdhp"}
+    return CpuFeatures(machine, frozenset(flags))
+
+
+@dataclass(frozen=True)
+class QuantLayout:
+    """How to quantize for one target, and why (printed, and recorded in the ONNX metadata)."""
+
+    name: str
+    target: str
+    reason: str
+    activation_type: str = "QInt8"
+    weight_type: str = "QInt8"
+    reduce_range: bool = False
+    symmetric_activations: bool = False
+    quantize_bias: bool = True
+    dynamic: bool = False
+    #: the first layer's default (QuantizeConfig.float_first_layer = None): float unless activations are uint8
+    float_first_layer: bool = True
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def choose_layout(target: str, cpu: CpuFeatures, precision: str = "int8", mode: str = "static",
+                  symmetric_activations: bool = True) -> QuantLayout:
+    """The layout for ``target`` ("tensorrt" or "cpu", after :func:`resolve_target`) on ``cpu``; pure.
+
+    CPU rules follow onnxruntime's guidance for ``quantize_static`` and were measured on this project's x86
+    AVX2 CPU (benchmarks/quantized_forgetting.py); the ARM and VNNI choices are onnxruntime's, unmeasured here."""
+    if target not in ("tensorrt", "cpu"):
+        raise UsageError(f"unknown target {target!r}; choose tensorrt or cpu (or auto)")
+    if mode not in INT8_MODES:
+        raise UsageError(f"unknown INT8 mode {mode!r}; choose one of {', '.join(INT8_MODES)}")
+    if precision == "fp16":
+        if target == "tensorrt":
+            return QuantLayout("fp16", target, "FP16 for TensorRT (the GPU computes in FP16)")
+        return QuantLayout("fp16", target, f"{cpu.summary()}: " + (
+            "native FP16 arithmetic, onnxruntime's FP16 CPU kernels can use it" if cpu.native_fp16 else
+            "no native FP16 arithmetic (no avx512_fp16 / asimdhp): onnxruntime's CPU kernels compute FP16 "
+            "through float conversions, expect it no faster than FP32; half the file size only"))
+    if target == "tensorrt":
+        if mode == "dynamic":
+            raise UsageError("TensorRT needs static Q/DQ INT8: drop --dynamic, or quantize with --target cpu")
+        if not symmetric_activations:
+            return QuantLayout("s8s8-qdq-asymmetric", target, "asymmetric signed activations asked for "
+                               "(onnxruntime only: TensorRT needs zero points of 0)", symmetric_activations=False,
+                               quantize_bias=False)
+        return QuantLayout("s8s8-qdq", target, "TensorRT explicit quantization: signed symmetric Q/DQ "
+                           "(zero point 0), float biases", symmetric_activations=True, quantize_bias=False)
+    saturating = cpu.is_x86 and not cpu.vnni
+    if mode == "dynamic":
+        # ConvInteger, onnxruntime's dynamic conv, has CPU kernels for uint8 weights only
+        return QuantLayout("dynamic-int8", target, f"{cpu.summary()}: weights-only INT8 (uint8 weights"
+                           f"{', reduce_range: no VNNI' if saturating else ''}), activations quantized at run time",
+                           activation_type="QUInt8", weight_type="QUInt8", reduce_range=saturating, dynamic=True)
+    if cpu.is_arm:
+        return QuantLayout("s8s8-qdq", target, f"{cpu.summary()}: onnxruntime's ARM64 kernels prefer signed "
+                           "INT8 activations and weights (S8S8 QDQ, int32 biases); no saturation, no reduce_range")
+    if cpu.is_x86 and cpu.vnni:
+        return QuantLayout("u8s8-qdq", target, f"{cpu.summary()}: VNNI accumulates u8*s8 products without "
+                           "saturation, so U8S8 QDQ with full-range weights", activation_type="QUInt8",
+                           float_first_layer=False)
+    if cpu.is_x86:
+        return QuantLayout("u8s8-qdq-reduce-range", target, f"{cpu.summary()}: U8S8 QDQ is onnxruntime's fast "
+                           "x86 path; without VNNI its VPMADDUBSW saturates on full-range weights, so 7-bit "
+                           "weights (reduce_range); S8S8 runs slower than FP32 here", activation_type="QUInt8",
+                           reduce_range=True, float_first_layer=False)
+    return QuantLayout("u8s8-qdq-reduce-range", target, f"{cpu.summary()}: unrecognised CPU, so the layout "
+                       "onnxruntime runs without saturation on any CPU (U8S8 QDQ, reduce_range)",
+                       activation_type="QUInt8", reduce_range=True, float_first_layer=False)
+
+
+def resolve_target(target: str, output: str | Path | None = None) -> tuple[str, str]:
+    """("tensorrt" | "cpu", why). ``auto`` is ``cpu`` unless TensorRT is named: an output file name with a
+    ``trt`` / ``tensorrt`` part (``model.trt.onnx``, ``resnet.tensorrt.int8.onnx``) marks a file for build-engine."""
+    if target not in QUANT_TARGETS:
+        raise UsageError(f"unknown target {target!r}; choose one of {', '.join(QUANT_TARGETS)}")
+    if target != "auto":
+        return target, f"--target {target}"
+    name = Path(output).name.lower() if output is not None else ""
+    if TENSORRT_NAME_PARTS.intersection(name.split(".")[:-1]):
+        return "tensorrt", f"--target auto: the output name {Path(output).name} names TensorRT"  # type: ignore[arg-type]
+    return "cpu", "--target auto, no TensorRT named"
 
 
 @dataclass(frozen=True)
 class QuantizeConfig:
     """``calib_samples`` retained-class training images, drawn with ``seed``.
 
-    Activations are symmetric (zero point 0, what TensorRT requires) by default: with the first layer in float
-    they cost nothing measurable against asymmetric ones (docs/deployment.md), so one INT8 file serves
-    onnxruntime and TensorRT."""
+    ``target`` picks the layout (module docstring); the library default is ``tensorrt`` (symmetric S8S8 Q/DQ,
+    the one file that also runs everywhere), the CLI's is ``auto``. ``symmetric_activations`` and
+    ``quantize_bias`` apply to the tensorrt layout only: the cpu layouts fix their own."""
 
     precision: str = "int8"
+    target: str = "tensorrt"
+    #: INT8 only: "static" (calibrated Q/DQ) or "dynamic" (weights only; cpu target; no calibration data)
+    mode: str = "static"
     calib_method: str = "minmax"
     calib_samples: int = 256
     per_channel: bool = True
     symmetric_activations: bool = True
-    #: keep the node(s) reading the graph input (the first conv) in float: the biggest INT8 error source
-    #: measured (resnet18/fashion agreement 0.969 -> 0.996, lenet/digits 0.992 -> 1.0; docs/deployment.md)
-    float_first_layer: bool = True
+    #: keep the node(s) reading the graph input (the first conv) in float. None: the layout decides
+    #: (:attr:`QuantLayout.float_first_layer`). With symmetric activations (tensorrt) the first layer is the
+    #: biggest INT8 error source measured (resnet18/fashion agreement 0.969 -> 0.996, lenet/digits 0.992 -> 1.0;
+    #: docs/deployment.md); the cpu layouts' asymmetric uint8 activations quantize it well, and keeping it in
+    #: float there costs a full-resolution QuantizeLinear (lenet/mnist INT8 1.4x slower than FP32 instead of 0.8x)
+    float_first_layer: bool | None = None
     #: int32 bias + DequantizeLinear is what onnxruntime does by default, but TensorRT accepts only float inputs
     #: to DequantizeLinear (export.onnx_hazards ``qdq-int32-input``): biases stay float unless asked
     quantize_bias: bool = False
@@ -58,6 +239,10 @@ class QuantizeConfig:
             raise UsageError(f"unsupported precision {self.precision!r}; choose one of {', '.join(QUANT_PRECISIONS)}")
         if self.calib_method not in CALIB_METHODS:
             raise UsageError(f"unknown calibration method {self.calib_method!r}; choose one of {', '.join(CALIB_METHODS)}")
+        if self.target not in QUANT_TARGETS:
+            raise UsageError(f"unknown target {self.target!r}; choose one of {', '.join(QUANT_TARGETS)}")
+        if self.mode not in INT8_MODES:
+            raise UsageError(f"unknown INT8 mode {self.mode!r}; choose one of {', '.join(INT8_MODES)}")
         if self.calib_samples < 1:
             raise UsageError(f"--calib-samples must be at least 1, got {self.calib_samples}")
 
@@ -72,9 +257,13 @@ class QuantizeResult:
     meta: OnnxMeta
     excluded_nodes: tuple[str, ...]
     calib_classes: tuple[int, ...]
+    layout: QuantLayout | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {"path": str(self.path), "sha256": self.sha256, "precision": self.meta.precision,
+                "layout": self.layout.name if self.layout else None,
+                "target": self.layout.target if self.layout else None,
+                "layout_reason": self.layout.reason if self.layout else None,
                 "quantization": self.meta.quantization, "excluded_nodes": list(self.excluded_nodes)}
 
 
@@ -138,24 +327,34 @@ def _calibrate_method(name: str):
     return table[name]
 
 
-def quantize_int8_proto(src: Path, dst: Path, inputs: np.ndarray, input_name: str, config: QuantizeConfig,
-                        exclude: list[str]) -> None:
-    """pre-process + static QDQ S8S8 of ``src`` into ``dst`` (no metadata handling)."""
-    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+def quantize_int8_proto(src: Path, dst: Path, inputs: np.ndarray | None, input_name: str, config: QuantizeConfig,
+                        exclude: list[str], layout: QuantLayout | None = None) -> None:
+    """pre-process + INT8 of ``src`` into ``dst`` in ``layout`` (default: the tensorrt one; no metadata handling).
+    ``inputs`` are the calibration samples (unused by a dynamic layout)."""
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
+    if layout is None:
+        layout = choose_layout("tensorrt", read_cpu_features(), symmetric_activations=config.symmetric_activations)
     with tempfile.TemporaryDirectory() as tmp:
         pre = Path(tmp) / "pre.onnx"
         quant_pre_process(str(src), str(pre), skip_symbolic_shape=False)
+        if layout.dynamic:
+            quantize_dynamic(str(pre), str(dst), per_channel=config.per_channel, reduce_range=layout.reduce_range,
+                             weight_type=getattr(QuantType, layout.weight_type), nodes_to_exclude=exclude,
+                             extra_options={"MatMulConstBOnly": True})
+            return
         if config.ort_defaults:
             quantize_static(str(pre), str(dst), _Reader(input_name, inputs), quant_format=QuantFormat.QDQ)
             return
         quantize_static(
             str(pre), str(dst), _Reader(input_name, inputs), quant_format=QuantFormat.QDQ,
-            activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, per_channel=config.per_channel,
-            calibrate_method=_calibrate_method(config.calib_method), nodes_to_exclude=exclude,
-            extra_options={"ActivationSymmetric": config.symmetric_activations, "WeightSymmetric": True,
-                           "QuantizeBias": config.quantize_bias})
+            activation_type=getattr(QuantType, layout.activation_type),
+            weight_type=getattr(QuantType, layout.weight_type), reduce_range=layout.reduce_range,
+            per_channel=config.per_channel, calibrate_method=_calibrate_method(config.calib_method),
+            nodes_to_exclude=exclude,
+            extra_options={"ActivationSymmetric": layout.symmetric_activations, "WeightSymmetric": True,
+                           "QuantizeBias": layout.quantize_bias if layout.target == "cpu" else config.quantize_bias})
 
 
 def _self_check(path: Path, meta: OnnxMeta, inputs: np.ndarray) -> None:
@@ -176,27 +375,69 @@ def _self_check(path: Path, meta: OnnxMeta, inputs: np.ndarray) -> None:
         raise ModelFileError(f"the {meta.precision} model changed the forgotten classes' fill value; nothing written")
 
 
+def write_layout_meta(model, layout: QuantLayout) -> None:
+    """Set the ``edge_unlearn_quant_*`` metadata entries of ``model`` (others are kept)."""
+    values = {LAYOUT_KEY: layout.name, TARGET_KEY: layout.target, REASON_KEY: layout.reason}
+    keep = [(p.key, p.value) for p in model.metadata_props if p.key not in values]
+    del model.metadata_props[:]
+    for key, value in keep + sorted(values.items()):
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+
+
+def read_layout(model_or_path) -> dict[str, str]:
+    """The ``edge_unlearn_quant_*`` entries of an ONNX model or file ({"layout", "target", "reason"});
+    an FP32 export carries none and reads as layout "fp32"."""
+    model = load_onnx(model_or_path, load_weights=False) if isinstance(model_or_path, (str, Path)) else model_or_path
+    props = {p.key: p.value for p in model.metadata_props}
+    if LAYOUT_KEY not in props:
+        precision = props.get("edge_unlearn.precision", "fp32")
+        return {"layout": precision, "target": "", "reason": ""}
+    return {"layout": props[LAYOUT_KEY], "target": props.get(TARGET_KEY, ""), "reason": props.get(REASON_KEY, "")}
+
+
+def require_tensorrt_layout(model_or_path, where: str = "the ONNX model") -> None:
+    """For ``build-engine``: refuse an INT8 file laid out for a CPU (uint8 activations, int32 biases, or
+    dynamic INT8) with the one-line fix. FP16 and FP32 files are the same for every target and pass."""
+    layout = read_layout(model_or_path)
+    if layout["target"] == "cpu" and layout["layout"] not in ("fp16", "fp32"):
+        raise UsageError(f"{where} is INT8 laid out for a CPU ({layout['layout']}); TensorRT needs signed symmetric "
+                         "Q/DQ: re-quantize the FP32 model with `edge-unlearn quantize --target tensorrt`")
+
+
 def quantize_model(model_path: str | Path, output: str | Path, config: QuantizeConfig = QuantizeConfig(),
                    calib: str | None = None, echo: Callable[[str], None] | None = None,
-                   calib_inputs: np.ndarray | None = None) -> QuantizeResult:
-    """Write an INT8 or FP16 version of an edge-unlearn FP32 ONNX model. ``calib`` is a dataset spec
-    (INT8 only); ``calib_inputs`` (preprocessed float32, retained classes only) overrides it."""
+                   calib_inputs: np.ndarray | None = None, cpu: CpuFeatures | None = None) -> QuantizeResult:
+    """Write an INT8 or FP16 version of an edge-unlearn FP32 ONNX model in the layout for ``config.target``.
+
+    ``calib`` is a dataset spec (static INT8 only); ``calib_inputs`` (preprocessed float32, retained classes
+    only) overrides it. ``cpu`` (default: this machine's :func:`read_cpu_features`) decides the cpu layout."""
     import onnx
 
     if config.precision not in QUANT_PRECISIONS:
         raise UsageError(f"unsupported precision {config.precision!r}; choose one of {', '.join(QUANT_PRECISIONS)}")
     model_path = Path(model_path)
     check_output_path(output)
+    target, target_why = resolve_target(config.target, output)
+    if config.mode == "dynamic" and config.precision != "int8":
+        raise UsageError("--dynamic applies to INT8 only; drop it or use --precision int8")
+    if config.mode == "dynamic" and target == "tensorrt":
+        raise UsageError("TensorRT needs static Q/DQ INT8 (" + target_why + "): drop --dynamic, or use --target cpu")
+    cpu = cpu if cpu is not None else read_cpu_features()
+    layout = choose_layout(target, cpu, config.precision, config.mode, config.symmetric_activations)
     proto = load_onnx(model_path)
     meta = read_meta(proto)
     if meta.precision != "fp32":
         raise UsageError(f"{model_path} is already {meta.precision}; quantize the FP32 model from `edge-unlearn export`")
     exclude = mask_node_names(proto) if config.exclude_mask_nodes and not config.ort_defaults else []
-    if config.float_first_layer and not config.ort_defaults:
+    float_first = layout.float_first_layer if config.float_first_layer is None else config.float_first_layer
+    if float_first and not config.ort_defaults:
         exclude += [n.name for n in proto.graph.node if meta.input_name in n.input and n.name not in exclude]
     calib_classes: tuple[int, ...] = ()
-    info: dict[str, Any] = {"precision": config.precision, "source_sha256": sha256_file(model_path)}
-    if config.precision == "int8":
+    info: dict[str, Any] = {"precision": config.precision, "source_sha256": sha256_file(model_path),
+                            "layout": layout.to_json(), "cpu": cpu.summary()}
+    rng = np.random.default_rng(config.seed)
+    if config.precision == "int8" and not layout.dynamic:
         if calib_inputs is None:
             if not calib:
                 raise UsageError("INT8 needs calibration data: pass --calib with a dataset spec "
@@ -207,18 +448,23 @@ def quantize_model(model_path: str | Path, output: str | Path, config: QuantizeC
             inputs = np.ascontiguousarray(calib_inputs, dtype=np.float32)
         info.update(config.to_json(), calib=calib or "(inputs)", calib_count=int(len(inputs)),
                     calib_classes=list(calib_classes), excluded_nodes=exclude)
-        if echo:
-            echo(f"calibrating INT8 ({config.calib_method}) on {len(inputs)} retained-class samples; "
-                 f"kept in float: {', '.join(exclude)}")
+    elif config.precision == "int8":
+        inputs = rng.standard_normal((8, *meta.input_shape)).astype(np.float32)
+        info.update(config.to_json(), excluded_nodes=exclude)
     else:
-        rng = np.random.default_rng(config.seed)
         inputs = rng.standard_normal((8, *meta.input_shape)).astype(np.float32)
         info.update(converter="onnxruntime.transformers.float16", keep_io_types=True)
+    if echo:  # after every input check: a refused run prints one error line and nothing else
+        echo(f"layout {layout.name} (target {layout.target}; {target_why}): {layout.reason}")
+        if config.precision == "int8":
+            echo(f"calibrating INT8 ({config.calib_method}) on {len(inputs)} retained-class samples; kept in float: "
+                 f"{', '.join(exclude)}" if not layout.dynamic else
+                 f"dynamic INT8: weights quantized now, activations at run time; kept in float: {', '.join(exclude)}")
     new_meta = replace(meta, precision=config.precision, quantization=info)
     output = Path(output)
     with atomic_output(output) as tmp:
         if config.precision == "int8":
-            quantize_int8_proto(model_path, tmp, inputs, meta.input_name, config, exclude)
+            quantize_int8_proto(model_path, tmp, inputs, meta.input_name, config, exclude, layout)
             out_proto = onnx.load(str(tmp))
         else:
             from onnxruntime.transformers.float16 import convert_float_to_float16
@@ -226,6 +472,9 @@ def quantize_model(model_path: str | Path, output: str | Path, config: QuantizeC
             out_proto = convert_float_to_float16(proto, keep_io_types=True, disable_shape_infer=False)
             topological_sort(out_proto)
         write_meta(out_proto, new_meta)
+        write_layout_meta(out_proto, layout)
+        # zero/non-finite scales and overflowed constants break every runtime; the TensorRT-only rules
+        # (signed symmetric Q/DQ, float DQ inputs) live in export.onnx_hazards and run at build-engine
         hazards = graph_hazards(out_proto)
         if hazards and config.strict:
             raise ModelFileError(f"the {config.precision} graph has a deployment hazard: {hazards[0]}")
@@ -234,7 +483,7 @@ def quantize_model(model_path: str | Path, output: str | Path, config: QuantizeC
         if config.strict:
             _self_check(tmp, new_meta, inputs)
         digest = sha256_file(tmp)
-    return QuantizeResult(output, digest, new_meta, tuple(exclude), calib_classes)
+    return QuantizeResult(output, digest, new_meta, tuple(exclude), calib_classes, layout)
 
 
 def fp16_plain_cast(proto):
