@@ -139,34 +139,11 @@ def mask_node_names(model) -> list[str]:
 
 
 def graph_hazards(model) -> list[str]:
-    """Static checks of a graph against DESIGN.md §3: zero/non-finite Q/DQ scales, FP16 constants that
-    overflowed, an infinite mask value. Returns one line per problem (empty when clean)."""
-    import numpy as np
-    from onnx import TensorProto, numpy_helper
+    """Static hazard lines under onnxruntime's rules (zero/non-finite Q/DQ scales, FP16 overflow, non-finite
+    constants); empty when clean. Kept for callers: the one checker is :func:`export.onnx_hazards.check_model`."""
+    from .onnx_hazards import graph_hazards as _graph_hazards
 
-    problems: list[str] = []
-    inits = {t.name: t for t in model.graph.initializer}
-    for node in model.graph.node:
-        if node.op_type in ("QuantizeLinear", "DequantizeLinear") and len(node.input) > 1 and node.input[1] in inits:
-            scale = numpy_helper.to_array(inits[node.input[1]]).astype(np.float64)
-            if not np.all(np.isfinite(scale)) or np.any(scale <= 0):
-                problems.append(f"{node.op_type} {node.name}: scale has {int(np.sum(~(scale > 0)))} zero/negative/"
-                                "non-finite entries (TensorRT rejects it; an all-zero weight row?)")
-    for init in model.graph.initializer:
-        if init.data_type in (TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE):
-            values = numpy_helper.to_array(init)
-            if values.size and not np.all(np.isfinite(values)):
-                problems.append(f"initializer {init.name}: {int(np.sum(~np.isfinite(values)))} non-finite values "
-                                "(a mask constant beyond FP16 range?)")
-    for node in model.graph.node:
-        for attr in node.attribute:
-            if attr.type == attr.FLOAT and not np.isfinite(attr.f):
-                problems.append(f"node {node.name}: attribute {attr.name} = {attr.f}")
-            elif attr.type == attr.TENSOR and attr.t.data_type in (TensorProto.FLOAT, TensorProto.FLOAT16):
-                values = numpy_helper.to_array(attr.t)
-                if values.size and not np.all(np.isfinite(values)):
-                    problems.append(f"node {node.name}: constant {attr.name} has non-finite values")
-    return problems
+    return _graph_hazards(model)
 
 
 def topological_sort(model) -> None:

@@ -7,7 +7,6 @@ forgotten classes of the model, ...) is a failed check, never a pass.
 """
 from __future__ import annotations
 
-import math
 import platform
 import time
 from dataclasses import asdict, dataclass, field
@@ -19,7 +18,9 @@ import numpy as np
 from edge_unlearn.errors import ModelFileError, UsageError
 
 from .bundle import Bundle, load_bundle
+from .onnx_meta import MASK_VALUE
 from .runner import Runner
+from .structure import Check, output_checks, stress_inputs
 
 
 @dataclass(frozen=True)
@@ -37,33 +38,6 @@ class Thresholds:
 
     def to_json(self) -> dict[str, float]:
         return asdict(self)
-
-
-@dataclass(frozen=True)
-class Check:
-    """One criterion: ``value`` compared with ``threshold`` by ``op`` ('<=', '>=', '=='); None value fails."""
-
-    name: str
-    value: float | None
-    op: str
-    threshold: float
-    detail: str = ""
-
-    @property
-    def passed(self) -> bool:
-        if self.value is None or (isinstance(self.value, float) and math.isnan(self.value)):
-            return False
-        if self.op == "<=":
-            return self.value <= self.threshold
-        if self.op == ">=":
-            return self.value >= self.threshold
-        if self.op == "==":
-            return self.value == self.threshold
-        return False
-
-    def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "value": self.value, "op": self.op, "threshold": self.threshold,
-                "passed": self.passed, "detail": self.detail}
 
 
 @dataclass
@@ -211,8 +185,13 @@ def validate(runner: Runner, bundle: Bundle, thresholds: Thresholds = Thresholds
             raise ModelFileError(f"the model has {declared} classes but bundle {bundle.path} has {bundle.num_classes}; "
                                  "make the bundle from the same checkpoint the model was exported from")
         logits = run_logits(runner, bundle.inputs, batch_size)
+        stress = run_logits(runner, stress_inputs(bundle.inputs.shape[1:], bundle.meta.get("normalization")),
+                            batch_size)
     model_forgotten = env.get("forgotten_classes")
     checks, per_class = evaluate_logits(logits, bundle, thresholds, model_forgotten)
+    fill = getattr(getattr(runner, "meta", None), "mask_value", bundle.meta.get("mask_value", MASK_VALUE))
+    checks.extend(output_checks({"bundle": logits, "stress": stress}, bundle.forgotten_classes,
+                                bundle.num_classes, float(fill)))
     source = env.get("source_sha256")
     bundle_source = bundle.meta.get("source_sha256")
     checks.append(Check("same_source_checkpoint", None if not source or not bundle_source else float(source == bundle_source),
@@ -234,11 +213,15 @@ def validate_model(model: str | Path, bundle: str | Path, thresholds: Thresholds
     loaded = load_bundle(bundle)
     extra: list[Check] = []
     if Path(model).suffix.lower() == ".onnx":
-        from .onnx_meta import graph_hazards, load_onnx
+        from .onnx_hazards import check_model
+        from .onnx_meta import load_onnx, read_meta
+        from .structure import static_checks
 
-        hazards = graph_hazards(load_onnx(model))
+        proto = load_onnx(model)
+        hazards = [f.line() for f in check_model(proto, path=str(model), runtime="onnxruntime", structure=False).errors]
         extra.append(Check("graph_hazards", float(len(hazards)), "==", 0.0,
                            "; ".join(hazards[:3]) if hazards else "no zero Q/DQ scales, no non-finite constants"))
+        extra.extend(static_checks(proto, read_meta(proto))[0])
     report = validate(runner, loaded, thresholds, batch_size, extra)
     if echo is not None:
         echo(report.summary())
