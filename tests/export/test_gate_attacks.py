@@ -136,18 +136,39 @@ def test_our_exports_pass_the_gate(artifacts, which):
     assert structure["head_rows"]["value"] == 9 and structure["fill_margin"]["value"] > 1000
 
 
-def test_dynamic_int8_graph_is_analysed(artifacts, tmp_path):
-    """onnxruntime's dynamic INT8 (MatMulInteger + scale Mul + bias Add before the float mask) is accepted."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+class _Calib:
+    def __init__(self, inputs):
+        self.batches = [{"input": inputs}]
 
-    dst = tmp_path / "dyn.onnx"
-    quantize_dynamic(str(artifacts.fp32), str(dst), weight_type=QuantType.QInt8,
-                     nodes_to_exclude=["edge_unlearn_mask/fill", "edge_unlearn_mask/scatter"])
+    def get_next(self):
+        return self.batches.pop() if self.batches else None
+
+
+@pytest.mark.parametrize("layout", ["dynamic-int8", "u8s8-qoperator", "u8s8-qdq"])
+def test_cpu_int8_layouts_are_analysed(artifacts, tmp_path, layout):
+    """onnxruntime's CPU INT8 layouts (MatMulInteger + scale Mul + bias Add; QGemm + DequantizeLinear; UINT8 QDQ)
+    before the float mask are analysed and pass under onnxruntime's rules; TensorRT's rules still refuse UINT8."""
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
+
+    from edge_unlearn.export.bundle import load_bundle
+
+    dst = tmp_path / f"{layout}.onnx"
+    exclude = ["edge_unlearn_mask/fill", "edge_unlearn_mask/scatter"]
+    if layout == "dynamic-int8":
+        quantize_dynamic(str(artifacts.fp32), str(dst), weight_type=QuantType.QInt8, nodes_to_exclude=exclude)
+    else:
+        fmt = QuantFormat.QOperator if layout == "u8s8-qoperator" else QuantFormat.QDQ
+        quantize_static(str(artifacts.fp32), str(dst), _Calib(load_bundle(artifacts.bundle).inputs[:64]),
+                        quant_format=fmt, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        nodes_to_exclude=exclude)
     model = onnx.load(str(dst))
     found = analyse_mask(model, "logits")
-    assert found.head_width == 9 and "MatMul" in found.head_node
+    assert found.head_width == 9 and found.fill_value == -1e4
     report = check_model(model, runtime="onnxruntime")
-    assert not [f for f in report.errors if f.code.startswith("structure-")], report.to_json()
+    assert report.ok and {c.name for c in report.structure if c.passed} >= {"head_rows", "index_map", "fill_margin"}, \
+        report.to_json()
+    if layout != "dynamic-int8":
+        assert "qdq-unsigned" in check_model(model, runtime="tensorrt", structure=False).codes("error")
 
 
 def test_unanalysable_graph_is_refused(artifacts, tmp_path):
