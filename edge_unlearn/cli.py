@@ -235,7 +235,8 @@ def demo(out_dir, forget_class, skip_deploy):
 def _register_optional_commands() -> None:
     for module, names in (("edge_unlearn.cli_export", ("export_cmd", "quantize_cmd", "bundle_cmd", "validate_cmd")),
                           ("edge_unlearn.cli_tensorrt", ("build_engine_cmd", "doctor_cmd")),
-                          ("edge_unlearn.cli_report", ("bench_cmd", "report_cmd", "verify_cmd"))):
+                          ("edge_unlearn.cli_report", ("bench_cmd", "report_cmd", "verify_cmd")),
+                          ("edge_unlearn.cli_evidence", ("sign_cmd", "keygen_cmd"))):
         mod = __import__(module, fromlist=list(names))
         for name in names:
             main.add_command(getattr(mod, name))

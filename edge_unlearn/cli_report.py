@@ -94,13 +94,16 @@ def report_cmd(run_dir: str, output: str | None) -> None:
 @click.command("verify")
 @click.argument("run_dir", type=click.Path(file_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.option("--key", "key", type=click.Path(dir_okay=False), default=None,
+              help="Ed25519 public key (PEM): also check RUN_DIR/manifest.sig (see `edge-unlearn sign`).")
 @handle_errors
-def verify_cmd(run_dir: str, as_json: bool) -> None:
-    """Re-hash every file listed in RUN_DIR/manifest.json. Exit 0: all present and unchanged; 1: a file was
-    modified or is missing; 2: no readable manifest."""
+def verify_cmd(run_dir: str, as_json: bool, key: str | None) -> None:
+    """Re-hash every file listed in RUN_DIR/manifest.json and every recorded artefact; with --key check the
+    signature. Exit 0: all present and unchanged, nothing unlisted, signature valid; 1: any of those fails;
+    2: no readable manifest or key."""
     from edge_unlearn.export.rundir import verify
 
-    result = verify(run_dir)
+    result = verify(run_dir, public_key=key)
     if as_json:
         echo_json(result.to_json())
     else:

@@ -97,7 +97,7 @@ def make_bundle(checkpoint: str | Path, dataset: str, output: str | Path, per_cl
     from edge_unlearn.checkpoint import load_checkpoint
     from edge_unlearn.data import load_dataset, preprocess
 
-    check_output_path(output)
+    check_output_path(output, [checkpoint])
     ckpt = load_checkpoint(checkpoint)
     model, meta = ckpt.model.eval(), ckpt.meta
     if not model.forgotten_classes:

@@ -195,7 +195,7 @@ def export_onnx(checkpoint: str | Path, output: str | Path, config: ExportConfig
 
     if config.opset < 17:
         raise UsageError(f"--opset must be at least 17, got {config.opset}")
-    check_output_path(output)
+    check_output_path(output, [checkpoint])
     ckpt = load_checkpoint(checkpoint)
     model, meta = ckpt.model.eval(), ckpt.meta
     if variant not in VARIANTS:

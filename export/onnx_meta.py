@@ -172,13 +172,9 @@ def topological_sort(model) -> None:
     graph.node.extend(copies)
 
 
-def check_output_path(path: str | Path) -> None:
-    """Fail before any expensive work when ``path`` cannot be written (same rules as ``atomic_output``)."""
-    from edge_unlearn.errors import UsageError
+def check_output_path(path: str | Path, inputs=(), option: str = "-o") -> None:
+    """Fail before any expensive work when ``path`` cannot be written or is one of ``inputs``
+    (same rules as ``atomic_output``; see :func:`edge_unlearn.fileio.check_output_path`)."""
+    from edge_unlearn.fileio import check_output_path as _check
 
-    target = Path(path)
-    parent = target.parent if str(target.parent) else Path(".")
-    if not parent.is_dir():
-        raise UsageError(f"cannot write {target}: folder {parent} does not exist; create it or choose another -o path")
-    if target.is_dir():
-        raise UsageError(f"cannot write {target}: it is a folder; give a file path to -o")
+    _check(path, inputs, option)

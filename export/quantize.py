@@ -186,7 +186,7 @@ def quantize_model(model_path: str | Path, output: str | Path, config: QuantizeC
     if config.precision not in QUANT_PRECISIONS:
         raise UsageError(f"unsupported precision {config.precision!r}; choose one of {', '.join(QUANT_PRECISIONS)}")
     model_path = Path(model_path)
-    check_output_path(output)
+    check_output_path(output, [model_path])
     proto = load_onnx(model_path)
     meta = read_meta(proto)
     if meta.precision != "fp32":

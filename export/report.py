@@ -28,7 +28,7 @@ from edge_unlearn import __version__
 from edge_unlearn.errors import UsageError
 from edge_unlearn.fileio import atomic_output, sha256_file
 
-from .rundir import MANIFEST, read_records, write_manifest
+from .rundir import MANIFEST, evidence_banner, read_records, write_manifest
 
 REPORT_NAME = "report.html"
 BENCH_FORMAT = "edge-unlearn.bench/1"
@@ -404,6 +404,7 @@ def render_report(run_dir: str | Path, output: str | Path | None = None, manifes
 <meta name="generator" content="edge-unlearn {_e(__version__)}"><style>{_CSS}</style></head>
 <body data-images-loaded="pending">
 <h1>edge-unlearn run report</h1>
+{evidence_banner(root)}
 <p class="muted">Run folder <code>{_e(root.resolve())}</code> &middot; written {_e(created)} by edge-unlearn {_e(__version__)}
 &middot; <span id="overall">{_e(overall)}</span></p>
 {''.join(chr(10) + s for s in sections)}
