@@ -15,6 +15,7 @@ from . import __version__
 from .data import Normalization
 from .errors import CheckpointError, UsageError
 from .fileio import atomic_output, sha256_file
+from .guards import check_finite_tensors, check_input_shape
 from .models import UnlearnableClassifier, build_model
 
 FORMAT = "edge-unlearn/1"
@@ -85,6 +86,7 @@ def save_checkpoint(path: str | Path, model: UnlearnableClassifier, meta: Checkp
         raise UsageError(f"model has {model.num_classes} classes but metadata says {meta.num_classes}")
     meta = replace(meta, forgotten_classes=tuple(model.forgotten_classes))
     tensors = {name: t.detach().to("cpu").contiguous().clone() for name, t in model.state_dict().items()}
+    check_finite_tensors(tensors, str(path), writing=True)  # never write NaN weights (issue #13)
     # One header entry: safetensors keeps metadata in an unordered map, so a second key would make the
     # file's bytes (and sha256) depend on the process's hash seed.
     header = {"edge_unlearn": json.dumps({"format": FORMAT, **meta.to_json()}, sort_keys=True)}
@@ -113,7 +115,9 @@ def _open(path: Path) -> tuple[CheckpointMeta, dict[str, torch.Tensor] | None]:
                     f"{path} is a safetensors file but not an edge-unlearn checkpoint (no '{FORMAT}' metadata); "
                     "train one with `edge-unlearn train` or convert your model with edge_unlearn.checkpoint.save_checkpoint")
             meta = CheckpointMeta.from_json(data)
+            check_input_shape(meta.input_shape, str(path))
             tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+        check_finite_tensors(tensors, str(path))  # refuse NaN/Inf weights on load (issue #13)
     except CheckpointError:
         raise
     except (KeyError, ValueError, TypeError) as exc:

@@ -76,8 +76,12 @@ def with_data_options(fn):
 @handle_errors
 def train(dataset, arch, epochs, min_steps, batch_size, lr, seed, device, data_dir, download, output, as_json, quiet):
     """Train the original classifier and write its checkpoint."""
+    from .guards import check_outputs, check_train_options
     from .training import TrainConfig
     from .workflows import train_checkpoint
+
+    check_train_options(epochs=epochs, min_steps=min_steps, batch_size=batch_size, lr=lr, device=device)
+    check_outputs({"-o": output})
 
     overrides = {k: v for k, v in dict(epochs=epochs, min_steps=min_steps, batch_size=batch_size, lr=lr).items()
                  if v is not None}
@@ -154,7 +158,10 @@ def print_forget_summary(s: dict[str, Any]) -> None:
 def forget_cmd(checkpoint, forget_classes, samples, forget_samples_dir, method, params, dataset, data_dir, download,
                seed, device, no_eval, output, as_json, run_dir):
     """Make CHECKPOINT forget classes and write the unlearned checkpoint (masks accumulate over runs)."""
+    from .guards import check_device, check_outputs
     from .workflows import ForgetRequest, forget_checkpoint
+
+    check_device(device), check_outputs({"-o": output}, [checkpoint], run_dir)
 
     req = ForgetRequest(checkpoint=checkpoint, forget=tuple(forget_classes), out=output, method=method,
                         samples=samples, forget_samples_dir=forget_samples_dir, params=_parse_params(params),

@@ -10,6 +10,7 @@ forgotten classes = MASK_VALUE), ``class_names`` str [num_classes], ``forgotten_
 from __future__ import annotations
 
 import json
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -67,9 +68,9 @@ def load_bundle(path: str | Path) -> Bundle:
         meta = json.loads(str(data["meta_json"]))
     except ModelFileError:
         raise
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, EOFError, KeyError, TypeError, zipfile.BadZipFile) as exc:
         raise ModelFileError(f"{path} is not a readable .npz bundle ({exc}); re-create it with `edge-unlearn bundle`") from exc
-    if meta.get("format") != FORMAT:
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise ModelFileError(f"{path}: bundle format {meta.get('format')!r} is not {FORMAT}; re-create it with `edge-unlearn bundle`")
     bundle = Bundle(
         inputs=np.ascontiguousarray(data["inputs"], dtype=np.float32),
@@ -79,6 +80,9 @@ def load_bundle(path: str | Path) -> Bundle:
         forgotten_classes=tuple(int(c) for c in data["forgotten_classes"]),
         meta=meta, path=str(path), sha256=sha256_file(path))
     n, c = len(bundle.labels), bundle.num_classes
+    if n == 0 or c == 0:
+        raise ModelFileError(f"{path} holds no samples (or no classes); re-create it with `edge-unlearn bundle` from a "
+                             "dataset whose test split is not empty")
     if bundle.inputs.ndim != 4 or len(bundle.inputs) != n or bundle.reference_logits.shape != (n, c):
         raise ModelFileError(f"{path}: array shapes disagree (inputs {bundle.inputs.shape}, labels {n}, "
                              f"reference_logits {bundle.reference_logits.shape}, {c} classes); re-create the bundle")

@@ -90,7 +90,10 @@ def record(run_dir: str | Path, kind: str, payload: dict[str, Any], artefacts: I
     if root.exists() and not root.is_dir():
         raise UsageError(f"--run-dir {root} is a file; give a folder")
     folder = root / RECORDS
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"cannot create run folder {folder} ({exc.strerror}); give a writable --run-dir") from exc
     entries = []
     for item in artefacts:
         src = Path(item)

@@ -203,6 +203,20 @@ def validate(runner: Runner, bundle: Bundle, thresholds: Thresholds = Thresholds
                             seconds=time.perf_counter() - start)
 
 
+def _check_io(proto: Any, meta: Any, bundle: Bundle, model: str | Path) -> None:
+    """The model's declared input/output exist and the bundle's images have the model's shape (one-line errors
+    instead of an onnxruntime traceback)."""
+    inputs = {i.name for i in proto.graph.input} - {t.name for t in proto.graph.initializer}
+    outputs = {o.name for o in proto.graph.output}
+    if meta.input_name not in inputs or meta.output_name not in outputs:
+        raise ModelFileError(f"{model}: metadata names input {meta.input_name!r} and output {meta.output_name!r} but "
+                             f"the graph has inputs {sorted(inputs)} and outputs {sorted(outputs)}; the metadata was "
+                             "edited: re-export the model")
+    if tuple(bundle.inputs.shape[1:]) != tuple(meta.input_shape):
+        raise ModelFileError(f"bundle {bundle.path} holds images of shape {list(bundle.inputs.shape[1:])} but "
+                             f"{model} takes {list(meta.input_shape)}; make the bundle from the model's checkpoint")
+
+
 def validate_model(model: str | Path, bundle: str | Path, thresholds: Thresholds = Thresholds(),
                    provider: str | None = None, batch_size: int = 64,
                    echo: Callable[[str], None] | None = None) -> ValidationReport:
@@ -218,6 +232,7 @@ def validate_model(model: str | Path, bundle: str | Path, thresholds: Thresholds
         from .structure import static_checks
 
         proto = load_onnx(model)
+        _check_io(proto, read_meta(proto), loaded, model)
         hazards = [f.line() for f in check_model(proto, path=str(model), runtime="onnxruntime", structure=False).errors]
         extra.append(Check("graph_hazards", float(len(hazards)), "==", 0.0,
                            "; ".join(hazards[:3]) if hazards else "no zero Q/DQ scales, no non-finite constants"))
