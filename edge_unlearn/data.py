@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -145,7 +144,7 @@ def _load_npz(spec: str, path: str) -> Dataset:
             return _finish(spec, arrays["x_train"], arrays["y_train"], arrays["x_test"], arrays["y_test"], names)
     except DataError:
         raise
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+    except Exception as exc:  # noqa: BLE001 - numpy raises OSError, EOFError, BadZipFile, TokenError... on damage
         raise DataError(f"{file} is not a readable .npz archive ({exc}); re-create it with numpy.savez") from exc
 
 

@@ -15,6 +15,7 @@ The forgotten rows of the head are not in the file at all; the mask is the const
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -88,6 +89,15 @@ class OnnxMeta:
             raise ModelFileError(f"{where}: edge-unlearn metadata is damaged ({exc}); re-export the model") from exc
         if meta.precision not in PRECISIONS or len(meta.class_names) != meta.num_classes:
             raise ModelFileError(f"{where}: edge-unlearn metadata is inconsistent; re-export the model")
+        forgotten = meta.forgotten_classes
+        if (meta.num_classes < 1 or any(not 0 <= c < meta.num_classes for c in forgotten)
+                or len(set(forgotten)) != len(forgotten) or len(meta.input_shape) != 3
+                or any(v < 1 for v in meta.input_shape) or math.prod(meta.input_shape) > (1 << 24)
+                or not math.isfinite(meta.mask_value) or not isinstance(meta.normalization, dict)
+                or not all(isinstance(getattr(meta, k), str) for k in ("input_name", "output_name", "retained_name"))):
+            raise ModelFileError(f"{where}: edge-unlearn metadata is out of range (classes {meta.num_classes}, forgotten "
+                                 f"{list(forgotten)}, input shape {list(meta.input_shape)}, mask value "
+                                 f"{meta.mask_value}); the metadata was edited: re-export the model")
         return meta
 
 
