@@ -235,7 +235,9 @@ def demo(out_dir, forget_class, skip_deploy):
     """The whole job on scikit-learn's bundled digits, offline: train -> forget -> compare with retraining
     -> export to ONNX -> INT8 -> validate."""
     from .demo import run_demo
+    from .guards import check_demo_options
 
+    check_demo_options(forget_class, out_dir)
     run_demo(Path(out_dir), forget_class, deploy=not skip_deploy, echo=click.echo)
 
 

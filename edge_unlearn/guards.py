@@ -122,6 +122,13 @@ def check_finite_tensors(tensors: Mapping[str, Any], where: str, writing: bool =
                                   "with a lower learning rate")
 
 
+def check_demo_options(forget_class: str, out_dir: Any) -> None:
+    """`demo`: the class is a digit name 0..9 and the output folder can be written -- before anything trains."""
+    if str(forget_class).strip() not in {str(d) for d in range(10)}:
+        raise UsageError(f"--forget must be one digit class 0..9 of the digits dataset, got {forget_class!r}")
+    check_outputs({}, run_dir=out_dir)
+
+
 def check_outputs(outputs: Mapping[str, Any], inputs: Iterable[Any] = (), run_dir: Any = None) -> None:
     """Before any work: every output path (option -> path; None skipped) is writable and no input; ``run_dir`` is
     a folder (or can be made) and writable."""

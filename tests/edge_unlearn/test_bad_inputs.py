@@ -166,3 +166,12 @@ def test_empty_test_split_bundle_is_refused(tmp_path):
              forgotten_classes=np.array([3]), meta_json=np.asarray(json.dumps({"format": FORMAT})))
     with pytest.raises(ModelFileError, match="holds no samples"):
         load_bundle(bundle)
+
+
+@pytest.mark.parametrize("args, needle", [(["--forget", "99"], "--forget must be one digit"),
+                                          (["--forget", "cat"], "--forget must be one digit")])
+def test_demo_checks_its_options_before_training(tmp_path, args, needle):
+    out = tmp_path / "demo"
+    _one_line_error(_invoke(["demo", "--out-dir", out, *args]), needle)
+    assert not out.exists()
+
