@@ -4,6 +4,11 @@
 :class:`ValidationReport` — per-class table, thresholds, every check with its measured value, verdict and
 environment. It fails closed: a figure that could not be measured (no forgotten-class samples, unknown
 forgotten classes of the model, ...) is a failed check, never a pass.
+
+Beyond accuracy on the bundle's natural images (which a model that still knows a class can pass, issue #13), every
+runner is also run on stress inputs, and ``forgotten_columns_constant`` / ``fill_margin`` judge the outputs; for
+ONNX the graph itself is read (``mask_structure``, ``head_rows``, ``index_map``, ``fill_value``; see
+:mod:`edge_unlearn.export.structure` and docs/threat-model.md).
 """
 from __future__ import annotations
 
