@@ -161,7 +161,8 @@ def forget_cmd(checkpoint, forget_classes, samples, forget_samples_dir, method, 
     from .guards import check_device, check_outputs
     from .workflows import ForgetRequest, forget_checkpoint
 
-    check_device(device), check_outputs({"-o": output}, [checkpoint], run_dir)
+    check_device(device)
+    check_outputs({"-o": output}, [checkpoint], run_dir)
 
     req = ForgetRequest(checkpoint=checkpoint, forget=tuple(forget_classes), out=output, method=method,
                         samples=samples, forget_samples_dir=forget_samples_dir, params=_parse_params(params),

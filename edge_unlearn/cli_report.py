@@ -63,8 +63,8 @@ def bench_cmd(artefacts: tuple[str, ...], batch: str, warmup: int, iterations: i
     from edge_unlearn.export.bench import BenchConfig, bench_artefacts, parse_batches
     from edge_unlearn.guards import check_batches, check_outputs
 
-    check_batches(parse_batches(batch)), check_outputs({"--json": json_path, "--csv": csv_path, "--plot": plot_path},
-                                                       artefacts, run_dir)
+    check_batches(parse_batches(batch))
+    check_outputs({"--json": json_path, "--csv": csv_path, "--plot": plot_path}, artefacts, run_dir)
 
     config = BenchConfig(batches=parse_batches(batch), warmup=warmup, iterations=iterations, duration=duration,
                          threads=threads, seed=seed)

@@ -282,11 +282,7 @@ def write_manifest(run_dir: str | Path) -> Path:
 def evidence_problems(run_dir: str | Path) -> list[str]:
     """One line per reason the folder's evidence does not hold *now* (for the report's red banner): artefacts
     changed since their record or the previous manifest, and an existing signature that this manifest breaks."""
-    root = Path(run_dir)
-    try:
-        changes, _, _ = _changes(root)
-    except ModelFileError as exc:
-        return [str(exc)]
+    changes, _, _ = _changes(Path(run_dir))  # a damaged record or manifest raises: report refuses before writing
     lines = [f"{c['path']}: changed since {c['record']} (recorded {str(c['recorded'])[:16]}…, now "
              f"{'missing' if c['now'] is None else str(c['now'])[:16] + '…'})" for c in changes]
     return lines

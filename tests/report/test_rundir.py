@@ -229,3 +229,16 @@ def test_damaged_record_is_one_line_exit_2(tmp_path, tiny_models, damage):
     rec.write_text(json.dumps(data))
     with pytest.raises(ModelFileError, match="damaged"):
         read_records(run)
+
+
+def test_report_refuses_a_record_that_climbs_out_before_writing(tmp_path, tiny_models):
+    from edge_unlearn.cli import main
+
+    run, _, _ = _run(tmp_path, tiny_models)
+    rec = run / "records" / "0001-export.json"
+    data = json.loads(rec.read_text())
+    data["artefacts"][0]["path"] = "../../etc/hostname"
+    rec.write_text(json.dumps(data))
+    result = CliRunner().invoke(main, ["report", str(run), "-o", str(tmp_path / "r.html")])
+    assert result.exit_code == 2 and "climbs out" in result.stderr
+    assert not (tmp_path / "r.html").exists() and not (run / "manifest.json").exists()
