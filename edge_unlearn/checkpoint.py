@@ -15,7 +15,7 @@ from . import __version__
 from .data import Normalization
 from .errors import CheckpointError, UsageError
 from .fileio import atomic_output, sha256_file
-from .guards import check_finite_tensors, check_input_shape
+from .guards import check_checkpoint_meta, check_finite_tensors
 from .models import UnlearnableClassifier, build_model
 
 FORMAT = "edge-unlearn/1"
@@ -115,7 +115,7 @@ def _open(path: Path) -> tuple[CheckpointMeta, dict[str, torch.Tensor] | None]:
                     f"{path} is a safetensors file but not an edge-unlearn checkpoint (no '{FORMAT}' metadata); "
                     "train one with `edge-unlearn train` or convert your model with edge_unlearn.checkpoint.save_checkpoint")
             meta = CheckpointMeta.from_json(data)
-            check_input_shape(meta.input_shape, str(path))
+            check_checkpoint_meta(meta, str(path))
             tensors = {key: handle.get_tensor(key) for key in handle.keys()}
         check_finite_tensors(tensors, str(path))  # refuse NaN/Inf weights on load (issue #13)
     except CheckpointError:

@@ -61,12 +61,23 @@ def check_input_shape(shape: Any, where: str) -> None:
     """A declared [channels, height, width] that is plausible (else a 100000x100000 header allocates forever)."""
     from .errors import CheckpointError as _Error
 
-    values = list(shape) if isinstance(shape, (list, tuple)) else None
+    values = [v for v in shape] if isinstance(shape, (list, tuple)) else None
     if (values is None or len(values) != 3 or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1
                                                        for v in values)
             or math.prod(values) > MAX_INPUT_ELEMENTS):
         raise _Error(f"{where}: input shape {shape!r} is not a plausible [channels, height, width] (at most "
                      f"{MAX_INPUT_ELEMENTS} values); the header was edited: re-create the file")
+
+
+def check_checkpoint_meta(meta: Any, where: str) -> None:
+    """A checkpoint header that makes sense: plausible input shape, one name per class, forgotten classes in range."""
+    check_input_shape(tuple(meta.input_shape), where)
+    n = meta.num_classes
+    forgotten = list(meta.forgotten_classes)
+    if (not isinstance(n, int) or isinstance(n, bool) or n < 1 or len(meta.class_names) != n
+            or any(not isinstance(c, int) or not 0 <= c < n for c in forgotten) or len(set(forgotten)) != len(forgotten)):
+        raise CheckpointError(f"{where}: header is inconsistent ({n!r} classes, {len(meta.class_names)} class names, "
+                              f"forgotten {forgotten}); the file was edited: re-create it with `edge-unlearn train`")
 
 
 def check_batches(batches: Iterable[int], option: str = "--batch") -> None:
@@ -102,6 +113,33 @@ def check_params(config_cls: type, values: Mapping[str, Any], option: str = "--s
                 raise UsageError(f"{name} must be greater than 0, got {value!r}")
         elif kind == "str" and not isinstance(value, str):
             raise UsageError(f"{name} must be text, got {value!r}")
+
+
+def check_labels(spec: str, y_train: Any, y_test: Any) -> None:
+    """Labels are whole numbers >= 0, every class up to the largest label has training images, and the test split
+    is not empty (else: truncated float labels, a 15-class model with 5 empty classes, NaN accuracies)."""
+    import numpy as np
+
+    from .errors import DataError
+
+    for name, labels in (("y_train", y_train), ("y_test", y_test)):
+        array = np.asarray(labels)
+        if array.dtype.kind not in "iuf" or (array.dtype.kind == "f" and not np.all(np.isfinite(array))):
+            raise DataError(f"{spec}: {name} must hold whole-number class labels, got dtype {array.dtype}")
+        if array.dtype.kind == "f" and np.any(array != np.round(array)):
+            raise DataError(f"{spec}: {name} holds fractional labels (e.g. {array[array != np.round(array)][0]}); "
+                            "labels must be whole class numbers")
+        if array.size and array.min() < 0:
+            raise DataError(f"{spec}: {name} holds negative labels; labels must lie in 0..classes-1")
+    if np.asarray(y_test).size == 0:
+        raise DataError(f"{spec}: the test split is empty; give x_test/y_test with at least one image per class")
+    train = np.asarray(y_train).astype(np.int64).reshape(-1)
+    if train.size:
+        missing = sorted(set(range(int(train.max()) + 1)) - set(train.tolist()))
+        if missing:
+            shown = ", ".join(str(c) for c in missing[:8]) + (" ..." if len(missing) > 8 else "")
+            raise DataError(f"{spec}: classes {shown} have no training images (labels must be 0..C-1 with every "
+                            "class present); renumber the labels")
 
 
 def check_finite_tensors(tensors: Mapping[str, Any], where: str, writing: bool = False) -> None:

@@ -175,3 +175,41 @@ def test_demo_checks_its_options_before_training(tmp_path, args, needle):
     _one_line_error(_invoke(["demo", "--out-dir", out, *args]), needle)
     assert not out.exists()
 
+
+
+@pytest.mark.parametrize("case, needle", [
+    ("float_labels", "fractional labels"), ("labels_5_to_14", "have no training images"),
+    ("empty_test", "test split is empty"), ("negative", "negative labels")])
+def test_bad_dataset_labels_are_refused_before_training(tmp_path, case, needle):
+    x = np.zeros((20, 8, 8), np.uint8)
+    y = np.arange(20) % 10
+    y_test, x_test = y[:10], x[:10]
+    if case == "float_labels":
+        y = y + 0.5
+    elif case == "labels_5_to_14":
+        y = y + 5
+    elif case == "empty_test":
+        x_test, y_test = x[:0], y[:0]
+    else:
+        y = y - 1
+    np.savez(tmp_path / "d.npz", x_train=x, y_train=y, x_test=x_test, y_test=y_test)
+    out = tmp_path / "t.safetensors"
+    _one_line_error(_invoke(["train", "--dataset", f"npz:{tmp_path / 'd.npz'}", "-o", out]), needle)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("field, value", [("class_names", ["a", "b"]), ("forgotten_classes", [12]),
+                                          ("num_classes", 0)])
+def test_inconsistent_checkpoint_header_is_refused(digits_checkpoint, tmp_path, field, value):
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(digits_checkpoint), framework="pt") as handle:
+        header = json.loads(handle.metadata()["edge_unlearn"])
+        tensors = {k: handle.get_tensor(k) for k in handle.keys()}
+    header[field] = value
+    bad = tmp_path / "bad.safetensors"
+    save_file(tensors, str(bad), metadata={"edge_unlearn": json.dumps(header)})
+    result = _invoke(["export", bad, "-o", tmp_path / "m.onnx"])
+    assert result.exit_code == 2 and len(result.stderr.strip().splitlines()) == 1, result.output
+    assert not (tmp_path / "m.onnx").exists()
