@@ -193,3 +193,24 @@ def test_stress_inputs_cover_extremes():
     constant = np.ptp(flat, axis=1) == 0
     values = sorted(set(np.round(flat[constant, 0], 4)))
     assert values == sorted({round((v - 0.5) / 0.25, 4) for v in (-4.0, 0.0, 0.5, 1.0, 5.0)})
+
+
+def test_bundle_of_another_image_size_is_one_line(artifacts, tmp_path):
+    with np.load(artifacts.bundle, allow_pickle=False) as loaded:
+        arrays = {k: loaded[k] for k in loaded.files}
+    arrays["inputs"] = np.zeros((len(arrays["labels"]), 1, 16, 16), np.float32)
+    np.savez(tmp_path / "big.npz", **arrays)
+    result = CliRunner().invoke(main, ["validate", str(artifacts.fp32), "--bundle", str(tmp_path / "big.npz")])
+    assert result.exit_code == 2 and "images of shape [1, 16, 16]" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_edited_output_name_is_one_line(artifacts, tmp_path):
+    model = onnx.load(str(artifacts.fp32))
+    write_meta(model, dataclasses.replace(read_meta(model), output_name="nope"))
+    onnx.save(model, str(tmp_path / "m.onnx"))
+    result = CliRunner().invoke(main, ["validate", str(tmp_path / "m.onnx"), "--bundle", str(artifacts.bundle)])
+    assert result.exit_code == 2 and "metadata names input" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    code, out = _check_only(tmp_path / "m.onnx")
+    assert code == 1 and "structure-mask-structure" in out
