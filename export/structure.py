@@ -38,6 +38,8 @@ _LINEAR = {"Gemm": 1, "MatMul": 1, "FusedMatMul": 1, "QGemm": 3, "QLinearMatMul"
            "MatMulIntegerToFloat": 1, "DynamicQuantizeMatMul": 1}
 #: stress batch: how many images of each random kind
 STRESS_RANDOM = 8
+#: name of the check recorded when CPU onnxruntime cannot run the graph (a warning, not a failure, in check-only)
+STRESS_NOT_RUN = "stress_run"
 
 
 @dataclass(frozen=True)
@@ -336,6 +338,8 @@ def graph_checks(model: Any, meta: Any = None, extra_inputs: dict[str, np.ndarra
         logits = {name: run_onnx(model, meta, x) for name, x in inputs.items()}
     except Exception as exc:  # noqa: BLE001 - onnxruntime raises Fail/InvalidGraph/NotImplemented
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        return checks + [Check("forgotten_columns_constant", None, "==", 0.0,
-                               f"onnxruntime (CPU) could not run the stress inputs: {first[:200]}")]
+        # e.g. FP16 kernels missing on CPU: the static checks above still prove the mask; the runtime ones are
+        # measured by `validate` on the device's own runtime
+        return checks + [Check(STRESS_NOT_RUN, None, "==", 0.0,
+                               f"onnxruntime (CPU) could not run the stress inputs here: {first[:200]}")]
     return checks + output_checks(logits, meta.forgotten_classes, meta.num_classes, meta.mask_value)

@@ -259,3 +259,13 @@ def test_nonfinite_attribute_is_an_error():
     node = next(n for n in model.graph.node if n.op_type == "Gemm")
     node.attribute.append(helper.make_attribute("alpha", float("inf")))
     assert "nonfinite-attribute" in check_model(model, structure=False).codes("error")
+
+
+def test_graph_cpu_onnxruntime_cannot_run_gets_a_warning_not_a_refusal():
+    """E.g. FP16 kernels missing on CPU: the static structure still proves the mask; the stress run is a warning."""
+    model = ours_fp32()
+    model.graph.node[0].domain = "com.example"  # an op CPU onnxruntime does not have; the head chain is intact
+    model.opset_import.append(helper.make_opsetid("com.example", 1))
+    report = check_model(model)
+    assert report.ok and report.codes("warning") == {"structure-stress-run"}, report.to_json()
+    assert {c.name for c in report.structure if c.passed} >= {"mask_structure", "head_rows", "index_map", "fill_value"}
