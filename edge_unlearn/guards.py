@@ -116,8 +116,8 @@ def check_params(config_cls: type, values: Mapping[str, Any], option: str = "--s
 
 
 def check_labels(spec: str, y_train: Any, y_test: Any) -> None:
-    """Labels are whole numbers >= 0, every class up to the largest label has training images, and the test split
-    is not empty (else: truncated float labels, a 15-class model with 5 empty classes, NaN accuracies)."""
+    """Labels are whole numbers >= 0 and the test split is not empty (else: truncated float labels, NaN
+    accuracies)."""
     import numpy as np
 
     from .errors import DataError
@@ -133,13 +133,19 @@ def check_labels(spec: str, y_train: Any, y_test: Any) -> None:
             raise DataError(f"{spec}: {name} holds negative labels; labels must lie in 0..classes-1")
     if np.asarray(y_test).size == 0:
         raise DataError(f"{spec}: the test split is empty; give x_test/y_test with at least one image per class")
-    train = np.asarray(y_train).astype(np.int64).reshape(-1)
-    if train.size:
-        missing = sorted(set(range(int(train.max()) + 1)) - set(train.tolist()))
-        if missing:
-            shown = ", ".join(str(c) for c in missing[:8]) + (" ..." if len(missing) > 8 else "")
-            raise DataError(f"{spec}: classes {shown} have no training images (labels must be 0..C-1 with every "
-                            "class present); renumber the labels")
+
+
+def check_every_class_present(dataset: Any) -> None:
+    """Training: every class 0..C-1 has training images (labels 5..14 would make a 15-class model with 5 empty
+    classes). Subsets of classes are fine elsewhere (calibration, forget sets), so only `train` calls this."""
+    from .errors import DataError
+
+    present = set(int(c) for c in dataset.y_train.unique().tolist())
+    missing = sorted(set(range(dataset.num_classes)) - present)
+    if missing:
+        shown = ", ".join(str(c) for c in missing[:8]) + (" ..." if len(missing) > 8 else "")
+        raise DataError(f"{dataset.spec}: classes {shown} have no training images; renumber the labels 0..C-1 so "
+                        "that every class is present")
 
 
 def check_finite_tensors(tensors: Mapping[str, Any], where: str, writing: bool = False) -> None:
