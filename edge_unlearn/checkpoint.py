@@ -16,6 +16,7 @@ from .core.formats import CHECKPOINT_FORMAT, read_checkpoint_header
 from .data import Normalization
 from .errors import CheckpointError, UsageError
 from .fileio import atomic_output, sha256_file
+from .guards import check_checkpoint_meta, check_finite_tensors
 from .models import UnlearnableClassifier, build_model
 
 FORMAT = CHECKPOINT_FORMAT
@@ -86,6 +87,7 @@ def save_checkpoint(path: str | Path, model: UnlearnableClassifier, meta: Checkp
         raise UsageError(f"model has {model.num_classes} classes but metadata says {meta.num_classes}")
     meta = replace(meta, forgotten_classes=tuple(model.forgotten_classes))
     tensors = {name: t.detach().to("cpu").contiguous().clone() for name, t in model.state_dict().items()}
+    check_finite_tensors(tensors, str(path), writing=True)  # never write NaN weights (issue #13)
     # One header entry: safetensors keeps metadata in an unordered map, so a second key would make the
     # file's bytes (and sha256) depend on the process's hash seed.
     header = {"edge_unlearn": json.dumps({"format": FORMAT, **meta.to_json()}, sort_keys=True)}
@@ -105,6 +107,9 @@ def _open(path: Path, tensors: bool = True) -> tuple[CheckpointMeta, dict[str, t
     data = read_checkpoint_header(path)
     try:
         meta = CheckpointMeta.from_json(data)
+        check_checkpoint_meta(meta, str(path))
+    except CheckpointError:
+        raise
     except (KeyError, ValueError, TypeError) as exc:
         raise CheckpointError(f"{path} has unreadable edge-unlearn metadata ({exc}); re-create it with `edge-unlearn train`") from exc
     if not tensors:
@@ -117,6 +122,7 @@ def _open(path: Path, tensors: bool = True) -> tuple[CheckpointMeta, dict[str, t
     except Exception as exc:  # safetensors raises its own SafetensorError for corrupt files
         raise CheckpointError(f"{path} is not a valid safetensors checkpoint ({exc}); "
                               "the file is corrupt or of another format: re-create it with `edge-unlearn train`") from exc
+    check_finite_tensors(loaded, str(path))  # refuse NaN/Inf weights on load (issue #13)
     return meta, loaded
 
 

@@ -10,6 +10,7 @@ import click
 
 from . import __version__
 from .cli_common import DEVICES, EdgeUnlearnGroup, emit, output_options, progress_enabled, say
+from .cli_evidence import keygen_cmd, sign_cmd
 from .cli_export import bundle_cmd, export_cmd, quantize_cmd, validate_cmd
 from .cli_report import bench_cmd, report_cmd, verify_cmd
 from .cli_tensorrt import build_engine_cmd, doctor_cmd, inspect_engine_cmd
@@ -80,8 +81,12 @@ def with_data_options(fn):
 def train(dataset, arch, epochs, min_steps, batch_size, lr, seed, device, data_dir, download, output, as_json,
           json_out, quiet):
     """Train the original classifier and write its checkpoint."""
+    from .guards import check_outputs, check_train_options
     from .training import TrainConfig
     from .workflows import train_checkpoint
+
+    check_train_options(epochs=epochs, min_steps=min_steps, batch_size=batch_size, lr=lr, device=device)
+    check_outputs({"-o": output})
 
     overrides = {k: v for k, v in dict(epochs=epochs, min_steps=min_steps, batch_size=batch_size, lr=lr).items()
                  if v is not None}
@@ -150,7 +155,11 @@ def print_forget_summary(s: dict[str, Any]) -> None:
 def forget_cmd(checkpoint, forget_classes, samples, forget_samples_dir, method, params, dataset, data_dir, download,
                seed, device, no_eval, output, as_json, json_out, quiet, run_dir):
     """Make CHECKPOINT forget classes and write the unlearned checkpoint (masks accumulate over runs)."""
+    from .guards import check_device, check_outputs
     from .workflows import ForgetRequest, forget_checkpoint
+
+    check_device(device)
+    check_outputs({"-o": output}, [checkpoint], run_dir)
 
     req = ForgetRequest(checkpoint=checkpoint, forget=tuple(forget_classes), out=output, method=method,
                         samples=samples, forget_samples_dir=forget_samples_dir, params=_parse_params(params),
@@ -230,7 +239,9 @@ def demo(out_dir, forget_class, skip_deploy, as_json, json_out, quiet):
     """The whole job on scikit-learn's bundled digits, offline: train -> forget -> compare with retraining
     -> export to ONNX -> INT8 -> validate -> bench -> report (every figure in OUT_DIR/demo.json)."""
     from .demo import run_demo
+    from .guards import check_demo_options
 
+    check_demo_options(forget_class, out_dir)
     result = run_demo(Path(out_dir), forget_class, deploy=not skip_deploy, echo=say(quiet, as_json),
                       progress=progress_enabled(quiet, as_json))
     emit(result, as_json, json_out)
@@ -246,6 +257,8 @@ main.add_command(doctor_cmd)
 main.add_command(bench_cmd)
 main.add_command(report_cmd)
 main.add_command(verify_cmd)
+main.add_command(sign_cmd)
+main.add_command(keygen_cmd)
 
 if __name__ == "__main__":
     sys.exit(main())

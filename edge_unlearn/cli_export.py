@@ -55,6 +55,9 @@ def export_cmd(checkpoint: str, output: str, opset: int | None, as_json: bool, j
     normalisation, input shape and the checkpoint's sha256.
     """
     from edge_unlearn.export.onnx_export import ExportConfig, export_onnx
+    from edge_unlearn.guards import check_outputs
+
+    check_outputs({"-o": output, "--json-out": json_out}, [checkpoint], run_dir)
 
     config = ExportConfig(**({"opset": opset} if opset is not None else {}))
     echo = say(quiet, as_json)
@@ -103,7 +106,9 @@ def quantize_cmd(model: str, precision: str, target: str, dynamic: bool, calib: 
     FP16 uses onnxruntime's float16 converter with float32 inputs and outputs.
     """
     from edge_unlearn.export.quantize import QuantizeConfig, quantize_model
+    from edge_unlearn.guards import check_outputs
 
+    check_outputs({"-o": output, "--json-out": json_out}, [model], run_dir)
     values = {"precision": precision.lower(), "calib_samples": calib_samples, "calib_method": calib_method}
     config = QuantizeConfig(**{k: v for k, v in values.items() if v is not None}, target=target.lower(),
                             mode="dynamic" if dynamic else "static",
@@ -130,7 +135,9 @@ def bundle_cmd(checkpoint: str, dataset: str, per_class: int | None, seed: int, 
     """Write a torch-free evaluation bundle: preprocessed test inputs, labels, class names, forgotten
     classes and the checkpoint's FP32 reference logits, so a device without torch can validate."""
     from edge_unlearn.export.bundle import make_bundle
+    from edge_unlearn.guards import check_outputs
 
+    check_outputs({"-o": output, "--json-out": json_out}, [checkpoint])
     bundle = make_bundle(checkpoint, dataset, output, per_class=per_class, seed=seed)
     emit(bundle.describe(), as_json, json_out)
     say(quiet, as_json)(f"wrote {output}: {len(bundle.labels)} samples, {bundle.num_classes} classes, "
@@ -162,7 +169,10 @@ def validate_cmd(model: str, bundle_path: str, max_forget_acc: float, max_retain
     1: a check failed (or a figure could not be measured); 2: bad input.
     """
     from edge_unlearn.export.validate import Thresholds, validate_model
+    from edge_unlearn.guards import check_number, check_outputs
 
+    check_number("--batch-size", batch_size, minimum=1, maximum=8192, integer=True)
+    check_outputs({"--json-out": json_out}, [model, bundle_path], run_dir)
     thresholds = Thresholds(max_forget_acc, max_retain_drop, min_agreement)
     report = validate_model(model, bundle_path, thresholds, provider=None if provider == "auto" else provider,
                             batch_size=batch_size)

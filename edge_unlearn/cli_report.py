@@ -60,6 +60,10 @@ def bench_cmd(artefacts: tuple[str, ...], batch: str, warmup: int, iterations: i
     (metadata key edge_unlearn_quant_layout) when the model records one. --quiet prints only the table.
     """
     from edge_unlearn.export.bench import BenchConfig, bench_artefacts, parse_batches
+    from edge_unlearn.guards import check_batches, check_outputs
+
+    check_batches(parse_batches(batch))
+    check_outputs({"--json-out": json_out, "--csv": csv_path, "--plot": plot_path}, artefacts, run_dir)
 
     if plot_path:
         import matplotlib  # noqa: F401  - the `report` extra: say so before measuring, not after
@@ -96,13 +100,16 @@ def report_cmd(run_dir: str, output: str | None, as_json: bool, json_out: str | 
 
 @click.command("verify")
 @click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option("--key", "key", type=click.Path(dir_okay=False), default=None,
+              help="Ed25519 public key (PEM): also check RUN_DIR/manifest.sig (see `edge-unlearn sign`).")
 @output_options
-def verify_cmd(run_dir: str, as_json: bool, json_out: str | None, quiet: bool) -> None:
-    """Re-hash every file listed in RUN_DIR/manifest.json. Exit 0: all present and unchanged; 1: a file was
-    modified or is missing; 2: no readable manifest."""
+def verify_cmd(run_dir: str, key: str | None, as_json: bool, json_out: str | None, quiet: bool) -> None:
+    """Re-hash every file listed in RUN_DIR/manifest.json and every recorded artefact; with --key check the
+    signature. Exit 0: all present and unchanged, nothing unlisted, signature valid; 1: any of those fails;
+    2: no readable manifest or key."""
     from edge_unlearn.export.rundir import verify
 
-    result = verify(run_dir)
+    result = verify(run_dir, public_key=key)
     emit(result.to_json(), as_json, json_out)
     if quiet:
         click.echo(f"{'OK' if result else 'CHANGED'} {run_dir}")

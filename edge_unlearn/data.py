@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from .errors import DataError, UsageError
+from .guards import check_labels
 
 TORCHVISION_DATASETS = ("mnist", "fashion_mnist", "cifar10", "cifar100", "svhn")
 DATASET_CHOICES = ("digits", *TORCHVISION_DATASETS, "npz:PATH", "folder:PATH")
@@ -102,6 +103,7 @@ def _finish(spec: str, x_train, y_train, x_test, y_test, class_names: Sequence[s
         raise DataError(f"{spec}: images must be uint8 (0-255), got {x_train.dtype}/{x_test.dtype}; convert them with np.uint8")
     if x_train.shape[1:] != x_test.shape[1:]:
         raise DataError(f"{spec}: train images {x_train.shape[1:]} and test images {x_test.shape[1:]} differ in shape")
+    check_labels(spec, y_train, y_test)  # issue #13: float labels, empty classes, an empty test split
     y_train = np.asarray(y_train).astype(np.int64).reshape(-1)
     y_test = np.asarray(y_test).astype(np.int64).reshape(-1)
     if len(y_train) != len(x_train) or len(y_test) != len(x_test):
@@ -144,7 +146,7 @@ def _load_npz(spec: str, path: str) -> Dataset:
             return _finish(spec, arrays["x_train"], arrays["y_train"], arrays["x_test"], arrays["y_test"], names)
     except DataError:
         raise
-    except (OSError, ValueError) as exc:
+    except Exception as exc:  # noqa: BLE001 - numpy raises OSError, EOFError, BadZipFile, TokenError... on damage
         raise DataError(f"{file} is not a readable .npz archive ({exc}); re-create it with numpy.savez") from exc
 
 

@@ -16,6 +16,7 @@ from .checkpoint import Checkpoint, CheckpointMeta, load_checkpoint, save_checkp
 from .core.figures import retain_drop
 from .data import Dataset, load_dataset, load_image_folder, preprocess, resolve_classes, take_samples
 from .errors import CheckpointError, UsageError
+from .guards import check_every_class_present
 from .metrics import EvalReport, evaluate_model
 from .training import TrainConfig, train_model
 from .unlearn import ForgetSet, RetainSet, forget, get_method, method_config
@@ -40,6 +41,7 @@ def train_checkpoint(dataset: str, arch: str, out: str | Path, config: TrainConf
                      data_dir: str | None = None, download: bool = False, progress: bool = True) -> dict[str, Any]:
     """Train the original model and write its checkpoint."""
     data = load_dataset(dataset, data_dir=data_dir, download=download)
+    check_every_class_present(data)  # issue #13: labels 5..14 would train 5 empty classes
     result = train_model(arch, data, config, progress=progress)
     report = evaluate_model(result.model, data, [], probe=False)
     meta = CheckpointMeta(arch=arch, num_classes=data.num_classes, class_names=data.class_names,

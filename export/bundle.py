@@ -52,6 +52,23 @@ class Bundle:
                 "source_sha256": self.meta.get("source_sha256"), "dataset": self.meta.get("dataset")}
 
 
+def _check_arrays(data: dict[str, np.ndarray], path: Path) -> None:
+    """Ranks and kinds of the arrays (a fuzzed bundle must fail in one line, not deep in numpy)."""
+    expect = {"inputs": (4, "fiu"), "labels": (1, "iu"), "reference_logits": (2, "fiu"), "class_names": (1, "U"),
+              "forgotten_classes": (1, "iu"), "meta_json": (0, "U")}
+    for name, (ndim, kinds) in expect.items():
+        array = data[name]
+        if array.ndim != ndim or array.dtype.kind not in kinds:
+            raise ModelFileError(f"{path}: array {name} is {array.dtype} of shape {list(array.shape)}, expected a "
+                                 f"{ndim}-D {'text' if kinds == 'U' else 'numeric'} array; re-create the bundle with "
+                                 "`edge-unlearn bundle`")
+    c = len(data["class_names"])
+    forgotten = data["forgotten_classes"]
+    if forgotten.size and (forgotten.min() < 0 or forgotten.max() >= c or len(set(forgotten.tolist())) != forgotten.size):
+        raise ModelFileError(f"{path}: forgotten_classes {forgotten.tolist()} are not distinct classes of 0..{c - 1}; "
+                             "re-create the bundle")
+
+
 def load_bundle(path: str | Path) -> Bundle:
     """Read and check a bundle (no torch). ModelFileError with a one-line fix when it is not one of ours."""
     path = Path(path)
@@ -67,10 +84,11 @@ def load_bundle(path: str | Path) -> Bundle:
         meta = json.loads(str(data["meta_json"]))
     except ModelFileError:
         raise
-    except (OSError, ValueError) as exc:
+    except Exception as exc:  # noqa: BLE001 - numpy raises OSError, EOFError, BadZipFile, TokenError... on damage
         raise ModelFileError(f"{path} is not a readable .npz bundle ({exc}); re-create it with `edge-unlearn bundle`") from exc
-    if meta.get("format") != FORMAT:
-        raise ModelFileError(f"{path}: bundle format {meta.get('format')!r} is not {FORMAT}; re-create it with `edge-unlearn bundle`")
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise ModelFileError(f"{path}: bundle format {meta.get('format') if isinstance(meta, dict) else meta!r} is not {FORMAT}; re-create it with `edge-unlearn bundle`")
+    _check_arrays(data, path)
     bundle = Bundle(
         inputs=np.ascontiguousarray(data["inputs"], dtype=np.float32),
         labels=np.asarray(data["labels"], dtype=np.int64),
@@ -79,6 +97,9 @@ def load_bundle(path: str | Path) -> Bundle:
         forgotten_classes=tuple(int(c) for c in data["forgotten_classes"]),
         meta=meta, path=str(path), sha256=sha256_file(path))
     n, c = len(bundle.labels), bundle.num_classes
+    if n == 0 or c == 0:
+        raise ModelFileError(f"{path} holds no samples (or no classes); re-create it with `edge-unlearn bundle` from a "
+                             "dataset whose test split is not empty")
     if bundle.inputs.ndim != 4 or len(bundle.inputs) != n or bundle.reference_logits.shape != (n, c):
         raise ModelFileError(f"{path}: array shapes disagree (inputs {bundle.inputs.shape}, labels {n}, "
                              f"reference_logits {bundle.reference_logits.shape}, {c} classes); re-create the bundle")
@@ -97,7 +118,7 @@ def make_bundle(checkpoint: str | Path, dataset: str, output: str | Path, per_cl
     from edge_unlearn.checkpoint import load_checkpoint
     from edge_unlearn.data import load_dataset, preprocess
 
-    check_output_path(output)
+    check_output_path(output, [checkpoint])
     ckpt = load_checkpoint(checkpoint)
     model, meta = ckpt.model.eval(), ckpt.meta
     if not model.forgotten_classes:
@@ -135,4 +156,5 @@ def make_bundle(checkpoint: str | Path, dataset: str, output: str | Path, per_cl
                 class_names=np.asarray(meta.class_names, dtype=np.str_),
                 forgotten_classes=np.asarray(model.forgotten_classes, dtype=np.int64),
                 meta_json=np.asarray(json.dumps(info)))
+        load_bundle(tmp)  # the same checks a reader makes, before the file takes its name
     return load_bundle(output)

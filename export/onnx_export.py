@@ -214,9 +214,9 @@ def export_onnx(checkpoint: str | Path, output: str | Path, config: ExportConfig
 
     from edge_unlearn.checkpoint import load_checkpoint
 
-    if config.opset < 17:
-        raise UsageError(f"--opset must be at least 17, got {config.opset}")
-    check_output_path(output)
+    if not 17 <= config.opset <= onnx.defs.onnx_opset_version():
+        raise UsageError(f"--opset must be between 17 and {onnx.defs.onnx_opset_version()}, got {config.opset}")
+    check_output_path(output, [checkpoint])
     ckpt = load_checkpoint(checkpoint)
     model, meta = ckpt.model.eval(), ckpt.meta
     module, retained = design.deploy_module(model)

@@ -22,6 +22,16 @@ What is checked (codes in brackets):
 - Non-finite FP32 constants [``nonfinite-constant``] (a warning; an error when the target is FP16 or INT8).
 - ArgMax / TopK / INT64 outputs in the graph [``argmax-in-graph``, ``topk-too-large``, ``int64-output``]:
   TensorRT lowers ArgMax to TopK (K <= 3840) and casts INT64 to INT32; prefer raw logits and argmax on the host.
+- The structure of the mask [``structure-<check>``, see :mod:`edge_unlearn.export.structure`]: the head has
+  C - k rows, the index map sends every retained class to its own column and every forgotten one to the fill,
+  the fill equals the declared mask value, and on stress inputs the forgotten columns are exactly the fill and
+  below every retained logit (the margin is in :attr:`HazardReport.structure`). A graph with edge-unlearn
+  metadata whose mask cannot be analysed is an error; one without metadata gets a ``structure-not-checked``
+  warning.
+
+This is the one hazard checker of the project: ``runtime="tensorrt"`` (``build-engine``) makes the TensorRT-only
+findings errors; ``runtime="onnxruntime"`` (``validate``, ``quantize``) reports them as info, since onnxruntime
+runs UINT8/asymmetric/dynamic INT8 correctly (the CPU layouts of ``edge_unlearn_quant_target = cpu``).
 """
 from __future__ import annotations
 
@@ -42,13 +52,17 @@ TRT_TOPK_MAX_K = 3840
 DEFAULT_RANGE_LIMIT = 1000.0
 
 SEVERITIES = ("error", "warning", "info")
+RUNTIMES = ("tensorrt", "onnxruntime")
+#: findings that only TensorRT cares about: info under runtime="onnxruntime"
+TENSORRT_ONLY = frozenset({"qdq-nonzero-zero-point", "qdq-unsigned", "qdq-int32-input", "qdq-dynamic-scale",
+                           "topk-too-large", "argmax-in-graph", "int64-output", "qdq-range-dominated"})
 
 _QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
 #: order of errors in a report (the first one is what the CLI prints): the §3 hazards first
 _PRIORITY = {code: i for i, code in enumerate((
     "qdq-nonpositive-scale", "qdq-range-dominated", "fp16-nonfinite-constant", "fp16-overflow-constant",
     "nonfinite-constant", "qdq-nonzero-zero-point", "qdq-unsigned", "qdq-int32-input", "qdq-dynamic-scale",
-    "topk-too-large", "argmax-in-graph", "int64-output", "masked-row-quantized"))}
+    "topk-too-large", "argmax-in-graph", "int64-output", "masked-row-quantized", "nonfinite-attribute"))}
 
 
 @dataclass(frozen=True)
@@ -78,6 +92,8 @@ class HazardReport:
     precision: str
     target_precision: str
     findings: list[Finding] = field(default_factory=list)
+    #: the structural checks of the mask (``structure.Check``), passed ones included, e.g. the fill margin
+    structure: list[Any] = field(default_factory=list)
 
     @property
     def errors(self) -> list[Finding]:
@@ -101,13 +117,20 @@ class HazardReport:
         """One line: the verdict and the first error (what the CLI prints)."""
         if self.ok:
             extra = f" ({len(self.warnings)} warning(s))" if self.warnings else ""
-            return f"{self.path}: no TensorRT deployment hazards{extra}"
+            margin = next((c.value for c in self.structure if c.name == "fill_margin"), None)
+            proved = (f"; mask structure verified (head {self._figure('head_rows'):.0f} rows, fill margin "
+                      f"{margin:.4g} on stress inputs)" if self.structure and margin is not None else "")
+            return f"{self.path}: no TensorRT deployment hazards{proved}{extra}"
         first = self.errors[0]
         more = f" (+{len(self.errors) - 1} more error(s); see --json)" if len(self.errors) > 1 else ""
         return f"{self.path} is not safe to deploy: {first.line()}{more}"
 
+    def _figure(self, name: str) -> float:
+        return next((float(c.value) for c in self.structure if c.name == name and c.value is not None), float("nan"))
+
     def to_dict(self) -> dict[str, Any]:
         return {
+            "structure": [c.to_json() for c in self.structure],
             "path": self.path,
             "precision": self.precision,
             "target_precision": self.target_precision,
@@ -342,6 +365,36 @@ def _check_constants(model: Any, consts: dict[str, np.ndarray], target: str,
                 node=node, tensor=name)
 
 
+def _check_attributes(model: Any) -> Iterable[Finding]:
+    for node in model.graph.node:
+        for attr in node.attribute:
+            if attr.type == attr.FLOAT and not np.isfinite(attr.f):
+                yield Finding("nonfinite-attribute", "error", f"attribute {attr.name} = {attr.f}",
+                              "re-export the model; no attribute of ours is infinite", node=node.name or node.op_type)
+
+
+def _structure_findings(model: Any, runtime_checks: bool) -> tuple[list[Finding], list[Any]]:
+    """The mask's structural checks as findings (failed ones) and as checks (all)."""
+    from .onnx_meta import FORMAT, PREFIX, read_meta
+    from .structure import graph_checks, static_checks
+
+    props = {p.key: p.value for p in model.metadata_props}
+    if props.get(PREFIX + "format") != FORMAT:
+        return [Finding("structure-not-checked", "warning",
+                        "no edge-unlearn metadata, so the mask's structure (head rows, index map, fill) is not checked",
+                        "export with `edge-unlearn export`; `build-engine` refuses a graph without this metadata")], []
+    meta = read_meta(model)
+    checks = graph_checks(model, meta) if runtime_checks else static_checks(model, meta)[0]
+    from .structure import STRESS_NOT_RUN
+
+    findings = [Finding(f"structure-{c.name.replace('_', '-')}", "warning" if c.name == STRESS_NOT_RUN else "error",
+                        f"structural check {c.name} failed: {c.detail or c.line()}",
+                        "deploy only a model written by `edge-unlearn export`/`quantize` from the unlearned "
+                        "checkpoint; do not edit its graph or metadata")
+                for c in checks if not c.passed]
+    return findings, checks
+
+
 def _check_outputs(model: Any, consts: dict[str, np.ndarray]) -> Iterable[Finding]:
     from onnx import TensorProto
 
@@ -372,22 +425,39 @@ def _check_outputs(model: Any, consts: dict[str, np.ndarray]) -> Iterable[Findin
 
 
 def check_model(model: Any, *, path: str = "<model>", target_precision: str | None = None,
-                range_limit: float = DEFAULT_RANGE_LIMIT) -> HazardReport:
+                range_limit: float = DEFAULT_RANGE_LIMIT, runtime: str = "tensorrt",
+                structure: bool | str = True) -> HazardReport:
     """Check an in-memory ``onnx.ModelProto``.
 
     ``target_precision`` is the precision the engine will compute in (``fp16`` when TensorRT 10 is asked for the
-    FP16 builder flag on an FP32 ONNX); ``None`` means the ONNX's own precision.
+    FP16 builder flag on an FP32 ONNX); ``None`` means the ONNX's own precision. ``runtime`` says whose rules
+    apply (TensorRT-only findings are info under ``"onnxruntime"``). ``structure``: True runs the mask's
+    structural checks including the stress run on CPU onnxruntime, ``"static"`` only the graph reading,
+    False none.
     """
     precision = onnx_precision(model)
     target = target_precision or precision
     if target not in PRECISIONS:
         raise ValueError(f"target_precision must be one of {PRECISIONS}, got {target!r}")
+    if runtime not in RUNTIMES:
+        raise ValueError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
     consts = _constants(model)
     consumers = _tensor_consumers(model)
     report = HazardReport(path=path, precision=precision, target_precision=target)
     report.findings.extend(_check_qdq(model, consts, range_limit))
     report.findings.extend(_check_constants(model, consts, target, consumers))
     report.findings.extend(_check_outputs(model, consts))
+    report.findings.extend(_check_attributes(model))
+    if structure:
+        found, report.structure = _structure_findings(model, runtime_checks=structure is True)
+        report.findings.extend(found)
+    if runtime == "onnxruntime":
+        report.findings = [f if f.code not in TENSORRT_ONLY else
+                           Finding(f.code, "info", f.message + " (TensorRT only)", f.fix, f.node, f.tensor)
+                           for f in report.findings]
+        if target in ("fp32",):  # onnxruntime: a non-finite constant is an error in any precision
+            report.findings = [Finding(f.code, "error", f.message, f.fix, f.node, f.tensor)
+                               if f.code == "nonfinite-constant" else f for f in report.findings]
     seen: set[tuple[str, str | None]] = set()
     unique: list[Finding] = []
     for f in report.findings:  # a Q and its DQ share scale and zero point: report each tensor once
@@ -401,7 +471,14 @@ def check_model(model: Any, *, path: str = "<model>", target_precision: str | No
 
 
 def check_onnx_for_tensorrt(path: str | os.PathLike, *, target_precision: str | None = None,
-                            range_limit: float = DEFAULT_RANGE_LIMIT) -> HazardReport:
+                            range_limit: float = DEFAULT_RANGE_LIMIT, structure: bool | str = True) -> HazardReport:
     """Load ``path`` and check it for the DESIGN.md §3 hazards; see :func:`check_model`."""
     model = load_onnx(path)
-    return check_model(model, path=os.fspath(path), target_precision=target_precision, range_limit=range_limit)
+    return check_model(model, path=os.fspath(path), target_precision=target_precision, range_limit=range_limit,
+                       structure=structure)
+
+
+def graph_hazards(model: Any) -> list[str]:
+    """One line per error under onnxruntime's rules, structure not included (what ``quantize`` refuses on and
+    ``validate``'s ``graph_hazards`` check counts); empty when clean."""
+    return [f.line() for f in check_model(model, runtime="onnxruntime", structure=False).errors]

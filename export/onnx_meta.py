@@ -15,6 +15,7 @@ The forgotten rows of the head are not in the file at all; the mask is the const
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -88,6 +89,15 @@ class OnnxMeta:
             raise ModelFileError(f"{where}: edge-unlearn metadata is damaged ({exc}); re-export the model") from exc
         if meta.precision not in PRECISIONS or len(meta.class_names) != meta.num_classes:
             raise ModelFileError(f"{where}: edge-unlearn metadata is inconsistent; re-export the model")
+        forgotten = meta.forgotten_classes
+        if (meta.num_classes < 1 or any(not 0 <= c < meta.num_classes for c in forgotten)
+                or len(set(forgotten)) != len(forgotten) or len(meta.input_shape) != 3
+                or any(v < 1 for v in meta.input_shape) or math.prod(meta.input_shape) > (1 << 24)
+                or not math.isfinite(meta.mask_value) or not isinstance(meta.normalization, dict)
+                or not all(isinstance(getattr(meta, k), str) for k in ("input_name", "output_name", "retained_name"))):
+            raise ModelFileError(f"{where}: edge-unlearn metadata is out of range (classes {meta.num_classes}, forgotten "
+                                 f"{list(forgotten)}, input shape {list(meta.input_shape)}, mask value "
+                                 f"{meta.mask_value}); the metadata was edited: re-export the model")
         return meta
 
 
@@ -139,34 +149,11 @@ def mask_node_names(model) -> list[str]:
 
 
 def graph_hazards(model) -> list[str]:
-    """Static checks of a graph against DESIGN.md §3: zero/non-finite Q/DQ scales, FP16 constants that
-    overflowed, an infinite mask value. Returns one line per problem (empty when clean)."""
-    import numpy as np
-    from onnx import TensorProto, numpy_helper
+    """Static hazard lines under onnxruntime's rules (zero/non-finite Q/DQ scales, FP16 overflow, non-finite
+    constants); empty when clean. Kept for callers: the one checker is :func:`export.onnx_hazards.check_model`."""
+    from .onnx_hazards import graph_hazards as _graph_hazards
 
-    problems: list[str] = []
-    inits = {t.name: t for t in model.graph.initializer}
-    for node in model.graph.node:
-        if node.op_type in ("QuantizeLinear", "DequantizeLinear") and len(node.input) > 1 and node.input[1] in inits:
-            scale = numpy_helper.to_array(inits[node.input[1]]).astype(np.float64)
-            if not np.all(np.isfinite(scale)) or np.any(scale <= 0):
-                problems.append(f"{node.op_type} {node.name}: scale has {int(np.sum(~(scale > 0)))} zero/negative/"
-                                "non-finite entries (TensorRT rejects it; an all-zero weight row?)")
-    for init in model.graph.initializer:
-        if init.data_type in (TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE):
-            values = numpy_helper.to_array(init)
-            if values.size and not np.all(np.isfinite(values)):
-                problems.append(f"initializer {init.name}: {int(np.sum(~np.isfinite(values)))} non-finite values "
-                                "(a mask constant beyond FP16 range?)")
-    for node in model.graph.node:
-        for attr in node.attribute:
-            if attr.type == attr.FLOAT and not np.isfinite(attr.f):
-                problems.append(f"node {node.name}: attribute {attr.name} = {attr.f}")
-            elif attr.type == attr.TENSOR and attr.t.data_type in (TensorProto.FLOAT, TensorProto.FLOAT16):
-                values = numpy_helper.to_array(attr.t)
-                if values.size and not np.all(np.isfinite(values)):
-                    problems.append(f"node {node.name}: constant {attr.name} has non-finite values")
-    return problems
+    return _graph_hazards(model)
 
 
 def topological_sort(model) -> None:
@@ -195,13 +182,9 @@ def topological_sort(model) -> None:
     graph.node.extend(copies)
 
 
-def check_output_path(path: str | Path) -> None:
-    """Fail before any expensive work when ``path`` cannot be written (same rules as ``atomic_output``)."""
-    from edge_unlearn.errors import UsageError
+def check_output_path(path: str | Path, inputs=(), option: str = "-o") -> None:
+    """Fail before any expensive work when ``path`` cannot be written or is one of ``inputs``
+    (same rules as ``atomic_output``; see :func:`edge_unlearn.fileio.check_output_path`)."""
+    from edge_unlearn.fileio import check_output_path as _check
 
-    target = Path(path)
-    parent = target.parent if str(target.parent) else Path(".")
-    if not parent.is_dir():
-        raise UsageError(f"cannot write {target}: folder {parent} does not exist; create it or choose another -o path")
-    if target.is_dir():
-        raise UsageError(f"cannot write {target}: it is a folder; give a file path to -o")
+    _check(path, inputs, option)

@@ -417,7 +417,7 @@ def quantize_model(model_path: str | Path, output: str | Path, config: QuantizeC
     if config.precision not in QUANT_PRECISIONS:
         raise UsageError(f"unsupported precision {config.precision!r}; choose one of {', '.join(QUANT_PRECISIONS)}")
     model_path = Path(model_path)
-    check_output_path(output)
+    check_output_path(output, [model_path])
     target, target_why = resolve_target(config.target, output)
     if config.mode == "dynamic" and config.precision != "int8":
         raise UsageError("--dynamic applies to INT8 only; drop it or use --precision int8")

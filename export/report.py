@@ -31,7 +31,7 @@ from edge_unlearn.core.formats import BENCH_FORMAT, read_checkpoint_header
 from edge_unlearn.errors import EdgeUnlearnError, UsageError
 from edge_unlearn.fileio import atomic_output, sha256_file
 
-from .rundir import MANIFEST, read_records, write_manifest
+from .rundir import MANIFEST, evidence_problems, read_records, refuse_signed, write_manifest
 
 REPORT_NAME = "report.html"
 TEMPLATE = "report.html.j2"
@@ -242,7 +242,8 @@ def report_context(run_dir: Path, data: dict[str, Any]) -> dict[str, Any]:
     return {"run_name": run_dir.name, "run_dir": str(run_dir.resolve()), "run_dir_arg": str(run_dir),
             "version": __version__, "created": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
             "overall": overall, "manifest_name": MANIFEST, **_lineage(data), "figures": _figures(data),
-            "validations": validations, "benches": _benches(data), "artefacts": _artefacts(run_dir)}
+            "validations": validations, "benches": _benches(data), "artefacts": _artefacts(run_dir),
+            "evidence_problems": evidence_problems(run_dir)}
 
 
 # ------------------------------------------------------------------------------------------------ render
@@ -272,6 +273,7 @@ def render_report(run_dir: str | Path, output: str | Path | None = None, manifes
     root = Path(run_dir)
     if not root.is_dir():
         raise UsageError(f"run folder {root} does not exist; pass the folder given to --run-dir or `demo --out-dir`")
+    refuse_signed(root)
     data = collect(root)
     if not (data["records"] or data["demo"] or data["checkpoints"] or data["validations"] or data["benches"]):
         raise UsageError(f"{root} holds no run records, demo.json, checkpoints, validation or bench JSON; "

@@ -4,10 +4,14 @@
 :class:`ValidationReport` — per-class table, thresholds, every check with its measured value, verdict and
 environment. It fails closed: a figure that could not be measured (no forgotten-class samples, unknown
 forgotten classes of the model, ...) is a failed check, never a pass.
+
+Beyond accuracy on the bundle's natural images (which a model that still knows a class can pass, issue #13), every
+runner is also run on stress inputs, and ``forgotten_columns_constant`` / ``fill_margin`` judge the outputs; for
+ONNX the graph itself is read (``mask_structure``, ``head_rows``, ``index_map``, ``fill_value``; see
+:mod:`edge_unlearn.export.structure` and docs/threat-model.md).
 """
 from __future__ import annotations
 
-import math
 import platform
 import time
 from dataclasses import asdict, dataclass, field
@@ -21,7 +25,9 @@ from edge_unlearn.core.figures import retain_drop
 from edge_unlearn.errors import ModelFileError, UsageError
 
 from .bundle import Bundle, load_bundle
+from .onnx_meta import MASK_VALUE
 from .runner import Runner
+from .structure import Check, output_checks, stress_inputs
 
 
 @dataclass(frozen=True)
@@ -39,33 +45,6 @@ class Thresholds:
 
     def to_json(self) -> dict[str, float]:
         return asdict(self)
-
-
-@dataclass(frozen=True)
-class Check:
-    """One criterion: ``value`` compared with ``threshold`` by ``op`` ('<=', '>=', '=='); None value fails."""
-
-    name: str
-    value: float | None
-    op: str
-    threshold: float
-    detail: str = ""
-
-    @property
-    def passed(self) -> bool:
-        if self.value is None or (isinstance(self.value, float) and math.isnan(self.value)):
-            return False
-        if self.op == "<=":
-            return self.value <= self.threshold
-        if self.op == ">=":
-            return self.value >= self.threshold
-        if self.op == "==":
-            return self.value == self.threshold
-        return False
-
-    def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "value": self.value, "op": self.op, "threshold": self.threshold,
-                "passed": self.passed, "detail": self.detail}
 
 
 @dataclass
@@ -209,8 +188,13 @@ def validate(runner: Runner, bundle: Bundle, thresholds: Thresholds = Thresholds
             raise ModelFileError(f"the model has {declared} classes but bundle {bundle.path} has {bundle.num_classes}; "
                                  "make the bundle from the same checkpoint the model was exported from")
         logits = run_logits(runner, bundle.inputs, batch_size)
+        stress = run_logits(runner, stress_inputs(bundle.inputs.shape[1:], bundle.meta.get("normalization")),
+                            batch_size)
     model_forgotten = env.get("forgotten_classes")
     checks, per_class = evaluate_logits(logits, bundle, thresholds, model_forgotten)
+    fill = getattr(getattr(runner, "meta", None), "mask_value", bundle.meta.get("mask_value", MASK_VALUE))
+    checks.extend(output_checks({"bundle": logits, "stress": stress}, bundle.forgotten_classes,
+                                bundle.num_classes, float(fill)))
     source = env.get("source_sha256")
     bundle_source = bundle.meta.get("source_sha256")
     checks.append(Check("same_source_checkpoint", None if not source or not bundle_source else float(source == bundle_source),
@@ -220,6 +204,20 @@ def validate(runner: Runner, bundle: Bundle, thresholds: Thresholds = Thresholds
     return ValidationReport(model=runner.path, bundle=bundle.describe(), environment=env, thresholds=thresholds,
                             checks=checks, per_class=per_class, samples=int(len(bundle.labels)),
                             seconds=time.perf_counter() - start)
+
+
+def _check_io(proto: Any, meta: Any, bundle: Bundle, model: str | Path) -> None:
+    """The model's declared input/output exist and the bundle's images have the model's shape (one-line errors
+    instead of an onnxruntime traceback)."""
+    inputs = {i.name for i in proto.graph.input} - {t.name for t in proto.graph.initializer}
+    outputs = {o.name for o in proto.graph.output}
+    if meta.input_name not in inputs or meta.output_name not in outputs:
+        raise ModelFileError(f"{model}: metadata names input {meta.input_name!r} and output {meta.output_name!r} but "
+                             f"the graph has inputs {sorted(inputs)} and outputs {sorted(outputs)}; the metadata was "
+                             "edited: re-export the model")
+    if tuple(bundle.inputs.shape[1:]) != tuple(meta.input_shape):
+        raise ModelFileError(f"bundle {bundle.path} holds images of shape {list(bundle.inputs.shape[1:])} but "
+                             f"{model} takes {list(meta.input_shape)}; make the bundle from the model's checkpoint")
 
 
 def validate_model(model: str | Path, bundle: str | Path, thresholds: Thresholds = Thresholds(),
@@ -232,11 +230,16 @@ def validate_model(model: str | Path, bundle: str | Path, thresholds: Thresholds
     loaded = load_bundle(bundle)
     extra: list[Check] = []
     if Path(model).suffix.lower() == ".onnx":
-        from .onnx_meta import graph_hazards, load_onnx
+        from .onnx_hazards import check_model
+        from .onnx_meta import load_onnx, read_meta
+        from .structure import static_checks
 
-        hazards = graph_hazards(load_onnx(model))
+        proto = load_onnx(model)
+        _check_io(proto, read_meta(proto), loaded, model)
+        hazards = [f.line() for f in check_model(proto, path=str(model), runtime="onnxruntime", structure=False).errors]
         extra.append(Check("graph_hazards", float(len(hazards)), "==", 0.0,
                            "; ".join(hazards[:3]) if hazards else "no zero Q/DQ scales, no non-finite constants"))
+        extra.extend(static_checks(proto, read_meta(proto))[0])
     report = validate(runner, loaded, thresholds, batch_size, extra)
     if echo is not None:
         echo(report.summary())

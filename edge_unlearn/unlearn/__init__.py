@@ -15,6 +15,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from ..errors import UsageError
+from ..guards import check_params
 from ..models import UnlearnableClassifier
 from ..training import resolve_device
 
@@ -76,6 +77,7 @@ def method_config(method: str, overrides: dict[str, Any] | None = None) -> Any:
     unknown = sorted(set(values) - fields)
     if unknown:
         raise UsageError(f"method {method} has no parameter {', '.join(unknown)}; it takes {', '.join(sorted(fields))}")
+    check_params(spec.config_cls, values)  # issue #13: --set steps=abc / lr=NaN are one-line errors
     return spec.config_cls(**values)
 
 

@@ -64,7 +64,7 @@ def test_manifest_and_verify_catch_modified_and_missing(tmp_path, tiny_models):
     report = verify(run)
     assert not report
     assert [m["path"] for m in report.mismatched] == ["model.onnx"] and report.missing == ["sub/notes.txt"]
-    assert report.unlisted == ["new.txt"]  # listed, but a new file alone does not fail
+    assert report.unlisted == ["new.txt"]  # an added file fails too (issue #13: extra files pass no more)
     result = cli.invoke(main, ["verify", str(run)])
     assert result.exit_code == 1
     assert "MODIFIED model.onnx" in result.output and "MISSING  sub/notes.txt" in result.output
@@ -73,9 +73,16 @@ def test_manifest_and_verify_catch_modified_and_missing(tmp_path, tiny_models):
 
     outside.write_bytes(b"changed")  # an artefact referenced from outside the folder is checked too
     assert str(outside.resolve()) in [m["path"] for m in verify(run).mismatched]
-    # a refreshed manifest notes artefacts that changed since their record
-    stale = json.loads(write_manifest(run).read_text())["changed_since_recorded"]
-    assert {s["path"] for s in stale} == {"model.onnx", str(outside.resolve())}
+    # a refreshed manifest notes artefacts that changed since their record (or the previous manifest) and keeps
+    # their recorded hashes: re-running `report` never turns a tampered folder into a pass
+    manifest = json.loads(write_manifest(run).read_text())
+    assert {s["path"] for s in manifest["changed_since_recorded"]} == {"model.onnx", str(outside.resolve()),
+                                                                       "sub/notes.txt"}
+    entry = next(f for f in manifest["files"] if f["path"] == "model.onnx")
+    assert entry["sha256"] != sha256_file(model)
+    again = verify(run)
+    assert not again and {m["path"] for m in again.mismatched} == {"model.onnx", str(outside.resolve())}
+    assert "sub/notes.txt" in again.missing and not again.unlisted
 
 
 def test_verify_without_manifest_is_exit_2(tmp_path):
@@ -89,3 +96,151 @@ def test_record_payload_with_paths_and_nan(tmp_path):
     path = record(tmp_path / "run", "forget", {"checkpoint": Path("a/b.safetensors"), "probe": float("nan")})
     data = json.loads(path.read_text())  # strict JSON
     assert data["payload"] == {"checkpoint": "a/b.safetensors", "probe": None}
+
+
+# ------------------------------------------------------------------ signed evidence (issue #13)
+
+
+def _signed(tmp_path, tiny_models):
+    from edge_unlearn.cli import main
+
+    run, model, outside = _run(tmp_path, tiny_models)
+    write_manifest(run)
+    cli = CliRunner()
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    made = cli.invoke(main, ["keygen", "-o", str(keys / "k.pem")])
+    assert made.exit_code == 0, made.output
+    signed = cli.invoke(main, ["sign", str(run), "--key", str(keys / "k.pem")])
+    assert signed.exit_code == 0, signed.output
+    return run, model, keys / "k.pem", keys / "k.pem.pub"
+
+
+def _verify(run, pub):
+    from edge_unlearn.cli import main
+
+    return CliRunner().invoke(main, ["verify", str(run), "--key", str(pub)])
+
+
+def test_keygen_writes_a_private_key_only_the_owner_reads(tmp_path, tiny_models):
+    _, _, private, public = _signed(tmp_path, tiny_models)
+    assert (private.stat().st_mode & 0o777) == 0o600
+    assert public.read_text().startswith("-----BEGIN PUBLIC KEY-----")
+    from edge_unlearn.cli import main
+
+    again = CliRunner().invoke(main, ["keygen", "-o", str(private)])
+    assert again.exit_code == 2 and "never overwrites" in again.output
+
+
+def test_signed_folder_verifies_with_its_key(tmp_path, tiny_models):
+    run, _, _, public = _signed(tmp_path, tiny_models)
+    result = _verify(run, public)
+    assert result.exit_code == 0 and "signature: valid" in result.output, result.output
+
+
+@pytest.mark.parametrize("tamper", ["flip_artefact", "extra_file", "rehash_manifest", "forged_record",
+                                    "other_key", "no_signature"])
+def test_tampered_signed_folder_fails_verify(tmp_path, tiny_models, tamper):
+    """Each of issue #13's forgeries: a flipped byte, an added file, a manifest re-hashed together with the file,
+    a forged record (validation JSON) with a re-written manifest, a signature by another key, a removed signature."""
+    from edge_unlearn.cli import main
+
+    run, model, private, public = _signed(tmp_path, tiny_models)
+    if tamper == "flip_artefact":
+        data = bytearray(model.read_bytes())
+        data[len(data) // 2] ^= 0x01
+        model.write_bytes(bytes(data))
+        expect = "MODIFIED model.onnx"
+    elif tamper == "extra_file":
+        (run / "validate-forged.json").write_text('{"verdict": "pass"}')
+        expect = "UNLISTED validate-forged.json"
+    elif tamper in ("rehash_manifest", "forged_record"):
+        if tamper == "forged_record":
+            rec = run / "records" / "0001-export.json"
+            text = json.loads(rec.read_text())
+            text["payload"]["opset"] = 99
+            rec.write_text(json.dumps(text))
+        else:
+            model.write_bytes(model.read_bytes() + b"\0")
+        manifest = json.loads((run / "manifest.json").read_text())
+        for entry in manifest["files"]:  # the attacker recomputes every sha256: anyone can
+            entry["sha256"] = sha256_file(run / entry["path"])
+        (run / "manifest.json").write_text(json.dumps(manifest))
+        expect = "SIGNATURE invalid"
+    elif tamper == "other_key":
+        (run / "manifest.sig").unlink()
+        CliRunner().invoke(main, ["keygen", "-o", str(tmp_path / "evil.pem")])
+        assert CliRunner().invoke(main, ["sign", str(run), "--key", str(tmp_path / "evil.pem")]).exit_code == 0
+        expect = "signed by another key"
+    else:
+        (run / "manifest.sig").unlink()
+        expect = "SIGNATURE missing"
+    result = _verify(run, public)
+    assert result.exit_code == 1, result.output
+    assert expect in result.output and "verdict: FAIL" in result.output
+
+
+def test_report_refuses_a_signed_folder_and_sign_refuses_a_broken_one(tmp_path, tiny_models):
+    from edge_unlearn.cli import main
+
+    run, model, private, public = _signed(tmp_path, tiny_models)
+    before = (run / "manifest.json").read_bytes()
+    result = CliRunner().invoke(main, ["report", str(run)])
+    assert result.exit_code == 2 and "is signed" in result.output
+    assert (run / "manifest.json").read_bytes() == before and not (run / "report.html").exists()
+    (run / "manifest.sig").unlink()
+    model.write_bytes(b"tampered")
+    result = CliRunner().invoke(main, ["sign", str(run), "--key", str(private)])
+    assert result.exit_code == 2 and "refusing to sign" in result.output and not (run / "manifest.sig").exists()
+
+
+def test_report_shows_a_red_banner_for_changed_artefacts(tmp_path, tiny_models):
+    from edge_unlearn.export.report import render_report
+
+    run, model, _ = _run(tmp_path, tiny_models)
+    assert "evidence-banner" not in render_report(run).read_text()
+    model.write_bytes(b"tampered")
+    page = render_report(run).read_text()
+    banner = page[page.index('id="evidence-banner"'):page.index("</div>", page.index('id="evidence-banner"'))]
+    assert "EVIDENCE BROKEN" in banner and "model.onnx" in banner and "0001-export.json" in banner
+
+
+@pytest.mark.parametrize("damage", ["entry_without_path", "not_a_list", "climbs_out", "bad_json"])
+def test_damaged_manifest_is_one_line_exit_2(tmp_path, tiny_models, damage):
+    run, _, _ = _run(tmp_path, tiny_models)
+    write_manifest(run)
+    manifest = json.loads((run / "manifest.json").read_text())
+    if damage == "entry_without_path":
+        del manifest["files"][0]["path"]
+    elif damage == "not_a_list":
+        manifest["files"] = {"a": 1}
+    elif damage == "climbs_out":
+        manifest["files"][0]["path"] = "../../etc/passwd"
+    text = "{not json" if damage == "bad_json" else json.dumps(manifest)
+    (run / "manifest.json").write_text(text)
+    result = CliRunner().invoke(main, ["verify", str(run)])
+    assert result.exit_code == 2 and result.output.count("\n") == 1 and result.output.startswith("error: ")
+
+
+@pytest.mark.parametrize("damage", [{"kind": 3}, {"artefacts": [{"sha256": "x"}]}, {"payload": [1, 2]}])
+def test_damaged_record_is_one_line_exit_2(tmp_path, tiny_models, damage):
+    run, _, _ = _run(tmp_path, tiny_models)
+    rec = run / "records" / "0001-export.json"
+    data = json.loads(rec.read_text())
+    data.update(damage)
+    rec.write_text(json.dumps(data))
+    with pytest.raises(ModelFileError, match="damaged"):
+        read_records(run)
+
+
+def test_report_refuses_a_record_that_climbs_out_before_writing(tmp_path, tiny_models):
+    from edge_unlearn.cli import main
+
+    run, _, _ = _run(tmp_path, tiny_models)
+    rec = run / "records" / "0001-export.json"
+    data = json.loads(rec.read_text())
+    data["artefacts"][0]["path"] = "../../etc/hostname"
+    rec.write_text(json.dumps(data))
+    result = CliRunner().invoke(main, ["report", str(run), "-o", str(tmp_path / "r.html")])
+    assert result.exit_code == 2 and "climbs out" in result.stderr
+    assert not (tmp_path / "r.html").exists() and not (run / "manifest.json").exists()

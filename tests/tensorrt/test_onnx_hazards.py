@@ -11,7 +11,7 @@ from onnx import TensorProto, helper, numpy_helper
 from edge_unlearn.errors import ModelFileError
 from edge_unlearn.export.onnx_hazards import check_model, check_onnx_for_tensorrt, onnx_precision
 
-from .conftest import (FORGOTTEN, masked_add_graph, naive_masked_head, ours_fp16, ours_fp32, ours_int8, qdq_graph,
+from .conftest import (FORGOTTEN, NUM_CLASSES, masked_add_graph, naive_masked_head, ours_fp16, ours_fp32, ours_int8, qdq_graph,
                        zero_scale_head)
 
 
@@ -219,3 +219,55 @@ def test_edge_unlearn_quantize_int8_asymmetric_is_refused(tmp_path):
     report = check_onnx_for_tensorrt(_quantize(tmp_path, symmetric_activations=False))
     assert "qdq-nonzero-zero-point" in report.codes("error")
     assert "without --asymmetric-activations" in next(f.fix for f in report.errors if f.code == "qdq-nonzero-zero-point")
+
+
+# ------------------------------------------------------------------ one checker, two rule sets (issue #13)
+
+
+def test_onnxruntime_rules_demote_tensorrt_only_findings(tmp_path):
+    """UINT8 / asymmetric Q/DQ runs correctly on onnxruntime (the CPU layouts): info there, errors for TensorRT."""
+    model = onnx.load(str(naive_masked_head(tmp_path)))
+    trt = check_model(model, structure=False)
+    ort = check_model(model, runtime="onnxruntime", structure=False)
+    assert {"qdq-nonzero-zero-point", "qdq-int32-input"} <= trt.codes("error")
+    assert not ({"qdq-nonzero-zero-point", "qdq-int32-input", "qdq-range-dominated"} & ort.codes("error"))
+    assert {"qdq-nonzero-zero-point", "qdq-int32-input"} <= ort.codes("info")
+
+
+def test_graph_hazards_is_the_unified_checker(tmp_path):
+    from edge_unlearn.export.onnx_meta import graph_hazards
+
+    bad = onnx.load(str(zero_scale_head(tmp_path)))
+    lines = graph_hazards(bad)
+    assert len(lines) == 1 and lines[0].startswith("[qdq-nonpositive-scale]")
+    assert graph_hazards(ours_fp32()) == []
+
+
+def test_graph_without_metadata_gets_a_structure_warning(tmp_path):
+    report = check_onnx_for_tensorrt(zero_scale_head(tmp_path))
+    assert "structure-not-checked" in report.codes("warning") and not report.structure
+
+
+def test_our_graph_reports_its_structure_and_margin():
+    report = check_model(ours_fp32())
+    checks = {c.name: c for c in report.structure}
+    assert all(c.passed for c in checks.values()), report.to_json()
+    assert checks["head_rows"].value == NUM_CLASSES - len(FORGOTTEN)
+    assert checks["fill_margin"].value > 1000 and "fill margin" in report.summary()
+
+
+def test_nonfinite_attribute_is_an_error():
+    model = ours_fp32()
+    node = next(n for n in model.graph.node if n.op_type == "Gemm")
+    node.attribute.append(helper.make_attribute("alpha", float("inf")))
+    assert "nonfinite-attribute" in check_model(model, structure=False).codes("error")
+
+
+def test_graph_cpu_onnxruntime_cannot_run_gets_a_warning_not_a_refusal():
+    """E.g. FP16 kernels missing on CPU: the static structure still proves the mask; the stress run is a warning."""
+    model = ours_fp32()
+    model.graph.node[0].domain = "com.example"  # an op CPU onnxruntime does not have; the head chain is intact
+    model.opset_import.append(helper.make_opsetid("com.example", 1))
+    report = check_model(model)
+    assert report.ok and report.codes("warning") == {"structure-stress-run"}, report.to_json()
+    assert {c.name for c in report.structure if c.passed} >= {"mask_structure", "head_rows", "index_map", "fill_value"}
