@@ -34,8 +34,10 @@ class NumpyLinearRunner(Runner):
     runtime = "numpy"
     supports_gpu_timing = True
 
-    def __init__(self, path: str, name: str | None = None) -> None:
+    def __init__(self, path: str, name: str | None = None, replayable: bool = True) -> None:
         super().__init__(path, name)
+        #: False: like an engine TensorRT cannot capture, it times the plain call and says cuda_graph False
+        self.replayable = replayable
         self.timing_calls: list[dict[str, Any]] = []
 
     def activate_impl(self) -> None:
@@ -52,7 +54,8 @@ class NumpyLinearRunner(Runner):
     def time_gpu(self, batch: int, iterations: int = 100, warmup: int = 10, cuda_graph: bool = False) -> dict[str, Any]:
         flat = np.zeros((batch, int(np.prod(SHAPE))), dtype=np.float32)
         out = np.empty((batch, CLASSES), dtype=np.float32)
-        if cuda_graph:  # fixed buffers replayed: no allocation per call
+        replay = cuda_graph and self.replayable
+        if replay:  # fixed buffers replayed: no allocation per call
             def run() -> None:
                 np.matmul(flat, self.weight, out=out)
                 np.add(out, self.bias, out=out)
@@ -68,7 +71,7 @@ class NumpyLinearRunner(Runner):
             times.append((time.perf_counter() - start) * 1e3)
         self.timing_calls.append({"batch": batch, "iterations": iterations, "warmup": warmup,
                                   "cuda_graph": cuda_graph, "gpu_ms": times})
-        return {"batch": batch, "iterations": iterations, "cuda_graph": cuda_graph, "gpu_ms": times,
+        return {"batch": batch, "iterations": iterations, "cuda_graph": replay, "gpu_ms": times,
                 "median_ms": float(np.median(times))}
 
 
@@ -101,6 +104,13 @@ def test_bench_records_gpu_only_latency_of_capable_runners(tmp_path, cuda_graph)
     runner = NumpyLinearRunner(str(tmp_path / "linear.npz"))
     rows = bench_runner(runner, BenchConfig(batches=(2,), warmup=0, iterations=3, gpu_timing=False), input_shape=SHAPE)
     assert runner.timing_calls == [] and rows[0].gpu_p50_ms is None and rows[0].cuda_graph is None
+
+
+def test_row_says_whether_the_graph_was_replayed_not_whether_it_was_asked(tmp_path):
+    runner = NumpyLinearRunner(str(tmp_path / "linear.npz"), replayable=False)
+    rows = bench_runner(runner, BenchConfig(batches=(2,), warmup=0, iterations=3, cuda_graph=True), input_shape=SHAPE)
+    assert runner.timing_calls[0]["cuda_graph"] is True and rows[0].cuda_graph is False
+    assert rows[0].gpu_p50_ms is not None
 
 
 def test_duration_mode_times_the_gpu_as_often_as_end_to_end(tmp_path):
