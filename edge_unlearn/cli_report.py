@@ -41,6 +41,10 @@ def record_to_run_dir(run_dir: str | Path | None, kind: str, summary: dict[str, 
                    "on every onnxruntime provider present, checkpoints on CPU (and CUDA when torch sees a GPU).")
 @click.option("--name", "names", multiple=True, help="Label of each artefact, in order (default: file names).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random inputs.")
+@click.option("--gpu-timing/--no-gpu-timing", default=True, show_default=True,
+              help="Also time engines that support it (TensorRT) on the GPU alone: CUDA events, no host copies.")
+@click.option("--cuda-graph", is_flag=True, help="GPU-only timing replays a captured CUDA graph (like trtexec "
+                                                 "--useCudaGraph); each row says whether it was used.")
 @output_options
 @click.option("--csv", "csv_path", type=click.Path(dir_okay=False), default=None, help="Write one CSV row per artefact and batch.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
@@ -48,7 +52,8 @@ def record_to_run_dir(run_dir: str | Path | None, kind: str, summary: dict[str, 
 @click.option("--run-dir", type=click.Path(file_okay=False), default=None, help="Also record the results in this run folder.")
 @click.option("--keep-going", is_flag=True, help="Skip an artefact/provider that cannot run here instead of stopping.")
 def bench_cmd(artefacts: tuple[str, ...], batch: str, warmup: int, iterations: int | None, duration: float | None,
-              threads: int | None, providers: tuple[str, ...], names: tuple[str, ...], seed: int, as_json: bool,
+              threads: int | None, providers: tuple[str, ...], names: tuple[str, ...], seed: int,
+              gpu_timing: bool, cuda_graph: bool, as_json: bool,
               json_out: str | None, quiet: bool, csv_path: str | None, plot_path: str | None, run_dir: str | None,
               keep_going: bool) -> None:
     """Measure latency and throughput of checkpoints (torch), ONNX models (onnxruntime FP32/FP16/INT8) and
@@ -57,7 +62,9 @@ def bench_cmd(artefacts: tuple[str, ...], batch: str, warmup: int, iterations: i
     Per artefact and batch: mean, p50, p90, p99 latency, images/s, peak process RSS (and GPU memory for torch
     on CUDA), with the machine and library versions. INT8/FP16/torch rows are also given as a ratio to the
     onnxruntime FP32 model of the same checkpoint. Each ONNX row names the model's quantization layout
-    (metadata key edge_unlearn_quant_layout) when the model records one. --quiet prints only the table.
+    (metadata key edge_unlearn_quant_layout) when the model records one. Engines that support it (TensorRT)
+    are also timed on the GPU alone (GPU p50/p99 beside the end-to-end figures; --cuda-graph replays a CUDA
+    graph); on a Jetson the model and nvpmodel power mode are recorded. --quiet prints only the table.
     """
     from edge_unlearn.export.bench import BenchConfig, bench_artefacts, parse_batches
     from edge_unlearn.guards import check_batches, check_outputs
@@ -69,7 +76,7 @@ def bench_cmd(artefacts: tuple[str, ...], batch: str, warmup: int, iterations: i
         import matplotlib  # noqa: F401  - the `report` extra: say so before measuring, not after
 
     config = BenchConfig(batches=parse_batches(batch), warmup=warmup, iterations=iterations, duration=duration,
-                         threads=threads, seed=seed)
+                         threads=threads, seed=seed, gpu_timing=gpu_timing, cuda_graph=cuda_graph)
     report = bench_artefacts(artefacts, config, provider=list(providers) or None, names=list(names) or None,
                              keep_going=keep_going, echo=None if quiet else say(quiet, as_json))
     if not as_json:

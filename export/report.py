@@ -31,6 +31,7 @@ from edge_unlearn.core.formats import BENCH_FORMAT, read_checkpoint_header
 from edge_unlearn.errors import EdgeUnlearnError, UsageError
 from edge_unlearn.fileio import atomic_output, sha256_file
 
+from .bench.results import power_mode_text
 from .rundir import MANIFEST, evidence_problems, read_records, refuse_signed, write_manifest
 
 REPORT_NAME = "report.html"
@@ -203,9 +204,11 @@ def _benches(data: dict[str, Any]) -> list[dict[str, Any]]:
             from .report_plots import png_data_uri
 
             plot = png_data_uri(latency_figure(bench["results"]))
+        rows = bench["results"]
         out.append({"source": bench.get("_source"), "env": env, "gpus": ", ".join(env.get("gpus") or []) or "none",
+                    "jetson": power_mode_text(env), "gpu_timed": any(r.get("gpu_p50_ms") is not None for r in rows),
                     "versions": ", ".join(f"{k} {v}" for k, v in (env.get("versions") or {}).items()),
-                    "rows": bench["results"], "ratios": bench.get("ratios_vs_onnx_fp32") or [], "plot": plot})
+                    "rows": rows, "ratios": bench.get("ratios_vs_onnx_fp32") or [], "plot": plot})
     return out
 
 

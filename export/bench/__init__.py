@@ -4,14 +4,16 @@ Deployment side: imports no torch; matplotlib only when a plot is drawn."""
 from __future__ import annotations
 
 from .measure import (AUTO_ONNX_PROVIDERS, DEFAULT_BATCHES, DEFAULT_ITERATIONS, BenchConfig, BenchRow, GpuMemoryHook,
-                      bench_artefacts, bench_runner, current_rss_mib, environment, input_shape_of, open_bench_runner,
-                      parse_batches, peak_rss_mib, plan_runs, reset_peak_rss, summarize, time_batches)
-from .results import CSV_FIELDS, BenchReport
+                      bench_artefacts, bench_runner, current_rss_mib, environment, gpu_timing_stats, input_shape_of,
+                      jetson_environment, open_bench_runner, parse_batches, peak_rss_mib, plan_runs, reset_peak_rss,
+                      summarize, supports_gpu_timing, time_batches)
+from .results import CSV_FIELDS, BenchReport, power_mode_text
 
 __all__ = ["AUTO_ONNX_PROVIDERS", "CSV_FIELDS", "DEFAULT_BATCHES", "DEFAULT_ITERATIONS", "BenchConfig", "BenchReport",
            "BenchRow", "GpuMemoryHook", "bench_artefacts", "bench_runner", "current_rss_mib", "environment",
-           "input_shape_of", "latency_figure", "open_bench_runner", "parse_batches", "peak_rss_mib", "plan_runs",
-           "plot_latency", "reset_peak_rss", "summarize", "time_batches"]
+           "gpu_timing_stats", "input_shape_of", "jetson_environment", "latency_figure", "open_bench_runner",
+           "parse_batches", "peak_rss_mib", "plan_runs", "plot_latency", "power_mode_text", "reset_peak_rss",
+           "summarize", "supports_gpu_timing", "time_batches"]
 
 
 def __getattr__(name: str):

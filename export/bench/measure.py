@@ -6,6 +6,11 @@ p50, p90, p99 latency (ms per batch), throughput (images/s = batch / mean latenc
 set size during that batch (Linux ``VmHWM``, reset before each batch through ``/proc/self/clear_refs`` where the
 kernel allows it, else the process-lifetime peak) and, through an optional hook, the GPU's peak allocation.
 
+A runner with the GPU timing capability (``supports_gpu_timing`` and ``time_gpu``, e.g. the TensorRT runner) is
+also timed on the device alone (CUDA events around the engine, no host copies, optionally a CUDA graph replay),
+in the same batch row as the end-to-end latency; other runners have no GPU-only figure (None, never 0). On a
+Jetson the environment records the model and the ``nvpmodel`` power mode, which latency depends on.
+
 Deployment side: imports no torch. A checkpoint's runner (:mod:`edge_unlearn.export.runners`) imports torch
 itself when entered, sets torch's threads while active and gives its CUDA memory hook.
 """
@@ -49,6 +54,10 @@ class BenchConfig:
     min_iterations: int = 5
     threads: int | None = None
     seed: int = 0
+    #: also time runners that support it on the device alone (``time_gpu``: CUDA events, no host copies)
+    gpu_timing: bool = True
+    #: GPU-only timing replays a captured CUDA graph (trtexec ``--useCudaGraph``); the row says if it was used
+    cuda_graph: bool = False
 
     def __post_init__(self) -> None:
         if not self.batches or any(int(b) < 1 for b in self.batches):
@@ -63,6 +72,8 @@ class BenchConfig:
             raise UsageError(f"--warmup must be 0 or more, got {self.warmup}")
         if self.threads is not None and self.threads < 1:
             raise UsageError(f"--threads must be at least 1, got {self.threads}")
+        if self.cuda_graph and not self.gpu_timing:
+            raise UsageError("--cuda-graph applies to the GPU-only timing; drop --no-gpu-timing or --cuda-graph")
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -249,6 +260,17 @@ class BenchRow:
     source_sha256: str = ""
     #: the ONNX metadata ``edge_unlearn_quant_layout`` (e.g. "s8s8-qdq", "u8s8-qoperator"); "" when not recorded
     quant_layout: str = ""
+    #: GPU-only latency (ms per batch, CUDA events around the engine alone, no host copies) of runners with the
+    #: GPU timing capability; None for the others (never 0)
+    gpu_iterations: int | None = None
+    gpu_mean_ms: float | None = None
+    gpu_p50_ms: float | None = None
+    gpu_p90_ms: float | None = None
+    gpu_p99_ms: float | None = None
+    gpu_min_ms: float | None = None
+    gpu_max_ms: float | None = None
+    #: whether the GPU-only timing replayed a CUDA graph (as the runner reports it); None without GPU timing
+    cuda_graph: bool | None = None
 
     @property
     def label(self) -> str:
@@ -269,6 +291,24 @@ def summarize(latencies_s: Sequence[float], batch: int) -> dict[str, float]:
     return {"mean_ms": mean, "p50_ms": p50, "p90_ms": p90, "p99_ms": p99, "min_ms": float(ms.min()),
             "max_ms": float(ms.max()), "std_ms": float(ms.std()),
             "throughput": batch / (mean / 1e3) if mean > 0 else math.inf}
+
+
+def supports_gpu_timing(runner: Runner) -> bool:
+    """Whether ``runner`` has the GPU-only timing capability (``supports_gpu_timing`` and ``time_gpu``)."""
+    return bool(getattr(runner, "supports_gpu_timing", False)) and callable(getattr(runner, "time_gpu", None))
+
+
+def gpu_timing_stats(runner: Runner, batch: int, iterations: int, config: BenchConfig) -> dict[str, Any]:
+    """Time ``batch`` on the device alone through ``runner.time_gpu`` (``iterations`` timed, ``config.warmup``
+    untimed, ``config.cuda_graph`` passed through) -> the ``gpu_*`` fields of a :class:`BenchRow`."""
+    result = runner.time_gpu(int(batch), iterations=int(iterations), warmup=config.warmup,  # type: ignore[attr-defined]
+                             cuda_graph=config.cuda_graph)
+    gpu_ms = np.asarray(result["gpu_ms"], dtype=np.float64)
+    if gpu_ms.size == 0:
+        raise ModelFileError(f"{runner.name} returned no GPU timings for batch {batch}")
+    stats = summarize(gpu_ms / 1e3, int(batch))
+    return {"gpu_iterations": int(gpu_ms.size), "cuda_graph": bool(result.get("cuda_graph", False)),
+            **{f"gpu_{key}": stats[key] for key in ("mean_ms", "p50_ms", "p90_ms", "p99_ms", "min_ms", "max_ms")}}
 
 
 def time_batches(runner: Runner, inputs: np.ndarray, config: BenchConfig) -> list[float]:
@@ -304,6 +344,7 @@ def bench_runner(runner: Runner, config: BenchConfig = BenchConfig(), name: str 
         info = runner.describe()
         if gpu_memory is None and hasattr(runner, "gpu_memory_hook"):
             gpu_memory = runner.gpu_memory_hook()  # torch on CUDA: its peak allocation
+        gpu_timed = config.gpu_timing and supports_gpu_timing(runner)
         for batch in config.batches:
             inputs = rng.standard_normal((int(batch), *shape)).astype(np.float32)
             out = runner.infer(inputs)  # also checks the batch is accepted before timing
@@ -314,18 +355,22 @@ def bench_runner(runner: Runner, config: BenchConfig = BenchConfig(), name: str 
                 gpu_memory.reset()
             latencies = time_batches(runner, inputs, config)
             stats = summarize(latencies, int(batch))
+            gpu_peak = gpu_memory.peak_mib() if gpu_memory is not None else None
+            # same number of timed calls as the end-to-end loop (in --duration mode: as many as it made)
+            gpu_stats = gpu_timing_stats(runner, int(batch), len(latencies), config) if gpu_timed else {}
             row = BenchRow(
                 name=name or Path(runner.path).name, path=str(runner.path), runtime=str(info.get("runtime", runner.runtime)),
                 provider=str(info.get("provider") or "-"), precision=str(info.get("precision") or "-"),
                 batch=int(batch), iterations=len(latencies), **stats, peak_rss_mib=peak_rss_mib(),
-                gpu_peak_mib=gpu_memory.peak_mib() if gpu_memory is not None else None,
-                threads=config.threads if config.threads is not None else "default",
+                gpu_peak_mib=gpu_peak, threads=config.threads if config.threads is not None else "default",
                 source_sha256=str(info.get("source_sha256") or ""),
-                quant_layout=str(info.get("quant_layout") or ""))
+                quant_layout=str(info.get("quant_layout") or ""), **gpu_stats)
             rows.append(row)
             if echo is not None:
+                gpu_note = ("" if row.gpu_p50_ms is None else
+                            f", GPU-only p50 {row.gpu_p50_ms:.3f} ms{' (CUDA graph)' if row.cuda_graph else ''}")
                 echo(f"  {row.label} batch {batch}: p50 {row.p50_ms:.3f} ms, p99 {row.p99_ms:.3f} ms, "
-                     f"{row.throughput:.1f} img/s ({row.iterations} iterations)")
+                     f"{row.throughput:.1f} img/s ({row.iterations} iterations){gpu_note}")
     return rows
 
 
@@ -356,8 +401,26 @@ def gpu_names() -> list[str]:
     return [line.strip() for line in out.stdout.splitlines() if line.strip()] if out.returncode == 0 else []
 
 
+def jetson_environment() -> dict[str, Any]:
+    """On a Jetson: ``jetson_model``, ``jetson_release`` (L4T/JetPack) and ``power_mode`` (``nvpmodel -q``:
+    {"name": "MAXN", "id": 0}); the keys that apply only, {} elsewhere. Never raises."""
+    from .. import doctor
+    from ..tensorrt.probe import jetson_power_mode
+
+    out: dict[str, Any] = {}
+    jetson = doctor.jetson_info(doctor.NV_TEGRA_RELEASE, doctor.DEVICE_TREE_MODEL)
+    if jetson is not None:
+        out["jetson_model"] = jetson.get("model")
+        out["jetson_release"] = {k: jetson.get(k) for k in ("l4t", "jetpack")}
+    power = jetson_power_mode()  # nvpmodel ships with L4T only: a power mode means a Jetson
+    if power is not None:
+        out["power_mode"] = power
+    return out
+
+
 def environment(threads: int | None = None) -> dict[str, Any]:
-    """CPU model, cores, load, thread setting, GPUs and library versions (torch/TensorRT only if already loaded)."""
+    """CPU model, cores, load, thread setting, GPUs, library versions (torch/TensorRT only if already loaded)
+    and, on a Jetson, its model and power mode."""
     from edge_unlearn import __version__
 
     versions: dict[str, str] = {"python": platform.python_version(), "numpy": np.__version__,
@@ -384,7 +447,7 @@ def environment(threads: int | None = None) -> dict[str, Any]:
     return {"cpu": cpu_model(), "cpu_count": os.cpu_count(), "cpus_usable": affinity, "load_average": load,
             "threads": threads if threads is not None else "default", "machine": platform.machine(),
             "system": f"{platform.system()} {platform.release()}", "host": platform.node(), "gpus": gpu_names(),
-            "onnxruntime_providers": providers, "versions": versions,
+            "onnxruntime_providers": providers, "versions": versions, **jetson_environment(),
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
 

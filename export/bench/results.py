@@ -15,7 +15,20 @@ if TYPE_CHECKING:
 
 CSV_FIELDS = ("name", "path", "runtime", "provider", "precision", "quant_layout", "batch", "iterations", "mean_ms",
               "p50_ms", "p90_ms", "p99_ms", "min_ms", "max_ms", "std_ms", "throughput", "peak_rss_mib",
-              "gpu_peak_mib", "threads")
+              "gpu_peak_mib", "threads", "gpu_iterations", "gpu_mean_ms", "gpu_p50_ms", "gpu_p90_ms", "gpu_p99_ms",
+              "gpu_min_ms", "gpu_max_ms", "cuda_graph")
+
+
+def power_mode_text(environment: dict[str, Any]) -> str:
+    """'Jetson AGX Orin, power mode MAXN (id 0)' from a bench environment; "" off a Jetson."""
+    parts = []
+    if environment.get("jetson_model"):
+        parts.append(str(environment["jetson_model"]))
+    mode = environment.get("power_mode")
+    if isinstance(mode, dict) and mode.get("name"):
+        ident = f" (id {mode['id']})" if mode.get("id") is not None else ""
+        parts.append(f"power mode {mode['name']}{ident}")
+    return ", ".join(parts)
 
 
 @dataclass
@@ -54,15 +67,22 @@ class BenchReport:
 
     def table(self) -> str:
         head = (f"{'artefact':<24} {'runtime':<11} {'provider':<22} {'prec':<5} {'layout':<22} {'batch':>5} {'iters':>5} "
-                f"{'mean ms':>9} {'p50 ms':>9} {'p90 ms':>9} {'p99 ms':>9} {'img/s':>9} {'RSS MiB':>8} {'GPU MiB':>8}")
+                f"{'mean ms':>9} {'p50 ms':>9} {'p90 ms':>9} {'p99 ms':>9} {'img/s':>9} {'RSS MiB':>8} {'GPU MiB':>8} "
+                f"{'GPU p50':>9} {'GPU p99':>9}")
         lines = [head, "-" * len(head)]
         for r in self.rows:
             gpu = "-" if r.gpu_peak_mib is None else f"{r.gpu_peak_mib:.1f}"
             rss = "-" if r.peak_rss_mib is None else f"{r.peak_rss_mib:.0f}"
+            gpu50, gpu99 = ("-" if v is None else f"{v:.3f}" for v in (r.gpu_p50_ms, r.gpu_p99_ms))
             lines.append(f"{r.name[:24]:<24} {r.runtime[:11]:<11} {r.provider[:22]:<22} {r.precision[:5]:<5} "
                          f"{(r.quant_layout or '-')[:22]:<22} "
                          f"{r.batch:>5} {r.iterations:>5} {r.mean_ms:>9.3f} {r.p50_ms:>9.3f} {r.p90_ms:>9.3f} "
-                         f"{r.p99_ms:>9.3f} {r.throughput:>9.1f} {rss:>8} {gpu:>8}")
+                         f"{r.p99_ms:>9.3f} {r.throughput:>9.1f} {rss:>8} {gpu:>8} {gpu50:>9} {gpu99:>9}")
+        if any(r.gpu_p50_ms is not None for r in self.rows):
+            graphs = sorted({f"{r.name} batch {r.batch}" for r in self.rows if r.cuda_graph})
+            lines.append("GPU p50/p99: device-only ms per batch (CUDA events around the engine, no host copies); "
+                         + (f"CUDA graph replay: {', '.join(graphs)}" if graphs else "no CUDA graph")
+                         + "; '-': the runtime has no GPU-only timing")
         ratios = self.ratios()
         if ratios:
             lines.append("vs onnxruntime FP32 of the same checkpoint (p50 ratio < 1 is faster):")
@@ -73,6 +93,8 @@ class BenchReport:
         lines.append(f"machine: {env.get('cpu')} ({env.get('cpus_usable')} usable CPUs, threads {env.get('threads')}, "
                      f"load {env.get('load_average')}); GPUs: {', '.join(env.get('gpus') or []) or 'none'}; "
                      + ", ".join(f"{k} {v}" for k, v in env.get("versions", {}).items()))
+        if power_mode_text(env):
+            lines.append(f"jetson: {power_mode_text(env)}")
         load, cpus = env.get("load_average"), env.get("cpus_usable")
         if load and cpus and load[0] > cpus:
             lines.append(f"warning: load average {load[0]} exceeds the {cpus} usable CPUs: these latencies include "

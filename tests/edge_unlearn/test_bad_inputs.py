@@ -33,7 +33,7 @@ def _one_line_error(result, *needles: str) -> None:
     (["--lr", "-1"], "--lr must be greater than 0"),
     (["--lr", "nan"], "--lr must be a finite number"),
     (["--lr", "inf"], "--lr must be a finite number"),
-    (["--device", "tpu"], "--device must be"),
+    (["--device", "tpu"], "'--device'"),
     (["--epochs", "-3"], "--epochs must be at least 0"),
 ])
 def test_train_options_are_range_checked_before_training(tmp_path, args, needle):
