@@ -121,7 +121,7 @@ def test_opset_out_of_range(digits_checkpoint, tmp_path):
 
 
 def test_json_folder_is_checked_before_export(digits_checkpoint, tmp_path):
-    result = _invoke(["export", digits_checkpoint, "-o", tmp_path / "m.onnx", "--json", tmp_path / "nodir" / "x.json"])
+    result = _invoke(["export", digits_checkpoint, "-o", tmp_path / "m.onnx", "--json-out", tmp_path / "nodir" / "x.json"])
     _one_line_error(result, "does not exist")
     assert not (tmp_path / "m.onnx").exists()  # refused before the artefact was written
 
