@@ -125,21 +125,23 @@ def _unpack_id(packed):
 
 
 @triton.jit
-def _topk_insert(top, cand):
+def _topk_insert(top, cand, TOPK: tl.constexpr):
     """Insert candidates ``cand`` [R, N] (unique packed keys per row) into the running top list ``top`` [R, KP].
 
     ``top`` holds the k best keys so far in slots < k (unsorted) and _KEY_MAX in the others. Each step moves
-    every row's best remaining candidate in place of its k-th key if larger; it stops as soon as no row has a
-    candidate above its k-th key, so a tile without newcomers costs one max and one min reduction.
+    every row's best remaining candidate in place of its k-th key if larger. At most k steps can insert; once
+    no row has a candidate above its k-th key the remaining steps only test that (a few scalar operations),
+    so a tile without newcomers costs one max and one min reduction, not k passes over the tile.
     """
     m = tl.max(cand, axis=1)
     kth = tl.min(top, axis=1)
-    while tl.max((m > kth).to(tl.int32), axis=0) > 0:
+    for _ in range(0, TOPK):
         enter = m > kth
-        top = tl.where((top == kth[:, None]) & enter[:, None], m[:, None], top)
-        cand = tl.where(cand == m[:, None], _EMPTY, cand)
-        m = tl.max(cand, axis=1)
-        kth = tl.min(top, axis=1)
+        if tl.max(enter.to(tl.int32), axis=0) > 0:
+            top = tl.where((top == kth[:, None]) & enter[:, None], m[:, None], top)
+            cand = tl.where(cand == m[:, None], _EMPTY, cand)
+            m = tl.max(cand, axis=1)
+            kth = tl.min(top, axis=1)
     return top
 
 
@@ -203,7 +205,7 @@ def _reduce_kernel(
             shift = _safe_max(new_m)
             run_s = run_s * tl.exp(run_m - shift) + tl.sum(tl.exp(acc - shift[:, None]), axis=1)
             run_m = new_m
-            top = _topk_insert(top, keys)
+            top = _topk_insert(top, keys, TOPK)
 
     kcols = tl.arange(0, KP)
     if FINAL:
@@ -262,7 +264,7 @@ def _merge_kernel(
                 kc = tl.arange(0, KP)
                 ko = (base + s0 + offs.to(tl.int64))[:, None] * KP + kc[None, :]
                 keys = tl.load(part_key_ptr + ko, mask=valid[:, None], other=_EMPTY)
-                top = _topk_insert(top, tl.reshape(keys, (1, CHUNK * KP)))
+                top = _topk_insert(top, tl.reshape(keys, (1, CHUNK * KP)), TOPK)
     if MODE == 0:
         tl.store(out_i_ptr + b + tl.arange(0, 1), _unpack_id(best))
     else:
@@ -361,18 +363,25 @@ class TileConfig:
     num_stages: int
 
 
-# GPU regime table: (kernel family, batch regime) -> tiles for fp16/bf16 and for fp32 (half the D tile: same
-# bytes per stage). Chosen so every entry compiles without register spills for sm_80/87/90 (the AOT test
-# checks that); the timings that pick between them come from benchmarks/kernel_bench.py --sweep on a GPU.
-# small: B <= 16 (decode-like, weight-bandwidth bound), mid: B <= 64, large: B > 64 (compute bound).
-GPU_TABLE: Dict[Tuple[str, str], Tuple[TileConfig, TileConfig]] = {
-    ("reduce", "small"): (TileConfig(16, 64, 128, 4, 3), TileConfig(16, 64, 64, 4, 3)),
-    ("reduce", "mid"): (TileConfig(64, 64, 64, 4, 3), TileConfig(64, 64, 32, 4, 3)),
-    ("reduce", "large"): (TileConfig(64, 64, 64, 4, 3), TileConfig(64, 64, 32, 4, 3)),
-    ("write", "small"): (TileConfig(16, 64, 128, 4, 3), TileConfig(16, 64, 64, 4, 3)),
-    ("write", "mid"): (TileConfig(64, 64, 64, 4, 3), TileConfig(64, 64, 32, 4, 3)),
-    ("write", "large"): (TileConfig(64, 128, 64, 8, 3), TileConfig(64, 128, 32, 8, 3)),
+# GPU regime table: (kernel family, batch regime) -> tiles for fp16/bf16 rows that are 16-byte aligned.
+# small: B <= 16 (decode-like, bound by the weight read), mid: B <= 64, large: B > 64 (compute bound).
+# fp32 (FMA dot, no tensor cores) and rows that are not 16-byte aligned (odd D: no vector loads, one 64-bit
+# address per element) take narrower D tiles over 8 warps; without that ptxas spilled (measured with the AOT
+# compile: up to 1 KB of spills at 255 registers). The AOT test fails on any spill of these entries; timings
+# that choose between spill-free entries come from benchmarks/kernel_bench.py --sweep on a GPU.
+GPU_TABLE: Dict[Tuple[str, str], TileConfig] = {
+    ("reduce", "small"): TileConfig(16, 64, 64, 4, 2),
+    ("reduce", "mid"): TileConfig(64, 64, 64, 4, 2),
+    ("reduce", "large"): TileConfig(64, 64, 64, 4, 2),
+    ("write", "small"): TileConfig(16, 64, 64, 4, 3),
+    ("write", "mid"): TileConfig(64, 64, 64, 4, 3),
+    ("write", "large"): TileConfig(64, 128, 64, 8, 3),
 }
+FP32_TILE_D, UNALIGNED_TILE_D = 16, 32  # D tiles of fp32 and of unaligned 16-bit rows
+# warps for fp32 (reduce, write) and unaligned 16-bit rows; fp32 writes also pipeline 2 stages, not 3
+FP32_WARPS, FP32_WRITE_STAGES, UNALIGNED_WARPS = {"reduce": 4, "write": 8}, 2, 8
+# top-k keeps a running list of int64 keys: with 4 warps (and, in fp32, with pipelining) ptxas spilled 4-56 B
+TOPK_WARPS, FP32_TOPK_STAGES = 8, 1
 # Interpreter: every op has a fixed Python cost, so few, large tiles (tests also pass small tiles explicitly).
 INTERPRET_TILE = TileConfig(64, 128, 128, 4, 1)
 SCALE_BLOCK = (16, 256)  # _scale_kernel is a pure streaming pass
@@ -388,12 +397,17 @@ def _next_pow2(n: int) -> int:
 
 
 def tile_config(family: str, batch: int, num_cols: int, dtype: torch.dtype, on_gpu: bool,
-                config: Optional[KernelConfig] = None) -> TileConfig:
-    """Tiles for a kernel family ("reduce" over kept classes, "write" over all classes) and a call."""
+                config: Optional[KernelConfig] = None, aligned_rows: bool = True) -> TileConfig:
+    """Tiles for a kernel family ("reduce" over kept classes, "write" over all classes) and a call;
+    ``aligned_rows``: every row of features and weight starts on a 16-byte boundary (vector loads)."""
     config = config or KernelConfig()
     if on_gpu:
-        pair = GPU_TABLE[(family, batch_regime(batch))]
-        base = pair[1] if dtype == torch.float32 else pair[0]
+        base = GPU_TABLE[(family, batch_regime(batch))]
+        if dtype == torch.float32:
+            stages = FP32_WRITE_STAGES if family == "write" else base.num_stages
+            base = TileConfig(base.block_b, base.block_c, FP32_TILE_D, FP32_WARPS[family], stages)
+        elif not aligned_rows:
+            base = TileConfig(base.block_b, base.block_c, UNALIGNED_TILE_D, UNALIGNED_WARPS, base.num_stages)
     else:
         base = TileConfig(min(INTERPRET_TILE.block_b, max(16, _next_pow2(batch))),
                           min(INTERPRET_TILE.block_c, max(16, _next_pow2(num_cols))), INTERPRET_TILE.block_d,
@@ -440,11 +454,13 @@ def plan_launches(batch: int, num_classes: int, num_kept: int, dim: int, dtype: 
     """The launches ``masked_head_triton`` makes for a call (batch >= 1, num_kept >= 1), without tensors."""
     config = config or KernelConfig()
     f32, i64 = torch.float32, torch.int64
+    esize = torch.empty((), dtype=dtype).element_size()
+    aligned = all((n * esize) % 16 == 0 for n in (dim, x_row_stride, w_row_stride))
     inputs = dict(x_ptr=Buffer("x", dtype), w_ptr=Buffer("w", dtype),
                   b_ptr=Buffer("b" if has_bias else "x", dtype))
     common = dict(HAS_BIAS=has_bias, IEEE=dtype == torch.float32)
     if output in ("logits", "probs"):
-        tc = tile_config("write", batch, num_classes, dtype, on_gpu, config)
+        tc = tile_config("write", batch, num_classes, dtype, on_gpu, config, aligned)
         n_btiles, n_ctiles = triton.cdiv(batch, tc.block_b), triton.cdiv(num_classes, tc.block_c)
         out = Buffer("out", dtype, (batch, num_classes))
         if output == "logits":
@@ -468,10 +484,9 @@ def plan_launches(batch: int, num_classes: int, num_kept: int, dim: int, dtype: 
         merge = Launch("merge", (batch,), dict(part_key_ptr=Buffer("part_m", f32), part_m_ptr=part_m,
                                                part_s_ptr=part_s, out_v_ptr=lse, out_i_ptr=lse),
                        dict(n_splits=n_ctiles), dict(MODE=MODE_LSE, TOPK=1, KP=2, CHUNK=MERGE_CHUNK), 4, 1)
-        sb, sc = SCALE_BLOCK
-        if not on_gpu:
-            sb, sc = min(sb, tc.block_b), min(sc, tc.block_c)
-        sc = min(sc, tc.block_c)  # a scale tile never straddles two write tiles
+        # a scale tile never straddles two write tiles; the interpreter takes the write tiles themselves
+        sb, sc = (min(SCALE_BLOCK[0], tc.block_b), min(SCALE_BLOCK[1], tc.block_c)) if on_gpu else \
+            (tc.block_b, tc.block_c)
         sb_tiles = triton.cdiv(batch, sb)
         scale = Launch("scale", (sb_tiles * n_ctiles * (tc.block_c // sc),),
                        dict(out_ptr=out, part_m_ptr=part_m, lse_ptr=lse),
@@ -480,7 +495,10 @@ def plan_launches(batch: int, num_classes: int, num_kept: int, dim: int, dtype: 
         return Plan((write, merge, scale), (out,), (part_m, part_s, lse))
 
     mode = MODE_ARGMAX if output == "argmax" else MODE_TOPK
-    tc = tile_config("reduce", batch, num_kept, dtype, on_gpu, config)
+    tc = tile_config("reduce", batch, num_kept, dtype, on_gpu, config, aligned)
+    if mode == MODE_TOPK and on_gpu and config.num_warps is None:
+        stages = FP32_TOPK_STAGES if dtype == torch.float32 and config.num_stages is None else tc.num_stages
+        tc = TileConfig(tc.block_b, tc.block_c, tc.block_d, TOPK_WARPS, stages)
     n_tiles = triton.cdiv(num_kept, tc.block_c)
     n_btiles = triton.cdiv(batch, tc.block_b)
     want = config.num_splits if config.num_splits is not None else triton.cdiv(2 * sm_count, n_btiles)
