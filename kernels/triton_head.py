@@ -36,10 +36,11 @@ ahead of time for real GPUs on a CPU-only machine.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 from dataclasses import dataclass, field
-from typing import Dict, List, Mapping, Optional, Tuple, Union
+from typing import Dict, Mapping, Optional, Tuple, Union
 
 import torch
 import triton
@@ -607,8 +608,7 @@ def masked_head_triton(
                          w.stride(0), on_gpu, _sm_count(dev), config)
     for buf in plan.outputs + plan.scratch:
         tensors[buf.name] = torch.empty(buf.shape, dtype=buf.dtype, device=dev)
-    guard = torch.cuda.device(dev) if on_gpu else _NullContext()
-    with guard:
+    with torch.cuda.device(dev) if on_gpu else contextlib.nullcontext():
         for launch in plan.launches:
             check_grid(launch.grid)
             args = {name: tensors[buf.name] for name, buf in launch.pointers.items()}
@@ -617,10 +617,3 @@ def masked_head_triton(
     results = tuple(tensors[buf.name] for buf in plan.outputs)
     return results if len(results) == 2 else results[0]
 
-
-class _NullContext:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
