@@ -379,10 +379,11 @@ GPU_TABLE: Dict[Tuple[str, str], TileConfig] = {
     ("write", "large"): TileConfig(64, 128, 64, 8, 3),
 }
 FP32_TILE_D, UNALIGNED_TILE_D = 16, 32  # D tiles of fp32 and of unaligned 16-bit rows
-# warps for fp32 (reduce, write) and unaligned 16-bit rows; fp32 writes also pipeline 2 stages, not 3
-FP32_WARPS, FP32_WRITE_STAGES, UNALIGNED_WARPS = {"reduce": 4, "write": 8}, 2, 8
-# top-k keeps a running list of int64 keys: with 4 warps (and, in fp32, with pipelining) ptxas spilled 4-56 B
-TOPK_WARPS, FP32_TOPK_STAGES = 8, 1
+# warps for fp32 and for unaligned 16-bit rows, per family; fp32 writes pipeline 2 stages, not 3
+FP32_WARPS, FP32_WRITE_STAGES, UNALIGNED_WARPS = {"reduce": 8, "write": 8}, 2, {"reduce": 4, "write": 8}
+# top-k keeps a running list of int64 keys: 8 warps; 3 stages in 16-bit, 1 in fp32 (other choices spilled
+# 4-56 B in some variants of the full product)
+TOPK_WARPS, TOPK_STAGES, FP32_TOPK_STAGES = 8, 3, 1
 # Interpreter: every op has a fixed Python cost, so few, large tiles (tests also pass small tiles explicitly).
 INTERPRET_TILE = TileConfig(64, 128, 128, 4, 1)
 SCALE_BLOCK = (16, 256)  # _scale_kernel is a pure streaming pass
@@ -408,7 +409,7 @@ def tile_config(family: str, batch: int, num_cols: int, dtype: torch.dtype, on_g
             stages = FP32_WRITE_STAGES if family == "write" else base.num_stages
             base = TileConfig(base.block_b, base.block_c, FP32_TILE_D, FP32_WARPS[family], stages)
         elif not aligned_rows:
-            base = TileConfig(base.block_b, base.block_c, UNALIGNED_TILE_D, UNALIGNED_WARPS, base.num_stages)
+            base = TileConfig(base.block_b, base.block_c, UNALIGNED_TILE_D, UNALIGNED_WARPS[family], base.num_stages)
     else:
         base = TileConfig(min(INTERPRET_TILE.block_b, max(16, _next_pow2(batch))),
                           min(INTERPRET_TILE.block_c, max(16, _next_pow2(num_cols))), INTERPRET_TILE.block_d,
@@ -498,7 +499,8 @@ def plan_launches(batch: int, num_classes: int, num_kept: int, dim: int, dtype: 
     mode = MODE_ARGMAX if output == "argmax" else MODE_TOPK
     tc = tile_config("reduce", batch, num_kept, dtype, on_gpu, config, aligned)
     if mode == MODE_TOPK and on_gpu and config.num_warps is None:
-        stages = FP32_TOPK_STAGES if dtype == torch.float32 and config.num_stages is None else tc.num_stages
+        stages = tc.num_stages if config.num_stages is not None else \
+            FP32_TOPK_STAGES if dtype == torch.float32 else TOPK_STAGES
         tc = TileConfig(tc.block_b, tc.block_c, tc.block_d, TOPK_WARPS, stages)
     n_tiles = triton.cdiv(num_kept, tc.block_c)
     n_btiles = triton.cdiv(batch, tc.block_b)
