@@ -367,9 +367,9 @@ class TileConfig:
 # GPU regime table: (kernel family, batch regime) -> tiles for fp16/bf16 rows that are 16-byte aligned.
 # small: B <= 16 (decode-like, bound by the weight read), mid: B <= 64, large: B > 64 (compute bound).
 # fp32 (FMA dot, no tensor cores) and rows that are not 16-byte aligned (odd D: no vector loads, one 64-bit
-# address per element) take narrower D tiles over 8 warps; without that ptxas spilled (measured with the AOT
-# compile: up to 1 KB of spills at 255 registers). The AOT test fails on any spill of these entries; timings
-# that choose between spill-free entries come from benchmarks/kernel_bench.py --sweep on a GPU.
+# address per element) take narrower D tiles and the warps below; with the plain table ptxas spilled (AOT
+# compile: up to 1 KB at 255 registers). The AOT test fails on any spill of what the table launches; the
+# timings that choose between spill-free entries are for benchmarks/kernel_bench.py --sweep on a GPU.
 GPU_TABLE: Dict[Tuple[str, str], TileConfig] = {
     ("reduce", "small"): TileConfig(16, 64, 64, 4, 2),
     ("reduce", "mid"): TileConfig(64, 64, 64, 4, 2),
@@ -456,7 +456,7 @@ def plan_launches(batch: int, num_classes: int, num_kept: int, dim: int, dtype: 
     """The launches ``masked_head_triton`` makes for a call (batch >= 1, num_kept >= 1), without tensors."""
     config = config or KernelConfig()
     f32, i64 = torch.float32, torch.int64
-    esize = torch.empty((), dtype=dtype).element_size()
+    esize = dtype.itemsize
     aligned = all((n * esize) % 16 == 0 for n in (dim, x_row_stride, w_row_stride))
     inputs = dict(x_ptr=Buffer("x", dtype), w_ptr=Buffer("w", dtype),
                   b_ptr=Buffer("b" if has_bias else "x", dtype))
