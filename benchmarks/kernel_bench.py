@@ -1,188 +1,265 @@
-"""Benchmark of the fused masked head against eager PyTorch and torch.compile.
+"""GPU benchmark of the fused masked head against eager PyTorch and torch.compile of the eager path.
 
-    python benchmarks/kernel_bench.py [--quick] [--json PATH] [--outputs argmax,probs]
+    python benchmarks/kernel_bench.py [--quick] [--json PATH] [--outputs argmax,topk,probs] [--sweep]
 
-Grid (issue #4): B in {1, 8, 64, 256}, C in {10, 1000, 100000}, D = 512, fp16 and bf16, 10% of classes forgotten.
-Methods on a GPU:
-  eager    F.linear + masked_fill(-inf) + softmax / argmax (what a model does without the kernel)
-  compile  torch.compile of the same function
+Grid (issue #16): B in {1, 64, 1024}, C in {10, 1000, 100000}, D = 512, fp16 and bf16, 10% of classes
+forgotten. Methods:
+  eager    F.linear + masked_fill(-inf) + argmax / softmax+topk(5) / softmax (a model without the kernel)
+  compile  torch.compile of the same function (inductor)
   fused    the Triton kernel on a CompactHead (kept rows compacted once, index map cached)
-For each: median microseconds, speedup over eager, achieved GB/s counting the bytes that must move (features,
-kept weight rows, bias, output) and that rate's share of a device-to-device copy measured in the same run.
+Timing: ``triton.testing.do_bench`` medians (it flushes L2 between runs). For each row: microseconds, speedup
+of fused over eager and over compile, achieved GB/s of the bytes that must move (features, kept weight rows,
+bias, output) against a device-to-device copy measured in the same run, and the fraction of the physical
+limit reached: limit = max(bytes / copy bandwidth, FLOPs / measured fp16 matmul rate), fraction = limit / time.
+Every method's result is checked against the eager one before it is timed.
 
-On a machine without a GPU it times eager and the PyTorch reference on the same CompactHead (what
-``impl="auto"`` runs on CPU: fp32 accumulation, kept rows only) on CPU so the script and its JSON are
-exercised, and says so: GPU figures need a GPU. No number here is invented or extrapolated.
+``--sweep`` also times the fused kernel with each candidate tile configuration per (batch regime, output)
+and reports the fastest: the evidence for the regime table in kernels/triton_head.py.
+
+Needs a CUDA GPU: without one it prints why and exits 2 (no figure is invented or extrapolated).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
-import statistics
 import sys
-import time
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
 import torch
 import torch.nn.functional as F
 
+from edge_unlearn.kernels import CompactHead
 
-from edge_unlearn.kernels import CompactHead  # noqa: E402
-
-BATCHES = (1, 8, 64, 256)
-CLASSES = (10, 1000, 100000)
+BATCHES = (1, 64, 1024)
+CLASSES = (10, 1000, 100_000)
 DIM = 512
+TOPK = 5
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+OUTPUTS = ("argmax", "topk", "probs")
 FORGET_FRACTION = 0.1
-GPU_NOTE = "GPU figures need a GPU: this run had none, so it timed the CPU reference and eager paths only."
+DEFAULT_JSON = Path(__file__).parent / "results" / "kernel_bench.json"
+# issue #16 targets on an H200, reported (not asserted) from the measured rows
+TARGET_COPY_SHARE = 0.70  # argmax, C = 100 000, B <= 64: fused GB/s >= 70% of the copy's
+TARGET_SPEEDUP = 1.5  # argmax and top-5, C = 100 000: fused >= 1.5x eager
 
 
 def eager_head(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, mask: torch.Tensor, output: str):
-    """The unfused path: full logits in memory, then mask, then softmax or argmax."""
+    """The unfused path: full logits in memory, then mask, then argmax / softmax (+ top-k)."""
     logits = F.linear(x, w, b).masked_fill(~mask, float("-inf"))
     if output == "argmax":
         return logits.argmax(dim=1)
-    return torch.softmax(logits, dim=1)
+    probs = torch.softmax(logits, dim=1)
+    if output == "topk":
+        return probs.topk(TOPK, dim=1)
+    return probs
 
 
-def time_us(fn: Callable[[], object], device: torch.device, reps: int, warmup: int) -> float:
-    """Median wall time of ``fn`` in microseconds (CUDA events on a GPU, perf_counter on CPU)."""
-    for _ in range(warmup):
-        fn()
-    samples: List[float] = []
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        for _ in range(reps):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            samples.append(start.elapsed_time(end) * 1e3)
-    else:
-        for _ in range(reps):
-            t0 = time.perf_counter()
-            fn()
-            samples.append((time.perf_counter() - t0) * 1e6)
-    return statistics.median(samples)
+def bench_ms(fn: Callable[[], object], quick: bool) -> float:
+    """Median milliseconds of ``fn`` by triton.testing.do_bench (L2 flushed before each run)."""
+    import triton.testing
+
+    return float(triton.testing.do_bench(fn, warmup=10 if quick else 25, rep=40 if quick else 200,
+                                         return_mode="median"))
 
 
-def copy_gbps(device: torch.device, reps: int) -> float:
-    """Device-to-device (or host memcpy) bandwidth: bytes read + written per second, 256 MiB buffer."""
-    n = (256 << 20) // 4
-    src = torch.empty(n, dtype=torch.float32, device=device).uniform_()
+def copy_gbps(device: torch.device, quick: bool) -> float:
+    """Device-to-device copy bandwidth, bytes read + written per second, 1 GiB buffer."""
+    src = torch.empty((1 << 30) // 2, dtype=torch.float16, device=device).uniform_()
     dst = torch.empty_like(src)
-    us = time_us(lambda: dst.copy_(src), device, reps, warmup=2)
-    return 2 * src.numel() * 4 / (us * 1e-6) / 1e9
+    ms = bench_ms(lambda: dst.copy_(src), quick)
+    return 2 * src.numel() * 2 / (ms * 1e-3) / 1e9
+
+
+def matmul_tflops(device: torch.device, dtype: torch.dtype, quick: bool) -> float:
+    """Measured dense matmul rate (8192^3) in TFLOP/s: the compute side of the physical limit."""
+    n = 8192
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    ms = bench_ms(lambda: a @ b, quick)
+    return 2 * n**3 / (ms * 1e-3) / 1e12
 
 
 def needed_bytes(batch: int, num_classes: int, num_kept: int, dim: int, esize: int, output: str) -> int:
-    """Bytes that any implementation must move: features, kept weight rows and bias, and the output."""
-    out = batch * 8 if output == "argmax" else batch * num_classes * esize
+    """Bytes any implementation must move: features, kept weight rows and bias, and the output."""
+    out = {"argmax": batch * 8, "topk": batch * TOPK * (esize + 8), "probs": batch * num_classes * esize}[output]
     return batch * dim * esize + num_kept * dim * esize + num_kept * esize + out
+
+
+def _same_result(output: str, got, want) -> Optional[str]:
+    """None when ``got`` agrees with the eager result (ids exactly where logits are not tied), else why."""
+    if output == "argmax":
+        agree = (got == want).float().mean().item()
+        return None if agree >= 0.999 else f"argmax agrees on {agree:.2%} of rows"
+    if output == "topk":
+        torch.testing.assert_close(got[0].float(), want[0].float(), rtol=2e-2, atol=1e-3)
+        return None
+    torch.testing.assert_close(got.float(), want.float(), rtol=2e-2, atol=1e-4)
+    return None
+
+
+def sweep_candidates():
+    """Tile configurations --sweep compares (the regime table picks among such entries)."""
+    from edge_unlearn.kernels.triton_head import KernelConfig
+
+    return [KernelConfig(block_b=bb, block_c=bc, block_d=bd, num_warps=nw, num_stages=ns)
+            for bb, bc, bd, nw, ns in ((16, 64, 64, 4, 3), (16, 128, 64, 4, 3), (16, 64, 128, 4, 4),
+                                       (16, 32, 128, 4, 3), (64, 64, 64, 4, 3), (64, 128, 64, 8, 3),
+                                       (128, 64, 64, 8, 3), (64, 64, 32, 4, 4))]
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--json", type=Path, help="write the results as JSON to this path")
-    p.add_argument("--quick", action="store_true", help="fewer repetitions (and on CPU a smaller grid)")
-    p.add_argument("--outputs", default="argmax,probs", help="comma list among argmax,probs")
+    p.add_argument("--json", type=Path, default=DEFAULT_JSON, help=f"result JSON (default {DEFAULT_JSON})")
+    p.add_argument("--quick", action="store_true", help="shorter do_bench windows")
+    p.add_argument("--outputs", default=",".join(OUTPUTS), help="comma list among " + ",".join(OUTPUTS))
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile column")
-    p.add_argument("--threads", type=int, help="CPU only: torch intra-op threads (1 is steadier on a busy host)")
+    p.add_argument("--sweep", action="store_true", help="also time every candidate tile configuration")
     args = p.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    on_gpu = device.type == "cuda"
     outputs = [o for o in args.outputs.split(",") if o]
-    reps, warmup = (10, 3) if args.quick else (50, 10)
-    batches, classes = BATCHES, CLASSES
-    if not on_gpu:
-        reps, warmup = (3, 1) if args.quick else (5, 1)
-        if args.quick:
-            classes = (10, 1000)
-    do_compile = on_gpu and not args.no_compile
-    methods = ["eager"] + (["compile"] if do_compile else []) + (["fused"] if on_gpu else ["reference"])
-
-    env = {
-        "device": torch.cuda.get_device_name(device) if on_gpu else f"cpu ({platform.processor() or 'unknown'}, "
-                                                                     f"{os.cpu_count()} cores)",
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "torch_threads": torch.get_num_threads(),
-    }
-    if on_gpu:
+    bad = [o for o in outputs if o not in OUTPUTS]
+    if bad:
+        print(f"--outputs: unknown {bad}; choose among {','.join(OUTPUTS)}", file=sys.stderr)
+        return 2
+    if not torch.cuda.is_available():
+        print("kernel_bench needs a CUDA GPU and none is visible: nothing measured. Run it on a GPU machine "
+              "(the CPU evidence is tests/kernels: the interpreter tests and the AOT compile test).", file=sys.stderr)
+        return 2
+    try:
         import triton
+    except ImportError:
+        print("kernel_bench needs triton (it comes with torch's CUDA wheels on Linux): pip install triton",
+              file=sys.stderr)
+        return 2
 
-        env["triton"] = triton.__version__
-    copy = copy_gbps(device, reps=5 if args.quick else 20)
+    device = torch.device("cuda")
+    env = {"device": torch.cuda.get_device_name(device), "capability": ".".join(map(str,
+           torch.cuda.get_device_capability(device))), "torch": torch.__version__, "triton": triton.__version__,
+           "cuda": torch.version.cuda, "python": platform.python_version()}
+    copy = copy_gbps(device, args.quick)
+    peak = {name: matmul_tflops(device, dtype, args.quick) for name, dtype in DTYPES.items()}
+    methods = ["eager"] + ([] if args.no_compile else ["compile"]) + ["fused"]
+    compiled = {} if args.no_compile else {o: torch.compile(lambda x, w, b, m, o=o: eager_head(x, w, b, m, o))
+                                           for o in outputs}
     rows: List[Dict[str, object]] = []
-    compiled = torch.compile(eager_head, dynamic=False) if do_compile else None
+    sweep_rows: List[Dict[str, object]] = []
     gen = torch.Generator().manual_seed(0)
-    for dname, dtype in DTYPES.items():
-        for num_classes in classes:
-            w = (torch.randn(num_classes, DIM, generator=gen) / DIM**0.5).to(device, dtype)
-            b = torch.randn(num_classes, generator=gen).to(device, dtype)
-            mask = torch.rand(num_classes, generator=gen) >= FORGET_FRACTION
-            mask[0] = True
-            mask = mask.to(device)
-            head = CompactHead.from_head(w, b, mask)
-            num_kept = int(mask.sum())
-            for batch in batches:
-                x = torch.randn(batch, DIM, generator=gen).to(device, dtype)
-                for output in outputs:
-                    fns = {
-                        "eager": lambda: eager_head(x, w, b, mask, output),
-                        "compile": lambda: compiled(x, w, b, mask, output),
-                        "fused": lambda: head(x, output=output, impl="triton"),
-                        "reference": lambda: head(x, output=output, impl="reference"),
-                    }
-                    nbytes = needed_bytes(batch, num_classes, num_kept, DIM, x.element_size(), output)
-                    row: Dict[str, object] = dict(B=batch, C=num_classes, D=DIM, dtype=dname, output=output,
-                                                  kept=num_kept, bytes=nbytes)
-                    with torch.inference_mode():
+    with torch.inference_mode():
+        for dname, dtype in DTYPES.items():
+            for num_classes in CLASSES:
+                w = (torch.randn(num_classes, DIM, generator=gen) / DIM**0.5).to(device, dtype)
+                b = (0.1 * torch.randn(num_classes, generator=gen)).to(device, dtype)
+                mask = torch.rand(num_classes, generator=gen) >= FORGET_FRACTION
+                mask[0] = True
+                mask = mask.to(device)
+                head = CompactHead.from_head(w, b, mask)
+                num_kept = int(mask.sum())
+                for batch in BATCHES:
+                    x = torch.randn(batch, DIM, generator=gen).to(device, dtype)
+                    for output in outputs:
+                        k = TOPK if output == "topk" else 1
+                        fns = {"eager": lambda: eager_head(x, w, b, mask, output),
+                               "compile": lambda: compiled[output](x, w, b, mask),
+                               "fused": lambda: head(x, output=output, k=k, impl="triton")}
+                        nbytes = needed_bytes(batch, num_classes, num_kept, DIM, x.element_size(), output)
+                        flops = 2 * batch * num_kept * DIM
+                        limit_ms = max(nbytes / (copy * 1e9), flops / (peak[dname] * 1e12)) * 1e3
+                        row: Dict[str, object] = dict(B=batch, C=num_classes, D=DIM, dtype=dname, output=output,
+                                                      kept=num_kept, bytes=nbytes, flops=flops,
+                                                      limit_us=round(limit_ms * 1e3, 2))
+                        want = fns["eager"]()
                         for m in methods:
-                            us = time_us(fns[m], device, reps, warmup)
-                            gbps = nbytes / (us * 1e-6) / 1e9
-                            row[f"{m}_us"] = round(us, 2)
-                            row[f"{m}_gbps"] = round(gbps, 2)
-                            row[f"{m}_copy_share"] = round(gbps / copy, 4)
-                    fast = "fused" if on_gpu else "reference"
-                    row["speedup_vs_eager"] = round(row["eager_us"] / row[f"{fast}_us"], 3)
-                    rows.append(row)
-
-    result = {"env": env, "on_gpu": on_gpu, "copy_gbps": round(copy, 1), "methods": methods,
-              "forget_fraction": FORGET_FRACTION, "quick": args.quick, "rows": rows}
-    if not on_gpu:
-        result["note"] = GPU_NOTE
+                            try:
+                                problem = _same_result(output, fns[m](), want)
+                            except AssertionError as exc:
+                                problem = " ".join(str(exc).split())[:200]
+                            if problem:
+                                row[f"{m}_error"] = problem
+                                continue
+                            ms = bench_ms(fns[m], args.quick)
+                            row[f"{m}_us"] = round(ms * 1e3, 2)
+                            row[f"{m}_gbps"] = round(nbytes / (ms * 1e-3) / 1e9, 1)
+                            row[f"{m}_copy_share"] = round(nbytes / (ms * 1e-3) / 1e9 / copy, 4)
+                            row[f"{m}_limit_fraction"] = round(limit_ms / ms, 4)
+                        for m in ("eager", "compile"):
+                            if f"{m}_us" in row and "fused_us" in row:
+                                row[f"fused_speedup_vs_{m}"] = round(row[f"{m}_us"] / row["fused_us"], 3)
+                        rows.append(row)
+                        if args.sweep and dname == "fp16" and num_classes == 100_000:
+                            sweep_rows.append(_sweep(head, x, output, k, args.quick))
+    result = {"env": env, "copy_gbps": round(copy, 1), "matmul_tflops": {k: round(v, 1) for k, v in peak.items()},
+              "methods": methods, "forget_fraction": FORGET_FRACTION, "topk": TOPK, "quick": args.quick,
+              "rows": rows, "targets": _targets(rows), "sweep": sweep_rows}
     _print_table(result)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.json.with_suffix(args.json.suffix + ".tmp")
-        tmp.write_text(json.dumps(result, indent=2))
-        tmp.replace(args.json)
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    tmp = args.json.with_suffix(args.json.suffix + ".tmp")
+    tmp.write_text(json.dumps(result, indent=1))
+    tmp.replace(args.json)
+    print(f"# wrote {args.json}")
     return 0
+
+
+def _sweep(head, x, output: str, k: int, quick: bool) -> Dict[str, object]:
+    from edge_unlearn.kernels.triton_head import masked_head_triton
+
+    timings = []
+    for cfg in sweep_candidates():
+        fn = lambda: masked_head_triton(x, head.weight, head.bias, head.row_of, head.kept_ids,  # noqa: E731
+                                        head.kept_rows, output, k, cfg)
+        try:
+            fn()
+            timings.append((bench_ms(fn, quick) * 1e3, cfg))
+        except Exception as exc:  # noqa: BLE001 - a candidate that does not compile is reported, not fatal
+            timings.append((float("inf"), f"{cfg}: {' '.join(str(exc).split())[:120]}"))
+    timings.sort(key=lambda t: t[0])
+    return {"B": x.shape[0], "output": output, "best_us": round(timings[0][0], 2), "best": str(timings[0][1]),
+            "all": [(round(us, 2), str(c)) for us, c in timings]}
+
+
+def _targets(rows: List[Dict[str, object]]) -> List[Dict[str, object]]:
+    """The issue's H200 targets, evaluated on this run's rows (measured values, pass or not)."""
+    out = []
+    for r in rows:
+        if r["C"] != 100_000 or "fused_us" not in r:
+            continue
+        if r["output"] == "argmax" and r["B"] <= 64:
+            out.append(dict(target=f"argmax copy share >= {TARGET_COPY_SHARE:.0%}", B=r["B"], dtype=r["dtype"],
+                            value=r["fused_copy_share"], met=r["fused_copy_share"] >= TARGET_COPY_SHARE))
+        if r["output"] in ("argmax", "topk") and "fused_speedup_vs_eager" in r:
+            out.append(dict(target=f"{r['output']} fused >= {TARGET_SPEEDUP}x eager", B=r["B"], dtype=r["dtype"],
+                            value=r["fused_speedup_vs_eager"], met=r["fused_speedup_vs_eager"] >= TARGET_SPEEDUP))
+    return out
 
 
 def _print_table(result: Dict[str, object]) -> None:
     methods = result["methods"]
-    fast = "fused" if result["on_gpu"] else "reference"
-    print(f"# {result['env']['device']}, torch {result['env']['torch']}; copy {result['copy_gbps']} GB/s "
-          f"(read+write); median us; GB/s of needed bytes and its share of the copy")
-    if not result["on_gpu"]:
-        print(f"# {GPU_NOTE}")
-    head = ["B", "C", "dtype", "output"] + [f"{m} us" for m in methods] + [f"x vs eager ({fast})",
-                                                                            f"{fast} GB/s", "% copy"]
+    env = result["env"]
+    print(f"# {env['device']} (sm_{env['capability'].replace('.', '')}), torch {env['torch']}, triton "
+          f"{env['triton']}; copy {result['copy_gbps']} GB/s (read+write), matmul {result['matmul_tflops']} TFLOP/s")
+    print("# median us (do_bench); fused GB/s of needed bytes, its share of the copy, fraction of the physical limit")
+    head = ["B", "C", "dtype", "output"] + [f"{m} us" for m in methods] + ["x eager"] + \
+        (["x compile"] if "compile" in methods else []) + ["fused GB/s", "% copy", "% limit"]
     print(" | ".join(head))
     for r in result["rows"]:
-        cells = [r["B"], r["C"], r["dtype"], r["output"]] + [f"{r[m + '_us']:.1f}" for m in methods]
-        cells += [f"{r['speedup_vs_eager']:.2f}", f"{r[fast + '_gbps']:.2f}", f"{100 * r[fast + '_copy_share']:.1f}"]
+        cells = [r["B"], r["C"], r["dtype"], r["output"]]
+        cells += [f"{r[m + '_us']:.1f}" if f"{m}_us" in r else "ERR" for m in methods]
+        cells += [f"{r['fused_speedup_vs_eager']:.2f}" if "fused_speedup_vs_eager" in r else "-"]
+        if "compile" in methods:
+            cells += [f"{r['fused_speedup_vs_compile']:.2f}" if "fused_speedup_vs_compile" in r else "-"]
+        if "fused_us" in r:
+            cells += [f"{r['fused_gbps']:.0f}", f"{100 * r['fused_copy_share']:.1f}",
+                      f"{100 * r['fused_limit_fraction']:.1f}"]
         print(" | ".join(str(c) for c in cells))
+    errors = [(r["B"], r["C"], r["dtype"], r["output"], m, r[f"{m}_error"]) for r in result["rows"]
+              for m in methods if f"{m}_error" in r]
+    for e in errors:
+        print(f"# MISMATCH B={e[0]} C={e[1]} {e[2]} {e[3]} {e[4]}: {e[5]}")
+    for t in result["targets"]:
+        print(f"# target {t['target']} (B={t['B']}, {t['dtype']}): {t['value']} -> {'met' if t['met'] else 'NOT met'}")
+    for s in result["sweep"]:
+        print(f"# sweep B={s['B']} {s['output']}: best {s['best_us']} us with {s['best']}")
 
 
 if __name__ == "__main__":

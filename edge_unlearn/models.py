@@ -139,7 +139,7 @@ class UnlearnableClassifier(nn.Module):
         """The kept rows of the head and their class ids, built once and cached until the head or mask changes."""
         from .kernels import CompactHead
 
-        key = (self.head.weight.data_ptr(), self.head.weight._version, self.head.bias._version,
+        key = (self.head.weight.data_ptr(), self.head.weight._version, getattr(self.head.bias, "_version", None),
                self.class_mask._version, self.class_mask.data_ptr(), self.head.weight.device, self.head.weight.dtype)
         cached = getattr(self, "_compact_head_cache", None)
         if cached is None or cached[0] != key:

@@ -20,7 +20,7 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-from .reference import check_inputs, reference_from_index
+from .reference import check_index_maps, check_inputs, reference_from_index
 
 IMPLS = ("triton", "reference")
 
@@ -28,6 +28,9 @@ IMPLS = ("triton", "reference")
 def _run(x: Tensor, weight: Tensor, bias: Optional[Tensor], row_of: Tensor, kept_ids: Tensor, kept_rows: Tensor,
          output: str, k: int, impl: str):
     check_inputs(x, weight, bias, row_of.numel(), output, k, kept_ids.numel())
+    # values are checked on real tensors only (not while torch.compile traces with fake ones); cached per version
+    check_index_maps(row_of, kept_ids, kept_rows, weight.shape[0], x.device,
+                     values=not torch.compiler.is_compiling())
     if impl == "reference":
         return reference_from_index(x, weight, bias, row_of, kept_ids, kept_rows, output, k)
     if impl == "triton":

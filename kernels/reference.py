@@ -11,7 +11,10 @@ Semantics (shared by every implementation):
 * ``"probs"``: softmax over the kept classes, [B, C] in the features' dtype, forgotten classes = 0.
 * ``"argmax"``: int64 [B] of original class ids; ties go to the smallest class id.
 * ``"topk"``: (probabilities [B, k] in the features' dtype, int64 original class ids [B, k]), sorted by
-  decreasing probability, ties broken by the smaller class id.
+  decreasing logit, ties broken by the smaller class id.
+* NaN, as PyTorch treats it on the same masked logits: NaN ranks above every number (argmax returns the
+  smallest class id with a NaN logit, top-k lists NaN classes first), and a row with a NaN kept logit has NaN
+  probabilities in every column (``torch.softmax``).
 """
 
 from __future__ import annotations
@@ -92,6 +95,53 @@ def check_inputs(
             raise ValueError(f"k={k} exceeds the {num_kept} kept classes; ask for k <= {num_kept}")
 
 
+_VALIDATED_MAPS: "dict" = {}  # (data_ptr, _version, numel, device) of validated index maps -> True
+
+
+def check_index_maps(row_of: torch.Tensor, kept_ids: torch.Tensor, kept_rows: torch.Tensor, num_rows: int,
+                     device: torch.device, values: bool = True) -> None:
+    """Validate the index-map form of a mask; raise ValueError saying how to build valid maps.
+
+    Structure (always, no device sync): 1-D int32 tensors on ``device``, ``kept_ids`` and ``kept_rows`` of one
+    length K <= C. Values (when ``values``; one device sync, then cached per tensor version): ``kept_ids``
+    strictly ascending in [0, C), ``kept_rows`` in [0, num_rows), ``row_of[kept_ids] == kept_rows`` and every
+    other entry of ``row_of`` -1. A kernel given out-of-range rows would read outside the weight.
+    """
+    hint = "build them with kernels.index_maps(class_mask) or CompactHead.from_head"
+    for name, t in (("row_of", row_of), ("kept_ids", kept_ids), ("kept_rows", kept_rows)):
+        if t.dim() != 1 or t.dtype != torch.int32:
+            raise ValueError(f"{name} must be a 1-D int32 tensor, got dtype={t.dtype} shape={tuple(t.shape)}; {hint}")
+        if t.device != device:
+            raise ValueError(f"{name} is on {t.device} but the features are on {device}; move the head with .to()")
+    if kept_ids.numel() != kept_rows.numel() or kept_ids.numel() > row_of.numel():
+        raise ValueError(f"kept_ids ({kept_ids.numel()}) and kept_rows ({kept_rows.numel()}) must have one length "
+                         f"K <= C = {row_of.numel()}; {hint}")
+    if not values or kept_ids.numel() == 0:
+        return
+    key = tuple((t.data_ptr(), t._version, t.numel(), str(t.device)) for t in (row_of, kept_ids, kept_rows))
+    if _VALIDATED_MAPS.get(key) == num_rows:
+        return
+    ids, rows = kept_ids.long(), kept_rows.long()
+    num_classes = row_of.numel()
+    problems = []
+    if ids.numel() > 1 and not bool((ids[1:] > ids[:-1]).all()):
+        problems.append("kept_ids is not strictly ascending")
+    if int(ids.min()) < 0 or int(ids.max()) >= num_classes:
+        problems.append(f"kept_ids outside [0, {num_classes})")
+    elif int(rows.min()) < 0 or int(rows.max()) >= num_rows:
+        problems.append(f"kept_rows outside [0, {num_rows}) (the weight has {num_rows} rows)")
+    else:
+        expect = torch.full_like(row_of, -1)
+        expect[ids] = kept_rows
+        if not torch.equal(expect, row_of):
+            problems.append("row_of does not map exactly the kept classes to kept_rows (-1 elsewhere)")
+    if problems:
+        raise ValueError(f"invalid index maps: {'; '.join(problems)}; {hint}")
+    if len(_VALIDATED_MAPS) > 64:
+        _VALIDATED_MAPS.clear()
+    _VALIDATED_MAPS[key] = num_rows
+
+
 def kept_logits(
     features: torch.Tensor,
     weight: torch.Tensor,
@@ -144,9 +194,12 @@ def reference_from_index(
         vals, pos = torch.sort(logits_k, dim=1, descending=True, stable=True)
         pos = pos[:, :k]
         return probs_k.gather(1, pos).to(out_dtype), ids[pos]
-    fill = float("-inf") if output == "logits" else 0.0
-    full = torch.full((batch, num_classes), fill, dtype=compute_dtype, device=features.device)
-    full[:, ids] = logits_k if output == "logits" else torch.softmax(logits_k, dim=1)
+    full = torch.full((batch, num_classes), float("-inf"), dtype=compute_dtype, device=features.device)
+    full[:, ids] = logits_k
+    if output == "probs":
+        # softmax of the masked logits, as eager PyTorch computes it: forgotten classes get exactly 0, and a row
+        # with a NaN kept logit is NaN everywhere (forgotten columns included)
+        full = torch.softmax(full, dim=1)
     return full.to(out_dtype)
 
 

@@ -38,6 +38,29 @@ def test_compact_head_cache_follows_mask_changes():
         assert not (model.predict(x) == 4).any()
 
 
+@pytest.mark.parametrize("output", ["argmax", "probs", "topk"])
+def test_bias_free_head_fused_matches_eager(output):
+    """A head without bias (nn.Linear(bias=False)): the compact-head cache key must not read bias._version."""
+    torch.manual_seed(1)
+    model = build_model("lenet", 10, (1, 8, 8)).eval()
+    model.head.register_parameter("bias", None)
+    model.mask_classes([0, 5])
+    x = torch.randn(5, 1, 8, 8)
+    with torch.no_grad():
+        model.head_impl = "eager"
+        eager = model.predict(x, output=output, k=3)
+        model.head_impl = "fused"
+        fused = model.predict(x, output=output, k=3)
+        assert model.compact_head().bias is None
+    if output == "topk":
+        torch.testing.assert_close(fused[0], eager[0])
+        assert torch.equal(fused[1], eager[1])
+    elif output == "argmax":
+        assert torch.equal(fused, eager)
+    else:
+        torch.testing.assert_close(fused, eager)
+
+
 @pytest.mark.gpu
 def test_fused_cuda_matches_eager():
     if not torch.cuda.is_available():

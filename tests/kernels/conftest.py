@@ -227,3 +227,17 @@ def check_all_outputs(results: Dict[str, object], x: torch.Tensor, w: torch.Tens
             assert_topk_ok(res[0], res[1], logits64, k, dtype, label)
         else:
             raise ValueError(name)
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
+    """Print the AOT compile's registers and spills per variant (test_aot_compile.py), when it ran."""
+    import sys
+
+    module = sys.modules.get("tests.kernels.test_aot_compile")
+    if module is None or not getattr(module, "AOT_RESULTS", None):
+        return
+    from edge_unlearn.kernels.aot import format_table
+
+    for name, rows in module.AOT_RESULTS.items():
+        terminalreporter.section(f"AOT compile ({name}): registers and spills per variant")
+        terminalreporter.write_line(format_table(rows))
