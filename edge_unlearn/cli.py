@@ -128,6 +128,8 @@ def print_forget_summary(s: dict[str, Any]) -> None:
         for name, before, after in rows:
             click.echo(f"  {name:24s} {_fmt(before):>8s} {_fmt(after):>8s}")
         click.echo(f"  retain_drop {s['retain_drop']:+.4f}")
+    if "feature_step" in s:
+        click.echo(f"  feature step: {s['feature_step']} ({s.get('feature_directions', 0)} direction(s) removed)")
 
 
 @main.command("forget")
@@ -204,6 +206,9 @@ def models():
 
     for spec in MODELS.values():
         click.echo(f"{spec.name:20s} {spec.description}")
+    from .byom import importable_models  # what `edge-unlearn import --arch` accepts besides the names above
+
+    click.echo("\nimport --arch (bring your own model):\n" + "\n".join(f"  {w}\n      {h}" for w, h in importable_models()))
 
 
 @main.command()
@@ -242,6 +247,7 @@ def _register_optional_commands() -> None:
 
 
 _register_optional_commands()
+main.add_command(__import__("edge_unlearn.cli_import", fromlist=["import_cmd"]).import_cmd)
 
 if __name__ == "__main__":
     sys.exit(main())

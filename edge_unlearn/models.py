@@ -70,8 +70,12 @@ class UnlearnableClassifier(nn.Module):
         return bool((self.class_stats_count[kept] > 0).all())
 
     @torch.no_grad()
-    def record_class_stats(self, inputs: torch.Tensor, labels: torch.Tensor, batch_size: int = 512) -> None:
-        """Record per-class means of the edit layer's input (channel means for a conv layer)."""
+    def record_class_stats(self, inputs: torch.Tensor, labels: torch.Tensor, batch_size: int = 512,
+                           transform: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
+        """Record per-class means of the edit layer's input (channel means for a conv layer).
+
+        ``transform`` turns each batch of ``inputs`` into model inputs (raw images are then streamed
+        through the preprocessing batch by batch)."""
         layer, sums = self.edit_layer(), torch.zeros_like(self.class_stats, dtype=torch.float64)
         counts = torch.zeros(self.num_classes, dtype=torch.float64)
         captured: list[torch.Tensor] = []
@@ -82,7 +86,8 @@ class UnlearnableClassifier(nn.Module):
             device = self.class_stats.device
             for i in range(0, len(inputs), batch_size):
                 captured.clear()
-                self.backbone(inputs[i:i + batch_size].to(device))
+                batch = inputs[i:i + batch_size]
+                self.backbone((transform(batch) if transform is not None else batch).to(device))
                 act = pool_edit_input(captured[0], layer)
                 y = labels[i:i + batch_size].to(device)
                 sums.index_add_(0, y, act.to(torch.float64))
