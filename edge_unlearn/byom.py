@@ -53,6 +53,21 @@ class ImportRequest:
     stats_samples: int = 100
     data_dir: str | None = None
     seed: int = 0
+    train_recipe: tuple[tuple[str, Any], ...] = ()
+
+
+def resolve_recipe(items: Sequence[tuple[str, Any]]) -> dict[str, Any]:
+    """The training recipe `retrain` repeats (edge-unlearn's TrainConfig keys), checked."""
+    from .training import TrainConfig
+
+    known = set(TrainConfig.__dataclass_fields__)
+    unknown = sorted(k for k, _ in items if k not in known)
+    if unknown:
+        raise UsageError(f"--recipe has no key {', '.join(unknown)}; it takes {', '.join(sorted(known))}")
+    try:
+        return TrainConfig(**dict(items)).to_json()
+    except TypeError as exc:
+        raise UsageError(f"--recipe values do not fit ({exc})") from exc
 
 
 # ---------------------------------------------------------------------------------------------
@@ -304,6 +319,7 @@ def import_checkpoint(req: ImportRequest) -> dict[str, Any]:
 
     Nothing is written unless every check passes."""
     torch.manual_seed(req.seed)
+    recipe = resolve_recipe(req.train_recipe)
     adapt: dict[str, Any] = {"cifar_stem": True} if req.cifar_stem else {}
     spec = ArchSpec.parse(req.arch, dict(req.arch_kwargs), adapt)
     if spec.source == "timm" and req.channels not in (None, 3):
@@ -345,7 +361,7 @@ def import_checkpoint(req: ImportRequest) -> dict[str, Any]:
     meta = CheckpointMeta(arch=spec.label, num_classes=num_classes, class_names=class_names,
                           input_shape=prep.input_shape, normalization=prep.normalization,
                           dataset=(req.dataset or req.stats_from or ""), lineage=(step,), architecture=spec,
-                          preprocessing=prep)
+                          preprocessing=prep, train_recipe=recipe)
     digest = save_checkpoint(req.output, model, meta)
     return {"checkpoint": str(req.output), "sha256": digest, "arch": spec.label, "architecture": spec.to_json(),
             "num_classes": num_classes, "class_names": list(class_names), "head": key,

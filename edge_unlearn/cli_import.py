@@ -36,12 +36,12 @@ def _size(text: str | None, option: str) -> tuple[int, int] | None:
     return (values[0], values[-1])
 
 
-def _kwargs(items: tuple[str, ...]) -> tuple[tuple[str, Any], ...]:
+def _kwargs(items: tuple[str, ...], option: str = "--arch-arg") -> tuple[tuple[str, Any], ...]:
     out = []
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
-            raise UsageError(f"--arch-arg takes KEY=VALUE (a JSON value), got {item!r}")
+            raise UsageError(f"{option} takes KEY=VALUE (a JSON value), got {item!r}")
         try:
             out.append((key.strip(), json.loads(value)))
         except json.JSONDecodeError:
@@ -79,6 +79,9 @@ def _kwargs(items: tuple[str, ...]) -> tuple[tuple[str, Any], ...]:
 @click.option("--stats-from", default=None, help="Labelled dataset for the per-class statistics NHLE's feature step "
               "uses (without it NHLE uses a data-free estimate).")
 @click.option("--stats-samples", type=int, default=100, show_default=True, help="Training images per class for them.")
+@click.option("--recipe", "recipe", multiple=True, metavar="KEY=VALUE",
+              help="How the model was trained, for `retrain` to repeat on the retained classes (keys of "
+                   "edge-unlearn's recipe: epochs, min_steps, batch_size, lr, weight_decay, seed), e.g. --recipe epochs=30.")
 @click.option("--data-dir", type=click.Path(file_okay=False), default=None, help="Folder of torchvision datasets.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Checkpoint to write (.safetensors).")
@@ -86,7 +89,7 @@ def _kwargs(items: tuple[str, ...]) -> tuple[tuple[str, Any], ...]:
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
 @handle_errors
 def import_cmd(arch, weights, num_classes, classes_file, dataset, image_size, resize, channels, mean, std, preset,
-               cifar_stem, arch_args, stats_from, stats_samples, data_dir, seed, output, as_json, quiet):
+               cifar_stem, arch_args, recipe, stats_from, stats_samples, data_dir, seed, output, as_json, quiet):
     """Write an edge-unlearn checkpoint from a classifier trained elsewhere (bring your own model).
 
     The architecture is rebuilt from torchvision/timm/the registry, the weights load strictly, the head
@@ -102,7 +105,7 @@ def import_cmd(arch, weights, num_classes, classes_file, dataset, image_size, re
         resize=(resize_size[0] if resize and "x" not in resize.lower() and "," not in resize else resize_size),
         channels=int(channels) if channels else None, mean=_floats(mean, "--mean"), std=_floats(std, "--std"),
         preset=preset, arch_kwargs=_kwargs(arch_args), cifar_stem=cifar_stem, stats_from=stats_from,
-        stats_samples=stats_samples, data_dir=data_dir, seed=seed)
+        stats_samples=stats_samples, data_dir=data_dir, seed=seed, train_recipe=_kwargs(recipe, "--recipe"))
     summary = import_checkpoint(req)
     if as_json:
         echo_json(summary)

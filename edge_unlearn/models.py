@@ -6,6 +6,7 @@ the fused kernel use this contract only; adapters split torchvision families int
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Sequence
 
@@ -402,11 +403,16 @@ class ArchSpec:
                    tuple(sorted(dict(data.get("adapt", {})).items())), int(data.get("version", ARCH_SPEC_VERSION)))
 
 
-def torchvision_classifiers() -> list[str]:
-    """Every classification model name in ``torchvision.models``."""
+@functools.lru_cache(maxsize=1)
+def _torchvision_classifiers() -> tuple[str, ...]:
     import torchvision.models as tvm
 
-    return sorted(tvm.list_models(module=tvm))
+    return tuple(sorted(tvm.list_models(module=tvm)))
+
+
+def torchvision_classifiers() -> list[str]:
+    """Every classification model name in ``torchvision.models``."""
+    return list(_torchvision_classifiers())
 
 
 def torchvision_head_path(name: str) -> str:
