@@ -308,3 +308,9 @@ def test_import_with_stats_records_them_and_upscales_digits(tmp_path, digits):
     result = _cli(["evaluate", str(out), "--no-probe", "--json"])
     assert result.exit_code == 0, result.output
     assert len(json.loads(result.output)["per_class_accuracy"]) == 10
+
+
+def test_models_lists_what_can_be_imported():
+    out = _cli(["models"]).output
+    assert "import --arch" in out and "resnet18" in out and "head heads.head" in out
+    assert "squeezenet1_0,squeezenet1_1}" in out and "cannot be imported" in out and "timm:NAME" in out
