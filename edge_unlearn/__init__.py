@@ -4,3 +4,12 @@ This package's top level imports no torch, so the deployment side (``export``) c
 errors and file helpers on a device that has only numpy and onnxruntime or TensorRT.
 """
 __version__ = "0.1.0"
+
+
+def wrap(module, head, example_input=None, head_impl: str = "auto"):
+    """Turn your own ``nn.Module`` classifier into edge-unlearn's model contract (backbone + Linear head +
+    class mask); ``head`` is the dotted path of its final ``nn.Linear`` (e.g. ``"fc"``, ``"classifier[-1]"``).
+    See :func:`edge_unlearn.models.wrap`. Imported lazily: the package top level stays torch-free."""
+    from .models import wrap as _wrap
+
+    return _wrap(module, head, example_input=example_input, head_impl=head_impl)

@@ -13,18 +13,23 @@ import torch
 
 from . import __version__
 from .core.formats import CHECKPOINT_FORMAT, read_checkpoint_header
-from .data import Normalization
+from .data import Normalization, Preprocessing
 from .errors import CheckpointError, UsageError
 from .fileio import atomic_output, sha256_file
 from .guards import check_checkpoint_meta, check_finite_tensors
-from .models import UnlearnableClassifier, build_model
+from .models import ArchSpec, UnlearnableClassifier, build_from_spec
 
 FORMAT = CHECKPOINT_FORMAT
 
 
 @dataclass(frozen=True)
 class CheckpointMeta:
-    """What a checkpoint says about itself (stored as JSON in the safetensors header)."""
+    """What a checkpoint says about itself (stored as JSON in the safetensors header).
+
+    ``architecture`` says how to rebuild the model (registry, torchvision or timm + constructor arguments;
+    None: the registry entry ``arch``); ``preprocessing`` how raw images become its input (None: images
+    already of ``input_shape``, normalised with ``normalization``). Both are versioned records.
+    """
 
     arch: str
     num_classes: int
@@ -37,10 +42,31 @@ class CheckpointMeta:
     lineage: tuple[dict[str, Any], ...] = ()
     parent_sha256: str | None = None
     version: str = __version__
+    architecture: ArchSpec | None = None
+    preprocessing: Preprocessing | None = None
+
+    def __post_init__(self) -> None:
+        prep = self.preprocessing
+        if prep is not None and (tuple(prep.input_shape) != tuple(self.input_shape)
+                                 or prep.normalization != self.normalization):
+            raise UsageError(f"preprocessing {prep.to_json()} disagrees with input_shape {tuple(self.input_shape)} / "
+                             f"normalization {self.normalization.to_json()}")
+
+    @property
+    def arch_spec(self) -> ArchSpec:
+        """How to rebuild the architecture (the registry entry ``arch`` unless recorded otherwise)."""
+        return self.architecture or ArchSpec("registry", self.arch)
+
+    @property
+    def prep(self) -> Preprocessing:
+        """The preprocessing record (explicit, or the plain one of a model trained by edge-unlearn)."""
+        return self.preprocessing or Preprocessing.plain(self.input_shape, self.normalization)
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         data["normalization"] = self.normalization.to_json()
+        data["architecture"] = self.architecture.to_json() if self.architecture else None
+        data["preprocessing"] = self.preprocessing.to_json() if self.preprocessing else None
         data["class_names"] = list(self.class_names)
         data["input_shape"] = list(self.input_shape)
         data["forgotten_classes"] = list(self.forgotten_classes)
@@ -60,6 +86,8 @@ class CheckpointMeta:
             lineage=tuple(dict(step) for step in data.get("lineage", ())),
             parent_sha256=data.get("parent_sha256"),
             version=str(data.get("version", "?")),
+            architecture=ArchSpec.from_json(data["architecture"]) if data.get("architecture") else None,
+            preprocessing=Preprocessing.from_json(data["preprocessing"]) if data.get("preprocessing") else None,
         )
 
     def with_forgetting(self, classes: list[int], step: dict[str, Any], parent_sha256: str | None) -> "CheckpointMeta":
@@ -110,7 +138,7 @@ def _open(path: Path, tensors: bool = True) -> tuple[CheckpointMeta, dict[str, t
         check_checkpoint_meta(meta, str(path))
     except CheckpointError:
         raise
-    except (KeyError, ValueError, TypeError) as exc:
+    except (KeyError, ValueError, TypeError, UsageError) as exc:
         raise CheckpointError(f"{path} has unreadable edge-unlearn metadata ({exc}); re-create it with `edge-unlearn train`") from exc
     if not tensors:
         return meta, None
@@ -126,14 +154,17 @@ def _open(path: Path, tensors: bool = True) -> tuple[CheckpointMeta, dict[str, t
     return meta, loaded
 
 
-def load_checkpoint(path: str | Path) -> Checkpoint:
-    """Rebuild the model from its registry entry and load the tensors (strict)."""
+def load_checkpoint(path: str | Path, model: UnlearnableClassifier | None = None) -> Checkpoint:
+    """Rebuild the model from its architecture record (registry, torchvision or timm: no code from the file)
+    and load the tensors (strict). ``model``: a skeleton to load into instead, for checkpoints of a user's
+    own module (``edge_unlearn.wrap(MyNet(), head="fc")``), the user's code being what they trust."""
     path = Path(path)
     meta, tensors = _open(path)
-    try:
-        model = build_model(meta.arch, meta.num_classes, meta.input_shape)
-    except UsageError as exc:
-        raise CheckpointError(f"{path}: {exc}") from exc
+    if model is None:
+        try:
+            model = build_from_spec(meta.arch_spec, meta.num_classes, meta.input_shape)
+        except UsageError as exc:
+            raise CheckpointError(f"{path}: {exc}") from exc
     try:
         model.load_state_dict(tensors, strict=True)  # type: ignore[arg-type]
     except RuntimeError as exc:

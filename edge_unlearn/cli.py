@@ -12,6 +12,7 @@ from . import __version__
 from .cli_common import DEVICES, EdgeUnlearnGroup, emit, output_options, progress_enabled, say
 from .cli_evidence import keygen_cmd, sign_cmd
 from .cli_export import bundle_cmd, export_cmd, quantize_cmd, validate_cmd
+from .cli_import import import_cmd
 from .cli_report import bench_cmd, report_cmd, verify_cmd
 from .cli_tensorrt import build_engine_cmd, doctor_cmd, inspect_engine_cmd
 from .errors import UsageError
@@ -130,6 +131,8 @@ def print_forget_summary(s: dict[str, Any]) -> None:
         for name, before, after in rows:
             click.echo(f"  {name:24s} {_fmt(before):>8s} {_fmt(after):>8s}")
         click.echo(f"  retain_drop {s['retain_drop']:+.4f}")
+    if "feature_step" in s:
+        click.echo(f"  feature step: {s['feature_step']} ({s.get('feature_directions', 0)} direction(s) removed)")
 
 
 @main.command("forget")
@@ -206,10 +209,15 @@ def models(as_json, json_out, quiet):
     """List the model registry."""
     from .models import MODELS
 
-    emit([{"name": spec.name, "description": spec.description} for spec in MODELS.values()], as_json, json_out)
+    from .byom import importable_models  # what `edge-unlearn import --arch` accepts besides the names above
+
+    importable = importable_models()
+    emit({"registry": [{"name": spec.name, "description": spec.description} for spec in MODELS.values()],
+          "importable": [{"arch": w, "how": h} for w, h in importable]}, as_json, json_out)
     if not (as_json or quiet):
         for spec in MODELS.values():
             click.echo(f"{spec.name:20s} {spec.description}")
+        click.echo("\nimport --arch (bring your own model):\n" + "\n".join(f"  {w}\n      {h}" for w, h in importable))
 
 
 @main.command()
@@ -259,6 +267,7 @@ main.add_command(report_cmd)
 main.add_command(verify_cmd)
 main.add_command(sign_cmd)
 main.add_command(keygen_cmd)
+main.add_command(import_cmd)
 
 if __name__ == "__main__":
     sys.exit(main())

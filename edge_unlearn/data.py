@@ -46,6 +46,141 @@ class Normalization:
         return cls(tuple(float(v) for v in mean), tuple(float(v) for v in std))
 
 
+PREPROCESSING_VERSION = 1
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How a raw uint8 image [C, H, W] becomes the model's input; recorded in every checkpoint (version 1).
+
+    Order, as in torchvision's classification presets: convert ``channels`` (grey -> RGB repeats the
+    plane; RGB -> grey uses ITU-R 601-2 luma), ``resize`` (None: keep the size; an int: the shorter side
+    to this many pixels, aspect kept; (H, W): exactly), bilinear with antialiasing, on uint8; then centre
+    ``crop`` to (H, W), the model's input size; then scale to [0, 1] and normalise with ``mean``/``std``.
+    :meth:`transforms` gives the same steps as a torchvision.transforms.v2 pipeline for streaming loaders.
+    """
+
+    channels: int
+    crop: tuple[int, int]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    resize: int | tuple[int, int] | None = None
+    interpolation: str = "bilinear"
+    version: int = PREPROCESSING_VERSION
+
+    def __post_init__(self) -> None:
+        if self.version != PREPROCESSING_VERSION:
+            raise UsageError(f"preprocessing record version {self.version} is not supported (this is version "
+                             f"{PREPROCESSING_VERSION}); upgrade edge-unlearn")
+        if self.channels not in (1, 3):
+            raise UsageError(f"images must have 1 or 3 channels, got {self.channels}")
+        if len(self.mean) != self.channels or len(self.std) != self.channels:
+            raise UsageError(f"--mean/--std need {self.channels} values each (one per channel), got "
+                             f"{len(self.mean)} and {len(self.std)}")
+        if any(s <= 0 for s in self.std):
+            raise UsageError(f"--std values must be positive, got {list(self.std)}")
+        if len(self.crop) != 2 or min(self.crop) < 1:
+            raise UsageError(f"the input size must be two positive numbers, got {self.crop}")
+        if self.interpolation not in ("bilinear", "bicubic", "nearest"):
+            raise UsageError(f"interpolation must be bilinear, bicubic or nearest, got {self.interpolation!r}")
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return (self.channels, *self.crop)  # type: ignore[return-value]
+
+    @property
+    def normalization(self) -> Normalization:
+        return Normalization(self.mean, self.std)
+
+    @classmethod
+    def plain(cls, input_shape: Sequence[int], norm: Normalization) -> "Preprocessing":
+        """No geometry change: what `edge-unlearn train` records (images already at the model's size)."""
+        channels, height, width = (int(v) for v in input_shape)
+        return cls(channels, (height, width), tuple(norm.mean), tuple(norm.std))
+
+    def to_json(self) -> dict:
+        resize = list(self.resize) if isinstance(self.resize, tuple) else self.resize
+        return {"version": self.version, "channels": self.channels, "resize": resize, "crop": list(self.crop),
+                "interpolation": self.interpolation, "mean": list(self.mean), "std": list(self.std)}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "Preprocessing":
+        resize = data.get("resize")
+        return cls(channels=int(data["channels"]), crop=tuple(int(v) for v in data["crop"]),  # type: ignore[arg-type]
+                   mean=tuple(float(v) for v in data["mean"]), std=tuple(float(v) for v in data["std"]),
+                   resize=tuple(int(v) for v in resize) if isinstance(resize, list) else  # type: ignore[arg-type]
+                   (int(resize) if resize is not None else None),
+                   interpolation=str(data.get("interpolation", "bilinear")), version=int(data.get("version", 1)))
+
+    def _interpolation(self):
+        from torchvision.transforms import InterpolationMode
+
+        return InterpolationMode(self.interpolation)
+
+    def geometry(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 [N, C, H, W] -> uint8 [N, channels, *crop]: channel conversion, resize, centre crop."""
+        from torchvision.transforms.v2 import functional as TF
+
+        x = torch.as_tensor(images)
+        if x.dim() != 4:
+            raise DataError(f"images must be N×C×H×W, got shape {tuple(x.shape)}")
+        if x.shape[1] != self.channels:
+            if x.shape[1] == 1 and self.channels == 3:
+                x = x.expand(-1, 3, -1, -1)
+            elif x.shape[1] == 3 and self.channels == 1:
+                x = TF.rgb_to_grayscale(x, num_output_channels=1)
+            else:
+                raise DataError(f"images have {x.shape[1]} channels; the model takes {self.channels}")
+        if self.resize is not None:
+            size = [self.resize] if isinstance(self.resize, int) else list(self.resize)
+            x = TF.resize(x, size, interpolation=self._interpolation(), antialias=True)
+        if tuple(x.shape[2:]) != tuple(self.crop):
+            if x.shape[2] < self.crop[0] or x.shape[3] < self.crop[1]:
+                raise DataError(f"images are {x.shape[2]}×{x.shape[3]} but the model takes {self.crop[0]}×{self.crop[1]} "
+                                "and the checkpoint records no resize; import it with --resize or --image-size")
+            x = TF.center_crop(x, list(self.crop))
+        return x.contiguous()
+
+    def __call__(self, images: torch.Tensor | np.ndarray) -> torch.Tensor:
+        """uint8 [N, C, H, W] -> normalised float32 [N, channels, *crop], the model's input."""
+        return preprocess(self.geometry(torch.as_tensor(images)), self.normalization)
+
+    def transforms(self):
+        """The same steps as a ``torchvision.transforms.v2.Compose`` over uint8 image tensors [.., C, H, W]."""
+        from torchvision.transforms import v2
+
+        steps: list = []
+        if self.channels == 1:
+            steps.append(v2.Grayscale(num_output_channels=1))
+        else:
+            steps.append(v2.RGB())
+        if self.resize is not None:
+            size = self.resize if isinstance(self.resize, int) else list(self.resize)
+            steps.append(v2.Resize(size, interpolation=self._interpolation(), antialias=True))
+        steps += [v2.CenterCrop(list(self.crop)), v2.ToDtype(torch.float32, scale=True),
+                  v2.Normalize(list(self.mean), list(self.std))]
+        return v2.Compose(steps)
+
+
+def prepare_dataset(data: "Dataset", prep: Preprocessing) -> "Dataset":
+    """``data`` as the model sees it: images converted to the model's channels and size (uint8) and the
+    model's normalisation, so every consumer (training, forgetting, evaluation, bundles, calibration)
+    applies one and the same preprocessing. A no-op for a checkpoint trained on ``data``."""
+    if data.input_shape == prep.input_shape and prep.resize is None:
+        return dataclasses.replace(data, normalization=prep.normalization)
+
+    def convert(images: torch.Tensor, chunk: int = 512) -> torch.Tensor:
+        out = torch.empty((len(images), *prep.input_shape), dtype=torch.uint8)
+        for i in range(0, len(images), chunk):  # chunks: resizing works in float internally
+            out[i:i + chunk] = prep.geometry(images[i:i + chunk])
+        return out
+
+    return dataclasses.replace(data, x_train=convert(data.x_train), x_test=convert(data.x_test),
+                               normalization=prep.normalization)
+
+
 def preprocess(images: torch.Tensor | np.ndarray, norm: Normalization) -> torch.Tensor:
     """uint8 [N, C, H, W] -> normalised float32, the model's input."""
     x = torch.as_tensor(images).to(torch.float32) / 255.0

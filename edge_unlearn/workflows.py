@@ -14,7 +14,7 @@ import torch
 
 from .checkpoint import Checkpoint, CheckpointMeta, load_checkpoint, save_checkpoint
 from .core.figures import retain_drop
-from .data import Dataset, load_dataset, load_image_folder, preprocess, resolve_classes, take_samples
+from .data import Dataset, load_dataset, load_image_folder, prepare_dataset, preprocess, resolve_classes, take_samples
 from .errors import CheckpointError, UsageError
 from .guards import check_every_class_present
 from .metrics import EvalReport, evaluate_model
@@ -28,6 +28,8 @@ def dataset_for(ck: Checkpoint, spec: str | None, data_dir: str | None = None, d
     if not spec:
         raise UsageError("the checkpoint records no dataset; pass --dataset")
     data = load_dataset(spec, data_dir=data_dir, download=download)
+    if ck.meta.preprocessing is not None:  # an imported model: its own channels, size and normalisation
+        data = prepare_dataset(data, ck.meta.preprocessing)
     if data.num_classes != ck.meta.num_classes:
         raise CheckpointError(f"dataset {spec} has {data.num_classes} classes but the checkpoint was trained on "
                               f"{ck.meta.num_classes}; pass the --dataset it was trained on ({ck.meta.dataset or '?'})")
@@ -62,7 +64,7 @@ def retrain_checkpoint(original: str | Path, forget_classes: Sequence[str | int]
     if len(classes) >= data.num_classes:
         raise UsageError("that would forget every class; keep at least one class")
     recipe = config or TrainConfig.from_json(ck.meta.train_recipe)
-    result = train_model(ck.meta.arch, data, recipe, forget_classes=classes, progress=progress)
+    result = train_model(ck.meta.arch_spec, data, recipe, forget_classes=classes, progress=progress)
     report = evaluate_model(result.model, data, classes, probe=False)
     step = {"method": "retrain", "params": recipe.to_json(), "forget_classes": classes,
             "seconds": result.seconds, "parent_sha256": ck.sha256}
@@ -147,7 +149,7 @@ def forget_checkpoint(req: ForgetRequest, progress: bool = False) -> dict[str, A
         "params": result.params, "forget_classes": classes,
         "forget_class_names": [ck.meta.class_names[c] for c in classes],
         "all_forgotten_classes": sorted(set(classes) | set(ck.meta.forgotten_classes)),
-        "samples_used": result.samples_used, "seconds": result.seconds,
+        "samples_used": result.samples_used, "seconds": result.seconds, **result.details,
     }
     if req.evaluate:
         assert data is not None
@@ -159,6 +161,7 @@ def forget_checkpoint(req: ForgetRequest, progress: bool = False) -> dict[str, A
         summary["evaluation_seconds"] = time.perf_counter() - t0
     step = {"method": req.method, "params": result.params, "forget_classes": classes,
             "samples_used": result.samples_used, "seconds": result.seconds, "parent_sha256": ck.sha256,
+            **result.details,
             **{k: summary[k] for k in ("forget_acc", "forget_acc_unmasked", "retain_acc", "retain_drop",
                                        "probe_forget_acc") if k in summary}}
     meta = ck.meta.with_forgetting(classes, step, ck.sha256)

@@ -116,7 +116,7 @@ def make_bundle(checkpoint: str | Path, dataset: str, output: str | Path, per_cl
     import torch
 
     from edge_unlearn.checkpoint import load_checkpoint
-    from edge_unlearn.data import load_dataset, preprocess
+    from edge_unlearn.data import load_dataset, prepare_dataset, preprocess
 
     check_output_path(output, [checkpoint])
     ckpt = load_checkpoint(checkpoint)
@@ -125,6 +125,7 @@ def make_bundle(checkpoint: str | Path, dataset: str, output: str | Path, per_cl
         raise UsageError(f"{checkpoint} has no forgotten classes; make the bundle from the checkpoint that "
                          "`edge-unlearn forget` wrote")
     data = load_dataset(dataset)
+    data = prepare_dataset(data, meta.preprocessing) if meta.preprocessing is not None else data  # imported models
     if data.num_classes > meta.num_classes or tuple(data.input_shape) != tuple(meta.input_shape):
         raise UsageError(f"dataset {dataset} ({data.num_classes} classes, images {tuple(data.input_shape)}) does not fit "
                          f"the model ({meta.num_classes} classes, images {tuple(meta.input_shape)}); use the dataset "

@@ -39,7 +39,8 @@ class RetainSet:
     labels: torch.Tensor
 
 
-MethodFn = Callable[[UnlearnableClassifier, ForgetSet, Any, "RetainSet | None", torch.device, bool], None]
+MethodFn = Callable[[UnlearnableClassifier, ForgetSet, Any, "RetainSet | None", torch.device, bool],
+                    "dict[str, Any] | None"]
 
 
 @dataclass(frozen=True)
@@ -102,6 +103,7 @@ class ForgetResult:
     forget_classes: list[int]
     samples_used: int
     seconds: float
+    details: dict[str, Any] = dataclasses.field(default_factory=dict)  # what the method reports (e.g. feature_step)
 
 
 def forget(model: UnlearnableClassifier, forget_set: ForgetSet, method: str = "nhle", config: Any = None,
@@ -130,7 +132,7 @@ def forget(model: UnlearnableClassifier, forget_set: ForgetSet, method: str = "n
     if dev.type == "cuda":
         torch.cuda.synchronize()
     start = time.perf_counter()
-    spec.run(work, fs, config, rs, dev, progress)
+    details = spec.run(work, fs, config, rs, dev, progress)
     if spec.masks:
         work.mask_classes(classes)
     if dev.type == "cuda":
@@ -138,7 +140,7 @@ def forget(model: UnlearnableClassifier, forget_set: ForgetSet, method: str = "n
     seconds = time.perf_counter() - start
     work.eval().cpu()
     params = dataclasses.asdict(config) if dataclasses.is_dataclass(config) else {}
-    return ForgetResult(work, method, params, classes, int(len(forget_set.inputs)), seconds)
+    return ForgetResult(work, method, params, classes, int(len(forget_set.inputs)), seconds, dict(details or {}))
 
 
 def list_methods() -> Sequence[str]:

@@ -1,0 +1,167 @@
+"""Bring your own model, end to end (issue #11's acceptance benchmark).
+
+For each architecture: a plain PyTorch script that never imports edge-unlearn (benchmarks/plain_train.py)
+trains it on a CIFAR-10 subset and saves a state_dict .pth; then `import` (once with class statistics from
+the training data, once without: NHLE's data-free BatchNorm estimate) -> `forget 3` (NHLE) -> export ->
+INT8 -> bundle -> validate; and `retrain` (same arch, same data, same recipe) as the gold standard.
+Figures: forget_acc (mask on), forget_acc_unmasked, retain_acc, retain_drop, probe_forget_acc, seconds.
+
+Modest by design (2 shared CPU cores): --per-class training images per class, images downscaled to --size
+(2×2 area average; 16 by default), --epochs epochs; the same subset feeds the plain script, the import,
+the forget samples, the retrain and the evaluation.
+
+    python benchmarks/byom.py --archs resnet18:cifar_stem,mobilenet_v3_small --json benchmarks/results/byom.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from edge_unlearn.byom import ImportRequest, import_checkpoint
+from edge_unlearn.cli_export import deployment_demo
+from edge_unlearn.training import TrainConfig
+from edge_unlearn.workflows import ForgetRequest, evaluate_checkpoint, forget_checkpoint, retrain_checkpoint
+
+HERE = Path(__file__).resolve().parent
+CIFAR_MEAN, CIFAR_STD = "0.4914,0.4822,0.4465", "0.2470,0.2435,0.2616"
+FIGURES = ("forget_acc", "forget_acc_unmasked", "retain_acc", "retain_drop", "probe_forget_acc", "seconds")
+
+
+def make_subset(source: Path, out: Path, per_class: int, size: int, seed: int) -> str:
+    """A class-balanced training subset (and the whole test split), downscaled by area averaging."""
+    with np.load(source) as a:
+        x_train, y_train, x_test, y_test = (a[k] for k in ("x_train", "y_train", "x_test", "y_test"))
+        names = a["class_names"] if "class_names" in a.files else None
+    rng = np.random.default_rng(seed)
+    pick = np.sort(np.concatenate([rng.permutation(np.nonzero(y_train == c)[0])[:per_class]
+                                   for c in np.unique(y_train)]))
+
+    def shrink(x: np.ndarray) -> np.ndarray:
+        f = x.shape[2] // size
+        if f <= 1:
+            return x
+        n, c, h, w = x.shape
+        return x.reshape(n, c, h // f, f, w // f, f).astype(np.float32).mean((3, 5)).round().astype(np.uint8)
+
+    arrays = dict(x_train=shrink(x_train[pick]), y_train=y_train[pick], x_test=shrink(x_test), y_test=y_test)
+    if names is not None:
+        arrays["class_names"] = names
+    np.savez(out, **arrays)
+    return f"npz:{out}"
+
+
+def run_arch(arch: str, data_npz: Path, spec: str, work: Path, epochs: int, forget: str, samples: int,
+             stats_samples: int) -> list[dict]:
+    cifar_stem = arch.endswith(":cifar_stem")
+    name = arch[:-len(":cifar_stem")] if cifar_stem else arch
+    label = f"{name}{' (cifar stem)' if cifar_stem else ''}"
+    tag = name.replace(":", "_")
+    rows: list[dict] = []
+    pth = work / f"{tag}.pth"
+    cmd = [sys.executable, str(HERE / "plain_train.py"), "--arch", name, "--data", str(data_npz), "--epochs",
+           str(epochs), "--mean", CIFAR_MEAN, "--std", CIFAR_STD, "-o", str(pth)] + (["--cifar-stem"] if cifar_stem else [])
+    t0 = time.perf_counter()
+    subprocess.run(cmd, check=True)
+    train_seconds = time.perf_counter() - t0
+    print(f"[{label}] plain training: {train_seconds:.0f} s", flush=True)
+    arch_flag = name if name.startswith("timm:") else f"torchvision:{name}"
+    checkpoints = {}
+    for variant, stats in (("nhle, class stats from data", spec), ("nhle, data-free (BatchNorm)", None)):
+        out = work / f"{tag}.{'stats' if stats else 'free'}.safetensors"
+        t0 = time.perf_counter()
+        import_checkpoint(ImportRequest(arch=arch_flag, weights=str(pth), output=str(out), dataset=spec,
+                                        mean=tuple(float(v) for v in CIFAR_MEAN.split(",")),
+                                        std=tuple(float(v) for v in CIFAR_STD.split(",")), cifar_stem=cifar_stem,
+                                        stats_from=stats, stats_samples=stats_samples))
+        import_seconds = time.perf_counter() - t0
+        child = work / f"{tag}.{'stats' if stats else 'free'}.f{forget}.safetensors"
+        s = forget_checkpoint(ForgetRequest(checkpoint=str(out), forget=(forget,), out=str(child), samples=samples))
+        checkpoints[variant] = child
+        if not rows:
+            rows.append({"arch": label, "variant": "original (plain script)", "forget_acc": s["forget_acc_before"],
+                         "forget_acc_unmasked": s["forget_acc_before"], "retain_acc": s["retain_acc_before"],
+                         "retain_drop": 0.0, "probe_forget_acc": s["probe_forget_acc_before"],
+                         "seconds": train_seconds})
+        rows.append({"arch": label, "variant": variant, **{k: s[k] for k in FIGURES if k in s},
+                     "feature_step": s.get("feature_step"), "import_seconds": import_seconds})
+        print(f"[{label}] {variant}: {json.dumps(rows[-1])}", flush=True)
+    original = work / f"{tag}.stats.safetensors"
+    retrained = work / f"{tag}.retrain.safetensors"
+    recipe = TrainConfig(epochs=epochs, min_steps=0, batch_size=128, lr=2e-3, device="cpu")
+    r = retrain_checkpoint(original, [forget], retrained, progress=False, config=recipe)
+    e = evaluate_checkpoint(retrained, reference=original)
+    rows.append({"arch": label, "variant": "retrain (gold standard)", "forget_acc": e["forget_acc"],
+                 "forget_acc_unmasked": e["forget_acc_unmasked"], "retain_acc": e["retain_acc"],
+                 "retain_drop": e["retain_drop"], "probe_forget_acc": e["probe_forget_acc"], "seconds": r["seconds"]})
+    print(f"[{label}] retrain: {json.dumps(rows[-1])}", flush=True)
+    deploy = deployment_demo(checkpoints["nhle, class stats from data"], spec, work / f"{tag}.deploy", echo=print)
+    rows[1]["int8_validate"] = deploy["int8"]["verdict"]
+    rows[1]["fp32_validate"] = deploy["fp32"]["verdict"]
+    return rows
+
+
+def fmt(v) -> str:
+    if v is None:
+        return "—"
+    return f"{v:.3f}" if isinstance(v, float) else str(v)
+
+
+def table(rows: list[dict]) -> str:
+    head = "| arch | variant | forget_acc | forget_acc_unmasked | retain_acc | retain_drop | probe | seconds | feature step |"
+    lines = [head, "|" + "---|" * 9]
+    for r in rows:
+        lines.append(f"| {r['arch']} | {r['variant']} | {fmt(r.get('forget_acc'))} | {fmt(r.get('forget_acc_unmasked'))} "
+                     f"| {fmt(r.get('retain_acc'))} | {fmt(r.get('retain_drop'))} | {fmt(r.get('probe_forget_acc'))} "
+                     f"| {fmt(r.get('seconds'))} | {r.get('feature_step', '')} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default=str(HERE.parents[1] / "shared" / "data" / "cifar10.npz"))
+    parser.add_argument("--archs", default="resnet18:cifar_stem,mobilenet_v3_small,timm:resnet10t",
+                        help="comma-separated torchvision names (NAME:cifar_stem for the 3×3 stem) or timm:NAME")
+    parser.add_argument("--per-class", type=int, default=100)
+    parser.add_argument("--size", type=int, default=16)
+    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--forget", default="3")
+    parser.add_argument("--samples", type=int, default=32)
+    parser.add_argument("--stats-samples", type=int, default=100)
+    parser.add_argument("--work", default="bench_out/byom")
+    parser.add_argument("--json", default=str(HERE / "results" / "byom.json"))
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    subset = work / f"cifar10_{args.per_class}pc_{args.size}px.npz"
+    spec = make_subset(Path(args.data), subset, args.per_class, args.size, seed=0)
+    rows: list[dict] = []
+    skipped: list[str] = []
+    for arch in [a for a in args.archs.split(",") if a]:
+        if arch.startswith("timm:"):
+            try:
+                import timm  # noqa: F401
+            except ImportError:
+                skipped.append(f"{arch}: timm is not installed")
+                continue
+        rows += run_arch(arch, subset, spec, work, args.epochs, args.forget, args.samples, args.stats_samples)
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps({"config": vars(args), "rows": rows, "skipped": skipped,
+                                               "machine": {"cpu_threads": torch.get_num_threads(),
+                                                           "python": platform.python_version(),
+                                                           "torch": torch.__version__}}, indent=2))
+    print(table(rows))
+    for s in skipped:
+        print(f"skipped {s}")
+
+
+if __name__ == "__main__":
+    main()
