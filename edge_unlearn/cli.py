@@ -1,7 +1,6 @@
 """The `edge-unlearn` command line. Commands are thin: build a request, call a library function, print."""
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -9,29 +8,19 @@ from typing import Any
 import click
 
 from . import __version__
-from .cli_common import DEVICES, EdgeUnlearnGroup, emit, output_options, progress_enabled, say
+from .cli_common import DEVICES, parse_key_values, EdgeUnlearnGroup, emit, output_options, progress_enabled, say
 from .cli_evidence import keygen_cmd, sign_cmd
 from .cli_export import bundle_cmd, export_cmd, quantize_cmd, validate_cmd
 from .cli_import import import_cmd
 from .cli_report import bench_cmd, report_cmd, verify_cmd
 from .cli_tensorrt import build_engine_cmd, doctor_cmd, inspect_engine_cmd
-from .errors import UsageError
 
 DATASET_HELP = ("digits (offline default), mnist, fashion_mnist, cifar10, cifar100, svhn (torchvision, from "
                 "--data-dir), npz:PATH or folder:PATH")
 
 
 def _parse_params(items: tuple[str, ...]) -> tuple[tuple[str, Any], ...]:
-    out = []
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise UsageError(f"--set takes KEY=VALUE, got {item!r}")
-        try:
-            out.append((key.strip(), json.loads(value)))
-        except json.JSONDecodeError:
-            out.append((key.strip(), value))
-    return tuple(out)
+    return parse_key_values(items, "--set")
 
 
 def _fmt(value: Any) -> str:

@@ -7,6 +7,7 @@ from :mod:`edge_unlearn.core`.
 from __future__ import annotations
 
 import functools
+import json
 import sys
 from pathlib import Path
 from typing import Any, Callable
@@ -14,7 +15,7 @@ from typing import Any, Callable
 import click
 
 from .core.jsontext import to_json_text
-from .errors import EdgeUnlearnError
+from .errors import EdgeUnlearnError, UsageError
 from .fileio import atomic_output
 
 #: the extra that provides each optional top-level module (``pip install 'edge-unlearn[EXTRA]'``)
@@ -129,3 +130,17 @@ def progress_enabled(quiet: bool = False, as_json: bool = False) -> bool:
     """Progress bars only on a terminal: never in --quiet/--json mode or when stderr goes to a file or pipe
     (a log should not receive thousands of carriage-return updates)."""
     return not (quiet or as_json) and sys.stderr.isatty()
+
+
+def parse_key_values(items: tuple[str, ...], option: str) -> tuple[tuple[str, Any], ...]:
+    """``KEY=VALUE`` options (``--set``, ``--arch-arg``, ``--recipe``): VALUE as JSON when it parses, else the text."""
+    out = []
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"{option} takes KEY=VALUE (a JSON value or text), got {item!r}")
+        try:
+            out.append((key.strip(), json.loads(value)))
+        except json.JSONDecodeError:
+            out.append((key.strip(), value))
+    return tuple(out)

@@ -2,12 +2,11 @@
 :func:`edge_unlearn.byom.import_checkpoint`, print)."""
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import click
 
-from .cli_common import emit, output_options
+from .cli_common import emit, output_options, parse_key_values
 from .errors import UsageError
 
 
@@ -37,16 +36,7 @@ def _size(text: str | None, option: str) -> tuple[int, int] | None:
 
 
 def _kwargs(items: tuple[str, ...], option: str = "--arch-arg") -> tuple[tuple[str, Any], ...]:
-    out = []
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise UsageError(f"{option} takes KEY=VALUE (a JSON value), got {item!r}")
-        try:
-            out.append((key.strip(), json.loads(value)))
-        except json.JSONDecodeError:
-            out.append((key.strip(), value))
-    return tuple(out)
+    return parse_key_values(items, option)
 
 
 @click.command("import")

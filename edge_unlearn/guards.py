@@ -103,7 +103,6 @@ def check_params(config_cls: type, values: Mapping[str, Any], option: str = "--s
             continue
         kind = _field_kind(field)
         name = f"{option} {key}"
-        default = field.default if field.default is not dataclasses.MISSING else None
         if kind == "bool":
             if not isinstance(value, bool):
                 raise UsageError(f"{name} must be true or false, got {value!r}")

@@ -130,7 +130,6 @@ def evaluate_logits(logits: np.ndarray, bundle: Bundle, thresholds: Thresholds,
         raise ModelFileError(f"the model produced logits of shape {logits.shape} but the bundle needs ({n}, {c}): "
                              "the model and the bundle do not belong together (different class count?)")
     labels, forgotten = bundle.labels, list(bundle.forgotten_classes)
-    retained = bundle.retained_classes
     finite = np.isfinite(logits)
     bad_rows = ~finite.all(axis=1)
     pred = np.where(finite, logits, -np.inf).argmax(axis=1)
