@@ -10,6 +10,7 @@ forgotten classes = MASK_VALUE), ``class_names`` str [num_classes], ``forgotten_
 from __future__ import annotations
 
 import json
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -74,6 +75,9 @@ def load_bundle(path: str | Path) -> Bundle:
     path = Path(path)
     if not path.is_file():
         raise ModelFileError(f"bundle {path} not found; make one with `edge-unlearn bundle CHECKPOINT --dataset SPEC -o {path.name}`")
+    if not zipfile.is_zipfile(path):  # else numpy's own message suggests unpickling the file
+        raise ModelFileError(f"{path} is not a readable .npz bundle (not a zip archive: another kind of file?); "
+                             "make one with `edge-unlearn bundle`")
     try:
         with np.load(path, allow_pickle=False) as arrays:
             missing = [k for k in ARRAYS if k not in arrays.files]

@@ -1,0 +1,48 @@
+"""Findings of an outside review of the merged CLI (a new user's commands, wrong file kinds, --json on stdout):
+each test pins one fix."""
+from __future__ import annotations
+
+import pytest
+from click.testing import CliRunner
+
+from edge_unlearn.cli import main
+
+
+def _invoke(args: list[str]):
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise AssertionError(f"{args}: uncaught {type(result.exception).__name__}: {result.exception}")
+    return result
+
+
+def _one_line_error(result, *needles: str) -> str:
+    assert result.exit_code == 2, (result.exit_code, result.output)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    return lines[0]
+
+
+# a safetensors header: what a user passes when mixing up the checkpoint and the bundle
+_NOT_A_ZIP = b"\x10\x00\x00\x00\x00\x00\x00\x00" + b'{"__metadata__":{}}'
+
+
+def test_a_checkpoint_given_as_bundle_is_named_not_a_zip_and_never_advises_unpickling(tmp_path):
+    from edge_unlearn.errors import ModelFileError
+    from edge_unlearn.export.bundle import load_bundle
+
+    wrong = tmp_path / "model.safetensors"
+    wrong.write_bytes(_NOT_A_ZIP)
+    with pytest.raises(ModelFileError, match="not a zip archive") as caught:
+        load_bundle(wrong)
+    assert "pickle" not in str(caught.value)
+
+
+def test_a_checkpoint_given_as_npz_dataset_is_named_not_a_zip(tmp_path):
+    wrong = tmp_path / "model.safetensors"
+    wrong.write_bytes(_NOT_A_ZIP)
+    line = _one_line_error(_invoke(["train", "--dataset", f"npz:{wrong}", "-o", tmp_path / "t.safetensors"]),
+                           "not a zip archive")
+    assert "pickle" not in line
+    assert not (tmp_path / "t.safetensors").exists()
