@@ -518,9 +518,11 @@ def keygen(private_path: str | Path, public_path: str | Path | None = None) -> t
 
     private = Path(private_path)
     public = Path(public_path) if public_path else private.with_name(private.name + ".pub")
-    for p in (private, public):
+    if os.path.abspath(public) == os.path.abspath(private):  # the public key would replace the private one
+        raise UsageError(f"--public {public} is the private key file -o {private}; give the public key another path")
+    for p, option in ((private, "-o"), (public, "--public")):
         if p.exists() or p.is_symlink():
-            raise UsageError(f"{p} exists; keygen never overwrites a key: choose another -o path")
+            raise UsageError(f"{p} exists; keygen never overwrites a key: choose another {option} path")
         check_output_path(p)
     key = Ed25519PrivateKey.generate()
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,

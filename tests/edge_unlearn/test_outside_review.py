@@ -46,3 +46,19 @@ def test_a_checkpoint_given_as_npz_dataset_is_named_not_a_zip(tmp_path):
                            "not a zip archive")
     assert "pickle" not in line
     assert not (tmp_path / "t.safetensors").exists()
+
+
+@pytest.mark.parametrize("public", ["key.pem", "./key.pem"])
+def test_keygen_refuses_a_public_key_path_equal_to_the_private_key(tmp_path, monkeypatch, public):
+    """`keygen -o K --public K` used to write the private key, then replace it with the public one."""
+    monkeypatch.chdir(tmp_path)
+    _one_line_error(_invoke(["keygen", "-o", "key.pem", "--public", public]), "--public", "another path")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_keygen_names_the_option_whose_file_exists(tmp_path):
+    (tmp_path / "taken.pub").write_text("someone's key")
+    _one_line_error(_invoke(["keygen", "-o", tmp_path / "new.pem", "--public", tmp_path / "taken.pub"]),
+                    "choose another --public path")
+    assert not (tmp_path / "new.pem").exists()
+    assert (tmp_path / "taken.pub").read_text() == "someone's key"
