@@ -62,3 +62,24 @@ def test_keygen_names_the_option_whose_file_exists(tmp_path):
                     "choose another --public path")
     assert not (tmp_path / "new.pem").exists()
     assert (tmp_path / "taken.pub").read_text() == "someone's key"
+
+
+@pytest.mark.parametrize("name, content, kind", [
+    ("model.onnx", b"\x08\x09\x12\x07pytorch", "is an ONNX model, not a checkpoint"),
+    ("model.plan", b"ftrt\x00\x00\x00\x00engine", "is a TensorRT engine, not a checkpoint"),
+    ("eval.npz", b"PK\x03\x04\x14\x00\x00\x00", "is a zip/.npz archive"),
+])
+@pytest.mark.parametrize("command", [["export", "-o", "out.onnx"], ["evaluate"]])
+def test_another_artefact_given_as_checkpoint_is_named_for_what_it_is(tmp_path, monkeypatch, name, content, kind,
+                                                                      command):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / name).write_bytes(content)
+    line = _one_line_error(_invoke([command[0], name, *command[1:]]), kind, ".safetensors")
+    assert "re-create" not in line
+    assert sorted(p.name for p in tmp_path.iterdir()) == [name]
+
+
+def test_a_damaged_checkpoint_is_still_called_corrupt(tmp_path):
+    (tmp_path / "model.safetensors").write_bytes(b"\xff" * 16)
+    _one_line_error(_invoke(["evaluate", tmp_path / "model.safetensors"]), "not a valid safetensors checkpoint",
+                    "corrupt")
