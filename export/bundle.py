@@ -112,9 +112,10 @@ def load_bundle(path: str | Path) -> Bundle:
     return bundle
 
 
-def make_bundle(checkpoint: str | Path, dataset: str, output: str | Path, per_class: int | None = None,
+def make_bundle(checkpoint: str | Path, dataset: str | None, output: str | Path, per_class: int | None = None,
                 seed: int = 0, batch_size: int = 256) -> Bundle:
-    """Preprocessed test images of ``dataset`` + the checkpoint's FP32 logits, written atomically.
+    """Preprocessed test images of ``dataset`` (None: the one recorded in the checkpoint, like ``evaluate``)
+    + the checkpoint's FP32 logits, written atomically.
 
     ``per_class`` caps the samples of each class (None: the whole test split)."""
     import torch
@@ -128,6 +129,9 @@ def make_bundle(checkpoint: str | Path, dataset: str, output: str | Path, per_cl
     if not model.forgotten_classes:
         raise UsageError(f"{checkpoint} has no forgotten classes; make the bundle from the checkpoint that "
                          "`edge-unlearn forget` wrote")
+    dataset = dataset or meta.dataset
+    if not dataset:
+        raise UsageError(f"{checkpoint} records no dataset; pass --dataset SPEC (the one it was trained on)")
     data = load_dataset(dataset)
     if data.num_classes > meta.num_classes or tuple(data.input_shape) != tuple(meta.input_shape):
         raise UsageError(f"dataset {dataset} ({data.num_classes} classes, images {tuple(data.input_shape)}) does not fit "

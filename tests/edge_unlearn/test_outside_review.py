@@ -83,3 +83,19 @@ def test_a_damaged_checkpoint_is_still_called_corrupt(tmp_path):
     (tmp_path / "model.safetensors").write_bytes(b"\xff" * 16)
     _one_line_error(_invoke(["evaluate", tmp_path / "model.safetensors"]), "not a valid safetensors checkpoint",
                     "corrupt")
+
+
+def test_bundle_defaults_to_the_checkpoint_dataset_like_evaluate_and_forget(digits_checkpoint, tmp_path):
+    """`bundle` alone required --dataset although the checkpoint records it (evaluate/forget default to it)."""
+    from edge_unlearn.checkpoint import load_checkpoint, save_checkpoint
+    from edge_unlearn.export.bundle import load_bundle
+
+    loaded = load_checkpoint(digits_checkpoint)
+    loaded.model.class_mask[3] = False
+    forgotten = tmp_path / "forgotten.safetensors"
+    save_checkpoint(forgotten, loaded.model, loaded.meta)
+    result = _invoke(["bundle", forgotten, "--per-class", "4", "-o", tmp_path / "eval.npz"])
+    assert result.exit_code == 0, result.output
+    bundle = load_bundle(tmp_path / "eval.npz")
+    assert len(bundle.labels) == 40 and sorted(set(bundle.labels.tolist())) == list(range(10))
+    assert bundle.forgotten_classes == (3,)
