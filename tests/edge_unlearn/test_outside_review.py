@@ -99,3 +99,14 @@ def test_bundle_defaults_to_the_checkpoint_dataset_like_evaluate_and_forget(digi
     bundle = load_bundle(tmp_path / "eval.npz")
     assert len(bundle.labels) == 40 and sorted(set(bundle.labels.tolist())) == list(range(10))
     assert bundle.forgotten_classes == (3,)
+
+
+def test_swapped_keys_are_named_for_what_they_are(tmp_path):
+    """sign with KEY.pub, or verify with the private KEY: say which key goes where, not a cryptography excerpt."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "manifest.json").write_text("{}")
+    assert _invoke(["keygen", "-o", tmp_path / "key.pem", "-q"]).exit_code == 0
+    _one_line_error(_invoke(["sign", run, "--key", tmp_path / "key.pem.pub"]), "is a public key", "not KEY.pub")
+    _one_line_error(_invoke(["verify", run, "--key", tmp_path / "key.pem"]), "is a private key", "KEY.pub")
+    assert sorted(p.name for p in run.iterdir()) == ["manifest.json"]
