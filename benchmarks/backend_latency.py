@@ -10,7 +10,7 @@ QDQ, calibrated on retained classes), then bench all three with ``edge_unlearn.e
     python benchmarks/backend_latency.py --quick --out-dir /tmp/backend_latency_quick   # smoke test, ~2 min
 
 Equivalent CLI for one model: ``edge-unlearn bench ckpt.safetensors model.onnx model.int8.onnx --batch 1,8,64
---provider cpu --json out.json``.
+--provider cpu --json-out out.json``.
 """
 from __future__ import annotations
 

@@ -125,12 +125,13 @@ def quantize_cmd(model: str, precision: str, target: str, dynamic: bool, calib: 
 
 @click.command("bundle")
 @click.argument("checkpoint", type=click.Path(dir_okay=False))
-@click.option("--dataset", required=True, help="Dataset spec whose test split is bundled (e.g. npz:data.npz, digits).")
+@click.option("--dataset", default=None, help="Dataset spec whose test split is bundled (e.g. npz:data.npz, digits); "
+                                               "default: the dataset recorded in the checkpoint.")
 @click.option("--per-class", type=int, default=None, help="At most this many test images per class (default: all).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the --per-class draw.")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help=".npz bundle to write.")
 @output_options
-def bundle_cmd(checkpoint: str, dataset: str, per_class: int | None, seed: int, output: str,
+def bundle_cmd(checkpoint: str, dataset: str | None, per_class: int | None, seed: int, output: str,
                as_json: bool, json_out: str | None, quiet: bool) -> None:
     """Write a torch-free evaluation bundle: preprocessed test inputs, labels, class names, forgotten
     classes and the checkpoint's FP32 reference logits, so a device without torch can validate."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -272,6 +273,9 @@ def _load_npz(spec: str, path: str) -> Dataset:
     file = Path(path)
     if not file.is_file():
         raise DataError(f"dataset file {file} not found; give an existing .npz with x_train, y_train, x_test, y_test")
+    if not zipfile.is_zipfile(file):  # else numpy's own message suggests unpickling the file
+        raise DataError(f"{file} is not a readable .npz archive (not a zip archive: another kind of file?); "
+                        "give an .npz with x_train, y_train, x_test, y_test (numpy.savez)")
     try:
         with np.load(file, allow_pickle=False) as arrays:
             missing = [k for k in ("x_train", "y_train", "x_test", "y_test") if k not in arrays.files]

@@ -10,6 +10,7 @@ forgotten classes = MASK_VALUE), ``class_names`` str [num_classes], ``forgotten_
 from __future__ import annotations
 
 import json
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -74,6 +75,9 @@ def load_bundle(path: str | Path) -> Bundle:
     path = Path(path)
     if not path.is_file():
         raise ModelFileError(f"bundle {path} not found; make one with `edge-unlearn bundle CHECKPOINT --dataset SPEC -o {path.name}`")
+    if not zipfile.is_zipfile(path):  # else numpy's own message suggests unpickling the file
+        raise ModelFileError(f"{path} is not a readable .npz bundle (not a zip archive: another kind of file?); "
+                             "make one with `edge-unlearn bundle`")
     try:
         with np.load(path, allow_pickle=False) as arrays:
             missing = [k for k in ARRAYS if k not in arrays.files]
@@ -108,9 +112,10 @@ def load_bundle(path: str | Path) -> Bundle:
     return bundle
 
 
-def make_bundle(checkpoint: str | Path, dataset: str, output: str | Path, per_class: int | None = None,
+def make_bundle(checkpoint: str | Path, dataset: str | None, output: str | Path, per_class: int | None = None,
                 seed: int = 0, batch_size: int = 256) -> Bundle:
-    """Preprocessed test images of ``dataset`` + the checkpoint's FP32 logits, written atomically.
+    """Preprocessed test images of ``dataset`` (None: the one recorded in the checkpoint, like ``evaluate``)
+    + the checkpoint's FP32 logits, written atomically.
 
     ``per_class`` caps the samples of each class (None: the whole test split)."""
     import torch
@@ -124,6 +129,9 @@ def make_bundle(checkpoint: str | Path, dataset: str, output: str | Path, per_cl
     if not model.forgotten_classes:
         raise UsageError(f"{checkpoint} has no forgotten classes; make the bundle from the checkpoint that "
                          "`edge-unlearn forget` wrote")
+    dataset = dataset or meta.dataset
+    if not dataset:
+        raise UsageError(f"{checkpoint} records no dataset; pass --dataset SPEC (the one it was trained on)")
     data = load_dataset(dataset)
     data = prepare_dataset(data, meta.preprocessing) if meta.preprocessing is not None else data  # imported models
     if data.num_classes > meta.num_classes or tuple(data.input_shape) != tuple(meta.input_shape):

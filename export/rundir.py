@@ -421,6 +421,9 @@ def load_private_key(path: str | Path):
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
     data = _read_key_file(path, "private key")
+    if b"-----BEGIN PUBLIC KEY-----" in data:  # the usual mix-up: KEY.pub for KEY
+        raise UsageError(f"{path} is a public key; sign with the private key (KEY, not KEY.pub) from "
+                         "`edge-unlearn keygen -o KEY`")
     try:
         key = serialization.load_pem_private_key(data, password=None)
     except (ValueError, TypeError) as exc:
@@ -432,11 +435,14 @@ def load_private_key(path: str | Path):
 
 
 def load_public_key(path: str | Path):
-    """An Ed25519 public key from a PEM file (or the private key's PEM, whose public half is used)."""
+    """An Ed25519 public key from a PEM file; a private key is refused (it belongs off the device)."""
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
     data = _read_key_file(path, "public key")
+    if b"PRIVATE KEY-----" in data:  # the usual mix-up: KEY for KEY.pub
+        raise UsageError(f"{path} is a private key; verify with its public key (KEY.pub from `edge-unlearn keygen`), "
+                         "and keep the private key off the device")
     try:
         key = serialization.load_pem_public_key(data)
     except (ValueError, TypeError, Exception) as exc:  # noqa: BLE001 - cryptography raises UnsupportedAlgorithm too
@@ -518,9 +524,11 @@ def keygen(private_path: str | Path, public_path: str | Path | None = None) -> t
 
     private = Path(private_path)
     public = Path(public_path) if public_path else private.with_name(private.name + ".pub")
-    for p in (private, public):
+    if os.path.abspath(public) == os.path.abspath(private):  # the public key would replace the private one
+        raise UsageError(f"--public {public} is the private key file -o {private}; give the public key another path")
+    for p, option in ((private, "-o"), (public, "--public")):
         if p.exists() or p.is_symlink():
-            raise UsageError(f"{p} exists; keygen never overwrites a key: choose another -o path")
+            raise UsageError(f"{p} exists; keygen never overwrites a key: choose another {option} path")
         check_output_path(p)
     key = Ed25519PrivateKey.generate()
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,

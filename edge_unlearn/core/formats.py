@@ -56,9 +56,30 @@ def read_safetensors_metadata(path: str | Path) -> dict[str, str]:
         if not isinstance(metadata, dict):
             raise ValueError("__metadata__ is not a map")
     except (OSError, ValueError, struct.error, AttributeError) as exc:
+        kind = _other_artefact_kind(path)
+        if kind:  # a mixed-up argument, not a damaged file: say so rather than "re-create it"
+            raise CheckpointError(f"{path} is {kind}, not a checkpoint: give the .safetensors checkpoint from "
+                                  "`edge-unlearn train`/`forget` here") from exc
         raise CheckpointError(f"{path} is not a valid safetensors checkpoint ({exc}); the file is corrupt or of "
                               "another format: re-create it with `edge-unlearn train`") from exc
     return {str(k): str(v) for k, v in metadata.items()}
+
+
+def _other_artefact_kind(path: Path) -> str | None:
+    """What another edge-unlearn artefact passed where a checkpoint belongs is (by suffix, or the zip magic of
+    an .npz), or None."""
+    suffix = path.suffix.lower()
+    if suffix == ".onnx":
+        return "an ONNX model"
+    if suffix in (".plan", ".engine"):
+        return "a TensorRT engine"
+    try:
+        with open(path, "rb") as handle:
+            if handle.read(4) == b"PK\x03\x04":
+                return "a zip/.npz archive (a dataset or an evaluation bundle)"
+    except OSError:
+        return None
+    return None
 
 
 def parse_checkpoint_metadata(metadata: dict[str, str], path: str | Path = "checkpoint") -> dict[str, Any]:
