@@ -69,6 +69,10 @@ class EdgeUnlearnGroup(click.Group):
             if code is None:
                 raise
             ctx.exit(code)
+        except (KeyboardInterrupt, click.exceptions.Abort):
+            # click would print "Aborted!" with exit 1, which a pipeline reads as a failed validation
+            click.echo("error: interrupted (Ctrl-C); no output was written (temporary files are removed)", err=True)
+            ctx.exit(2)
 
 
 def handle_errors(fn: Callable) -> Callable:
