@@ -303,3 +303,139 @@ def relearn_time(model: UnlearnableClassifier, data: Dataset, forget_classes: Se
             steps = step
     return RelearnTimeResult(steps=steps, target_acc=float(target_acc), final_forget_acc=history[-1],
                              max_steps=max_steps, history=history)
+
+
+# ---------------------------------------------------------------------------------------------
+# the forgetting audit (issue #15): every measure, at every depth, in one versioned report
+
+AUDIT_SCHEMA = "edge_unlearn.forgetting_audit"
+AUDIT_VERSION = 1
+#: Relearn-time target as a fraction of the original model's forget accuracy (:func:`relearn_time`).
+RELEARN_TARGET_FRACTION = 0.9
+
+
+@dataclass(frozen=True)
+class AuditConfig:
+    """Settings of :func:`forgetting_audit` (recorded in the report so two audits can be compared)."""
+
+    probe_train_size: int = 5000
+    k: int = 5
+    max_retain_drop: float = 0.01
+    mia_max_samples: int = 5000
+    relearn_lr: float = 1e-3
+    relearn_max_steps: int = 50
+    relearn_eval_samples: int = 500
+    seed: int = 0
+    version: int = 1
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "AuditConfig":
+        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+
+
+@dataclass(frozen=True)
+class ForgettingAudit:
+    """What an auditor holding the weights can still get back of the forgotten classes.
+
+    ``probe_by_depth``: linear-probe accuracy on the forgotten classes after every block and at the
+    penultimate features (:func:`edge_unlearn.metrics.probe_forget_accuracy_by_depth`), None when not asked;
+    ``attack_masked`` / ``attack_unmasked``: :func:`prototype_relearn_attack` as deployed / with the mask
+    lifted; ``mia_entropy``: :func:`mia_entropy` (masked); ``relearn``: :func:`relearn_time` against
+    ``relearn_target`` (how it was chosen: ``relearn_target_source``). Attack fields are None when attacks
+    were not asked. Every figure is lower = more forgotten except relearn steps (higher = harder to relearn);
+    judge them beside the retrained model's, never against 0."""
+
+    forget_classes: list[int]
+    config: dict[str, Any]
+    probe_by_depth: dict[str, float] | None = None
+    attack_masked: dict[str, Any] | None = None
+    attack_unmasked: dict[str, Any] | None = None
+    mia_entropy: float | None = None
+    relearn: dict[str, Any] | None = None
+    relearn_target: float | None = None
+    relearn_target_source: str | None = None
+    seconds: float = 0.0
+    schema: str = AUDIT_SCHEMA
+    version: int = AUDIT_VERSION
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "ForgettingAudit":
+        """Read a report written by :meth:`to_json` (after a JSON round trip; NaN written as null stays None)."""
+        if data.get("schema") != AUDIT_SCHEMA or data.get("version") != AUDIT_VERSION:
+            raise UsageError(f"not a forgetting audit of version {AUDIT_VERSION} (schema {data.get('schema')!r}, "
+                             f"version {data.get('version')!r}); re-run the audit with this edge-unlearn")
+        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+
+    def figures(self) -> dict[str, float | int | None]:
+        """The headline figures, flat and in table order: ``probe@<depth>`` …, ``proto_attack_masked``,
+        ``proto_attack_unmasked``, ``mia_entropy``, ``relearn_steps`` (the cap when not reached)."""
+        out: dict[str, float | int | None] = {}
+        for name, value in (self.probe_by_depth or {}).items():
+            out[f"probe@{name}"] = value
+        if self.attack_masked is not None:
+            out["proto_attack_masked"] = self.attack_masked["forget_acc"]
+        if self.attack_unmasked is not None:
+            out["proto_attack_unmasked"] = self.attack_unmasked["forget_acc"]
+        if self.mia_entropy is not None:
+            out["mia_entropy"] = self.mia_entropy
+        if self.relearn is not None:
+            steps = self.relearn["steps"]
+            out["relearn_steps"] = steps if steps is not None else self.relearn["max_steps"]
+        return out
+
+
+def default_relearn_target(model: UnlearnableClassifier, data: Dataset, forget_classes: Sequence[int],
+                           original: UnlearnableClassifier | None = None) -> tuple[float, str]:
+    """(target, how it was chosen) for :func:`relearn_time`: 0.9 × the original's unmasked forget accuracy;
+    without an original, 0.9 × ``model``'s retained-class accuracy (what a learned class reaches here)."""
+    forget = sorted(set(int(c) for c in forget_classes))
+    if original is not None:
+        _, logits = model_outputs(original, data.x_test, data)
+        return (RELEARN_TARGET_FRACTION * tensor_accuracy(logits.argmax(1), data.y_test, forget),
+                f"{RELEARN_TARGET_FRACTION} x the original's forget accuracy")
+    _, logits = model_outputs(model, data.x_test, data)
+    retained = [c for c in range(data.num_classes) if c not in forget]
+    return (RELEARN_TARGET_FRACTION * tensor_accuracy(logits.argmax(1), data.y_test, retained),
+            f"{RELEARN_TARGET_FRACTION} x this model's retained accuracy (no original given)")
+
+
+def forgetting_audit(model: UnlearnableClassifier, data: Dataset, forget_classes: Sequence[int], depth: bool = True,
+                     attacks: bool = True, relearn_target: float | None = None, relearn_target_source: str | None = None,
+                     config: AuditConfig = AuditConfig()) -> ForgettingAudit:
+    """Audit how forgotten ``forget_classes`` are in ``model``: the probe at every depth (``depth``) and the
+    attacks (``attacks``: prototype attack as deployed and with the mask lifted, entropy MIA, relearn time).
+    ``relearn_target``: default :func:`default_relearn_target` without an original — pass the same target
+    (from the original) to every model you compare. The model is not changed."""
+    import time
+
+    forget = sorted(set(int(c) for c in forget_classes))
+    if not forget:
+        raise UsageError("the forgetting audit needs at least one forgotten class; pass --forget")
+    if not (depth or attacks):
+        raise UsageError("the forgetting audit needs --depth and/or --attacks")
+    t0 = time.perf_counter()
+    fields: dict[str, Any] = {}
+    if depth:
+        from .metrics import probe_forget_accuracy_by_depth
+
+        fields["probe_by_depth"] = probe_forget_accuracy_by_depth(model, data, forget, config.probe_train_size,
+                                                                  config.seed)
+    if attacks:
+        for key, lift in (("attack_masked", False), ("attack_unmasked", True)):
+            fields[key] = prototype_relearn_attack(model, data, forget, k=config.k, lift_mask=lift, seed=config.seed,
+                                                   max_retain_drop=config.max_retain_drop).to_json()
+        fields["mia_entropy"] = mia_entropy(model, data, forget, max_samples=config.mia_max_samples, seed=config.seed)
+        if relearn_target is None:
+            relearn_target, relearn_target_source = default_relearn_target(model, data, forget)
+        fields["relearn"] = relearn_time(model, data, forget, relearn_target, k=config.k, lr=config.relearn_lr,
+                                         max_steps=config.relearn_max_steps, eval_samples=config.relearn_eval_samples,
+                                         seed=config.seed).to_json()
+        fields["relearn_target"] = float(relearn_target)
+        fields["relearn_target_source"] = relearn_target_source or "given"
+    return ForgettingAudit(forget_classes=forget, config=config.to_json(), seconds=time.perf_counter() - t0, **fields)

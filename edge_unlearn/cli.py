@@ -174,22 +174,35 @@ def forget_cmd(checkpoint, forget_classes, samples, forget_samples_dir, method, 
 @click.option("--reference", type=click.Path(dir_okay=False), default=None,
               help="The original checkpoint, for retain_drop.")
 @click.option("--no-probe", is_flag=True, help="Skip the linear probe (faster).")
+@click.option("--depth", is_flag=True, help="Also the linear probe after every block and at the penultimate features.")
+@click.option("--attacks", is_flag=True, help="Also the prototype relearning attack (mask on and lifted), the "
+                                               "entropy MIA and relearn time (slower).")
+@click.option("--retrained", type=click.Path(dir_okay=False), default=None,
+              help="The retrained gold standard (`edge-unlearn retrain`), evaluated beside with the same measures.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the probe's draw and the attacks' samples.")
 @click.option("--data-dir", type=click.Path(file_okay=False), default=None)
 @output_options
-def evaluate(checkpoint, dataset, forget_classes, reference, no_probe, data_dir, as_json, json_out, quiet):
+def evaluate(checkpoint, dataset, forget_classes, reference, no_probe, depth, attacks, retrained, seed, data_dir,
+             as_json, json_out, quiet):
     """Accuracy overall and per class, forget_acc with and without the mask, retained accuracy, and the
-    linear-probe accuracy on the forgotten classes."""
-    from .workflows import evaluate_checkpoint
+    linear-probe accuracy on the forgotten classes; --depth / --attacks add the forgetting audit, beside
+    --reference (the original) and --retrained (the gold standard) when given."""
+    from .workflows import audit_table, evaluate_checkpoint
 
-    s = evaluate_checkpoint(checkpoint, dataset, forget_classes, reference, probe=not no_probe, data_dir=data_dir)
+    s = evaluate_checkpoint(checkpoint, dataset, forget_classes, reference, probe=not no_probe, data_dir=data_dir,
+                            seed=seed, depth=depth, attacks=attacks, retrained=retrained)
     emit(s, as_json, json_out)
     if as_json or quiet:
         return
     click.echo(f"{checkpoint}: accuracy {s['accuracy']:.4f}, forgotten {s['forget_classes']}")
     for key in ("forget_acc", "forget_acc_unmasked", "retain_acc", "retain_drop", "probe_forget_acc"):
         if key in s:
-            click.echo(f"  {key:22s} {_fmt(s[key])}")
+            retrained_value = s.get("retrained", {}).get(key)
+            beside = f"   (retrained {_fmt(retrained_value)})" if retrained_value is not None else ""
+            click.echo(f"  {key:22s} {_fmt(s[key])}{beside}")
     click.echo("  per class: " + " ".join(f"{n}:{a:.3f}" for n, a in zip(s["class_names"], s["per_class_accuracy"])))
+    for line in audit_table(s):
+        click.echo(line)
 
 
 @main.command()

@@ -6,6 +6,7 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
+from torch import nn
 
 from .core.figures import accuracy
 from .data import Dataset, preprocess
@@ -48,20 +49,138 @@ def linear_probe_accuracy(train_features: np.ndarray, train_labels: np.ndarray, 
     return float("nan") if value is None else value
 
 
+def _probe_train_indices(data: Dataset, train_size: int, seed: int) -> torch.Tensor:
+    """The probe's training draw: up to ``train_size`` random training images of all classes (``seed``)."""
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randperm(len(data.x_train), generator=gen)[:train_size]
+
+
 def probe_forget_accuracy(model: UnlearnableClassifier, data: Dataset, forget_classes: Sequence[int],
                           train_size: int = 5000, seed: int = 0, test_features: torch.Tensor | None = None) -> float:
     """probe_forget_acc (DESIGN.md §2): can a linear read-out recover the forgotten classes? Fits
     :func:`linear_probe_accuracy` on penultimate features of up to ``train_size`` labelled training images of
     *all* classes (random draw, ``seed``) and returns its accuracy on the forgotten classes' test images. The
     mask plays no part (features only). Compare with ``retrain``, never with chance. ``test_features``: the
-    test split's features when the caller already has them."""
-    gen = torch.Generator().manual_seed(seed)
-    idx = torch.randperm(len(data.x_train), generator=gen)[:train_size]
+    test split's features when the caller already has them. :func:`probe_forget_accuracy_by_depth` is the
+    same probe after every block (its ``penultimate`` entry equals this figure)."""
+    idx = _probe_train_indices(data, train_size, seed)
     train_feats, _ = model_outputs(model, data.x_train[idx], data)
     if test_features is None:
         test_features, _ = model_outputs(model, data.x_test, data)
     return linear_probe_accuracy(train_feats.numpy(), data.y_train[idx].numpy(), test_features.numpy(),
                                  data.y_test.numpy(), sorted(set(int(c) for c in forget_classes)), seed=seed)
+
+
+# ---------------------------------------------------------------------------------------------
+# the probe at depth (issue #15)
+
+#: Name of the last depth: the backbone's output, the head's input.
+PENULTIMATE = "penultimate"
+
+
+def _is_map(out: Any) -> bool:
+    """A feature map [N, C, H, W]."""
+    return isinstance(out, torch.Tensor) and out.dim() == 4
+
+
+@torch.no_grad()
+def _block_ends(container: nn.Module, probe_input: torch.Tensor, run: nn.Module, prefix: str) -> list[tuple[str, nn.Module]]:
+    """Children of ``container`` that end a block: a child whose output is a feature map and whose successor
+    (in execution order) outputs no map or a map of another channel count. Found with forward hooks on one
+    dry run of ``run``, so it follows the real execution order, not the registration order."""
+    calls: list[tuple[str, nn.Module, Any]] = []
+    seen: set[int] = set()
+    handles = []
+    for name, child in container.named_children():
+        def hook(module, _args, out, name=name):
+            if id(module) not in seen:  # a module called twice counts at its first call
+                seen.add(id(module))
+                calls.append((name, module, tuple(out.shape) if _is_map(out) else None))
+        handles.append(child.register_forward_hook(hook))
+    try:
+        run(probe_input)
+    finally:
+        for handle in handles:
+            handle.remove()
+    ends = []
+    for i, (name, module, shape) in enumerate(calls):
+        if shape is None:
+            continue
+        nxt = calls[i + 1][2] if i + 1 < len(calls) else None
+        if nxt is None or nxt[1] != shape[1]:
+            ends.append((prefix + name, module))
+    return ends
+
+
+def probe_blocks(model: UnlearnableClassifier, input_shape: Sequence[int]) -> list[tuple[str, nn.Module]]:
+    """The backbone's blocks whose outputs the depth probe reads, in execution order, as (name, module).
+
+    ResNets (``layer1``..``layer4`` attributes): those four stages. Any other backbone: its top-level
+    children that output a feature map and end a run of equal channel count (lenet: each conv block, ending
+    at its max-pool); when that finds at most one block, the rule is applied inside the child with the most
+    sub-modules (VGG's or MobileNet's ``features``). The penultimate features are not a block:
+    :func:`probe_forget_accuracy_by_depth` adds them as :data:`PENULTIMATE`."""
+    backbone = model.backbone
+    stages = [(f"layer{i}", getattr(backbone, f"layer{i}", None)) for i in range(1, 5)]
+    if all(isinstance(m, nn.Module) for _, m in stages):
+        return stages
+    was_training = model.training
+    model.eval()
+    try:
+        device = next(model.parameters()).device
+        probe_input = torch.zeros(1, *input_shape, device=device)
+        ends = _block_ends(backbone, probe_input, backbone, "")
+        if len(ends) <= 1:  # one container holds the maps (VGG / MobileNet ``features``): look inside it
+            name, container = max(backbone.named_children(), key=lambda item: len(list(item[1].children())))
+            inner = _block_ends(container, probe_input, backbone, name + ".")
+            ends = inner if len(inner) > 1 else ends
+    finally:
+        model.train(was_training)
+    # purely numeric names (children of an nn.Sequential) read better with the container's name
+    return [(name if not name.split(".")[0].isdigit() else f"backbone.{name}", module) for name, module in ends]
+
+
+@torch.no_grad()
+def depth_features(model: UnlearnableClassifier, images: torch.Tensor, data: Dataset,
+                   blocks: Sequence[tuple[str, nn.Module]], batch_size: int = 256) -> dict[str, torch.Tensor]:
+    """Global-average-pooled outputs [N, C] of each block (forward hooks) and the penultimate features
+    [N, D], for uint8 images, in eval mode; keys in depth order, :data:`PENULTIMATE` last."""
+    model.eval()
+    device = next(model.parameters()).device
+    out: dict[str, list[torch.Tensor]] = {name: [] for name, _ in blocks}
+    out[PENULTIMATE] = []
+    handles = []
+    for name, module in blocks:
+        def hook(_module, _args, act, name=name):
+            # pool at once: a later in-place op must not change what was captured
+            out[name].append(act.mean(dim=(2, 3)).cpu() if act.dim() == 4 else act.flatten(1).cpu())
+        handles.append(module.register_forward_hook(hook))
+    try:
+        for i in range(0, len(images), batch_size):
+            x = preprocess(images[i:i + batch_size], data.normalization).to(device)
+            out[PENULTIMATE].append(model.features(x).cpu())
+    finally:
+        for handle in handles:
+            handle.remove()
+    return {name: torch.cat(parts) for name, parts in out.items()}
+
+
+def probe_forget_accuracy_by_depth(model: UnlearnableClassifier, data: Dataset, forget_classes: Sequence[int],
+                                   train_size: int = 5000, seed: int = 0,
+                                   blocks: Sequence[tuple[str, nn.Module]] | None = None) -> dict[str, float]:
+    """The linear probe of :func:`probe_forget_accuracy` (same draw, same probe) fitted on the
+    average-pooled activations after every block of :func:`probe_blocks` and on the penultimate features:
+    {depth name: accuracy on the forgotten classes' test images}, in depth order. Forgetting that only
+    misaligns the head leaves the earlier figures where the original model had them; a retrained model
+    gives the reference at each depth."""
+    forget = sorted(set(int(c) for c in forget_classes))
+    blocks = probe_blocks(model, data.input_shape) if blocks is None else blocks
+    idx = _probe_train_indices(data, train_size, seed)
+    train = depth_features(model, data.x_train[idx], data, blocks)
+    test = depth_features(model, data.x_test, data, blocks)
+    y_train, y_test = data.y_train[idx].numpy(), data.y_test.numpy()
+    return {name: linear_probe_accuracy(train[name].numpy(), y_train, test[name].numpy(), y_test, forget, seed=seed)
+            for name in train}
 
 
 @dataclass(frozen=True)

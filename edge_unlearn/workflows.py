@@ -184,23 +184,91 @@ def figures(before: EvalReport, after: EvalReport) -> dict[str, Any]:
 
 def evaluate_checkpoint(checkpoint: str | Path, dataset: str | None = None, forget_classes: Sequence[str | int] = (),
                         reference: str | Path | None = None, probe: bool = True, data_dir: str | None = None,
-                        seed: int = 0) -> dict[str, Any]:
-    """Figures of one checkpoint; with ``reference`` (the original) also retain_drop against it."""
+                        seed: int = 0, depth: bool = False, attacks: bool = False,
+                        retrained: str | Path | None = None, audit_config: Any = None) -> dict[str, Any]:
+    """Figures of one checkpoint; with ``reference`` (the original) also retain_drop against it.
+
+    ``depth`` adds the linear probe after every block, ``attacks`` the prototype attack (mask on and lifted),
+    the entropy MIA and relearn time (issue #15) under ``audit`` — each for the checkpoint, the ``reference``
+    and the ``retrained`` gold standard where given (same measures, same relearn target)."""
     ck = load_checkpoint(checkpoint)
     data = dataset_for(ck, dataset, data_dir)
     classes = resolve_classes(forget_classes, ck.meta.class_names) if forget_classes else list(ck.meta.forgotten_classes)
+    if (depth or attacks or retrained is not None) and not classes:
+        raise UsageError(f"{checkpoint} has no forgotten class; pass --forget CLASS to audit (--depth/--attacks/--retrained)")
+    if depth and not probe:
+        raise UsageError("--depth runs the probe at every depth; drop --no-probe")
     t0 = time.perf_counter()
     report = evaluate_model(ck.model, data, classes, probe=probe, seed=seed)
     out: dict[str, Any] = {"checkpoint": str(checkpoint), "sha256": ck.sha256, "dataset": data.spec,
                            "class_names": list(data.class_names), **report.to_json()}
-    if reference is not None:
-        ref = load_checkpoint(reference)
-        if ref.meta.num_classes != ck.meta.num_classes:
-            raise CheckpointError(f"--reference has {ref.meta.num_classes} classes, {checkpoint} has {ck.meta.num_classes}")
+    ref = _comparison_checkpoint(reference, ck, "--reference", checkpoint) if reference is not None else None
+    gold = _comparison_checkpoint(retrained, ck, "--retrained", checkpoint) if retrained is not None else None
+    if gold is not None:
+        missing = sorted(set(classes) - set(gold.meta.forgotten_classes))
+        if missing:
+            raise UsageError(f"--retrained {retrained} was not retrained without class(es) {missing}; pass the output "
+                             "of `edge-unlearn retrain --forget` for the same classes")
+    if ref is not None:
         before = evaluate_model(ref.model, data, classes, probe=probe, seed=seed)
         out["retain_acc_before"] = before.retain_acc
         out["retain_drop"] = retain_drop(before.retain_acc, report.retain_acc)
         out["probe_forget_acc_reference"] = before.probe_forget_acc
+    if gold is not None:
+        gold_report = evaluate_model(gold.model, data, classes, probe=probe, seed=seed)
+        out["retrained"] = {"checkpoint": str(retrained), "sha256": gold.sha256,
+                            **{k: getattr(gold_report, k) for k in ("accuracy", "forget_acc", "forget_acc_unmasked",
+                                                                    "retain_acc", "probe_forget_acc")}}
+    if depth or attacks:
+        out["audit"] = _audits(ck, ref, gold, data, classes, depth, attacks, seed, audit_config)
     out["seconds"] = time.perf_counter() - t0
     out["lineage"] = list(ck.meta.lineage)
     return out
+
+
+def _comparison_checkpoint(path: str | Path, ck: Checkpoint, option: str, checkpoint: str | Path) -> Checkpoint:
+    """A checkpoint to compare with (the original or the retrained model), checked to share the classes."""
+    other = load_checkpoint(path)
+    if other.meta.num_classes != ck.meta.num_classes:
+        raise CheckpointError(f"{option} has {other.meta.num_classes} classes, {checkpoint} has {ck.meta.num_classes}")
+    return other
+
+
+def _audits(ck: Checkpoint, ref: Checkpoint | None, gold: Checkpoint | None, data: Dataset, classes: list[int],
+            depth: bool, attacks: bool, seed: int, audit_config: Any) -> dict[str, Any]:
+    """{"model", "reference", "retrained": forgetting-audit JSON} for the checkpoints given, one relearn target."""
+    from .attacks import AuditConfig, default_relearn_target, forgetting_audit
+
+    config = audit_config if audit_config is not None else AuditConfig(seed=seed)
+    target = source = None
+    if attacks:
+        target, source = default_relearn_target(ck.model, data, classes, ref.model if ref is not None else None)
+    out: dict[str, Any] = {}
+    for role, model_ck in (("model", ck), ("reference", ref), ("retrained", gold)):
+        if model_ck is not None:
+            out[role] = forgetting_audit(model_ck.model, data, classes, depth=depth, attacks=attacks,
+                                         relearn_target=target, relearn_target_source=source,
+                                         config=config).to_json()
+    return out
+
+
+def audit_table(summary: dict[str, Any]) -> list[str]:
+    """The audit of :func:`evaluate_checkpoint` as text rows: one measure a row, one column per model."""
+    from .attacks import ForgettingAudit
+
+    audits = {role: ForgettingAudit.from_json(a).figures() for role, a in summary.get("audit", {}).items()}
+    if not audits:
+        return []
+    roles = list(audits)
+    lines = [f"  {'measure (forgotten classes)':30s}" + "".join(f"{r:>11s}" for r in roles)]
+    for name in audits["model"]:
+        cells = []
+        for role in roles:
+            value = audits[role].get(name)
+            cells.append(f"{'—' if value is None else (str(value) if isinstance(value, int) else f'{value:.4f}'):>11s}")
+        lines.append(f"  {name:30s}" + "".join(cells))
+    model_audit = summary["audit"]["model"]
+    if model_audit.get("relearn_target") is not None:
+        lines.append(f"  relearn target {model_audit['relearn_target']:.4f} ({model_audit['relearn_target_source']}); "
+                     f"cap {model_audit['relearn']['max_steps']} steps")
+    return lines

@@ -1,0 +1,216 @@
+"""Forgetting at every depth (issue #15): original / retrain / NHLE default, every audit measure, classes × seeds.
+
+For each seed the original model is trained once; for each forgotten class (single-class forgetting) the
+retrained gold standard is trained without it and NHLE (default parameters, ``--samples`` forget images)
+unlearns a copy of the original. Every model gets :func:`edge_unlearn.metrics.evaluate_model` (forget
+accuracy with and without the mask, retained accuracy) and :func:`edge_unlearn.attacks.forgetting_audit`
+(linear probe after every block and at the penultimate features, prototype attack as deployed and with the
+mask lifted, entropy MIA, relearn steps to 0.9 × the original's forget accuracy). Trained models are cached
+under ``--out-dir`` (gitignored) keyed by a hash of the recipe (arch, dataset content, training config,
+forgotten classes), so a retrain that costs an hour on CPU runs once. Writes ``table.md`` and
+``forgetting_depth_<preset>.json`` (every row and the mean ± sample std over runs) into ``--results-dir``.
+
+Examples::
+
+    python benchmarks/forgetting_depth.py --quick                       # lenet + digits, minutes on 2 cores
+    python benchmarks/forgetting_depth.py --preset lenet-mnist          # 3 classes × 2 seeds
+    python benchmarks/forgetting_depth.py --preset resnet18-fashion
+    nohup python benchmarks/forgetting_depth.py --preset cifar-resnet18 > bench_out/cifar.log 2>&1 &   # hours on CPU
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import sys
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from edge_unlearn import __version__
+from edge_unlearn.attacks import AuditConfig, default_relearn_target, forgetting_audit
+from edge_unlearn.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
+from edge_unlearn.core.figures import retain_drop
+from edge_unlearn.core.jsontext import to_json_text
+from edge_unlearn.data import Dataset, load_dataset, preprocess, take_samples
+from edge_unlearn.metrics import evaluate_model
+from edge_unlearn.models import UnlearnableClassifier
+from edge_unlearn.training import TrainConfig, train_model
+from edge_unlearn.unlearn import ForgetSet, forget
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
+MODELS = ("original", "retrain", "nhle")
+
+
+@dataclass(frozen=True)
+class Preset:
+    """One benchmark setting (``--arch`` / ``--dataset`` / ``--classes`` / ``--seeds`` override it)."""
+
+    arch: str
+    dataset: str
+    classes: tuple[int, ...]
+    seeds: tuple[int, ...]
+    epochs: int = 3          # the default recipe (TrainConfig)
+    min_steps: int = 500
+
+
+PRESETS = {
+    # quick: the test fixture's short recipe (1 epoch, 150 steps), so it runs in minutes on 2 shared cores
+    "quick": Preset("lenet", "digits", (3, 5), (0, 1), epochs=1, min_steps=150),
+    "lenet-mnist": Preset("lenet", f"npz:{SHARED / 'mnist.npz'}", (0, 3, 7), (0, 1)),
+    "resnet18-fashion": Preset("resnet18", f"npz:{SHARED / 'fashion_mnist.npz'}", (0, 3, 7), (0, 1)),
+    "cifar-resnet18": Preset("cifar_resnet18", f"npz:{SHARED / 'cifar10.npz'}", (3, 5), (0, 1)),
+}
+
+
+def data_digest(data: Dataset) -> str:
+    """SHA-256 of the dataset's content (images and labels of both splits): the cache key's data part."""
+    h = hashlib.sha256()
+    for t in (data.x_train, data.y_train, data.x_test, data.y_test):
+        h.update(t.contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def cached_train(cache: Path, arch: str, data: Dataset, digest: str, recipe: TrainConfig,
+                 forget_classes: tuple[int, ...] = ()) -> tuple[UnlearnableClassifier, float, str]:
+    """Train (or load the model cached under the recipe's hash): (model, training seconds, key).
+
+    The recorded seconds are those of the run that trained it."""
+    recipe_json = {k: v for k, v in recipe.to_json().items() if k != "device"}  # the device does not change the recipe
+    key = hashlib.sha256(json.dumps({"arch": arch, "data": digest, "recipe": recipe_json,
+                                     "forget": sorted(forget_classes)}, sort_keys=True).encode()).hexdigest()[:16]
+    path, info = cache / f"{arch}_{key}.safetensors", cache / f"{arch}_{key}.json"
+    if path.exists() and info.exists():
+        return load_checkpoint(path).model, json.loads(info.read_text())["seconds"], key
+    result = train_model(arch, data, recipe, forget_classes=list(forget_classes), progress=False)
+    meta = CheckpointMeta(arch, data.num_classes, data.class_names, data.input_shape, data.normalization, data.spec,
+                          train_recipe=recipe.to_json())
+    cache.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(path, result.model, meta)
+    info.write_text(json.dumps({"seconds": result.seconds, "arch": arch, "recipe": recipe_json,
+                                "forget": sorted(forget_classes)}))
+    return result.model, result.seconds, key
+
+
+def measure(model: UnlearnableClassifier, data: Dataset, cls: int, original_retain: float | None,
+            target: float, source: str, audit_config: AuditConfig) -> dict[str, Any]:
+    """Every figure of one model for one forgotten class."""
+    report = evaluate_model(model, data, [cls], probe=False)
+    audit = forgetting_audit(model, data, [cls], relearn_target=target, relearn_target_source=source,
+                             config=audit_config)
+    row = {"forget_acc": report.forget_acc, "forget_acc_unmasked": report.forget_acc_unmasked,
+           "retain_acc": report.retain_acc,
+           "retain_drop": retain_drop(original_retain, report.retain_acc) if original_retain is not None else 0.0}
+    row.update(audit.figures())
+    return {"figures": row, "audit": audit.to_json()}
+
+
+def summarise(rows: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, float]]]:
+    """{model: {measure: {"mean", "std", "n"}}}: sample std (ddof=1) over runs, 0 for a single run."""
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for model in MODELS:
+        figs = [r["figures"] for r in rows if r["model"] == model]
+        names = list(dict.fromkeys(k for f in figs for k in f))
+        out[model] = {}
+        for name in names:
+            vals = np.array([f[name] for f in figs if f.get(name) is not None], dtype=float)
+            out[model][name] = {"mean": float(vals.mean()) if len(vals) else float("nan"),
+                                "std": float(vals.std(ddof=1)) if len(vals) > 1 else 0.0, "n": int(len(vals))}
+    return out
+
+
+def table(summary: dict[str, dict[str, dict[str, float]]], title: str) -> str:
+    names = list(dict.fromkeys(k for m in MODELS for k in summary[m]))
+    lines = [f"### {title}", "", "| measure | " + " | ".join(MODELS) + " |", "|---|" + "---:|" * len(MODELS)]
+    for name in names:
+        cells = []
+        for model in MODELS:
+            s = summary[model].get(name)
+            cells.append("—" if s is None or s["n"] == 0 else
+                         (f"{s['mean']:.3g} ± {s['std']:.2g}" if name == "seconds" else f"{s['mean']:.3f} ± {s['std']:.3f}"))
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="quick")
+    parser.add_argument("--quick", action="store_true",
+                        help="the quick preset: lenet on digits, short recipe, 2 classes × 2 seeds")
+    parser.add_argument("--arch", default=None)
+    parser.add_argument("--dataset", default=None, help="dataset spec, e.g. npz:../shared/data/mnist.npz")
+    parser.add_argument("--classes", default=None, help="comma-separated classes, each forgotten alone")
+    parser.add_argument("--seeds", default=None, help="comma-separated training seeds")
+    parser.add_argument("--samples", type=int, default=32, help="NHLE forget samples per class (the CLI default)")
+    parser.add_argument("--probe-train-size", type=int, default=5000)
+    parser.add_argument("--relearn-max-steps", type=int, default=50)
+    parser.add_argument("--device", default="auto", help="training/unlearning device (auto, cpu, cuda)")
+    parser.add_argument("--out-dir", type=Path, default=ROOT / "bench_out" / "forgetting_depth",
+                        help="trained-model cache (gitignored)")
+    parser.add_argument("--results-dir", type=Path, default=ROOT / "benchmarks" / "results")
+    args = parser.parse_args(argv)
+    name = "quick" if args.quick else args.preset
+    preset = PRESETS[name]
+    preset = replace(preset, arch=args.arch or preset.arch, dataset=args.dataset or preset.dataset,
+                     classes=tuple(int(c) for c in args.classes.split(",")) if args.classes else preset.classes,
+                     seeds=tuple(int(s) for s in args.seeds.split(",")) if args.seeds else preset.seeds)
+    torch.set_num_threads(max(1, min(os.cpu_count() or 1, int(os.environ.get("BENCH_THREADS", "2")))))
+    data = load_dataset(preset.dataset)
+    digest = data_digest(data)
+    cache = args.out_dir / "models"
+    audit_config = AuditConfig(probe_train_size=args.probe_train_size, relearn_max_steps=args.relearn_max_steps)
+    rows: list[dict[str, Any]] = []
+    t_start = time.perf_counter()
+    for seed in preset.seeds:
+        recipe = TrainConfig(epochs=preset.epochs, min_steps=preset.min_steps, seed=seed, device=args.device)
+        original, original_s, original_key = cached_train(cache, preset.arch, data, digest, recipe)
+        print(f"seed {seed}: original {preset.arch} ({original_key}) {original_s:.1f} s", flush=True)
+        for cls in preset.classes:
+            retrained, retrain_s, retrain_key = cached_train(cache, preset.arch, data, digest, recipe, (cls,))
+            x, y = take_samples(data, [cls], args.samples, seed=seed)
+            result = forget(original, ForgetSet(preprocess(x, data.normalization), y, (cls,)), method="nhle",
+                            device=args.device)
+            target, source = default_relearn_target(original, data, [cls], original)
+            original_retain = evaluate_model(original, data, [cls], probe=False).retain_acc
+            for model_name, model, seconds, key in (("original", original, original_s, original_key),
+                                                    ("retrain", retrained, retrain_s, retrain_key),
+                                                    ("nhle", result.model, result.seconds, None)):
+                m = measure(model, data, cls, original_retain, target, source, audit_config)
+                m["figures"]["seconds"] = seconds
+                rows.append({"seed": seed, "forget_class": cls, "model": model_name, "cache_key": key, **m})
+                f = m["figures"]
+                print(f"  class {cls} {model_name:8s} forget {f['forget_acc']:.3f}/{f['forget_acc_unmasked']:.3f} "
+                      f"retain {f['retain_acc']:.3f} probe " +
+                      " ".join(f"{v:.3f}" for k, v in f.items() if k.startswith("probe@")) +
+                      f" attack {f['proto_attack_masked']:.3f}/{f['proto_attack_unmasked']:.3f} "
+                      f"mia {f['mia_entropy']:.3f} relearn {f['relearn_steps']} ({seconds:.3g} s)", flush=True)
+    summary = summarise(rows)
+    title = (f"{preset.arch} on {Path(preset.dataset.removeprefix('npz:')).name}: classes {list(preset.classes)} "
+             f"× seeds {list(preset.seeds)}, recipe {preset.epochs} epochs / ≥{preset.min_steps} steps (mean ± sample std over {len(preset.classes) * len(preset.seeds)} runs)")
+    text = table(summary, title)
+    print(text)
+    args.results_dir.mkdir(parents=True, exist_ok=True)
+    report = {
+        "schema": "edge_unlearn.bench.forgetting_depth", "version": 1, "preset": name,
+        "arch": preset.arch, "dataset": preset.dataset, "recipe": {"epochs": preset.epochs, "min_steps": preset.min_steps},
+        "classes": list(preset.classes), "seeds": list(preset.seeds),
+        "nhle_samples": args.samples, "audit_config": audit_config.to_json(), "summary": summary, "rows": rows,
+        "seconds": time.perf_counter() - t_start, "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "environment": {"edge_unlearn": __version__, "torch": torch.__version__, "python": platform.python_version(),
+                        "machine": platform.machine(), "threads": torch.get_num_threads()},
+    }
+    (args.results_dir / f"forgetting_depth_{name}.json").write_text(to_json_text(report) + "\n")
+    (args.results_dir / f"forgetting_depth_{name}.md").write_text(text + "\n")
+    print(f"wrote {args.results_dir / f'forgetting_depth_{name}.json'}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

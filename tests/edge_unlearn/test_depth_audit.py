@@ -1,0 +1,134 @@
+"""Issue #15, measurement: the probe at every depth, the forgetting audit, `evaluate --depth --attacks`."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from edge_unlearn.attacks import AuditConfig, ForgettingAudit, forgetting_audit
+from edge_unlearn.checkpoint import load_checkpoint
+from edge_unlearn.cli import main
+from edge_unlearn.errors import UsageError
+from edge_unlearn.metrics import (PENULTIMATE, probe_blocks, probe_forget_accuracy,
+                                  probe_forget_accuracy_by_depth)
+from edge_unlearn.models import build_model
+
+FAST = AuditConfig(probe_train_size=600, relearn_max_steps=5, relearn_eval_samples=100, mia_max_samples=500)
+
+
+@pytest.fixture(scope="module")
+def trained(digits_checkpoint):
+    return load_checkpoint(digits_checkpoint).model
+
+
+@pytest.mark.parametrize("arch, shape, expected", [
+    ("lenet", (1, 8, 8), ["backbone.3", "backbone.7"]),  # each conv block, ending at its max-pool
+    ("resnet18", (1, 16, 16), ["layer1", "layer2", "layer3", "layer4"]),
+])
+def test_probe_blocks_follow_the_architecture(arch, shape, expected):
+    assert [name for name, _ in probe_blocks(build_model(arch, 10, shape), shape)] == expected
+
+
+def test_generic_blocks_end_where_the_channel_count_changes():
+    """VGG keeps its maps in one `features` container: the rule descends into it and ends a block at
+    each change of channel count (64, 128, 256, 512), in execution order."""
+    model = build_model("vgg11_bn", 10, (3, 32, 32))
+    blocks = probe_blocks(model, (3, 32, 32))
+    features = dict(model.backbone.features.named_children())
+    assert [name for name, _ in blocks] == ["features.3", "features.7", "features.14", "features.28"]
+    assert all(features[name.split(".")[1]] is module for name, module in blocks)
+
+
+def test_depth_probe_one_figure_per_block_in_order_and_deterministic(trained, digits):
+    first = probe_forget_accuracy_by_depth(trained, digits, [3], train_size=600, seed=1)
+    again = probe_forget_accuracy_by_depth(trained, digits, [3], train_size=600, seed=1)
+    assert list(first) == ["backbone.3", "backbone.7", PENULTIMATE]
+    assert first == again
+    assert all(0.0 <= v <= 1.0 for v in first.values())
+    # the same probe as the penultimate-only figure, on the same draw
+    assert first[PENULTIMATE] == probe_forget_accuracy(trained, digits, [3], train_size=600, seed=1)
+
+
+def test_depth_probe_sees_where_the_class_was_destroyed(trained, digits):
+    """A model that cannot have the class at the penultimate layer (its last backbone Linear zeroed: constant
+    features) probes near chance there, while the blocks before it — untouched — give exactly the trained
+    model's figures: the probe reads each depth on its own."""
+    collapsed = build_model("lenet", digits.num_classes, digits.input_shape)
+    collapsed.load_state_dict(trained.state_dict())
+    with torch.no_grad():
+        collapsed.backbone[9].weight.zero_()
+    classes = [1, 3, 8]
+    before = probe_forget_accuracy_by_depth(trained, digits, classes, train_size=600)
+    after = probe_forget_accuracy_by_depth(collapsed, digits, classes, train_size=600)
+    assert before[PENULTIMATE] > 0.85
+    assert after[PENULTIMATE] < 0.4  # one constant feature vector: at most one of the three classes is right
+    assert after["backbone.3"] == before["backbone.3"] and after["backbone.7"] == before["backbone.7"]
+
+
+def test_depth_probe_ranks_trained_above_random_init(trained, digits):
+    """Random-init conv features still carry a lot of digits' class information (about 0.9 here), so the
+    claim is the ordering at the penultimate layer over several classes, not a margin."""
+    torch.manual_seed(0)
+    untrained = build_model("lenet", digits.num_classes, digits.input_shape)
+    classes = [1, 3, 8]
+    trained_fig = probe_forget_accuracy_by_depth(trained, digits, classes, train_size=600)[PENULTIMATE]
+    untrained_fig = probe_forget_accuracy_by_depth(untrained, digits, classes, train_size=600)[PENULTIMATE]
+    assert trained_fig > untrained_fig
+
+
+def test_audit_round_trips_through_json(trained, digits):
+    audit = forgetting_audit(trained, digits, [3], config=FAST)
+    text = json.dumps(audit.to_json(), allow_nan=False)
+    back = ForgettingAudit.from_json(json.loads(text))
+    assert back == audit
+    figs = back.figures()
+    assert list(figs) == ["probe@backbone.3", "probe@backbone.7", "probe@penultimate", "proto_attack_masked",
+                          "proto_attack_unmasked", "mia_entropy", "relearn_steps"]
+    # the original still knows class 3: the attack keeps it (mask on and off agree), it needs no relearning
+    assert figs["proto_attack_masked"] == figs["proto_attack_unmasked"] == audit.attack_masked["forget_acc_before"]
+    assert figs["proto_attack_masked"] > 0.8
+    assert figs["relearn_steps"] == 0
+    with pytest.raises(UsageError):
+        ForgettingAudit.from_json({**audit.to_json(), "version": 99})
+
+
+def test_masked_class_attack_only_works_with_the_mask_lifted(trained, digits):
+    model = build_model("lenet", digits.num_classes, digits.input_shape)
+    model.load_state_dict(trained.state_dict())
+    model.mask_classes([3])
+    audit = forgetting_audit(model, digits, [3], depth=False, config=FAST)
+    assert audit.probe_by_depth is None
+    assert audit.attack_masked["forget_acc"] == 0.0  # the mask holds as deployed
+    assert audit.attack_unmasked["forget_acc"] > 0.8  # the weights still know the class
+
+
+def test_evaluate_depth_attacks_json(digits_checkpoint, tmp_path):
+    out = tmp_path / "eval.json"
+    result = CliRunner().invoke(main, ["evaluate", str(digits_checkpoint), "--forget", "3",
+                                       "--reference", str(digits_checkpoint), "--depth", "--attacks",
+                                       "--json", "--json-out", str(out)])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output)
+    assert json.loads(out.read_text()) == summary
+    assert set(summary["audit"]) == {"model", "reference"}
+    model_audit = ForgettingAudit.from_json(summary["audit"]["model"])
+    assert list(model_audit.probe_by_depth) == ["backbone.3", "backbone.7", PENULTIMATE]
+    assert model_audit.probe_by_depth[PENULTIMATE] == summary["probe_forget_acc"]
+    # the same model as its own reference: identical audits, relearn target from the reference
+    assert summary["audit"]["model"]["probe_by_depth"] == summary["audit"]["reference"]["probe_by_depth"]
+    assert "original" in model_audit.relearn_target_source
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--depth", "--no-probe", "--forget", "3"], "--no-probe"),
+    (["--attacks"], "no forgotten class"),
+    (["--depth", "--forget", "3", "--retrained", "{ck}"], "not retrained without"),
+])
+def test_evaluate_bad_combinations_exit_2(digits_checkpoint, args, message):
+    args = [a.replace("{ck}", str(digits_checkpoint)) for a in args]
+    result = CliRunner().invoke(main, ["evaluate", str(digits_checkpoint), *args])
+    assert result.exit_code == 2
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and message in lines[0], result.output
