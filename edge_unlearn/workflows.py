@@ -103,12 +103,19 @@ def _forget_set(req: ForgetRequest, ck: Checkpoint, data: Dataset | None, classe
         labels = []
         for owner in owners:
             name = folders[owner] if owner >= 0 else None
-            if name is not None and name in ck.meta.class_names:
+            if name is None:
+                if len(classes) != 1:
+                    raise UsageError(f"--forget-samples {req.forget_samples_dir} has images directly in the folder while "
+                                     "several classes are forgotten; put each class's images in a subfolder named "
+                                     "after the class")
+                labels.append(classes[0])
+            elif name in ck.meta.class_names:
                 labels.append(ck.meta.class_names.index(name))
-            elif name is not None and name.isdigit() and int(name) < ck.meta.num_classes:
+            elif name.isdigit() and int(name) < ck.meta.num_classes:
                 labels.append(int(name))
             else:
-                labels.append(classes[0])
+                raise UsageError(f"--forget-samples subfolder {name!r} matches no class of the model; name it after a "
+                                 f"forgotten class ({', '.join(ck.meta.class_names[c] for c in classes)})")
         bad = sorted({ck.meta.class_names[y] for y in labels if y not in classes})
         if bad:
             raise UsageError(f"--forget-samples holds images of classes {bad} that are not being forgotten; "
@@ -194,6 +201,9 @@ def evaluate_checkpoint(checkpoint: str | Path, dataset: str | None = None, forg
     ck = load_checkpoint(checkpoint)
     data = dataset_for(ck, dataset, data_dir)
     classes = resolve_classes(forget_classes, ck.meta.class_names) if forget_classes else list(ck.meta.forgotten_classes)
+    if len(set(classes)) >= ck.meta.num_classes:
+        raise UsageError(f"evaluating with all {ck.meta.num_classes} classes forgotten leaves no retained class to "
+                         "measure; forget fewer classes")
     if (depth or attacks or retrained is not None) and not classes:
         raise UsageError(f"{checkpoint} has no forgotten class; pass --forget CLASS to audit (--depth/--attacks/--retrained)")
     if depth and not probe:

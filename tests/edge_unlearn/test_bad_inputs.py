@@ -213,3 +213,56 @@ def test_inconsistent_checkpoint_header_is_refused(digits_checkpoint, tmp_path, 
     result = _invoke(["export", bad, "-o", tmp_path / "m.onnx"])
     assert result.exit_code == 2 and len(result.stderr.strip().splitlines()) == 1, result.output
     assert not (tmp_path / "m.onnx").exists()
+
+
+def _digit_pngs(folder, count: int = 3) -> None:
+    from PIL import Image
+
+    folder.mkdir(parents=True)
+    for i in range(count):
+        Image.fromarray(((i * 40) % 255) * __import__("numpy").ones((8, 8), dtype="uint8")).save(folder / f"{i}.png")
+
+
+def test_forget_samples_subfolder_matching_no_class_is_refused(digits_checkpoint, tmp_path):
+    """Was: every image of an unknown subfolder silently labelled as the first forgotten class."""
+    _digit_pngs(tmp_path / "samples" / "cats")
+    out = tmp_path / "f.safetensors"
+    result = _invoke(["forget", digits_checkpoint, "--forget", "3", "--forget-samples", tmp_path / "samples",
+                      "--no-eval", "-o", out])
+    _one_line_error(result, "'cats'", "matches no class")
+    assert not out.exists()
+
+
+def test_forget_samples_loose_images_need_subfolders_when_several_classes_are_forgotten(digits_checkpoint, tmp_path):
+    _digit_pngs(tmp_path / "samples")
+    out = tmp_path / "f.safetensors"
+    result = _invoke(["forget", digits_checkpoint, "--forget", "3", "--forget", "5", "--forget-samples",
+                      tmp_path / "samples", "--no-eval", "-o", out])
+    _one_line_error(result, "subfolder named after the class")
+    assert not out.exists()
+
+
+def test_evaluate_with_every_class_forgotten_is_refused(digits_checkpoint):
+    """Was: nan figures and exit 0."""
+    args = ["evaluate", digits_checkpoint, "--no-probe"]
+    for c in range(10):
+        args += ["--forget", str(c)]
+    _one_line_error(_invoke(args), "no retained class")
+
+
+def test_quantize_calibration_set_of_another_class_count_is_refused(tmp_path):
+    """Was: a calibration set with fewer classes than the model passed silently."""
+    from edge_unlearn.errors import UsageError
+    from edge_unlearn.export.onnx_meta import OnnxMeta
+    from edge_unlearn.export.quantize import calibration_inputs
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    npz = tmp_path / "five.npz"
+    np.savez(npz, x_train=rng.integers(0, 255, (20, 8, 8), dtype=np.uint8), y_train=np.arange(20) % 5,
+             x_test=rng.integers(0, 255, (10, 8, 8), dtype=np.uint8), y_test=np.arange(10) % 5)
+    meta = OnnxMeta.__new__(OnnxMeta)
+    object.__setattr__(meta, "num_classes", 10)
+    object.__setattr__(meta, "input_shape", (1, 8, 8))
+    with pytest.raises(UsageError, match="has 5 classes but the model has 10"):
+        calibration_inputs(f"npz:{npz}", meta, samples=8)
