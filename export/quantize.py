@@ -282,7 +282,11 @@ def calibration_inputs(spec: str, meta: OnnxMeta, samples: int, seed: int = 0) -
     if samples < 1:
         raise UsageError(f"--calib-samples must be at least 1, got {samples}")
     data = load_dataset(spec)
-    if data.num_classes != meta.num_classes:
+    # fewer classes is fine for a subset of the model's own dataset (class count inferred from its labels), not
+    # for another dataset: the names it has must be the model's first ones
+    another = (data.num_classes < meta.num_classes
+               and tuple(data.class_names) != tuple(meta.class_names[:data.num_classes]))
+    if data.num_classes > meta.num_classes or another:
         raise UsageError(f"calibration set {spec} has {data.num_classes} classes but the model has "
                          f"{meta.num_classes}; calibrate with the dataset the model was trained on")
     if tuple(data.input_shape) != tuple(meta.input_shape):

@@ -251,7 +251,7 @@ def test_evaluate_with_every_class_forgotten_is_refused(digits_checkpoint):
 
 
 def test_quantize_calibration_set_of_another_class_count_is_refused(tmp_path):
-    """Was: a calibration set with fewer classes than the model passed silently."""
+    """Was: a calibration set of another dataset with fewer classes than the model passed silently."""
     from edge_unlearn.errors import UsageError
     from edge_unlearn.export.onnx_meta import OnnxMeta
     from edge_unlearn.export.quantize import calibration_inputs
@@ -264,5 +264,6 @@ def test_quantize_calibration_set_of_another_class_count_is_refused(tmp_path):
     meta = OnnxMeta.__new__(OnnxMeta)
     object.__setattr__(meta, "num_classes", 10)
     object.__setattr__(meta, "input_shape", (1, 8, 8))
+    object.__setattr__(meta, "class_names", tuple("abcdefghij"))  # another dataset: its names are not a prefix
     with pytest.raises(UsageError, match="has 5 classes but the model has 10"):
         calibration_inputs(f"npz:{npz}", meta, samples=8)
