@@ -38,3 +38,26 @@ def digits_checkpoint(tmp_path_factory, digits) -> Path:
     path = tmp_path_factory.mktemp("ckpt") / "original.safetensors"
     save_checkpoint(path, result.model, meta)
     return path
+
+
+def invoke_cli(args: list) -> "object":
+    """Run ``edge-unlearn ARGS`` in-process; an uncaught exception (a traceback for the user) fails the test."""
+    from click.testing import CliRunner
+
+    from edge_unlearn.cli import main
+
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise AssertionError(f"{args}: uncaught {type(result.exception).__name__}: {result.exception}")
+    return result
+
+
+def one_line_error(result, *needles: str) -> str:
+    """Exit 2 with exactly one ``error: ...`` line on stderr that names every needle; returns that line."""
+    assert result.exit_code == 2, (result.exit_code, result.output)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert "Traceback" not in result.output
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    return lines[0]

@@ -7,25 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
-from edge_unlearn.cli import main
-
-
-def _invoke(args: list[str]):
-    result = CliRunner().invoke(main, [str(a) for a in args])
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise AssertionError(f"{args}: uncaught {type(result.exception).__name__}: {result.exception}")
-    return result
-
-
-def _one_line_error(result, *needles: str) -> None:
-    assert result.exit_code == 2, (result.exit_code, result.output)
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    assert "Traceback" not in result.output
-    for needle in needles:
-        assert needle in lines[0], lines[0]
+from tests.conftest import invoke_cli, one_line_error
 
 
 @pytest.mark.parametrize("args, needle", [
@@ -38,12 +21,12 @@ def _one_line_error(result, *needles: str) -> None:
 ])
 def test_train_options_are_range_checked_before_training(tmp_path, args, needle):
     out = tmp_path / "t.safetensors"
-    _one_line_error(_invoke(["train", "-o", out, *args]), needle)
+    one_line_error(invoke_cli(["train", "-o", out, *args]), needle)
     assert not out.exists()
 
 
 def test_train_output_folder_is_checked_before_training(tmp_path):
-    _one_line_error(_invoke(["train", "-o", tmp_path / "nodir" / "t.safetensors"]), "does not exist")
+    one_line_error(invoke_cli(["train", "-o", tmp_path / "nodir" / "t.safetensors"]), "does not exist")
 
 
 @pytest.mark.parametrize("param, needle", [
@@ -54,14 +37,14 @@ def test_train_output_folder_is_checked_before_training(tmp_path):
 ])
 def test_method_parameters_are_type_and_range_checked(digits_checkpoint, tmp_path, param, needle):
     out = tmp_path / "f.safetensors"
-    result = _invoke(["forget", digits_checkpoint, "--forget", "3", "--set", param, "--no-eval", "-o", out])
-    _one_line_error(result, needle)
+    result = invoke_cli(["forget", digits_checkpoint, "--forget", "3", "--set", param, "--no-eval", "-o", out])
+    one_line_error(result, needle)
     assert not out.exists()
 
 
 def test_forget_refuses_to_overwrite_its_input(digits_checkpoint, tmp_path):
     before = Path(digits_checkpoint).read_bytes()
-    _one_line_error(_invoke(["forget", digits_checkpoint, "--forget", "3", "-o", digits_checkpoint]), "also an input")
+    one_line_error(invoke_cli(["forget", digits_checkpoint, "--forget", "3", "-o", digits_checkpoint]), "also an input")
     assert Path(digits_checkpoint).read_bytes() == before
 
 
@@ -82,9 +65,9 @@ def _nan_checkpoint(src: Path, dst: Path) -> Path:
 def test_nan_checkpoint_is_refused_on_load(digits_checkpoint, tmp_path):
     bad = _nan_checkpoint(Path(digits_checkpoint), tmp_path / "nan.safetensors")
     out = tmp_path / "f.safetensors"
-    _one_line_error(_invoke(["forget", bad, "--forget", "3", "--no-eval", "-o", out]), "NaN/Inf")
+    one_line_error(invoke_cli(["forget", bad, "--forget", "3", "--no-eval", "-o", out]), "NaN/Inf")
     assert not out.exists()
-    _one_line_error(_invoke(["export", bad, "-o", tmp_path / "m.onnx"]), "NaN/Inf")
+    one_line_error(invoke_cli(["export", bad, "-o", tmp_path / "m.onnx"]), "NaN/Inf")
     assert not (tmp_path / "m.onnx").exists()
 
 
@@ -112,25 +95,25 @@ def test_absurd_input_shape_header_is_refused(digits_checkpoint, tmp_path):
     data = json.loads(header["edge_unlearn"])
     data["input_shape"] = [1, 100000, 100000]
     save_file(tensors, str(tmp_path / "big.safetensors"), metadata={"edge_unlearn": json.dumps(data)})
-    _one_line_error(_invoke(["export", tmp_path / "big.safetensors", "-o", tmp_path / "m.onnx"]), "input shape")
+    one_line_error(invoke_cli(["export", tmp_path / "big.safetensors", "-o", tmp_path / "m.onnx"]), "input shape")
 
 
 def test_opset_out_of_range(digits_checkpoint, tmp_path):
-    _one_line_error(_invoke(["export", digits_checkpoint, "-o", tmp_path / "m.onnx", "--opset", "99"]), "--opset")
+    one_line_error(invoke_cli(["export", digits_checkpoint, "-o", tmp_path / "m.onnx", "--opset", "99"]), "--opset")
     assert not (tmp_path / "m.onnx").exists()
 
 
 def test_json_folder_is_checked_before_export(digits_checkpoint, tmp_path):
-    result = _invoke(["export", digits_checkpoint, "-o", tmp_path / "m.onnx", "--json-out", tmp_path / "nodir" / "x.json"])
-    _one_line_error(result, "does not exist")
+    result = invoke_cli(["export", digits_checkpoint, "-o", tmp_path / "m.onnx", "--json-out", tmp_path / "nodir" / "x.json"])
+    one_line_error(result, "does not exist")
     assert not (tmp_path / "m.onnx").exists()  # refused before the artefact was written
 
 
 def test_unwritable_run_dir_is_checked_before_export(digits_checkpoint, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    result = _invoke(["export", digits_checkpoint, "-o", tmp_path / "m.onnx", "--run-dir", blocker / "run"])
-    _one_line_error(result, "--run-dir")
+    result = invoke_cli(["export", digits_checkpoint, "-o", tmp_path / "m.onnx", "--run-dir", blocker / "run"])
+    one_line_error(result, "--run-dir")
     assert not (tmp_path / "m.onnx").exists()
 
 
@@ -138,7 +121,7 @@ def test_unwritable_run_dir_is_checked_before_export(digits_checkpoint, tmp_path
 def test_bench_batch_is_range_checked(tmp_path, batch):
     model = tmp_path / "m.onnx"
     model.write_bytes(b"unused: refused before it is read")
-    _one_line_error(_invoke(["bench", model, "--batch", batch]), "--batch")
+    one_line_error(invoke_cli(["bench", model, "--batch", batch]), "--batch")
 
 
 @pytest.mark.parametrize("content", [b"", b"PK\x03\x04broken", b"\x93NUMPY garbage"])
@@ -151,7 +134,7 @@ def test_empty_or_corrupt_npz_is_exit_2_not_aborted(tmp_path, content):
     npz.write_bytes(content)
     with pytest.raises(ModelFileError, match="not a readable .npz bundle"):
         load_bundle(npz)
-    _one_line_error(_invoke(["train", "--dataset", f"npz:{npz}", "-o", tmp_path / "t.safetensors"]),
+    one_line_error(invoke_cli(["train", "--dataset", f"npz:{npz}", "-o", tmp_path / "t.safetensors"]),
                     "not a readable .npz")
     assert not (tmp_path / "t.safetensors").exists()
 
@@ -172,9 +155,8 @@ def test_empty_test_split_bundle_is_refused(tmp_path):
                                           (["--forget", "cat"], "--forget must be one digit")])
 def test_demo_checks_its_options_before_training(tmp_path, args, needle):
     out = tmp_path / "demo"
-    _one_line_error(_invoke(["demo", "--out-dir", out, *args]), needle)
+    one_line_error(invoke_cli(["demo", "--out-dir", out, *args]), needle)
     assert not out.exists()
-
 
 
 @pytest.mark.parametrize("case, needle", [
@@ -194,7 +176,7 @@ def test_bad_dataset_labels_are_refused_before_training(tmp_path, case, needle):
         y = y - 1
     np.savez(tmp_path / "d.npz", x_train=x, y_train=y, x_test=x_test, y_test=y_test)
     out = tmp_path / "t.safetensors"
-    _one_line_error(_invoke(["train", "--dataset", f"npz:{tmp_path / 'd.npz'}", "-o", out]), needle)
+    one_line_error(invoke_cli(["train", "--dataset", f"npz:{tmp_path / 'd.npz'}", "-o", out]), needle)
     assert not out.exists()
 
 
@@ -210,7 +192,7 @@ def test_inconsistent_checkpoint_header_is_refused(digits_checkpoint, tmp_path, 
     header[field] = value
     bad = tmp_path / "bad.safetensors"
     save_file(tensors, str(bad), metadata={"edge_unlearn": json.dumps(header)})
-    result = _invoke(["export", bad, "-o", tmp_path / "m.onnx"])
+    result = invoke_cli(["export", bad, "-o", tmp_path / "m.onnx"])
     assert result.exit_code == 2 and len(result.stderr.strip().splitlines()) == 1, result.output
     assert not (tmp_path / "m.onnx").exists()
 
@@ -227,18 +209,18 @@ def test_forget_samples_subfolder_matching_no_class_is_refused(digits_checkpoint
     """Was: every image of an unknown subfolder silently labelled as the first forgotten class."""
     _digit_pngs(tmp_path / "samples" / "cats")
     out = tmp_path / "f.safetensors"
-    result = _invoke(["forget", digits_checkpoint, "--forget", "3", "--forget-samples", tmp_path / "samples",
+    result = invoke_cli(["forget", digits_checkpoint, "--forget", "3", "--forget-samples", tmp_path / "samples",
                       "--no-eval", "-o", out])
-    _one_line_error(result, "'cats'", "matches no class")
+    one_line_error(result, "'cats'", "matches no class")
     assert not out.exists()
 
 
 def test_forget_samples_loose_images_need_subfolders_when_several_classes_are_forgotten(digits_checkpoint, tmp_path):
     _digit_pngs(tmp_path / "samples")
     out = tmp_path / "f.safetensors"
-    result = _invoke(["forget", digits_checkpoint, "--forget", "3", "--forget", "5", "--forget-samples",
+    result = invoke_cli(["forget", digits_checkpoint, "--forget", "3", "--forget", "5", "--forget-samples",
                       tmp_path / "samples", "--no-eval", "-o", out])
-    _one_line_error(result, "subfolder named after the class")
+    one_line_error(result, "subfolder named after the class")
     assert not out.exists()
 
 
@@ -247,7 +229,7 @@ def test_evaluate_with_every_class_forgotten_is_refused(digits_checkpoint):
     args = ["evaluate", digits_checkpoint, "--no-probe"]
     for c in range(10):
         args += ["--forget", str(c)]
-    _one_line_error(_invoke(args), "no retained class")
+    one_line_error(invoke_cli(args), "no retained class")
 
 
 def test_quantize_calibration_set_of_another_class_count_is_refused(tmp_path):

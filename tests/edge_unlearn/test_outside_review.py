@@ -3,25 +3,8 @@ each test pins one fix."""
 from __future__ import annotations
 
 import pytest
-from click.testing import CliRunner
 
-from edge_unlearn.cli import main
-
-
-def _invoke(args: list[str]):
-    result = CliRunner().invoke(main, [str(a) for a in args])
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise AssertionError(f"{args}: uncaught {type(result.exception).__name__}: {result.exception}")
-    return result
-
-
-def _one_line_error(result, *needles: str) -> str:
-    assert result.exit_code == 2, (result.exit_code, result.output)
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    for needle in needles:
-        assert needle in lines[0], lines[0]
-    return lines[0]
+from tests.conftest import invoke_cli, one_line_error
 
 
 # a safetensors header: what a user passes when mixing up the checkpoint and the bundle
@@ -42,7 +25,7 @@ def test_a_checkpoint_given_as_bundle_is_named_not_a_zip_and_never_advises_unpic
 def test_a_checkpoint_given_as_npz_dataset_is_named_not_a_zip(tmp_path):
     wrong = tmp_path / "model.safetensors"
     wrong.write_bytes(_NOT_A_ZIP)
-    line = _one_line_error(_invoke(["train", "--dataset", f"npz:{wrong}", "-o", tmp_path / "t.safetensors"]),
+    line = one_line_error(invoke_cli(["train", "--dataset", f"npz:{wrong}", "-o", tmp_path / "t.safetensors"]),
                            "not a zip archive")
     assert "pickle" not in line
     assert not (tmp_path / "t.safetensors").exists()
@@ -52,13 +35,13 @@ def test_a_checkpoint_given_as_npz_dataset_is_named_not_a_zip(tmp_path):
 def test_keygen_refuses_a_public_key_path_equal_to_the_private_key(tmp_path, monkeypatch, public):
     """`keygen -o K --public K` used to write the private key, then replace it with the public one."""
     monkeypatch.chdir(tmp_path)
-    _one_line_error(_invoke(["keygen", "-o", "key.pem", "--public", public]), "--public", "another path")
+    one_line_error(invoke_cli(["keygen", "-o", "key.pem", "--public", public]), "--public", "another path")
     assert list(tmp_path.iterdir()) == []
 
 
 def test_keygen_names_the_option_whose_file_exists(tmp_path):
     (tmp_path / "taken.pub").write_text("someone's key")
-    _one_line_error(_invoke(["keygen", "-o", tmp_path / "new.pem", "--public", tmp_path / "taken.pub"]),
+    one_line_error(invoke_cli(["keygen", "-o", tmp_path / "new.pem", "--public", tmp_path / "taken.pub"]),
                     "choose another --public path")
     assert not (tmp_path / "new.pem").exists()
     assert (tmp_path / "taken.pub").read_text() == "someone's key"
@@ -74,14 +57,14 @@ def test_another_artefact_given_as_checkpoint_is_named_for_what_it_is(tmp_path, 
                                                                       command):
     monkeypatch.chdir(tmp_path)
     (tmp_path / name).write_bytes(content)
-    line = _one_line_error(_invoke([command[0], name, *command[1:]]), kind, ".safetensors")
+    line = one_line_error(invoke_cli([command[0], name, *command[1:]]), kind, ".safetensors")
     assert "re-create" not in line
     assert sorted(p.name for p in tmp_path.iterdir()) == [name]
 
 
 def test_a_damaged_checkpoint_is_still_called_corrupt(tmp_path):
     (tmp_path / "model.safetensors").write_bytes(b"\xff" * 16)
-    _one_line_error(_invoke(["evaluate", tmp_path / "model.safetensors"]), "not a valid safetensors checkpoint",
+    one_line_error(invoke_cli(["evaluate", tmp_path / "model.safetensors"]), "not a valid safetensors checkpoint",
                     "corrupt")
 
 
@@ -94,7 +77,7 @@ def test_bundle_defaults_to_the_checkpoint_dataset_like_evaluate_and_forget(digi
     loaded.model.class_mask[3] = False
     forgotten = tmp_path / "forgotten.safetensors"
     save_checkpoint(forgotten, loaded.model, loaded.meta)
-    result = _invoke(["bundle", forgotten, "--per-class", "4", "-o", tmp_path / "eval.npz"])
+    result = invoke_cli(["bundle", forgotten, "--per-class", "4", "-o", tmp_path / "eval.npz"])
     assert result.exit_code == 0, result.output
     bundle = load_bundle(tmp_path / "eval.npz")
     assert len(bundle.labels) == 40 and sorted(set(bundle.labels.tolist())) == list(range(10))
@@ -106,7 +89,7 @@ def test_swapped_keys_are_named_for_what_they_are(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
     (run / "manifest.json").write_text("{}")
-    assert _invoke(["keygen", "-o", tmp_path / "key.pem", "-q"]).exit_code == 0
-    _one_line_error(_invoke(["sign", run, "--key", tmp_path / "key.pem.pub"]), "is a public key", "not KEY.pub")
-    _one_line_error(_invoke(["verify", run, "--key", tmp_path / "key.pem"]), "is a private key", "KEY.pub")
+    assert invoke_cli(["keygen", "-o", tmp_path / "key.pem", "-q"]).exit_code == 0
+    one_line_error(invoke_cli(["sign", run, "--key", tmp_path / "key.pem.pub"]), "is a public key", "not KEY.pub")
+    one_line_error(invoke_cli(["verify", run, "--key", tmp_path / "key.pem"]), "is a private key", "KEY.pub")
     assert sorted(p.name for p in run.iterdir()) == ["manifest.json"]
