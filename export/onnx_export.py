@@ -227,6 +227,12 @@ def export_onnx(checkpoint: str | Path, output: str | Path, config: ExportConfig
                                     dynamic_shapes={"x": {0: torch.export.Dim("batch")}}, verbose=False,
                                     optimize=True)
     except Exception as exc:  # the exporter raises many types; keep the first line
+        cause, seen = exc, set()
+        while cause is not None and id(cause) not in seen:  # torch.export wraps a Ctrl-C in its own error
+            if isinstance(cause, KeyboardInterrupt):
+                raise KeyboardInterrupt from exc
+            seen.add(id(cause))
+            cause = cause.__cause__ or cause.__context__
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelFileError(f"torch.onnx.export failed for arch {meta.arch}: {first}") from exc
     proto = program.model_proto
