@@ -15,6 +15,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
+import torch.utils.data
 
 from .errors import DataError, UsageError
 from .guards import check_labels
@@ -209,6 +210,18 @@ class Dataset:
     @property
     def input_shape(self) -> tuple[int, int, int]:
         return tuple(int(v) for v in self.x_train.shape[1:])  # type: ignore[return-value]
+
+    def split(self, name: str, classes: Sequence[int] | None = None) -> "torch.utils.data.Dataset":
+        """One split (``"train"`` or ``"test"``) as a ``torch.utils.data.Dataset`` of (uint8 image [C, H, W] at
+        the model's input size, int label) items, optionally restricted to ``classes``: what training's
+        DataLoader (augmentation, DistributedSampler) reads. The seam between data and training (issue #12)."""
+        if name not in ("train", "test"):
+            raise ValueError(f"split must be 'train' or 'test', got {name!r}")
+        x, y = (self.x_train, self.y_train) if name == "train" else (self.x_test, self.y_test)
+        if classes is not None:
+            keep = torch.isin(y, torch.tensor(sorted(set(int(c) for c in classes)), dtype=y.dtype))
+            x, y = x[keep], y[keep]
+        return torch.utils.data.TensorDataset(x, y)
 
     def subset_classes(self, classes: Sequence[int]) -> "Dataset":
         """The same dataset restricted to ``classes`` (labels unchanged)."""
