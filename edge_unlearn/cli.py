@@ -50,10 +50,46 @@ data_options = [
 ]
 
 
+#: training choices (the same as edge_unlearn.training's; kept here so the command line imports no torch)
+AUGMENTS = ("auto", "none", "crop", "crop-flip")
+SCHEDULES = ("onecycle", "cosine")
+AMP_MODES = ("off", "bf16", "fp16")
+
+
 def with_data_options(fn):
     for option in reversed(data_options):
         fn = option(fn)
     return fn
+
+
+run_options = [
+    click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True,
+                 help="DataLoader worker processes reading the images (0: in this process)."),
+    click.option("--save-every", type=click.IntRange(min=0), default=0, show_default=True,
+                 help="Write the training state (weights, optimiser, schedule, RNG, step) every N steps to "
+                      "OUTPUT.state.pt (0: never), to continue an interrupted training with --resume."),
+    click.option("--resume", type=click.Path(dir_okay=False), default=None,
+                 help="Continue from a training-state file written with --save-every (same recipe, arch and "
+                      "number of processes); the result equals an uninterrupted run."),
+]
+
+
+def with_run_options(fn):
+    for option in reversed(run_options):
+        fn = option(fn)
+    return fn
+
+
+def _train_run(workers: int, save_every: int, resume: str | None, quiet: bool, as_json: bool):
+    from .workflows import TrainRun
+
+    return TrainRun(workers=workers, save_every=save_every, resume=resume, progress=progress_enabled(quiet, as_json))
+
+
+def _emit_main(summary: dict[str, Any], as_json: bool, json_out: str | None, quiet: bool, line: str) -> None:
+    """Only the first process of a torchrun launch reports (the others' work is in the same checkpoint)."""
+    if summary.get("rank", 0) == 0:
+        emit(summary, as_json, json_out, quiet, line)
 
 
 @main.command()
@@ -61,16 +97,28 @@ def with_data_options(fn):
 @click.option("--arch", default="lenet", show_default=True, help="Model from the registry (see `edge-unlearn models`).")
 @click.option("--epochs", type=int, default=None, help="Epochs (default 3, more if needed to reach --min-steps).")
 @click.option("--min-steps", type=int, default=None, help="At least this many optimiser steps (default 500).")
-@click.option("--batch-size", type=int, default=None, help="Batch size (default 128).")
-@click.option("--lr", type=float, default=None, help="Peak learning rate of the one-cycle AdamW schedule (default 2e-3).")
+@click.option("--batch-size", type=int, default=None,
+              help="Global batch size (default 128; under torchrun split among the processes).")
+@click.option("--lr", type=float, default=None, help="Peak learning rate of the AdamW schedule (default 2e-3).")
+@click.option("--schedule", type=click.Choice(SCHEDULES), default="onecycle", show_default=True,
+              help="Learning-rate schedule: one-cycle, or cosine with a 5 % linear warm-up.")
+@click.option("--augment", type=click.Choice(AUGMENTS), default="auto", show_default=True,
+              help="auto: random crop (4 px padding at 32 px, in proportion) + horizontal flip for colour "
+                   "images, none for grey ones (digits, fashion items); the checkpoint records the choice.")
+@click.option("--label-smoothing", type=float, default=0.0, show_default=True, help="Label smoothing in [0, 1).")
+@click.option("--amp", type=click.Choice(AMP_MODES), default="off", is_flag=False, flag_value="bf16",
+              show_default=True, help="Mixed precision on CUDA (--amp alone: bf16); refused on CPU.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
+@with_run_options
 @with_data_options
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Checkpoint to write (.safetensors).")
 @output_options
-def train(dataset, arch, epochs, min_steps, batch_size, lr, seed, device, data_dir, download, output, as_json,
-          json_out, quiet):
-    """Train the original classifier and write its checkpoint."""
+def train(dataset, arch, epochs, min_steps, batch_size, lr, schedule, augment, label_smoothing, amp, seed, device,
+          workers, save_every, resume, data_dir, download, output, as_json, json_out, quiet):
+    """Train the original classifier and write its checkpoint.
+
+    Several processes: `torchrun --nproc-per-node N --no-python edge-unlearn train ...` (see docs/training.md)."""
     from .guards import check_outputs, check_train_options
     from .training import TrainConfig
     from .workflows import train_checkpoint
@@ -80,11 +128,13 @@ def train(dataset, arch, epochs, min_steps, batch_size, lr, seed, device, data_d
 
     overrides = {k: v for k, v in dict(epochs=epochs, min_steps=min_steps, batch_size=batch_size, lr=lr).items()
                  if v is not None}
-    config = TrainConfig(seed=seed, device=device, **overrides)
+    config = TrainConfig(seed=seed, device=device, schedule=schedule, augment=augment,
+                         label_smoothing=label_smoothing, amp=amp, **overrides)
     summary = train_checkpoint(dataset, arch, output, config, data_dir, download,
-                               progress=progress_enabled(quiet, as_json))
-    emit(summary, as_json, json_out, quiet, f"trained {arch} on {dataset} in {summary['seconds']:.1f} s: test accuracy "
-                                            f"{summary['test_accuracy']:.4f} -> {output}")
+                               run=_train_run(workers, save_every, resume, quiet, as_json))
+    _emit_main(summary, as_json, json_out, quiet,
+               f"trained {arch} on {dataset} in {summary['seconds']:.1f} s: test accuracy "
+               f"{summary.get('test_accuracy', float('nan')):.4f} -> {output}")
 
 
 @main.command()
@@ -92,18 +142,21 @@ def train(dataset, arch, epochs, min_steps, batch_size, lr, seed, device, data_d
 @click.option("--forget", "forget_classes", multiple=True, required=True,
               help="Class index or name to leave out (repeatable, or comma-separated).")
 @click.option("--dataset", default=None, help="Default: the dataset recorded in the checkpoint. " + DATASET_HELP)
+@with_run_options
 @with_data_options
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False))
 @output_options
-def retrain(original, forget_classes, dataset, data_dir, download, output, as_json, json_out, quiet):
+def retrain(original, forget_classes, dataset, workers, save_every, resume, data_dir, download, output, as_json,
+            json_out, quiet):
     """Retrain from scratch without the forgotten classes: the gold standard every unlearning run is
-    compared with (same arch and recipe as ORIGINAL)."""
+    compared with (same arch and recipe as ORIGINAL, read from its checkpoint)."""
     from .workflows import retrain_checkpoint
 
     summary = retrain_checkpoint(original, forget_classes, output, dataset, data_dir, download,
-                                 progress=progress_enabled(quiet, as_json))
-    emit(summary, as_json, json_out, quiet, f"retrained without {summary['forget_classes']} in "
-                                            f"{summary['seconds']:.1f} s: retained accuracy {summary['retain_acc']:.4f} -> {output}")
+                                 run=_train_run(workers, save_every, resume, quiet, as_json))
+    _emit_main(summary, as_json, json_out, quiet,
+               f"retrained without {summary['forget_classes']} in {summary['seconds']:.1f} s: retained accuracy "
+               f"{summary.get('retain_acc', float('nan')):.4f} -> {output}")
 
 
 def print_forget_summary(s: dict[str, Any]) -> None:

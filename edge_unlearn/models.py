@@ -77,6 +77,16 @@ class UnlearnableClassifier(nn.Module):
 
         ``transform`` turns each batch of ``inputs`` into model inputs (raw images are then streamed
         through the preprocessing batch by batch)."""
+        batches = ((inputs[i:i + batch_size], labels[i:i + batch_size]) for i in range(0, len(inputs), batch_size))
+        self.set_class_stats(*self.class_stat_sums(batches, transform))
+
+    @torch.no_grad()
+    def class_stat_sums(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+                        transform: Callable[[torch.Tensor], torch.Tensor] | None = None
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-class sums (float64, on the model's device) and counts (float64, CPU) of the edit layer's
+        input over ``batches`` of (inputs, labels), e.g. a DataLoader: a streaming mean, whose parts
+        several processes can add up (all-reduce) before :meth:`set_class_stats`."""
         layer, sums = self.edit_layer(), torch.zeros_like(self.class_stats, dtype=torch.float64)
         counts = torch.zeros(self.num_classes, dtype=torch.float64)
         captured: list[torch.Tensor] = []
@@ -85,19 +95,22 @@ class UnlearnableClassifier(nn.Module):
         self.eval()
         try:
             device = self.class_stats.device
-            for i in range(0, len(inputs), batch_size):
+            for batch, batch_labels in batches:
                 captured.clear()
-                batch = inputs[i:i + batch_size]
                 self.backbone((transform(batch) if transform is not None else batch).to(device))
                 act = pool_edit_input(captured[0], layer)
-                y = labels[i:i + batch_size].to(device)
+                y = torch.as_tensor(batch_labels).to(device)
                 sums.index_add_(0, y, act.to(torch.float64))
                 counts.index_add_(0, y.cpu(), torch.ones(len(y), dtype=torch.float64))
         finally:
             handle.remove()
             self.train(was_training)
-        seen = counts > 0
-        self.class_stats[seen] = (sums[seen] / counts[seen].to(sums.device)[:, None]).to(self.class_stats.dtype)
+        return sums, counts
+
+    def set_class_stats(self, sums: torch.Tensor, counts: torch.Tensor) -> None:
+        """Store the means ``sums / counts`` of the classes seen (the others keep what they had)."""
+        seen = counts.cpu() > 0
+        self.class_stats[seen] = (sums[seen.to(sums.device)] / counts[seen].to(sums)[:, None]).to(self.class_stats)
         self.class_stats_count.copy_(counts.to(self.class_stats_count))
 
     def drop_class_stats(self, classes: Iterable[int]) -> None:

@@ -18,7 +18,7 @@ from .data import Dataset, load_dataset, load_image_folder, prepare_dataset, pre
 from .errors import CheckpointError, UsageError
 from .guards import check_every_class_present
 from .metrics import EvalReport, evaluate_model
-from .training import TrainConfig, train_model
+from .training import TrainConfig, process_group, train_model
 from .unlearn import ForgetSet, RetainSet, forget, get_method, method_config
 
 
@@ -39,40 +39,94 @@ def dataset_for(ck: Checkpoint, spec: str | None, data_dir: str | None = None, d
     return data
 
 
+@dataclass(frozen=True)
+class TrainRun:
+    """How a training runs, as opposed to what it computes (the recipe): DataLoader workers, periodic
+    training-state files (every ``save_every`` steps to ``state_path``, default ``OUTPUT.state.pt``) and the
+    file to resume from."""
+
+    workers: int = 0
+    save_every: int = 0
+    state_path: str | None = None
+    resume: str | None = None
+    progress: bool = True
+
+
+def _state_path(run: TrainRun, out: str | Path) -> str | None:
+    if run.state_path is not None:
+        return run.state_path
+    if run.resume is not None:
+        return run.resume  # a resumed training keeps updating the file it resumed from
+    return f"{out}.state.pt" if run.save_every else None
+
+
+def _check_state_path(run: TrainRun, out: str | Path) -> None:
+    from .fileio import check_output_path
+
+    path = _state_path(run, out)
+    if run.save_every and path is not None:
+        check_output_path(path, inputs=[out], option="--save-every's state file")
+
+
 def train_checkpoint(dataset: str, arch: str, out: str | Path, config: TrainConfig = TrainConfig(),
-                     data_dir: str | None = None, download: bool = False, progress: bool = True) -> dict[str, Any]:
-    """Train the original model and write its checkpoint."""
-    data = load_dataset(dataset, data_dir=data_dir, download=download)
-    check_every_class_present(data)  # issue #13: labels 5..14 would train 5 empty classes
-    result = train_model(arch, data, config, progress=progress)
-    report = evaluate_model(result.model, data, [], probe=False)
-    meta = CheckpointMeta(arch=arch, num_classes=data.num_classes, class_names=data.class_names,
-                          input_shape=data.input_shape, normalization=data.normalization, dataset=dataset,
-                          train_recipe=config.to_json())
-    digest = save_checkpoint(out, result.model, meta)
-    return {"checkpoint": str(out), "sha256": digest, "arch": arch, "dataset": dataset, "seconds": result.seconds,
-            "test_accuracy": report.accuracy, "per_class_accuracy": report.per_class_accuracy}
+                     data_dir: str | None = None, download: bool = False, progress: bool = True,
+                     run: TrainRun | None = None) -> dict[str, Any]:
+    """Train the original model and write its checkpoint (under torchrun: every process trains its shard,
+    the first writes the checkpoint, the others wait for it)."""
+    run = run or TrainRun(progress=progress)
+    _check_state_path(run, out)
+    with process_group(config.device) as procs:
+        data = load_dataset(dataset, data_dir=data_dir, download=download)
+        check_every_class_present(data)  # issue #13: labels 5..14 would train 5 empty classes
+        result = train_model(arch, data, config, progress=run.progress, workers=run.workers,
+                             save_every=run.save_every, state_path=_state_path(run, out), resume=run.resume,
+                             procs=procs)
+        recipe = result.config or config
+        summary: dict[str, Any] = {"checkpoint": str(out), "arch": arch, "dataset": dataset,
+                                   "seconds": result.seconds, "recipe": recipe.to_json(), "steps": result.steps,
+                                   "processes": procs.world_size, "rank": procs.rank}
+        if procs.is_main:
+            report = evaluate_model(result.model, data, [], probe=False)
+            meta = CheckpointMeta(arch=arch, num_classes=data.num_classes, class_names=data.class_names,
+                                  input_shape=data.input_shape, normalization=data.normalization, dataset=dataset,
+                                  train_recipe=recipe.to_json())
+            summary["sha256"] = save_checkpoint(out, result.model, meta)
+            summary.update(test_accuracy=report.accuracy, per_class_accuracy=report.per_class_accuracy)
+        procs.barrier()  # the others return once the checkpoint is in place
+    return summary
 
 
 def retrain_checkpoint(original: str | Path, forget_classes: Sequence[str | int], out: str | Path,
                        dataset: str | None = None, data_dir: str | None = None, download: bool = False,
-                       progress: bool = True, config: TrainConfig | None = None) -> dict[str, Any]:
+                       progress: bool = True, config: TrainConfig | None = None,
+                       run: TrainRun | None = None) -> dict[str, Any]:
     """The gold standard: the original's arch and recipe, trained on the retained classes only."""
+    run = run or TrainRun(progress=progress)
+    _check_state_path(run, out)
     ck = load_checkpoint(original)
-    data = dataset_for(ck, dataset, data_dir, download)
-    classes = resolve_classes(forget_classes, ck.meta.class_names)
-    if len(classes) >= data.num_classes:
-        raise UsageError("that would forget every class; keep at least one class")
     recipe = config or TrainConfig.from_json(ck.meta.train_recipe)
-    result = train_model(ck.meta.arch_spec, data, recipe, forget_classes=classes, progress=progress)
-    report = evaluate_model(result.model, data, classes, probe=False)
-    step = {"method": "retrain", "params": recipe.to_json(), "forget_classes": classes,
-            "seconds": result.seconds, "parent_sha256": ck.sha256}
-    meta = ck.meta.with_forgetting(classes, step, ck.sha256)
-    meta = replace(meta, dataset=dataset or ck.meta.dataset)
-    digest = save_checkpoint(out, result.model, meta)
-    return {"checkpoint": str(out), "sha256": digest, "forget_classes": classes, "seconds": result.seconds,
-            "retain_acc": report.retain_acc, "forget_acc": report.forget_acc}
+    with process_group(recipe.device) as procs:
+        data = dataset_for(ck, dataset, data_dir, download)
+        classes = resolve_classes(forget_classes, ck.meta.class_names)
+        if len(classes) >= data.num_classes:
+            raise UsageError("that would forget every class; keep at least one class")
+        result = train_model(ck.meta.arch_spec, data, recipe, forget_classes=classes, progress=run.progress,
+                             workers=run.workers, save_every=run.save_every, state_path=_state_path(run, out),
+                             resume=run.resume, procs=procs, amp_on_cpu="ignore")
+        recipe = result.config or recipe
+        summary: dict[str, Any] = {"checkpoint": str(out), "forget_classes": classes, "seconds": result.seconds,
+                                   "recipe": recipe.to_json(), "steps": result.steps,
+                                   "processes": procs.world_size, "rank": procs.rank}
+        if procs.is_main:
+            report = evaluate_model(result.model, data, classes, probe=False)
+            step = {"method": "retrain", "params": recipe.to_json(), "forget_classes": classes,
+                    "seconds": result.seconds, "parent_sha256": ck.sha256}
+            meta = ck.meta.with_forgetting(classes, step, ck.sha256)
+            meta = replace(meta, dataset=dataset or ck.meta.dataset)
+            summary["sha256"] = save_checkpoint(out, result.model, meta)
+            summary.update(retain_acc=report.retain_acc, forget_acc=report.forget_acc)
+        procs.barrier()
+    return summary
 
 
 @dataclass(frozen=True)
