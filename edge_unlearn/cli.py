@@ -83,7 +83,9 @@ def with_run_options(fn):
 def _train_run(workers: int, save_every: int, resume: str | None, quiet: bool, as_json: bool):
     from .workflows import TrainRun
 
-    return TrainRun(workers=workers, save_every=save_every, resume=resume, progress=progress_enabled(quiet, as_json))
+    progress = progress_enabled(quiet, as_json)
+    log = None if quiet or as_json or progress else (lambda line: click.echo(line, err=True))  # a log: a line per 5 %
+    return TrainRun(workers=workers, save_every=save_every, resume=resume, progress=progress, log=log)
 
 
 def _emit_main(summary: dict[str, Any], as_json: bool, json_out: str | None, quiet: bool, line: str) -> None:

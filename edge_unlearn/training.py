@@ -16,7 +16,7 @@ import time
 import warnings
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 import torch.utils.data
@@ -300,12 +300,12 @@ def plan_steps(samples: int, config: TrainConfig, world_size: int = 1) -> Plan:
 
 
 def _identity(arch: Any, data: Dataset, config: TrainConfig, forget_classes: Sequence[int],
-              world_size: int) -> dict[str, Any]:
+              world_size: int, samples: int) -> dict[str, Any]:
     """What a training-state file must match to be resumed by this training."""
     arch_record = arch.to_json() if hasattr(arch, "to_json") else str(arch)
     return {"arch": arch_record, "num_classes": data.num_classes, "input_shape": list(data.input_shape),
             "recipe": config.to_json(), "forget_classes": sorted(int(c) for c in forget_classes),
-            "world_size": world_size}
+            "world_size": world_size, "train_samples": samples}
 
 
 def _rng_state(generator: torch.Generator, device: torch.device) -> dict[str, torch.Tensor]:
@@ -375,7 +375,8 @@ def check_resumable(state: dict[str, Any], identity: dict[str, Any], path: str |
 def train_model(arch: Any, data: Dataset, config: TrainConfig = TrainConfig(),
                 forget_classes: Sequence[int] = (), progress: bool = True, *, workers: int = 0,
                 save_every: int = 0, state_path: str | Path | None = None, resume: str | Path | None = None,
-                procs: Processes | None = None, amp_on_cpu: str = "refuse") -> TrainResult:
+                procs: Processes | None = None, amp_on_cpu: str = "refuse",
+                log: Callable[[str], None] | None = None) -> TrainResult:
     """Train ``arch`` on ``data``; with ``forget_classes`` the model never sees them (retrain-from-scratch)
     and their outputs are masked from the start, so it is the same contract as an unlearned model.
 
@@ -383,7 +384,8 @@ def train_model(arch: Any, data: Dataset, config: TrainConfig = TrainConfig(),
     every so many steps; ``resume``: continue from such a file (same recipe, arch and process count), giving
     the weights an uninterrupted run gives. ``procs``: this process's place in a torchrun launch (from
     :func:`process_group`); the model is then wrapped in DistributedDataParallel. ``amp_on_cpu``:
-    ``refuse`` a mixed-precision recipe on CPU, or ``ignore`` it (retraining a GPU recipe on a CPU)."""
+    ``refuse`` a mixed-precision recipe on CPU, or ``ignore`` it (retraining a GPU recipe on a CPU).
+    ``log``: where a progress line goes every 5 % of the steps (for logs, where no progress bar is drawn)."""
     procs = procs or Processes()
     device = _device_for(config, procs)
     config = config.resolved(data.input_shape)
@@ -397,7 +399,11 @@ def train_model(arch: Any, data: Dataset, config: TrainConfig = TrainConfig(),
         raise UsageError(f"--workers must be 0 or more, got {workers}")
     if save_every < 0:
         raise UsageError(f"--save-every must be 0 (never) or a number of steps, got {save_every}")
-    identity = _identity(arch, data, config, forget_classes, procs.world_size)
+    retained = None
+    if forget_classes:
+        retained = [c for c in range(data.num_classes) if c not in set(forget_classes)]
+    split = data.split("train", classes=retained)
+    identity = _identity(arch, data, config, forget_classes, procs.world_size, len(split))
     state = None
     if resume is not None:
         state = load_train_state(resume)
@@ -405,11 +411,8 @@ def train_model(arch: Any, data: Dataset, config: TrainConfig = TrainConfig(),
 
     torch.manual_seed(config.seed)
     model = build_model(arch, data.num_classes, data.input_shape)
-    retained = None
     if forget_classes:
         model.mask_classes(forget_classes)
-        retained = [c for c in range(data.num_classes) if c not in set(forget_classes)]
-    split = data.split("train", classes=retained)
     plan = plan_steps(len(split), config, procs.world_size)
     total = plan.total_steps
 
@@ -451,6 +454,7 @@ def train_model(arch: Any, data: Dataset, config: TrainConfig = TrainConfig(),
 
     start = time.perf_counter()
     loss_value = float("nan")
+    log_every = max(1, total // 20)
     bar = tqdm(total=total, initial=step, desc=f"train {getattr(arch, 'name', arch)}",
                disable=not (progress and procs.is_main), unit="step")
     for epoch in range(step // plan.steps_per_epoch, plan.epochs):
@@ -459,7 +463,8 @@ def train_model(arch: Any, data: Dataset, config: TrainConfig = TrainConfig(),
         for images, labels in loader:
             xb = preprocess(augment_batch(images, config, generator), norm).to(device, non_blocking=True)
             yb = labels.to(device, non_blocking=True)
-            with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
+            with (torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype is not None
+                  else contextlib.nullcontext()):
                 loss = loss_fn(net(xb), yb)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
@@ -474,6 +479,11 @@ def train_model(arch: Any, data: Dataset, config: TrainConfig = TrainConfig(),
             if save_every and step % save_every == 0 and step < total:
                 save_train_state(state_file, procs, identity, step, model, optimizer,  # type: ignore[arg-type]
                                  scheduler, scaler, generator, device)
+            if log is not None and procs.is_main and (step % log_every == 0 or step == total):
+                loss_value = loss.item()
+                rate = (time.perf_counter() - start) / (step - resumed_from)
+                log(f"step {step}/{total} (epoch {epoch + 1}/{plan.epochs}) loss {loss_value:.4f} "
+                    f"lr {scheduler.get_last_lr()[0]:.2e}, {rate:.2f} s/step, ~{rate * (total - step) / 60:.0f} min left")
         sampler.skip = 0
     bar.close()
     if math.isnan(loss_value) and step > resumed_from:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -50,6 +50,7 @@ class TrainRun:
     state_path: str | None = None
     resume: str | None = None
     progress: bool = True
+    log: Callable[[str], None] | None = None
 
 
 def _state_path(run: TrainRun, out: str | Path) -> str | None:
@@ -80,7 +81,7 @@ def train_checkpoint(dataset: str, arch: str, out: str | Path, config: TrainConf
         check_every_class_present(data)  # issue #13: labels 5..14 would train 5 empty classes
         result = train_model(arch, data, config, progress=run.progress, workers=run.workers,
                              save_every=run.save_every, state_path=_state_path(run, out), resume=run.resume,
-                             procs=procs)
+                             procs=procs, log=run.log)
         recipe = result.config or config
         summary: dict[str, Any] = {"checkpoint": str(out), "arch": arch, "dataset": dataset,
                                    "seconds": result.seconds, "recipe": recipe.to_json(), "steps": result.steps,
@@ -112,7 +113,7 @@ def retrain_checkpoint(original: str | Path, forget_classes: Sequence[str | int]
             raise UsageError("that would forget every class; keep at least one class")
         result = train_model(ck.meta.arch_spec, data, recipe, forget_classes=classes, progress=run.progress,
                              workers=run.workers, save_every=run.save_every, state_path=_state_path(run, out),
-                             resume=run.resume, procs=procs, amp_on_cpu="ignore")
+                             resume=run.resume, procs=procs, amp_on_cpu="ignore", log=run.log)
         recipe = result.config or recipe
         summary: dict[str, Any] = {"checkpoint": str(out), "forget_classes": classes, "seconds": result.seconds,
                                    "recipe": recipe.to_json(), "steps": result.steps,
