@@ -362,7 +362,10 @@ def load_train_state(path: str | Path) -> dict[str, Any]:
 def check_resumable(state: dict[str, Any], identity: dict[str, Any], path: str | Path) -> None:
     """Refuse a state of another training: its arch, classes, recipe or number of processes differ."""
     theirs = state.get("identity", {})
-    differing = sorted(k for k in identity if theirs.get(k) != identity[k])
+    if not isinstance(theirs, dict) or "recipe" not in theirs:
+        raise CheckpointError(f"--resume {path} records no training identity; give a file written with --save-every")
+    # a key the file lacks (written before it was recorded) is not compared
+    differing = sorted(k for k in identity if k in theirs and theirs[k] != identity[k])
     if differing:
         shown = "; ".join(f"{k}: file {theirs.get(k)!r} vs now {identity[k]!r}" for k in differing[:2])
         raise UsageError(f"--resume {path} was written by another training ({shown}); resume with the options "
@@ -423,16 +426,24 @@ def train_model(arch: Any, data: Dataset, config: TrainConfig = TrainConfig(),
     generator = torch.Generator().manual_seed(config.seed + 1_000_003 * procs.rank)
     step = 0
     if state is not None:
-        step = int(state["step"])
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        rng = state["rng"][procs.rank]
-        torch.set_rng_state(rng["torch"])
-        generator.set_state(rng["augment"])
-        if device.type == "cuda" and "cuda" in rng:
-            torch.cuda.set_rng_state(rng["cuda"], device)
+        try:
+            step = int(state["step"])
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            scaler.load_state_dict(state["scaler"])
+            rng = state["rng"][procs.rank]
+            torch.set_rng_state(rng["torch"])
+            generator.set_state(rng["augment"])
+            if device.type == "cuda" and "cuda" in rng:
+                torch.cuda.set_rng_state(rng["cuda"], device)
+        except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            raise CheckpointError(f"--resume {resume}: the training state does not fit this model ({first}); "
+                                  "the file was edited: resume from another one or train afresh") from exc
+        if not 0 < step < total:
+            raise CheckpointError(f"--resume {resume}: step {step} is outside this training's 1..{total - 1}; "
+                                  "the file was edited: resume from another one or train afresh")
     resumed_from = step
 
     net: nn.Module = model

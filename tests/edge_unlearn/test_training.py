@@ -136,6 +136,11 @@ def test_resume_refuses_another_training_or_a_damaged_file(digits, tmp_path):
         train_model("lenet", digits, replace(config, lr=1e-3), progress=False, resume=state)
     with pytest.raises(UsageError, match="another training"):
         train_model("resnet18", digits, config, progress=False, resume=state)
+    edited = load_train_state(state)
+    edited["model"].pop(next(iter(edited["model"])))
+    torch.save(edited, tmp_path / "edited.pt")
+    with pytest.raises(CheckpointError, match="does not fit this model"):
+        train_model("lenet", digits, replace(config, min_steps=12), progress=False, resume=tmp_path / "edited.pt")
     damaged = tmp_path / "damaged.pt"
     damaged.write_bytes(state.read_bytes()[: state.stat().st_size // 2])
     with pytest.raises(CheckpointError, match="not a readable training-state"):
