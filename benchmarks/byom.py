@@ -6,13 +6,14 @@ the training data, once without: NHLE's data-free BatchNorm estimate) -> `forget
 INT8 -> bundle -> validate; and `retrain` (same arch, same data, same recipe) as the gold standard.
 Figures: forget_acc (mask on), forget_acc_unmasked, retain_acc, retain_drop, probe_forget_acc, seconds.
 
-Modest by design (one CPU thread, ~30 min): --per-class training images per class (500), --test-per-class
-test images per class (200), at the native 32×32 (--size below 32 downscales by area averaging), --epochs
+Modest by design (one CPU thread, ~30 min): --per-class training images per class (300), --test-per-class
+test images per class (100), at the native 32×32 (--size below 32 downscales by area averaging), --epochs
 epochs (8); the same subset feeds the plain script, the import, the forget samples, the retrain and the
 evaluation. The architectures are torchvision's own, unchanged (stride-32 ImageNet stems: 1×1 final maps at
 32×32); the 3×3 CIFAR stem (``resnet18:cifar_stem``) costs ~10× more per step on a CPU.
 
     nice -n 5 python benchmarks/byom.py --archs resnet18,mobilenet_v2 --json benchmarks/results/byom.json
+    # or one process per arch side by side, then: python benchmarks/byom.py --combine a.json b.json --json OUT
 """
 from __future__ import annotations
 
@@ -138,8 +139,8 @@ def main() -> None:
     parser.add_argument("--data", default=str(HERE.parents[1] / "shared" / "data" / "cifar10.npz"))
     parser.add_argument("--archs", default="resnet18,mobilenet_v2",
                         help="comma-separated torchvision names (NAME:cifar_stem for the 3×3 stem) or timm:NAME")
-    parser.add_argument("--per-class", type=int, default=500, help="training images per class")
-    parser.add_argument("--test-per-class", type=int, default=200, help="test images per class (0: all)")
+    parser.add_argument("--per-class", type=int, default=300, help="training images per class")
+    parser.add_argument("--test-per-class", type=int, default=100, help="test images per class (0: all)")
     parser.add_argument("--size", type=int, default=32)
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (the plain script's too)")
@@ -148,11 +149,21 @@ def main() -> None:
     parser.add_argument("--stats-samples", type=int, default=100)
     parser.add_argument("--work", default="bench_out/byom")
     parser.add_argument("--json", default=str(HERE / "results" / "byom.json"))
+    parser.add_argument("--combine", nargs="+", metavar="JSON",
+                        help="no run: merge the rows of these result files (e.g. one run per arch, run side by side) "
+                             "into --json and print the table")
     args = parser.parse_args()
+    if args.combine:
+        parts = [json.loads(Path(p).read_text()) for p in args.combine]
+        merged = {"config": [p["config"] for p in parts], "rows": [r for p in parts for r in p["rows"]],
+                  "skipped": [s for p in parts for s in p["skipped"]], "machine": parts[0]["machine"]}
+        Path(args.json).write_text(json.dumps(merged, indent=2))
+        print(table(merged["rows"]))
+        return
     torch.set_num_threads(args.threads)
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    subset = work / f"cifar10_{args.per_class}pc_{args.test_per_class}tpc_{args.size}px.npz"
+    subset = work / f"cifar10_{args.per_class}pc_{args.test_per_class}tpc_{args.size}px_{args.archs.replace(':', '_').replace(',', '_')}.npz"
     spec = make_subset(Path(args.data), subset, args.per_class, args.size, seed=0,
                        test_per_class=args.test_per_class or None)
     rows: list[dict] = []
