@@ -289,7 +289,9 @@ def calibration_inputs(spec: str, meta: OnnxMeta, samples: int, seed: int = 0) -
     if data.num_classes > meta.num_classes or another:
         raise UsageError(f"calibration set {spec} has {data.num_classes} classes but the model has "
                          f"{meta.num_classes}; calibrate with the dataset the model was trained on")
-    if tuple(data.input_shape) != tuple(meta.input_shape):
+    # the model's preprocessing record (ONNX metadata) takes raw images of another size/channel count to the
+    # input, as the host does; a file exported before the record existed takes images of its input size only
+    if not meta.preprocessing and tuple(data.input_shape) != tuple(meta.input_shape):
         raise UsageError(f"calibration images are {tuple(data.input_shape)} but the model takes "
                          f"{tuple(meta.input_shape)}; calibrate with the dataset the model was trained on")
     labels = data.y_train.numpy()
@@ -301,7 +303,13 @@ def calibration_inputs(spec: str, meta: OnnxMeta, samples: int, seed: int = 0) -
     rng = np.random.default_rng(seed)
     idx = np.sort(rng.permutation(idx)[:samples])
     images = data.x_train.numpy()[idx]
-    return normalize(images, meta.normalization), sorted(set(int(c) for c in labels[idx]))
+    return calibration_batch(images, meta), sorted(set(int(c) for c in labels[idx]))
+
+
+def calibration_batch(images_uint8: np.ndarray, meta: OnnxMeta) -> np.ndarray:
+    """Raw uint8 images [N, C, H, W] -> the model's float32 input through its preprocessing record (channel
+    conversion, resize, centre crop, normalisation; bit-identical to the host's ``Preprocessing``)."""
+    return meta.prep(images_uint8)
 
 
 class _Reader:
