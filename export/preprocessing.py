@@ -101,7 +101,7 @@ class ImagePreprocessing:
                                else int(resize) if resize is not None else None),
                        interpolation=str(data.get("interpolation", "bilinear")),
                        version=int(data.get("version", PREPROCESSING_VERSION)))
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
             raise ModelFileError(f"the preprocessing record is damaged ({type(exc).__name__}: {exc}); "
                                  "re-export the model") from exc
 

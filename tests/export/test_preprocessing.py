@@ -10,6 +10,8 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from edge_unlearn.data import Preprocessing, load_dataset
 from edge_unlearn.errors import DataError, ModelFileError
@@ -91,6 +93,30 @@ def test_onnx_metadata_round_trips_the_preprocessing_record():
         write_meta(model, _meta(preprocessing=bad))
         with pytest.raises(ModelFileError, match=needle):
             read_meta(model)
+
+
+_json = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+                     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+                     max_leaves=12)
+_fields = st.fixed_dictionaries({}, optional={k: _json for k in ("version", "channels", "resize", "crop",
+                                                                 "interpolation", "mean", "std")})
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(record=_json | _fields, raw=st.booleans())
+def test_any_edited_record_reads_or_fails_in_one_line(record, raw):
+    """Whatever the preprocessing entry holds, reading the metadata gives a usable record or a ModelFileError."""
+    props = _meta().to_props()
+    props["edge_unlearn.preprocessing"] = str(record) if raw else json.dumps(record)
+    try:
+        meta = OnnxMeta.from_props(props, "m.onnx")
+    except ModelFileError as exc:
+        assert "\n" not in str(exc)
+        return
+    prep = meta.prep
+    assert prep.input_shape == meta.input_shape
+    assert prep(np.zeros((1, 3, 30, 30), np.uint8) if prep.resize else np.zeros((1, 3, 24, 24), np.uint8)).shape \
+        == (1, *meta.input_shape)
 
 
 def test_onnx_without_the_record_reads_the_plain_preprocessing(tmp_path):
