@@ -125,12 +125,15 @@ def fmt(v) -> str:
 
 
 def table(rows: list[dict]) -> str:
-    head = "| arch | variant | forget_acc | forget_acc_unmasked | retain_acc | retain_drop | probe | seconds | feature step |"
-    lines = [head, "|" + "---|" * 9]
+    head = ("| arch | variant | forget_acc | forget_acc_unmasked | retain_acc | retain_drop | probe | seconds "
+            "| feature step | validate FP32 / INT8 (agreement) |")
+    lines = [head, "|" + "---|" * 10]
     for r in rows:
+        deploy = (f"{r['fp32_validate']} / {r['int8_validate']} ({fmt(r.get('int8_agreement'))})"
+                  if "int8_validate" in r else r.get("note", ""))
         lines.append(f"| {r['arch']} | {r['variant']} | {fmt(r.get('forget_acc'))} | {fmt(r.get('forget_acc_unmasked'))} "
                      f"| {fmt(r.get('retain_acc'))} | {fmt(r.get('retain_drop'))} | {fmt(r.get('probe_forget_acc'))} "
-                     f"| {fmt(r.get('seconds'))} | {r.get('feature_step', '')} |")
+                     f"| {fmt(r.get('seconds'))} | {r.get('feature_step', '')} | {deploy} |")
     return "\n".join(lines)
 
 
