@@ -6,11 +6,14 @@ the training data, once without: NHLE's data-free BatchNorm estimate) -> `forget
 INT8 -> bundle -> validate; and `retrain` (same arch, same data, same recipe) as the gold standard.
 Figures: forget_acc (mask on), forget_acc_unmasked, retain_acc, retain_drop, probe_forget_acc, seconds.
 
-Modest by design (2 shared CPU cores): --per-class training images per class, images downscaled to --size
-(2×2 area average; 16 by default), --epochs epochs; the same subset feeds the plain script, the import,
-the forget samples, the retrain and the evaluation.
+Modest by design (one CPU thread, ~30 min): --per-class training images per class (300), --test-per-class
+test images per class (100), at the native 32×32 (--size below 32 downscales by area averaging), --epochs
+epochs (8); the same subset feeds the plain script, the import, the forget samples, the retrain and the
+evaluation. The architectures are torchvision's own, unchanged (stride-32 ImageNet stems: 1×1 final maps at
+32×32); the 3×3 CIFAR stem (``resnet18:cifar_stem``) costs ~10× more per step on a CPU.
 
-    python benchmarks/byom.py --archs resnet18:cifar_stem,mobilenet_v3_small --json benchmarks/results/byom.json
+    nice -n 5 python benchmarks/byom.py --archs resnet18,mobilenet_v2 --json benchmarks/results/byom.json
+    # or one process per arch side by side, then: python benchmarks/byom.py --combine a.json b.json --json OUT
 """
 from __future__ import annotations
 
@@ -26,7 +29,9 @@ import numpy as np
 import torch
 
 from edge_unlearn.byom import ImportRequest, import_checkpoint
-from edge_unlearn.cli_export import deployment_demo
+from edge_unlearn.demo import deployment_demo
+# imported now, not lazily by deployment_demo: a long run uses the code it started with
+from edge_unlearn.export import bundle, onnx_export, quantize, validate  # noqa: F401,E402
 from edge_unlearn.training import TrainConfig
 from edge_unlearn.workflows import ForgetRequest, evaluate_checkpoint, forget_checkpoint, retrain_checkpoint
 
@@ -35,14 +40,17 @@ CIFAR_MEAN, CIFAR_STD = "0.4914,0.4822,0.4465", "0.2470,0.2435,0.2616"
 FIGURES = ("forget_acc", "forget_acc_unmasked", "retain_acc", "retain_drop", "probe_forget_acc", "seconds")
 
 
-def make_subset(source: Path, out: Path, per_class: int, size: int, seed: int) -> str:
-    """A class-balanced training subset (and the whole test split), downscaled by area averaging."""
+def make_subset(source: Path, out: Path, per_class: int, size: int, seed: int, test_per_class: int | None = None) -> str:
+    """A class-balanced training subset (and a class-balanced test subset, or the whole test split),
+    downscaled by area averaging when ``size`` is below the images' size."""
     with np.load(source) as a:
         x_train, y_train, x_test, y_test = (a[k] for k in ("x_train", "y_train", "x_test", "y_test"))
         names = a["class_names"] if "class_names" in a.files else None
     rng = np.random.default_rng(seed)
     pick = np.sort(np.concatenate([rng.permutation(np.nonzero(y_train == c)[0])[:per_class]
                                    for c in np.unique(y_train)]))
+    test = np.arange(len(y_test)) if test_per_class is None else np.sort(np.concatenate(
+        [rng.permutation(np.nonzero(y_test == c)[0])[:test_per_class] for c in np.unique(y_test)]))
 
     def shrink(x: np.ndarray) -> np.ndarray:
         f = x.shape[2] // size
@@ -51,7 +59,7 @@ def make_subset(source: Path, out: Path, per_class: int, size: int, seed: int) -
         n, c, h, w = x.shape
         return x.reshape(n, c, h // f, f, w // f, f).astype(np.float32).mean((3, 5)).round().astype(np.uint8)
 
-    arrays = dict(x_train=shrink(x_train[pick]), y_train=y_train[pick], x_test=shrink(x_test), y_test=y_test)
+    arrays = dict(x_train=shrink(x_train[pick]), y_train=y_train[pick], x_test=shrink(x_test[test]), y_test=y_test[test])
     if names is not None:
         arrays["class_names"] = names
     np.savez(out, **arrays)
@@ -59,7 +67,7 @@ def make_subset(source: Path, out: Path, per_class: int, size: int, seed: int) -
 
 
 def run_arch(arch: str, data_npz: Path, spec: str, work: Path, epochs: int, forget: str, samples: int,
-             stats_samples: int) -> list[dict]:
+             stats_samples: int, threads: int) -> list[dict]:
     cifar_stem = arch.endswith(":cifar_stem")
     name = arch[:-len(":cifar_stem")] if cifar_stem else arch
     label = f"{name}{' (cifar stem)' if cifar_stem else ''}"
@@ -67,7 +75,7 @@ def run_arch(arch: str, data_npz: Path, spec: str, work: Path, epochs: int, forg
     rows: list[dict] = []
     pth = work / f"{tag}.pth"
     cmd = [sys.executable, str(HERE / "plain_train.py"), "--arch", name, "--data", str(data_npz), "--epochs",
-           str(epochs), "--mean", CIFAR_MEAN, "--std", CIFAR_STD, "-o", str(pth)] + (["--cifar-stem"] if cifar_stem else [])
+           str(epochs), "--mean", CIFAR_MEAN, "--std", CIFAR_STD, "--threads", str(threads), "-o", str(pth)] + (["--cifar-stem"] if cifar_stem else [])
     t0 = time.perf_counter()
     subprocess.run(cmd, check=True)
     train_seconds = time.perf_counter() - t0
@@ -105,6 +113,8 @@ def run_arch(arch: str, data_npz: Path, spec: str, work: Path, epochs: int, forg
     deploy = deployment_demo(checkpoints["nhle, class stats from data"], spec, work / f"{tag}.deploy", echo=print)
     rows[1]["int8_validate"] = deploy["int8"]["verdict"]
     rows[1]["fp32_validate"] = deploy["fp32"]["verdict"]
+    rows[1]["int8_agreement"] = deploy["int8"]["retain_agreement"]
+    rows[1]["fp32_agreement"] = deploy["fp32"]["retain_agreement"]
     return rows
 
 
@@ -115,34 +125,50 @@ def fmt(v) -> str:
 
 
 def table(rows: list[dict]) -> str:
-    head = "| arch | variant | forget_acc | forget_acc_unmasked | retain_acc | retain_drop | probe | seconds | feature step |"
-    lines = [head, "|" + "---|" * 9]
+    head = ("| arch | variant | forget_acc | forget_acc_unmasked | retain_acc | retain_drop | probe | seconds "
+            "| feature step | validate FP32 / INT8 (agreement) |")
+    lines = [head, "|" + "---|" * 10]
     for r in rows:
+        deploy = (f"{r['fp32_validate']} / {r['int8_validate']} ({fmt(r.get('int8_agreement'))})"
+                  if "int8_validate" in r else r.get("note", ""))
         lines.append(f"| {r['arch']} | {r['variant']} | {fmt(r.get('forget_acc'))} | {fmt(r.get('forget_acc_unmasked'))} "
                      f"| {fmt(r.get('retain_acc'))} | {fmt(r.get('retain_drop'))} | {fmt(r.get('probe_forget_acc'))} "
-                     f"| {fmt(r.get('seconds'))} | {r.get('feature_step', '')} |")
+                     f"| {fmt(r.get('seconds'))} | {r.get('feature_step', '')} | {deploy} |")
     return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=str(HERE.parents[1] / "shared" / "data" / "cifar10.npz"))
-    parser.add_argument("--archs", default="resnet18:cifar_stem,mobilenet_v3_small,timm:resnet10t",
+    parser.add_argument("--archs", default="resnet18,mobilenet_v2",
                         help="comma-separated torchvision names (NAME:cifar_stem for the 3×3 stem) or timm:NAME")
-    parser.add_argument("--per-class", type=int, default=100)
-    parser.add_argument("--size", type=int, default=16)
-    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--per-class", type=int, default=300, help="training images per class")
+    parser.add_argument("--test-per-class", type=int, default=100, help="test images per class (0: all)")
+    parser.add_argument("--size", type=int, default=32)
+    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (the plain script's too)")
     parser.add_argument("--forget", default="3")
     parser.add_argument("--samples", type=int, default=32)
     parser.add_argument("--stats-samples", type=int, default=100)
     parser.add_argument("--work", default="bench_out/byom")
     parser.add_argument("--json", default=str(HERE / "results" / "byom.json"))
+    parser.add_argument("--combine", nargs="+", metavar="JSON",
+                        help="no run: merge the rows of these result files (e.g. one run per arch, run side by side) "
+                             "into --json and print the table")
     args = parser.parse_args()
-    torch.set_num_threads(2)
+    if args.combine:
+        parts = [json.loads(Path(p).read_text()) for p in args.combine]
+        merged = {"config": [p["config"] for p in parts], "rows": [r for p in parts for r in p["rows"]],
+                  "skipped": [s for p in parts for s in p["skipped"]], "machine": parts[0]["machine"]}
+        Path(args.json).write_text(json.dumps(merged, indent=2))
+        print(table(merged["rows"]))
+        return
+    torch.set_num_threads(args.threads)
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    subset = work / f"cifar10_{args.per_class}pc_{args.size}px.npz"
-    spec = make_subset(Path(args.data), subset, args.per_class, args.size, seed=0)
+    subset = work / f"cifar10_{args.per_class}pc_{args.test_per_class}tpc_{args.size}px_{args.archs.replace(':', '_').replace(',', '_')}.npz"
+    spec = make_subset(Path(args.data), subset, args.per_class, args.size, seed=0,
+                       test_per_class=args.test_per_class or None)
     rows: list[dict] = []
     skipped: list[str] = []
     for arch in [a for a in args.archs.split(",") if a]:
@@ -152,7 +178,8 @@ def main() -> None:
             except ImportError:
                 skipped.append(f"{arch}: timm is not installed")
                 continue
-        rows += run_arch(arch, subset, spec, work, args.epochs, args.forget, args.samples, args.stats_samples)
+        rows += run_arch(arch, subset, spec, work, args.epochs, args.forget, args.samples, args.stats_samples,
+                         args.threads)
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps({"config": vars(args), "rows": rows, "skipped": skipped,
                                                "machine": {"cpu_threads": torch.get_num_threads(),

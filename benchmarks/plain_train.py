@@ -42,12 +42,15 @@ def main() -> None:
     parser.add_argument("--mean", default="0.4914,0.4822,0.4465")
     parser.add_argument("--std", default="0.2470,0.2435,0.2616")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--wrap", choices=["none", "state_dict", "module"], default="none",
                         help="save {'state_dict': …} or with DataParallel's module. prefixes (wrappers users have)")
     parser.add_argument("-o", "--output", required=True)
     args = parser.parse_args()
 
     torch.manual_seed(args.seed)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
     with np.load(args.data) as arrays:
         x, y = arrays["x_train"], arrays["y_train"].astype(np.int64)
     if x.ndim == 4 and x.shape[-1] in (1, 3):

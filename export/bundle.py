@@ -155,6 +155,7 @@ def make_bundle(checkpoint: str | Path, dataset: str | None, output: str | Path,
         logits = logits.masked_fill(~model.class_mask, MASK_VALUE)
     info = {"format": FORMAT, "source_sha256": ckpt.sha256, "checkpoint": str(checkpoint), "dataset": dataset,
             "arch": meta.arch, "normalization": meta.normalization.to_json(), "input_shape": list(meta.input_shape),
+            "preprocessing": meta.prep.to_json(),
             "mask_value": MASK_VALUE, "per_class": per_class, "seed": seed, "version": __version__}
     output = Path(output)
     with atomic_output(output) as tmp:

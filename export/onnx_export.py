@@ -241,6 +241,7 @@ def export_onnx(checkpoint: str | Path, output: str | Path, config: ExportConfig
         num_classes=meta.num_classes, class_names=tuple(meta.class_names),
         forgotten_classes=tuple(model.forgotten_classes), input_shape=tuple(meta.input_shape),  # type: ignore[arg-type]
         normalization=meta.normalization.to_json(), source_sha256=ckpt.sha256 or "", arch=meta.arch,
+        preprocessing=meta.prep.to_json(),  # how raw images become the input: quantize calibration applies it
         dataset=meta.dataset, precision="fp32", version=__version__,
         retained_name=design.retained_name,
         quantization={"graph_variant": design.name} if design.name != COMPACT.name else {})

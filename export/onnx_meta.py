@@ -18,10 +18,13 @@ import json
 import math
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edge_unlearn.core.formats import PRECISIONS
 from edge_unlearn.errors import ModelFileError
+
+if TYPE_CHECKING:
+    from .preprocessing import ImagePreprocessing
 
 FORMAT = "edge-unlearn.onnx/1"
 PREFIX = "edge_unlearn."
@@ -51,9 +54,23 @@ class OnnxMeta:
     input_name: str = INPUT_NAME
     output_name: str = OUTPUT_NAME
     retained_name: str = RETAINED_NAME
+    #: the checkpoint's full preprocessing record (``edge_unlearn.data.Preprocessing.to_json()``: channels,
+    #: resize, crop, interpolation, mean, std); empty in files exported before it was recorded: read it with
+    #: :attr:`prep`, which falls back to the plain record of ``input_shape`` + ``normalization``
+    preprocessing: dict[str, Any] = field(default_factory=dict)
     quantization: dict[str, Any] = field(default_factory=dict)
     version: str = ""
     format: str = FORMAT
+
+    @property
+    def prep(self) -> "ImagePreprocessing":
+        """How raw uint8 images become this model's input (torch-free, :mod:`.preprocessing`): the recorded
+        preprocessing, or for an older file the plain one (no resize; ``input_shape`` + ``normalization``)."""
+        from .preprocessing import ImagePreprocessing
+
+        if self.preprocessing:
+            return ImagePreprocessing.from_json(self.preprocessing)
+        return ImagePreprocessing.plain(self.input_shape, self.normalization)
 
     @property
     def retained_classes(self) -> list[int]:
@@ -98,7 +115,24 @@ class OnnxMeta:
             raise ModelFileError(f"{where}: edge-unlearn metadata is out of range (classes {meta.num_classes}, forgotten "
                                  f"{list(forgotten)}, input shape {list(meta.input_shape)}, mask value "
                                  f"{meta.mask_value}); the metadata was edited: re-export the model")
+        if meta.preprocessing:
+            _check_preprocessing(meta, where)
         return meta
+
+
+def _check_preprocessing(meta: OnnxMeta, where: str) -> None:
+    """The recorded preprocessing parses and agrees with the input shape and normalisation keys."""
+    if not isinstance(meta.preprocessing, dict):
+        raise ModelFileError(f"{where}: edge-unlearn metadata is damaged (preprocessing is not a record); re-export the model")
+    try:
+        prep = meta.prep
+    except ModelFileError as exc:
+        raise ModelFileError(f"{where}: {exc}") from exc
+    norm = meta.normalization
+    if tuple(prep.input_shape) != tuple(meta.input_shape) or [list(map(float, norm.get(k, []))) for k in ("mean", "std")] \
+            != [list(prep.mean), list(prep.std)]:
+        raise ModelFileError(f"{where}: the preprocessing record {prep.to_json()} disagrees with the input shape "
+                             f"{list(meta.input_shape)} / normalization {norm}; the metadata was edited: re-export the model")
 
 
 def load_onnx(path: str | Path, load_weights: bool = True):
