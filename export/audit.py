@@ -454,12 +454,13 @@ def audit_lines(figures: dict[str, Any]) -> list[str]:
     """Text lines of the audit's figures for :meth:`ValidationReport.summary`."""
     device, fp32, gold = figures.get("device") or {}, figures.get("fp32") or {}, figures.get("retrained") or {}
     lines = ["feature-level audit (penultimate features; probe fitted on the host; prototype attack, mask lifted):",
-             f"  {'':<22} {'this model':>10} {'FP32':>8} {'retrained':>9}"]
+             f"  {'':<22} {'this model' if device else '':>10} {'FP32':>8} {'retrained':>9}"]
     for label, key in (("probe on forgotten", "probe_forget_acc"), ("probe on retained", "probe_retain_acc"),
                        ("prototype recovery", "prototype_forget_acc")):
-        lines.append(f"  {label:<22} {_fmt(device.get(key)):>10} {_fmt(fp32.get(key)):>8} "
+        lines.append(f"  {label:<22} {_fmt(device.get(key)) if device else '':>10} {_fmt(fp32.get(key)):>8} "
                      f"{_fmt(gold.get(key)) if gold else '-':>9}")
-    lines.append(f"  features vs FP32: relative error {figures.get('feature_relative_error', float('nan')):.4f}")
+    if device:
+        lines.append(f"  features vs FP32: relative error {figures.get('feature_relative_error', float('nan')):.4f}")
     limits = figures.get("thresholds") or {}
     for name in ("max_probe", "max_prototype"):
         lines.append(f"  {name}: {_fmt(limits.get(name))} ({(limits.get('sources') or {}).get(name, '')})")
