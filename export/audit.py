@@ -67,8 +67,13 @@ class LinearProbe:
     classes: np.ndarray
 
     def predict(self, features: np.ndarray) -> np.ndarray:
-        x = (np.asarray(features, np.float64) - self.mean) / self.scale
-        scores = x @ self.coef.T + self.intercept
+        # float32 features are standardised as scikit-learn does it (each step in float64, stored in float32),
+        # so the device's predictions equal the fitted pipeline's, ties included
+        x = np.asarray(features)
+        dtype = np.float32 if x.dtype == np.float32 else np.float64
+        x = (x.astype(np.float64) - self.mean).astype(dtype)
+        x = (x.astype(np.float64) / self.scale).astype(dtype)
+        scores = x.astype(np.float64) @ self.coef.T + self.intercept
         if scores.shape[1] == 1:  # scikit-learn's binary form: one column, positive = classes[1]
             return self.classes[(scores[:, 0] > 0).astype(np.int64)]
         return self.classes[np.argmax(scores, axis=1)]
