@@ -42,11 +42,14 @@ def _record(run_dir: str | None, kind: str, payload: dict, artefacts: list[str])
 @click.argument("checkpoint", type=click.Path(dir_okay=False))
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="ONNX file to write.")
 @click.option("--opset", type=int, default=None, help="ONNX opset (>= 17; default 18).")
+@click.option("--audit", is_flag=True, help="Audit export: the penultimate features as a second output "
+              "('features') for `validate --audit`. A sibling of the deployed file, not the file to deploy "
+              "(docs/audit.md).")
 @output_options
 @click.option("--run-dir", type=click.Path(file_okay=False), default=None,
               help="Record this run in a folder for `edge-unlearn report`.")
-def export_cmd(checkpoint: str, output: str, opset: int | None, as_json: bool, json_out: str | None, quiet: bool,
-               run_dir: str | None) -> None:
+def export_cmd(checkpoint: str, output: str, opset: int | None, audit: bool, as_json: bool, json_out: str | None,
+               quiet: bool, run_dir: str | None) -> None:
     """Export a checkpoint to ONNX with the class mask in the graph.
 
     The graph takes float32 [B, C, H, W] (dynamic batch) and returns logits [B, classes]; forgotten classes
@@ -59,7 +62,7 @@ def export_cmd(checkpoint: str, output: str, opset: int | None, as_json: bool, j
 
     check_outputs({"-o": output, "--json-out": json_out}, [checkpoint], run_dir)
 
-    config = ExportConfig(**({"opset": opset} if opset is not None else {}))
+    config = ExportConfig(**({"opset": opset} if opset is not None else {}), audit=audit)
     echo = say(quiet, as_json)
     with _quiet_stdout(quiet or as_json):
         result = export_onnx(checkpoint, output, config, echo=echo)
@@ -130,19 +133,53 @@ def quantize_cmd(model: str, precision: str, target: str, dynamic: bool, calib: 
 @click.option("--per-class", type=int, default=None, help="At most this many test images per class (default: all).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the --per-class draw.")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help=".npz bundle to write.")
+@click.option("--audit", is_flag=True, help="Add the feature-level audit for `validate --audit`: a linear probe "
+              "fitted here on the FP32 features, the prototype attack's forget samples, the FP32 figures.")
+@click.option("--retrained", type=click.Path(dir_okay=False), default=None,
+              help="With --audit: the model retrained without the forgotten classes; the audit's thresholds become "
+              "its figures + a margin (else documented defaults).")
+@click.option("--reference", type=click.Path(dir_okay=False), default=None,
+              help="With --audit: the original checkpoint; reports whether the unlearning edits exceed the INT8/FP16 "
+              "quantization step.")
+@click.option("--audit-k", type=int, default=None, help="Forget samples per class of the prototype attack (default 5).")
+@click.option("--audit-probe-samples", type=int, default=None,
+              help="Training images the probe is fitted on (default 5000, all classes).")
 @output_options
-def bundle_cmd(checkpoint: str, dataset: str | None, per_class: int | None, seed: int, output: str,
+def bundle_cmd(checkpoint: str, dataset: str | None, per_class: int | None, seed: int, output: str, audit: bool,
+               retrained: str | None, reference: str | None, audit_k: int | None, audit_probe_samples: int | None,
                as_json: bool, json_out: str | None, quiet: bool) -> None:
     """Write a torch-free evaluation bundle: preprocessed test inputs, labels, class names, forgotten
     classes and the checkpoint's FP32 reference logits, so a device without torch can validate."""
+    from edge_unlearn.errors import UsageError
     from edge_unlearn.export.bundle import make_bundle
     from edge_unlearn.guards import check_outputs
 
-    check_outputs({"-o": output, "--json-out": json_out}, [checkpoint])
-    bundle = make_bundle(checkpoint, dataset, output, per_class=per_class, seed=seed)
-    emit(bundle.describe(), as_json, json_out)
-    say(quiet, as_json)(f"wrote {output}: {len(bundle.labels)} samples, {bundle.num_classes} classes, "
-                f"forgotten {list(bundle.forgotten_classes)}")
+    check_outputs({"-o": output, "--json-out": json_out}, [checkpoint] + [p for p in (retrained, reference) if p])
+    builder = None
+    if audit:
+        from edge_unlearn.export.audit import AuditConfig
+        from edge_unlearn.export.audit_fit import audit_builder
+
+        values = {"k": audit_k, "probe_train_size": audit_probe_samples}
+        for option, value in (("--audit-k", audit_k), ("--audit-probe-samples", audit_probe_samples)):
+            if value is not None and value < 1:
+                raise UsageError(f"{option} must be at least 1, got {value}")
+        builder = audit_builder(AuditConfig(**{k: v for k, v in values.items() if v is not None}, seed=seed),
+                                retrained=retrained, reference=reference)
+    elif retrained or reference or audit_k is not None or audit_probe_samples is not None:
+        raise UsageError("--retrained, --reference, --audit-k and --audit-probe-samples belong to the audit: add --audit")
+    bundle = make_bundle(checkpoint, dataset, output, per_class=per_class, seed=seed, audit=builder)
+    info = bundle.audit.info if bundle.audit is not None else None
+    emit({**bundle.describe(), **({"audit": {k: info.get(k) for k in ("fp32", "retrained", "thresholds", "weight_steps")}}
+                                  if info else {})}, as_json, json_out)
+    echo = say(quiet, as_json)
+    echo(f"wrote {output}: {len(bundle.labels)} samples, {bundle.num_classes} classes, "
+         f"forgotten {list(bundle.forgotten_classes)}")
+    if info:
+        from edge_unlearn.export.audit import audit_lines
+
+        for line in audit_lines({"device": {}, **info}):
+            echo(line)
 
 
 @click.command("validate")
@@ -158,12 +195,22 @@ def bundle_cmd(checkpoint: str, dataset: str | None, per_class: int | None, seed
 @click.option("--provider", type=click.Choice(ONNX_PROVIDERS), default="auto", show_default=True,
               help="onnxruntime provider (auto: CUDA when onnxruntime has it, else CPU).")
 @click.option("--batch-size", type=int, default=64, show_default=True)
+@click.option("--audit", is_flag=True, help="Also the feature-level audit: the bundle's probe and the prototype attack "
+              "on MODEL's own features (MODEL: an `export --audit` file, quantized or not; the bundle from "
+              "`bundle --audit`).")
+@click.option("--audit-max-probe", type=float, default=None,
+              help="Highest accepted probe accuracy on forgotten classes (default: the bundle's, from --retrained).")
+@click.option("--audit-max-prototype", type=float, default=None,
+              help="Highest accepted prototype-attack recovery (default: the bundle's, from --retrained, else 0.10).")
+@click.option("--audit-tolerance", type=float, default=None,
+              help="How far this model's audit figures may sit above the FP32 ones (default 0.05).")
 @output_options
 @click.option("--run-dir", type=click.Path(file_okay=False), default=None,
               help="Record this run in a folder for `edge-unlearn report`.")
 def validate_cmd(model: str, bundle_path: str, max_forget_acc: float, max_retain_drop: float, min_agreement: float,
-                 provider: str, batch_size: int, as_json: bool, json_out: str | None, quiet: bool,
-                 run_dir: str | None) -> None:
+                 provider: str, batch_size: int, audit: bool, audit_max_probe: float | None,
+                 audit_max_prototype: float | None, audit_tolerance: float | None, as_json: bool,
+                 json_out: str | None, quiet: bool, run_dir: str | None) -> None:
     """Check on this runtime that the forgotten classes stay forgotten and the retained ones still work.
 
     MODEL is an .onnx (onnxruntime) or a .safetensors checkpoint (torch). Exit 0: every check passed;
@@ -175,8 +222,18 @@ def validate_cmd(model: str, bundle_path: str, max_forget_acc: float, max_retain
     check_number("--batch-size", batch_size, minimum=1, maximum=8192, integer=True)
     check_outputs({"--json-out": json_out}, [model, bundle_path], run_dir)
     thresholds = Thresholds(max_forget_acc, max_retain_drop, min_agreement)
+    audit_thresholds = None
+    if audit:
+        from edge_unlearn.export.audit import DEFAULT_TOLERANCE, AuditThresholds
+
+        audit_thresholds = AuditThresholds(audit_max_probe, audit_max_prototype,
+                                           DEFAULT_TOLERANCE if audit_tolerance is None else audit_tolerance)
+    elif audit_max_probe is not None or audit_max_prototype is not None or audit_tolerance is not None:
+        from edge_unlearn.errors import UsageError
+
+        raise UsageError("--audit-max-probe, --audit-max-prototype and --audit-tolerance belong to the audit: add --audit")
     report = validate_model(model, bundle_path, thresholds, provider=None if provider == "auto" else provider,
-                            batch_size=batch_size)
+                            batch_size=batch_size, audit=audit_thresholds)
     _record(run_dir, "validate", report.to_json(), [model, bundle_path])
     emit(report.to_json(), as_json, json_out)
     if as_json:

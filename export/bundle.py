@@ -4,6 +4,8 @@ Arrays (``np.load(allow_pickle=False)`` reads them all): ``inputs`` float32 [N, 
 images), ``labels`` int64 [N], ``reference_logits`` float32 [N, num_classes] (the FP32 checkpoint's logits,
 forgotten classes = MASK_VALUE), ``class_names`` str [num_classes], ``forgotten_classes`` int64 [K] and
 ``meta_json`` (one JSON string: format, source sha256, dataset, normalisation, input shape, mask value).
+Optional ``audit_*`` arrays (``bundle --audit``): the feature-level audit's probe, forget samples and FP32
+figures (:mod:`edge_unlearn.export.audit`, docs/audit.md).
 
 :func:`load_bundle` imports no torch; :func:`make_bundle` runs the checkpoint, so it imports torch lazily.
 """
@@ -13,7 +15,7 @@ import json
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -21,6 +23,7 @@ from edge_unlearn import __version__
 from edge_unlearn.errors import ModelFileError, UsageError
 from edge_unlearn.fileio import atomic_output, sha256_file
 
+from .audit import AuditData, read_audit
 from .onnx_meta import MASK_VALUE, check_output_path
 
 FORMAT = "edge-unlearn.bundle/1"
@@ -37,6 +40,8 @@ class Bundle:
     meta: dict[str, Any] = field(default_factory=dict)
     path: str = ""
     sha256: str = ""
+    #: the feature-level audit's data (``bundle --audit``); None without
+    audit: AuditData | None = None
 
     @property
     def num_classes(self) -> int:
@@ -50,7 +55,8 @@ class Bundle:
     def describe(self) -> dict[str, Any]:
         return {"path": self.path, "sha256": self.sha256, "samples": int(len(self.labels)),
                 "num_classes": self.num_classes, "forgotten_classes": list(self.forgotten_classes),
-                "source_sha256": self.meta.get("source_sha256"), "dataset": self.meta.get("dataset")}
+                "source_sha256": self.meta.get("source_sha256"), "dataset": self.meta.get("dataset"),
+                "audit": self.audit is not None}
 
 
 def _check_arrays(data: dict[str, np.ndarray], path: Path) -> None:
@@ -85,6 +91,7 @@ def load_bundle(path: str | Path) -> Bundle:
                 raise ModelFileError(f"{path} is not an edge-unlearn evaluation bundle (lacks {', '.join(missing)}); "
                                      "make one with `edge-unlearn bundle`")
             data = {k: arrays[k] for k in ARRAYS}
+            audit_arrays = {k: arrays[k] for k in arrays.files if k.startswith("audit_")}
         meta = json.loads(str(data["meta_json"]))
     except ModelFileError:
         raise
@@ -109,15 +116,21 @@ def load_bundle(path: str | Path) -> Bundle:
                              f"reference_logits {bundle.reference_logits.shape}, {c} classes); re-create the bundle")
     if n and (bundle.labels.min() < 0 or bundle.labels.max() >= c):
         raise ModelFileError(f"{path}: labels outside 0..{c - 1}; re-create the bundle")
+    if audit_arrays:
+        from dataclasses import replace
+
+        bundle = replace(bundle, audit=read_audit(audit_arrays, str(path), c, bundle.forgotten_classes, n,
+                                                  bundle.inputs.shape[1:]))
     return bundle
 
 
 def make_bundle(checkpoint: str | Path, dataset: str | None, output: str | Path, per_class: int | None = None,
-                seed: int = 0, batch_size: int = 256) -> Bundle:
+                seed: int = 0, batch_size: int = 256, audit: Callable[..., dict[str, np.ndarray]] | None = None) -> Bundle:
     """Preprocessed test images of ``dataset`` (None: the one recorded in the checkpoint, like ``evaluate``)
     + the checkpoint's FP32 logits, written atomically.
 
-    ``per_class`` caps the samples of each class (None: the whole test split)."""
+    ``per_class`` caps the samples of each class (None: the whole test split). ``audit`` (host side,
+    :func:`edge_unlearn.export.audit_fit.audit_builder`) adds the feature-level audit's arrays."""
     import torch
 
     from edge_unlearn.checkpoint import load_checkpoint
@@ -157,6 +170,7 @@ def make_bundle(checkpoint: str | Path, dataset: str | None, output: str | Path,
             "arch": meta.arch, "normalization": meta.normalization.to_json(), "input_shape": list(meta.input_shape),
             "preprocessing": meta.prep.to_json(),
             "mask_value": MASK_VALUE, "per_class": per_class, "seed": seed, "version": __version__}
+    extra = audit(ckpt, data, x, labels[idx], logits.numpy().astype(np.float32)) if audit is not None else {}
     output = Path(output)
     with atomic_output(output) as tmp:
         with open(tmp, "wb") as handle:  # np.savez_compressed adds .npz to a str path; a handle keeps ours
@@ -165,6 +179,6 @@ def make_bundle(checkpoint: str | Path, dataset: str | None, output: str | Path,
                 reference_logits=logits.numpy().astype(np.float32),
                 class_names=np.asarray(meta.class_names, dtype=np.str_),
                 forgotten_classes=np.asarray(model.forgotten_classes, dtype=np.int64),
-                meta_json=np.asarray(json.dumps(info)))
+                meta_json=np.asarray(json.dumps(info)), **extra)
         load_bundle(tmp)  # the same checks a reader makes, before the file takes its name
     return load_bundle(output)

@@ -19,20 +19,26 @@ from edge_unlearn import __version__
 from edge_unlearn.errors import ModelFileError, UsageError
 from edge_unlearn.fileio import atomic_output, sha256_file
 
-from .onnx_meta import (INPUT_NAME, MASK_NODE_PREFIX, MASK_VALUE, OUTPUT_NAME, RETAINED_NAME, OnnxMeta,
-                        check_output_path, write_meta)
+from .onnx_meta import (FEATURES_NAME, INPUT_NAME, MASK_NODE_PREFIX, MASK_VALUE, OUTPUT_NAME, RETAINED_NAME,
+                        OnnxMeta, check_output_path, write_meta)
 
 DEFAULT_OPSET = 18
+#: the node that copies the penultimate features to the audit export's second output
+AUDIT_NODE = "edge_unlearn_audit/features"
 
 
 @dataclass(frozen=True)
 class ExportConfig:
-    """How to export. Parity tolerance = ``parity_rtol`` × max(1, largest |logit|) on random normal inputs."""
+    """How to export. Parity tolerance = ``parity_rtol`` × max(1, largest |logit|) on random normal inputs.
+
+    ``audit``: add the penultimate features as a second output (:data:`FEATURES_NAME`) for
+    ``validate --audit`` (docs/audit.md); a sibling file of the deployed model, never the deployed one."""
 
     opset: int = DEFAULT_OPSET
     parity_samples: int = 16
     parity_rtol: float = 1e-4
     seed: int = 0
+    audit: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -48,16 +54,24 @@ class Parity:
     tolerance: float
     argmax_agreement: float
     forgotten_exact: bool
+    #: audit export only: max |diff| of the features output against torch, and its tolerance
+    features_max_abs_diff: float | None = None
+    features_tolerance: float | None = None
 
     @property
     def ok(self) -> bool:
-        return self.max_abs_diff <= self.tolerance and self.argmax_agreement == 1.0 and self.forgotten_exact
+        features_ok = (self.features_max_abs_diff is None
+                       or self.features_max_abs_diff <= (self.features_tolerance or 0.0))
+        return (self.max_abs_diff <= self.tolerance and self.argmax_agreement == 1.0 and self.forgotten_exact
+                and features_ok)
 
     def line(self) -> str:
+        features = ("" if self.features_max_abs_diff is None else
+                    f", features max |diff| {self.features_max_abs_diff:.2e} (tolerance {self.features_tolerance:.1e})")
         return (f"parity torch vs onnxruntime ({self.samples} samples, batches {list(self.batch_sizes)}): "
                 f"max |diff| {self.max_abs_diff:.2e} (tolerance {self.tolerance:.1e}), "
                 f"argmax agreement {self.argmax_agreement:.4f}, forgotten logits = {MASK_VALUE:g}: "
-                f"{'yes' if self.forgotten_exact else 'NO'}")
+                f"{'yes' if self.forgotten_exact else 'NO'}{features}")
 
 
 @dataclass(frozen=True)
@@ -70,6 +84,7 @@ class ExportResult:
     def to_json(self) -> dict[str, Any]:
         return {"path": str(self.path), "sha256": self.sha256, "forgotten_classes": list(self.meta.forgotten_classes),
                 "num_classes": self.meta.num_classes, "source_sha256": self.meta.source_sha256,
+                "outputs": [self.meta.output_name] + ([self.meta.features_name] if self.meta.features_name else []),
                 "parity": {**asdict(self.parity), "ok": self.parity.ok}}
 
 
@@ -179,6 +194,53 @@ def rename_io(graph, first_out: str) -> None:
     graph.input[0].name = INPUT_NAME
 
 
+def audit_module(module):
+    """``module`` (backbone + head) returning (head output, penultimate features): the audit export's graph."""
+    from torch import nn
+
+    if not (isinstance(getattr(module, "backbone", None), nn.Module) and isinstance(getattr(module, "head", None), nn.Module)):
+        raise UsageError("--audit needs the compact mask design (a backbone and a head); export without --audit")
+
+    class AuditDeploy(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.backbone, self.head = module.backbone, module.head
+
+        def forward(self, x):
+            features = self.backbone(x)
+            return self.head(features), features
+
+    return AuditDeploy().eval()
+
+
+def detach_features_output(graph) -> Any:
+    """Rename the torch graph's second output to :data:`FEATURES_NAME` and take it off the output list (so the mask
+    design sees one output); returns its ValueInfo, for :func:`attach_features_output` after the mask is added."""
+    if len(graph.output) != 2:
+        raise ModelFileError(f"the audit graph must have two outputs (logits, features), got {len(graph.output)}")
+    from onnx import helper
+
+    old = graph.output[1].name
+    if old == graph.output[0].name:
+        raise ModelFileError("the audit graph returns the same tensor as logits and features; cannot export it")
+    # an Identity, not a renamed tensor: the head's input stays an inner tensor, so onnxruntime fuses the quantized
+    # head exactly as in the deployment export (a Q/DQ output that is also a graph output is never fused)
+    graph.node.append(helper.make_node("Identity", [old], [FEATURES_NAME], name=AUDIT_NODE))
+    info = type(graph.output[1])()
+    info.CopyFrom(graph.output[1])
+    info.name = FEATURES_NAME
+    del graph.output[1]
+    return info
+
+
+def attach_features_output(graph, info) -> None:
+    """Declare the features [batch, D] float as the graph's second output (after the logits)."""
+    dims = info.type.tensor_type.shape.dim
+    if len(dims) == 2 and not dims[0].dim_param:
+        dims[0].dim_param = "batch"
+    graph.output.append(info)
+
+
 def _check_parity(path: Path, model, input_shape: tuple[int, ...], config: ExportConfig,
                   design: MaskDesign = COMPACT) -> Parity:
     import onnxruntime as ort
@@ -191,17 +253,27 @@ def _check_parity(path: Path, model, input_shape: tuple[int, ...], config: Expor
     mask = model.class_mask.numpy()
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     batches = (1, config.parity_samples)
-    outs = []
+    outs, feats = [], []
+    audit = any(o.name == FEATURES_NAME for o in session.get_outputs())
+    names = [OUTPUT_NAME] + ([FEATURES_NAME] if audit else [])
     for bs in batches:  # batch 1 and a larger batch: proves the dynamic batch axis
-        outs.append(np.concatenate([session.run([OUTPUT_NAME], {INPUT_NAME: x[i:i + bs].numpy()})[0]
-                                    for i in range(0, len(x), bs)]))
+        runs = [session.run(names, {INPUT_NAME: x[i:i + bs].numpy()}) for i in range(0, len(x), bs)]
+        outs.append(np.concatenate([r[0] for r in runs]))
+        if audit:
+            feats.append(np.concatenate([r[1] for r in runs]))
     diff = max(float(np.max(np.abs(o[:, mask] - ref[:, mask]))) for o in outs)
     tol = config.parity_rtol * max(1.0, float(np.max(np.abs(ref[:, mask]))))
     ref_arg = np.where(mask, ref, -np.inf).argmax(1)
     agree = min(float(np.mean(o.argmax(1) == ref_arg)) for o in outs)
     fill = np.float32(design.fill_value)
     exact = all(bool(np.all(o[:, ~mask] == fill)) for o in outs)
-    return Parity(len(x), batches, diff, tol, agree, exact)
+    if not audit:
+        return Parity(len(x), batches, diff, tol, agree, exact)
+    with torch.no_grad():
+        ref_feats = model.features(x).numpy()
+    feat_diff = max(float(np.max(np.abs(f - ref_feats))) if f.shape == ref_feats.shape else float("inf") for f in feats)
+    feat_tol = config.parity_rtol * max(1.0, float(np.max(np.abs(ref_feats))))
+    return Parity(len(x), batches, diff, tol, agree, exact, feat_diff, feat_tol)
 
 
 def export_onnx(checkpoint: str | Path, output: str | Path, config: ExportConfig = ExportConfig(),
@@ -220,6 +292,8 @@ def export_onnx(checkpoint: str | Path, output: str | Path, config: ExportConfig
     ckpt = load_checkpoint(checkpoint)
     model, meta = ckpt.model.eval(), ckpt.meta
     module, retained = design.deploy_module(model)
+    if config.audit:
+        module = audit_module(module)
     example = torch.zeros(2, *meta.input_shape)
     try:
         program = torch.onnx.export(module, (example,), dynamo=True, opset_version=config.opset,
@@ -236,14 +310,17 @@ def export_onnx(checkpoint: str | Path, output: str | Path, config: ExportConfig
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelFileError(f"torch.onnx.export failed for arch {meta.arch}: {first}") from exc
     proto = program.model_proto
+    features = detach_features_output(proto.graph) if config.audit else None
     design.append_mask(proto, retained, model.num_classes)
+    if features is not None:
+        attach_features_output(proto.graph, features)
     onnx_meta = OnnxMeta(
         num_classes=meta.num_classes, class_names=tuple(meta.class_names),
         forgotten_classes=tuple(model.forgotten_classes), input_shape=tuple(meta.input_shape),  # type: ignore[arg-type]
         normalization=meta.normalization.to_json(), source_sha256=ckpt.sha256 or "", arch=meta.arch,
         preprocessing=meta.prep.to_json(),  # how raw images become the input: quantize calibration applies it
         dataset=meta.dataset, precision="fp32", version=__version__,
-        retained_name=design.retained_name,
+        retained_name=design.retained_name, features_name=FEATURES_NAME if config.audit else "",
         quantization={"graph_variant": design.name} if design.name != COMPACT.name else {})
     write_meta(proto, onnx_meta)
     proto.producer_name, proto.producer_version = "edge-unlearn", __version__

@@ -33,6 +33,8 @@ MASK_VALUE = -1.0e4
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
 RETAINED_NAME = "retained_logits"
+#: the audit export's second output: the penultimate features [B, D] (``edge-unlearn export --audit``; docs/audit.md)
+FEATURES_NAME = "features"
 #: names of the nodes that place the retained logits and fill the forgotten ones (never quantized)
 MASK_NODE_PREFIX = "edge_unlearn_mask/"
 
@@ -58,6 +60,8 @@ class OnnxMeta:
     #: resize, crop, interpolation, mean, std); empty in files exported before it was recorded: read it with
     #: :attr:`prep`, which falls back to the plain record of ``input_shape`` + ``normalization``
     preprocessing: dict[str, Any] = field(default_factory=dict)
+    #: name of the penultimate-features output of an audit export; "" for a deployment export (logits only)
+    features_name: str = ""
     quantization: dict[str, Any] = field(default_factory=dict)
     version: str = ""
     format: str = FORMAT
@@ -93,7 +97,7 @@ class OnnxMeta:
                 "`edge-unlearn export`: export your checkpoint with `edge-unlearn export CHECKPOINT -o model.onnx`")
         try:
             text = {"source_sha256", "arch", "dataset", "precision", "input_name", "output_name", "retained_name",
-                    "version", "format"}
+                    "features_name", "version", "format"}
             values = {k: (v if k in text else json.loads(v)) for k, v in ours.items()
                       if k in cls.__dataclass_fields__}
             meta = cls(**values)
@@ -111,7 +115,7 @@ class OnnxMeta:
                 or len(set(forgotten)) != len(forgotten) or len(meta.input_shape) != 3
                 or any(v < 1 for v in meta.input_shape) or math.prod(meta.input_shape) > (1 << 24)
                 or not math.isfinite(meta.mask_value) or not isinstance(meta.normalization, dict)
-                or not all(isinstance(getattr(meta, k), str) for k in ("input_name", "output_name", "retained_name"))):
+                or not all(isinstance(getattr(meta, k), str) for k in ("input_name", "output_name", "retained_name", "features_name"))):
             raise ModelFileError(f"{where}: edge-unlearn metadata is out of range (classes {meta.num_classes}, forgotten "
                                  f"{list(forgotten)}, input shape {list(meta.input_shape)}, mask value "
                                  f"{meta.mask_value}); the metadata was edited: re-export the model")

@@ -9,6 +9,9 @@ Beyond accuracy on the bundle's natural images (which a model that still knows a
 runner is also run on stress inputs, and ``forgotten_columns_constant`` / ``fill_margin`` judge the outputs; for
 ONNX the graph itself is read (``mask_structure``, ``head_rows``, ``index_map``, ``fill_value``; see
 :mod:`edge_unlearn.export.structure` and docs/threat-model.md).
+
+``audit`` (``validate --audit``, an audit export and a ``bundle --audit``) adds the feature-level checks of
+:mod:`edge_unlearn.export.audit`: the stored probe and the prototype attack on the deployed model's own features.
 """
 from __future__ import annotations
 
@@ -24,6 +27,7 @@ from edge_unlearn.core.figures import accuracy as _acc
 from edge_unlearn.core.figures import retain_drop
 from edge_unlearn.errors import ModelFileError, UsageError
 
+from .audit import AuditThresholds, audit_lines
 from .bundle import Bundle, load_bundle
 from .onnx_meta import MASK_VALUE
 from .runner import Runner
@@ -60,6 +64,8 @@ class ValidationReport:
     samples: int
     seconds: float
     created: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    #: the feature-level audit's figures (device, FP32, retrained, thresholds, weight steps); None without --audit
+    audit: dict[str, Any] | None = None
 
     @property
     def passed(self) -> bool:
@@ -84,7 +90,8 @@ class ValidationReport:
                 "precision": self.environment.get("precision"), "device": self.environment.get("device"),
                 "thresholds": self.thresholds.to_json(), "checks": [c.to_json() for c in self.checks],
                 "per_class": self.per_class, "bundle": self.bundle, "environment": self.environment,
-                "seconds": self.seconds, "created": self.created}
+                "seconds": self.seconds, "created": self.created,
+                **({"audit": self.audit} if self.audit is not None else {})}
 
     def summary(self) -> str:
         """Human-readable: per-class table, checks, verdict."""
@@ -102,6 +109,8 @@ class ValidationReport:
             value = "missing" if c.value is None else f"{c.value:.4g}"
             lines.append(f"  [{'PASS' if c.passed else 'FAIL'}] {c.name}: {value} {c.op} {c.threshold:g}"
                          + (f"  ({c.detail})" if c.detail else ""))
+        if self.audit is not None:
+            lines.extend(audit_lines(self.audit))
         lines.append(f"verdict: {'PASS' if self.passed else 'FAIL'}"
                      + ("" if self.passed else f" ({', '.join(c.name for c in self.failed)})"))
         return "\n".join(lines)
@@ -177,7 +186,7 @@ def evaluate_logits(logits: np.ndarray, bundle: Bundle, thresholds: Thresholds,
 
 
 def validate(runner: Runner, bundle: Bundle, thresholds: Thresholds = Thresholds(), batch_size: int = 64,
-             extra_checks: list[Check] | None = None) -> ValidationReport:
+             extra_checks: list[Check] | None = None, audit: AuditThresholds | None = None) -> ValidationReport:
     """Run ``runner`` (entered here) over ``bundle`` and judge it against ``thresholds``."""
     start = time.perf_counter()
     with runner:
@@ -189,6 +198,7 @@ def validate(runner: Runner, bundle: Bundle, thresholds: Thresholds = Thresholds
         logits = run_logits(runner, bundle.inputs, batch_size)
         stress = run_logits(runner, stress_inputs(bundle.inputs.shape[1:], bundle.meta.get("normalization")),
                             batch_size)
+        audit_result = _run_audit(runner, bundle, audit, batch_size) if audit is not None else None
     model_forgotten = env.get("forgotten_classes")
     checks, per_class = evaluate_logits(logits, bundle, thresholds, model_forgotten)
     fill = getattr(getattr(runner, "meta", None), "mask_value", bundle.meta.get("mask_value", MASK_VALUE))
@@ -199,10 +209,28 @@ def validate(runner: Runner, bundle: Bundle, thresholds: Thresholds = Thresholds
     checks.append(Check("same_source_checkpoint", None if not source or not bundle_source else float(source == bundle_source),
                         "==", 1.0, f"model from {str(source)[:12]}…, bundle from {str(bundle_source)[:12]}…"))
     checks.extend(extra_checks or [])
+    if audit_result is not None:
+        checks.extend(audit_result[0])
     env.setdefault("device", platform.machine())
     return ValidationReport(model=runner.path, bundle=bundle.describe(), environment=env, thresholds=thresholds,
                             checks=checks, per_class=per_class, samples=int(len(bundle.labels)),
-                            seconds=time.perf_counter() - start)
+                            seconds=time.perf_counter() - start, audit=audit_result[1] if audit_result else None)
+
+
+def _run_audit(runner: Runner, bundle: Bundle, thresholds: AuditThresholds,
+               batch_size: int) -> tuple[list[Check], dict[str, Any]]:
+    """The audit checks on an active runner that returns features (:meth:`OnnxRuntimeRunner.infer_features`)."""
+    from .audit import audit_checks
+
+    infer = getattr(runner, "infer_features", None)
+    if bundle.audit is None or infer is None:
+        raise UsageError("the audit needs a bundle from `edge-unlearn bundle --audit` and an audit export")
+    outs = [infer(bundle.inputs[i:i + batch_size]) for i in range(0, len(bundle.inputs), batch_size)]
+    logits, features = np.concatenate([o[0] for o in outs]), np.concatenate([o[1] for o in outs])
+    protos = bundle.audit.proto_inputs
+    proto_features = np.concatenate([infer(protos[i:i + batch_size])[1] for i in range(0, len(protos), batch_size)])
+    return audit_checks(features, logits, proto_features, bundle.labels, bundle.forgotten_classes, bundle.audit,
+                        bundle.reference_logits, thresholds)
 
 
 def _check_io(proto: Any, meta: Any, bundle: Bundle, model: str | Path) -> None:
@@ -221,12 +249,25 @@ def _check_io(proto: Any, meta: Any, bundle: Bundle, model: str | Path) -> None:
 
 def validate_model(model: str | Path, bundle: str | Path, thresholds: Thresholds = Thresholds(),
                    provider: str | None = None, batch_size: int = 64,
-                   echo: Callable[[str], None] | None = None) -> ValidationReport:
-    """Open the model's runner by suffix, load the bundle, validate; for ONNX add the static graph checks."""
+                   echo: Callable[[str], None] | None = None, audit: AuditThresholds | None = None) -> ValidationReport:
+    """Open the model's runner by suffix, load the bundle, validate; for ONNX add the static graph checks.
+    ``audit``: also the feature-level audit (an audit export of ``edge-unlearn export --audit``, quantized or not,
+    and a bundle from ``bundle --audit``); UsageError naming the fix when either is missing."""
     from .runners import open_runner
 
     runner = open_runner(model, provider=provider)
     loaded = load_bundle(bundle)
+    if audit is not None:
+        from .audit import AuditRunner
+
+        if loaded.audit is None:
+            raise UsageError(f"bundle {bundle} has no audit data; make it with `edge-unlearn bundle CHECKPOINT --audit "
+                             f"[--retrained RETRAINED] -o {Path(bundle).name}`")
+        if Path(model).suffix.lower() != ".onnx" or not getattr(getattr(runner, "meta", None), "features_name", ""):
+            raise UsageError(f"{model} has no features output; validate --audit runs on an audit export: "
+                             "`edge-unlearn export CHECKPOINT --audit -o model.audit.onnx`, quantized like the "
+                             "deployed model")
+        runner = AuditRunner(model, provider=provider)
     extra: list[Check] = []
     if Path(model).suffix.lower() == ".onnx":
         from .onnx_hazards import check_model
@@ -239,7 +280,7 @@ def validate_model(model: str | Path, bundle: str | Path, thresholds: Thresholds
         extra.append(Check("graph_hazards", float(len(hazards)), "==", 0.0,
                            "; ".join(hazards[:3]) if hazards else "no zero Q/DQ scales, no non-finite constants"))
         extra.extend(static_checks(proto, read_meta(proto))[0])
-    report = validate(runner, loaded, thresholds, batch_size, extra)
+    report = validate(runner, loaded, thresholds, batch_size, extra, audit)
     if echo is not None:
         echo(report.summary())
     return report

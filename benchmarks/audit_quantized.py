@@ -1,0 +1,102 @@
+"""Feature-level audit after quantization (issue #15 part 3): `validate --audit` on the NHLE default, the original
+(masked only) and the retrained model, in FP32, INT8 (cpu and tensorrt layouts) and FP16, with thresholds from the
+retrained model. Prints a table; writes benchmarks/results/audit_quantized_<dataset>_<arch>.json.
+
+    python benchmarks/audit_quantized.py --dataset npz:../shared/data/mnist.npz --arch lenet --forget 3
+
+Every step is an `edge-unlearn` command (run in a subprocess, exactly as a user would); checkpoints are cached in
+--work (default benchmarks/results/audit_work/<dataset>_<arch>), so a re-run only redoes the deployment side.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+CLI = [sys.executable, "-m", "edge_unlearn.cli"]
+
+
+def run(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run([*CLI, *map(str, args)], capture_output=True, text=True,
+                          env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")})
+    if check and proc.returncode != 0:
+        raise SystemExit(f"{' '.join(map(str, args))} failed ({proc.returncode}): {proc.stderr.strip()[-500:]}")
+    return proc
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", default="digits")
+    parser.add_argument("--arch", default="lenet")
+    parser.add_argument("--forget", default="3")
+    parser.add_argument("--work", default=None)
+    args = parser.parse_args()
+    tag = f"{Path(args.dataset.split(':')[-1]).stem}_{args.arch}_c{args.forget}"
+    work = Path(args.work or ROOT / "benchmarks" / "results" / "audit_work" / tag)
+    work.mkdir(parents=True, exist_ok=True)
+    orig, nhle, masked, gold = (work / f"{n}.safetensors" for n in ("original", "nhle", "masked", "retrain"))
+    seconds: dict[str, float] = {}
+    steps = [(orig, ["train", "--dataset", args.dataset, "--arch", args.arch, "--device", "cpu", "-o", orig]),
+             (nhle, ["forget", orig, "--forget", args.forget, "--device", "cpu", "--no-eval", "-o", nhle]),
+             # the original with the class masked and nothing else (NHLE with no projection and a no-op step)
+             (masked, ["forget", orig, "--forget", args.forget, "--device", "cpu", "--no-eval", "--set", "steps=1",
+                       "--set", "lr=1e-12", "--set", "project=false", "-o", masked]),
+             (gold, ["retrain", orig, "--forget", args.forget, "-o", gold])]
+    for path, cmd in steps:
+        if not path.is_file():
+            t0 = time.perf_counter()
+            run(*cmd, "-q")
+            seconds[path.stem] = time.perf_counter() - t0
+    rows = []
+    for name, ckpt in (("nhle", nhle), ("original (masked)", masked), ("retrain", gold)):
+        stem = ckpt.stem
+        bundle = work / f"{stem}.audit.npz"
+        extra = ["--reference", orig] if stem == "nhle" else []
+        run("bundle", ckpt, "--audit", "--retrained", gold, *extra, "-o", bundle, "-q")
+        fp32 = work / f"{stem}.audit.onnx"
+        run("export", ckpt, "--audit", "-o", fp32, "-q")
+        models = {"fp32": fp32}
+        for label, opts in (("int8-cpu", ["--precision", "int8", "--target", "cpu"]),
+                            ("int8-tensorrt", ["--precision", "int8", "--target", "tensorrt"]),
+                            ("fp16", ["--precision", "fp16"])):
+            models[label] = work / f"{stem}.audit.{label}.onnx"
+            run("quantize", fp32, *opts, "--calib", args.dataset, "-o", models[label], "-q")
+        for label, model in models.items():
+            proc = run("validate", model, "--bundle", bundle, "--audit", "--provider", "cpu", "--json", check=False)
+            if proc.returncode not in (0, 1):
+                raise SystemExit(f"validate {model} failed: {proc.stderr.strip()[-500:]}")
+            report = json.loads(proc.stdout)
+            audit = report["audit"]
+            failed = [c["name"] for c in report["checks"] if not c["passed"]]
+            rows.append({"model": name, "precision": label, "exit": proc.returncode,
+                         "probe_forget": audit["device"]["probe_forget_acc"],
+                         "prototype": audit["device"]["prototype_forget_acc"],
+                         "fp32_prototype": audit["fp32"]["prototype_forget_acc"],
+                         "retrain_prototype": (audit.get("retrained") or {}).get("prototype_forget_acc"),
+                         "max_probe": audit["thresholds"]["max_probe"],
+                         "max_prototype": audit["thresholds"]["max_prototype"],
+                         "feature_rel_error": audit["feature_relative_error"], "failed": failed,
+                         "weight_steps": audit.get("weight_steps") if label == "fp32" else None})
+    print(f"{'model':<18} {'precision':<14} {'exit':>4} {'probe':>7} {'proto':>7} {'fp32':>7} {'retrain':>7} "
+          f"{'max':>6} {'feat err':>8}  failed")
+    for r in rows:
+        print(f"{r['model']:<18} {r['precision']:<14} {r['exit']:>4} {r['probe_forget']:>7.4f} {r['prototype']:>7.4f} "
+              f"{r['fp32_prototype']:>7.4f} {r['retrain_prototype']:>7.4f} {r['max_prototype']:>6.3f} "
+              f"{r['feature_rel_error']:>8.4f}  {', '.join(r['failed']) or '-'}")
+    steps_report = next((r["weight_steps"] for r in rows if r["weight_steps"]), None)
+    if steps_report:
+        print(f"NHLE weight edits: {steps_report['changed']} changed; below half an INT8 step "
+              f"{steps_report['int8_below_half_step']:.4f}, below half an FP16 step {steps_report['fp16_below_half_step']:.4f}")
+    out = ROOT / "benchmarks" / "results" / f"audit_quantized_{tag}.json"
+    out.write_text(json.dumps({"dataset": args.dataset, "arch": args.arch, "forget": args.forget, "rows": rows,
+                               "seconds": seconds}, indent=1) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
