@@ -8,7 +8,8 @@ from typing import Any
 import click
 
 from . import __version__
-from .cli_common import DEVICES, parse_key_values, EdgeUnlearnGroup, emit, output_options, progress_enabled, say
+from .cli_common import (DEVICES, parse_key_values, EdgeUnlearnGroup, emit, output_options, progress_enabled, say,
+                         workers_option)
 from .cli_evidence import keygen_cmd, sign_cmd
 from .cli_export import bundle_cmd, export_cmd, quantize_cmd, validate_cmd
 from .cli_import import import_cmd
@@ -53,7 +54,7 @@ data_options = [
 def with_data_options(fn):
     for option in reversed(data_options):
         fn = option(fn)
-    return fn
+    return workers_option(fn)
 
 
 @main.command()
@@ -65,11 +66,14 @@ def with_data_options(fn):
 @click.option("--lr", type=float, default=None, help="Peak learning rate of the one-cycle AdamW schedule (default 2e-3).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
+@click.option("--image-size", type=click.IntRange(1, 4096), default=None,
+              help="Resize (shorter side) and centre-crop every image to this size; needed for a folder of "
+                   "mixed sizes. Recorded in the checkpoint, so every later command reads the data the same way.")
 @with_data_options
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Checkpoint to write (.safetensors).")
 @output_options
-def train(dataset, arch, epochs, min_steps, batch_size, lr, seed, device, data_dir, download, output, as_json,
-          json_out, quiet):
+def train(dataset, arch, epochs, min_steps, batch_size, lr, seed, device, image_size, data_dir, download, output,
+          as_json, json_out, quiet):
     """Train the original classifier and write its checkpoint."""
     from .guards import check_outputs, check_train_options
     from .training import TrainConfig
@@ -82,7 +86,7 @@ def train(dataset, arch, epochs, min_steps, batch_size, lr, seed, device, data_d
                  if v is not None}
     config = TrainConfig(seed=seed, device=device, **overrides)
     summary = train_checkpoint(dataset, arch, output, config, data_dir, download,
-                               progress=progress_enabled(quiet, as_json))
+                               progress=progress_enabled(quiet, as_json), image_size=image_size)
     emit(summary, as_json, json_out, quiet, f"trained {arch} on {dataset} in {summary['seconds']:.1f} s: test accuracy "
                                             f"{summary['test_accuracy']:.4f} -> {output}")
 
@@ -181,6 +185,7 @@ def forget_cmd(checkpoint, forget_classes, samples, forget_samples_dir, method, 
               help="The retrained gold standard (`edge-unlearn retrain`), evaluated beside with the same measures.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the probe's draw and the attacks' samples.")
 @click.option("--data-dir", type=click.Path(file_okay=False), default=None)
+@workers_option
 @output_options
 def evaluate(checkpoint, dataset, forget_classes, reference, no_probe, depth, attacks, retrained, seed, data_dir,
              as_json, json_out, quiet):

@@ -13,7 +13,7 @@ from typing import Iterator
 
 import click
 
-from .cli_common import emit, output_options, say
+from .cli_common import emit, output_options, say, workers_option
 from .export.quantize import CALIB_METHODS, QUANT_PRECISIONS
 from .export.runners import PROVIDERS
 
@@ -91,6 +91,7 @@ def export_cmd(checkpoint: str, output: str, opset: int | None, as_json: bool, j
               help="Quantize the first layer too, or keep it in float. Default: float for tensorrt (with symmetric "
               "activations the largest INT8 error source), quantized for the cpu layouts (uint8 activations).")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="ONNX file to write.")
+@workers_option
 @output_options
 @click.option("--run-dir", type=click.Path(file_okay=False), default=None,
               help="Record this run in a folder for `edge-unlearn report`.")
@@ -130,6 +131,7 @@ def quantize_cmd(model: str, precision: str, target: str, dynamic: bool, calib: 
 @click.option("--per-class", type=int, default=None, help="At most this many test images per class (default: all).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the --per-class draw.")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help=".npz bundle to write.")
+@workers_option
 @output_options
 def bundle_cmd(checkpoint: str, dataset: str | None, per_class: int | None, seed: int, output: str,
                as_json: bool, json_out: str | None, quiet: bool) -> None:
