@@ -214,3 +214,32 @@ def test_load_image_folder_applies_a_preprocessing(tmp_path):
     assert images.shape == (2, 3, 6, 6) and names == [] and owners == [-1, -1]
     first = torch.from_numpy(np.asarray(Image.open(folder / "0.png")).transpose(2, 0, 1).copy())
     assert torch.equal(torch.from_numpy(images[0]), prep.geometry(first[None])[0])
+
+
+def test_import_stats_from_a_mixed_size_folder(tmp_path, digits, digits_checkpoint):
+    """`import --stats-from folder:` reads photos of any size through the recorded preprocessing (resize + crop)."""
+    from safetensors.torch import save_file
+
+    from edge_unlearn.byom import record_stats_from
+    from edge_unlearn.checkpoint import load_checkpoint, read_meta
+
+    _digit_folder(tmp_path / "photos", digits, per_class=3)
+    ck = load_checkpoint(digits_checkpoint)
+    weights = tmp_path / "lenet.safetensors"
+    save_file({k: v.contiguous() for k, v in ck.model.state_dict().items()
+               if k not in ("class_mask", "class_stats", "class_stats_count")}, str(weights))
+    mean, std = ck.meta.normalization.mean[0], ck.meta.normalization.std[0]
+    out = tmp_path / "imported.safetensors"
+    result = invoke_cli(["import", "--arch", "lenet", "--weights", weights, "--image-size", "8", "--resize", "10",
+                         "--channels", "1", "--mean", str(mean), "--std", str(std),
+                         "--stats-from", f"folder:{tmp_path / 'photos'}", "--stats-samples", "3", "-q", "-o", out])
+    assert result.exit_code == 0, result.output
+    meta = read_meta(out)
+    assert meta.preprocessing.resize == 10 and meta.preprocessing.crop == (8, 8)
+    # the statistics are those of the folder's images through that preprocessing, read batch by batch
+    data = load_dataset(f"folder:{tmp_path / 'photos'}", measure=False)
+    model = load_checkpoint(out).model
+    expected = model.class_stats.clone()
+    model.class_stats.zero_()
+    assert record_stats_from(model, data, meta.preprocessing, 3) == 3
+    assert torch.allclose(model.class_stats, expected) and bool(expected.abs().sum() > 0)
