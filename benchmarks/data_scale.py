@@ -135,7 +135,8 @@ def main() -> None:
             samples[n].append({"wall_s": wall, "peak_rss_bytes": rss, "eval_s": report["seconds"],
                                "accuracy": report["accuracy"], "load_before": load})
             print(f"  round {r + 1}: N={n}: {wall:.1f} s, peak RSS {rss / 2**20:.0f} MiB", flush=True)
-        write_results(args, sizes, samples, generate_s)  # after every round: a long run leaves its figures
+            done = sorted(m for m in sizes if samples[m])
+            write_results(args, done, samples, generate_s)  # after every run: a long run leaves its figures
 
 
 def write_results(args, sizes: list[int], samples: dict[int, list[dict]], generate_s: float) -> None:
@@ -167,7 +168,7 @@ def write_results(args, sizes: list[int], samples: dict[int, list[dict]], genera
     for row in rows:
         lines.append(f"| {row['images']} | {row['peak_rss_mib']:.0f} | {row['rss_vs_smallest']:.3f} | "
                      f"{row['wall_s']:.1f} | {row['images_per_s_wall']:.0f} | {row['images_per_s_eval']:.0f} |")
-    lines += ["", f"Peak RSS flat within 10 % over ×{sizes[-1] // sizes[0]} images: {'yes' if flat else 'NO'}."]
+    lines += ["", f"Peak RSS flat within 10 % over ×{max(sizes) // min(sizes)} images: {'yes' if flat else 'NO'}."]
     table = "\n".join(lines)
     print(table)
     args.out.parent.mkdir(parents=True, exist_ok=True)

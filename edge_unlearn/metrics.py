@@ -66,11 +66,21 @@ def linear_probe_accuracy(train_features: np.ndarray, train_labels: np.ndarray, 
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=500, C=1.0, random_state=seed))
-    probe.fit(train_features, train_labels)
-    pred = probe.predict(test_features)
+    pred = fit_linear_probe(train_features, train_labels, seed).predict(test_features)
     value = accuracy(pred, test_labels, classes)
     return float("nan") if value is None else value
+
+
+def fit_linear_probe(train_features: np.ndarray, train_labels: np.ndarray, seed: int = 0):
+    """The probe of :func:`linear_probe_accuracy`, fitted: standardised multinomial logistic regression
+    (predictions are per row, so test features can be scored batch by batch)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=500, C=1.0, random_state=seed))
+    probe.fit(train_features, train_labels)
+    return probe
 
 
 def _probe_train_indices(data: Dataset, train_size: int, seed: int) -> torch.Tensor:
@@ -80,22 +90,27 @@ def _probe_train_indices(data: Dataset, train_size: int, seed: int) -> torch.Ten
 
 
 def probe_forget_accuracy(model: UnlearnableClassifier, data: Dataset, forget_classes: Sequence[int],
-                          train_size: int = 5000, seed: int = 0, test_features: torch.Tensor | None = None) -> float:
+                          train_size: int = 5000, seed: int = 0) -> float:
     """probe_forget_acc (DESIGN.md §2): can a linear read-out recover the forgotten classes? Fits
     :func:`linear_probe_accuracy` on penultimate features of up to ``train_size`` labelled training images of
     *all* classes (random draw, ``seed``) and returns its accuracy on the forgotten classes' test images. The
-    mask plays no part (features only). Compare with ``retrain``, never with chance. It is scored on the
-    forgotten classes' test images of :func:`probe_test_indices` (all of them up to
-    :data:`PROBE_TEST_SIZE`); ``test_features``: their features when the caller already has them.
+    mask plays no part (features only). Compare with ``retrain``, never with chance. It is scored on every
+    forgotten-class test image, streamed (features are predicted batch by batch, never gathered).
     :func:`probe_forget_accuracy_by_depth` is the same probe after every block (its ``penultimate`` entry
-    equals this figure)."""
+    equals this figure up to :data:`PROBE_TEST_SIZE` forgotten-class test images)."""
+    forget = sorted(set(int(c) for c in forget_classes))
+    probe = fit_forget_probe(model, data, train_size, seed)
+    test_idx = torch.nonzero(torch.isin(data.y_test, torch.tensor(forget))).flatten()
+    preds = [probe.predict(f.numpy()) for f, _ in stream_outputs(model, data.x_test, data, indices=test_idx)]
+    value = accuracy(np.concatenate(preds) if preds else np.empty(0, np.int64), data.y_test[test_idx].numpy(), forget)
+    return float("nan") if value is None else value
+
+
+def fit_forget_probe(model: UnlearnableClassifier, data: Dataset, train_size: int = 5000, seed: int = 0):
+    """The probe of :func:`probe_forget_accuracy`, fitted on the penultimate features of its training draw."""
     idx = _probe_train_indices(data, train_size, seed)
     train_feats, _ = model_outputs(model, data.x_train, data, indices=idx)
-    test_idx = probe_test_indices(data, forget_classes, seed)
-    if test_features is None:
-        test_features, _ = model_outputs(model, data.x_test, data, indices=test_idx)
-    return linear_probe_accuracy(train_feats.numpy(), data.y_train[idx].numpy(), test_features.numpy(),
-                                 data.y_test[test_idx].numpy(), sorted(set(int(c) for c in forget_classes)), seed=seed)
+    return fit_linear_probe(train_feats.numpy(), data.y_train[idx].numpy(), seed)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -237,24 +252,24 @@ def evaluate_model(model: UnlearnableClassifier, data: Dataset, forget_classes: 
     forget = sorted(set(int(c) for c in forget_classes))
     retained = [c for c in range(data.num_classes) if c not in forget]
     mask = ~model.class_mask.cpu()
-    probe_idx = probe_test_indices(data, forget, seed) if probe and forget else torch.empty(0, dtype=torch.long)
-    wanted = torch.zeros(len(data.y_test), dtype=torch.bool)
-    wanted[probe_idx] = True
-    masked_parts, unmasked_parts, probe_feats, start = [], [], [], 0
-    for f, logits in stream_outputs(model, data.x_test, data):
+    y = data.y_test
+    probe_fit = fit_forget_probe(model, data, probe_train_size, seed) if probe and forget else None
+    in_forget = torch.isin(y, torch.tensor(forget, dtype=y.dtype))
+    masked_parts, unmasked_parts, probe_preds, start = [], [], [], 0
+    for f, logits in stream_outputs(model, data.x_test, data):  # one pass: predictions and the probe's scores
         masked_parts.append(logits.masked_fill(mask, float("-inf")).argmax(1))
         unmasked_parts.append(logits.argmax(1))
-        keep = wanted[start:start + len(f)]
-        if keep.any():
-            probe_feats.append(f[keep])
+        keep = in_forget[start:start + len(f)]
+        if probe_fit is not None and keep.any():
+            probe_preds.append(probe_fit.predict(f[keep].numpy()))
         start += len(f)
     masked_pred, unmasked_pred = torch.cat(masked_parts), torch.cat(unmasked_parts)
-    y = data.y_test
     per_class = [tensor_accuracy(masked_pred, y, [c]) for c in range(data.num_classes)]
     probe_acc = None
-    if probe and forget:
-        probe_acc = probe_forget_accuracy(model, data, forget, probe_train_size, seed,
-                                          test_features=torch.cat(probe_feats))
+    if probe_fit is not None:
+        value = accuracy(np.concatenate(probe_preds) if probe_preds else np.empty(0, np.int64), y[in_forget].numpy(),
+                         forget)
+        probe_acc = float("nan") if value is None else value
     return EvalReport(
         forget_classes=forget,
         accuracy=accuracy(masked_pred.numpy(), y.numpy()),
