@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .data import Dataset, preprocess, take_samples
+from .data import Dataset, ImageSource, preprocess, take_samples
 from .errors import UsageError
 from .core.figures import retain_drop
 from .metrics import model_outputs, probe_forget_accuracy, tensor_accuracy
@@ -48,9 +48,11 @@ def _pick(n: int, limit: int | None, gen: torch.Generator) -> torch.Tensor:
     return idx if limit is None else idx[:limit]
 
 
-def _probs(model: UnlearnableClassifier, images: torch.Tensor, data: Dataset, masked: bool) -> torch.Tensor:
-    """Softmax of the model's logits for uint8 images; ``masked`` applies the class mask (as deployed)."""
-    _, logits = model_outputs(model, images, data)
+def _probs(model: UnlearnableClassifier, images: "ImageSource | torch.Tensor", data: Dataset, masked: bool,
+           indices: torch.Tensor | None = None) -> torch.Tensor:
+    """Softmax of the model's logits for uint8 images (``indices``: those of a source, read batch by batch);
+    ``masked`` applies the class mask (as deployed)."""
+    _, logits = model_outputs(model, images, data, indices=indices)
     if masked:
         logits = logits.masked_fill(~model.class_mask.cpu(), float("-inf"))
     return torch.softmax(logits.double(), 1)
@@ -91,11 +93,12 @@ def mia_entropy(model: UnlearnableClassifier, data: Dataset, forget_classes: Seq
     the three sets (random subset, ``seed``); ``masked`` uses the deployed (masked) softmax."""
     gen = torch.Generator().manual_seed(seed)
     forget_idx, retain_idx = _split(data, forget_classes)
-    members = data.x_train[retain_idx[_pick(len(retain_idx), max_samples, gen)]]
-    nonmembers = data.x_test[_pick(len(data.x_test), max_samples, gen)]
-    targets = data.x_train[forget_idx[_pick(len(forget_idx), max_samples, gen)]]
-    return mia_entropy_from_probs(_probs(model, members, data, masked), _probs(model, nonmembers, data, masked),
-                                  _probs(model, targets, data, masked))
+    members = retain_idx[_pick(len(retain_idx), max_samples, gen)]
+    nonmembers = _pick(len(data.y_test), max_samples, gen)
+    targets = forget_idx[_pick(len(forget_idx), max_samples, gen)]
+    return mia_entropy_from_probs(_probs(model, data.x_train, data, masked, members),
+                                  _probs(model, data.x_test, data, masked, nonmembers),
+                                  _probs(model, data.x_train, data, masked, targets))
 
 
 def _svc_feature(probs: torch.Tensor, labels: torch.Tensor, feature: str) -> np.ndarray:
@@ -145,9 +148,9 @@ def mia_svc(model: UnlearnableClassifier, data: Dataset, forget_classes: Sequenc
     non = _pick(len(data.x_test), n_test, gen)
     tgt = forget_idx[_pick(len(forget_idx), max_samples, gen)]
     return mia_svc_from_probs(
-        (_probs(model, data.x_train[mem], data, masked), data.y_train[mem]),
-        (_probs(model, data.x_test[non], data, masked), data.y_test[non]),
-        (_probs(model, data.x_train[tgt], data, masked), data.y_train[tgt]), feature=feature)
+        (_probs(model, data.x_train, data, masked, mem), data.y_train[mem]),
+        (_probs(model, data.x_test, data, masked, non), data.y_test[non]),
+        (_probs(model, data.x_train, data, masked, tgt), data.y_train[tgt]), feature=feature)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -19,7 +19,8 @@ import torch
 from torch import nn
 
 from .checkpoint import CheckpointMeta, save_checkpoint
-from .data import (IMAGENET_MEAN, IMAGENET_STD, Dataset, Normalization, Preprocessing, load_dataset, take_samples)
+from .data import (IMAGENET_MEAN, IMAGENET_STD, Dataset, Normalization, Preprocessing, load_dataset, preprocess,
+                   sample_indices)
 from .errors import CheckpointError, UsageError
 from .fileio import sha256_file
 from .models import (MODELS, ArchSpec, TORCHVISION_IGNORED_PREFIXES, UnlearnableClassifier, build_model,
@@ -269,8 +270,8 @@ def resolve_preprocessing(req: ImportRequest, data: Dataset | None) -> Preproces
     elif req.preset == "dataset":
         if data is None:
             raise UsageError("--preset dataset needs --dataset (the normalisation is computed from its training images)")
-        norm = Normalization.of(Preprocessing(channels, crop, (0.0,) * channels, (1.0,) * channels,
-                                              resize=resize).geometry(data.x_train[:4096]))
+        geometry = Preprocessing(channels, crop, (0.0,) * channels, (1.0,) * channels, resize=resize)
+        norm = Normalization.of(data.x_train.with_preprocessing(geometry), sample=4096)  # a bounded, seeded draw
         mean, std = norm.mean, norm.std
     else:
         raise UsageError("the normalisation your model was trained with is unknown: pass --mean and --std "
@@ -305,8 +306,11 @@ def record_stats_from(model: UnlearnableClassifier, data: Dataset, prep: Preproc
         raise UsageError(f"dataset {data.spec} has no training images of classes {missing[:5]}; "
                          "class statistics need every class")
     used = min(per_class, int(counts.min()))
-    images, labels = take_samples(data, list(range(model.num_classes)), used, seed=seed)
-    model.record_class_stats(images, labels, batch_size=128, transform=prep)
+    idx = sample_indices(data, list(range(model.num_classes)), used, seed=seed)
+    # read batch by batch through the full preprocessing (channels, resize, crop: any image size), then normalised
+    images = data.x_train.with_preprocessing(prep).subset(idx)
+    model.record_class_stats(images, data.y_train[idx], batch_size=128,
+                             transform=lambda batch: preprocess(batch, prep.normalization))
     return used
 
 
@@ -335,9 +339,10 @@ def import_checkpoint(req: ImportRequest) -> dict[str, Any]:
     class_names: tuple[str, ...] | None = None
     if req.classes_file:
         class_names, names_from = read_class_names(req.classes_file), f"--classes {req.classes_file}"
-    data = load_dataset(req.dataset, data_dir=req.data_dir) if req.dataset else None
-    stats_data = (data if req.stats_from == req.dataset else load_dataset(req.stats_from, data_dir=req.data_dir)) \
-        if req.stats_from else None
+    # nothing measured or decoded here: the preprocessing decides what is read, and how
+    data = load_dataset(req.dataset, data_dir=req.data_dir, measure=False) if req.dataset else None
+    stats_data = (data if req.stats_from == req.dataset
+                  else load_dataset(req.stats_from, data_dir=req.data_dir, measure=False)) if req.stats_from else None
     if class_names is None and (data or stats_data) is not None:
         source = data or stats_data
         class_names, names_from = source.class_names, f"dataset {source.spec}"  # type: ignore[union-attr]

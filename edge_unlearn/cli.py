@@ -8,7 +8,8 @@ from typing import Any
 import click
 
 from . import __version__
-from .cli_common import DEVICES, parse_key_values, EdgeUnlearnGroup, emit, output_options, progress_enabled, say
+from .cli_common import (DEVICES, parse_key_values, EdgeUnlearnGroup, emit, output_options, progress_enabled, say,
+                         workers_option)
 from .cli_evidence import keygen_cmd, sign_cmd
 from .cli_export import bundle_cmd, export_cmd, quantize_cmd, validate_cmd
 from .cli_import import import_cmd
@@ -59,12 +60,10 @@ AMP_MODES = ("off", "bf16", "fp16")
 def with_data_options(fn):
     for option in reversed(data_options):
         fn = option(fn)
-    return fn
+    return workers_option(fn)
 
 
 run_options = [
-    click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True,
-                 help="DataLoader worker processes reading the images (0: in this process)."),
     click.option("--save-every", type=click.IntRange(min=0), default=0, show_default=True,
                  help="Write the training state (weights, optimiser, schedule, RNG, step) every N steps to "
                       "OUTPUT.state.pt (0: never), to continue an interrupted training with --resume."),
@@ -80,12 +79,13 @@ def with_run_options(fn):
     return fn
 
 
-def _train_run(workers: int, save_every: int, resume: str | None, quiet: bool, as_json: bool):
+def _train_run(save_every: int, resume: str | None, quiet: bool, as_json: bool):
+    from .data import default_workers
     from .workflows import TrainRun
 
     progress = progress_enabled(quiet, as_json)
     log = None if quiet or as_json or progress else (lambda line: click.echo(line, err=True))  # a log: a line per 5 %
-    return TrainRun(workers=workers, save_every=save_every, resume=resume, progress=progress, log=log)
+    return TrainRun(workers=default_workers(), save_every=save_every, resume=resume, progress=progress, log=log)
 
 
 def _emit_main(summary: dict[str, Any], as_json: bool, json_out: str | None, quiet: bool, line: str) -> None:
@@ -112,12 +112,15 @@ def _emit_main(summary: dict[str, Any], as_json: bool, json_out: str | None, qui
               show_default=True, help="Mixed precision on CUDA (--amp alone: bf16); refused on CPU.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
+@click.option("--image-size", type=click.IntRange(1, 4096), default=None,
+              help="Resize (shorter side) and centre-crop every image to this size; needed for a folder of "
+                   "mixed sizes. Recorded in the checkpoint, so every later command reads the data the same way.")
 @with_run_options
 @with_data_options
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Checkpoint to write (.safetensors).")
 @output_options
 def train(dataset, arch, epochs, min_steps, batch_size, lr, schedule, augment, label_smoothing, amp, seed, device,
-          workers, save_every, resume, data_dir, download, output, as_json, json_out, quiet):
+          image_size, save_every, resume, data_dir, download, output, as_json, json_out, quiet):
     """Train the original classifier and write its checkpoint.
 
     Several processes: `torchrun --nproc-per-node N --no-python edge-unlearn train ...` (see docs/training.md)."""
@@ -133,7 +136,7 @@ def train(dataset, arch, epochs, min_steps, batch_size, lr, schedule, augment, l
     config = TrainConfig(seed=seed, device=device, schedule=schedule, augment=augment,
                          label_smoothing=label_smoothing, amp=amp, **overrides)
     summary = train_checkpoint(dataset, arch, output, config, data_dir, download,
-                               run=_train_run(workers, save_every, resume, quiet, as_json))
+                               run=_train_run(save_every, resume, quiet, as_json), image_size=image_size)
     _emit_main(summary, as_json, json_out, quiet,
                f"trained {arch} on {dataset} in {summary['seconds']:.1f} s: test accuracy "
                f"{summary.get('test_accuracy', float('nan')):.4f} -> {output}")
@@ -148,14 +151,14 @@ def train(dataset, arch, epochs, min_steps, batch_size, lr, schedule, augment, l
 @with_data_options
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False))
 @output_options
-def retrain(original, forget_classes, dataset, workers, save_every, resume, data_dir, download, output, as_json,
+def retrain(original, forget_classes, dataset, save_every, resume, data_dir, download, output, as_json,
             json_out, quiet):
     """Retrain from scratch without the forgotten classes: the gold standard every unlearning run is
     compared with (same arch and recipe as ORIGINAL, read from its checkpoint)."""
     from .workflows import retrain_checkpoint
 
     summary = retrain_checkpoint(original, forget_classes, output, dataset, data_dir, download,
-                                 run=_train_run(workers, save_every, resume, quiet, as_json))
+                                 run=_train_run(save_every, resume, quiet, as_json))
     _emit_main(summary, as_json, json_out, quiet,
                f"retrained without {summary['forget_classes']} in {summary['seconds']:.1f} s: retained accuracy "
                f"{summary.get('retain_acc', float('nan')):.4f} -> {output}")
@@ -236,6 +239,7 @@ def forget_cmd(checkpoint, forget_classes, samples, forget_samples_dir, method, 
               help="The retrained gold standard (`edge-unlearn retrain`), evaluated beside with the same measures.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the probe's draw and the attacks' samples.")
 @click.option("--data-dir", type=click.Path(file_okay=False), default=None)
+@workers_option
 @output_options
 def evaluate(checkpoint, dataset, forget_classes, reference, no_probe, depth, attacks, retrained, seed, data_dir,
              as_json, json_out, quiet):

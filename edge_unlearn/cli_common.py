@@ -101,6 +101,23 @@ def output_options(fn: Callable) -> Callable:
     return click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout (only that).")(fn)
 
 
+def _set_workers(_ctx: click.Context, _param: click.Parameter, value: int) -> int:
+    """Every dataset this command reads is loaded through ``value`` worker processes (torch imported only when
+    data is read: a default of 0 leaves a torch-free command torch-free)."""
+    if value or "edge_unlearn.data" in sys.modules:
+        from edge_unlearn.data import set_default_workers
+
+        set_default_workers(value)
+    return value
+
+
+def workers_option(fn: Callable) -> Callable:
+    """``--workers N``: image-decoding processes of the data loaders (issue #12)."""
+    return click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True, expose_value=False,
+                        callback=_set_workers, help="Processes decoding images for the data loaders (0: in this "
+                        "process; worth it for image folders).")(fn)
+
+
 def echo_json(data: Any) -> None:
     click.echo(to_json_text(data))
 

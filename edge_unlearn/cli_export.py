@@ -13,7 +13,7 @@ from typing import Iterator
 
 import click
 
-from .cli_common import emit, output_options, say
+from .cli_common import emit, output_options, say, workers_option
 from .export.quantize import CALIB_METHODS, QUANT_PRECISIONS
 from .export.runners import PROVIDERS
 
@@ -94,6 +94,7 @@ def export_cmd(checkpoint: str, output: str, opset: int | None, audit: bool, as_
               help="Quantize the first layer too, or keep it in float. Default: float for tensorrt (with symmetric "
               "activations the largest INT8 error source), quantized for the cpu layouts (uint8 activations).")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="ONNX file to write.")
+@workers_option
 @output_options
 @click.option("--run-dir", type=click.Path(file_okay=False), default=None,
               help="Record this run in a folder for `edge-unlearn report`.")
@@ -144,6 +145,7 @@ def quantize_cmd(model: str, precision: str, target: str, dynamic: bool, calib: 
 @click.option("--audit-k", type=int, default=None, help="Forget samples per class of the prototype attack (default 5).")
 @click.option("--audit-probe-samples", type=int, default=None,
               help="Training images the probe is fitted on (default 5000, all classes).")
+@workers_option
 @output_options
 def bundle_cmd(checkpoint: str, dataset: str | None, per_class: int | None, seed: int, output: str, audit: bool,
                retrained: str | None, reference: str | None, audit_k: int | None, audit_probe_samples: int | None,

@@ -1,17 +1,24 @@
-"""Datasets as in-memory uint8 tensors, plus the normalisation stored with every model.
+"""Datasets read lazily (issue #12), plus the normalisation and preprocessing stored with every model.
 
 Spec strings (``--dataset``): ``digits`` (scikit-learn's bundled 8x8 digits, offline), ``mnist``,
 ``fashion_mnist``, ``cifar10``, ``cifar100``, ``svhn`` (torchvision, from ``--data-dir``), ``npz:PATH``
-(arrays x_train, y_train, x_test, y_test) and ``folder:PATH`` (ImageFolder with train/ and test/).
+(arrays x_train, y_train, x_test, y_test; memory-mapped when stored uncompressed) and ``folder:PATH``
+(ImageFolder with train/ and test/: JPEG/PNG/WebP/... of any size and mode, decoded per batch).
+
+A :class:`Dataset` holds its labels in memory and its images as :class:`ImageSource` objects that decode
+on demand, at the model's input size (the checkpoint's :class:`Preprocessing`), in batches through a
+``torch.utils.data.DataLoader`` with ``--workers`` processes: peak memory does not grow with the dataset.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import os
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -40,11 +47,29 @@ class Normalization:
         return cls(tuple(float(v) for v in data["mean"]), tuple(float(v) for v in data["std"]))
 
     @classmethod
-    def of(cls, images: torch.Tensor) -> "Normalization":
-        """Compute the statistics of uint8 images [N, C, H, W]."""
-        x = images.to(torch.float64) / 255.0
-        mean = x.mean(dim=(0, 2, 3))
-        std = x.std(dim=(0, 2, 3)).clamp_min(1e-3)
+    def of(cls, images: "torch.Tensor | ImageSource", sample: int | None = None, seed: int = 0) -> "Normalization":
+        """The statistics of uint8 images [N, C, H, W] (a tensor or an :class:`ImageSource`), read in
+        batches. A source that decodes files, or any set above ``sample`` images (default
+        :data:`NORMALIZATION_SAMPLE` for files, all images of arrays), is measured on a seeded random draw
+        of ``sample`` images."""
+        source = as_source(images)
+        limit = sample if sample is not None else (NORMALIZATION_SAMPLE if source.decodes_files else None)
+        indices = None
+        if limit is not None and len(source) > limit:
+            gen = torch.Generator().manual_seed(seed)
+            indices = torch.randperm(len(source), generator=gen)[:limit].sort().values
+        count, total, total_sq = 0, None, None
+        for batch in source.batches(512, indices):  # sums in float64 (exact enough), bounded memory
+            x = batch.to(torch.float64) / 255.0
+            s, sq = x.sum(dim=(0, 2, 3)), (x * x).sum(dim=(0, 2, 3))
+            total = s if total is None else total + s
+            total_sq = sq if total_sq is None else total_sq + sq
+            count += x.shape[0] * x.shape[2] * x.shape[3]
+        if not count:
+            raise DataError("no images to compute the normalisation from")
+        mean = total / count
+        var = ((total_sq - count * mean * mean) / max(count - 1, 1)).clamp_min(0)
+        std = var.sqrt().clamp_min(1e-3)
         return cls(tuple(float(v) for v in mean), tuple(float(v) for v in std))
 
 
@@ -166,25 +191,326 @@ class Preprocessing:
         return v2.Compose(steps)
 
 
+#: "not measured" (``load_dataset(measure=False)``): a placeholder normalisation nothing reads
+_UNMEASURED = Normalization((0.0,), (1.0,))
+
+
+# ---------------------------------------------------------------------------------------------
+# Image sources: a split's images, read lazily (issue #12)
+
+#: Images a lazily read dataset's normalisation statistics are computed from (a seeded random draw).
+NORMALIZATION_SAMPLE = 4096
+#: Images of an image folder whose modes decide its channels (1 when all are grey, else 3): headers only.
+CHANNEL_SAMPLE = 64
+#: Default ``--workers`` of every loader (0: read in the calling process); the CLI's ``--workers`` sets it.
+_DEFAULT_WORKERS = 0
+
+
+def set_default_workers(workers: int) -> None:
+    """Loader processes used by every :class:`ImageSource` whose ``workers`` is unset (``--workers``)."""
+    global _DEFAULT_WORKERS
+    if workers < 0:
+        raise UsageError(f"--workers must be 0 or more, got {workers}")
+    _DEFAULT_WORKERS = int(workers)
+
+
+def default_workers() -> int:
+    """The loader processes ``--workers`` asked for (0 unless set)."""
+    return _DEFAULT_WORKERS
+
+
+def _as_indices(key, length: int) -> np.ndarray:
+    """An int / slice / bool mask / index sequence or tensor -> int64 positions in 0..length-1."""
+    if isinstance(key, slice):
+        return np.arange(length, dtype=np.int64)[key]
+    array = key.numpy() if isinstance(key, torch.Tensor) else np.asarray(key)
+    if array.dtype == np.bool_:
+        if array.shape != (length,):
+            raise IndexError(f"boolean index of shape {array.shape} for {length} images")
+        return np.nonzero(array)[0].astype(np.int64)
+    array = array.astype(np.int64).reshape(-1)
+    if array.size and (array.min() < -length or array.max() >= length):
+        raise IndexError(f"image index out of range 0..{length - 1}")
+    return np.where(array < 0, array + length, array)
+
+
+class ImageSource(torch.utils.data.Dataset):
+    """A split's images, decoded on demand at the model's input size: ``len(source)``; ``source[i]`` ->
+    uint8 [C, H, W]; ``source[indices]`` (slice, index tensor/array, bool mask) -> uint8 [N, C, H, W];
+    :meth:`batches` -> uint8 batches through a DataLoader with ``workers`` processes. Nothing is held but
+    what a subclass needs to find an image (an array or memory map, or file names), so memory does not grow
+    with the dataset. :meth:`subset` and :meth:`with_preprocessing` are views (nothing is read)."""
+
+    image_shape: tuple[int, int, int]
+    workers: int | None = None
+    #: decoding each item costs enough that worker processes pay off (image files), unlike array slicing
+    decodes_files: bool = False
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def _read(self, positions: np.ndarray) -> torch.Tensor:
+        """uint8 [len(positions), C, H, W] of the images at ``positions`` (in that order)."""
+        raise NotImplementedError
+
+    def _view(self, positions: np.ndarray | None = None, prep: "Preprocessing | None" = None) -> "ImageSource":
+        raise NotImplementedError
+
+    # the tensor-like face: dtype, shape, indexing
+    dtype = torch.uint8
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        return (len(self), *self.image_shape)
+
+    def __getitem__(self, key) -> torch.Tensor:
+        if isinstance(key, tuple):  # source[idx, channel, ...]: read the images, then index the rest
+            return self[key[0]][(slice(None), *key[1:])]
+        if isinstance(key, (int, np.integer)) or (isinstance(key, torch.Tensor) and key.dim() == 0):
+            return self._read(_as_indices([int(key)], len(self)))[0]
+        return self._read(_as_indices(key, len(self)))
+
+    def __iter__(self):
+        for batch in self.batches():
+            yield from batch
+
+    def numpy(self) -> np.ndarray:
+        return self[:].numpy()
+
+    def subset(self, indices) -> "ImageSource":
+        """The images at ``indices`` (a view: nothing is read)."""
+        return self._view(positions=_as_indices(indices, len(self)))
+
+    def with_preprocessing(self, prep: "Preprocessing") -> "ImageSource":
+        """The same images through ``prep``'s geometry (channels, resize, centre crop): a view."""
+        return self._view(prep=prep)
+
+    def with_workers(self, workers: int | None) -> "ImageSource":
+        view = self._view()
+        view.workers = workers
+        return view
+
+    def batches(self, batch_size: int = 256, indices=None, workers: int | None = None) -> Iterator[torch.Tensor]:
+        """uint8 batches [<=batch_size, C, H, W] of the images at ``indices`` (default: all, in order).
+
+        Sources that decode files read through a ``torch.utils.data.DataLoader`` with ``workers`` processes
+        (default: the source's, else ``--workers``), each reading whole batches; arrays are sliced directly
+        (the in-memory fast path). Order is kept either way, so results do not depend on ``workers``."""
+        positions = np.arange(len(self), dtype=np.int64) if indices is None else _as_indices(indices, len(self))
+        chunks = [positions[i:i + batch_size] for i in range(0, len(positions), batch_size)]
+        workers = workers if workers is not None else (self.workers if self.workers is not None else _DEFAULT_WORKERS)
+        if workers <= 0 or not self.decodes_files or len(chunks) <= 1:
+            for chunk in chunks:
+                yield self._read(chunk)
+            return
+        loader = torch.utils.data.DataLoader(_BatchReads(self, chunks), batch_size=None, shuffle=False,
+                                             num_workers=min(workers, len(chunks)))
+        for batch in loader:
+            if isinstance(batch, str):  # a DataError in a worker, passed back as its one line
+                raise DataError(batch)
+            yield batch
+
+
+class _BatchReads(torch.utils.data.Dataset):
+    """Item i = batch i of a source (one inter-process transfer per batch); errors come back as their message."""
+
+    def __init__(self, source: ImageSource, chunks: list[np.ndarray]) -> None:
+        self.source, self.chunks = source, chunks
+
+    def __len__(self) -> int:
+        return len(self.chunks)
+
+    def __getitem__(self, i: int):
+        try:
+            return self.source._read(self.chunks[i])
+        except DataError as exc:  # else DataLoader re-raises it with the worker's traceback in the message
+            return str(exc)
+
+
+def _geometry_in_chunks(images: torch.Tensor, prep: "Preprocessing | None", chunk: int = 512) -> torch.Tensor:
+    if prep is None:
+        return images
+    if len(images) <= chunk:
+        return prep.geometry(images)
+    out = torch.empty((len(images), *prep.input_shape), dtype=torch.uint8)
+    for i in range(0, len(images), chunk):  # resizing works in float internally: bound it
+        out[i:i + chunk] = prep.geometry(images[i:i + chunk])
+    return out
+
+
+class ArrayImages(ImageSource):
+    """Images in an array [N, C, H, W] (in memory or a memory map), optionally through a preprocessing."""
+
+    def __init__(self, array: np.ndarray | torch.Tensor, prep: "Preprocessing | None" = None,
+                 positions: np.ndarray | None = None, workers: int | None = None) -> None:
+        if isinstance(array, torch.Tensor):
+            array = array.detach().cpu().numpy()
+        if array.ndim != 4:
+            raise DataError(f"images must be N×C×H×W, got shape {tuple(array.shape)}")
+        self.array, self.prep, self.positions, self.workers = array, prep, positions, workers
+        self.image_shape = tuple(prep.input_shape) if prep is not None else tuple(int(v) for v in array.shape[1:])
+
+    def __len__(self) -> int:
+        return len(self.array) if self.positions is None else len(self.positions)
+
+    def _read(self, positions: np.ndarray) -> torch.Tensor:
+        rows = positions if self.positions is None else self.positions[positions]
+        if len(rows) and np.all(np.diff(rows) == 1):  # a contiguous run: a view, one copy
+            raw = self.array[int(rows[0]):int(rows[-1]) + 1]
+        else:
+            raw = self.array[rows]
+        images = torch.from_numpy(np.array(raw, dtype=np.uint8, copy=True))
+        return _geometry_in_chunks(images, self.prep)
+
+    def _view(self, positions: np.ndarray | None = None, prep: "Preprocessing | None" = None) -> "ArrayImages":
+        if positions is not None and self.positions is not None:
+            positions = self.positions[positions]
+        elif positions is None:
+            positions = self.positions
+        if prep is not None and prep.resize is None and prep.input_shape == tuple(self.array.shape[1:]):
+            prep = None  # nothing to change: keep the fast path
+        return ArrayImages(self.array, prep if prep is not None else self.prep, positions, self.workers)
+
+
+GREY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
+
+
+def _decode(path: Path) -> torch.Tensor:
+    """One image file -> uint8 [C, H, W]: C = 1 for grey modes, else 3 (RGBA drops alpha, palette and CMYK
+    convert to RGB). A file that cannot be decoded raises DataError naming it."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            img.load()
+            if img.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):  # 16-bit/float grey: scale to 8 bits
+                array = np.asarray(img, dtype=np.float64)
+                top = 65535.0 if img.mode.startswith("I;16") or array.max(initial=0) > 255 else 255.0
+                array = np.clip(np.rint(array * (255.0 / top)), 0, 255).astype(np.uint8)
+            else:
+                array = np.array(img.convert("L" if img.mode in GREY_MODES else "RGB"), dtype=np.uint8)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        raise DataError(f"cannot read image {path} ({exc}); remove or replace it") from exc
+    return torch.from_numpy(np.ascontiguousarray(array[None] if array.ndim == 2 else array.transpose(2, 0, 1)))
+
+
+def _header(path: Path) -> tuple[int, int, int]:
+    """(channels, height, width) of an image file from its header alone (nothing decoded)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            return (1 if img.mode in GREY_MODES else 3, img.height, img.width)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        raise DataError(f"cannot read image {path} ({exc}); remove or replace it") from exc
+
+
+class FolderImages(ImageSource):
+    """Image files (JPEG, PNG, WebP, BMP, TIFF, PGM/PPM; any size, grey/RGB/RGBA/palette), decoded one at a
+    time and brought to the model's input by ``prep`` (channels, resize, centre crop). File names are held
+    as one numpy bytes array (no per-file Python objects, so forked loader workers share it untouched).
+
+    Without a resize the images must all have the size of the input: a different one is refused with a
+    message pointing at ``--image-size`` (a folder of one size needs no option)."""
+
+    decodes_files = True
+
+    def __init__(self, root: Path, files: np.ndarray, prep: "Preprocessing", strict: bool,
+                 positions: np.ndarray | None = None, workers: int | None = None) -> None:
+        self.root, self.files, self.prep, self.strict = root, files, prep, strict
+        self.positions, self.workers = positions, workers
+        self.image_shape = tuple(prep.input_shape)  # type: ignore[assignment]
+
+    def __len__(self) -> int:
+        return len(self.files) if self.positions is None else len(self.positions)
+
+    def path(self, i: int) -> Path:
+        row = i if self.positions is None else int(self.positions[i])
+        return self.root / os.fsdecode(self.files[row])
+
+    def _read(self, positions: np.ndarray) -> torch.Tensor:
+        threads = torch.get_num_threads()
+        if threads > 1:  # per-image ops are too small for a thread pool: 1 thread is several times faster
+            torch.set_num_threads(1)
+        try:
+            return self._decode_all(positions)
+        finally:
+            if threads > 1:
+                torch.set_num_threads(threads)
+
+    def _decode_all(self, positions: np.ndarray) -> torch.Tensor:
+        out = torch.empty((len(positions), *self.image_shape), dtype=torch.uint8)
+        for k, i in enumerate(positions):
+            path = self.path(int(i))
+            image = _decode(path)
+            if self.strict and tuple(image.shape[1:]) != tuple(self.prep.crop):
+                raise DataError(f"image {path} is {image.shape[1]}×{image.shape[2]} but the folder's first image is "
+                                f"{self.prep.crop[0]}×{self.prep.crop[1]}; pass --image-size N to resize and centre-crop "
+                                "every image to N×N")
+            try:
+                out[k] = self.prep.geometry(image[None])[0]
+            except DataError as exc:
+                raise DataError(f"image {path}: {exc}") from exc
+        return out
+
+    def _view(self, positions: np.ndarray | None = None, prep: "Preprocessing | None" = None) -> "FolderImages":
+        if positions is not None and self.positions is not None:
+            positions = self.positions[positions]
+        elif positions is None:
+            positions = self.positions
+        strict = self.strict and prep is None
+        return FolderImages(self.root, self.files, prep or self.prep, strict, positions, self.workers)
+
+
+class SplitItems(torch.utils.data.Dataset):
+    """(uint8 image [C, H, W], int64 label) items of a source: what :meth:`Dataset.split` returns."""
+
+    def __init__(self, images: ImageSource, labels: torch.Tensor) -> None:
+        self.images, self.labels = images, labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.images[int(i)], self.labels[int(i)]
+
+    @property
+    def tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every image and label at once (``TensorDataset``'s face): for small sets only."""
+        return self.images[:], self.labels
+
+
+def as_source(images: "ImageSource | torch.Tensor | np.ndarray") -> ImageSource:
+    return images if isinstance(images, ImageSource) else ArrayImages(torch.as_tensor(images))
+
+
+def image_batches(images: "ImageSource | torch.Tensor", batch_size: int = 256, indices=None) -> Iterator[torch.Tensor]:
+    """uint8 batches of a source (through its loader) or of an in-memory tensor."""
+    if isinstance(images, ImageSource):
+        yield from images.batches(batch_size, indices)
+        return
+    images = torch.as_tensor(images)
+    if indices is not None:
+        images = images[torch.as_tensor(_as_indices(indices, len(images)))]
+    for i in range(0, len(images), batch_size):
+        yield images[i:i + batch_size]
+
+
 def prepare_dataset(data: "Dataset", prep: Preprocessing) -> "Dataset":
     """``data`` as the model sees it: images converted to the model's channels and size (uint8) and the
     model's normalisation, so every consumer (training, forgetting, evaluation, bundles, calibration)
-    applies one and the same preprocessing. A no-op for a checkpoint trained on ``data``."""
-    if data.input_shape == prep.input_shape and prep.resize is None:
+    applies one and the same preprocessing. Lazy: the conversion runs per batch as images are read. A
+    no-op for a checkpoint trained on ``data``."""
+    if data.input_shape == prep.input_shape and prep.resize is None and not isinstance(data.x_train, FolderImages):
         return dataclasses.replace(data, normalization=prep.normalization)
-
-    def convert(images: torch.Tensor, chunk: int = 512) -> torch.Tensor:
-        out = torch.empty((len(images), *prep.input_shape), dtype=torch.uint8)
-        for i in range(0, len(images), chunk):  # chunks: resizing works in float internally
-            out[i:i + chunk] = prep.geometry(images[i:i + chunk])
-        return out
-
-    return dataclasses.replace(data, x_train=convert(data.x_train), x_test=convert(data.x_test),
-                               normalization=prep.normalization)
+    return dataclasses.replace(data, x_train=data.x_train.with_preprocessing(prep),
+                               x_test=data.x_test.with_preprocessing(prep), normalization=prep.normalization)
 
 
-def preprocess(images: torch.Tensor | np.ndarray, norm: Normalization) -> torch.Tensor:
-    """uint8 [N, C, H, W] -> normalised float32, the model's input."""
+def preprocess(images: "ImageSource | torch.Tensor | np.ndarray", norm: Normalization) -> torch.Tensor:
+    """uint8 [N, C, H, W] -> normalised float32, the model's input (a source is read whole: small sets only)."""
+    if isinstance(images, ImageSource):
+        images = images[:]
     x = torch.as_tensor(images).to(torch.float32) / 255.0
     mean = torch.tensor(norm.mean, dtype=torch.float32).view(1, -1, 1, 1)
     std = torch.tensor(norm.std, dtype=torch.float32).view(1, -1, 1, 1)
@@ -193,15 +519,22 @@ def preprocess(images: torch.Tensor | np.ndarray, norm: Normalization) -> torch.
 
 @dataclass(frozen=True)
 class Dataset:
-    """Both splits in memory: images uint8 [N, C, H, W], labels int64 [N]."""
+    """Both splits: images as :class:`ImageSource` (read lazily at the model's input size; a uint8 tensor
+    [N, C, H, W] given here is wrapped), labels int64 [N] in memory."""
 
     spec: str
-    x_train: torch.Tensor
+    x_train: ImageSource
     y_train: torch.Tensor
-    x_test: torch.Tensor
+    x_test: ImageSource
     y_test: torch.Tensor
     class_names: tuple[str, ...]
     normalization: Normalization
+
+    def __post_init__(self) -> None:
+        for name in ("x_train", "x_test"):
+            value = getattr(self, name)
+            if not isinstance(value, ImageSource):
+                object.__setattr__(self, name, as_source(value))
 
     @property
     def num_classes(self) -> int:
@@ -209,69 +542,91 @@ class Dataset:
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
-        return tuple(int(v) for v in self.x_train.shape[1:])  # type: ignore[return-value]
+        return tuple(int(v) for v in self.x_train.image_shape)  # type: ignore[return-value]
 
     def split(self, name: str, classes: Sequence[int] | None = None) -> "torch.utils.data.Dataset":
         """One split (``"train"`` or ``"test"``) as a ``torch.utils.data.Dataset`` of (uint8 image [C, H, W] at
-        the model's input size, int label) items, optionally restricted to ``classes``: what training's
-        DataLoader (augmentation, DistributedSampler) reads. The seam between data and training (issue #12)."""
+        the model's input size, int64 label) items, optionally restricted to ``classes``: what training's
+        DataLoader (augmentation, DistributedSampler) reads. Lazy: an item is decoded when it is read. The
+        seam between data and training (issue #12)."""
         if name not in ("train", "test"):
             raise ValueError(f"split must be 'train' or 'test', got {name!r}")
         x, y = (self.x_train, self.y_train) if name == "train" else (self.x_test, self.y_test)
         if classes is not None:
             keep = torch.isin(y, torch.tensor(sorted(set(int(c) for c in classes)), dtype=y.dtype))
-            x, y = x[keep], y[keep]
-        return torch.utils.data.TensorDataset(x, y)
+            x, y = x.subset(keep), y[keep]
+        return SplitItems(x, y)
 
     def subset_classes(self, classes: Sequence[int]) -> "Dataset":
-        """The same dataset restricted to ``classes`` (labels unchanged)."""
+        """The same dataset restricted to ``classes`` (labels unchanged; images stay lazy)."""
         keep = torch.tensor(sorted(set(int(c) for c in classes)))
         train = torch.isin(self.y_train, keep)
         test = torch.isin(self.y_test, keep)
         return dataclasses.replace(
-            self, x_train=self.x_train[train], y_train=self.y_train[train],
-            x_test=self.x_test[test], y_test=self.y_test[test],
+            self, x_train=self.x_train.subset(train), y_train=self.y_train[train],
+            x_test=self.x_test.subset(test), y_test=self.y_test[test],
         )
+
+    def with_workers(self, workers: int | None) -> "Dataset":
+        """The same dataset read with ``workers`` loader processes."""
+        return dataclasses.replace(self, x_train=self.x_train.with_workers(workers),
+                                   x_test=self.x_test.with_workers(workers))
+
+
+def _nchw_layout(shape: tuple[int, ...], where: str) -> str:
+    if len(shape) == 3:
+        return "nhw"
+    if len(shape) == 4:
+        if shape[1] in (1, 3):
+            return "nchw"
+        if shape[3] in (1, 3):
+            return "nhwc"
+    raise DataError(f"{where}: images must be N×H×W or N×C×H×W (C = 1 or 3), got shape {tuple(shape)}")
 
 
 def _to_nchw(images: np.ndarray, where: str) -> np.ndarray:
-    if images.ndim == 3:
+    """A view [N, C, H, W] of images in any of the accepted layouts (a memory map stays one)."""
+    layout = _nchw_layout(images.shape, where)
+    if layout == "nhw":
         return images[:, None]
-    if images.ndim == 4:
-        if images.shape[1] in (1, 3):
-            return images
-        if images.shape[3] in (1, 3):
-            return np.ascontiguousarray(images.transpose(0, 3, 1, 2))
-    raise DataError(f"{where}: images must be N×H×W or N×C×H×W (C = 1 or 3), got shape {images.shape}")
+    if layout == "nhwc":
+        return images.transpose(0, 3, 1, 2)
+    return images
 
 
-def _finish(spec: str, x_train, y_train, x_test, y_test, class_names: Sequence[str] | None) -> Dataset:
-    x_train = _to_nchw(np.asarray(x_train), spec)
-    x_test = _to_nchw(np.asarray(x_test), spec)
+def _finish(spec: str, x_train, y_train, x_test, y_test, class_names: Sequence[str] | None,
+            prep: Preprocessing | None = None, norm: Normalization | None = None) -> Dataset:
+    x_train = _to_nchw(x_train if isinstance(x_train, np.ndarray) else np.asarray(x_train), spec)
+    x_test = _to_nchw(x_test if isinstance(x_test, np.ndarray) else np.asarray(x_test), spec)
     if x_train.dtype != np.uint8 or x_test.dtype != np.uint8:
         raise DataError(f"{spec}: images must be uint8 (0-255), got {x_train.dtype}/{x_test.dtype}; convert them with np.uint8")
     if x_train.shape[1:] != x_test.shape[1:]:
         raise DataError(f"{spec}: train images {x_train.shape[1:]} and test images {x_test.shape[1:]} differ in shape")
+    names, y_train, y_test = _labels(spec, y_train, y_test, len(x_train), len(x_test), class_names)
+    train, test = ArrayImages(x_train), ArrayImages(x_test)
+    if prep is not None:
+        train, test = train.with_preprocessing(prep), test.with_preprocessing(prep)
+    return Dataset(spec=spec, x_train=train, y_train=y_train, x_test=test, y_test=y_test, class_names=names,
+                   normalization=prep.normalization if prep is not None else norm or Normalization.of(train))
+
+
+def _labels(spec: str, y_train, y_test, n_train: int, n_test: int, class_names: Sequence[str] | None
+            ) -> tuple[tuple[str, ...], torch.Tensor, torch.Tensor]:
     check_labels(spec, y_train, y_test)  # issue #13: float labels, empty classes, an empty test split
     y_train = np.asarray(y_train).astype(np.int64).reshape(-1)
     y_test = np.asarray(y_test).astype(np.int64).reshape(-1)
-    if len(y_train) != len(x_train) or len(y_test) != len(x_test):
+    if len(y_train) != n_train or len(y_test) != n_test:
         raise DataError(f"{spec}: label count differs from image count")
     num_classes = int(max(y_train.max(initial=0), y_test.max(initial=0))) + 1
     if class_names is None:
         class_names = [str(i) for i in range(num_classes)]
-    class_names = tuple(str(n) for n in class_names)
-    if len(class_names) < num_classes or min(y_train.min(initial=0), y_test.min(initial=0)) < 0:
-        raise DataError(f"{spec}: labels must lie in 0..{len(class_names) - 1}")
-    xt = torch.from_numpy(np.ascontiguousarray(x_train))
-    return Dataset(
-        spec=spec, x_train=xt, y_train=torch.from_numpy(y_train),
-        x_test=torch.from_numpy(np.ascontiguousarray(x_test)), y_test=torch.from_numpy(y_test),
-        class_names=class_names, normalization=Normalization.of(xt),
-    )
+    names = tuple(str(n) for n in class_names)
+    if len(names) < num_classes or min(y_train.min(initial=0), y_test.min(initial=0)) < 0:
+        raise DataError(f"{spec}: labels must lie in 0..{len(names) - 1}")
+    return names, torch.from_numpy(y_train), torch.from_numpy(y_test)
 
 
-def _load_digits(spec: str) -> Dataset:
+def _load_digits(spec: str, prep: Preprocessing | None, norm: Normalization | None) -> Dataset:
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
@@ -279,10 +634,30 @@ def _load_digits(spec: str) -> Dataset:
     images = np.clip(np.rint(bunch.images * (255.0 / 16.0)), 0, 255).astype(np.uint8)
     x_train, x_test, y_train, y_test = train_test_split(
         images, bunch.target, test_size=0.3, stratify=bunch.target, random_state=0)
-    return _finish(spec, x_train, y_train, x_test, y_test, [str(n) for n in bunch.target_names])
+    return _finish(spec, x_train, y_train, x_test, y_test, [str(n) for n in bunch.target_names], prep, norm)
 
 
-def _load_npz(spec: str, path: str) -> Dataset:
+def _npz_member(file: Path, archive: zipfile.ZipFile, name: str, arrays) -> np.ndarray:
+    """Array ``name`` of an .npz: a read-only memory map when stored uncompressed (``numpy.savez``), so
+    its images are read on demand; else (``savez_compressed``) decompressed into memory."""
+    info = archive.getinfo(name + ".npy")
+    if info.compress_type == zipfile.ZIP_STORED:
+        with open(file, "rb") as handle:
+            handle.seek(info.header_offset)
+            local = handle.read(30)
+            if local[:4] == b"PK\x03\x04":
+                name_len, extra_len = int.from_bytes(local[26:28], "little"), int.from_bytes(local[28:30], "little")
+                handle.seek(info.header_offset + 30 + name_len + extra_len)
+                version = np.lib.format.read_magic(handle)
+                read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                               else np.lib.format.read_array_header_2_0)
+                shape, fortran, dtype = read_header(handle, max_header_size=1 << 20)
+                if not dtype.hasobject and not fortran and math.prod(shape) > 0:
+                    return np.memmap(file, dtype=dtype, mode="r", offset=handle.tell(), shape=shape)
+    return arrays[name]
+
+
+def _load_npz(spec: str, path: str, prep: Preprocessing | None, norm: Normalization | None) -> Dataset:
     file = Path(path)
     if not file.is_file():
         raise DataError(f"dataset file {file} not found; give an existing .npz with x_train, y_train, x_test, y_test")
@@ -290,19 +665,23 @@ def _load_npz(spec: str, path: str) -> Dataset:
         raise DataError(f"{file} is not a readable .npz archive (not a zip archive: another kind of file?); "
                         "give an .npz with x_train, y_train, x_test, y_test (numpy.savez)")
     try:
-        with np.load(file, allow_pickle=False) as arrays:
+        with np.load(file, allow_pickle=False) as arrays, zipfile.ZipFile(file) as archive:
             missing = [k for k in ("x_train", "y_train", "x_test", "y_test") if k not in arrays.files]
             if missing:
                 raise DataError(f"{file} lacks arrays {', '.join(missing)}; it needs x_train, y_train, x_test, y_test")
             names = [str(n) for n in arrays["class_names"]] if "class_names" in arrays.files else None
-            return _finish(spec, arrays["x_train"], arrays["y_train"], arrays["x_test"], arrays["y_test"], names)
+            return _finish(spec, _npz_member(file, archive, "x_train", arrays), arrays["y_train"],
+                           _npz_member(file, archive, "x_test", arrays), arrays["y_test"], names, prep, norm)
     except DataError:
         raise
     except Exception as exc:  # noqa: BLE001 - numpy raises OSError, EOFError, BadZipFile, TokenError... on damage
         raise DataError(f"{file} is not a readable .npz archive ({exc}); re-create it with numpy.savez") from exc
 
 
-def _load_torchvision(name: str, data_dir: str | None, download: bool) -> Dataset:
+def _load_torchvision(name: str, data_dir: str | None, download: bool, prep: Preprocessing | None,
+                      norm: Normalization | None) -> Dataset:
+    """torchvision's MNIST/FashionMNIST/CIFAR/SVHN classes (which hold their arrays in memory themselves):
+    the images are sliced from those arrays per batch."""
     import torchvision.datasets as tvd
 
     root = Path(data_dir or "data")
@@ -331,37 +710,127 @@ def _load_torchvision(name: str, data_dir: str | None, download: bool) -> Datase
     x_train, y_train = arrays(train_set)
     x_test, y_test = arrays(test_set)
     names = getattr(train_set, "classes", None)
-    return _finish(name, x_train, y_train, x_test, y_test, names)
+    return _finish(name, x_train, y_train, x_test, y_test, names, prep, norm)
 
 
-def load_image_folder(folder: str | Path, channels: int | None = None,
-                      size: tuple[int, int] | None = None) -> tuple[np.ndarray, list[str], list[int]]:
-    """Read every image under ``folder`` (recursively) as uint8 [N, C, H, W].
+def _image_files(root: Path) -> list[Path]:
+    """Every image file under ``root`` (recursively, sorted)."""
+    files = []
+    for folder, dirs, names in os.walk(root):
+        dirs.sort()
+        files += [Path(folder) / n for n in sorted(names) if Path(n).suffix.lower() in IMAGE_SUFFIXES]
+    return files
+
+
+def _folder_split(root: Path) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """(class folders, relative file names as a bytes array, class index per file) of an ImageFolder split."""
+    if not root.is_dir():
+        raise DataError(f"image folder {root} not found; give a folder of image files")
+    files = _image_files(root)
+    if not files:
+        raise DataError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) found under {root}")
+    if any(f.parent == root for f in files):
+        raise DataError(f"{root.parent}: images must sit inside class folders, not directly in {root.name}/")
+    names = sorted({f.relative_to(root).parts[0] for f in files})
+    index = {n: i for i, n in enumerate(names)}
+    rel = np.array([os.fsencode(f.relative_to(root)) for f in files])
+    labels = np.fromiter((index[f.relative_to(root).parts[0]] for f in files), dtype=np.int64, count=len(files))
+    return names, rel, labels
+
+
+def _folder_channels(root: Path, files: np.ndarray) -> int:
+    """1 when every one of up to CHANNEL_SAMPLE evenly spread images is grey, else 3 (headers only)."""
+    picks = np.unique(np.linspace(0, len(files) - 1, min(CHANNEL_SAMPLE, len(files))).astype(np.int64))
+    return 1 if all(_header(root / os.fsdecode(files[i]))[0] == 1 for i in picks) else 3
+
+
+def _load_folder(spec: str, path: str, prep: Preprocessing | None, image_size: int | Sequence[int] | None,
+                 norm: Normalization | None) -> Dataset:
+    """An ImageFolder layout (train/ and test/, one folder per class): files listed, nothing decoded."""
+    root = Path(path)
+    for split in ("train", "test"):
+        if not (root / split).is_dir():
+            raise DataError(f"{root} needs train/ and test/ subfolders with one folder per class (ImageFolder layout)")
+    names, train_files, y_train = _folder_split(root / "train")
+    test_names, test_files, y_test = _folder_split(root / "test")
+    if test_names != names:
+        raise DataError(f"{root}: class folders differ between train/ ({names}) and test/ ({test_names})")
+    names_t, y_train_t, y_test_t = _labels(spec, y_train, y_test, len(train_files), len(test_files), names)
+    strict = False
+    if prep is None:
+        channels = _folder_channels(root / "train", train_files)
+        if image_size is not None:
+            size = _image_size(image_size)
+            geometry = Preprocessing(channels, size, (0.0,) * channels, (1.0,) * channels,
+                                     resize=size[0] if size[0] == size[1] else size)
+        else:  # no size given: the first image's, and every other image must match it
+            _, height, width = _header(root / "train" / os.fsdecode(train_files[0]))
+            geometry = Preprocessing(channels, (height, width), (0.0,) * channels, (1.0,) * channels)
+            strict = True
+    else:
+        geometry = prep
+    train = FolderImages(root / "train", train_files, geometry, strict)
+    test = FolderImages(root / "test", test_files, geometry, strict)
+    norm = prep.normalization if prep is not None else norm or Normalization.of(train)
+    return Dataset(spec=spec, x_train=train, y_train=y_train_t, x_test=test, y_test=y_test_t, class_names=names_t,
+                   normalization=norm)
+
+
+def _image_size(image_size: int | Sequence[int]) -> tuple[int, int]:
+    values = (int(image_size),) * 2 if isinstance(image_size, (int, np.integer)) else tuple(int(v) for v in image_size)
+    if len(values) == 1:
+        values = values * 2
+    if len(values) != 2 or min(values) < 1 or max(values) > 4096:
+        raise UsageError(f"--image-size must be one or two sizes in 1..4096 pixels, got {image_size}")
+    return values  # type: ignore[return-value]
+
+
+def training_preprocessing(data: "Dataset", image_size: int | Sequence[int] | None) -> Preprocessing | None:
+    """The preprocessing `train` records: None for a dataset used at its own size (nothing to record), else
+    resize (shorter side, or both sides when not square) + centre crop to ``image_size`` with the dataset's
+    statistics at that size."""
+    if image_size is None and not (isinstance(data.x_train, FolderImages) and data.x_train.prep.resize is not None):
+        return None
+    if isinstance(data.x_train, FolderImages) and data.x_train.prep.resize is not None:
+        geometry = data.x_train.prep
+    else:
+        size = _image_size(image_size)  # type: ignore[arg-type]
+        channels = data.input_shape[0]
+        geometry = Preprocessing(channels, size, (0.0,) * channels, (1.0,) * channels,
+                                 resize=size[0] if size[0] == size[1] else size)
+    return dataclasses.replace(geometry, mean=tuple(data.normalization.mean), std=tuple(data.normalization.std))
+
+
+def load_image_folder(folder: str | Path, channels: int | None = None, size: tuple[int, int] | None = None,
+                      prep: Preprocessing | None = None) -> tuple[np.ndarray, list[str], list[int]]:
+    """Read every image under ``folder`` (recursively) as uint8 [N, C, H, W]: a small folder, e.g. the
+    forget samples of ``forget --forget-samples``.
 
     Returns the images, the class-folder names found (sorted) and each image's index into them
-    (-1 for images lying directly in ``folder``). ``channels``/``size`` convert and resize to a model's input.
-    """
-    from PIL import Image
-
+    (-1 for images lying directly in ``folder``). ``prep`` brings every image to a model's input (channels,
+    resize, centre crop: the checkpoint's preprocessing); without it ``channels``/``size`` convert and scale
+    straight to that size, and with neither the images must share one size."""
     root = Path(folder)
     if not root.is_dir():
         raise DataError(f"image folder {root} not found; give a folder of image files")
-    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    files = _image_files(root)
     if not files:
         raise DataError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) found under {root}")
     class_dirs = sorted({p.parent.relative_to(root).parts[0] for p in files if p.parent != root})
     images, owners = [], []
     for file in files:
-        try:
-            with Image.open(file) as img:
-                mode = "L" if channels == 1 else "RGB" if channels == 3 else ("L" if img.mode in ("L", "1", "I;16") else "RGB")
-                img = img.convert(mode)
-                if size is not None and img.size != (size[1], size[0]):
-                    img = img.resize((size[1], size[0]), Image.BILINEAR)
-                arr = np.asarray(img, dtype=np.uint8)
-        except OSError as exc:
-            raise DataError(f"cannot read image {file} ({exc}); remove or replace it") from exc
-        images.append(arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1))
+        image = _decode(file)
+        if prep is not None:
+            try:
+                image = prep.geometry(image[None])[0]
+            except DataError as exc:
+                raise DataError(f"image {file}: {exc}") from exc
+        elif channels is not None or size is not None:
+            step = Preprocessing(channels or image.shape[0], tuple(size or image.shape[1:]),  # type: ignore[arg-type]
+                                 (0.0,) * (channels or image.shape[0]), (1.0,) * (channels or image.shape[0]),
+                                 resize=tuple(size) if size is not None else None)  # type: ignore[arg-type]
+            image = step.geometry(image[None])[0]
+        images.append(image.numpy())
         owners.append(class_dirs.index(file.parent.relative_to(root).parts[0]) if file.parent != root else -1)
     shapes = {im.shape for im in images}
     if len(shapes) > 1:
@@ -369,32 +838,59 @@ def load_image_folder(folder: str | Path, channels: int | None = None,
     return np.stack(images), class_dirs, owners
 
 
-def _load_folder(spec: str, path: str) -> Dataset:
-    root = Path(path)
-    for split in ("train", "test"):
-        if not (root / split).is_dir():
-            raise DataError(f"{root} needs train/ and test/ subfolders with one folder per class (ImageFolder layout)")
-    x_train, names, y_train = load_image_folder(root / "train")
-    x_test, test_names, y_test = load_image_folder(root / "test", channels=x_train.shape[1], size=x_train.shape[2:])
-    if test_names != names:
-        raise DataError(f"{root}: class folders differ between train/ ({names}) and test/ ({test_names})")
-    if min(y_train) < 0 or min(y_test) < 0:
-        raise DataError(f"{root}: images must sit inside class folders, not directly in train/ or test/")
-    return _finish(spec, x_train, y_train, x_test, y_test, names)
+def load_dataset(spec: str, data_dir: str | None = None, download: bool = False,
+                 preprocessing: Preprocessing | None = None, image_size: int | Sequence[int] | None = None,
+                 workers: int | None = None, normalization: Normalization | None = None,
+                 measure: bool = True) -> Dataset:
+    """Load a dataset by spec string (see the module docstring); images stay where they are until read.
 
-
-def load_dataset(spec: str, data_dir: str | None = None, download: bool = False) -> Dataset:
-    """Load a dataset by spec string (see the module docstring)."""
+    ``preprocessing``: bring the images to a model's input (a checkpoint's record; its normalisation is used,
+    none is computed). ``image_size``: resize (shorter side) and centre-crop to that size, statistics computed
+    at that size (``train --image-size``). ``workers``: loader processes (default ``--workers``).
+    ``normalization``: the model's, taken instead of computing the dataset's (which reads images);
+    ``measure=False``: neither (the identity, for a caller that brings its own: nothing is decoded)."""
+    if preprocessing is not None and image_size is not None:
+        raise UsageError("give either a preprocessing record or --image-size, not both")
+    if not measure and normalization is None:
+        normalization = _UNMEASURED
     name = spec.strip()
-    if name == "digits":
-        return _load_digits(name)
-    if name in TORCHVISION_DATASETS:
-        return _load_torchvision(name, data_dir, download)
-    if name.startswith("npz:"):
-        return _load_npz(name, name[4:])
     if name.startswith("folder:"):
-        return _load_folder(name, name[7:])
-    raise UsageError(f"unknown dataset {spec!r}; choose one of {', '.join(DATASET_CHOICES)}")
+        data = _load_folder(name, name[7:], preprocessing, image_size, normalization)
+    else:
+        prep, norm = preprocessing, normalization if image_size is None else None
+        if name == "digits":
+            data = _load_digits(name, prep, norm)
+        elif name in TORCHVISION_DATASETS:
+            data = _load_torchvision(name, data_dir, download, prep, norm)
+        elif name.startswith("npz:"):
+            data = _load_npz(name, name[4:], prep, norm)
+        else:
+            raise UsageError(f"unknown dataset {spec!r}; choose one of {', '.join(DATASET_CHOICES)}")
+        if image_size is not None and tuple(_image_size(image_size)) != tuple(data.input_shape[1:]):
+            channels = data.input_shape[0]
+            size = _image_size(image_size)
+            geometry = Preprocessing(channels, size, (0.0,) * channels, (1.0,) * channels,
+                                     resize=size[0] if size[0] == size[1] else size)
+            data = dataclasses.replace(data, x_train=data.x_train.with_preprocessing(geometry),
+                                       x_test=data.x_test.with_preprocessing(geometry))
+            data = dataclasses.replace(data, normalization=Normalization.of(data.x_train))
+    return data.with_workers(workers) if workers is not None else data
+
+
+def load_dataset_at(spec: str, input_shape: Sequence[int], normalization: Normalization | None,
+                    data_dir: str | None = None) -> Dataset:
+    """``spec`` at a model's input when only its shape and normalisation are known (an exported ONNX model):
+    a folder's images are resized (shorter side) and centre-cropped to it, as ``train --image-size`` does;
+    any other dataset is taken as it is (its shape is checked by the caller; ``normalization`` None: the
+    dataset's own is computed)."""
+    channels, height, width = (int(v) for v in input_shape)
+    if spec.strip().startswith("folder:"):
+        if normalization is None:
+            raise UsageError("a folder dataset needs the model's normalisation to be read at its input size")
+        prep = Preprocessing(channels, (height, width), tuple(normalization.mean), tuple(normalization.std),
+                             resize=height if height == width else (height, width))
+        return load_dataset(spec, data_dir=data_dir, preprocessing=prep)
+    return load_dataset(spec, data_dir=data_dir, normalization=normalization)
 
 
 def resolve_classes(requested: Sequence[str | int], class_names: Sequence[str]) -> list[int]:
@@ -423,17 +919,22 @@ def resolve_classes(requested: Sequence[str | int], class_names: Sequence[str]) 
 
 def take_samples(data: Dataset, classes: Sequence[int], per_class: int, seed: int = 0,
                  exclude: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """``per_class`` random training images of each class in ``classes`` (uint8 images, labels)."""
+    """``per_class`` random training images of each class in ``classes`` (uint8 images, labels): the images
+    of :func:`sample_indices`, read."""
+    idx = sample_indices(data, classes, per_class, seed)
+    return data.x_train[idx], data.y_train[idx]
+
+
+def sample_indices(data: Dataset, classes: Sequence[int], per_class: int, seed: int = 0) -> torch.Tensor:
+    """Positions of ``per_class`` random training images of each class in ``classes`` (class by class)."""
     if per_class < 1:
         raise UsageError(f"--samples must be at least 1, got {per_class}")
     gen = torch.Generator().manual_seed(seed)
-    xs, ys = [], []
+    picks = []
     for c in classes:
         idx = torch.nonzero(data.y_train == c).flatten()
         if len(idx) < per_class:
             raise UsageError(f"class {c} ({data.class_names[c]}) has only {len(idx)} training samples, "
                              f"fewer than --samples {per_class}; ask for at most {len(idx)}")
-        pick = idx[torch.randperm(len(idx), generator=gen)[:per_class]]
-        xs.append(data.x_train[pick])
-        ys.append(data.y_train[pick])
-    return torch.cat(xs), torch.cat(ys)
+        picks.append(idx[torch.randperm(len(idx), generator=gen)[:per_class]])
+    return torch.cat(picks)

@@ -9,23 +9,47 @@ import torch
 from torch import nn
 
 from .core.figures import accuracy
-from .data import Dataset, preprocess
+from .data import Dataset, ImageSource, image_batches, preprocess
 from .models import UnlearnableClassifier
+
+#: Most forgotten-class test images the probe is scored on (a seeded random draw above it), so evaluating a
+#: large test split keeps no per-image features beyond this.
+PROBE_TEST_SIZE = 10000
 
 
 @torch.no_grad()
-def model_outputs(model: UnlearnableClassifier, images: torch.Tensor, data: Dataset,
-                  batch_size: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
-    """(features [N, D], unmasked logits [N, C]) for uint8 images, in eval mode on the model's device."""
+def stream_outputs(model: UnlearnableClassifier, images: "ImageSource | torch.Tensor", data: Dataset,
+                   batch_size: int = 512, indices=None):
+    """(features [B, D], unmasked logits [B, C]) batch by batch for uint8 images (a source is read through
+    its loader, ``indices`` selecting and ordering the images), in eval mode on the model's device."""
     model.eval()
     device = next(model.parameters()).device
+    for batch in image_batches(images, batch_size, indices):
+        f = model.features(preprocess(batch, data.normalization).to(device))
+        yield f.cpu(), model.head(f).cpu()
+
+
+def model_outputs(model: UnlearnableClassifier, images: "ImageSource | torch.Tensor", data: Dataset,
+                  batch_size: int = 512, indices=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(features [N, D], unmasked logits [N, C]) for uint8 images: :func:`stream_outputs` gathered (the
+    images are read batch by batch; only these outputs are kept)."""
     feats, logits = [], []
-    for i in range(0, len(images), batch_size):
-        x = preprocess(images[i:i + batch_size], data.normalization).to(device)
-        f = model.features(x)
-        feats.append(f.cpu())
-        logits.append(model.head(f).cpu())
+    for f, z in stream_outputs(model, images, data, batch_size, indices):
+        feats.append(f)
+        logits.append(z)
+    if not feats:
+        return torch.empty(0, 0), torch.empty(0, 0)
     return torch.cat(feats), torch.cat(logits)
+
+
+def probe_test_indices(data: Dataset, forget_classes: Sequence[int], seed: int = 0,
+                       limit: int = PROBE_TEST_SIZE) -> torch.Tensor:
+    """The test images the probe is scored on: the forgotten classes' (accuracy is only taken on them), at
+    most ``limit`` (seeded random draw, sorted)."""
+    idx = torch.nonzero(torch.isin(data.y_test, torch.tensor(sorted(set(int(c) for c in forget_classes))))).flatten()
+    if len(idx) > limit:
+        idx = idx[torch.randperm(len(idx), generator=torch.Generator().manual_seed(seed))[:limit]].sort().values
+    return idx
 
 
 def tensor_accuracy(pred: torch.Tensor, labels: torch.Tensor, classes: Sequence[int] | None = None) -> float:
@@ -42,33 +66,51 @@ def linear_probe_accuracy(train_features: np.ndarray, train_labels: np.ndarray, 
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=500, C=1.0, random_state=seed))
-    probe.fit(train_features, train_labels)
-    pred = probe.predict(test_features)
+    pred = fit_linear_probe(train_features, train_labels, seed).predict(test_features)
     value = accuracy(pred, test_labels, classes)
     return float("nan") if value is None else value
+
+
+def fit_linear_probe(train_features: np.ndarray, train_labels: np.ndarray, seed: int = 0):
+    """The probe of :func:`linear_probe_accuracy`, fitted: standardised multinomial logistic regression
+    (predictions are per row, so test features can be scored batch by batch)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=500, C=1.0, random_state=seed))
+    probe.fit(train_features, train_labels)
+    return probe
 
 
 def _probe_train_indices(data: Dataset, train_size: int, seed: int) -> torch.Tensor:
     """The probe's training draw: up to ``train_size`` random training images of all classes (``seed``)."""
     gen = torch.Generator().manual_seed(seed)
-    return torch.randperm(len(data.x_train), generator=gen)[:train_size]
+    return torch.randperm(len(data.y_train), generator=gen)[:train_size]
 
 
 def probe_forget_accuracy(model: UnlearnableClassifier, data: Dataset, forget_classes: Sequence[int],
-                          train_size: int = 5000, seed: int = 0, test_features: torch.Tensor | None = None) -> float:
+                          train_size: int = 5000, seed: int = 0) -> float:
     """probe_forget_acc (DESIGN.md §2): can a linear read-out recover the forgotten classes? Fits
     :func:`linear_probe_accuracy` on penultimate features of up to ``train_size`` labelled training images of
     *all* classes (random draw, ``seed``) and returns its accuracy on the forgotten classes' test images. The
-    mask plays no part (features only). Compare with ``retrain``, never with chance. ``test_features``: the
-    test split's features when the caller already has them. :func:`probe_forget_accuracy_by_depth` is the
-    same probe after every block (its ``penultimate`` entry equals this figure)."""
+    mask plays no part (features only). Compare with ``retrain``, never with chance. It is scored on every
+    forgotten-class test image, streamed (features are predicted batch by batch, never gathered).
+    :func:`probe_forget_accuracy_by_depth` is the same probe after every block (its ``penultimate`` entry
+    equals this figure up to :data:`PROBE_TEST_SIZE` forgotten-class test images)."""
+    forget = sorted(set(int(c) for c in forget_classes))
+    probe = fit_forget_probe(model, data, train_size, seed)
+    test_idx = torch.nonzero(torch.isin(data.y_test, torch.tensor(forget))).flatten()
+    preds = [probe.predict(f.numpy()) for f, _ in stream_outputs(model, data.x_test, data, indices=test_idx)]
+    value = accuracy(np.concatenate(preds) if preds else np.empty(0, np.int64), data.y_test[test_idx].numpy(), forget)
+    return float("nan") if value is None else value
+
+
+def fit_forget_probe(model: UnlearnableClassifier, data: Dataset, train_size: int = 5000, seed: int = 0):
+    """The probe of :func:`probe_forget_accuracy`, fitted on the penultimate features of its training draw."""
     idx = _probe_train_indices(data, train_size, seed)
-    train_feats, _ = model_outputs(model, data.x_train[idx], data)
-    if test_features is None:
-        test_features, _ = model_outputs(model, data.x_test, data)
-    return linear_probe_accuracy(train_feats.numpy(), data.y_train[idx].numpy(), test_features.numpy(),
-                                 data.y_test.numpy(), sorted(set(int(c) for c in forget_classes)), seed=seed)
+    train_feats, _ = model_outputs(model, data.x_train, data, indices=idx)
+    return fit_linear_probe(train_feats.numpy(), data.y_train[idx].numpy(), seed)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -141,10 +183,12 @@ def probe_blocks(model: UnlearnableClassifier, input_shape: Sequence[int]) -> li
 
 
 @torch.no_grad()
-def depth_features(model: UnlearnableClassifier, images: torch.Tensor, data: Dataset,
-                   blocks: Sequence[tuple[str, nn.Module]], batch_size: int = 256) -> dict[str, torch.Tensor]:
+def depth_features(model: UnlearnableClassifier, images: "ImageSource | torch.Tensor", data: Dataset,
+                   blocks: Sequence[tuple[str, nn.Module]], batch_size: int = 256,
+                   indices=None) -> dict[str, torch.Tensor]:
     """Global-average-pooled outputs [N, C] of each block (forward hooks) and the penultimate features
-    [N, D], for uint8 images, in eval mode; keys in depth order, :data:`PENULTIMATE` last."""
+    [N, D], for uint8 images (``indices``: those of a source), in eval mode; keys in depth order,
+    :data:`PENULTIMATE` last."""
     model.eval()
     device = next(model.parameters()).device
     out: dict[str, list[torch.Tensor]] = {name: [] for name, _ in blocks}
@@ -156,8 +200,8 @@ def depth_features(model: UnlearnableClassifier, images: torch.Tensor, data: Dat
             out[name].append(act.mean(dim=(2, 3)).cpu() if act.dim() == 4 else act.flatten(1).cpu())
         handles.append(module.register_forward_hook(hook))
     try:
-        for i in range(0, len(images), batch_size):
-            x = preprocess(images[i:i + batch_size], data.normalization).to(device)
+        for batch in image_batches(images, batch_size, indices):
+            x = preprocess(batch, data.normalization).to(device)
             out[PENULTIMATE].append(model.features(x).cpu())
     finally:
         for handle in handles:
@@ -176,9 +220,10 @@ def probe_forget_accuracy_by_depth(model: UnlearnableClassifier, data: Dataset, 
     forget = sorted(set(int(c) for c in forget_classes))
     blocks = probe_blocks(model, data.input_shape) if blocks is None else blocks
     idx = _probe_train_indices(data, train_size, seed)
-    train = depth_features(model, data.x_train[idx], data, blocks)
-    test = depth_features(model, data.x_test, data, blocks)
-    y_train, y_test = data.y_train[idx].numpy(), data.y_test.numpy()
+    test_idx = probe_test_indices(data, forget, seed)
+    train = depth_features(model, data.x_train, data, blocks, indices=idx)
+    test = depth_features(model, data.x_test, data, blocks, indices=test_idx)
+    y_train, y_test = data.y_train[idx].numpy(), data.y_test[test_idx].numpy()
     return {name: linear_probe_accuracy(train[name].numpy(), y_train, test[name].numpy(), y_test, forget, seed=seed)
             for name in train}
 
@@ -202,17 +247,29 @@ class EvalReport:
 
 def evaluate_model(model: UnlearnableClassifier, data: Dataset, forget_classes: Sequence[int],
                    probe: bool = True, probe_train_size: int = 5000, seed: int = 0) -> EvalReport:
-    """Evaluate on the test split; the probe is fitted on up to ``probe_train_size`` training images."""
+    """Evaluate on the test split, streamed (only the predictions and the probe's bounded features are
+    kept); the probe is fitted on up to ``probe_train_size`` training images."""
     forget = sorted(set(int(c) for c in forget_classes))
     retained = [c for c in range(data.num_classes) if c not in forget]
-    feats, logits = model_outputs(model, data.x_test, data)
-    masked_pred = logits.masked_fill(~model.class_mask.cpu(), float("-inf")).argmax(1)
-    unmasked_pred = logits.argmax(1)
+    mask = ~model.class_mask.cpu()
     y = data.y_test
+    probe_fit = fit_forget_probe(model, data, probe_train_size, seed) if probe and forget else None
+    in_forget = torch.isin(y, torch.tensor(forget, dtype=y.dtype))
+    masked_parts, unmasked_parts, probe_preds, start = [], [], [], 0
+    for f, logits in stream_outputs(model, data.x_test, data):  # one pass: predictions and the probe's scores
+        masked_parts.append(logits.masked_fill(mask, float("-inf")).argmax(1))
+        unmasked_parts.append(logits.argmax(1))
+        keep = in_forget[start:start + len(f)]
+        if probe_fit is not None and keep.any():
+            probe_preds.append(probe_fit.predict(f[keep].numpy()))
+        start += len(f)
+    masked_pred, unmasked_pred = torch.cat(masked_parts), torch.cat(unmasked_parts)
     per_class = [tensor_accuracy(masked_pred, y, [c]) for c in range(data.num_classes)]
     probe_acc = None
-    if probe and forget:
-        probe_acc = probe_forget_accuracy(model, data, forget, probe_train_size, seed, test_features=feats)
+    if probe_fit is not None:
+        value = accuracy(np.concatenate(probe_preds) if probe_preds else np.empty(0, np.int64), y[in_forget].numpy(),
+                         forget)
+        probe_acc = float("nan") if value is None else value
     return EvalReport(
         forget_classes=forget,
         accuracy=accuracy(masked_pred.numpy(), y.numpy()),

@@ -14,7 +14,8 @@ import torch
 
 from .checkpoint import Checkpoint, CheckpointMeta, load_checkpoint, save_checkpoint
 from .core.figures import retain_drop
-from .data import Dataset, load_dataset, load_image_folder, prepare_dataset, preprocess, resolve_classes, take_samples
+from .data import (Dataset, load_dataset, load_image_folder, preprocess, resolve_classes, take_samples,
+                   training_preprocessing)
 from .errors import CheckpointError, UsageError
 from .guards import check_every_class_present
 from .metrics import EvalReport, evaluate_model
@@ -23,13 +24,14 @@ from .unlearn import ForgetSet, RetainSet, forget, get_method, method_config
 
 
 def dataset_for(ck: Checkpoint, spec: str | None, data_dir: str | None = None, download: bool = False) -> Dataset:
-    """The checkpoint's dataset (or ``spec``), checked against the model's classes and input shape."""
+    """The checkpoint's dataset (or ``spec``), checked against the model's classes and input shape, read
+    lazily through the checkpoint's preprocessing with the model's normalisation (none is computed)."""
     spec = spec or ck.meta.dataset
     if not spec:
         raise UsageError("the checkpoint records no dataset; pass --dataset")
-    data = load_dataset(spec, data_dir=data_dir, download=download)
-    if ck.meta.preprocessing is not None:  # an imported model: its own channels, size and normalisation
-        data = prepare_dataset(data, ck.meta.preprocessing)
+    # an imported model or one trained with --image-size: its own channels, size and normalisation
+    data = load_dataset(spec, data_dir=data_dir, download=download, preprocessing=ck.meta.preprocessing,
+                        normalization=ck.meta.normalization)
     if data.num_classes != ck.meta.num_classes:
         raise CheckpointError(f"dataset {spec} has {data.num_classes} classes but the checkpoint was trained on "
                               f"{ck.meta.num_classes}; pass the --dataset it was trained on ({ck.meta.dataset or '?'})")
@@ -71,13 +73,15 @@ def _check_state_path(run: TrainRun, out: str | Path) -> None:
 
 def train_checkpoint(dataset: str, arch: str, out: str | Path, config: TrainConfig = TrainConfig(),
                      data_dir: str | None = None, download: bool = False, progress: bool = True,
-                     run: TrainRun | None = None) -> dict[str, Any]:
+                     run: TrainRun | None = None, image_size: int | Sequence[int] | None = None) -> dict[str, Any]:
     """Train the original model and write its checkpoint (under torchrun: every process trains its shard,
-    the first writes the checkpoint, the others wait for it)."""
+    the first writes the checkpoint, the others wait for it). ``image_size``: resize (shorter side) and
+    centre-crop every image to it (a folder of mixed sizes needs it); recorded as the checkpoint's
+    preprocessing, so every later command reads the data the same way."""
     run = run or TrainRun(progress=progress)
     _check_state_path(run, out)
     with process_group(config.device) as procs:
-        data = load_dataset(dataset, data_dir=data_dir, download=download)
+        data = load_dataset(dataset, data_dir=data_dir, download=download, image_size=image_size)
         check_every_class_present(data)  # issue #13: labels 5..14 would train 5 empty classes
         result = train_model(arch, data, config, progress=run.progress, workers=run.workers,
                              save_every=run.save_every, state_path=_state_path(run, out), resume=run.resume,
@@ -90,7 +94,8 @@ def train_checkpoint(dataset: str, arch: str, out: str | Path, config: TrainConf
             report = evaluate_model(result.model, data, [], probe=False)
             meta = CheckpointMeta(arch=arch, num_classes=data.num_classes, class_names=data.class_names,
                                   input_shape=data.input_shape, normalization=data.normalization, dataset=dataset,
-                                  train_recipe=recipe.to_json())
+                                  train_recipe=recipe.to_json(),
+                                  preprocessing=training_preprocessing(data, image_size))
             summary["sha256"] = save_checkpoint(out, result.model, meta)
             summary.update(test_accuracy=report.accuracy, per_class_accuracy=report.per_class_accuracy)
         procs.barrier()  # the others return once the checkpoint is in place
@@ -153,8 +158,13 @@ class ForgetRequest:
 def _forget_set(req: ForgetRequest, ck: Checkpoint, data: Dataset | None, classes: list[int]) -> ForgetSet:
     norm = ck.meta.normalization
     if req.forget_samples_dir:
-        channels, height, width = ck.meta.input_shape
-        images, folders, owners = load_image_folder(req.forget_samples_dir, channels=channels, size=(height, width))
+        # the checkpoint's full preprocessing (channels, resize, centre crop), as for its dataset
+        prep = ck.meta.preprocessing
+        if prep is None:  # a model trained at its dataset's size: photos of another size are scaled to it
+            channels, height, width = ck.meta.input_shape
+            images, folders, owners = load_image_folder(req.forget_samples_dir, channels=channels, size=(height, width))
+        else:
+            images, folders, owners = load_image_folder(req.forget_samples_dir, prep=prep)
         labels = []
         for owner in owners:
             name = folders[owner] if owner >= 0 else None
@@ -198,12 +208,10 @@ def forget_checkpoint(req: ForgetRequest, progress: bool = False) -> dict[str, A
         assert data is not None
         all_forgotten = set(classes) | set(ck.meta.forgotten_classes)
         keep = torch.tensor([c for c in range(data.num_classes) if c not in all_forgotten])
-        sel = torch.isin(data.y_train, keep)
-        x, y = data.x_train[sel], data.y_train[sel]
-        if req.retain_samples:
-            idx = torch.randperm(len(x), generator=torch.Generator().manual_seed(req.seed))[:req.retain_samples]
-            x, y = x[idx], y[idx]
-        retain = RetainSet(preprocess(x, ck.meta.normalization), y)
+        sel = torch.nonzero(torch.isin(data.y_train, keep)).flatten()
+        if req.retain_samples:  # only the drawn images are read
+            sel = sel[torch.randperm(len(sel), generator=torch.Generator().manual_seed(req.seed))[:req.retain_samples]]
+        retain = RetainSet(preprocess(data.x_train[sel], ck.meta.normalization), data.y_train[sel])
     result = forget(ck.model, forget_set, method=req.method, config=config, retain=retain, device=req.device,
                     progress=progress)
     summary: dict[str, Any] = {

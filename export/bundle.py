@@ -134,7 +134,7 @@ def make_bundle(checkpoint: str | Path, dataset: str | None, output: str | Path,
     import torch
 
     from edge_unlearn.checkpoint import load_checkpoint
-    from edge_unlearn.data import load_dataset, prepare_dataset, preprocess
+    from edge_unlearn.data import load_dataset, preprocess
 
     check_output_path(output, [checkpoint])
     ckpt = load_checkpoint(checkpoint)
@@ -145,8 +145,8 @@ def make_bundle(checkpoint: str | Path, dataset: str | None, output: str | Path,
     dataset = dataset or meta.dataset
     if not dataset:
         raise UsageError(f"{checkpoint} records no dataset; pass --dataset SPEC (the one it was trained on)")
-    data = load_dataset(dataset)
-    data = prepare_dataset(data, meta.preprocessing) if meta.preprocessing is not None else data  # imported models
+    # through the checkpoint's preprocessing (imported models, train --image-size); images read lazily
+    data = load_dataset(dataset, preprocessing=meta.preprocessing, normalization=meta.normalization)
     if data.num_classes > meta.num_classes or tuple(data.input_shape) != tuple(meta.input_shape):
         raise UsageError(f"dataset {dataset} ({data.num_classes} classes, images {tuple(data.input_shape)}) does not fit "
                          f"the model ({meta.num_classes} classes, images {tuple(meta.input_shape)}); use the dataset "
@@ -162,9 +162,12 @@ def make_bundle(checkpoint: str | Path, dataset: str | None, output: str | Path,
     if not np.isin(labels[idx], model.forgotten_classes).any():
         raise UsageError(f"dataset {dataset} has no test samples of the forgotten classes {model.forgotten_classes}; "
                          "the bundle could not show that they are forgotten")
-    x = preprocess(data.x_test[torch.from_numpy(idx)], meta.normalization)
-    with torch.no_grad():
-        logits = torch.cat([model.logits(x[i:i + batch_size], masked=False) for i in range(0, len(x), batch_size)])
+    parts, logit_parts = [], []
+    with torch.no_grad():  # only the bundled images are read, batch by batch through the loader
+        for batch in data.x_test.batches(batch_size, torch.from_numpy(idx)):
+            parts.append(preprocess(batch, meta.normalization))
+            logit_parts.append(model.logits(parts[-1], masked=False))
+        x, logits = torch.cat(parts), torch.cat(logit_parts)
         logits = logits.masked_fill(~model.class_mask, MASK_VALUE)
     info = {"format": FORMAT, "source_sha256": ckpt.sha256, "checkpoint": str(checkpoint), "dataset": dataset,
             "arch": meta.arch, "normalization": meta.normalization.to_json(), "input_shape": list(meta.input_shape),

@@ -277,11 +277,16 @@ def normalize(images_uint8: np.ndarray, normalization: dict[str, list[float]]) -
 
 def calibration_inputs(spec: str, meta: OnnxMeta, samples: int, seed: int = 0) -> tuple[np.ndarray, list[int]]:
     """Preprocessed retained-class training images of dataset ``spec`` (forgotten classes dropped)."""
-    from edge_unlearn.data import load_dataset
+    from edge_unlearn.data import Normalization, Preprocessing, load_dataset, load_dataset_at
 
     if samples < 1:
         raise UsageError(f"--calib-samples must be at least 1, got {samples}")
-    data = load_dataset(spec)
+    # a folder of any sizes is brought to the model's input; only the drawn images are decoded
+    if meta.preprocessing:  # the record brings raw images of any size/channels to the input, as the host does
+        data = load_dataset(spec, preprocessing=Preprocessing.from_json(meta.preprocessing))
+    else:
+        folder = spec.strip().startswith("folder:")
+        data = load_dataset_at(spec, meta.input_shape, Normalization.from_json(meta.normalization) if folder else None)
     # fewer classes is fine for a subset of the model's own dataset (class count inferred from its labels), not
     # for another dataset: the names it has must be the model's first ones
     another = (data.num_classes < meta.num_classes
@@ -302,13 +307,14 @@ def calibration_inputs(spec: str, meta: OnnxMeta, samples: int, seed: int = 0) -
     idx = np.nonzero(keep)[0]
     rng = np.random.default_rng(seed)
     idx = np.sort(rng.permutation(idx)[:samples])
-    images = data.x_train.numpy()[idx]
-    return calibration_batch(images, meta), sorted(set(int(c) for c in labels[idx]))
+    images = data.x_train[idx].numpy()  # already at the model's input (geometry of its record, on the host)
+    return normalize(images, meta.normalization), sorted(set(int(c) for c in labels[idx]))
 
 
 def calibration_batch(images_uint8: np.ndarray, meta: OnnxMeta) -> np.ndarray:
     """Raw uint8 images [N, C, H, W] -> the model's float32 input through its preprocessing record (channel
-    conversion, resize, centre crop, normalisation; bit-identical to the host's ``Preprocessing``)."""
+    conversion, resize, centre crop, normalisation; bit-identical to the host's ``Preprocessing``): the
+    torch-free path for a device that prepares its own images."""
     return meta.prep(images_uint8)
 
 
