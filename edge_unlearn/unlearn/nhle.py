@@ -367,6 +367,39 @@ def _targets(logits: torch.Tensor, keep: torch.Tensor, config: NHLEConfig) -> to
     return torch.softmax(logits.masked_fill(~keep, float("-inf")) / config.temperature, dim=1)
 
 
+def _nhle_loss(logits: torch.Tensor, keep: torch.Tensor, forget: list[int], targets: torch.Tensor,
+               neg_value: float) -> torch.Tensor:
+    """``-sum_r t_r log p_r - neg_value * log(1 - p_forgotten)``, mean over samples (bounded below)."""
+    logp = F.log_softmax(logits, dim=1)
+    p_forgotten = logp[:, forget].exp().sum(1).clamp(max=1 - 1e-6)
+    return -(targets * logp.masked_fill(~keep, 0)).sum(1).mean() - neg_value * torch.log1p(-p_forgotten).mean()
+
+
+def _train_forgotten_rows(model: UnlearnableClassifier, x: torch.Tensor, keep: torch.Tensor, forget: list[int],
+                          targets: torch.Tensor, config: NHLEConfig, progress: bool) -> None:
+    """Step 2 with ``scope="forgotten_rows"``: Adam on the masked classes' head rows only. The features and
+    the retained logits cannot change, so they are computed once and only the trained rows' logits are
+    recomputed each step (the same updates as masking the other rows' gradients, at a fraction of the cost)."""
+    head = model.head
+    rows = torch.nonzero(~keep).flatten()
+    with torch.no_grad():
+        feats = model.features(x)
+        fixed = head(feats)
+    weight = head.weight.detach()[rows].clone().requires_grad_(True)
+    bias = (head.bias.detach()[rows] if head.bias is not None else weight.new_zeros(len(rows))).clone().requires_grad_(True)
+    optimizer = torch.optim.Adam([weight, bias] if head.bias is not None else [weight], lr=config.lr)
+    for _ in tqdm(range(config.steps), desc="nhle", disable=not progress, unit="step"):
+        logits = fixed.index_copy(1, rows, feats @ weight.T + bias)
+        loss = _nhle_loss(logits, keep, forget, targets, config.neg_value)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        head.weight[rows] = weight.detach()
+        if head.bias is not None:
+            head.bias[rows] = bias.detach()
+
+
 @register_method("nhle", NHLEConfig, needs="forget",
                  description="NHLE: feature-level class weight masking + negative-hot label fine-tuning + "
                              "decision-level masking, from a few forget samples, no retained data")
@@ -399,30 +432,26 @@ def run_nhle(model: UnlearnableClassifier, forget_set: ForgetSet, config: NHLECo
         elif step in ("class_stats", "batchnorm_estimate"):
             removed = project_forget_directions(model, x, forget_set.labels, forget, config.alpha, config.orthogonalize,
                                                 feature_mean=estimate)
+    head = model.head
+    if config.scope == "forgotten_rows":
+        _train_forgotten_rows(model, x, keep, forget, targets, config, progress)
+        model.drop_class_stats(forget)
+        return {"feature_step": step, "feature_directions": removed, **details}
     for p in model.parameters():
         p.requires_grad_(False)
-    head = model.head
     if config.scope == "edit_layer":
         params = [*model.edit_layer().parameters(), head.weight, head.bias]
     else:
         params = [head.weight, head.bias]
     for p in params:
         p.requires_grad_(True)
-    row_filter = None
-    if config.scope == "forgotten_rows":
-        row_filter = (~keep).float()
     cached = None if config.scope == "edit_layer" else model.features(x).detach()
     optimizer = torch.optim.Adam(params, lr=config.lr)
     for _ in tqdm(range(config.steps), desc="nhle", disable=not progress, unit="step"):
         feats = model.features(x) if cached is None else cached
-        logp = F.log_softmax(head(feats), dim=1)
-        p_forgotten = logp[:, forget].exp().sum(1).clamp(max=1 - 1e-6)
-        loss = -(targets * logp.masked_fill(~keep, 0)).sum(1).mean() - config.neg_value * torch.log1p(-p_forgotten).mean()
+        loss = _nhle_loss(head(feats), keep, forget, targets, config.neg_value)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        if row_filter is not None:
-            head.weight.grad.mul_(row_filter[:, None])
-            head.bias.grad.mul_(row_filter)
         optimizer.step()
     for p in model.parameters():
         p.requires_grad_(True)
