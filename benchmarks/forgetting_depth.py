@@ -2,7 +2,8 @@
 
 For each seed the original model is trained once; for each forgotten class (single-class forgetting) the
 retrained gold standard is trained without it and NHLE (default parameters, ``--samples`` forget images)
-unlearns a copy of the original. Every model gets :func:`edge_unlearn.metrics.evaluate_model` (forget
+unlearns a copy of the original, and so does each ``--variants`` entry (NHLE parameter overrides, one
+row each, named ``nhle[key=value,…]``). Every model gets :func:`edge_unlearn.metrics.evaluate_model` (forget
 accuracy with and without the mask, retained accuracy) and :func:`edge_unlearn.attacks.forgetting_audit`
 (linear probe after every block and at the penultimate features, prototype attack as deployed and with the
 mask lifted, entropy MIA, relearn steps to 0.9 × the original's forget accuracy). Trained models are cached
@@ -15,6 +16,7 @@ Examples::
     python benchmarks/forgetting_depth.py --quick                       # lenet + digits, minutes on 2 cores
     python benchmarks/forgetting_depth.py --preset lenet-mnist          # 3 classes × 2 seeds
     python benchmarks/forgetting_depth.py --preset resnet18-fashion
+    python benchmarks/forgetting_depth.py --quick --variants '[{"feature_target": "retained_mean"}]'
     nohup python benchmarks/forgetting_depth.py --preset cifar-resnet18 > bench_out/cifar.log 2>&1 &   # hours on CPU
 """
 from __future__ import annotations
@@ -42,11 +44,30 @@ from edge_unlearn.data import Dataset, load_dataset, preprocess, take_samples
 from edge_unlearn.metrics import evaluate_model
 from edge_unlearn.models import UnlearnableClassifier
 from edge_unlearn.training import TrainConfig, train_model
-from edge_unlearn.unlearn import ForgetSet, forget
+from edge_unlearn.unlearn import ForgetSet, forget, method_config
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
-MODELS = ("original", "retrain", "nhle")
+
+
+def variant_name(overrides: dict[str, Any]) -> str:
+    """Row name of an NHLE variant: ``nhle`` for the defaults, else ``nhle[key=value,…]``."""
+    return "nhle" if not overrides else "nhle[" + ",".join(f"{k}={v}" for k, v in sorted(overrides.items())) + "]"
+
+
+def parse_variants(text: str | None) -> list[dict[str, Any]]:
+    """``--variants``: a JSON list of NHLE parameter overrides (each checked now, not after an hour of training)."""
+    if not text:
+        return []
+    try:
+        variants = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise SystemExit(f"--variants is not JSON ({exc}); pass a list like '[{{\"feature_depth\": \"every_layer\"}}]'")
+    if not isinstance(variants, list) or not all(isinstance(v, dict) and v for v in variants):
+        raise SystemExit("--variants must be a JSON list of non-empty objects of NHLE parameters")
+    for v in variants:
+        method_config("nhle", v)
+    return variants
 
 
 @dataclass(frozen=True)
@@ -115,7 +136,7 @@ def measure(model: UnlearnableClassifier, data: Dataset, cls: int, original_reta
 def summarise(rows: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, float]]]:
     """{model: {measure: {"mean", "std", "n"}}}: sample std (ddof=1) over runs, 0 for a single run."""
     out: dict[str, dict[str, dict[str, float]]] = {}
-    for model in MODELS:
+    for model in dict.fromkeys(r["model"] for r in rows):
         figs = [r["figures"] for r in rows if r["model"] == model]
         names = list(dict.fromkeys(k for f in figs for k in f))
         out[model] = {}
@@ -127,11 +148,12 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, float
 
 
 def table(summary: dict[str, dict[str, dict[str, float]]], title: str) -> str:
-    names = list(dict.fromkeys(k for m in MODELS for k in summary[m]))
-    lines = [f"### {title}", "", "| measure | " + " | ".join(MODELS) + " |", "|---|" + "---:|" * len(MODELS)]
+    models = list(summary)
+    names = list(dict.fromkeys(k for m in models for k in summary[m]))
+    lines = [f"### {title}", "", "| measure | " + " | ".join(models) + " |", "|---|" + "---:|" * len(models)]
     for name in names:
         cells = []
-        for model in MODELS:
+        for model in models:
             s = summary[model].get(name)
             cells.append("—" if s is None or s["n"] == 0 else
                          (f"{s['mean']:.3g} ± {s['std']:.2g}" if name == "seconds" else f"{s['mean']:.3f} ± {s['std']:.3f}"))
@@ -148,19 +170,31 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dataset", default=None, help="dataset spec, e.g. npz:../shared/data/mnist.npz")
     parser.add_argument("--classes", default=None, help="comma-separated classes, each forgotten alone")
     parser.add_argument("--seeds", default=None, help="comma-separated training seeds")
+    parser.add_argument("--epochs", type=int, default=None, help="training recipe: epochs (default: the preset's)")
+    parser.add_argument("--min-steps", type=int, default=None,
+                        help="training recipe: minimum optimiser steps (default: the preset's); a recipe other than "
+                             "the preset's is named in the results file (e.g. resnet18-fashion-3ep-0steps)")
     parser.add_argument("--samples", type=int, default=32, help="NHLE forget samples per class (the CLI default)")
     parser.add_argument("--probe-train-size", type=int, default=5000)
     parser.add_argument("--relearn-max-steps", type=int, default=50)
+    parser.add_argument("--variants", default=None,
+                        help="JSON list of NHLE parameter overrides, one extra row each "
+                             "(e.g. '[{\"feature_target\": \"retained_mean\"}]')")
     parser.add_argument("--device", default="auto", help="training/unlearning device (auto, cpu, cuda)")
     parser.add_argument("--out-dir", type=Path, default=ROOT / "bench_out" / "forgetting_depth",
                         help="trained-model cache (gitignored)")
     parser.add_argument("--results-dir", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args(argv)
     name = "quick" if args.quick else args.preset
+    variants = parse_variants(args.variants)
     preset = PRESETS[name]
     preset = replace(preset, arch=args.arch or preset.arch, dataset=args.dataset or preset.dataset,
                      classes=tuple(int(c) for c in args.classes.split(",")) if args.classes else preset.classes,
-                     seeds=tuple(int(s) for s in args.seeds.split(",")) if args.seeds else preset.seeds)
+                     seeds=tuple(int(s) for s in args.seeds.split(",")) if args.seeds else preset.seeds,
+                     epochs=preset.epochs if args.epochs is None else args.epochs,
+                     min_steps=preset.min_steps if args.min_steps is None else args.min_steps)
+    if (preset.epochs, preset.min_steps) != (PRESETS[name].epochs, PRESETS[name].min_steps):
+        name = f"{name}-{preset.epochs}ep-{preset.min_steps}steps"
     torch.set_num_threads(max(1, min(os.cpu_count() or 1, int(os.environ.get("BENCH_THREADS", "2")))))
     data = load_dataset(preset.dataset)
     digest = data_digest(data)
@@ -171,22 +205,29 @@ def main(argv: list[str] | None = None) -> int:
     for seed in preset.seeds:
         recipe = TrainConfig(epochs=preset.epochs, min_steps=preset.min_steps, seed=seed, device=args.device)
         original, original_s, original_key = cached_train(cache, preset.arch, data, digest, recipe)
+        if not original.has_depth_stats:  # a model cached before multi-layer statistics: record them as training does
+            original.record_depth_stats(preprocess(data.x_train, data.normalization), data.y_train)
         print(f"seed {seed}: original {preset.arch} ({original_key}) {original_s:.1f} s", flush=True)
         for cls in preset.classes:
             retrained, retrain_s, retrain_key = cached_train(cache, preset.arch, data, digest, recipe, (cls,))
             x, y = take_samples(data, [cls], args.samples, seed=seed)
-            result = forget(original, ForgetSet(preprocess(x, data.normalization), y, (cls,)), method="nhle",
-                            device=args.device)
+            forget_set = ForgetSet(preprocess(x, data.normalization), y, (cls,))
+            if not rows:  # warm-up: the first call in a process pays one-off costs (lazy imports, allocator)
+                forget(original, forget_set, method="nhle", device=args.device)
+            unlearned = [(variant_name(v), forget(original, forget_set, method="nhle", device=args.device,
+                                                  config=method_config("nhle", v))) for v in [{}, *variants]]
             target, source = default_relearn_target(original, data, [cls], original)
             original_retain = evaluate_model(original, data, [cls], probe=False).retain_acc
-            for model_name, model, seconds, key in (("original", original, original_s, original_key),
-                                                    ("retrain", retrained, retrain_s, retrain_key),
-                                                    ("nhle", result.model, result.seconds, None)):
+            for model_name, model, seconds, key, details in (
+                    ("original", original, original_s, original_key, None),
+                    ("retrain", retrained, retrain_s, retrain_key, None),
+                    *((n, r.model, r.seconds, None, r.details) for n, r in unlearned)):
                 m = measure(model, data, cls, original_retain, target, source, audit_config)
                 m["figures"]["seconds"] = seconds
-                rows.append({"seed": seed, "forget_class": cls, "model": model_name, "cache_key": key, **m})
+                rows.append({"seed": seed, "forget_class": cls, "model": model_name, "cache_key": key,
+                             "method_details": details, **m})
                 f = m["figures"]
-                print(f"  class {cls} {model_name:8s} forget {f['forget_acc']:.3f}/{f['forget_acc_unmasked']:.3f} "
+                print(f"  class {cls} {model_name} forget {f['forget_acc']:.3f}/{f['forget_acc_unmasked']:.3f} "
                       f"retain {f['retain_acc']:.3f} probe " +
                       " ".join(f"{v:.3f}" for k, v in f.items() if k.startswith("probe@")) +
                       f" attack {f['proto_attack_masked']:.3f}/{f['proto_attack_unmasked']:.3f} "
@@ -201,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
         "schema": "edge_unlearn.bench.forgetting_depth", "version": 1, "preset": name,
         "arch": preset.arch, "dataset": preset.dataset, "recipe": {"epochs": preset.epochs, "min_steps": preset.min_steps},
         "classes": list(preset.classes), "seeds": list(preset.seeds),
-        "nhle_samples": args.samples, "audit_config": audit_config.to_json(), "summary": summary, "rows": rows,
+        "nhle_samples": args.samples, "variants": variants, "audit_config": audit_config.to_json(), "summary": summary, "rows": rows,
         "seconds": time.perf_counter() - t_start, "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
         "environment": {"edge_unlearn": __version__, "torch": torch.__version__, "python": platform.python_version(),
                         "machine": platform.machine(), "threads": torch.get_num_threads()},

@@ -26,7 +26,10 @@ from edge_unlearn.unlearn import ForgetSet, forget, method_config  # noqa: E402
 DEFAULT_VARIANTS = [
     {},
     {"project": False},
-    {"orthogonalize": False},
+    {"feature_target": "nearest_class"},
+    {"feature_target": "retained_mean"},  # version 1's default
+    {"feature_target": "retained_mean", "orthogonalize": False},
+    {"feature_metric": "forget_variance"},
     {"alpha": 0.5},
     {"retain_target": "uniform"},
     {"steps": 5},

@@ -116,7 +116,14 @@ def _row_figures(model, data: Dataset, c: int, args, original_forget: float | No
     if original_forget is not None:
         relearn = attacks.relearn_time(model, data, [c], target_acc=0.9 * original_forget, k=5,
                                        max_steps=args.relearn_steps, eval_samples=args.relearn_eval, seed=seed + 1000)
+    depth = {}
+    if getattr(args, "depth", False):  # issue #15: the probe after every block (opt-in: one feature pass per block)
+        from edge_unlearn.metrics import probe_forget_accuracy_by_depth
+
+        depth = {f"probe@{name}": value for name, value in probe_forget_accuracy_by_depth(
+            model, data, [c], args.probe_train_size, seed).items()}
     return {
+        **depth,
         "forget_acc": report.forget_acc,
         "forget_acc_unmasked": report.forget_acc_unmasked,
         "retain_acc": report.retain_acc,
@@ -264,8 +271,8 @@ def _aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for (dataset, method), items in groups.items():
         entry: dict[str, Any] = {"dataset": dataset, "method": method, "needs": items[0]["needs"], "n": len(items),
                                  "relearn_censored": sum(not r["relearn_reached"] for r in items)}
-        for key, _, _ in METRICS:
-            values = np.array([r[key] for r in items if r[key] is not None], dtype=float)
+        for key, _, _ in _metrics(items):
+            values = np.array([r[key] for r in items if r.get(key) is not None], dtype=float)
             values = values[np.isfinite(values)]
             entry[key] = {"mean": float(values.mean()) if len(values) else None,
                           "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0 if len(values) else None}
@@ -273,13 +280,20 @@ def _aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def _metrics(rows: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
+    """METRICS, preceded by the depth probes (``probe@<block>``, ``--depth``) when the rows have them."""
+    depth = list(dict.fromkeys(k for r in rows for k in r if k.startswith("probe@")))
+    return [(k, k, "{:.3f}") for k in depth] + METRICS
+
+
 def markdown_table(summary: list[dict[str, Any]]) -> str:
-    head = ["dataset", "method", "needs"] + [h for _, h, _ in METRICS]
+    metrics = _metrics(summary)
+    head = ["dataset", "method", "needs"] + [h for _, h, _ in metrics]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for entry in summary:
         cells = [entry["dataset"].rsplit("/", 1)[-1], entry["method"], entry["needs"]]
-        for key, _, fmt in METRICS:
-            stat = entry[key]
+        for key, _, fmt in metrics:
+            stat = entry.get(key, {"mean": None})
             if stat["mean"] is None:
                 cells.append("–")
                 continue
@@ -314,7 +328,7 @@ def acceptance(summary: list[dict[str, Any]]) -> list[str]:
 
 
 def _write(out_dir: Path, rows: list[dict[str, Any]], report: dict[str, Any]) -> None:
-    keys = ["dataset", "seed", "forget_class", "arch", "method", "needs"] + [k for k, _, _ in METRICS] + [
+    keys = ["dataset", "seed", "forget_class", "arch", "method", "needs"] + [k for k, _, _ in _metrics(rows)] + [
         "attack_alpha_lifted", "relearn_reached", "samples_used"]
     with open(out_dir / "rows.csv", "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=keys, extrasaction="ignore")
@@ -482,6 +496,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--combine", nargs="+", metavar="RUN_DIR", default=None,
                    help="merge the rows.json of earlier runs into --out-dir instead of running")
     p.add_argument("--no-plots", action="store_true")
+    p.add_argument("--depth", action="store_true",
+                   help="also the linear probe after every block (issue #15; one feature pass per block and model)")
     p.add_argument("--quick", action="store_true",
                    help="smoke run: digits, class 3, seed 0, 3 epochs, small attack sets")
     args = p.parse_args(argv)

@@ -118,6 +118,73 @@ class UnlearnableClassifier(nn.Module):
         idx = list(classes)
         self.class_stats[idx] = 0
         self.class_stats_count[idx] = 0
+        for name in self.depth_stats():
+            getattr(self, DEPTH_STATS_PREFIX + _buffer_key(name))[idx] = 0
+        if hasattr(self, DEPTH_STATS_COUNT):
+            getattr(self, DEPTH_STATS_COUNT)[idx] = 0
+
+    # -- class statistics at every depth (issue #15): retention anchors for feature-level forgetting --
+
+    @torch.no_grad()
+    def record_depth_stats(self, inputs: torch.Tensor, labels: torch.Tensor, batch_size: int = 512,
+                           transform: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
+        """Record per-class means of the input of every learnable layer of the backbone (:func:`depth_layers`;
+        channel means for a conv), as buffers ``depth_stats__<layer>`` [C, D] and ``depth_stats_count`` [C].
+
+        Aggregates like :meth:`record_class_stats` (whose edit-layer means they extend to every depth), not
+        samples: about C × (sum of the layers' input widths) floats. Checkpoints without them still load
+        (:meth:`has_depth_stats` is then False)."""
+        layers = depth_layers(self.backbone)
+        device = self.class_stats.device
+        sums: dict[str, torch.Tensor] = {}
+        counts = torch.zeros(self.num_classes, dtype=torch.float64)
+        captured: dict[str, torch.Tensor] = {}
+
+        def hook(name: str, layer: nn.Module):
+            return lambda _m, args: captured.__setitem__(name, pool_edit_input(args[0].to(torch.float64), layer))
+
+        handles = [layer.register_forward_pre_hook(hook(name, layer)) for name, layer in layers]
+        was_training = self.training
+        self.eval()
+        try:
+            for i in range(0, len(inputs), batch_size):
+                captured.clear()
+                batch = inputs[i:i + batch_size]
+                self.backbone((transform(batch) if transform is not None else batch).to(device))
+                y = labels[i:i + batch_size].to(device)
+                for name, act in captured.items():
+                    if name not in sums:
+                        sums[name] = torch.zeros(self.num_classes, act.shape[1], dtype=torch.float64, device=device)
+                    sums[name].index_add_(0, y, act)
+                counts.index_add_(0, y.cpu(), torch.ones(len(y), dtype=torch.float64))
+        finally:
+            for h in handles:
+                h.remove()
+            self.train(was_training)
+        seen = counts > 0
+        for name, total in sums.items():
+            means = torch.zeros_like(total, dtype=self.class_stats.dtype)
+            means[seen] = (total[seen] / counts[seen].to(device)[:, None]).to(means.dtype)
+            self.register_buffer(DEPTH_STATS_PREFIX + _buffer_key(name), means)
+        self.register_buffer(DEPTH_STATS_COUNT, counts.to(self.class_stats_count))
+
+    def depth_stats(self) -> dict[str, torch.Tensor]:
+        """{backbone layer name: per-class mean input [C, D]} recorded by :meth:`record_depth_stats`."""
+        keys = {DEPTH_STATS_PREFIX + _buffer_key(name): name for name, _ in self.backbone.named_modules() if name}
+        return {keys[k]: b for k, b in self._buffers.items() if k in keys and b is not None}
+
+    @property
+    def has_depth_stats(self) -> bool:
+        counts = getattr(self, DEPTH_STATS_COUNT, None)
+        return counts is not None and bool(self.depth_stats()) and bool((counts[self.class_mask] > 0).all())
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # noqa: ANN001 (torch's signature)
+        # depth statistics are optional buffers: create them from the checkpoint when it has them
+        for key, value in state_dict.items():
+            if key.startswith(prefix) and "." not in key[len(prefix):] and key not in self._buffers and (
+                    key[len(prefix):].startswith(DEPTH_STATS_PREFIX) or key[len(prefix):] == DEPTH_STATS_COUNT):
+                self.register_buffer(key[len(prefix):], torch.zeros_like(value))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Penultimate features [B, D]."""
@@ -165,6 +232,22 @@ class UnlearnableClassifier(nn.Module):
                 cached = (key, CompactHead.from_linear(self.head, self.class_mask))
             self._compact_head_cache = cached
         return cached[1]
+
+
+DEPTH_STATS_PREFIX = "depth_stats__"
+DEPTH_STATS_COUNT = "depth_stats_count"
+
+
+def _buffer_key(layer_name: str) -> str:
+    return layer_name.replace(".", "_")
+
+
+def depth_layers(backbone: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The backbone's learnable layers whose inputs :meth:`UnlearnableClassifier.record_depth_stats`
+    describes: every ``nn.Linear`` and non-grouped ``nn.Conv2d``, as (name, module), in registration order
+    (which is execution order for the built-in and torchvision models; editors re-order by a forward pass)."""
+    return [(name, m) for name, m in backbone.named_modules()
+            if isinstance(m, nn.Linear) or (isinstance(m, nn.Conv2d) and m.groups == 1)]
 
 
 def pool_edit_input(act: torch.Tensor, layer: nn.Module) -> torch.Tensor:

@@ -5,12 +5,14 @@ detail a parameter whose default was chosen by measurement (docs/nhle.md has the
 from a few forget samples and no retained data:
 
 1. **Feature-level class weight masking** (closed form). In the input space of the backbone's last
-   learnable layer, the forget direction is the forget samples' mean minus the retained classes' mean
-   (from the class statistics recorded at training time), made orthogonal to the directions that separate
-   the retained classes from each other. The layer's weights are projected off that direction, and the bias
-   compensated so that an input at the retained mean maps exactly as before. Forget samples thereby land
-   on the retained mean along the direction that singled them out: their features stop forming a class of
-   their own (the linear-probe figure), while the retained classes keep every direction they use.
+   learnable layer (``feature_depth="every_layer"``: of every learnable layer in turn), a rank-one edit of
+   the layer sends the forget samples' mean to where the two nearest retained classes' recorded means lie
+   (midway between them), while every retained class mean (from the class statistics recorded at training
+   time) maps exactly as before (:func:`retarget_layer`). Forget samples thereby stop forming a cluster of
+   their own that a 5-sample prototype written into the head could find again (the prototype attack with
+   the mask lifted), without being confidently one retained class either (the entropy MIA). Version 1's
+   projection (``feature_target="retained_mean"``: the forget direction, orthogonalised against the
+   retained means, removed) moved the linear probe but left the cluster.
    A model without class statistics (imported without data) takes a data-free estimate instead
    (``data_free="batchnorm"``): the mean of the edit layer's input over the training distribution is read
    from the BatchNorm running statistics feeding it (its output is sampled as N(beta, gamma^2) and carried
@@ -41,11 +43,28 @@ from . import ForgetSet, RetainSet, register_method
 SCOPES = ("forgotten_rows", "head", "edit_layer")
 DATA_FREE = ("batchnorm", "none")
 RETAIN_TARGETS = ("own", "uniform")
+FEATURE_TARGETS = ("nearest_class", "nearest_pair", "retained_mean")
+FEATURE_DEPTHS = ("edit_layer", "every_layer")
+FEATURE_METRICS = ("euclidean", "forget_variance")
+NHLE_CONFIG_VERSION = 2
 
 
 @dataclass(frozen=True)
 class NHLEConfig:
-    """NHLE hyper-parameters. Defaults were chosen on mnist.npz with lenet (docs/nhle.md)."""
+    """NHLE hyper-parameters. Defaults were chosen by measurement against retraining (docs/nhle.md).
+
+    Feature step (step 1): ``feature_target`` is where the forget samples' mean is sent in the input space of
+    each edited layer, with a rank-one edit that keeps every retained class mean where it was
+    (:func:`retarget_layer`): ``nearest_pair`` (default: midway between the two retained classes whose
+    recorded means are nearest, so forget samples are neither a cluster of their own nor confidently one
+    retained class), ``nearest_class`` (onto the nearest one), or ``retained_mean`` (version 1's projection:
+    the forget direction, orthogonalised against the retained means when ``orthogonalize``, is removed).
+    ``feature_depth``: ``edit_layer`` (the backbone's last learnable layer) or ``every_layer`` (each learnable
+    layer in turn, from the class statistics recorded at every depth by
+    :meth:`~edge_unlearn.models.UnlearnableClassifier.record_depth_stats`; the edit layer alone when the model
+    has none). ``feature_metric``: ``forget_variance`` measures the edit's size in a metric that spares inputs
+    varying much within the forget samples. ``alpha`` scales the move (1 = all the way). A model without class
+    statistics takes the data-free ``retained_mean`` projection whatever ``feature_target`` says."""
 
     steps: int = 20
     lr: float = 0.05
@@ -57,14 +76,22 @@ class NHLEConfig:
     alpha: float = 1.0
     orthogonalize: bool = True
     data_free: str = "batchnorm"
+    feature_target: str = "nearest_pair"
+    feature_depth: str = "edit_layer"
+    feature_metric: str = "euclidean"
+    version: int = NHLE_CONFIG_VERSION
 
     def __post_init__(self) -> None:
-        if self.data_free not in DATA_FREE:
-            raise UsageError(f"nhle data_free must be one of {', '.join(DATA_FREE)}, got {self.data_free!r}")
-        if self.scope not in SCOPES:
-            raise UsageError(f"nhle scope must be one of {', '.join(SCOPES)}, got {self.scope!r}")
-        if self.retain_target not in RETAIN_TARGETS:
-            raise UsageError(f"nhle retain_target must be one of {', '.join(RETAIN_TARGETS)}, got {self.retain_target!r}")
+        if self.version != NHLE_CONFIG_VERSION:
+            raise UsageError(f"nhle config version {self.version} is not supported (this edge-unlearn writes "
+                             f"version {NHLE_CONFIG_VERSION}); drop the version parameter")
+        for name, value, allowed in (("data_free", self.data_free, DATA_FREE), ("scope", self.scope, SCOPES),
+                                     ("retain_target", self.retain_target, RETAIN_TARGETS),
+                                     ("feature_target", self.feature_target, FEATURE_TARGETS),
+                                     ("feature_depth", self.feature_depth, FEATURE_DEPTHS),
+                                     ("feature_metric", self.feature_metric, FEATURE_METRICS)):
+            if value not in allowed:
+                raise UsageError(f"nhle {name} must be one of {', '.join(allowed)}, got {value!r}")
         if self.steps < 0 or self.lr <= 0 or self.neg_value < 0 or not 0 <= self.alpha <= 1 or self.temperature <= 0:
             raise UsageError("nhle needs steps >= 0, lr > 0, neg_value >= 0, 0 <= alpha <= 1, temperature > 0")
 
@@ -188,10 +215,189 @@ def project_forget_directions(model: UnlearnableClassifier, forget_inputs: torch
     return int(q.shape[1])
 
 
+class _Captured(Exception):
+    """Raised by a pre-hook once it has the input it wanted: the rest of the forward pass is skipped."""
+
+
+@torch.no_grad()
+def _layer_input(model: UnlearnableClassifier, layer: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
+    """``layer``'s pooled input [N, D] for ``inputs`` (the forward pass stops at the layer)."""
+    captured: list[torch.Tensor] = []
+
+    def grab(_m, args):
+        captured.append(args[0])
+        raise _Captured
+
+    handle = layer.register_forward_pre_hook(grab)
+    try:
+        model.backbone(inputs)
+    except _Captured:
+        pass
+    finally:
+        handle.remove()
+    if not captured:
+        raise UsageError(f"the backbone never runs {type(layer).__name__} on these inputs; use feature_depth=edit_layer")
+    return pool_edit_input(captured[0].float(), layer)
+
+
+@torch.no_grad()
+def _execution_order(model: UnlearnableClassifier, names: list[str], example: torch.Tensor) -> list[str]:
+    """``names`` (backbone layers) sorted by when they first run on ``example``; layers that never run are dropped."""
+    modules = dict(model.backbone.named_modules())
+    order: list[str] = []
+
+    def note(name: str):
+        def hook(_m, _args) -> None:
+            if name not in order:
+                order.append(name)
+        return hook
+
+    handles = [modules[n].register_forward_pre_hook(note(n)) for n in names]
+    try:
+        model.backbone(example[:1])
+    finally:
+        for h in handles:
+            h.remove()
+    return order
+
+
+@torch.no_grad()
+def retarget_layer(model: UnlearnableClassifier, layer: nn.Module, forget_mean: torch.Tensor,
+                   target_mean: torch.Tensor, retained_means: torch.Tensor, alpha: float = 1.0,
+                   variance: torch.Tensor | None = None) -> bool:
+    """Rank-one edit of ``layer`` so that an input at ``forget_mean`` gives the output it gives at
+    ``target_mean`` (``alpha`` < 1: part of the way), while an input at any of ``retained_means`` [K, D]
+    (and any affine combination of them) gives exactly the output it gave before.
+
+    In homogeneous coordinates x~ = [x; 1] the layer is W~ = [W b]; the edit is W~ += u vᵀ with
+    u = alpha · W (target − forget) and v the shortest vector with vᵀ forget~ = 1 and vᵀ r~ = 0 for every
+    retained mean r: the component of forget~ orthogonal to the retained means, over its squared norm
+    (with ``variance`` [D], per-input variances, "shortest" is measured in the metric that weights each
+    input by 1/variance, so the edit leans on inputs that vary little within a class). For a
+    conv every kernel tap is edited over the input channels (means are channel means) and a bias shift goes
+    to the bias or, without one, into the following BatchNorm. False (nothing changed) when the forget mean
+    is, to 1e-4 relative, an affine combination of the retained means."""
+    one = forget_mean.new_ones(1)
+    retained = torch.cat([retained_means.to(forget_mean), forget_mean.new_ones(len(retained_means), 1)], 1)
+    f = torch.cat([forget_mean, one])
+    # v = s * w, w the shortest in coordinates scaled by s = 1/std (1 for the bias input): min E[(vᵀ noise)²]
+    if variance is not None:  # shrunk toward its mean, so an input that never varied here gets no unbounded weight
+        variance = variance.to(forget_mean).clamp_min(0)
+        s = torch.cat([(variance + variance.mean()).clamp_min(1e-12).rsqrt(), one])
+    else:
+        s = torch.ones_like(f)
+    basis, r = torch.linalg.qr((retained * s).T)
+    basis = basis[:, r.diagonal().abs() > 1e-6 * float(r.diagonal().abs().max())]
+    orth = f * s - basis @ (basis.T @ (f * s))
+    if float(orth.norm()) <= 1e-4 * float((f * s).norm()):
+        return False
+    v = s * orth / (orth @ orth)
+    move = alpha * (target_mean.to(forget_mean) - forget_mean)
+    width = forget_mean.numel()
+    if isinstance(layer, nn.Linear):
+        u = layer.weight.float() @ move
+        layer.weight += (u[:, None] * v[None, :width]).to(layer.weight.dtype)
+        delta = u * v[width]
+    else:
+        taps = layer.weight.permute(2, 3, 0, 1)  # a view [kh, kw, out, in]: edits land in the weight
+        u = taps.float() @ move
+        taps += (u[..., None] * v[:width]).to(taps.dtype)
+        delta = u.sum((0, 1)) * v[width]
+    if layer.bias is not None:
+        layer.bias += delta.to(layer.bias.dtype)
+    else:
+        bn = _following_batchnorm(model, layer)
+        if bn is None or bn.running_mean is None:
+            return True  # no place for the bias shift: the retained means move by the (small) constant part
+        bn.running_mean -= delta.to(bn.running_mean.dtype)
+    return True
+
+
+@torch.no_grad()
+def nearest_retained_classes(model: UnlearnableClassifier, forget_mean: torch.Tensor, keep: torch.Tensor) -> list[int]:
+    """Retained classes by the distance of their recorded edit-layer mean to ``forget_mean`` (Euclidean), nearest first."""
+    kept = torch.nonzero(keep).flatten()
+    dist = (model.class_stats[kept].float() - forget_mean.to(model.class_stats.device)).norm(dim=1)
+    return [int(kept[i]) for i in dist.argsort()]
+
+
+@torch.no_grad()
+def retarget_forget_features(model: UnlearnableClassifier, forget_inputs: torch.Tensor, forget_labels: torch.Tensor,
+                             forget_classes: list[int], config: NHLEConfig) -> dict[str, object]:
+    """Step 1 with class statistics, ``feature_target``/``feature_depth`` of ``config``: for each forgotten
+    class, send its samples' mean input of each edited layer to the target (the nearest retained class's
+    recorded mean, or the retained classes' mean) with :func:`retarget_layer`, layer by layer in execution
+    order (each layer sees the inputs the edits before it produced). Returns what ran: the layers edited,
+    the target class of each forgotten class (``None`` for ``retained_mean``) and the depth actually used."""
+    keep = model.class_mask.clone()
+    keep[forget_classes] = False
+    edit_name = next(n for n, m in model.backbone.named_modules() if m is model.edit_layer())
+    depth = config.feature_depth
+    if depth == "every_layer" and model.has_depth_stats:
+        stats = {name: s for name, s in model.depth_stats().items()}
+        names = _execution_order(model, list(stats), forget_inputs)
+    else:
+        depth = "edit_layer"
+        stats, names = {edit_name: model.class_stats}, [edit_name]
+    modules = dict(model.backbone.named_modules())
+    labels = forget_labels.to(forget_inputs.device)
+    targets: dict[int, list[int] | None] = {}
+    edited = 0
+    for c in forget_classes:
+        x = forget_inputs[labels == c]
+        if len(x) == 0:
+            continue
+        if config.feature_target == "retained_mean":
+            targets[c] = None
+        else:
+            nearest = nearest_retained_classes(model, _layer_input(model, model.edit_layer(), x).mean(0), keep)
+            targets[c] = nearest[:2] if config.feature_target == "nearest_pair" else nearest[:1]
+        for name in names:
+            layer, retained = modules[name], stats[name][keep].float()
+            target = retained.mean(0) if targets[c] is None else stats[name][targets[c]].float().mean(0)
+            act = _layer_input(model, layer, x)
+            variance = act.var(0) if config.feature_metric == "forget_variance" and len(act) > 1 else None
+            edited += retarget_layer(model, layer, act.mean(0), target, retained, config.alpha, variance)
+    return {"feature_depth": depth, "layers_edited": edited, "target_classes": targets}
+
+
 def _targets(logits: torch.Tensor, keep: torch.Tensor, config: NHLEConfig) -> torch.Tensor:
     if config.retain_target == "uniform":
         return keep.float().expand_as(logits) / keep.sum()
     return torch.softmax(logits.masked_fill(~keep, float("-inf")) / config.temperature, dim=1)
+
+
+def _nhle_loss(logits: torch.Tensor, keep: torch.Tensor, forget: list[int], targets: torch.Tensor,
+               neg_value: float) -> torch.Tensor:
+    """``-sum_r t_r log p_r - neg_value * log(1 - p_forgotten)``, mean over samples (bounded below)."""
+    logp = F.log_softmax(logits, dim=1)
+    p_forgotten = logp[:, forget].exp().sum(1).clamp(max=1 - 1e-6)
+    return -(targets * logp.masked_fill(~keep, 0)).sum(1).mean() - neg_value * torch.log1p(-p_forgotten).mean()
+
+
+def _train_forgotten_rows(model: UnlearnableClassifier, x: torch.Tensor, keep: torch.Tensor, forget: list[int],
+                          targets: torch.Tensor, config: NHLEConfig, progress: bool) -> None:
+    """Step 2 with ``scope="forgotten_rows"``: Adam on the masked classes' head rows only. The features and
+    the retained logits cannot change, so they are computed once and only the trained rows' logits are
+    recomputed each step (the same updates as masking the other rows' gradients, at a fraction of the cost)."""
+    head = model.head
+    rows = torch.nonzero(~keep).flatten()
+    with torch.no_grad():
+        feats = model.features(x)
+        fixed = head(feats)
+    weight = head.weight.detach()[rows].clone().requires_grad_(True)
+    bias = (head.bias.detach()[rows] if head.bias is not None else weight.new_zeros(len(rows))).clone().requires_grad_(True)
+    optimizer = torch.optim.Adam([weight, bias] if head.bias is not None else [weight], lr=config.lr)
+    for _ in tqdm(range(config.steps), desc="nhle", disable=not progress, unit="step"):
+        logits = fixed.index_copy(1, rows, feats @ weight.T + bias)
+        loss = _nhle_loss(logits, keep, forget, targets, config.neg_value)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        head.weight[rows] = weight.detach()
+        if head.bias is not None:
+            head.bias[rows] = bias.detach()
 
 
 @register_method("nhle", NHLEConfig, needs="forget",
@@ -209,6 +415,7 @@ def run_nhle(model: UnlearnableClassifier, forget_set: ForgetSet, config: NHLECo
         original_logits = model.head(model.features(x))
         targets = _targets(original_logits, keep, config)
     step, removed = "none", 0
+    details: dict[str, object] = {}
     if config.project and config.alpha > 0:
         estimate = None
         if model.has_class_stats:
@@ -218,35 +425,35 @@ def run_nhle(model: UnlearnableClassifier, forget_set: ForgetSet, config: NHLECo
             step = "batchnorm_estimate" if estimate is not None else "none (no class statistics, no BatchNorm before the edit layer)"
         else:
             step = "none (no class statistics; data_free=none)"
-        if step in ("class_stats", "batchnorm_estimate"):
+        if step == "class_stats" and (config.feature_target != "retained_mean" or config.feature_depth != "edit_layer"):
+            report = retarget_forget_features(model, x, forget_set.labels, forget, config)
+            removed = int(report.pop("layers_edited"))
+            details.update(report)
+        elif step in ("class_stats", "batchnorm_estimate"):
             removed = project_forget_directions(model, x, forget_set.labels, forget, config.alpha, config.orthogonalize,
                                                 feature_mean=estimate)
+    head = model.head
+    if config.scope == "forgotten_rows":
+        _train_forgotten_rows(model, x, keep, forget, targets, config, progress)
+        model.drop_class_stats(forget)
+        return {"feature_step": step, "feature_directions": removed, **details}
     for p in model.parameters():
         p.requires_grad_(False)
-    head = model.head
     if config.scope == "edit_layer":
         params = [*model.edit_layer().parameters(), head.weight, head.bias]
     else:
         params = [head.weight, head.bias]
     for p in params:
         p.requires_grad_(True)
-    row_filter = None
-    if config.scope == "forgotten_rows":
-        row_filter = (~keep).float()
     cached = None if config.scope == "edit_layer" else model.features(x).detach()
     optimizer = torch.optim.Adam(params, lr=config.lr)
     for _ in tqdm(range(config.steps), desc="nhle", disable=not progress, unit="step"):
         feats = model.features(x) if cached is None else cached
-        logp = F.log_softmax(head(feats), dim=1)
-        p_forgotten = logp[:, forget].exp().sum(1).clamp(max=1 - 1e-6)
-        loss = -(targets * logp.masked_fill(~keep, 0)).sum(1).mean() - config.neg_value * torch.log1p(-p_forgotten).mean()
+        loss = _nhle_loss(head(feats), keep, forget, targets, config.neg_value)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        if row_filter is not None:
-            head.weight.grad.mul_(row_filter[:, None])
-            head.bias.grad.mul_(row_filter)
         optimizer.step()
     for p in model.parameters():
         p.requires_grad_(True)
     model.drop_class_stats(forget)
-    return {"feature_step": step, "feature_directions": removed}
+    return {"feature_step": step, "feature_directions": removed, **details}

@@ -282,7 +282,8 @@ def test_nhle_reports_which_feature_step_ran(digits_checkpoint, digits):
     images, labels = take_samples(digits, [3], 16)
     fs = ForgetSet(preprocess(images, digits.normalization), labels, (3,))
     with_stats = forget(model, fs, method="nhle", device="cpu")
-    assert with_stats.details == {"feature_step": "class_stats", "feature_directions": 1}
+    assert {k: with_stats.details[k] for k in ("feature_step", "feature_directions")} == {
+        "feature_step": "class_stats", "feature_directions": 1}
     bare = load_checkpoint(digits_checkpoint).model
     bare.class_stats_count.zero_()
     free = forget(bare, fs, method="nhle", device="cpu")

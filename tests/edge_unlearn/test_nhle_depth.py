@@ -1,0 +1,184 @@
+"""NHLE's feature step at depth (issue #15): retargeting onto the nearest retained class, layer by layer,
+the class statistics recorded at every depth, and the configuration that selects them."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from edge_unlearn.attacks import mia_entropy, prototype_relearn_attack
+from edge_unlearn.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
+from edge_unlearn.data import preprocess, take_samples
+from edge_unlearn.errors import UsageError
+from edge_unlearn.metrics import evaluate_model
+from edge_unlearn.models import build_model, depth_layers
+from edge_unlearn.unlearn import ForgetSet, forget, method_config
+from edge_unlearn.unlearn.nhle import NHLEConfig, _layer_input, retarget_layer
+
+
+def _forget_set(data, classes, n=32):
+    x, y = take_samples(data, classes, n, seed=0)
+    return ForgetSet(preprocess(x, data.normalization), y, tuple(classes))
+
+
+@pytest.fixture(scope="module")
+def original(digits_checkpoint):
+    return load_checkpoint(digits_checkpoint).model
+
+
+@pytest.fixture(scope="module")
+def with_depth_stats(original, digits):
+    model = copy.deepcopy(original)
+    model.record_depth_stats(preprocess(digits.x_train, digits.normalization), digits.y_train)
+    return model
+
+
+@pytest.mark.parametrize("arch, shape", [("lenet", (1, 8, 8)), ("resnet18", (1, 16, 16))])
+def test_retarget_layer_sends_forget_mean_to_target_and_keeps_every_retained_mean(arch, shape):
+    """Linear (lenet) and conv with its bias shift folded into the next BatchNorm (resnet)."""
+    torch.manual_seed(0)
+    model = build_model(arch, 4, shape).eval()
+    x, y = torch.rand(48, *shape), torch.arange(48) % 4
+    x[y == 2] += 1.0
+    model.record_class_stats(x, y)
+    layer = model.edit_layer()
+    means = model.class_stats.float()
+    forget_mean = _layer_input(model, layer, x[y == 2]).mean(0)
+    bn = None
+    if isinstance(layer, torch.nn.Conv2d):
+        from edge_unlearn.unlearn.nhle import _following_batchnorm
+
+        bn = _following_batchnorm(model, layer)
+
+    def response(mean):
+        inp = mean[None] if isinstance(layer, torch.nn.Linear) else mean[None, :, None, None].expand(1, -1, 5, 5)
+        out = layer(inp)
+        out = bn(out) if bn is not None else out
+        return out[..., 2, 2] if out.dim() == 4 else out  # conv: the centre tap (padding breaks the mean elsewhere)
+
+    with torch.no_grad():
+        before = {c: response(means[c]) for c in (0, 1, 3)}
+        target_before = response(means[1])
+        forget_before = response(forget_mean)
+        assert retarget_layer(model, layer, forget_mean, means[1], means[[0, 1, 3]], alpha=1.0)
+        for c in (0, 1, 3):
+            torch.testing.assert_close(response(means[c]), before[c], rtol=1e-4, atol=1e-4)
+        moved = response(forget_mean)
+    torch.testing.assert_close(moved, target_before, rtol=1e-3, atol=1e-3)
+    assert float((forget_before - target_before).norm()) > 0.1  # it had somewhere to go
+
+
+def test_retarget_refuses_a_forget_mean_the_retained_means_already_span(original):
+    model = copy.deepcopy(original)
+    means = model.class_stats.float()
+    inside = 0.5 * means[0] + 0.5 * means[1]  # an affine combination of retained means
+    weight = model.edit_layer().weight.clone()
+    assert not retarget_layer(model, model.edit_layer(), inside, means[2], means[[0, 1, 2, 4]])
+    assert torch.equal(model.edit_layer().weight, weight)
+
+
+@pytest.mark.parametrize("target, count", [("nearest_class", 1), ("nearest_pair", 2)])
+def test_nearest_targets_defeat_the_prototype_attack_where_the_projection_does_not(target, count, original, digits):
+    """Digits, class 3: v1's projection leaves the forget features a cluster the 5-sample prototype finds."""
+    fs = _forget_set(digits, [3])
+    base = evaluate_model(original, digits, [3], probe=False).retain_acc
+    old = forget(original, fs, config=NHLEConfig(feature_target="retained_mean"))
+    new = forget(original, fs, config=NHLEConfig(feature_target=target))
+    attack_old = prototype_relearn_attack(old.model, digits, [3], lift_mask=True).forget_acc
+    attack_new = prototype_relearn_attack(new.model, digits, [3], lift_mask=True).forget_acc
+    assert attack_old > 0.2 and attack_new <= 0.05, (attack_old, attack_new)
+    after = evaluate_model(new.model, digits, [3], probe=False)
+    assert after.forget_acc == 0 and after.forget_acc_unmasked == 0 and base - after.retain_acc <= 0.01
+    targets = new.details["target_classes"][3]
+    assert len(targets) == count and 3 not in targets and new.details["feature_depth"] == "edit_layer"
+
+
+def test_nearest_pair_leaves_forget_samples_uncertain_where_nearest_class_makes_them_members(original, digits):
+    """Sent onto one retained class the forget samples are predicted confidently (low entropy: "member" to
+    the entropy MIA); sent between two they are not, as on the retrained model."""
+    fs = _forget_set(digits, [3])
+    one = forget(original, fs, config=NHLEConfig(feature_target="nearest_class")).model
+    pair = forget(original, fs, config=NHLEConfig(feature_target="nearest_pair")).model
+    mia_one, mia_pair = mia_entropy(one, digits, [3]), mia_entropy(pair, digits, [3])
+    assert mia_one > 0.5 and mia_pair < 0.2, (mia_one, mia_pair)
+
+
+def test_every_layer_edits_each_layer_and_keeps_retained_statistics(with_depth_stats, digits):
+    fs = _forget_set(digits, [3])
+    result = forget(with_depth_stats, fs, config=NHLEConfig(feature_depth="every_layer"))
+    assert result.details["feature_depth"] == "every_layer"
+    before_modules = dict(with_depth_stats.backbone.named_modules())
+    after_modules = dict(result.model.backbone.named_modules())
+    names = [n for n, _ in depth_layers(with_depth_stats.backbone)]
+    changed = [n for n in names if not torch.equal(after_modules[n].weight, before_modules[n].weight)]
+    # lenet on 1-channel digits: the first conv's input is one channel mean, spanned by the retained means
+    assert changed == names[1:] and result.details["feature_directions"] == len(names) - 1
+    stats_before = with_depth_stats.depth_stats()
+    kept = [c for c in range(10) if c != 3]
+    for name in changed:  # each edited layer maps every recorded retained mean exactly as before
+        means = stats_before[name][kept]
+        with torch.no_grad():
+            if isinstance(after_modules[name], torch.nn.Linear):
+                old, new = before_modules[name](means), after_modules[name](means)
+            else:  # conv + its BatchNorm (the bias shift lives there), centre tap of a constant input
+                grid = means[:, :, None, None].expand(-1, -1, 5, 5)
+                old = with_depth_stats.backbone[int(name) + 1](before_modules[name](grid))[..., 2, 2]
+                new = result.model.backbone[int(name) + 1](after_modules[name](grid))[..., 2, 2]
+        torch.testing.assert_close(new, old, rtol=1e-3, atol=1e-3)
+    remeasured = copy.deepcopy(result.model)
+    remeasured.record_depth_stats(preprocess(digits.x_train, digits.normalization), digits.y_train)
+    targets, edit = result.details["target_classes"][3], names[-1]
+    with torch.no_grad():  # the edit layer is affine: its output mean is its output at the input mean
+        target_out = before_modules[edit](stats_before[edit][targets].mean(0))
+        gap_before = float((before_modules[edit](stats_before[edit][3]) - target_out).norm())
+        gap_after = float((after_modules[edit](remeasured.depth_stats()[edit][3]) - target_out).norm())
+    assert gap_after < 0.25 * gap_before, (gap_before, gap_after)  # the forgotten class moved onto its target
+    drop = (evaluate_model(with_depth_stats, digits, [3], probe=False).retain_acc
+            - evaluate_model(result.model, digits, [3], probe=False).retain_acc)
+    assert drop <= 0.02, drop
+    assert not bool(result.model.depth_stats()[edit][3].any())  # the forgotten class's statistics are erased
+
+
+def test_every_layer_without_depth_statistics_falls_back_to_the_edit_layer(original, digits):
+    assert not original.has_depth_stats
+    result = forget(original, _forget_set(digits, [3]), config=NHLEConfig(feature_depth="every_layer"))
+    assert result.details["feature_depth"] == "edit_layer" and result.details["feature_directions"] == 1
+
+
+def test_depth_statistics_survive_a_checkpoint_and_old_checkpoints_still_load(with_depth_stats, digits_checkpoint,
+                                                                                tmp_path):
+    meta = load_checkpoint(digits_checkpoint).meta
+    path = tmp_path / "with_depth.safetensors"
+    save_checkpoint(path, with_depth_stats, meta)
+    loaded = load_checkpoint(path).model
+    assert loaded.has_depth_stats and set(loaded.depth_stats()) == {n for n, _ in depth_layers(loaded.backbone)}
+    for name, value in with_depth_stats.depth_stats().items():
+        assert torch.equal(loaded.depth_stats()[name], value)
+    old = load_checkpoint(digits_checkpoint).model  # written without them
+    assert not old.has_depth_stats and old.depth_stats() == {}
+
+
+def test_forget_variance_metric_changes_the_edit_but_keeps_retained_means(original, digits):
+    fs = _forget_set(digits, [3])
+    plain = forget(original, fs, config=NHLEConfig())
+    weighted = forget(original, fs, config=NHLEConfig(feature_metric="forget_variance"))
+    assert not torch.allclose(plain.model.edit_layer().weight, weighted.model.edit_layer().weight)
+    layer, means = weighted.model.edit_layer(), original.class_stats[[c for c in range(10) if c != 3]]
+    with torch.no_grad():
+        torch.testing.assert_close(layer(means), original.edit_layer()(means), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("overrides, needle", [
+    ({"feature_target": "farthest"}, "feature_target"),
+    ({"feature_depth": "some_layers"}, "feature_depth"),
+    ({"feature_metric": "cosine"}, "feature_metric"),
+    ({"version": 1}, "version"),
+])
+def test_bad_feature_parameters_are_one_clear_error(overrides, needle):
+    with pytest.raises(UsageError, match=needle):
+        method_config("nhle", overrides)
+
+
+def test_config_record_is_versioned():
+    assert NHLEConfig().version == 2 and method_config("nhle", {"feature_depth": "every_layer"}).version == 2
