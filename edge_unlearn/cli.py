@@ -179,7 +179,11 @@ def print_forget_summary(s: dict[str, Any]) -> None:
             click.echo(f"  {name:24s} {_fmt(before):>8s} {_fmt(after):>8s}")
         click.echo(f"  retain_drop {s['retain_drop']:+.4f}")
     if "feature_step" in s:
-        click.echo(f"  feature step: {s['feature_step']} ({s.get('feature_directions', 0)} direction(s) removed)")
+        if "feature_depth" in s:  # NHLE v2: a rank-one retargeting edit per layer
+            click.echo(f"  feature step: {s['feature_step']} ({s.get('feature_directions', 0)} layer(s) edited, "
+                       f"forget features sent toward classes {s.get('target_classes')})")
+        else:
+            click.echo(f"  feature step: {s['feature_step']} ({s.get('feature_directions', 0)} direction(s) removed)")
 
 
 @main.command("forget")

@@ -247,5 +247,6 @@ def test_quantize_calibration_set_of_another_class_count_is_refused(tmp_path):
     object.__setattr__(meta, "num_classes", 10)
     object.__setattr__(meta, "input_shape", (1, 8, 8))
     object.__setattr__(meta, "class_names", tuple("abcdefghij"))  # another dataset: its names are not a prefix
+    object.__setattr__(meta, "preprocessing", {})  # an export without a preprocessing record
     with pytest.raises(UsageError, match="has 5 classes but the model has 10"):
         calibration_inputs(f"npz:{npz}", meta, samples=8)

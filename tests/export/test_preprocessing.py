@@ -164,7 +164,7 @@ def test_quantize_calib_on_an_imported_model_with_resize(imported_with_resize, t
     assert host.resize == 10 and meta.prep.to_json() == host.to_json()
     # every calibration input is one of the training images exactly as the host prepares it
     inputs, classes = calibration_inputs("digits", meta, samples=24)
-    prepared = host(digits.x_train).numpy().reshape(len(digits.x_train), -1)
+    prepared = host(digits.x_train[:]).numpy().reshape(len(digits.x_train), -1)
     index = {row.tobytes(): i for i, row in enumerate(prepared)}
     assert inputs.shape == (24, 1, 8, 8) and all(row.tobytes() in index for row in inputs.reshape(24, -1))
     picked = np.array([index[row.tobytes()] for row in inputs.reshape(24, -1)])
