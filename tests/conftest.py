@@ -1,6 +1,7 @@
 """Shared fixtures: a small lenet trained on scikit-learn's digits, and paths to the shared real data."""
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import pytest
@@ -61,3 +62,15 @@ def one_line_error(result, *needles: str) -> str:
     for needle in needles:
         assert needle in lines[0], lines[0]
     return lines[0]
+
+
+@contextlib.contextmanager
+def one_thread():
+    """One intra-op thread for the block, restored afterwards: bit-for-bit comparisons need one reduction order,
+    and tiny models train many times faster on one thread on a shared, loaded CPU."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

@@ -1,7 +1,6 @@
 """Attacks and metrics on constructed cases whose answer is known (edge_unlearn.attacks)."""
 from __future__ import annotations
 
-import contextlib
 import copy
 import functools
 import math
@@ -13,6 +12,7 @@ from torch import nn
 from edge_unlearn import attacks
 from edge_unlearn.data import Dataset, Normalization, preprocess
 from edge_unlearn.models import UnlearnableClassifier
+from tests.conftest import one_thread
 
 NUM_CLASSES = 4
 
@@ -76,7 +76,7 @@ def _half_model(data: Dataset, side: str, scrub_class0: bool = True, bias0: floa
     key = (data.spec, side)
     if key not in _HEADS:
         torch.manual_seed(0)
-        with _one_thread():
+        with one_thread():
             _HEADS[key] = _fit_head(UnlearnableClassifier(Half(side), nn.Linear(16, NUM_CLASSES)), data)
     model = copy.deepcopy(_HEADS[key])
     if scrub_class0:
@@ -110,19 +110,9 @@ def test_mia_entropy_from_probs_separates_confident_members():
     assert attacks.mia_entropy_from_probs(confident, unsure, unsure) == 0.0
 
 
-@contextlib.contextmanager
-def _one_thread():
-    """Tiny models train many times faster on one thread on a shared, loaded CPU; restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
 
 def _memorise(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> None:
-    with _one_thread():
+    with one_thread():
         opt = torch.optim.Adam(model.parameters(), lr=3e-3)
         for _ in range(300):
             loss = nn.functional.cross_entropy(model(x), y)

@@ -1,7 +1,6 @@
 """Every registered unlearning method on a tiny synthetic task, plus the baselines' own guarantees."""
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 
@@ -14,6 +13,7 @@ from edge_unlearn.errors import UsageError
 from edge_unlearn.training import TrainConfig, train_model
 from edge_unlearn.unlearn import DATA_NEEDS, ForgetSet, RetainSet, forget, get_method, list_methods
 from edge_unlearn.unlearn import baselines
+from tests.conftest import one_thread
 
 NUM_CLASSES = 4
 FORGET = (1,)
@@ -28,16 +28,6 @@ TEST_CONFIGS = {
     "retrain": baselines.RetrainConfig(epochs=4, min_steps=0, batch_size=32),
 }
 
-
-@contextlib.contextmanager
-def _one_thread():
-    """Tiny models train many times faster on one thread on a shared, loaded CPU; restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _blobs(labels: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -55,7 +45,7 @@ def task():
     y_train, y_test = torch.arange(240) % NUM_CLASSES, torch.arange(120) % NUM_CLASSES
     x_train, x_test = _blobs(y_train, gen), _blobs(y_test, gen)
     data = Dataset("blobs", x_train, y_train, x_test, y_test, tuple("abcd"), Normalization.of(x_train))
-    with _one_thread():
+    with one_thread():
         model = train_model("lenet", data, TrainConfig(epochs=4, batch_size=32, lr=5e-3, device="cpu"),
                             progress=False).model
     sel = torch.isin(y_train, torch.tensor(FORGET))
@@ -92,7 +82,7 @@ def test_method_reduces_forget_accuracy_and_keeps_the_checkpoint_format(method, 
     before = {k: v.clone() for k, v in model.state_dict().items()}
     original_forget = _forget_acc(model, data)
     assert original_forget >= 0.9
-    with _one_thread():
+    with one_thread():
         result = forget(model, fs, method, config=TEST_CONFIGS.get(method),
                         retain=rs if spec.needs != "forget" else None, device="cpu")
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # input untouched
@@ -143,7 +133,7 @@ def test_salun_changes_only_salient_weights_even_with_weight_decay(task):
     total = sum(m.numel() for m in masks)
     assert abs(sum(int(m.sum()) for m in masks) / total - 0.3) < 0.01
     before = [p.detach().clone() for p in work.parameters()]
-    with _one_thread():
+    with one_thread():
         baselines.run_salun(work, fs, config, rs, torch.device("cpu"), False)
     changed = 0
     for p, b, m in zip(work.parameters(), before, masks):
@@ -173,7 +163,7 @@ def test_retrain_does_not_depend_on_the_weights_it_starts_from(task):
         for p in other.parameters():
             p.add_(1.0)
     config = baselines.RetrainConfig(epochs=1, min_steps=0, batch_size=64)
-    with _one_thread():
+    with one_thread():
         a = forget(model, fs, "retrain", config=config, retain=rs, device="cpu").model
         b = forget(other, fs, "retrain", config=config, retain=rs, device="cpu").model
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
@@ -195,7 +185,7 @@ def test_neggrad_with_a_retain_term_needs_retained_data(task):
     config = baselines.NegGradConfig(retain_weight=0.5, epochs=1)
     with pytest.raises(UsageError, match="retained training data"):
         forget(model, fs, "neggrad", config=config, device="cpu")
-    with _one_thread():
+    with one_thread():
         result = forget(model, fs, "neggrad", config=config, retain=rs, device="cpu")
     assert result.params["retain_weight"] == 0.5
 

@@ -3,7 +3,6 @@ AMP refused on CPU, resume giving the uninterrupted run's weights, streaming cla
 repeating the recorded recipe."""
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 from dataclasses import replace
@@ -17,20 +16,11 @@ from edge_unlearn.errors import CheckpointError, UsageError
 from edge_unlearn.training import (Processes, TrainConfig, WarmupCosine, augment_batch, load_train_state,
                                    record_class_stats, train_model)
 from tests.conftest import invoke_cli, one_line_error
+from tests.conftest import one_thread
 
 # A tiny run on digits: 1257 training images, 10 steps of 128 an epoch; min_steps 14 -> 2 epochs, 20 steps.
 TINY = dict(epochs=1, min_steps=14, batch_size=128, lr=5e-3, device="cpu")
 
-
-@contextlib.contextmanager
-def one_thread():
-    """Bit-for-bit comparisons need the same reduction order: one intra-op thread."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def test_auto_augmentation_follows_the_images_and_is_recorded_resolved():
