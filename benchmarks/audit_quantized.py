@@ -5,7 +5,8 @@ retrained model. Prints a table; writes benchmarks/results/audit_quantized_<data
     python benchmarks/audit_quantized.py --dataset npz:../shared/data/mnist.npz --arch lenet --forget 3
 
 Every step is an `edge-unlearn` command (run in a subprocess, exactly as a user would); checkpoints are cached in
---work (default benchmarks/results/audit_work/<dataset>_<arch>), so a re-run only redoes the deployment side.
+--work (default benchmarks/results/audit_work/<dataset>_<arch>) with the command that made them and the NHLE
+config version, so a re-run only redoes the deployment side.
 """
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from edge_unlearn.unlearn.nhle import NHLE_CONFIG_VERSION
 
 ROOT = Path(__file__).resolve().parents[1]
 CLI = [sys.executable, "-m", "edge_unlearn.cli"]
@@ -48,10 +51,15 @@ def main() -> None:
                        "--set", "lr=1e-12", "--set", "project=false", "-o", masked]),
              (gold, ["retrain", orig, "--forget", args.forget, "-o", gold])]
     for path, cmd in steps:
-        if not path.is_file():
+        # a cached checkpoint is reused only if the same command made it with the same NHLE config version
+        # (a v1-era nhle.safetensors must not stand in for the current default)
+        made_by = {"command": [str(a) for a in cmd], "nhle_config_version": NHLE_CONFIG_VERSION}
+        sidecar = path.with_suffix(".made_by.json")
+        if not (path.is_file() and sidecar.is_file() and json.loads(sidecar.read_text()) == made_by):
             t0 = time.perf_counter()
             run(*cmd, "-q")
             seconds[path.stem] = time.perf_counter() - t0
+            sidecar.write_text(json.dumps(made_by))
     rows = []
     for name, ckpt in (("nhle", nhle), ("original (masked)", masked), ("retrain", gold)):
         stem = ckpt.stem

@@ -66,6 +66,18 @@ def make_subset(source: Path, out: Path, per_class: int, size: int, seed: int, t
     return f"npz:{out}"
 
 
+def reused_training(pth: Path, args: list[str]) -> float | None:
+    """Seconds of an earlier plain training with exactly these arguments, or None (train again).
+
+    The plain script is deterministic for a given argument list, so its .pth is reused when the sidecar written
+    beside it records the same arguments; the row keeps the seconds that training took."""
+    sidecar = pth.with_suffix(".run.json")
+    if not (pth.exists() and sidecar.exists()):
+        return None
+    record = json.loads(sidecar.read_text())
+    return float(record["seconds"]) if record.get("args") == args else None
+
+
 def run_arch(arch: str, data_npz: Path, spec: str, work: Path, epochs: int, forget: str, samples: int,
              stats_samples: int, threads: int) -> list[dict]:
     cifar_stem = arch.endswith(":cifar_stem")
@@ -76,9 +88,12 @@ def run_arch(arch: str, data_npz: Path, spec: str, work: Path, epochs: int, forg
     pth = work / f"{tag}.pth"
     cmd = [sys.executable, str(HERE / "plain_train.py"), "--arch", name, "--data", str(data_npz), "--epochs",
            str(epochs), "--mean", CIFAR_MEAN, "--std", CIFAR_STD, "--threads", str(threads), "-o", str(pth)] + (["--cifar-stem"] if cifar_stem else [])
-    t0 = time.perf_counter()
-    subprocess.run(cmd, check=True)
-    train_seconds = time.perf_counter() - t0
+    train_seconds = reused_training(pth, cmd[1:])
+    if train_seconds is None:
+        t0 = time.perf_counter()
+        subprocess.run(cmd, check=True)
+        train_seconds = time.perf_counter() - t0
+        pth.with_suffix(".run.json").write_text(json.dumps({"args": cmd[1:], "seconds": train_seconds}))
     print(f"[{label}] plain training: {train_seconds:.0f} s", flush=True)
     arch_flag = name if name.startswith("timm:") else f"torchvision:{name}"
     checkpoints = {}

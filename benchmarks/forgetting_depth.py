@@ -120,6 +120,35 @@ def cached_train(cache: Path, arch: str, data: Dataset, digest: str, recipe: Tra
     return result.model, result.seconds, key
 
 
+def adopt_original(cache: Path, checkpoint: Path, arch: str, data: Dataset, digest: str, recipe: TrainConfig,
+                   seconds: float | None) -> str:
+    """Put a model trained elsewhere (``edge-unlearn train``, e.g. a long CIFAR run resumed over sessions) into the
+    cache as this seed's original: refused unless it records the same architecture, the same data and exactly the
+    recipe :func:`cached_train` would run (resolved as training resolves it). Returns the cache key."""
+    loaded = load_checkpoint(checkpoint)
+    meta = loaded.meta
+    want = {k: v for k, v in recipe.resolved(data.input_shape).to_json().items() if k != "device"}
+    have = {k: v for k, v in (meta.train_recipe or {}).items() if k != "device"}
+    problems = []
+    if meta.arch != arch:
+        problems.append(f"arch {meta.arch} vs {arch}")
+    if have != want:
+        problems.append(f"recipe {have} vs {want}")
+    if (meta.num_classes, tuple(meta.input_shape)) != (data.num_classes, tuple(data.input_shape)):
+        problems.append(f"classes/input {meta.num_classes}/{tuple(meta.input_shape)} vs "
+                        f"{data.num_classes}/{tuple(data.input_shape)}")
+    if problems:
+        raise SystemExit(f"--original {checkpoint} is not this preset's original: " + "; ".join(problems))
+    recipe_json = {k: v for k, v in recipe.to_json().items() if k != "device"}
+    key = hashlib.sha256(json.dumps({"arch": arch, "data": digest, "recipe": recipe_json, "forget": []},
+                                    sort_keys=True).encode()).hexdigest()[:16]
+    cache.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(cache / f"{arch}_{key}.safetensors", loaded.model, meta)
+    (cache / f"{arch}_{key}.json").write_text(json.dumps({"seconds": seconds, "arch": arch, "recipe": recipe_json,
+                                                          "forget": [], "adopted_from": str(checkpoint)}))
+    return key
+
+
 def measure(model: UnlearnableClassifier, data: Dataset, cls: int, original_retain: float | None,
             target: float, source: str, audit_config: AuditConfig) -> dict[str, Any]:
     """Every figure of one model for one forgotten class."""
@@ -183,6 +212,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="auto", help="training/unlearning device (auto, cpu, cuda)")
     parser.add_argument("--out-dir", type=Path, default=ROOT / "bench_out" / "forgetting_depth",
                         help="trained-model cache (gitignored)")
+    parser.add_argument("--original", type=Path, default=None,
+                        help="a checkpoint trained by `edge-unlearn train` with the preset's recipe for the first "
+                             "seed: adopted as that seed's original (checked: arch, data shape, recipe)")
+    parser.add_argument("--original-seconds", type=float, default=None,
+                        help="the training seconds of --original (its train --json-out 'seconds')")
     parser.add_argument("--results-dir", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args(argv)
     name = "quick" if args.quick else args.preset
@@ -204,6 +238,8 @@ def main(argv: list[str] | None = None) -> int:
     t_start = time.perf_counter()
     for seed in preset.seeds:
         recipe = TrainConfig(epochs=preset.epochs, min_steps=preset.min_steps, seed=seed, device=args.device)
+        if args.original is not None and seed == preset.seeds[0]:
+            adopt_original(cache, args.original, preset.arch, data, digest, recipe, args.original_seconds)
         original, original_s, original_key = cached_train(cache, preset.arch, data, digest, recipe)
         if not original.has_depth_stats:  # a model cached before multi-layer statistics: record them as training does
             original.record_depth_stats(preprocess(data.x_train, data.normalization), data.y_train)

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 import torch.utils.data
 
+from .core.preprocessing import PreprocessingRecord
 from .errors import DataError, UsageError
 from .guards import check_labels
 
@@ -73,73 +74,27 @@ class Normalization:
         return cls(tuple(float(v) for v in mean), tuple(float(v) for v in std))
 
 
-PREPROCESSING_VERSION = 1
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-@dataclass(frozen=True)
-class Preprocessing:
-    """How a raw uint8 image [C, H, W] becomes the model's input; recorded in every checkpoint (version 1).
-
-    Order, as in torchvision's classification presets: convert ``channels`` (grey -> RGB repeats the
-    plane; RGB -> grey uses ITU-R 601-2 luma), ``resize`` (None: keep the size; an int: the shorter side
-    to this many pixels, aspect kept; (H, W): exactly), bilinear with antialiasing, on uint8; then centre
-    ``crop`` to (H, W), the model's input size; then scale to [0, 1] and normalise with ``mean``/``std``.
-    :meth:`transforms` gives the same steps as a torchvision.transforms.v2 pipeline for streaming loaders.
+class Preprocessing(PreprocessingRecord):
+    """How a raw uint8 image [C, H, W] becomes the model's input, on the host (torchvision): the record
+    (:mod:`edge_unlearn.core.preprocessing`: channels, resize, centre crop, mean/std; version 1), recorded in every
+    checkpoint, and its steps. :meth:`transforms` gives the same steps as a torchvision.transforms.v2 pipeline for
+    streaming loaders; the deployment side applies the same record with numpy (``export.preprocessing``).
     """
 
-    channels: int
-    crop: tuple[int, int]
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    resize: int | tuple[int, int] | None = None
-    interpolation: str = "bilinear"
-    version: int = PREPROCESSING_VERSION
+    def invalid(self, problem: str) -> None:
+        raise UsageError(problem)
 
-    def __post_init__(self) -> None:
-        if self.version != PREPROCESSING_VERSION:
-            raise UsageError(f"preprocessing record version {self.version} is not supported (this is version "
-                             f"{PREPROCESSING_VERSION}); upgrade edge-unlearn")
-        if self.channels not in (1, 3):
-            raise UsageError(f"images must have 1 or 3 channels, got {self.channels}")
-        if len(self.mean) != self.channels or len(self.std) != self.channels:
-            raise UsageError(f"--mean/--std need {self.channels} values each (one per channel), got "
-                             f"{len(self.mean)} and {len(self.std)}")
-        if any(s <= 0 for s in self.std):
-            raise UsageError(f"--std values must be positive, got {list(self.std)}")
-        if len(self.crop) != 2 or min(self.crop) < 1:
-            raise UsageError(f"the input size must be two positive numbers, got {self.crop}")
-        if self.interpolation not in ("bilinear", "bicubic", "nearest"):
-            raise UsageError(f"interpolation must be bilinear, bicubic or nearest, got {self.interpolation!r}")
-
-    @property
-    def input_shape(self) -> tuple[int, int, int]:
-        return (self.channels, *self.crop)  # type: ignore[return-value]
+    @classmethod
+    def damaged(cls, reason: str) -> Exception:
+        return UsageError(reason)
 
     @property
     def normalization(self) -> Normalization:
         return Normalization(self.mean, self.std)
-
-    @classmethod
-    def plain(cls, input_shape: Sequence[int], norm: Normalization) -> "Preprocessing":
-        """No geometry change: what `edge-unlearn train` records (images already at the model's size)."""
-        channels, height, width = (int(v) for v in input_shape)
-        return cls(channels, (height, width), tuple(norm.mean), tuple(norm.std))
-
-    def to_json(self) -> dict:
-        resize = list(self.resize) if isinstance(self.resize, tuple) else self.resize
-        return {"version": self.version, "channels": self.channels, "resize": resize, "crop": list(self.crop),
-                "interpolation": self.interpolation, "mean": list(self.mean), "std": list(self.std)}
-
-    @classmethod
-    def from_json(cls, data: dict) -> "Preprocessing":
-        resize = data.get("resize")
-        return cls(channels=int(data["channels"]), crop=tuple(int(v) for v in data["crop"]),  # type: ignore[arg-type]
-                   mean=tuple(float(v) for v in data["mean"]), std=tuple(float(v) for v in data["std"]),
-                   resize=tuple(int(v) for v in resize) if isinstance(resize, list) else  # type: ignore[arg-type]
-                   (int(resize) if resize is not None else None),
-                   interpolation=str(data.get("interpolation", "bilinear")), version=int(data.get("version", 1)))
 
     def _interpolation(self):
         from torchvision.transforms import InterpolationMode

@@ -1,8 +1,8 @@
 """The model's preprocessing record on the deployment side: raw uint8 images -> the model's float32 input, no torch.
 
-Twin of ``edge_unlearn.data.Preprocessing`` (host side, torchvision): it reads the same versioned JSON record
-(``Preprocessing.to_json()``, stored in the ONNX metadata as ``edge_unlearn.preprocessing`` by ``export``) and
-applies the same steps in numpy: channel conversion (grey -> RGB repeats the plane; RGB -> grey ITU-R 601-2
+Twin of ``edge_unlearn.data.Preprocessing`` (host side, torchvision): both are the one record of
+:mod:`edge_unlearn.core.preprocessing` (stored in the ONNX metadata as ``edge_unlearn.preprocessing`` by
+``export``); this one applies its steps in numpy: channel conversion (grey -> RGB repeats the plane; RGB -> grey ITU-R 601-2
 luma, truncated to uint8 as torchvision does), resize (the shorter side to ``resize`` with the aspect kept, or
 exactly H×W) with antialiasing, centre crop to the model's size, then scaling to [0, 1] and normalising.
 
@@ -16,94 +16,29 @@ differ by at most :data:`GEOMETRY_TOLERANCE` grey level (rounding).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
-
 import numpy as np
 
+from edge_unlearn.core.preprocessing import PreprocessingRecord
 from edge_unlearn.errors import DataError, ModelFileError
 
-PREPROCESSING_VERSION = 1
-INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
 #: max |host - device| in uint8 grey levels after the geometry (rounding of fixed-point vs float weights)
 GEOMETRY_TOLERANCE = 1
 
 
-@dataclass(frozen=True)
-class ImagePreprocessing:
-    """How a raw uint8 image [C, H, W] becomes the model's input (record version 1; see the module docstring)."""
+class ImagePreprocessing(PreprocessingRecord):
+    """The record (:mod:`edge_unlearn.core.preprocessing`, the same JSON as the host's) and its steps in numpy
+    (see the module docstring); a bad record is a damaged model file."""
 
-    channels: int
-    crop: tuple[int, int]
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    resize: int | tuple[int, int] | None = None
-    interpolation: str = "bilinear"
-    version: int = PREPROCESSING_VERSION
+    def invalid(self, problem: str) -> None:
+        raise ModelFileError(f"the preprocessing record is invalid ({problem}); re-export the model")
 
-    def __post_init__(self) -> None:
-        problem = self._problem()
-        if problem:
-            raise ModelFileError(f"the preprocessing record is invalid ({problem}); re-export the model")
-
-    def _problem(self) -> str:
-        if self.version != PREPROCESSING_VERSION:
-            return f"version {self.version}, this edge-unlearn reads version {PREPROCESSING_VERSION}: upgrade it"
-        if self.channels not in (1, 3):
-            return f"channels {self.channels}"
-        if len(self.mean) != self.channels or len(self.std) != self.channels:
-            return f"{len(self.mean)} means / {len(self.std)} stds for {self.channels} channels"
-        if not all(np.isfinite(v) for v in (*self.mean, *self.std)) or any(s <= 0 for s in self.std):
-            return f"mean {list(self.mean)}, std {list(self.std)}"
-        if len(self.crop) != 2 or min(self.crop) < 1 or max(self.crop) > 1 << 14:
-            return f"crop {list(self.crop)}"
-        sizes = () if self.resize is None else (self.resize,) if isinstance(self.resize, int) else self.resize
-        if (isinstance(self.resize, tuple) and len(sizes) != 2) or any(not 1 <= s <= 1 << 14 for s in sizes):
-            return f"resize {self.resize}"
-        if self.interpolation not in INTERPOLATIONS:
-            return f"interpolation {self.interpolation!r}"
-        return ""
-
-    @property
-    def input_shape(self) -> tuple[int, int, int]:
-        return (self.channels, *self.crop)  # type: ignore[return-value]
+    @classmethod
+    def damaged(cls, reason: str) -> Exception:
+        return ModelFileError(f"{reason}; re-export the model")
 
     @property
     def normalization(self) -> dict[str, list[float]]:
         return {"mean": list(self.mean), "std": list(self.std)}
-
-    @property
-    def changes_geometry(self) -> bool:
-        """True when raw images are resized (not just centre-cropped): images of any size are accepted."""
-        return self.resize is not None
-
-    @classmethod
-    def plain(cls, input_shape: Sequence[int], normalization: Mapping[str, Sequence[float]]) -> "ImagePreprocessing":
-        """No geometry change: what a model trained by edge-unlearn (or an ONNX file older than the record) has."""
-        channels, height, width = (int(v) for v in input_shape)
-        return cls(channels, (height, width), tuple(float(v) for v in normalization["mean"]),
-                   tuple(float(v) for v in normalization["std"]))
-
-    def to_json(self) -> dict[str, Any]:
-        """The same JSON as ``edge_unlearn.data.Preprocessing.to_json``."""
-        resize = list(self.resize) if isinstance(self.resize, tuple) else self.resize
-        return {"version": self.version, "channels": self.channels, "resize": resize, "crop": list(self.crop),
-                "interpolation": self.interpolation, "mean": list(self.mean), "std": list(self.std)}
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> "ImagePreprocessing":
-        """Parse ``Preprocessing.to_json()``; ModelFileError (one line) when it is damaged."""
-        try:
-            resize = data.get("resize")
-            return cls(channels=int(data["channels"]), crop=tuple(int(v) for v in data["crop"]),  # type: ignore[arg-type]
-                       mean=tuple(float(v) for v in data["mean"]), std=tuple(float(v) for v in data["std"]),
-                       resize=(tuple(int(v) for v in resize) if isinstance(resize, list)  # type: ignore[arg-type]
-                               else int(resize) if resize is not None else None),
-                       interpolation=str(data.get("interpolation", "bilinear")),
-                       version=int(data.get("version", PREPROCESSING_VERSION)))
-        except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
-            raise ModelFileError(f"the preprocessing record is damaged ({type(exc).__name__}: {exc}); "
-                                 "re-export the model") from exc
 
     # -- the steps ------------------------------------------------------------------------------
 
