@@ -118,7 +118,8 @@ def run_arch(arch: str, data_npz: Path, spec: str, work: Path, epochs: int, forg
         print(f"[{label}] {variant}: {json.dumps(rows[-1])}", flush=True)
     original = work / f"{tag}.stats.safetensors"
     retrained = work / f"{tag}.retrain.safetensors"
-    recipe = TrainConfig(epochs=epochs, min_steps=0, batch_size=128, lr=2e-3, device="cpu")
+    # the plain script's recipe exactly (benchmarks/plain_train.py: no augmentation), not the 3-channel default
+    recipe = TrainConfig(epochs=epochs, min_steps=0, batch_size=128, lr=2e-3, device="cpu", augment="none")
     r = retrain_checkpoint(original, [forget], retrained, progress=False, config=recipe)
     e = evaluate_checkpoint(retrained, reference=original)
     rows.append({"arch": label, "variant": "retrain (gold standard)", "forget_acc": e["forget_acc"],

@@ -46,7 +46,7 @@ RETAIN_TARGETS = ("own", "uniform")
 FEATURE_TARGETS = ("nearest_class", "nearest_pair", "retained_mean")
 FEATURE_DEPTHS = ("edit_layer", "every_layer")
 FEATURE_METRICS = ("euclidean", "forget_variance")
-NHLE_CONFIG_VERSION = 2
+NHLE_CONFIG_VERSION = 3
 
 
 @dataclass(frozen=True)
@@ -55,16 +55,24 @@ class NHLEConfig:
 
     Feature step (step 1): ``feature_target`` is where the forget samples' mean is sent in the input space of
     each edited layer, with a rank-one edit that keeps every retained class mean where it was
-    (:func:`retarget_layer`): ``nearest_pair`` (default: midway between the two retained classes whose
-    recorded means are nearest, so forget samples are neither a cluster of their own nor confidently one
-    retained class), ``nearest_class`` (onto the nearest one), or ``retained_mean`` (version 1's projection:
-    the forget direction, orthogonalised against the retained means when ``orthogonalize``, is removed).
+    (:func:`retarget_layer`): ``nearest_class`` (default: toward the retained class whose recorded mean is
+    nearest), ``nearest_pair`` (toward the point ``pair_weight`` of the way from the nearest to the second
+    nearest; 0.5 = midway, version 2's default), or ``retained_mean`` (version 1's projection: the forget
+    direction, orthogonalised against the retained means when ``orthogonalize``, is removed). ``target_scale``
+    shrinks that target toward the origin at the edit layer (default 0.25; ``every_layer``'s earlier layers
+    keep the unscaled target, their features being shared by every class): the forget samples land in the nearest class's
+    direction with a quarter of its activations, as an unfamiliar input would -- inside a retained class's
+    region, so a 5-sample prototype cannot claim them without taking that class's images, and unconfident, so
+    the entropy MIA does not see members (1 = onto the class mean itself: confident, MIA ~ the original's).
     ``feature_depth``: ``edit_layer`` (the backbone's last learnable layer) or ``every_layer`` (each learnable
     layer in turn, from the class statistics recorded at every depth by
     :meth:`~edge_unlearn.models.UnlearnableClassifier.record_depth_stats`; the edit layer alone when the model
     has none). ``feature_metric``: ``forget_variance`` measures the edit's size in a metric that spares inputs
     varying much within the forget samples. ``alpha`` scales the move (1 = all the way). A model without class
-    statistics takes the data-free ``retained_mean`` projection whatever ``feature_target`` says."""
+    statistics takes the data-free ``retained_mean`` projection whatever ``feature_target`` says.
+    Version 3 (this one) added ``pair_weight`` and ``target_scale`` and moved the default from v2's midpoint
+    (``nearest_pair``, scale 1), which a prototype recovered on digits with the default recipe
+    (docs/nhle.md has the table)."""
 
     steps: int = 20
     lr: float = 0.05
@@ -76,9 +84,11 @@ class NHLEConfig:
     alpha: float = 1.0
     orthogonalize: bool = True
     data_free: str = "batchnorm"
-    feature_target: str = "nearest_pair"
+    feature_target: str = "nearest_class"
     feature_depth: str = "edit_layer"
     feature_metric: str = "euclidean"
+    pair_weight: float = 0.5
+    target_scale: float = 0.25
     version: int = NHLE_CONFIG_VERSION
 
     def __post_init__(self) -> None:
@@ -94,6 +104,11 @@ class NHLEConfig:
                 raise UsageError(f"nhle {name} must be one of {', '.join(allowed)}, got {value!r}")
         if self.steps < 0 or self.lr <= 0 or self.neg_value < 0 or not 0 <= self.alpha <= 1 or self.temperature <= 0:
             raise UsageError("nhle needs steps >= 0, lr > 0, neg_value >= 0, 0 <= alpha <= 1, temperature > 0")
+        if not 0 < self.target_scale <= 1:
+            raise UsageError(f"nhle target_scale must be in (0, 1] (1: the target class mean itself), got {self.target_scale}")
+        if not 0 <= self.pair_weight <= 0.5:
+            raise UsageError(f"nhle pair_weight must be in [0, 0.5] (0: onto the nearest class, 0.5: midway between "
+                             f"the two nearest), got {self.pair_weight}")
 
 
 def _following_batchnorm(model: nn.Module, layer: nn.Module) -> nn.BatchNorm2d | None:
@@ -354,7 +369,16 @@ def retarget_forget_features(model: UnlearnableClassifier, forget_inputs: torch.
             targets[c] = nearest[:2] if config.feature_target == "nearest_pair" else nearest[:1]
         for name in names:
             layer, retained = modules[name], stats[name][keep].float()
-            target = retained.mean(0) if targets[c] is None else stats[name][targets[c]].float().mean(0)
+            if targets[c] is None:
+                target = retained.mean(0)
+            elif len(targets[c]) == 2:  # nearest_pair: (1 - w) of the nearest class + w of the second
+                target = torch.lerp(stats[name][targets[c][0]].float(), stats[name][targets[c][1]].float(),
+                                    config.pair_weight)
+            else:
+                target = stats[name][targets[c][0]].float()
+            if targets[c] is not None and name == edit_name:  # toward the origin: an unfamiliar input's
+                target = target * config.target_scale             # smaller activations (the last layer only:
+                # earlier layers' features are shared by every class, shrinking them there costs retained accuracy)
             act = _layer_input(model, layer, x)
             variance = act.var(0) if config.feature_metric == "forget_variance" and len(act) > 1 else None
             edited += retarget_layer(model, layer, act.mean(0), target, retained, config.alpha, variance)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import struct
 
 import numpy as np
@@ -86,3 +87,72 @@ def test_one_precisions_tuple_everywhere():
 
     assert onnx_meta.PRECISIONS is PRECISIONS and onnx_hazards.PRECISIONS is PRECISIONS
     assert tensorrt.PRECISIONS is PRECISIONS
+
+
+# -- the one preprocessing record -------------------------------------------------------------------------------
+
+RECORD_SIDES = ["host", "device"]
+
+
+def _record_class(side: str):
+    if side == "host":
+        from edge_unlearn.data import Preprocessing
+        return Preprocessing, UsageError
+    from edge_unlearn.errors import ModelFileError
+    from edge_unlearn.export.preprocessing import ImagePreprocessing
+    return ImagePreprocessing, ModelFileError
+
+
+@pytest.mark.parametrize("side", RECORD_SIDES)
+@pytest.mark.parametrize("record", [
+    {"version": 1, "channels": 3, "resize": 256, "crop": [224, 224], "interpolation": "bicubic",
+     "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]},
+    {"version": 1, "channels": 1, "resize": [40, 36], "crop": [32, 30], "interpolation": "nearest",
+     "mean": [0.5], "std": [0.25]},
+    {"version": 1, "channels": 1, "resize": None, "crop": [8, 8], "interpolation": "bilinear",
+     "mean": [0.3], "std": [0.4]},
+])
+def test_both_sides_read_and_write_the_same_record(side, record):
+    """One JSON record, read by the host (torchvision) and the device (numpy) into the same fields and back."""
+    from edge_unlearn.core.preprocessing import PreprocessingRecord
+
+    cls, _ = _record_class(side)
+    parsed = cls.from_json(record)
+    assert isinstance(parsed, PreprocessingRecord)
+    assert parsed.to_json() == record
+    assert parsed.input_shape == (record["channels"], *record["crop"])
+    assert parsed.changes_geometry == (record["resize"] is not None)
+    assert PreprocessingRecord.from_json(record).to_json() == record
+
+
+@pytest.mark.parametrize("side", RECORD_SIDES)
+@pytest.mark.parametrize("change, words", [
+    ({"channels": 2}, "1 or 3 channels"),
+    ({"mean": [0.5, 0.5]}, "one per channel"),
+    ({"std": [0.0, 0.2, 0.2]}, "--std positive"),
+    ({"mean": [float("nan"), 0.5, 0.5]}, "finite"),
+    ({"crop": [0, 32]}, "input size"),
+    ({"crop": [32]}, "input size"),
+    ({"resize": 1 << 20}, "resize"),
+    ({"resize": [32, 32, 3]}, "resize"),
+    ({"interpolation": "lanczos"}, "interpolation"),
+    ({"version": 2}, "upgrade edge-unlearn"),
+])
+def test_a_bad_record_is_refused_with_each_sides_error(side, change, words):
+    """The checks are the core's, the error type each side's: a user's flag on the host, a damaged file on the device."""
+    cls, error = _record_class(side)
+    good = {"version": 1, "channels": 3, "resize": None, "crop": [32, 32], "interpolation": "bilinear",
+            "mean": [0.5, 0.5, 0.5], "std": [0.2, 0.2, 0.2]}
+    cls.from_json(good)
+    with pytest.raises(error, match=re.escape(words)) as info:
+        cls.from_json({**good, **change})
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("side", RECORD_SIDES)
+@pytest.mark.parametrize("damaged", [{"channels": 3}, {"channels": "three", "crop": [32, 32], "mean": [0], "std": [1]},
+                                     {"channels": 1, "crop": 32, "mean": [0], "std": [1]}, None])
+def test_an_unreadable_record_is_one_line_of_each_sides_error(side, damaged):
+    cls, error = _record_class(side)
+    with pytest.raises(error, match="preprocessing record is damaged"):
+        cls.from_json(damaged)

@@ -78,13 +78,14 @@ def test_retarget_refuses_a_forget_mean_the_retained_means_already_span(original
     assert torch.equal(model.edit_layer().weight, weight)
 
 
-@pytest.mark.parametrize("target, count", [("nearest_class", 1), ("nearest_pair", 2)])
-def test_nearest_targets_defeat_the_prototype_attack_where_the_projection_does_not(target, count, original, digits):
+@pytest.mark.parametrize("overrides, count", [({}, 1), ({"feature_target": "nearest_class", "target_scale": 1.0}, 1),
+                                             ({"feature_target": "nearest_pair", "target_scale": 1.0}, 2)])
+def test_nearest_targets_defeat_the_prototype_attack_where_the_projection_does_not(overrides, count, original, digits):
     """Digits, class 3: v1's projection leaves the forget features a cluster the 5-sample prototype finds."""
     fs = _forget_set(digits, [3])
     base = evaluate_model(original, digits, [3], probe=False).retain_acc
     old = forget(original, fs, config=NHLEConfig(feature_target="retained_mean"))
-    new = forget(original, fs, config=NHLEConfig(feature_target=target))
+    new = forget(original, fs, config=NHLEConfig(**overrides))
     attack_old = prototype_relearn_attack(old.model, digits, [3], lift_mask=True).forget_acc
     attack_new = prototype_relearn_attack(new.model, digits, [3], lift_mask=True).forget_acc
     assert attack_old > 0.2 and attack_new <= 0.05, (attack_old, attack_new)
@@ -94,14 +95,36 @@ def test_nearest_targets_defeat_the_prototype_attack_where_the_projection_does_n
     assert len(targets) == count and 3 not in targets and new.details["feature_depth"] == "edit_layer"
 
 
-def test_nearest_pair_leaves_forget_samples_uncertain_where_nearest_class_makes_them_members(original, digits):
-    """Sent onto one retained class the forget samples are predicted confidently (low entropy: "member" to
-    the entropy MIA); sent between two they are not, as on the retrained model."""
+def test_the_shrunk_target_leaves_forget_samples_unconfident_where_the_class_mean_makes_them_members(original, digits):
+    """Sent onto one retained class's mean the forget samples are predicted confidently (low entropy: "member"
+    to the entropy MIA); sent midway between two (v2), or toward the nearest class with a quarter of its
+    activations (v3, the default), they are not, as on the retrained model."""
     fs = _forget_set(digits, [3])
-    one = forget(original, fs, config=NHLEConfig(feature_target="nearest_class")).model
-    pair = forget(original, fs, config=NHLEConfig(feature_target="nearest_pair")).model
-    mia_one, mia_pair = mia_entropy(one, digits, [3]), mia_entropy(pair, digits, [3])
-    assert mia_one > 0.5 and mia_pair < 0.2, (mia_one, mia_pair)
+    onto = forget(original, fs, config=NHLEConfig(feature_target="nearest_class", target_scale=1.0)).model
+    pair = forget(original, fs, config=NHLEConfig(feature_target="nearest_pair", target_scale=1.0)).model
+    shrunk = forget(original, fs, config=NHLEConfig()).model
+    mia = [mia_entropy(m, digits, [3]) for m in (onto, pair, shrunk)]
+    assert mia[0] > 0.5 and mia[1] < 0.2 and mia[2] < 0.2, mia
+
+
+def test_pair_weight_slides_the_target_from_the_nearest_class_to_the_midpoint(original, digits):
+    """pair_weight 0 is nearest_class exactly; 0.25 edits the same layer to a point between 0 and 0.5's."""
+    fs = _forget_set(digits, [3])
+    x = fs.inputs[fs.labels == 3]
+
+    def features(**overrides):
+        model = forget(original, fs, config=NHLEConfig(**overrides)).model
+        return model.features(x).mean(0), model
+
+    one, one_model = features(feature_target="nearest_class", target_scale=1.0)
+    zero, zero_model = features(feature_target="nearest_pair", pair_weight=0.0, target_scale=1.0)
+    quarter, _ = features(feature_target="nearest_pair", pair_weight=0.25, target_scale=1.0)
+    half, _ = features(feature_target="nearest_pair", pair_weight=0.5, target_scale=1.0)
+    assert torch.equal(one_model.edit_layer().weight, zero_model.edit_layer().weight)
+    assert torch.allclose(one, zero)
+    # the edit is affine in the target, so the feature mean (before the ReLU it is exact) sits in between
+    d_quarter, d_half = (quarter - one).norm(), (half - one).norm()
+    assert 0 < d_quarter < d_half, (d_quarter, d_half)
 
 
 def test_every_layer_edits_each_layer_and_keeps_retained_statistics(with_depth_stats, digits):
@@ -130,7 +153,8 @@ def test_every_layer_edits_each_layer_and_keeps_retained_statistics(with_depth_s
     remeasured.record_depth_stats(preprocess(digits.x_train, digits.normalization), digits.y_train)
     targets, edit = result.details["target_classes"][3], names[-1]
     with torch.no_grad():  # the edit layer is affine: its output mean is its output at the input mean
-        target_out = before_modules[edit](stats_before[edit][targets].mean(0))
+        # the edit layer's target is shrunk by target_scale (v3); earlier layers go to the class mean itself
+        target_out = before_modules[edit](NHLEConfig().target_scale * stats_before[edit][targets].mean(0))
         gap_before = float((before_modules[edit](stats_before[edit][3]) - target_out).norm())
         gap_after = float((after_modules[edit](remeasured.depth_stats()[edit][3]) - target_out).norm())
     assert gap_after < 0.25 * gap_before, (gap_before, gap_after)  # the forgotten class moved onto its target
@@ -173,6 +197,10 @@ def test_forget_variance_metric_changes_the_edit_but_keeps_retained_means(origin
     ({"feature_target": "farthest"}, "feature_target"),
     ({"feature_depth": "some_layers"}, "feature_depth"),
     ({"feature_metric": "cosine"}, "feature_metric"),
+    ({"pair_weight": 0.6}, "pair_weight"),
+    ({"pair_weight": -0.1}, "pair_weight"),
+    ({"target_scale": 0.0}, "target_scale"),
+    ({"target_scale": 1.5}, "target_scale"),
     ({"version": 1}, "version"),
 ])
 def test_bad_feature_parameters_are_one_clear_error(overrides, needle):
@@ -181,4 +209,4 @@ def test_bad_feature_parameters_are_one_clear_error(overrides, needle):
 
 
 def test_config_record_is_versioned():
-    assert NHLEConfig().version == 2 and method_config("nhle", {"feature_depth": "every_layer"}).version == 2
+    assert NHLEConfig().version == 3 and method_config("nhle", {"feature_depth": "every_layer"}).version == 3
