@@ -2,9 +2,9 @@
 
 Twin of ``edge_unlearn.data.Preprocessing`` (host side, torchvision): both are the one record of
 :mod:`edge_unlearn.core.preprocessing` (stored in the ONNX metadata as ``edge_unlearn.preprocessing`` by
-``export``); this one applies its steps in numpy: channel conversion (grey -> RGB repeats the plane; RGB -> grey ITU-R 601-2
-luma, truncated to uint8 as torchvision does), resize (the shorter side to ``resize`` with the aspect kept, or
-exactly H×W) with antialiasing, centre crop to the model's size, then scaling to [0, 1] and normalising.
+``export``); this one applies its steps in numpy: channel conversion (grey -> RGB repeats the plane; RGB ->
+grey ITU-R 601-2 luma, truncated to uint8 as torchvision does), resize (the shorter side to ``resize`` with the
+aspect kept, or exactly H×W) with antialiasing, centre crop to the model's size, then scaling to [0, 1] and normalising.
 
 The resize is PIL's separable resampling, which torchvision's ``antialias=True`` reproduces: a triangle
 (bilinear) or Keys cubic (a = -0.5, bicubic) filter stretched by the scale factor when shrinking, applied

@@ -60,10 +60,11 @@ class NHLEConfig:
     nearest; 0.5 = midway, version 2's default), or ``retained_mean`` (version 1's projection: the forget
     direction, orthogonalised against the retained means when ``orthogonalize``, is removed). ``target_scale``
     shrinks that target toward the origin at the edit layer (default 0.25; ``every_layer``'s earlier layers
-    keep the unscaled target, their features being shared by every class): the forget samples land in the nearest class's
-    direction with a quarter of its activations, as an unfamiliar input would -- inside a retained class's
-    region, so a 5-sample prototype cannot claim them without taking that class's images, and unconfident, so
-    the entropy MIA does not see members (1 = onto the class mean itself: confident, MIA ~ the original's).
+    keep the unscaled target, their features being shared by every class): the forget samples land in the
+    nearest class's direction with a quarter of its activations, as an unfamiliar input would -- inside a
+    retained class's region, so a 5-sample prototype cannot claim them without taking that class's images, and
+    unconfident, so the entropy MIA does not see members (1 = onto the class mean itself: confident, MIA about
+    the original's).
     ``feature_depth``: ``edit_layer`` (the backbone's last learnable layer) or ``every_layer`` (each learnable
     layer in turn, from the class statistics recorded at every depth by
     :meth:`~edge_unlearn.models.UnlearnableClassifier.record_depth_stats`; the edit layer alone when the model
