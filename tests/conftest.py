@@ -74,3 +74,12 @@ def one_thread():
         yield
     finally:
         torch.set_num_threads(before)
+
+
+def forget_set(data, classes, n: int):
+    """``n`` training samples of each of ``classes`` (seed 0), preprocessed: what `forget` receives."""
+    from edge_unlearn.data import preprocess, take_samples
+    from edge_unlearn.unlearn import ForgetSet
+
+    x, y = take_samples(data, classes, n, seed=0)
+    return ForgetSet(preprocess(x, data.normalization), y, tuple(classes))

@@ -377,9 +377,10 @@ def retarget_forget_features(model: UnlearnableClassifier, forget_inputs: torch.
                                     config.pair_weight)
             else:
                 target = stats[name][targets[c][0]].float()
-            if targets[c] is not None and name == edit_name:  # toward the origin: an unfamiliar input's
-                target = target * config.target_scale             # smaller activations (the last layer only:
-                # earlier layers' features are shared by every class, shrinking them there costs retained accuracy)
+            # toward the origin, an unfamiliar input's smaller activations; at the last layer only (earlier
+            # layers' features are shared by every class: shrinking them there costs retained accuracy)
+            if targets[c] is not None and name == edit_name:
+                target = target * config.target_scale
             act = _layer_input(model, layer, x)
             variance = act.var(0) if config.feature_metric == "forget_variance" and len(act) > 1 else None
             edited += retarget_layer(model, layer, act.mean(0), target, retained, config.alpha, variance)

@@ -7,17 +7,16 @@ import pytest
 import torch
 
 from edge_unlearn.checkpoint import load_checkpoint
-from edge_unlearn.data import preprocess, take_samples
 from edge_unlearn.errors import UsageError
 from edge_unlearn.metrics import evaluate_model
 from edge_unlearn.models import build_model
 from edge_unlearn.unlearn import METHODS, ForgetSet, forget, list_methods, method_config
 from edge_unlearn.unlearn.nhle import NHLEConfig, project_forget_directions
+from tests.conftest import forget_set
 
 
 def _forget_set(data, classes, n=16):
-    x, y = take_samples(data, classes, n, seed=0)
-    return ForgetSet(preprocess(x, data.normalization), y, tuple(classes))
+    return forget_set(data, classes, n)
 
 
 @pytest.fixture(scope="module")

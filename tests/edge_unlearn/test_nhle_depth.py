@@ -8,18 +8,18 @@ import pytest
 import torch
 
 from edge_unlearn.attacks import mia_entropy, prototype_relearn_attack
-from edge_unlearn.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
-from edge_unlearn.data import preprocess, take_samples
+from edge_unlearn.checkpoint import load_checkpoint, save_checkpoint
+from edge_unlearn.data import preprocess
 from edge_unlearn.errors import UsageError
 from edge_unlearn.metrics import evaluate_model
 from edge_unlearn.models import build_model, depth_layers
-from edge_unlearn.unlearn import ForgetSet, forget, method_config
+from edge_unlearn.unlearn import forget, method_config
 from edge_unlearn.unlearn.nhle import NHLEConfig, _layer_input, retarget_layer
+from tests.conftest import forget_set
 
 
 def _forget_set(data, classes, n=32):
-    x, y = take_samples(data, classes, n, seed=0)
-    return ForgetSet(preprocess(x, data.normalization), y, tuple(classes))
+    return forget_set(data, classes, n)
 
 
 @pytest.fixture(scope="module")
