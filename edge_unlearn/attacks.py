@@ -202,18 +202,33 @@ def prototype_relearn_attack(model: UnlearnableClassifier, data: Dataset, forget
     forget = sorted(set(int(c) for c in forget_classes))
     if k < 1:
         raise UsageError(f"the relearning attack needs k ≥ 1 forget samples, got {k}")
-    mask = model.class_mask.detach().cpu().clone()
-    if lift_mask:
-        mask[forget] = True
-    w = model.head.weight.detach().cpu().double()
-    b = model.head.bias.detach().cpu().double() if model.head.bias is not None else torch.zeros(w.shape[0]).double()
     feats, _ = model_outputs(model, data.x_test, data)
-    feats = feats.double()
     x_k, y_k = take_samples(data, forget, k, seed=seed)
     proto_feats, _ = model_outputs(model, x_k, data)
-    y = data.y_test
-    retained = [c for c in range(data.num_classes) if c not in forget]
-    retained_rows = [c for c in range(w.shape[0]) if c not in forget and bool(model.class_mask[c])]
+    return prototype_attack_on_features(feats, data.y_test, proto_feats, y_k, model.head.weight, model.head.bias,
+                                        model.class_mask, forget, alphas, max_retain_drop, lift_mask)
+
+
+@torch.no_grad()
+def prototype_attack_on_features(test_features: torch.Tensor, test_labels: torch.Tensor, proto_features: torch.Tensor,
+                                 proto_labels: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                                 class_mask: torch.Tensor, forget_classes: Sequence[int],
+                                 alphas: Sequence[float] = ALPHA_GRID, max_retain_drop: float = 0.01,
+                                 lift_mask: bool = False) -> RelearnAttackResult:
+    """:func:`prototype_relearn_attack` on penultimate features already computed (test split [N, D] and the
+    attacker's samples [k·F, D]) and a head (``weight`` [C, D], ``bias`` [C] or None, ``class_mask`` [C]):
+    for tools that compute features another way (an edit simulated on cached activations)."""
+    forget = sorted(set(int(c) for c in forget_classes))
+    mask = class_mask.detach().cpu().clone()
+    if lift_mask:
+        mask[forget] = True
+    w = weight.detach().cpu().double()
+    b = bias.detach().cpu().double() if bias is not None else torch.zeros(w.shape[0]).double()
+    feats = test_features.detach().cpu().double()
+    y = test_labels.cpu()
+    num_classes = w.shape[0]
+    retained = [c for c in range(num_classes) if c not in forget]
+    retained_rows = [c for c in range(num_classes) if c not in forget and bool(class_mask[c])]
     row_norm = w[retained_rows].norm(dim=1).mean() if retained_rows else torch.tensor(1.0, dtype=torch.float64)
 
     def predict(weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
@@ -226,7 +241,7 @@ def prototype_relearn_attack(model: UnlearnableClassifier, data: Dataset, forget
     for alpha in sorted(alphas):
         w2, b2 = w.clone(), b.clone()
         for c in forget:
-            proto = proto_feats[y_k == c].double().mean(0)
+            proto = proto_features[proto_labels.cpu() == c].cpu().double().mean(0)
             proto = proto / proto.norm().clamp_min(1e-12) * row_norm
             w2[c] = alpha * proto + (1 - alpha) * w[c]
             b2[c] = (1 - alpha) * b[c]

@@ -9,7 +9,7 @@ import torch
 
 from edge_unlearn.attacks import mia_entropy, prototype_relearn_attack
 from edge_unlearn.checkpoint import load_checkpoint, save_checkpoint
-from edge_unlearn.data import preprocess
+from edge_unlearn.data import Normalization, preprocess
 from edge_unlearn.errors import UsageError
 from edge_unlearn.metrics import evaluate_model
 from edge_unlearn.models import build_model, depth_layers
@@ -210,3 +210,40 @@ def test_bad_feature_parameters_are_one_clear_error(overrides, needle):
 
 def test_config_record_is_versioned():
     assert NHLEConfig().version == 3 and method_config("nhle", {"feature_depth": "every_layer"}).version == 3
+
+
+@pytest.mark.parametrize("arch", ["cifar_resnet18", "resnet18"])
+def test_probe_gap_recomputes_the_last_block_as_the_backbone_does(arch):
+    """benchmarks/probe_gap.py simulates edits of the last BasicBlock on cached activations: its recomputed
+    output must be the backbone's, unedited, with conv2 / bn2 edited, and with the skip path recomputed."""
+    from benchmarks.probe_gap import block_activations, block_output, last_basic_block
+
+    torch.manual_seed(0)
+    model = build_model(arch, 10, (3, 32, 32)).eval()
+    with torch.no_grad():  # non-trivial BatchNorm statistics, so a wrong running mean or variance shows
+        for bn in (m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)):
+            bn.running_mean.uniform_(-0.2, 0.2)
+            bn.running_var.uniform_(0.5, 2.0)
+    images = torch.randint(0, 256, (6, 3, 32, 32), dtype=torch.uint8)
+    norm = Normalization((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    block = last_basic_block(model)
+    act = block_activations(model, block, images, norm)
+    with torch.no_grad():
+        expected = model.features(preprocess(images, norm))
+        torch.testing.assert_close(block_output(block, act), expected, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(block_output(block, act, recompute_conv1=True), expected, atol=1e-4, rtol=1e-4)
+        weight = block.conv2.weight + 0.05 * torch.randn_like(block.conv2.weight)
+        mean = block.bn2.running_mean + 0.3
+        simulated = block_output(block, act, weight, mean)
+        block.conv2.weight.copy_(weight)
+        block.bn2.running_mean.copy_(mean)
+        edited = model.features(preprocess(images, norm))
+    assert not torch.allclose(simulated, expected, atol=1e-3)
+    torch.testing.assert_close(simulated, edited, atol=1e-4, rtol=1e-4)
+
+
+def test_probe_gap_refuses_a_model_without_a_last_basic_block():
+    from benchmarks.probe_gap import last_basic_block
+
+    with pytest.raises(UsageError, match="BasicBlock"):
+        last_basic_block(build_model("lenet", 10, (1, 28, 28)))

@@ -1,0 +1,267 @@
+"""The penultimate probe after NHLE on CIFAR-10 (issue #15): edits of a ResNet's last block tried against it.
+
+On cifar_resnet18 (class 3) NHLE v3 leaves the linear probe at layer4 / penultimate where the original had it
+(0.321; retrain 0.250). This script measures, side by side, edits of the last BasicBlock that could close the
+gap, all from the forget samples and class statistics (one row per variant; ``oracle`` rows use retained
+training data no user has, to bound what an edit could reach):
+
+- ``nhle`` / ``nhle[target_scale=1.0]``: the method's feature step (a rank-one edit of the block's conv2).
+- ``per-sample retarget``: a least-squares edit of conv2's centre tap (MEMIT-style, in closed form, four
+  refinements through the ReLU) that sends *each* forget sample to the penultimate mean of the retained
+  class the original ranks first for it, while preserving retained inputs in the metric of their second
+  moment: from the recorded class means only (``means``) or from retained data (``oracle``).
+- ``silence top-k units``: the k penultimate channels most specific to the forgotten class (forget samples'
+  mean against the retained class means, over their spread) are made constant (their retained mean) in the
+  skip path and the block output, as zeroed BatchNorm scales would.
+- ``remove k directions (diagnostic)``: the span of the forget mean minus each retained class mean,
+  projected out of the penultimate features of every image (no edit of the network does exactly this).
+
+The block's output is recomputed from cached activations (its input and conv2's input), so a variant costs a
+probe fit, not a forward pass; rows from :func:`edge_unlearn.unlearn.forget` are checked to have changed
+nothing before that block. Every row: retained accuracy (mask set), forget accuracy with the mask lifted, the
+probe's accuracy on the forgotten class's test images with its 95 % Wilson interval (the noise of ~85 images)
+and the prototype attack with the mask lifted. ``--retrained`` adds the gold standard, computed end to end.
+
+Example::
+
+    python benchmarks/probe_gap.py --checkpoint ck.safetensors --retrained retrain.safetensors \\
+        --dataset npz:../shared/data/cifar10.npz --forget-class 3
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from edge_unlearn import __version__
+from edge_unlearn.attacks import prototype_attack_on_features
+from edge_unlearn.checkpoint import load_checkpoint
+from edge_unlearn.core.jsontext import to_json_text
+from edge_unlearn.data import load_dataset, preprocess, take_samples
+from edge_unlearn.errors import UsageError
+from edge_unlearn.metrics import _probe_train_indices, fit_linear_probe, model_outputs
+from edge_unlearn.models import UnlearnableClassifier
+from edge_unlearn.unlearn import ForgetSet, forget, method_config
+
+Activations = tuple[torch.Tensor, torch.Tensor]  # (block input = skip path [N, C, H, W], conv2 input [N, C, H, W])
+
+
+def last_basic_block(model: UnlearnableClassifier) -> nn.Module:
+    """The backbone's last torchvision BasicBlock (identity shortcut), or a clear error."""
+    layer4 = getattr(model.backbone, "layer4", None)
+    block = layer4[-1] if isinstance(layer4, nn.Sequential) and len(layer4) else None
+    if block is None or not all(hasattr(block, n) for n in ("conv1", "bn1", "conv2", "bn2")) \
+            or getattr(block, "downsample", None) is not None or hasattr(block, "conv3"):
+        raise UsageError("probe_gap needs a torchvision ResNet whose layer4 ends in a BasicBlock "
+                         "(cifar_resnet18, resnet18, resnet34)")
+    return block
+
+
+@torch.no_grad()
+def block_activations(model: UnlearnableClassifier, block: nn.Module, images: torch.Tensor, normalization) -> Activations:
+    """The last block's input and its conv2's input for ``images`` (uint8), batch by batch."""
+    skips, convs = [], []
+    h1 = block.register_forward_pre_hook(lambda _m, a: skips.append(a[0].clone()))
+    h2 = block.conv2.register_forward_pre_hook(lambda _m, a: convs.append(a[0].clone()))
+    try:
+        for start in range(0, len(images), 256):
+            model.backbone(preprocess(images[start:start + 256], normalization))
+    finally:
+        h1.remove()
+        h2.remove()
+    return torch.cat(skips), torch.cat(convs)
+
+
+def batchnorm(x: torch.Tensor, bn: nn.BatchNorm2d, weight=None, bias=None, mean=None) -> torch.Tensor:
+    return F.batch_norm(x, bn.running_mean if mean is None else mean, bn.running_var,
+                        bn.weight if weight is None else weight, bn.bias if bias is None else bias, False, 0.0, bn.eps)
+
+
+@torch.no_grad()
+def block_output(block: nn.Module, act: Activations, conv2_weight: torch.Tensor | None = None,
+                 bn2_mean: torch.Tensor | None = None, recompute_conv1: bool = False) -> torch.Tensor:
+    """Penultimate features: avgpool(relu(bn2(conv2(a)) + skip)), with conv2's weight / bn2's running mean
+    replaced where given (``recompute_conv1``: a from the skip, for edits of the skip path)."""
+    skip, a = act
+    if recompute_conv1:
+        a = torch.relu(batchnorm(F.conv2d(skip, block.conv1.weight, padding=1), block.bn1))
+    z = F.conv2d(a, block.conv2.weight if conv2_weight is None else conv2_weight, padding=1)
+    return torch.relu(batchnorm(z, block.bn2, mean=bn2_mean) + skip).mean((2, 3))
+
+
+def wilson(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95 % Wilson score interval of a proportion."""
+    if n == 0:
+        return float("nan"), float("nan")
+    p = successes / n
+    centre, half = (p + z * z / (2 * n)) / (1 + z * z / n), z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return centre - half, centre + half
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--checkpoint", type=Path, required=True, help="the original model (edge-unlearn checkpoint)")
+    parser.add_argument("--retrained", type=Path, help="the retrained gold standard, for its row")
+    parser.add_argument("--dataset", required=True)
+    parser.add_argument("--forget-class", type=int, required=True)
+    parser.add_argument("--samples", type=int, default=32, help="forget samples (NHLE's CLI default)")
+    parser.add_argument("--probe-train-size", type=int, default=2000)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", type=Path)
+    parser.add_argument("--md", type=Path)
+    args = parser.parse_args(argv)
+    try:
+        return run(args)
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def run(args: argparse.Namespace) -> int:
+    torch.set_num_threads(1)
+    t0 = time.perf_counter()
+    data = load_dataset(args.dataset)
+    original = load_checkpoint(args.checkpoint).model.eval()
+    block = last_basic_block(original)
+    cls, keep = args.forget_class, [c for c in range(data.num_classes) if c != args.forget_class]
+    if not original.has_class_stats:
+        raise UsageError("the checkpoint has no class statistics (train or import it with data)")
+    x_forget, y_forget = take_samples(data, [cls], args.samples, seed=args.seed)
+    x_proto, y_proto = take_samples(data, [cls], 5, seed=args.seed)
+    probe_idx = _probe_train_indices(data, args.probe_train_size, args.seed)
+    y_probe, y_test = data.y_train[probe_idx], data.y_test
+    norm = data.normalization
+    act = {"probe": block_activations(original, block, data.x_train[probe_idx], norm),
+           "test": block_activations(original, block, data.x_test[torch.arange(len(y_test))], norm),
+           "forget": block_activations(original, block, x_forget, norm),
+           "proto": block_activations(original, block, x_proto, norm)}
+    check = original.features(preprocess(data.x_test[:16], norm))
+    if not torch.allclose(block_output(block, tuple(t[:16] for t in act["test"])), check, atol=1e-4):
+        raise UsageError("the backbone's output is not the last block's pooled output (a layer after layer4?)")
+    forget_set = ForgetSet(preprocess(x_forget, norm), y_forget, (cls,))
+    head_only = forget(original, forget_set, method="nhle", config=method_config("nhle", {"project": False})).model
+    head = (head_only.head.weight.detach(), head_only.head.bias.detach(), head_only.class_mask)
+
+    rows: list[dict[str, Any]] = []
+
+    def measure(name: str, features: Callable[[str], torch.Tensor], head_params=head, oracle: bool = False) -> None:
+        weight, bias, mask = head_params
+        train_f, test_f = features("probe"), features("test")
+        probe = fit_linear_probe(train_f.numpy(), y_probe.numpy(), args.seed)
+        in_class = y_test == cls
+        hits = int((torch.as_tensor(probe.predict(test_f[in_class].numpy())) == cls).sum())
+        logits = test_f @ weight.T + bias
+        masked = logits.masked_fill(~mask, float("-inf")).argmax(1)
+        attack = prototype_attack_on_features(test_f, y_test, features("proto"), y_proto, weight, bias, mask, [cls],
+                                              lift_mask=True)
+        low, high = wilson(hits, int(in_class.sum()))
+        row = {"variant": name, "oracle": oracle,
+               "retain_acc": float((masked[~in_class] == y_test[~in_class]).float().mean()),
+               "forget_acc_unmasked": float((logits.argmax(1)[in_class] == cls).float().mean()),
+               "probe_penultimate": hits / int(in_class.sum()), "probe_ci95": [low, high],
+               "proto_attack_unmasked": attack.forget_acc}
+        rows.append(row)
+        print(f"{name:44s} retain {row['retain_acc']:.3f} unmasked {row['forget_acc_unmasked']:.3f} "
+              f"probe {row['probe_penultimate']:.3f} [{low:.2f}, {high:.2f}] attack {attack.forget_acc:.3f}", flush=True)
+
+    measure("nhle[project=False]: the original's features", lambda s: block_output(block, act[s]))
+    if args.retrained is not None:
+        gold = load_checkpoint(args.retrained).model.eval()
+        gold_feats = {"probe": model_outputs(gold, data.x_train, data, indices=probe_idx)[0],
+                      "test": model_outputs(gold, data.x_test, data)[0], "proto": model_outputs(gold, x_proto, data)[0]}
+        measure("retrain", gold_feats.__getitem__, (gold.head.weight.detach(), gold.head.bias.detach(), gold.class_mask))
+
+    for overrides in ({}, {"target_scale": 1.0}):
+        edited = forget(original, forget_set, method="nhle", config=method_config("nhle", overrides)).model
+        edited_block = last_basic_block(edited)
+        before = {n: p for n, p in original.backbone.state_dict().items()}
+        changed = sorted(n for n, p in edited.backbone.state_dict().items() if not torch.equal(p, before[n]))
+        expected = {n for n in before if n.startswith("layer4.") and n.endswith(("conv2.weight", "bn2.running_mean"))}
+        if not set(changed) <= expected:
+            raise UsageError(f"NHLE changed {changed}: this script simulates edits of the last conv2 / bn2 only")
+        w2, m2 = edited_block.conv2.weight.detach(), edited_block.bn2.running_mean.detach()
+        name = "nhle" + ("" if not overrides else "[" + ",".join(f"{k}={v}" for k, v in overrides.items()) + "]")
+        measure(name, lambda s, w2=w2, m2=m2: block_output(block, act[s], w2, m2),
+                (edited.head.weight.detach(), edited.head.bias.detach(), edited.class_mask))
+
+    # per-sample retarget of conv2's centre tap (closed-form least squares, refined through the ReLU)
+    base = {s: block_output(block, act[s]) for s in act}
+    class_pen = torch.stack([base["probe"][y_probe == c].mean(0) for c in range(data.num_classes)])
+    forget_logits = base["forget"] @ original.head.weight.detach().T + original.head.bias.detach()
+    own = torch.tensor(keep)[forget_logits[:, keep].argmax(1)]
+    keys = act["forget"][1].mean((2, 3))  # pooled conv2 input of each forget sample [n, D]
+    gain = block.bn2.weight.detach() / torch.sqrt(block.bn2.running_var + block.bn2.eps)
+    stats = original.class_stats.float()
+    counts = original.class_stats_count.float()
+    means_moment = sum(counts[c] * torch.outer(stats[c], stats[c]) for c in keep) / counts[keep].sum()
+    means_moment = means_moment + 1e-2 * torch.trace(means_moment) / len(means_moment) * torch.eye(len(means_moment))
+    retained_keys = act["probe"][1].mean((2, 3))[y_probe != cls]
+    oracle_moment = retained_keys.T @ retained_keys / len(retained_keys)
+    for moment_name, moment in (("means", means_moment), ("oracle", oracle_moment)):
+        for ridge in (10.0, 100.0):
+            weight = block.conv2.weight.detach().clone()
+            target = class_pen[own]
+            for _ in range(4):
+                residual = (target - block_output(block, act["forget"], weight)) / gain
+                delta = torch.linalg.solve(ridge * len(keys) * moment + keys.T @ keys, (residual.T @ keys).T).T
+                weight[:, :, 1, 1] += delta
+            measure(f"per-sample retarget ({moment_name}, ridge {ridge:g})",
+                    lambda s, w=weight: block_output(block, act[s], w), oracle=moment_name == "oracle")
+
+    # silence the units most specific to the forgotten class
+    skip_class = torch.stack([act["probe"][0][y_probe == c].mean((0, 2, 3)) for c in range(data.num_classes)])
+    skip_retained, pen_retained = skip_class[keep].mean(0), class_pen[keep].mean(0)
+    score = (base["forget"].mean(0) - pen_retained) / (class_pen[keep].std(0) + base["forget"].std(0) + 1e-6)
+    order = score.argsort(descending=True)
+    for k in (16, 64, 128):
+        units = order[:k]
+
+        def silenced(s: str, units=units) -> torch.Tensor:
+            skip = act[s][0].clone()
+            skip[:, units] = skip_retained[units][None, :, None, None]
+            out = block_output(block, (skip, act[s][1]), recompute_conv1=True)
+            out[:, units] = pen_retained[units]
+            return out
+        measure(f"silence top-{k} units", silenced)
+
+    # diagnostic: directions removed from the penultimate features themselves
+    diffs = torch.stack([base["forget"].mean(0) - class_pen[r] for r in keep], 1)
+    basis, _ = torch.linalg.qr(diffs)
+    for k in (1, 3):
+        proj = basis[:, :k] @ basis[:, :k].T
+        measure(f"remove {k} direction(s) (diagnostic)", lambda s, p=proj: base[s] - base[s] @ p)
+
+    header = ("| variant | retain_acc | forget unmasked | probe penultimate [95 % CI] | prototype attack, mask lifted |\n"
+              "|---|---:|---:|---:|---:|")
+    lines = [f"### probe gap: {Path(str(args.checkpoint)).name} on {data.spec}, class {cls}, {args.samples} forget samples",
+             "", header]
+    for r in rows:
+        lines.append(f"| {r['variant']} | {r['retain_acc']:.3f} | "
+                     f"{r['forget_acc_unmasked']:.3f} | {r['probe_penultimate']:.3f} "
+                     f"[{r['probe_ci95'][0]:.2f}, {r['probe_ci95'][1]:.2f}] | {r['proto_attack_unmasked']:.3f} |")
+    text = "\n".join(lines)
+    print(text)
+    report = {"schema": "edge_unlearn.bench.probe_gap", "version": 1, "dataset": data.spec, "forget_class": cls,
+              "samples": args.samples, "probe_train_size": args.probe_train_size, "seed": args.seed, "rows": rows,
+              "seconds": time.perf_counter() - t0, "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+              "environment": {"edge_unlearn": __version__, "torch": torch.__version__,
+                              "python": platform.python_version(), "machine": platform.machine()}}
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(to_json_text(report) + "\n")
+    if args.md:
+        args.md.parent.mkdir(parents=True, exist_ok=True)
+        args.md.write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
