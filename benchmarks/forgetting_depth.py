@@ -19,6 +19,7 @@ Examples::
     python benchmarks/forgetting_depth.py --preset resnet18-fashion
     python benchmarks/forgetting_depth.py --quick --variants '[{"feature_target": "retained_mean"}]'
     nohup python benchmarks/forgetting_depth.py --preset cifar-resnet18 > bench_out/cifar.log 2>&1 &   # hours on CPU
+    python benchmarks/forgetting_depth.py --combine part_c3/….json part_c5/….json   # one experiment run in parts
 """
 from __future__ import annotations
 
@@ -184,7 +185,8 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, float
 def table(summary: dict[str, dict[str, dict[str, float]]], title: str) -> str:
     models = list(summary)
     names = list(dict.fromkeys(k for m in models for k in summary[m]))
-    lines = [f"### {title}", "", "| measure | " + " | ".join(models) + " |", "|---|" + "---:|" * len(models)]
+    lines = [f"### {title}", "", "| measure | " + " | ".join(models) + " |", "|---|" + "---:|" * len(models),
+             "| runs | " + " | ".join(str(max((s["n"] for s in summary[m].values()), default=0)) for m in models) + " |"]
     for name in names:
         cells = []
         for model in models:
@@ -223,7 +225,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--original-seconds", type=float, default=None,
                         help="the training seconds of --original (its train --json-out 'seconds')")
     parser.add_argument("--results-dir", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument("--combine", nargs="+", type=Path, metavar="JSON",
+                        help="no run: merge result files of one experiment run in parts (e.g. a class per process) "
+                             "into forgetting_depth_<preset>.{json,md} in --results-dir")
     args = parser.parse_args(argv)
+    if args.combine:
+        write_results(combine(args.combine), args.results_dir)
+        return 0
     name = "quick" if args.quick else args.preset
     variants = parse_variants(args.variants)
     preset = PRESETS[name]
@@ -276,26 +284,68 @@ def main(argv: list[str] | None = None) -> int:
                       f" attack {f['proto_attack_masked']:.3f}/{f['proto_attack_unmasked']:.3f} "
                       f"mia {f['mia_entropy']:.3f} relearn {f['relearn_steps']} "
                       f"({'trained elsewhere' if seconds is None else f'{seconds:.3g} s'})", flush=True)
-    summary = summarise(rows)
-    title = (f"{preset.arch} on {Path(preset.dataset.removeprefix('npz:')).name}: classes {list(preset.classes)} "
-             f"× seeds {list(preset.seeds)}, recipe {preset.epochs} epochs / ≥{preset.min_steps} steps (mean ± sample std over {len(preset.classes) * len(preset.seeds)} runs)")
-    text = table(summary, title)
-    print(text)
-    args.results_dir.mkdir(parents=True, exist_ok=True)
     report = {
         "schema": "edge_unlearn.bench.forgetting_depth", "version": 1, "preset": name,
         "arch": preset.arch, "dataset": preset.dataset, "recipe": {"epochs": preset.epochs, "min_steps": preset.min_steps},
         "classes": list(preset.classes), "seeds": list(preset.seeds),
-        "nhle_samples": args.samples, "variants": variants, "audit_config": audit_config.to_json(), "summary": summary, "rows": rows,
+        "nhle_samples": args.samples, "variants": variants, "audit_config": audit_config.to_json(), "rows": rows,
         "seconds": time.perf_counter() - t_start, "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
         "environment": {"edge_unlearn": __version__, "torch": torch.__version__, "python": platform.python_version(),
                         "machine": platform.machine(), "threads": torch.get_num_threads()},
     }
-    (args.results_dir / f"forgetting_depth_{name}.json").write_text(to_json_text(report) + "\n")
-    (args.results_dir / f"forgetting_depth_{name}.md").write_text(text + "\n")
-    print(f"wrote {args.results_dir / f'forgetting_depth_{name}.json'}", flush=True)
+    write_results(report, args.results_dir)
     return 0
 
+
+#: What must agree for runs to be merged by ``--combine`` (one experiment, run in parts); the variants may
+#: differ (each model's summary says over how many runs it is taken).
+SAME_EXPERIMENT = ("preset", "arch", "dataset", "recipe", "nhle_samples", "audit_config")
+
+
+def _same(key: str, value: Any) -> Any:
+    """A report field as compared by :func:`combine` (an npz dataset by the file it resolves to)."""
+    if key == "dataset" and isinstance(value, str) and value.startswith("npz:"):
+        return str(Path(value.removeprefix("npz:")).resolve())
+    return value
+
+
+def combine(paths: list[Path]) -> dict[str, Any]:
+    """One report from result files of the same experiment run in parts (e.g. one forgotten class per process,
+    or a class measured in a later session): rows concatenated, classes and seeds united, one summary. A run
+    (seed, class) present twice, or parts that differ in :data:`SAME_EXPERIMENT`, is a usage error."""
+    parts = [json.loads(Path(p).read_text()) for p in paths]
+    first = parts[0]
+    for path, part in zip(paths[1:], parts[1:]):
+        differ = [k for k in SAME_EXPERIMENT if _same(k, part.get(k)) != _same(k, first.get(k))]
+        if differ:
+            raise SystemExit(f"error: {path} is not the same experiment as {paths[0]} (differs in {', '.join(differ)})")
+    runs = [(r["seed"], r["forget_class"], r["model"]) for p in parts for r in p["rows"]]
+    if len(runs) != len(set(runs)):
+        raise SystemExit("error: a (seed, class, model) row appears in two parts; combine each run once")
+    variants = [v for p in parts for v in p["variants"]]
+    return {**{k: first[k] for k in ("schema", "version", *SAME_EXPERIMENT)},
+            "variants": [v for i, v in enumerate(variants) if v not in variants[:i]],
+            "classes": sorted({c for p in parts for c in p["classes"]}), "seeds": sorted({s for p in parts for s in p["seeds"]}),
+            "rows": [r for p in parts for r in p["rows"]], "seconds": sum(p["seconds"] for p in parts),
+            "command": [p["command"] for p in parts], "environment": [p["environment"] for p in parts],
+            "combined_from": [str(p) for p in paths]}
+
+
+def write_results(report: dict[str, Any], results_dir: Path) -> None:
+    """Summary (mean ± sample std over runs), table, ``forgetting_depth_<preset>.{json,md}`` in ``results_dir``."""
+    report["summary"] = summarise(report["rows"])
+    runs = {(r["seed"], r["forget_class"]) for r in report["rows"]}
+    recipe = report["recipe"]
+    title = (f"{report['arch']} on {Path(report['dataset'].removeprefix('npz:')).name}: classes {report['classes']} "
+             f"× seeds {report['seeds']}, recipe {recipe['epochs']} epochs / ≥{recipe['min_steps']} steps "
+             f"(mean ± sample std over {len(runs)} runs)")
+    text = table(report["summary"], title)
+    print(text)
+    results_dir.mkdir(parents=True, exist_ok=True)
+    name = report["preset"]
+    (results_dir / f"forgetting_depth_{name}.json").write_text(to_json_text(report) + "\n")
+    (results_dir / f"forgetting_depth_{name}.md").write_text(text + "\n")
+    print(f"wrote {results_dir / f'forgetting_depth_{name}.json'}", flush=True)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,0 +1,53 @@
+"""Logic of the benchmark scripts that decides what a results file says (their runs are too long for CI)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from benchmarks.forgetting_depth import combine, table, write_results
+
+
+def _part(tmp_path, name, classes, dataset="npz:data/cifar10.npz", epochs=3, variants=(), models=("original", "nhle")):
+    rows = [{"seed": 0, "forget_class": c, "model": m, "cache_key": None, "method_details": None,
+             "figures": {"forget_acc": 0.0, "probe@penultimate": 0.2 + 0.1 * c / 5 + (0.3 if m == "original" else 0)}}
+            for c in classes for m in models]
+    report = {"schema": "edge_unlearn.bench.forgetting_depth", "version": 1, "preset": "cifar-resnet18",
+              "arch": "cifar_resnet18", "dataset": dataset, "recipe": {"epochs": epochs, "min_steps": 500},
+              "classes": list(classes), "seeds": [0], "nhle_samples": 32, "variants": list(variants),
+              "audit_config": {"probe_train_size": 2000}, "rows": rows, "seconds": 10.0, "command": name,
+              "environment": {"torch": "x"}}
+    path = tmp_path / f"{name}.json"
+    path.write_text(json.dumps(report))
+    return path
+
+
+def test_combine_merges_parts_of_one_experiment_into_one_summary(tmp_path, monkeypatch):
+    (tmp_path / "data").mkdir()
+    monkeypatch.chdir(tmp_path)
+    a = _part(tmp_path, "a", [3], variants=[{"target_scale": 1.0}], models=("original", "nhle", "nhle[target_scale=1.0]"))
+    b = _part(tmp_path, "b", [5], dataset=f"npz:{tmp_path}/data/../data/cifar10.npz")  # the same file, spelt otherwise
+    merged = combine([a, b])
+    assert merged["classes"] == [3, 5] and merged["seconds"] == 20.0 and len(merged["rows"]) == 5
+    assert merged["variants"] == [{"target_scale": 1.0}]
+    write_results(merged, tmp_path / "out")
+    summary = json.loads((tmp_path / "out" / "forgetting_depth_cifar-resnet18.json").read_text())["summary"]
+    probe = summary["nhle"]["probe@penultimate"]
+    assert probe["n"] == 2 and probe["mean"] == pytest.approx(0.28) and probe["std"] == pytest.approx(0.0282843, abs=1e-6)
+    assert summary["nhle[target_scale=1.0]"]["probe@penultimate"]["n"] == 1
+    text = (tmp_path / "out" / "forgetting_depth_cifar-resnet18.md").read_text()
+    assert "| runs | 2 | 2 | 1 |" in text and "2 runs" in text
+
+
+def test_combine_refuses_other_experiments_and_a_run_counted_twice(tmp_path):
+    a = _part(tmp_path, "a", [3])
+    with pytest.raises(SystemExit, match="recipe"):
+        combine([a, _part(tmp_path, "b", [5], epochs=4)])
+    with pytest.raises(SystemExit, match="two parts"):
+        combine([a, _part(tmp_path, "c", [3])])
+
+
+def test_table_says_over_how_many_runs_each_model_is_taken():
+    summary = {"original": {"x": {"mean": 1.0, "std": 0.0, "n": 2}}, "nhle[v]": {"x": {"mean": 0.5, "std": 0.1, "n": 1}}}
+    lines = table(summary, "t").splitlines()
+    assert lines[4] == "| runs | 2 | 1 |" and lines[5] == "| x | 1.000 ± 0.000 | 0.500 ± 0.100 |"
