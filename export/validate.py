@@ -245,6 +245,45 @@ def _check_io(proto: Any, meta: Any, bundle: Bundle, model: str | Path) -> None:
     if tuple(bundle.inputs.shape[1:]) != tuple(meta.input_shape):
         raise ModelFileError(f"bundle {bundle.path} holds images of shape {list(bundle.inputs.shape[1:])} but "
                              f"{model} takes {list(meta.input_shape)}; make the bundle from the model's checkpoint")
+    problem = _preprocessing_mismatch(bundle.meta, meta)
+    if problem:
+        raise ModelFileError(f"bundle {bundle.path} was preprocessed otherwise than {model} expects ({problem}): its "
+                             "inputs are not what the model will see; make the bundle from the model's checkpoint")
+
+
+def _preprocessing_mismatch(bundle_meta: dict[str, Any], meta: Any) -> str:
+    """How the bundle's recorded preprocessing differs from the model's ("" when it does not, or when the bundle
+    predates the record): the images were resized, cropped or normalised for another model."""
+    from .preprocessing import ImagePreprocessing
+
+    recorded, norm = bundle_meta.get("preprocessing"), bundle_meta.get("normalization")
+    if recorded:
+        try:
+            ours = ImagePreprocessing.from_json(recorded)
+        except ModelFileError as exc:
+            return f"its record is unreadable: {exc}"
+        theirs = meta.prep
+        differ = [f"{name} {getattr(ours, name)} vs {getattr(theirs, name)}"
+                  for name in ("channels", "resize", "crop", "interpolation", "mean", "std")
+                  if not _same_value(getattr(ours, name), getattr(theirs, name))]
+        return "; ".join(differ)
+    if isinstance(norm, dict) and meta.normalization:
+        differ = [f"{key} {norm.get(key)} vs {meta.normalization.get(key)}" for key in ("mean", "std")
+                  if not _same_value(norm.get(key), meta.normalization.get(key))]
+        return "; ".join(differ)
+    return ""
+
+
+def _same_value(a: Any, b: Any) -> bool:
+    """Equal, with floats compared to 1e-6 (records written by another float formatting)."""
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same_value(x, y) for x, y in zip(a, b))
+    if isinstance(a, float) or isinstance(b, float):
+        try:
+            return abs(float(a) - float(b)) <= 1e-6 * max(1.0, abs(float(b)))
+        except (TypeError, ValueError):
+            return False
+    return a == b
 
 
 def validate_model(model: str | Path, bundle: str | Path, thresholds: Thresholds = Thresholds(),

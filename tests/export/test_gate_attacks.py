@@ -24,6 +24,7 @@ from edge_unlearn.cli import main
 from edge_unlearn.export.onnx_hazards import check_model
 from edge_unlearn.export.onnx_meta import read_meta, write_meta
 from edge_unlearn.export.structure import analyse_mask, stress_inputs
+from tests.conftest import one_line_error
 
 
 def _set_init(model: onnx.ModelProto, name: str, value: np.ndarray) -> None:
@@ -203,6 +204,28 @@ def test_bundle_of_another_image_size_is_one_line(artifacts, tmp_path):
     result = CliRunner().invoke(main, ["validate", str(artifacts.fp32), "--bundle", str(tmp_path / "big.npz")])
     assert result.exit_code == 2 and "images of shape [1, 16, 16]" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("record", ["preprocessing", "normalization only (an older bundle)"])
+def test_bundle_preprocessed_for_another_model_is_one_line(artifacts, tmp_path, record):
+    """Images of the right shape normalised otherwise are not what the model sees: refused, not scored."""
+    with np.load(artifacts.bundle, allow_pickle=False) as loaded:
+        arrays = {k: loaded[k] for k in loaded.files}
+    info = json.loads(str(arrays["meta_json"]))
+    assert info["preprocessing"]["mean"] == info["normalization"]["mean"]
+    if record == "preprocessing":
+        info["preprocessing"]["mean"] = [v + 0.1 for v in info["preprocessing"]["mean"]]
+    else:
+        del info["preprocessing"]
+        info["normalization"]["std"] = [v * 2 for v in info["normalization"]["std"]]
+    arrays["meta_json"] = np.asarray(json.dumps(info))
+    np.savez(tmp_path / "other.npz", **arrays)
+    result = CliRunner().invoke(main, ["validate", str(artifacts.fp32), "--bundle", str(tmp_path / "other.npz")])
+    one_line_error(result, "preprocessed otherwise", "mean" if record == "preprocessing" else "std")
+    # the unedited bundle, re-saved the same way, passes: the check compares records, not files
+    with np.load(artifacts.bundle, allow_pickle=False) as loaded:
+        np.savez(tmp_path / "same.npz", **{k: loaded[k] for k in loaded.files})
+    assert CliRunner().invoke(main, ["validate", str(artifacts.fp32), "--bundle", str(tmp_path / "same.npz")]).exit_code == 0
 
 
 def test_edited_output_name_is_one_line(artifacts, tmp_path):
