@@ -230,7 +230,11 @@ def main(argv: list[str] | None = None) -> int:
                              "into forgetting_depth_<preset>.{json,md} in --results-dir")
     args = parser.parse_args(argv)
     if args.combine:
-        write_results(combine(args.combine), args.results_dir)
+        try:
+            write_results(combine(args.combine), args.results_dir)
+        except CombineError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
         return 0
     name = "quick" if args.quick else args.preset
     variants = parse_variants(args.variants)
@@ -302,6 +306,10 @@ def main(argv: list[str] | None = None) -> int:
 SAME_EXPERIMENT = ("preset", "arch", "dataset", "recipe", "nhle_samples", "audit_config")
 
 
+class CombineError(ValueError):
+    """Parts that cannot be one experiment (``--combine``): one line, exit 2."""
+
+
 def _same(key: str, value: Any) -> Any:
     """A report field as compared by :func:`combine` (an npz dataset by the file it resolves to)."""
     if key == "dataset" and isinstance(value, str) and value.startswith("npz:"):
@@ -318,10 +326,11 @@ def combine(paths: list[Path]) -> dict[str, Any]:
     for path, part in zip(paths[1:], parts[1:]):
         differ = [k for k in SAME_EXPERIMENT if _same(k, part.get(k)) != _same(k, first.get(k))]
         if differ:
-            raise SystemExit(f"error: {path} is not the same experiment as {paths[0]} (differs in {', '.join(differ)})")
+            raise CombineError(f"{path} is not the same experiment as {paths[0]} (differs in {', '.join(differ)}); "
+                               "combine parts of one preset, recipe, sample count and audit configuration")
     runs = [(r["seed"], r["forget_class"], r["model"]) for p in parts for r in p["rows"]]
     if len(runs) != len(set(runs)):
-        raise SystemExit("error: a (seed, class, model) row appears in two parts; combine each run once")
+        raise CombineError("a (seed, class, model) row appears in two parts; combine each run once")
     variants = [v for p in parts for v in p["variants"]]
     return {**{k: first[k] for k in ("schema", "version", *SAME_EXPERIMENT)},
             "variants": [v for i, v in enumerate(variants) if v not in variants[:i]],
@@ -346,6 +355,7 @@ def write_results(report: dict[str, Any], results_dir: Path) -> None:
     (results_dir / f"forgetting_depth_{name}.json").write_text(to_json_text(report) + "\n")
     (results_dir / f"forgetting_depth_{name}.md").write_text(text + "\n")
     print(f"wrote {results_dir / f'forgetting_depth_{name}.json'}", flush=True)
+
 
 if __name__ == "__main__":
     sys.exit(main())

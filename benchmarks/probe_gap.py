@@ -46,7 +46,7 @@ from edge_unlearn.attacks import prototype_attack_on_features
 from edge_unlearn.checkpoint import load_checkpoint
 from edge_unlearn.core.jsontext import to_json_text
 from edge_unlearn.data import load_dataset, preprocess, take_samples
-from edge_unlearn.errors import UsageError
+from edge_unlearn.errors import EdgeUnlearnError, UsageError
 from edge_unlearn.metrics import _probe_train_indices, fit_linear_probe, model_outputs
 from edge_unlearn.models import UnlearnableClassifier
 from edge_unlearn.unlearn import ForgetSet, forget, method_config
@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return run(args)
-    except UsageError as exc:
+    except EdgeUnlearnError as exc:  # a bad checkpoint, dataset or model kind: one line, exit 2
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from benchmarks.forgetting_depth import combine, table, write_results
+from benchmarks.forgetting_depth import CombineError, combine, main, table, write_results
 
 
 def _part(tmp_path, name, classes, dataset="npz:data/cifar10.npz", epochs=3, variants=(), models=("original", "nhle")):
@@ -41,13 +41,29 @@ def test_combine_merges_parts_of_one_experiment_into_one_summary(tmp_path, monke
 
 def test_combine_refuses_other_experiments_and_a_run_counted_twice(tmp_path):
     a = _part(tmp_path, "a", [3])
-    with pytest.raises(SystemExit, match="recipe"):
+    with pytest.raises(CombineError, match="recipe"):
         combine([a, _part(tmp_path, "b", [5], epochs=4)])
-    with pytest.raises(SystemExit, match="two parts"):
+    with pytest.raises(CombineError, match="two parts"):
         combine([a, _part(tmp_path, "c", [3])])
+
+
+def test_combine_of_other_experiments_is_one_line_and_exit_2_writing_nothing(tmp_path, capsys):
+    a, b = _part(tmp_path, "a", [3]), _part(tmp_path, "b", [5], epochs=4)
+    assert main(["--combine", str(a), str(b), "--results-dir", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "recipe" in err[0]
+    assert not (tmp_path / "out").exists()
 
 
 def test_table_says_over_how_many_runs_each_model_is_taken():
     summary = {"original": {"x": {"mean": 1.0, "std": 0.0, "n": 2}}, "nhle[v]": {"x": {"mean": 0.5, "std": 0.1, "n": 1}}}
     lines = table(summary, "t").splitlines()
     assert lines[4] == "| runs | 2 | 1 |" and lines[5] == "| x | 1.000 ± 0.000 | 0.500 ± 0.100 |"
+
+
+def test_probe_gap_refuses_a_missing_checkpoint_in_one_line(tmp_path, capsys):
+    from benchmarks.probe_gap import main as probe_gap
+
+    code = probe_gap(["--checkpoint", str(tmp_path / "none.safetensors"), "--dataset", "digits", "--forget-class", "3"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith("error: ") and "none.safetensors" in err[0]
