@@ -191,7 +191,7 @@ def test_forget_samples_get_the_checkpoints_full_preprocessing(tmp_path, digits,
     for k, i in enumerate(torch.nonzero(digits.y_train == 3).flatten()[:4].tolist()):
         image = Image.fromarray(digits.x_train[i][0].numpy()).resize((20 + 3 * k, 14), Image.NEAREST)
         image.save(folder / f"{k}.png")
-        raws.append(torch.from_numpy(np.asarray(image))[None])
+        raws.append(torch.from_numpy(np.array(image))[None])
     req = ForgetRequest(checkpoint=str(imported), forget=("3",), out=str(tmp_path / "u.safetensors"),
                         forget_samples_dir=str(folder), evaluate=False)
     forget_set = _forget_set(req, load_checkpoint(imported), None, [3])
