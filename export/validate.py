@@ -252,12 +252,13 @@ def _check_io(proto: Any, meta: Any, bundle: Bundle, model: str | Path) -> None:
 
 
 def _preprocessing_mismatch(bundle_meta: dict[str, Any], meta: Any) -> str:
-    """How the bundle's recorded preprocessing differs from the model's ("" when it does not, or when the bundle
-    predates the record): the images were resized, cropped or normalised for another model."""
+    """How the bundle's recorded preprocessing differs from the model's ("" when it does not): the images were
+    resized, cropped or normalised for another model. Where either file predates the full record, the
+    normalisation alone is compared."""
     from .preprocessing import ImagePreprocessing
 
     recorded, norm = bundle_meta.get("preprocessing"), bundle_meta.get("normalization")
-    if recorded:
+    if recorded and getattr(meta, "preprocessing", None):  # both full records (a model exported before it: norm only)
         try:
             ours = ImagePreprocessing.from_json(recorded)
         except ModelFileError as exc:
