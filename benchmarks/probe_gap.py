@@ -48,7 +48,7 @@ from edge_unlearn.checkpoint import load_checkpoint
 from edge_unlearn.core.jsontext import to_json_text
 from edge_unlearn.data import load_dataset, preprocess, take_samples
 from edge_unlearn.errors import EdgeUnlearnError, UsageError
-from edge_unlearn.metrics import _probe_train_indices, fit_linear_probe, model_outputs
+from edge_unlearn.metrics import _probe_train_indices, fit_linear_probe, model_outputs, tensor_accuracy
 from edge_unlearn.models import UnlearnableClassifier
 from edge_unlearn.unlearn import ForgetSet, forget, method_config
 
@@ -81,9 +81,10 @@ def block_activations(model: UnlearnableClassifier, block: nn.Module, images: to
     return torch.cat(skips), torch.cat(convs)
 
 
-def batchnorm(x: torch.Tensor, bn: nn.BatchNorm2d, weight=None, bias=None, mean=None) -> torch.Tensor:
-    return F.batch_norm(x, bn.running_mean if mean is None else mean, bn.running_var,
-                        bn.weight if weight is None else weight, bn.bias if bias is None else bias, False, 0.0, bn.eps)
+def batchnorm(x: torch.Tensor, bn: nn.BatchNorm2d, mean: torch.Tensor | None = None) -> torch.Tensor:
+    """``bn`` in eval mode, with its running mean replaced where given."""
+    return F.batch_norm(x, bn.running_mean if mean is None else mean, bn.running_var, bn.weight, bn.bias, False, 0.0,
+                        bn.eps)
 
 
 @torch.no_grad()
@@ -165,8 +166,8 @@ def run(args: argparse.Namespace) -> int:
                                               lift_mask=True)
         low, high = wilson(hits, int(in_class.sum()))
         row = {"variant": name, "oracle": oracle,
-               "retain_acc": float((masked[~in_class] == y_test[~in_class]).float().mean()),
-               "forget_acc_unmasked": float((logits.argmax(1)[in_class] == cls).float().mean()),
+               "retain_acc": tensor_accuracy(masked, y_test, keep),
+               "forget_acc_unmasked": tensor_accuracy(logits.argmax(1), y_test, [cls]),
                "probe_penultimate": hits / int(in_class.sum()), "probe_ci95": [low, high],
                "proto_attack_unmasked": attack.forget_acc}
         rows.append(row)
