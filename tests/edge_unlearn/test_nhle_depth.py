@@ -247,3 +247,82 @@ def test_probe_gap_refuses_a_model_without_a_last_basic_block():
 
     with pytest.raises(UsageError, match="BasicBlock"):
         last_basic_block(build_model("lenet", 10, (1, 28, 28)))
+
+
+def _block_with_statistics(seed: int = 0):
+    """A torchvision BasicBlock (the class ResNet-18's last block is; 32 channels to stay fast) with
+    non-trivial BatchNorm statistics, a confident linear head over 4 classes, and post-ReLU block inputs."""
+    from torchvision.models.resnet import BasicBlock
+
+    torch.manual_seed(seed)
+    block = BasicBlock(32, 32).eval()
+    head = torch.nn.Linear(32, 4)
+    inputs = torch.relu(torch.randn(24, 32, 4, 4) + 0.3)
+    with torch.no_grad():  # running statistics of these inputs, as training would have recorded them
+        h = block.conv1(inputs)
+        block.bn1.running_mean.copy_(h.mean((0, 2, 3)))
+        block.bn1.running_var.copy_(h.var((0, 2, 3)))
+        g = block.conv2(torch.relu(block.bn1(h)))
+        block.bn2.running_mean.copy_(g.mean((0, 2, 3)))
+        block.bn2.running_var.copy_(g.var((0, 2, 3)))
+    return head, block, inputs
+
+
+def test_synthesised_block_inputs_match_batchnorm_statistics_and_the_head():
+    """probe_gap's retention anchors without retained data: the block's BatchNorm batch statistics move toward
+    the running ones and the head calls each anchor its class; the block itself is left as it was."""
+    from benchmarks.probe_gap import _batch_stat_gap, synthesize_block_inputs
+
+    head, block, inputs = _block_with_statistics()
+    before = copy.deepcopy(block.state_dict())
+    w, b = 5 * head.weight.detach(), head.bias.detach()
+    means = torch.stack([inputs[i::4].mean((0, 2, 3)) for i in range(4)])
+
+    def gap(z):
+        with torch.no_grad():
+            h = block.conv1(z)
+            return float(_batch_stat_gap(h, block.bn1) + _batch_stat_gap(block.conv2(torch.relu(block.bn1(h))), block.bn2))
+
+    start, labels0 = synthesize_block_inputs(block, w, b, means, [0, 2, 3], (4, 4), per_class=8, steps=0)
+    anchors, labels = synthesize_block_inputs(block, w, b, means, [0, 2, 3], (4, 4), per_class=8, steps=100)
+    assert anchors.shape == (24, 32, 4, 4) and torch.equal(labels, labels0) and sorted(set(labels.tolist())) == [0, 2, 3]
+    assert (anchors >= 0).all()
+    assert gap(anchors) < 0.5 * gap(start)
+    with torch.no_grad():
+        agree = float(((block(anchors).mean((2, 3)) @ w.T + b).argmax(1) == labels).float().mean())
+    assert agree >= 0.9
+    assert all(torch.equal(v, before[k]) for k, v in block.state_dict().items())
+    assert all(p.requires_grad for p in block.parameters())
+
+
+def test_finetune_last_block_forgets_on_a_copy_and_anchors_hold_retained_features():
+    from benchmarks.probe_gap import finetune_last_block, pooled_block
+
+    head, block, inputs = _block_with_statistics(1)
+    w, b = 5 * head.weight.detach(), head.bias.detach()  # a confident head, as a trained one is
+    forget_inputs, anchors = inputs[:8], inputs[8:]
+    with torch.no_grad():
+        cls = int((pooled_block(block, forget_inputs) @ w.T + b).argmax(1).mode().values)
+    before = copy.deepcopy(block.state_dict())
+
+    def forgotten_probability(blk):
+        with torch.no_grad():
+            return float(torch.softmax(pooled_block(blk, forget_inputs) @ w.T + b, 1)[:, cls].mean())
+
+    def anchor_shift(blk):
+        with torch.no_grad():
+            ref = pooled_block(block, anchors)
+            return float((pooled_block(blk, anchors) - ref).norm() / ref.norm())
+
+    free = finetune_last_block(block, forget_inputs, w, b, cls, None, steps=30, lr=3e-3)
+    held = finetune_last_block(block, forget_inputs, w, b, cls, anchors, steps=30, lr=3e-3, anchor_weight=100.0)
+    assert all(torch.equal(v, before[k]) for k, v in block.state_dict().items())
+    assert forgotten_probability(free) < 0.5 * forgotten_probability(block)
+    assert forgotten_probability(held) < forgotten_probability(block)
+    assert anchor_shift(held) < 0.5 * anchor_shift(free)
+    labels = torch.tensor([c for c in range(4) if c != cls] * 6)[:len(anchors)]
+    adversarial = finetune_last_block(block, forget_inputs, w, b, cls, anchors, "adversarial", steps=12, lr=3e-3,
+                                      anchor_labels=labels)
+    assert any(not torch.equal(p, q) for p, q in zip(adversarial.parameters(), block.parameters()))
+    with pytest.raises(UsageError, match="labelled anchors"):
+        finetune_last_block(block, forget_inputs, w, b, cls, None, "adversarial")
