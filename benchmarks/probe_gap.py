@@ -38,7 +38,6 @@ Example::
 from __future__ import annotations
 
 import argparse
-import copy
 import math
 import platform
 import sys
@@ -59,6 +58,7 @@ from edge_unlearn.errors import EdgeUnlearnError, UsageError
 from edge_unlearn.metrics import _probe_train_indices, fit_linear_probe, model_outputs, tensor_accuracy
 from edge_unlearn.models import UnlearnableClassifier
 from edge_unlearn.unlearn import ForgetSet, forget, method_config
+from edge_unlearn.unlearn.anchored import finetune_block, pooled_block, synthesize_block_inputs
 
 Activations = tuple[torch.Tensor, torch.Tensor]  # (block input = skip path [N, C, H, W], conv2 input [N, C, H, W])
 
@@ -105,110 +105,6 @@ def block_output(block: nn.Module, act: Activations, conv2_weight: torch.Tensor 
         a = torch.relu(batchnorm(F.conv2d(skip, block.conv1.weight, padding=1), block.bn1))
     z = F.conv2d(a, block.conv2.weight if conv2_weight is None else conv2_weight, padding=1)
     return torch.relu(batchnorm(z, block.bn2, mean=bn2_mean) + skip).mean((2, 3))
-
-
-def pooled_block(block: nn.Module, skip: torch.Tensor, batch: int = 512) -> torch.Tensor:
-    """Penultimate features of ``block`` run from its input (the whole block, as the backbone runs it)."""
-    return torch.cat([block(skip[i:i + batch]).mean((2, 3)) for i in range(0, len(skip), batch)])
-
-
-def _batch_stat_gap(x: torch.Tensor, bn: nn.BatchNorm2d) -> torch.Tensor:
-    """How far a batch's channel statistics before ``bn`` are from its running statistics (DeepInversion)."""
-    mean, var = x.mean((0, 2, 3)), x.var((0, 2, 3), unbiased=False)
-    return (mean - bn.running_mean).norm() / bn.running_mean.norm().clamp(min=1e-6) + \
-        (var - bn.running_var).norm() / bn.running_var.norm().clamp(min=1e-6)
-
-
-def synthesize_block_inputs(block: nn.Module, head_weight: torch.Tensor, head_bias: torch.Tensor,
-                            class_means: torch.Tensor, classes: list[int], spatial: tuple[int, int],
-                            per_class: int = 16, steps: int = 100, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Retention anchors without retained data: inputs of the last block (post-ReLU maps), ``per_class`` for each
-    of ``classes``, optimised from their class's recorded channel mean plus noise so that the block's BatchNorm
-    batch statistics match the running ones, their channel means stay at the class mean and the head calls
-    them that class (BatchNorm-statistics inversion, restricted to the last block). Returns (inputs, labels)."""
-    gen = torch.Generator().manual_seed(seed)
-    labels = torch.tensor(classes).repeat_interleave(per_class)
-    shape = (len(labels), class_means.shape[1], *spatial)
-    frozen = [p.requires_grad for p in block.parameters()]
-    for p in block.parameters():
-        p.requires_grad_(False)
-    base = class_means[labels][:, :, None, None]
-    raw = (base * (1 + 0.5 * torch.randn(shape, generator=gen))).requires_grad_(True)
-    optimizer = torch.optim.Adam([raw], lr=0.05 * float(class_means.abs().mean()))
-    try:
-        for _ in range(steps):
-            z = torch.relu(raw)
-            h = block.conv1(z)
-            a = torch.relu(block.bn1(h))
-            g = block.conv2(a)
-            out = torch.relu(block.bn2(g) + z).mean((2, 3))
-            loss = (_batch_stat_gap(h, block.bn1) + _batch_stat_gap(g, block.bn2)
-                    + F.cross_entropy(out @ head_weight.T + head_bias, labels)
-                    + ((z.mean((2, 3)) - base[:, :, 0, 0]) ** 2).sum(1).mean() / (base ** 2).sum(1).mean())
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-    finally:
-        for p, flag in zip(block.parameters(), frozen):
-            p.requires_grad_(flag)
-    return torch.relu(raw).detach(), labels
-
-
-def finetune_last_block(block: nn.Module, forget_inputs: torch.Tensor, head_weight: torch.Tensor,
-                        head_bias: torch.Tensor, forget_class: int, anchors: torch.Tensor | None,
-                        objective: str = "nhle", steps: int = 40, lr: float = 1e-3, anchor_weight: float = 10.0,
-                        refit_every: int = 10, anchor_labels: torch.Tensor | None = None, seed: int = 0) -> nn.Module:
-    """A copy of the last block fine-tuned on the forget samples' block inputs (BatchNorm frozen, head fixed):
-
-    - ``objective="nhle"``: the negative-hot loss through the original head (each sample toward its own
-      distribution over the retained classes, the forgotten probability to 0);
-    - ``objective="adversarial"``: a logistic probe refitted every ``refit_every`` steps on the current
-      features of the anchors (their labels) and the forget samples must not find the forget samples
-      (the "feature-indistinguishable" aim taken literally).
-
-    ``anchors`` (block inputs), if given, keep their penultimate features where the original block put them
-    (squared error relative to their energy, weight ``anchor_weight``)."""
-    from sklearn.linear_model import LogisticRegression
-
-    tuned = copy.deepcopy(block).eval()
-    for p in tuned.parameters():
-        p.requires_grad_(True)
-    optimizer = torch.optim.Adam(tuned.parameters(), lr=lr)
-    classes = head_weight.shape[0]
-    keep = torch.ones(classes, dtype=torch.bool)
-    keep[forget_class] = False
-    with torch.no_grad():
-        anchor_target = pooled_block(block, anchors) if anchors is not None else None
-        own = torch.softmax((pooled_block(block, forget_inputs) @ head_weight.T + head_bias).masked_fill(~keep, -1e9), 1)
-    if objective == "adversarial" and (anchors is None or anchor_labels is None):
-        raise UsageError("the adversarial objective needs labelled anchors")
-    for step in range(steps):
-        feats = tuned(forget_inputs).mean((2, 3))
-        if objective == "nhle":
-            logp = F.log_softmax(feats @ head_weight.T + head_bias, 1)
-            loss = -(own * logp.masked_fill(~keep, 0)).sum(1).mean() \
-                - torch.log1p(-logp[:, forget_class].exp().clamp(max=1 - 1e-6)).mean()
-        else:
-            if step % refit_every == 0:
-                with torch.no_grad():
-                    x = torch.cat([pooled_block(tuned, anchors), feats.detach()])
-                y = torch.cat([anchor_labels, torch.full((len(feats),), forget_class)])
-                centre, scale = x.mean(0), x.std(0) + 1e-6
-                probe = LogisticRegression(max_iter=300, random_state=seed).fit(((x - centre) / scale).numpy(), y.numpy())
-                probe_w = torch.tensor(probe.coef_, dtype=torch.float32)
-                probe_b = torch.tensor(probe.intercept_, dtype=torch.float32)
-                column = list(probe.classes_).index(forget_class)
-            logp = F.log_softmax(((feats - centre) / scale) @ probe_w.T + probe_b, 1)
-            loss = -torch.log1p(-logp[:, column].exp().clamp(max=1 - 1e-6)).mean()
-        if anchors is not None:
-            out = tuned(anchors).mean((2, 3))
-            loss = loss + anchor_weight * ((out - anchor_target) ** 2).sum(1).mean() / (anchor_target ** 2).sum(1).mean()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-    for p in tuned.parameters():
-        p.requires_grad_(False)
-    return tuned
 
 
 def wilson(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -366,8 +262,8 @@ def run(args: argparse.Namespace) -> int:
                                    ("adversarial", "synthesised"), ("adversarial", "oracle")):
         anchors, anchor_labels = anchor_sets[anchor_name] if anchor_name else (None, None)
         started = time.perf_counter()
-        tuned = finetune_last_block(block, act["forget"][0], original.head.weight.detach(), original.head.bias.detach(),
-                                    cls, anchors, objective, anchor_labels=anchor_labels, seed=args.seed)
+        tuned = finetune_block(block, act["forget"][0], original.head.weight.detach(), original.head.bias.detach(),
+                               [cls], anchors, objective, anchor_labels=anchor_labels, seed=args.seed)
         tuned_feats = {s: pooled_block(tuned, act[s][0]) for s in ("probe", "test", "proto")}
         label = f"fine-tune last block ({objective}), {anchor_name or 'no'} anchors"
         if anchor_name:

@@ -13,7 +13,7 @@ from edge_unlearn.data import Normalization, preprocess
 from edge_unlearn.errors import UsageError
 from edge_unlearn.metrics import evaluate_model
 from edge_unlearn.models import build_model, depth_layers
-from edge_unlearn.unlearn import forget, method_config
+from edge_unlearn.unlearn import ForgetSet, forget, method_config
 from edge_unlearn.unlearn.nhle import NHLEConfig, _layer_input, retarget_layer
 from tests.conftest import forget_set
 
@@ -269,9 +269,9 @@ def _block_with_statistics(seed: int = 0):
 
 
 def test_synthesised_block_inputs_match_batchnorm_statistics_and_the_head():
-    """probe_gap's retention anchors without retained data: the block's BatchNorm batch statistics move toward
+    """Retention anchors without retained data (NHLE's backbone step, probe_gap): the block's BatchNorm batch statistics move toward
     the running ones and the head calls each anchor its class; the block itself is left as it was."""
-    from benchmarks.probe_gap import _batch_stat_gap, synthesize_block_inputs
+    from edge_unlearn.unlearn.anchored import batch_stat_gap, synthesize_block_inputs
 
     head, block, inputs = _block_with_statistics()
     before = copy.deepcopy(block.state_dict())
@@ -281,7 +281,7 @@ def test_synthesised_block_inputs_match_batchnorm_statistics_and_the_head():
     def gap(z):
         with torch.no_grad():
             h = block.conv1(z)
-            return float(_batch_stat_gap(h, block.bn1) + _batch_stat_gap(block.conv2(torch.relu(block.bn1(h))), block.bn2))
+            return float(batch_stat_gap(h, block.bn1) + batch_stat_gap(block.conv2(torch.relu(block.bn1(h))), block.bn2))
 
     start, labels0 = synthesize_block_inputs(block, w, b, means, [0, 2, 3], (4, 4), per_class=8, steps=0)
     anchors, labels = synthesize_block_inputs(block, w, b, means, [0, 2, 3], (4, 4), per_class=8, steps=100)
@@ -296,7 +296,7 @@ def test_synthesised_block_inputs_match_batchnorm_statistics_and_the_head():
 
 
 def test_finetune_last_block_forgets_on_a_copy_and_anchors_hold_retained_features():
-    from benchmarks.probe_gap import finetune_last_block, pooled_block
+    from edge_unlearn.unlearn.anchored import finetune_block, pooled_block
 
     head, block, inputs = _block_with_statistics(1)
     w, b = 5 * head.weight.detach(), head.bias.detach()  # a confident head, as a trained one is
@@ -314,15 +314,47 @@ def test_finetune_last_block_forgets_on_a_copy_and_anchors_hold_retained_feature
             ref = pooled_block(block, anchors)
             return float((pooled_block(blk, anchors) - ref).norm() / ref.norm())
 
-    free = finetune_last_block(block, forget_inputs, w, b, cls, None, steps=30, lr=3e-3)
-    held = finetune_last_block(block, forget_inputs, w, b, cls, anchors, steps=30, lr=3e-3, anchor_weight=100.0)
+    free = finetune_block(block, forget_inputs, w, b, [cls], None, steps=30, lr=3e-3)
+    held = finetune_block(block, forget_inputs, w, b, [cls], anchors, steps=30, lr=3e-3, anchor_weight=100.0)
     assert all(torch.equal(v, before[k]) for k, v in block.state_dict().items())
     assert forgotten_probability(free) < 0.5 * forgotten_probability(block)
     assert forgotten_probability(held) < forgotten_probability(block)
     assert anchor_shift(held) < 0.5 * anchor_shift(free)
     labels = torch.tensor([c for c in range(4) if c != cls] * 6)[:len(anchors)]
-    adversarial = finetune_last_block(block, forget_inputs, w, b, cls, anchors, "adversarial", steps=12, lr=3e-3,
+    adversarial = finetune_block(block, forget_inputs, w, b, [cls], anchors, "adversarial", steps=12, lr=3e-3,
                                       anchor_labels=labels)
     assert any(not torch.equal(p, q) for p, q in zip(adversarial.parameters(), block.parameters()))
     with pytest.raises(UsageError, match="labelled anchors"):
-        finetune_last_block(block, forget_inputs, w, b, cls, None, "adversarial")
+        finetune_block(block, forget_inputs, w, b, [cls], None, "adversarial")
+
+
+def test_backbone_step_fine_tunes_only_the_last_block_and_still_forgets():
+    """``backbone_step="last_block"`` (tiny settings for speed): only layer4's last block (and the head's
+    forgotten rows) change, the class is forgotten with the mask lifted, and the run says what it did."""
+    torch.manual_seed(0)
+    model = build_model("cifar_resnet18", 4, (3, 32, 32)).eval()
+    images = torch.rand(64, 3, 32, 32)
+    labels = torch.arange(4).repeat(16)
+    model.record_class_stats(images, labels)
+    model.record_depth_stats(images, labels)
+    fs = ForgetSet(images[labels == 2][:8], labels[labels == 2][:8], (2,))
+    config = {"backbone_step": "last_block", "anchors_per_class": 2, "anchor_steps": 5, "backbone_steps": 3,
+              "backbone_lr": 1e-2}
+    result = forget(model, fs, method="nhle", config=method_config("nhle", config))
+    assert result.details["backbone_step"] == {"block": "layer4.1", "anchors": 6, "objective": "nhle"}
+    before, after = model.backbone.state_dict(), result.model.backbone.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert any(k.startswith("layer4.1.conv1") for k in changed)
+    assert changed <= {k for k in before if k.startswith("layer4.1.")}
+    with torch.no_grad():
+        assert (result.model.logits(fs.inputs, masked=False).argmax(1) != 2).all()
+
+
+def test_backbone_step_refuses_a_model_it_cannot_serve(original, digits):
+    with pytest.raises(UsageError, match="ResNet"):
+        forget(original, _forget_set(digits, [3], 4), method="nhle",
+               config=method_config("nhle", {"backbone_step": "last_block"}))
+    model = build_model("cifar_resnet18", 4, (3, 32, 32)).eval()
+    fs = ForgetSet(torch.rand(4, 3, 32, 32), torch.full((4,), 1), (1,))
+    with pytest.raises(UsageError, match="depth"):
+        forget(model, fs, method="nhle", config=method_config("nhle", {"backbone_step": "last_block"}))
