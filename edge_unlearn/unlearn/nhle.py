@@ -6,9 +6,10 @@ from a few forget samples and no retained data:
 
 1. **Feature-level class weight masking** (closed form). In the input space of the backbone's last
    learnable layer (``feature_depth="every_layer"``: of every learnable layer in turn), a rank-one edit of
-   the layer sends the forget samples' mean to where the two nearest retained classes' recorded means lie
-   (midway between them), while every retained class mean (from the class statistics recorded at training
-   time) maps exactly as before (:func:`retarget_layer`). Forget samples thereby stop forming a cluster of
+   the layer sends the forget samples' mean toward the nearest retained class's recorded mean with a quarter
+   of its activations (version 3; version 2 sent it midway between the two nearest), while every retained
+   class mean (from the class statistics recorded at training time) maps exactly as before
+   (:func:`retarget_layer`). Forget samples thereby stop forming a cluster of
    their own that a 5-sample prototype written into the head could find again (the prototype attack with
    the mask lifted), without being confidently one retained class either (the entropy MIA). Version 1's
    projection (``feature_target="retained_mean"``: the forget direction, orthogonalised against the
@@ -24,6 +25,9 @@ from a few forget samples and no retained data:
    uniform). The loss ``-sum_r t_r log p_r - neg_value * log(1 - p_forgotten)`` is bounded and pushes the
    forgotten classes' probability to zero. By default only the forgotten classes' head rows train, so no
    retained logit can move; ``scope`` widens it.
+   Opt-in (``backbone_step="last_block"``, ResNets): the backbone's last residual block is then fine-tuned on
+   the forget samples while retention anchors synthesised from the BatchNorm statistics hold the retained
+   features (:mod:`edge_unlearn.unlearn.anchored`).
 3. **Decision-level class weight masking.** The class mask is set (done by :func:`forget`), so no input can
    ever predict a forgotten class, and the forgotten classes' statistics are erased from the model.
 """
@@ -257,8 +261,9 @@ class _Captured(Exception):
 
 
 @torch.no_grad()
-def _layer_input(model: UnlearnableClassifier, layer: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
-    """``layer``'s pooled input [N, D] for ``inputs`` (the forward pass stops at the layer)."""
+def _layer_input_map(model: UnlearnableClassifier, layer: nn.Module, inputs: torch.Tensor, fix: str) -> torch.Tensor:
+    """``layer``'s input for ``inputs``, as it receives it (the forward pass stops at the layer); ``fix`` ends
+    the error when the backbone never runs the layer."""
     captured: list[torch.Tensor] = []
 
     def grab(_m, args):
@@ -273,8 +278,13 @@ def _layer_input(model: UnlearnableClassifier, layer: nn.Module, inputs: torch.T
     finally:
         handle.remove()
     if not captured:
-        raise UsageError(f"the backbone never runs {type(layer).__name__} on these inputs; use feature_depth=edit_layer")
-    return pool_edit_input(captured[0].float(), layer)
+        raise UsageError(f"the backbone never runs {type(layer).__name__} on these inputs; {fix}")
+    return captured[0]
+
+
+def _layer_input(model: UnlearnableClassifier, layer: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
+    """``layer``'s pooled input [N, D] for ``inputs``."""
+    return pool_edit_input(_layer_input_map(model, layer, inputs, "use feature_depth=edit_layer").float(), layer)
 
 
 @torch.no_grad()
@@ -412,28 +422,16 @@ def finetune_last_block(model: UnlearnableClassifier, forget_inputs: torch.Tenso
                         keep: torch.Tensor, config: NHLEConfig) -> dict[str, object]:
     """``backbone_step="last_block"``: the backbone's last residual block fine-tuned on the forget samples with
     synthesised retention anchors (:mod:`.anchored`), in place. Needs the class means at the block's input
-    (depth statistics). Returns what ran, for the method's details."""
+    (depth statistics). The retained classes' recorded statistics inside the block stay those of the original
+    block (the anchors hold the block's output, not its inner activations), so a later request on the result
+    edits from slightly stale means. Returns what ran, for the method's details."""
     block = last_residual_block(model.backbone)
     name = next(n for n, m in model.backbone.named_modules() if m is block.conv1)
     means = model.depth_stats().get(name)
     if means is None or not model.has_depth_stats:
         raise UsageError("backbone_step=last_block needs class statistics at every depth (a model trained or "
                          "imported with depth statistics); use backbone_step=none")
-    captured: list[torch.Tensor] = []
-
-    def grab(_m, args):
-        captured.append(args[0].detach())
-        raise _Captured
-
-    handle = block.register_forward_pre_hook(grab)
-    try:
-        with torch.no_grad():
-            model.backbone(forget_inputs)
-    except _Captured:
-        pass
-    finally:
-        handle.remove()
-    inputs = captured[0]
+    inputs = _layer_input_map(model, block, forget_inputs, "use backbone_step=none").detach()
     with torch.no_grad():
         matches = torch.allclose(block(inputs).mean((2, 3)), model.features(forget_inputs), atol=1e-4, rtol=1e-4)
     if not matches:
