@@ -269,8 +269,8 @@ def _block_with_statistics(seed: int = 0):
 
 
 def test_synthesised_block_inputs_match_batchnorm_statistics_and_the_head():
-    """Retention anchors without retained data (NHLE's backbone step, probe_gap): the block's BatchNorm batch statistics move toward
-    the running ones and the head calls each anchor its class; the block itself is left as it was."""
+    """Retention anchors without retained data (NHLE's backbone step, probe_gap): the block's BatchNorm batch
+    statistics move toward the running ones and the head calls each anchor its class; the block is left as it was."""
     from edge_unlearn.unlearn.anchored import batch_stat_gap, synthesize_block_inputs
 
     head, block, inputs = _block_with_statistics()
@@ -322,7 +322,7 @@ def test_finetune_last_block_forgets_on_a_copy_and_anchors_hold_retained_feature
     assert anchor_shift(held) < 0.5 * anchor_shift(free)
     labels = torch.tensor([c for c in range(4) if c != cls] * 6)[:len(anchors)]
     adversarial = finetune_block(block, forget_inputs, w, b, [cls], anchors, "adversarial", steps=12, lr=3e-3,
-                                      anchor_labels=labels)
+                                 anchor_labels=labels)
     assert any(not torch.equal(p, q) for p, q in zip(adversarial.parameters(), block.parameters()))
     with pytest.raises(UsageError, match="labelled anchors"):
         finetune_block(block, forget_inputs, w, b, [cls], None, "adversarial")
