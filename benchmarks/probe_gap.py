@@ -24,8 +24,8 @@ training data no user has, to bound what an edit could reach):
   projected out of the penultimate features of every image (no edit of the network does exactly this).
 
 The per-class means these variants use at the block's input and output (what training-time statistics
-would record there) are taken from the probe's training draw. The block's output is recomputed from cached activations (its input and conv2's input), so a variant costs a
-probe fit, not a forward pass; rows from :func:`edge_unlearn.unlearn.forget` are checked to have changed
+would record there) are taken from the probe's training draw. The block's output is recomputed from cached
+activations (its input and conv2's input), so a variant costs a probe fit, not a forward pass; rows from :func:`edge_unlearn.unlearn.forget` are checked to have changed
 nothing before that block. Every row: retained accuracy (mask set), forget accuracy with the mask lifted, the
 probe's accuracy on the forgotten class's test images with its 95 % Wilson interval (the noise of ~85 images)
 and the prototype attack with the mask lifted. ``--retrained`` adds the gold standard, computed end to end.

@@ -102,6 +102,8 @@ def finetune_block(block: nn.Module, forget_inputs: torch.Tensor, head_weight: t
         raise UsageError(f"backbone objective must be one of {', '.join(BACKBONE_OBJECTIVES)}, got {objective!r}")
     if objective == "adversarial" and (anchors is None or anchor_labels is None):
         raise UsageError("the adversarial objective needs labelled anchors")
+    from .nhle import _nhle_loss  # NHLE's own loss (nhle imports this module, hence here)
+
     tuned = copy.deepcopy(block).eval()
     for p in tuned.parameters():
         p.requires_grad_(True)
@@ -115,9 +117,7 @@ def finetune_block(block: nn.Module, forget_inputs: torch.Tensor, head_weight: t
     for step in range(steps):
         feats = tuned(forget_inputs).mean((2, 3))
         if objective == "nhle":
-            logp = F.log_softmax(feats @ head_weight.T + head_bias, 1)
-            p_forgotten = logp[:, forget_classes].exp().sum(1).clamp(max=1 - 1e-6)
-            loss = -(own * logp.masked_fill(~keep, 0)).sum(1).mean() - torch.log1p(-p_forgotten).mean()
+            loss = _nhle_loss(feats @ head_weight.T + head_bias, keep, forget_classes, own, neg_value=1.0)
         else:
             if step % refit_every == 0:
                 probe_w, probe_b, centre, scale, columns = _refit_probe(

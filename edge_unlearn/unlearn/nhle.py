@@ -426,8 +426,8 @@ def finetune_last_block(model: UnlearnableClassifier, forget_inputs: torch.Tenso
     block (the anchors hold the block's output, not its inner activations), so a later request on the result
     edits from slightly stale means. Returns what ran, for the method's details."""
     block = last_residual_block(model.backbone)
-    name = next(n for n, m in model.backbone.named_modules() if m is block.conv1)
-    means = model.depth_stats().get(name)
+    block_name = next(n for n, m in model.backbone.named_modules() if m is block)
+    means = model.depth_stats().get(f"{block_name}.conv1")
     if means is None or not model.has_depth_stats:
         raise UsageError("backbone_step=last_block needs class statistics at every depth (a model trained or "
                          "imported with depth statistics); use backbone_step=none")
@@ -448,8 +448,7 @@ def finetune_last_block(model: UnlearnableClassifier, forget_inputs: torch.Tenso
     with torch.no_grad():
         for target, source in zip(block.parameters(), tuned.parameters()):
             target.copy_(source)
-    return {"block": next(n for n, m in model.backbone.named_modules() if m is block), "anchors": len(anchors),
-            "objective": config.backbone_objective}
+    return {"block": block_name, "anchors": len(anchors), "objective": config.backbone_objective}
 
 
 def _targets(logits: torch.Tensor, keep: torch.Tensor, config: NHLEConfig) -> torch.Tensor:
