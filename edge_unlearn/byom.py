@@ -23,8 +23,8 @@ from .data import (IMAGENET_MEAN, IMAGENET_STD, Dataset, Normalization, Preproce
                    sample_indices)
 from .errors import CheckpointError, UsageError
 from .fileio import sha256_file
-from .models import (MODELS, ArchSpec, TORCHVISION_IGNORED_PREFIXES, UnlearnableClassifier, build_model,
-                     build_original, head_path, split_classifier, _family)
+from .models import (DEPTH_STATS_MAX_FLOATS, MODELS, ArchSpec, TORCHVISION_IGNORED_PREFIXES, UnlearnableClassifier,
+                     build_model, build_original, head_path, split_classifier, _family)
 
 PRESETS = ("imagenet", "dataset", "none")
 WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "net", "module")
@@ -311,6 +311,9 @@ def record_stats_from(model: UnlearnableClassifier, data: Dataset, prep: Preproc
     images = data.x_train.with_preprocessing(prep).subset(idx)
     model.record_class_stats(images, data.y_train[idx], batch_size=128,
                              transform=lambda batch: preprocess(batch, prep.normalization))
+    if model.depth_stats_size() <= DEPTH_STATS_MAX_FLOATS:  # every depth too, where they are small (issue #15)
+        model.record_depth_stats(images, data.y_train[idx], batch_size=128,
+                                 transform=lambda batch: preprocess(batch, prep.normalization))
     return used
 
 
@@ -360,7 +363,8 @@ def import_checkpoint(req: ImportRequest) -> dict[str, Any]:
     stats_note = "none: NHLE's feature step will use the data-free BatchNorm estimate"
     if stats_data is not None:
         used = record_stats_from(model, stats_data, prep, req.stats_samples, req.seed)
-        stats_note = f"{used} training images per class of {stats_data.spec}"
+        depth = "at every depth" if model.has_depth_stats else "at the edit layer only (too large for every depth)"
+        stats_note = f"{used} training images per class of {stats_data.spec}, {depth}"
     step = {"method": "import", "arch": spec.to_json(), "weights": Path(req.weights).name,
             "weights_sha256": sha256_file(Path(req.weights)), "class_stats": stats_note}
     meta = CheckpointMeta(arch=spec.label, num_classes=num_classes, class_names=class_names,

@@ -132,8 +132,24 @@ class UnlearnableClassifier(nn.Module):
         channel means for a conv), as buffers ``depth_stats__<layer>`` [C, D] and ``depth_stats_count`` [C].
 
         Aggregates like :meth:`record_class_stats` (whose edit-layer means they extend to every depth), not
-        samples: about C × (sum of the layers' input widths) floats. Checkpoints without them still load
+        samples: :meth:`depth_stats_size` floats. Checkpoints without them still load
         (:meth:`has_depth_stats` is then False)."""
+        batches = ((inputs[i:i + batch_size], labels[i:i + batch_size]) for i in range(0, len(inputs), batch_size))
+        self.set_depth_stats(*self.depth_stat_sums(batches, transform))
+
+    def depth_stats_size(self) -> int:
+        """How many floats the depth statistics take: classes × the summed input widths of :func:`depth_layers`."""
+        widths = sum(m.in_features if isinstance(m, nn.Linear) else m.in_channels
+                     for _, m in depth_layers(self.backbone))
+        return self.num_classes * widths
+
+    @torch.no_grad()
+    def depth_stat_sums(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+                        transform: Callable[[torch.Tensor], torch.Tensor] | None = None
+                        ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """Per-class sums ({layer name: [C, D]}, float64, on the model's device) and counts (float64, CPU) of
+        every :func:`depth_layers` input over ``batches`` of (inputs, labels): a streaming mean whose parts
+        several processes can add up (all-reduce) before :meth:`set_depth_stats`."""
         layers = depth_layers(self.backbone)
         device = self.class_stats.device
         sums: dict[str, torch.Tensor] = {}
@@ -147,11 +163,10 @@ class UnlearnableClassifier(nn.Module):
         was_training = self.training
         self.eval()
         try:
-            for i in range(0, len(inputs), batch_size):
+            for batch, batch_labels in batches:
                 captured.clear()
-                batch = inputs[i:i + batch_size]
                 self.backbone((transform(batch) if transform is not None else batch).to(device))
-                y = labels[i:i + batch_size].to(device)
+                y = torch.as_tensor(batch_labels).to(device)
                 for name, act in captured.items():
                     if name not in sums:
                         sums[name] = torch.zeros(self.num_classes, act.shape[1], dtype=torch.float64, device=device)
@@ -161,11 +176,16 @@ class UnlearnableClassifier(nn.Module):
             for h in handles:
                 h.remove()
             self.train(was_training)
-        seen = counts > 0
+        return sums, counts
+
+    def set_depth_stats(self, sums: dict[str, torch.Tensor], counts: torch.Tensor) -> None:
+        """Store the means ``sums / counts`` of every depth layer (classes never seen: zero, count 0)."""
+        seen = counts.cpu() > 0
         for name, total in sums.items():
-            means = torch.zeros_like(total, dtype=self.class_stats.dtype)
-            means[seen] = (total[seen] / counts[seen].to(device)[:, None]).to(means.dtype)
-            self.register_buffer(DEPTH_STATS_PREFIX + _buffer_key(name), means)
+            means = torch.zeros(total.shape, dtype=self.class_stats.dtype, device=total.device)
+            means[seen.to(total.device)] = (total[seen.to(total.device)]
+                                            / counts[seen].to(total)[:, None]).to(means.dtype)
+            self.register_buffer(DEPTH_STATS_PREFIX + _buffer_key(name), means.to(self.class_stats.device))
         self.register_buffer(DEPTH_STATS_COUNT, counts.to(self.class_stats_count))
 
     def depth_stats(self) -> dict[str, torch.Tensor]:
@@ -232,6 +252,12 @@ class UnlearnableClassifier(nn.Module):
                 cached = (key, CompactHead.from_linear(self.head, self.class_mask))
             self._compact_head_cache = cached
         return cached[1]
+
+
+#: Depth statistics (per-class means at every learnable layer's input, issue #15) are recorded at training and import
+#: time when they take at most this many floats (16 MiB of float32: every registry model on up to ~100 classes);
+#: beyond it (a resnet50 on 1 000 classes: 23 M floats) the checkpoint keeps the edit layer's statistics only.
+DEPTH_STATS_MAX_FLOATS = 4 * 1024 * 1024
 
 
 DEPTH_STATS_PREFIX = "depth_stats__"

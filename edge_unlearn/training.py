@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from .data import Dataset, preprocess
 from .errors import CheckpointError, UsageError
-from .models import UnlearnableClassifier, build_model
+from .models import DEPTH_STATS_MAX_FLOATS, UnlearnableClassifier, build_model
 
 #: version of the recipe record; records without one (edge-unlearn before issue #12) are version 1:
 #: no augmentation, one-cycle AdamW, no label smoothing, full precision
@@ -509,18 +509,37 @@ def train_model(arch: Any, data: Dataset, config: TrainConfig = TrainConfig(),
 
 
 def record_class_stats(model: UnlearnableClassifier, split: torch.utils.data.Dataset, norm, procs: Processes,
-                       device: torch.device, workers: int = 0, batch_size: int = 512) -> None:
+                       device: torch.device, workers: int = 0, batch_size: int = 512,
+                       depth_stats: bool | None = None) -> None:
     """The model's per-class statistics over the (unaugmented) training split, streamed in batches; under
     torchrun every process sums its own share and the sums are all-reduced, so every process (and the
-    checkpoint) holds the mean over the whole split."""
+    checkpoint) holds the mean over the whole split. ``depth_stats``: also the per-class means at every depth
+    (:meth:`~edge_unlearn.models.UnlearnableClassifier.record_depth_stats`, which NHLE's ``feature_depth=every_layer``
+    and ``backbone_step=last_block`` need); default: when they fit
+    :data:`~edge_unlearn.models.DEPTH_STATS_MAX_FLOATS`."""
     shard = torch.utils.data.Subset(split, range(procs.rank, len(split), procs.world_size))
-    loader = torch.utils.data.DataLoader(shard, batch_size=batch_size, shuffle=False, num_workers=workers)
-    sums, counts = model.class_stat_sums(loader, transform=lambda images: preprocess(images, norm))
+
+    def loader():
+        return torch.utils.data.DataLoader(shard, batch_size=batch_size, shuffle=False, num_workers=workers)
+
+    def transform(images: torch.Tensor) -> torch.Tensor:
+        return preprocess(images, norm)
+
+    sums, counts = model.class_stat_sums(loader(), transform=transform)
+    if depth_stats is None:
+        depth_stats = model.depth_stats_size() <= DEPTH_STATS_MAX_FLOATS
+    depth_sums: dict[str, torch.Tensor] = {}
+    if depth_stats:
+        depth_sums, _ = model.depth_stat_sums(loader(), transform=transform)
     if procs.distributed:
         import torch.distributed as dist
 
         counts_dev = counts.to(sums.device)
         dist.all_reduce(sums)
+        for total in depth_sums.values():
+            dist.all_reduce(total)
         dist.all_reduce(counts_dev)
         counts = counts_dev.cpu()
     model.set_class_stats(sums, counts)
+    if depth_stats:
+        model.set_depth_stats(depth_sums, counts)

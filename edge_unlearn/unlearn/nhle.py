@@ -429,8 +429,9 @@ def finetune_last_block(model: UnlearnableClassifier, forget_inputs: torch.Tenso
     block_name = next(n for n, m in model.backbone.named_modules() if m is block)
     means = model.depth_stats().get(f"{block_name}.conv1")
     if means is None or not model.has_depth_stats:
-        raise UsageError("backbone_step=last_block needs class statistics at every depth (a model trained or "
-                         "imported with depth statistics); use backbone_step=none")
+        raise UsageError("backbone_step=last_block needs class statistics at every depth, which `edge-unlearn "
+                         "train` and `edge-unlearn import --stats-from` record; use one of those checkpoints, "
+                         "or backbone_step=none")
     inputs = _layer_input_map(model, block, forget_inputs, "use backbone_step=none").detach()
     with torch.no_grad():
         matches = torch.allclose(block(inputs).mean((2, 3)), model.features(forget_inputs), atol=1e-4, rtol=1e-4)

@@ -304,11 +304,31 @@ def test_import_with_stats_records_them_and_upscales_digits(tmp_path, digits):
                                               output=str(out), dataset="digits", image_size=(32, 32), channels=3,
                                               preset="none", stats_from="digits", stats_samples=5))
     assert summary["preprocessing"]["resize"] == [32, 32] and "5 training images per class" in summary["class_stats"]
+    assert "at every depth" in summary["class_stats"]
     ck = load_checkpoint(out)
-    assert ck.model.has_class_stats and ck.meta.class_names == digits.class_names
+    assert ck.model.has_class_stats and ck.model.has_depth_stats and ck.meta.class_names == digits.class_names
     result = _cli(["evaluate", str(out), "--no-probe", "--json"])
     assert result.exit_code == 0, result.output
     assert len(json.loads(result.output)["per_class_accuracy"]) == 10
+
+
+def test_an_imported_resnet_with_stats_takes_nhle_s_backbone_step(tmp_path, digits):
+    """Import records the statistics at every depth, so `forget --set backbone_step=last_block` runs on a
+    user's ResNet straight away and changes only its last block."""
+    torch.manual_seed(0)
+    net = build_original(ArchSpec("torchvision", "resnet18"), 10).eval()
+    torch.save(net.state_dict(), tmp_path / "r.pth")
+    out, forgot = tmp_path / "r.safetensors", tmp_path / "f.safetensors"
+    import_checkpoint(ImportRequest(arch="torchvision:resnet18", weights=str(tmp_path / "r.pth"), output=str(out),
+                                    dataset="digits", image_size=(32, 32), channels=3, preset="none",
+                                    stats_from="digits", stats_samples=4))
+    result = _cli(["forget", str(out), "--forget", "3", "--samples", "4", "-o", str(forgot), "--json",
+                   "--set", "backbone_step=last_block", "--set", "anchors_per_class=1", "--set", "anchor_steps=2",
+                   "--set", "backbone_steps=2"])
+    assert result.exit_code == 0, result.output
+    before, after = load_checkpoint(out).model.backbone.state_dict(), load_checkpoint(forgot).model.backbone.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert any(k.startswith("layer4.1.conv1") for k in changed) and all(k.startswith("layer4.1.") for k in changed)
 
 
 def test_models_lists_what_can_be_imported():

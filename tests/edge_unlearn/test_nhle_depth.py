@@ -27,6 +27,14 @@ def original(digits_checkpoint):
     return load_checkpoint(digits_checkpoint).model
 
 
+def _without_depth_stats(model):
+    """The model as a checkpoint from before depth statistics holds it (``train`` now records them)."""
+    bare = copy.deepcopy(model)
+    for key in [k for k in bare._buffers if k.startswith(("depth_stats__", "depth_stats_count"))]:
+        del bare._buffers[key]
+    return bare
+
+
 @pytest.fixture(scope="module")
 def with_depth_stats(original, digits):
     model = copy.deepcopy(original)
@@ -165,8 +173,10 @@ def test_every_layer_edits_each_layer_and_keeps_retained_statistics(with_depth_s
 
 
 def test_every_layer_without_depth_statistics_falls_back_to_the_edit_layer(original, digits):
-    assert not original.has_depth_stats
-    result = forget(original, _forget_set(digits, [3]), config=NHLEConfig(feature_depth="every_layer"))
+    assert original.has_depth_stats  # `train` records them ...
+    old = _without_depth_stats(original)  # ... a checkpoint from before it did has none
+    assert not old.has_depth_stats and old.has_class_stats
+    result = forget(old, _forget_set(digits, [3]), config=NHLEConfig(feature_depth="every_layer"))
     assert result.details["feature_depth"] == "edit_layer" and result.details["feature_directions"] == 1
 
 
@@ -179,8 +189,10 @@ def test_depth_statistics_survive_a_checkpoint_and_old_checkpoints_still_load(wi
     assert loaded.has_depth_stats and set(loaded.depth_stats()) == {n for n, _ in depth_layers(loaded.backbone)}
     for name, value in with_depth_stats.depth_stats().items():
         assert torch.equal(loaded.depth_stats()[name], value)
-    old = load_checkpoint(digits_checkpoint).model  # written without them
-    assert not old.has_depth_stats and old.depth_stats() == {}
+    old_path = tmp_path / "old.safetensors"
+    save_checkpoint(old_path, _without_depth_stats(with_depth_stats), meta)
+    old = load_checkpoint(old_path).model  # written without them
+    assert not old.has_depth_stats and old.depth_stats() == {} and old.has_class_stats
 
 
 def test_forget_variance_metric_changes_the_edit_but_keeps_retained_means(original, digits):

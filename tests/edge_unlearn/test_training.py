@@ -95,6 +95,30 @@ def test_class_statistics_stream_to_the_same_means(digits):
     assert torch.equal(model.class_stats[3], whole.class_stats[3])  # the same images of class 3
 
 
+def test_training_records_the_statistics_at_every_depth_unless_they_are_too_large(digits, monkeypatch):
+    """`train` records per-class means at every depth (NHLE's backbone step and every-layer edit need them),
+    streamed to the means a whole-array pass gives; past DEPTH_STATS_MAX_FLOATS only the edit layer's."""
+    from edge_unlearn import training
+    from edge_unlearn.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("lenet", digits.num_classes, digits.input_shape)
+    whole = build_model("lenet", digits.num_classes, digits.input_shape)
+    whole.load_state_dict(model.state_dict())
+    whole.record_depth_stats(preprocess(digits.x_train, digits.normalization), digits.y_train)
+    record_class_stats(model, digits.split("train"), digits.normalization, Processes(), torch.device("cpu"),
+                       batch_size=300)
+    assert model.has_depth_stats and model.depth_stats().keys() == whole.depth_stats().keys()
+    for name, means in whole.depth_stats().items():
+        assert torch.allclose(model.depth_stats()[name], means, atol=1e-5) and means.abs().sum() > 0, name
+    assert torch.equal(model.depth_stats_count, whole.depth_stats_count)
+
+    monkeypatch.setattr(training, "DEPTH_STATS_MAX_FLOATS", model.depth_stats_size() - 1)
+    small = build_model("lenet", digits.num_classes, digits.input_shape)
+    record_class_stats(small, digits.split("train"), digits.normalization, Processes(), torch.device("cpu"))
+    assert small.has_class_stats and not small.has_depth_stats
+
+
 def test_resume_gives_the_weights_of_an_uninterrupted_run(digits, tmp_path):
     # 1257 images / 128 = 10 steps an epoch, 2 epochs; states at steps 7 and 14: the last is mid-epoch 2.
     config = TrainConfig(**TINY, augment="crop-flip", label_smoothing=0.1, schedule="cosine")
