@@ -19,7 +19,8 @@ training data no user has, to bound what an edit could reach):
   literally), with retention anchors whose features must stay put: none; ``synthesised`` — block inputs
   optimised from the class means to match the block's BatchNorm statistics and the head's verdict
   (BatchNorm-statistics inversion: no retained data); ``oracle`` — retained training images outside the
-  probe's draw.
+  probe's draw. ``--finetune-samples 128,all`` adds the synthesised-anchor rows (both objectives) fine-tuned on
+  more of the class's training images (``all``: every one), to tell whether a few samples are the limit.
 - ``remove k directions (diagnostic)``: the span of the forget mean minus each retained class mean,
   projected out of the penultimate features of every image (no edit of the network does exactly this).
 
@@ -53,7 +54,7 @@ from edge_unlearn import __version__
 from edge_unlearn.attacks import prototype_attack_on_features
 from edge_unlearn.checkpoint import load_checkpoint
 from edge_unlearn.core.jsontext import to_json_text
-from edge_unlearn.data import load_dataset, preprocess, take_samples
+from edge_unlearn.data import load_dataset, preprocess, sample_indices, take_samples
 from edge_unlearn.errors import EdgeUnlearnError, UsageError
 from edge_unlearn.metrics import _probe_train_indices, fit_linear_probe, model_outputs, tensor_accuracy
 from edge_unlearn.models import UnlearnableClassifier
@@ -125,6 +126,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--samples", type=int, default=32, help="forget samples (NHLE's CLI default)")
     parser.add_argument("--probe-train-size", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--finetune-samples", default="",
+                        help="comma-separated forget-sample counts (or 'all') for extra fine-tuning rows with "
+                             "synthesised anchors, e.g. 128,all")
     parser.add_argument("--oracle-anchors", type=int, default=256,
                         help="retained training images (outside the probe's draw) for the oracle fine-tuning rows")
     parser.add_argument("--json", type=Path)
@@ -147,6 +151,11 @@ def run(args: argparse.Namespace) -> int:
     if not original.has_class_stats:
         raise UsageError("the checkpoint has no class statistics (train or import it with data)")
     x_forget, y_forget = take_samples(data, [cls], args.samples, seed=args.seed)
+    available = int((data.y_train == cls).sum())
+    extra_counts = [available if c.strip() == "all" else int(c) for c in args.finetune_samples.split(",") if c.strip()]
+    if any(not 1 <= c <= available for c in extra_counts):
+        raise UsageError(f"--finetune-samples: class {cls} has {available} training images; ask for 1..{available} "
+                         "or 'all'")
     x_proto, y_proto = take_samples(data, [cls], 5, seed=args.seed)
     probe_idx = _probe_train_indices(data, args.probe_train_size, args.seed)
     y_probe, y_test = data.y_train[probe_idx], data.y_test
@@ -270,6 +279,21 @@ def run(args: argparse.Namespace) -> int:
             label += f" ({len(anchors)})"
         measure(f"{label}, {time.perf_counter() - started:.0f} s", tuned_feats.__getitem__,
                 oracle=anchor_name == "oracle")
+    # the same with more forget samples (the first n of the same seeded draw): are a few samples the limit?
+    if extra_counts:
+        extra_idx = sample_indices(data, [cls], max(extra_counts), seed=args.seed)
+        first = min(args.samples, len(extra_idx))  # sample_indices draws prefixes of one seeded permutation
+        assert torch.equal(extra_idx[:first], sample_indices(data, [cls], args.samples, seed=args.seed)[:first])
+        extra_inputs = block_activations(original, block, data.x_train[extra_idx], norm)[0]
+        for objective in ("nhle", "adversarial"):
+            for n in extra_counts:
+                started = time.perf_counter()
+                tuned = finetune_block(block, extra_inputs[:n], original.head.weight.detach(),
+                                       original.head.bias.detach(), [cls], synthesised[0], objective,
+                                       anchor_labels=synthesised[1], seed=args.seed)
+                tuned_feats = {s: pooled_block(tuned, act[s][0]) for s in ("probe", "test", "proto")}
+                measure(f"fine-tune last block ({objective}), synthesised anchors ({len(synthesised[0])}), {n} forget "
+                        f"samples, {time.perf_counter() - started:.0f} s", tuned_feats.__getitem__)
 
     # diagnostic: directions removed from the penultimate features themselves
     diffs = torch.stack([base["forget"].mean(0) - class_pen[r] for r in keep], 1)
@@ -290,7 +314,8 @@ def run(args: argparse.Namespace) -> int:
     text = "\n".join(lines)
     print(text)
     report = {"schema": "edge_unlearn.bench.probe_gap", "version": 1, "dataset": data.spec, "forget_class": cls,
-              "samples": args.samples, "probe_train_size": args.probe_train_size, "seed": args.seed, "rows": rows,
+              "samples": args.samples, "finetune_samples": extra_counts, "probe_train_size": args.probe_train_size,
+              "seed": args.seed, "rows": rows,
               "anchor_synthesis_seconds": synthesis_seconds,
               "seconds": time.perf_counter() - t0, "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
               "environment": {"edge_unlearn": __version__, "torch": torch.__version__,

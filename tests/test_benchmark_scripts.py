@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from benchmarks.forgetting_depth import CombineError, combine, main, table, write_results
 
@@ -67,3 +68,24 @@ def test_probe_gap_refuses_a_missing_checkpoint_in_one_line(tmp_path, capsys):
     code = probe_gap(["--checkpoint", str(tmp_path / "none.safetensors"), "--dataset", "digits", "--forget-class", "3"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and err[0].startswith("error: ") and "none.safetensors" in err[0]
+
+
+def test_probe_gap_refuses_more_forget_samples_than_the_class_has(tmp_path, capsys, digits):
+    """``--finetune-samples`` past the class's training images: one line naming the limit, exit 2."""
+    from benchmarks.probe_gap import main as probe_gap
+    from edge_unlearn.checkpoint import CheckpointMeta, save_checkpoint
+    from edge_unlearn.data import preprocess
+    from edge_unlearn.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("cifar_resnet18", digits.num_classes, digits.input_shape).eval()
+    model.record_class_stats(preprocess(digits.x_train, digits.normalization), digits.y_train)
+    path = tmp_path / "r.safetensors"
+    save_checkpoint(path, model, CheckpointMeta("cifar_resnet18", digits.num_classes, digits.class_names,
+                                                digits.input_shape, digits.normalization, "digits"))
+    available = int((digits.y_train == 3).sum())
+    code = probe_gap(["--checkpoint", str(path), "--dataset", "digits", "--forget-class", "3",
+                      "--finetune-samples", f"32,{available + 1}", "--json", str(tmp_path / "out.json")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and f"has {available} training images" in err[0], err
+    assert not (tmp_path / "out.json").exists()
