@@ -41,7 +41,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..errors import UsageError
-from ..models import DEPTH_STATS_COUNT, UnlearnableClassifier, pool_edit_input
+from ..models import DEPTH_STATS_COUNT, UnlearnableClassifier, depth_layers, pool_edit_input
 from . import ForgetSet, RetainSet, register_method
 from .anchored import BACKBONE_OBJECTIVES, finetune_block, last_residual_block, synthesize_block_inputs
 
@@ -422,9 +422,10 @@ def finetune_last_block(model: UnlearnableClassifier, forget_inputs: torch.Tenso
                         keep: torch.Tensor, config: NHLEConfig) -> dict[str, object]:
     """``backbone_step="last_block"``: the backbone's last residual block fine-tuned on the forget samples with
     synthesised retention anchors (:mod:`.anchored`), in place. Needs the class means at the block's input
-    (depth statistics). The retained classes' recorded statistics inside the block stay those of the original
-    block (the anchors hold the block's output, not its inner activations), so a later request on the result
-    edits from slightly stale means. Returns what ran, for the method's details."""
+    (depth statistics). The anchors hold the block's output, not its inner activations, so the retained
+    classes' recorded means at layers inside the block (its conv2: the edit layer's class statistics) are moved
+    by :func:`anchored_input_shifts` for a later request to edit from. Returns what ran, for the method's
+    details."""
     block = last_residual_block(model.backbone)
     block_name = next(n for n, m in model.backbone.named_modules() if m is block)
     means = model.depth_stats().get(f"{block_name}.conv1")
@@ -446,10 +447,42 @@ def finetune_last_block(model: UnlearnableClassifier, forget_inputs: torch.Tenso
                                               config.anchors_per_class, config.anchor_steps)
     tuned = finetune_block(block, inputs, weight, bias, forget, anchors, config.backbone_objective,
                            config.backbone_steps, config.backbone_lr, config.anchor_weight, labels)
+    shifts = anchored_input_shifts(block, tuned, anchors, labels, retained)
     with torch.no_grad():
         for target, source in zip(block.parameters(), tuned.parameters()):
             target.copy_(source)
+        # statistics of layers inside the block (its conv2, the edit layer's class statistics when it is that
+        # layer) describe the old block: move each retained class's mean as far as its anchors moved
+        edit = model.edit_layer()
+        for sub, shift in shifts.items():
+            stats = model.depth_stats().get(f"{block_name}.{sub}")
+            if stats is not None:
+                stats[retained] += shift.to(stats)
+            if block.get_submodule(sub) is edit:
+                model.class_stats[retained] += shift.to(model.class_stats)
     return {"block": block_name, "anchors": len(anchors), "objective": config.backbone_objective}
+
+
+@torch.no_grad()
+def anchored_input_shifts(block: nn.Module, tuned: nn.Module, anchors: torch.Tensor, labels: torch.Tensor,
+                          classes: list[int]) -> dict[str, torch.Tensor]:
+    """{learnable layer inside the block whose input the fine-tuning moved: [len(classes), D] shift of each
+    class's mean input}, measured on the class's anchors (which stand in for its data, as in the fine-tuning)."""
+    def means(module: nn.Module) -> dict[str, torch.Tensor]:
+        seen: dict[str, torch.Tensor] = {}
+        layers = depth_layers(module)
+        handles = [layer.register_forward_pre_hook(
+            lambda _m, args, name=name, layer=layer: seen.__setitem__(name, pool_edit_input(args[0], layer)))
+            for name, layer in layers]
+        try:
+            module(anchors)
+        finally:
+            for h in handles:
+                h.remove()
+        return {name: torch.stack([act[labels == c].mean(0) for c in classes]) for name, act in seen.items()}
+
+    before, after = means(block), means(tuned)
+    return {name: after[name] - before[name] for name in before if not torch.equal(after[name], before[name])}
 
 
 def _targets(logits: torch.Tensor, keep: torch.Tensor, config: NHLEConfig) -> torch.Tensor:

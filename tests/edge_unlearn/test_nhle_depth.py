@@ -360,6 +360,42 @@ def test_backbone_step_fine_tunes_only_the_last_block_and_still_forgets():
     assert changed <= {k for k in before if k.startswith("layer4.1.")}
     with torch.no_grad():
         assert (result.model.logits(fs.inputs, masked=False).argmax(1) != 2).all()
+    # conv2's input moved with the block: its recorded retained means (the edit layer's class statistics) moved
+    # with it, conv1's (the block's input) did not, and the forgotten class's are erased
+    kept = [0, 1, 3]
+    stats = result.model.depth_stats()
+    assert not torch.allclose(stats["layer4.1.conv2"][kept], model.depth_stats()["layer4.1.conv2"][kept])
+    assert torch.equal(stats["layer4.1.conv1"][kept], model.depth_stats()["layer4.1.conv1"][kept])
+    assert torch.allclose(result.model.class_stats[kept], stats["layer4.1.conv2"][kept], atol=1e-6)
+    assert not result.model.class_stats[2].any() and not stats["layer4.1.conv2"][2].any()
+
+
+def test_anchor_shifts_update_recorded_means_exactly_when_the_anchors_are_the_data():
+    """The shift applied to the statistics inside a fine-tuned block is the change of each class's mean input
+    over its anchors: with the recorded images' own block inputs as anchors, recorded mean + shift is the mean
+    re-measured on the tuned block."""
+    from edge_unlearn.unlearn.nhle import anchored_input_shifts
+
+    torch.manual_seed(0)
+    model = build_model("cifar_resnet18", 3, (3, 16, 16)).eval()
+    images, labels = torch.rand(24, 3, 16, 16), torch.arange(3).repeat(8)
+    model.record_depth_stats(images, labels)
+    block = model.backbone.layer4[1]
+    seen = []
+    handle = block.register_forward_pre_hook(lambda _m, args: seen.append(args[0]))
+    with torch.no_grad():
+        model.backbone(images)
+    handle.remove()
+    tuned = copy.deepcopy(block)
+    with torch.no_grad():
+        tuned.conv1.weight.mul_(1.5).add_(0.01)
+    shifts = anchored_input_shifts(block, tuned, seen[0], labels, [0, 1, 2])
+    assert set(shifts) == {"conv2"}  # conv1 sees the block's input, which did not change
+    remeasured = copy.deepcopy(model)
+    remeasured.backbone.layer4[1] = tuned
+    remeasured.record_depth_stats(images, labels)
+    torch.testing.assert_close(model.depth_stats()["layer4.1.conv2"] + shifts["conv2"],
+                               remeasured.depth_stats()["layer4.1.conv2"], rtol=1e-4, atol=1e-5)
 
 
 def test_backbone_step_refuses_a_model_it_cannot_serve(original, digits):

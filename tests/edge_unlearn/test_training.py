@@ -76,13 +76,19 @@ def test_cosine_schedule_warms_up_then_decays_to_zero():
     assert all(factor(s) >= factor(s + 1) for s in range(5, 100))
 
 
-def test_class_statistics_stream_to_the_same_means(digits):
+def _twin_lenets(digits):
+    """Two untrained lenets with the same weights: one records from a whole array, one through training's loader."""
     from edge_unlearn.models import build_model
 
     torch.manual_seed(0)
     model = build_model("lenet", digits.num_classes, digits.input_shape)
     whole = build_model("lenet", digits.num_classes, digits.input_shape)
     whole.load_state_dict(model.state_dict())
+    return model, whole
+
+
+def test_class_statistics_stream_to_the_same_means(digits):
+    model, whole = _twin_lenets(digits)
     whole.record_class_stats(preprocess(digits.x_train, digits.normalization), digits.y_train)
     record_class_stats(model, digits.split("train"), digits.normalization, Processes(), torch.device("cpu"),
                        batch_size=512)
@@ -101,10 +107,7 @@ def test_training_records_the_statistics_at_every_depth_unless_they_are_too_larg
     from edge_unlearn import training
     from edge_unlearn.models import build_model
 
-    torch.manual_seed(0)
-    model = build_model("lenet", digits.num_classes, digits.input_shape)
-    whole = build_model("lenet", digits.num_classes, digits.input_shape)
-    whole.load_state_dict(model.state_dict())
+    model, whole = _twin_lenets(digits)
     whole.record_depth_stats(preprocess(digits.x_train, digits.normalization), digits.y_train)
     record_class_stats(model, digits.split("train"), digits.normalization, Processes(), torch.device("cpu"),
                        batch_size=300)
