@@ -89,3 +89,12 @@ def test_probe_gap_refuses_more_forget_samples_than_the_class_has(tmp_path, caps
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and f"has {available} training images" in err[0], err
     assert not (tmp_path / "out.json").exists()
+
+
+def test_block_stats_shift_refuses_a_missing_checkpoint_in_one_line(tmp_path, capsys):
+    from benchmarks.block_stats_shift import main as block_stats_shift
+
+    code = block_stats_shift(["--checkpoint", str(tmp_path / "none.safetensors"), "--dataset", "digits",
+                              "--forget-class", "3", "--json", str(tmp_path / "out.json")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "none.safetensors" in err[0] and not (tmp_path / "out.json").exists()
