@@ -24,7 +24,7 @@ from .data import (IMAGENET_MEAN, IMAGENET_STD, Dataset, Normalization, Preproce
 from .errors import CheckpointError, UsageError
 from .fileio import sha256_file
 from .models import (DEPTH_STATS_MAX_FLOATS, MODELS, ArchSpec, TORCHVISION_IGNORED_PREFIXES, UnlearnableClassifier,
-                     build_model, build_original, head_path, split_classifier, _family)
+                     build_model, build_original, head_path, is_depth_stats_key, split_classifier, _family)
 
 PRESETS = ("imagenet", "dataset", "none")
 WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "net", "module")
@@ -181,7 +181,8 @@ def load_user_model(spec: ArchSpec, state: dict[str, torch.Tensor], num_classes:
         model = build_model(spec.name, classes, input_shape)
         expected = model.state_dict()
         filled = {**{k: expected[k] for k in CONTRACT_BUFFERS}, **state}
-        check_state_dict(expected, filled, spec.name)
+        # an edge-unlearn checkpoint's optional depth statistics load with it (like its class statistics)
+        check_state_dict(expected, {k: v for k, v in filled.items() if not is_depth_stats_key(k)}, spec.name)
         model.load_state_dict(filled, strict=True)
         return model.eval()
     skeleton = _skeleton(spec)

@@ -264,6 +264,11 @@ DEPTH_STATS_PREFIX = "depth_stats__"
 DEPTH_STATS_COUNT = "depth_stats_count"
 
 
+def is_depth_stats_key(key: str) -> bool:
+    """A state-dict key of the optional depth statistics (top-level buffers of the classifier)."""
+    return key.startswith(DEPTH_STATS_PREFIX) or key == DEPTH_STATS_COUNT
+
+
 def _buffer_key(layer_name: str) -> str:
     return layer_name.replace(".", "_")
 
