@@ -525,6 +525,11 @@ def record_class_stats(model: UnlearnableClassifier, split: torch.utils.data.Dat
     def transform(images: torch.Tensor) -> torch.Tensor:
         return preprocess(images, norm)
 
+    if procs.distributed:  # every process measures the checkpoint's model: rank 0's BatchNorm statistics
+        import torch.distributed as dist
+
+        for buffer in model.buffers():  # (each rank's last forward updated its own from its own batch)
+            dist.broadcast(buffer, 0)
     sums, counts = model.class_stat_sums(loader(), transform=transform)
     if depth_stats is None:
         depth_stats = model.depth_stats_size() <= DEPTH_STATS_MAX_FLOATS

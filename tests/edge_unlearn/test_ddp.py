@@ -3,6 +3,7 @@ DistributedDataParallel; the first process alone writes the checkpoint and the t
 recipe record is the single-process one."""
 from __future__ import annotations
 
+import copy
 import json
 import os
 import subprocess
@@ -11,6 +12,7 @@ import sys
 import torch
 
 from edge_unlearn.checkpoint import load_checkpoint
+from edge_unlearn.data import load_dataset, preprocess
 from edge_unlearn.training import load_train_state
 from tests.conftest import invoke_cli
 
@@ -30,6 +32,14 @@ def test_torchrun_two_processes_train_one_checkpoint_with_the_single_process_rec
     ck = load_checkpoint(out)
     assert ck.sha256 == summary["sha256"] and ck.model.has_class_stats
     assert int(ck.model.class_stats_count.sum()) == 1257  # all-reduced over both shards, each image once
+    digits = load_dataset("digits")  # the means one process measures on every image with the saved model
+    whole = copy.deepcopy(ck.model)
+    whole.record_depth_stats(preprocess(digits.x_train, digits.normalization), digits.y_train)
+    whole.record_class_stats(preprocess(digits.x_train, digits.normalization), digits.y_train)
+    torch.testing.assert_close(ck.model.class_stats, whole.class_stats, rtol=1e-4, atol=1e-5)
+    assert ck.model.has_depth_stats and torch.equal(ck.model.depth_stats_count, whole.depth_stats_count)
+    for name, means in whole.depth_stats().items():
+        torch.testing.assert_close(ck.model.depth_stats()[name], means, rtol=1e-4, atol=1e-5)
     saved = load_train_state(state)
     assert saved["step"] == 8 and len(saved["rng"]) == 2 and saved["identity"]["world_size"] == 2
     assert not torch.equal(saved["rng"][0]["augment"], saved["rng"][1]["augment"])
