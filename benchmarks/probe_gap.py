@@ -59,19 +59,24 @@ from edge_unlearn.errors import EdgeUnlearnError, UsageError
 from edge_unlearn.metrics import _probe_train_indices, fit_linear_probe, model_outputs, tensor_accuracy
 from edge_unlearn.models import UnlearnableClassifier
 from edge_unlearn.unlearn import ForgetSet, forget, method_config
-from edge_unlearn.unlearn.anchored import finetune_block, pooled_block, synthesize_block_inputs
+from edge_unlearn.unlearn.anchored import (finetune_block, last_residual_block, pooled_block,
+                                          synthesize_block_inputs)
 
 Activations = tuple[torch.Tensor, torch.Tensor]  # (block input = skip path [N, C, H, W], conv2 input [N, C, H, W])
 
 
 def last_basic_block(model: UnlearnableClassifier) -> nn.Module:
-    """The backbone's last torchvision BasicBlock (identity shortcut), or a clear error."""
-    layer4 = getattr(model.backbone, "layer4", None)
-    block = layer4[-1] if isinstance(layer4, nn.Sequential) and len(layer4) else None
-    if block is None or not all(hasattr(block, n) for n in ("conv1", "bn1", "conv2", "bn2")) \
-            or getattr(block, "downsample", None) is not None or hasattr(block, "conv3"):
-        raise UsageError("probe_gap needs a torchvision ResNet whose layer4 ends in a BasicBlock "
-                         "(cifar_resnet18, resnet18, resnet34)")
+    """The backbone's last block (NHLE's :func:`last_residual_block`), which must also be a torchvision
+    BasicBlock with an identity shortcut (what :func:`block_output` recomputes), or a clear error."""
+    message = ("probe_gap needs a torchvision ResNet whose layer4 ends in a BasicBlock "
+               "(cifar_resnet18, resnet18, resnet34)")
+    try:
+        block = last_residual_block(model.backbone)
+    except UsageError:
+        raise UsageError(message) from None
+    if not all(hasattr(block, n) for n in ("bn1", "conv2", "bn2")) or getattr(block, "downsample", None) is not None \
+            or hasattr(block, "conv3"):
+        raise UsageError(message)
     return block
 
 

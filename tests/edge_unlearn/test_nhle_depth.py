@@ -259,6 +259,8 @@ def test_probe_gap_refuses_a_model_without_a_last_basic_block():
 
     with pytest.raises(UsageError, match="BasicBlock"):
         last_basic_block(build_model("lenet", 10, (1, 28, 28)))
+    with pytest.raises(UsageError, match="BasicBlock"):  # a ResNet, but its last block is a Bottleneck
+        last_basic_block(build_model("resnet50", 10, (3, 32, 32)))
 
 
 def _block_with_statistics(seed: int = 0):
