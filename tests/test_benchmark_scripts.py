@@ -98,3 +98,12 @@ def test_block_stats_shift_refuses_a_missing_checkpoint_in_one_line(tmp_path, ca
                               "--forget-class", "3", "--json", str(tmp_path / "out.json")])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "none.safetensors" in err[0] and not (tmp_path / "out.json").exists()
+
+
+def test_stage_retrain_oracle_refuses_a_model_without_layer4_in_one_line(tmp_path, capsys, digits_checkpoint):
+    from benchmarks.stage_retrain_oracle import main as stage_retrain_oracle
+
+    code = stage_retrain_oracle(["--checkpoint", str(digits_checkpoint), "--dataset", "digits", "--forget-class", "3",
+                                 "--json", str(tmp_path / "out.json")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "layer4" in err[0] and not (tmp_path / "out.json").exists()
