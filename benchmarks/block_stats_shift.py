@@ -27,9 +27,13 @@ from edge_unlearn import __version__
 from edge_unlearn.checkpoint import load_checkpoint
 from edge_unlearn.core.jsontext import to_json_text
 from edge_unlearn.data import load_dataset, preprocess, take_samples
-from edge_unlearn.errors import EdgeUnlearnError
 from edge_unlearn.unlearn import ForgetSet, forget, method_config
 from edge_unlearn.unlearn.anchored import last_residual_block
+
+try:  # run as a script (python benchmarks/...) or imported as benchmarks.block_stats_shift
+    from probe_gap import run_reporting_errors
+except ImportError:  # imported as part of the benchmarks package (the tests)
+    from benchmarks.probe_gap import run_reporting_errors
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,12 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--samples", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path)
-    args = parser.parse_args(argv)
-    try:
-        return run(args)
-    except EdgeUnlearnError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    return run_reporting_errors(run, parser.parse_args(argv))
 
 
 def _relative_errors(recorded: torch.Tensor, truth: torch.Tensor) -> list[float]:

@@ -122,6 +122,16 @@ def wilson(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
     return centre - half, centre + half
 
 
+def run_reporting_errors(job: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
+    """``job(args)``, a bad checkpoint, dataset or model kind reported in one line with exit code 2 (the
+    benchmark scripts built on this one share it)."""
+    try:
+        return job(args)
+    except EdgeUnlearnError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", type=Path, required=True, help="the original model (edge-unlearn checkpoint)")
@@ -138,12 +148,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="retained training images (outside the probe's draw) for the oracle fine-tuning rows")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--md", type=Path)
-    args = parser.parse_args(argv)
-    try:
-        return run(args)
-    except EdgeUnlearnError as exc:  # a bad checkpoint, dataset or model kind: one line, exit 2
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    return run_reporting_errors(run, parser.parse_args(argv))
 
 
 def run(args: argparse.Namespace) -> int:

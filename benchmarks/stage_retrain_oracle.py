@@ -30,13 +30,13 @@ from edge_unlearn import __version__
 from edge_unlearn.checkpoint import load_checkpoint
 from edge_unlearn.core.jsontext import to_json_text
 from edge_unlearn.data import load_dataset, preprocess
-from edge_unlearn.errors import EdgeUnlearnError, UsageError
+from edge_unlearn.errors import UsageError
 from edge_unlearn.metrics import _probe_train_indices, fit_linear_probe
 
 try:  # run as a script (python benchmarks/...) or imported as benchmarks.stage_retrain_oracle
-    from probe_gap import wilson
-except ImportError:  # pragma: no cover - the package import path
-    from benchmarks.probe_gap import wilson
+    from probe_gap import run_reporting_errors, wilson
+except ImportError:  # imported as part of the benchmarks package (the tests)
+    from benchmarks.probe_gap import run_reporting_errors, wilson
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -50,12 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path)
     parser.add_argument("--md", type=Path)
-    args = parser.parse_args(argv)
-    try:
-        return run(args)
-    except EdgeUnlearnError as exc:  # a bad checkpoint, dataset or model kind: one line, exit 2
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    return run_reporting_errors(run, parser.parse_args(argv))
 
 
 @torch.no_grad()
