@@ -310,11 +310,12 @@ def record_stats_from(model: UnlearnableClassifier, data: Dataset, prep: Preproc
     idx = sample_indices(data, list(range(model.num_classes)), used, seed=seed)
     # read batch by batch through the full preprocessing (channels, resize, crop: any image size), then normalised
     images = data.x_train.with_preprocessing(prep).subset(idx)
-    model.record_class_stats(images, data.y_train[idx], batch_size=128,
-                             transform=lambda batch: preprocess(batch, prep.normalization))
+    def normalise(batch: torch.Tensor) -> torch.Tensor:
+        return preprocess(batch, prep.normalization)
+
+    model.record_class_stats(images, data.y_train[idx], batch_size=128, transform=normalise)
     if model.depth_stats_size() <= DEPTH_STATS_MAX_FLOATS:  # every depth too, where they are small (issue #15)
-        model.record_depth_stats(images, data.y_train[idx], batch_size=128,
-                                 transform=lambda batch: preprocess(batch, prep.normalization))
+        model.record_depth_stats(images, data.y_train[idx], batch_size=128, transform=normalise)
     return used
 
 

@@ -509,14 +509,12 @@ def train_model(arch: Any, data: Dataset, config: TrainConfig = TrainConfig(),
 
 
 def record_class_stats(model: UnlearnableClassifier, split: torch.utils.data.Dataset, norm, procs: Processes,
-                       device: torch.device, workers: int = 0, batch_size: int = 512,
-                       depth_stats: bool | None = None) -> None:
+                       device: torch.device, workers: int = 0, batch_size: int = 512) -> None:
     """The model's per-class statistics over the (unaugmented) training split, streamed in batches; under
     torchrun every process sums its own share and the sums are all-reduced, so every process (and the
-    checkpoint) holds the mean over the whole split. ``depth_stats``: also the per-class means at every depth
+    checkpoint) holds the mean over the whole split. The per-class means at every depth too
     (:meth:`~edge_unlearn.models.UnlearnableClassifier.record_depth_stats`, which NHLE's ``feature_depth=every_layer``
-    and ``backbone_step=last_block`` need); default: when they fit
-    :data:`~edge_unlearn.models.DEPTH_STATS_MAX_FLOATS`."""
+    and ``backbone_step=last_block`` need) where they fit :data:`~edge_unlearn.models.DEPTH_STATS_MAX_FLOATS`."""
     shard = torch.utils.data.Subset(split, range(procs.rank, len(split), procs.world_size))
 
     def loader():
@@ -531,14 +529,11 @@ def record_class_stats(model: UnlearnableClassifier, split: torch.utils.data.Dat
         for buffer in model.buffers():  # (each rank's last forward updated its own from its own batch)
             dist.broadcast(buffer, 0)
     sums, counts = model.class_stat_sums(loader(), transform=transform)
-    if depth_stats is None:
-        depth_stats = model.depth_stats_size() <= DEPTH_STATS_MAX_FLOATS
+    depth_stats = model.depth_stats_size() <= DEPTH_STATS_MAX_FLOATS
     depth_sums: dict[str, torch.Tensor] = {}
     if depth_stats:
         depth_sums, _ = model.depth_stat_sums(loader(), transform=transform)
     if procs.distributed:
-        import torch.distributed as dist
-
         counts_dev = counts.to(sums.device)
         dist.all_reduce(sums)
         for total in depth_sums.values():
