@@ -1,16 +1,17 @@
-"""Oracle bound for the CIFAR probe gap (issue #15): retrain a ResNet's last stage from scratch on real retained data.
+"""Oracle bound for the CIFAR probe gap (issue #15): retrain a ResNet's last stages from scratch on real retained data.
 
 NHLE's edits and the opt-in backbone step change the last block from forget samples only, and leave the
 penultimate probe on the forgotten class above the retrained model's. This script asks whether *any* change
-confined to the last stage could close that gap: it re-initialises ``layer4`` (and the head) and trains them
-on every retained training image's ``layer3`` output (cross-entropy over the retained classes; retained data
-no NHLE user has, hence an oracle), then fits the same penultimate probe as ``benchmarks/probe_gap.py``. If the
-probe stays above the retrained model's, the forgotten class is still readable from the frozen earlier layers.
+confined to the last stages could close that gap: it re-initialises the stages from ``--from-stage`` through
+``layer4`` (and the head) and trains them on every retained training image's input to that stage, as the
+original computes it (cross-entropy over the retained classes; retained data no NHLE user has, hence an
+oracle), then fits the same penultimate probe as ``benchmarks/probe_gap.py``. If the probe stays above the
+retrained model's, the forgotten class is still readable from the frozen earlier layers.
 
 Example::
 
     python benchmarks/stage_retrain_oracle.py --checkpoint cifar_resnet18.safetensors \\
-        --dataset npz:../shared/data/cifar10.npz --forget-class 5 --json out.json --md out.md
+        --dataset npz:../shared/data/cifar10.npz --forget-class 5 --from-stage layer3 --json out.json --md out.md
 """
 from __future__ import annotations
 
@@ -39,11 +40,16 @@ except ImportError:  # imported as part of the benchmarks package (the tests)
     from benchmarks.probe_gap import run_reporting_errors, wilson
 
 
+STAGES = ("layer1", "layer2", "layer3", "layer4")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", type=Path, required=True, help="the original model (edge-unlearn checkpoint)")
     parser.add_argument("--dataset", required=True)
     parser.add_argument("--forget-class", type=int, required=True)
+    parser.add_argument("--from-stage", choices=STAGES, default="layer4",
+                        help="the first stage re-initialised and retrained (every later one is too)")
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--probe-train-size", type=int, default=2000)
@@ -72,17 +78,20 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     data = load_dataset(args.dataset)
     original = load_checkpoint(args.checkpoint).model.eval()
-    stage = getattr(original.backbone, "layer4", None)
-    if not isinstance(stage, nn.Sequential):
-        raise UsageError("stage_retrain_oracle needs a torchvision-style ResNet (a backbone with layer4)")
-    tail = nn.Sequential(stage, nn.AdaptiveAvgPool2d(1), nn.Flatten()).eval()
+    stages = [getattr(original.backbone, name, None) for name in STAGES[STAGES.index(args.from_stage):]]
+    if not all(isinstance(s, nn.Sequential) for s in stages):
+        raise UsageError("stage_retrain_oracle needs a torchvision-style ResNet (a backbone with layer1..layer4)")
+    stage = stages[0]
+    tail = nn.Sequential(*stages, nn.AdaptiveAvgPool2d(1), nn.Flatten()).eval()
+    retrained_part = args.from_stage if args.from_stage == "layer4" else f"{args.from_stage}–layer4"
     cls, keep = args.forget_class, [c for c in range(data.num_classes) if c != args.forget_class]
     train_in = stage_inputs(original, stage, data.x_train, data.normalization)
     test_in = stage_inputs(original, stage, data.x_test, data.normalization)
     with torch.no_grad():
         if not torch.allclose(tail(test_in[:16]), original.features(preprocess(data.x_test[:16], data.normalization)),
                               atol=1e-4):
-            raise UsageError("the backbone's output is not layer4's pooled output (a layer after layer4?)")
+            raise UsageError(f"the backbone's output is not the pooled output of {retrained_part} "
+                             "(a layer between or after the stages?)")
     print(f"cached the stage's inputs: {tuple(train_in.shape)} in {time.perf_counter() - t0:.0f} s", flush=True)
     probe_idx = _probe_train_indices(data, args.probe_train_size, args.seed)
     y_train, y_test = data.y_train, data.y_test
@@ -131,17 +140,18 @@ def run(args: argparse.Namespace) -> int:
             loss.backward()
             optimizer.step()
             schedule.step()
-        measure(f"layer4 + head retrained, epoch {epoch + 1}/{args.epochs}", fresh, head,
+        measure(f"{retrained_part} + head retrained, epoch {epoch + 1}/{args.epochs}", fresh, head,
                 time.perf_counter() - started)
 
     header = "| variant | retain_acc | probe penultimate [95 % CI] |\n|---|---:|---:|"
-    lines = [f"### stage retrain oracle: {Path(str(args.checkpoint)).name} on {data.spec}, class {cls}", "", header]
+    lines = [f"### stage retrain oracle: {Path(str(args.checkpoint)).name} on {data.spec}, class {cls}, "
+             f"{retrained_part} retrained", "", header]
     lines += [f"| {r['variant']} | {r['retain_acc']:.3f} | {r['probe_penultimate']:.3f} "
               f"[{r['probe_ci95'][0]:.2f}, {r['probe_ci95'][1]:.2f}] |" for r in rows]
     text = "\n".join(lines)
     print(text)
-    report = {"schema": "edge_unlearn.bench.stage_retrain_oracle", "version": 1, "dataset": data.spec,
-              "forget_class": cls, "epochs": args.epochs, "lr": args.lr, "probe_train_size": args.probe_train_size,
+    report = {"schema": "edge_unlearn.bench.stage_retrain_oracle", "version": 2, "dataset": data.spec,
+              "forget_class": cls, "from_stage": args.from_stage, "epochs": args.epochs, "lr": args.lr, "probe_train_size": args.probe_train_size,
               "seed": args.seed, "rows": rows, "seconds": time.perf_counter() - t0,
               "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
               "environment": {"edge_unlearn": __version__, "torch": torch.__version__,
