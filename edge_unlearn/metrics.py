@@ -118,6 +118,9 @@ def fit_forget_probe(model: UnlearnableClassifier, data: Dataset, train_size: in
 
 #: Name of the last depth: the backbone's output, the head's input.
 PENULTIMATE = "penultimate"
+#: Name of the output "depth": the logits of the classes the model still predicts, what a deployed (masked)
+#: model returns; a probe there is what an auditor querying it as a black box can read.
+RETAINED_LOGITS = "retained_logits"
 
 
 def _is_map(out: Any) -> bool:
@@ -213,16 +216,24 @@ def probe_forget_accuracy_by_depth(model: UnlearnableClassifier, data: Dataset, 
                                    train_size: int = 5000, seed: int = 0,
                                    blocks: Sequence[tuple[str, nn.Module]] | None = None) -> dict[str, float]:
     """The linear probe of :func:`probe_forget_accuracy` (same draw, same probe) fitted on the
-    average-pooled activations after every block of :func:`probe_blocks` and on the penultimate features:
-    {depth name: accuracy on the forgotten classes' test images}, in depth order. Forgetting that only
-    misaligns the head leaves the earlier figures where the original model had them; a retrained model
-    gives the reference at each depth."""
+    average-pooled activations after every block of :func:`probe_blocks`, on the penultimate features and on
+    the logits of the classes the model still predicts (:data:`RETAINED_LOGITS`: neither in
+    ``forget_classes`` nor masked): {depth name: accuracy on the forgotten classes' test images}, in depth
+    order. Forgetting that only misaligns the head leaves the earlier figures where the original model had
+    them; a retrained model gives the reference at each depth. The retained-logit figure is what the deployed
+    model's outputs give away; a method that keeps the original's retained outputs keeps it too."""
     forget = sorted(set(int(c) for c in forget_classes))
     blocks = probe_blocks(model, data.input_shape) if blocks is None else blocks
     idx = _probe_train_indices(data, train_size, seed)
     test_idx = probe_test_indices(data, forget, seed)
     train = depth_features(model, data.x_train, data, blocks, indices=idx)
     test = depth_features(model, data.x_test, data, blocks, indices=test_idx)
+    kept = [c for c in range(model.num_classes) if c not in forget and c not in model.forgotten_classes]
+    if kept:
+        device = next(model.parameters()).device
+        with torch.no_grad():
+            for feats in (train, test):
+                feats[RETAINED_LOGITS] = model.head(feats[PENULTIMATE].to(device)).cpu()[:, kept]
     y_train, y_test = data.y_train[idx].numpy(), data.y_test[test_idx].numpy()
     return {name: linear_probe_accuracy(train[name].numpy(), y_train, test[name].numpy(), y_test, forget, seed=seed)
             for name in train}

@@ -107,3 +107,37 @@ def test_stage_retrain_oracle_refuses_a_model_without_layer4_in_one_line(tmp_pat
                                  "--json", str(tmp_path / "out.json")])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "layer4" in err[0] and not (tmp_path / "out.json").exists()
+
+
+def test_stage_retrain_oracle_reproduces_the_original_then_retrains_the_stages_it_names(tmp_path, digits):
+    """The "original" row is the checkpoint's own retained accuracy (so the cached stage inputs and the rebuilt tail
+    compute what the backbone computes), and only the stages from ``--from-stage`` on are retrained."""
+    from benchmarks.stage_retrain_oracle import main as stage_retrain_oracle
+    from edge_unlearn.checkpoint import CheckpointMeta, save_checkpoint
+    from edge_unlearn.data import preprocess
+    from edge_unlearn.models import build_model
+
+    from_stage = "layer2"
+    torch.manual_seed(0)
+    model = build_model("cifar_resnet18", digits.num_classes, digits.input_shape).eval()
+    path = tmp_path / "r.safetensors"
+    save_checkpoint(path, model, CheckpointMeta("cifar_resnet18", digits.num_classes, digits.class_names,
+                                                digits.input_shape, digits.normalization, "digits"))
+    before = torch.get_num_threads()
+    try:
+        code = stage_retrain_oracle(["--checkpoint", str(path), "--dataset", "digits", "--forget-class", "3",
+                                     "--from-stage", from_stage, "--epochs", "1", "--probe-train-size", "300",
+                                     "--json", str(tmp_path / "out.json")])
+    finally:
+        torch.set_num_threads(before)
+    assert code == 0
+    report = json.loads((tmp_path / "out.json").read_text())
+    with torch.no_grad():
+        logits = model(preprocess(digits.x_test, digits.normalization))
+    logits[:, 3] = float("-inf")
+    kept = digits.y_test != 3
+    expected = float((logits.argmax(1) == digits.y_test)[kept].float().mean())
+    assert report["from_stage"] == from_stage and [r["variant"] for r in report["rows"]] == [
+        "original", "layer2–layer4 + head retrained, epoch 1/1"]
+    assert report["rows"][0]["retain_acc"] == pytest.approx(expected, abs=1e-6)
+    assert report["rows"][1]["retain_acc"] != pytest.approx(expected, abs=1e-6)

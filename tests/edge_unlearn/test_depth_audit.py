@@ -11,8 +11,9 @@ from edge_unlearn.attacks import AuditConfig, ForgettingAudit, forgetting_audit
 from edge_unlearn.checkpoint import load_checkpoint
 from edge_unlearn.cli import main
 from edge_unlearn.errors import UsageError
-from edge_unlearn.metrics import (PENULTIMATE, probe_blocks, probe_forget_accuracy,
-                                  probe_forget_accuracy_by_depth)
+from edge_unlearn.metrics import (PENULTIMATE, RETAINED_LOGITS, _probe_train_indices, fit_linear_probe,
+                                  probe_blocks, probe_forget_accuracy, probe_forget_accuracy_by_depth,
+                                  probe_test_indices)
 from edge_unlearn.models import build_model
 
 FAST = AuditConfig(probe_train_size=600, relearn_max_steps=5, relearn_eval_samples=100, mia_max_samples=500)
@@ -44,11 +45,45 @@ def test_generic_blocks_end_where_the_channel_count_changes():
 def test_depth_probe_one_figure_per_block_in_order_and_deterministic(trained, digits):
     first = probe_forget_accuracy_by_depth(trained, digits, [3], train_size=600, seed=1)
     again = probe_forget_accuracy_by_depth(trained, digits, [3], train_size=600, seed=1)
-    assert list(first) == ["backbone.3", "backbone.7", PENULTIMATE]
+    assert list(first) == ["backbone.3", "backbone.7", PENULTIMATE, RETAINED_LOGITS]
     assert first == again
     assert all(0.0 <= v <= 1.0 for v in first.values())
     # the same probe as the penultimate-only figure, on the same draw
     assert first[PENULTIMATE] == probe_forget_accuracy(trained, digits, [3], train_size=600, seed=1)
+
+
+def _probe_on_logits(model, data, classes, kept, seed=1, train_size=600) -> float:
+    """The forgotten classes' probe accuracy fitted on ``model.logits``'s columns ``kept``, computed directly."""
+    from edge_unlearn.data import preprocess
+
+    idx, test_idx = _probe_train_indices(data, train_size, seed), probe_test_indices(data, classes, seed)
+    with torch.no_grad():
+        train_z = model.logits(preprocess(data.x_train[idx], data.normalization), masked=False)[:, kept]
+        test_z = model.logits(preprocess(data.x_test[test_idx], data.normalization), masked=False)[:, kept]
+    pred = fit_linear_probe(train_z.numpy(), data.y_train[idx].numpy(), seed).predict(test_z.numpy())
+    return float((torch.as_tensor(pred) == data.y_test[test_idx]).double().mean())
+
+
+def test_retained_logit_probe_reads_only_the_outputs_of_the_classes_still_predicted(trained, digits):
+    """The output-level figure is the same probe fitted on the logits of the classes neither forgotten nor masked,
+    so rewriting the forgotten classes' head rows changes nothing it reads, and masking another class drops
+    that class's logit from what it reads."""
+    classes = [3, 5]
+    figures = probe_forget_accuracy_by_depth(trained, digits, classes, train_size=600, seed=1)
+    kept = [c for c in range(10) if c not in classes]
+    assert figures[RETAINED_LOGITS] == pytest.approx(_probe_on_logits(trained, digits, classes, kept), abs=1e-9)
+    assert 0.0 < figures[RETAINED_LOGITS] <= 1.0
+
+    edited = build_model("lenet", digits.num_classes, digits.input_shape)
+    edited.load_state_dict(trained.state_dict())
+    with torch.no_grad():
+        edited.head.weight[classes] = torch.randn(len(classes), edited.head.in_features) * 10
+        edited.head.bias[classes] = 5.0
+    again = probe_forget_accuracy_by_depth(edited, digits, classes, train_size=600, seed=1)
+    assert again[RETAINED_LOGITS] == figures[RETAINED_LOGITS] and again[PENULTIMATE] == figures[PENULTIMATE]
+    edited.mask_classes([0])
+    masked = probe_forget_accuracy_by_depth(edited, digits, classes, train_size=600, seed=1)
+    assert masked[RETAINED_LOGITS] == pytest.approx(_probe_on_logits(trained, digits, classes, kept[1:]), abs=1e-9)
 
 
 def test_depth_probe_sees_where_the_class_was_destroyed(trained, digits):
@@ -84,8 +119,8 @@ def test_audit_round_trips_through_json(trained, digits):
     back = ForgettingAudit.from_json(json.loads(text))
     assert back == audit
     figs = back.figures()
-    assert list(figs) == ["probe@backbone.3", "probe@backbone.7", "probe@penultimate", "proto_attack_masked",
-                          "proto_attack_unmasked", "mia_entropy", "relearn_steps"]
+    assert list(figs) == ["probe@backbone.3", "probe@backbone.7", "probe@penultimate", "probe@retained_logits",
+                          "proto_attack_masked", "proto_attack_unmasked", "mia_entropy", "relearn_steps"]
     # the original still knows class 3: the attack keeps it (mask on and off agree), it needs no relearning
     assert figs["proto_attack_masked"] == figs["proto_attack_unmasked"] == audit.attack_masked["forget_acc_before"]
     assert figs["proto_attack_masked"] > 0.8
@@ -114,7 +149,7 @@ def test_evaluate_depth_attacks_json(digits_checkpoint, tmp_path):
     assert json.loads(out.read_text()) == summary
     assert set(summary["audit"]) == {"model", "reference"}
     model_audit = ForgettingAudit.from_json(summary["audit"]["model"])
-    assert list(model_audit.probe_by_depth) == ["backbone.3", "backbone.7", PENULTIMATE]
+    assert list(model_audit.probe_by_depth) == ["backbone.3", "backbone.7", PENULTIMATE, RETAINED_LOGITS]
     assert model_audit.probe_by_depth[PENULTIMATE] == summary["probe_forget_acc"]
     # the same model as its own reference: identical audits, relearn target from the reference
     assert summary["audit"]["model"]["probe_by_depth"] == summary["audit"]["reference"]["probe_by_depth"]
