@@ -96,9 +96,10 @@ def run(args: argparse.Namespace) -> int:
               " ".join(f"{k[6:]} {v:.3f}" for k, v in f.items() if k.startswith("probe@")) +
               f" attack(lifted) {f['proto_attack_unmasked']:.3f} mia {f['mia_entropy']:.3f}", flush=True)
 
+    retrained = [cached_train(cache, preset.arch, data, digest, recipe(seed), (cls,)) for seed in seeds]  # train first
     audit("original", original, original_s, original_key)
-    for seed in seeds:
-        audit(f"retrain[seed={seed}]", *cached_train(cache, preset.arch, data, digest, recipe(seed), (cls,)))
+    for seed, (model, seconds, key) in zip(seeds, retrained):
+        audit(f"retrain[seed={seed}]", model, seconds, key)
     retrain_rows = [{**r, "model": "retrain (every seed)"} for r in rows if r["model"] != "original"]
     summary = summarise(rows + retrain_rows)
     text = table(summary, f"retrained-model spread: {preset.arch} on {data.spec}, class {cls}, "
