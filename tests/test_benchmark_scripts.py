@@ -141,3 +141,47 @@ def test_stage_retrain_oracle_reproduces_the_original_then_retrains_the_stages_i
         "original", "layer2–layer4 + head retrained, epoch 1/1"]
     assert report["rows"][0]["retain_acc"] == pytest.approx(expected, abs=1e-6)
     assert report["rows"][1]["retain_acc"] != pytest.approx(expected, abs=1e-6)
+
+
+def test_retrain_spread_audits_each_retrained_seed_beside_the_original(tmp_path):
+    """One row per model (the original, then one retrained model per seed, each trained once and cached under
+    forgetting_depth's key), and a summary over the retrained seeds."""
+    from benchmarks.forgetting_depth import cached_train, data_digest
+    from benchmarks.retrain_spread import main as retrain_spread
+    from edge_unlearn.data import load_dataset
+    from edge_unlearn.training import TrainConfig
+
+    before = torch.get_num_threads()
+    try:
+        code = retrain_spread(["--preset", "quick", "--forget-class", "3", "--retrain-seeds", "0,1",
+                               "--probe-train-size", "300", "--relearn-max-steps", "2", "--device", "cpu",
+                               "--out-dir", str(tmp_path / "cache"), "--json", str(tmp_path / "out.json")])
+        assert code == 0
+        report = json.loads((tmp_path / "out.json").read_text())
+        rows = {r["model"]: r for r in report["rows"]}
+        assert list(rows) == ["original", "retrain[seed=0]", "retrain[seed=1]"]
+        assert len({r["cache_key"] for r in rows.values()}) == 3
+        data = load_dataset("digits")
+        _, _, key = cached_train(tmp_path / "cache" / "models", "lenet", data, data_digest(data),
+                                 TrainConfig(epochs=1, min_steps=150, seed=1, device="cpu"), (3,))
+    finally:
+        torch.set_num_threads(before)
+    assert key == rows["retrain[seed=1]"]["cache_key"]  # what forgetting_depth would find, not trained again
+    figs = {name: r["figures"] for name, r in rows.items()}
+    assert figs["original"]["forget_acc_unmasked"] > 0.8  # the original learnt class 3, the retrained ones never saw it
+    assert figs["retrain[seed=0]"]["forget_acc_unmasked"] < 0.1 and figs["retrain[seed=1]"]["forget_acc_unmasked"] < 0.1
+    assert figs["retrain[seed=0]"]["probe@penultimate"] != figs["retrain[seed=1]"]["probe@penultimate"] or \
+        figs["retrain[seed=0]"]["retain_acc"] != figs["retrain[seed=1]"]["retain_acc"]  # two different trainings
+    spread = report["summary"]["retrain (every seed)"]["probe@penultimate"]
+    assert spread["n"] == 2 and spread["mean"] == pytest.approx(
+        (figs["retrain[seed=0]"]["probe@penultimate"] + figs["retrain[seed=1]"]["probe@penultimate"]) / 2)
+
+
+def test_retrain_spread_refuses_bad_seeds_in_one_line(tmp_path, capsys):
+    from benchmarks.retrain_spread import main as retrain_spread
+
+    code = retrain_spread(["--preset", "quick", "--forget-class", "3", "--retrain-seeds", "0,x",
+                           "--out-dir", str(tmp_path / "cache"), "--json", str(tmp_path / "out.json")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "--retrain-seeds" in err[0] and not (tmp_path / "out.json").exists()
+    assert not (tmp_path / "cache").exists()
