@@ -30,6 +30,7 @@ from edge_unlearn.core.jsontext import to_json_text
 from edge_unlearn.data import load_dataset
 from edge_unlearn.errors import UsageError
 from edge_unlearn.metrics import evaluate_model
+from edge_unlearn.models import UnlearnableClassifier
 from edge_unlearn.training import TrainConfig
 
 try:  # run as a script (python benchmarks/...) or imported as benchmarks.retrain_spread
@@ -87,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
     original_retain = evaluate_model(original, data, [cls], probe=False).retain_acc
     rows: list[dict[str, Any]] = []
 
-    def audit(name: str, model, seconds: float | None, key: str) -> None:
+    def audit(name: str, model: UnlearnableClassifier, seconds: float | None, key: str) -> None:
         m = measure(model, data, cls, original_retain, target, source, audit_config)
         m["figures"]["seconds"] = seconds
         rows.append({"model": name, "cache_key": key, **m})

@@ -151,7 +151,8 @@ def run(args: argparse.Namespace) -> int:
     text = "\n".join(lines)
     print(text)
     report = {"schema": "edge_unlearn.bench.stage_retrain_oracle", "version": 2, "dataset": data.spec,
-              "forget_class": cls, "from_stage": args.from_stage, "epochs": args.epochs, "lr": args.lr, "probe_train_size": args.probe_train_size,
+              "forget_class": cls, "from_stage": args.from_stage, "epochs": args.epochs, "lr": args.lr,
+              "probe_train_size": args.probe_train_size,
               "seed": args.seed, "rows": rows, "seconds": time.perf_counter() - t0,
               "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
               "environment": {"edge_unlearn": __version__, "torch": torch.__version__,

@@ -221,7 +221,8 @@ def probe_forget_accuracy_by_depth(model: UnlearnableClassifier, data: Dataset, 
     ``forget_classes`` nor masked): {depth name: accuracy on the forgotten classes' test images}, in depth
     order. Forgetting that only misaligns the head leaves the earlier figures where the original model had
     them; a retrained model gives the reference at each depth. The retained-logit figure is what the deployed
-    model's outputs give away; a method that keeps the original's retained outputs keeps it too."""
+    model's outputs give away; a method that keeps the original's retained responses to the forgotten class's
+    images keeps it too."""
     forget = sorted(set(int(c) for c in forget_classes))
     blocks = probe_blocks(model, data.input_shape) if blocks is None else blocks
     idx = _probe_train_indices(data, train_size, seed)
