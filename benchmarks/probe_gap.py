@@ -132,6 +132,23 @@ def run_reporting_errors(job: Callable[[argparse.Namespace], int], args: argpars
         return 2
 
 
+def results_provenance(started: float) -> dict[str, Any]:
+    """What a results file records of how it was made: seconds since ``started`` (``time.perf_counter``), the
+    command line, and the software and machine."""
+    return {"seconds": time.perf_counter() - started, "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+            "environment": {"edge_unlearn": __version__, "torch": torch.__version__,
+                            "python": platform.python_version(), "machine": platform.machine(),
+                            "threads": torch.get_num_threads()}}
+
+
+def write_results(report: dict[str, Any], text: str, json_path: Path | None, md_path: Path | None) -> None:
+    """The report as JSON and the table as markdown, each where a path is given (folders made)."""
+    for path, content in ((json_path, to_json_text(report) + "\n"), (md_path, text + "\n")):
+        if path:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(content)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", type=Path, required=True, help="the original model (edge-unlearn checkpoint)")
@@ -327,15 +344,8 @@ def run(args: argparse.Namespace) -> int:
               "samples": args.samples, "finetune_samples": extra_counts, "probe_train_size": args.probe_train_size,
               "seed": args.seed, "rows": rows,
               "anchor_synthesis_seconds": synthesis_seconds,
-              "seconds": time.perf_counter() - t0, "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
-              "environment": {"edge_unlearn": __version__, "torch": torch.__version__,
-                              "python": platform.python_version(), "machine": platform.machine()}}
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(to_json_text(report) + "\n")
-    if args.md:
-        args.md.parent.mkdir(parents=True, exist_ok=True)
-        args.md.write_text(text + "\n")
+              **results_provenance(t0)}
+    write_results(report, text, args.json, args.md)
     return 0
 
 

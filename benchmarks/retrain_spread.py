@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -24,9 +23,7 @@ from typing import Any
 
 import torch
 
-from edge_unlearn import __version__
 from edge_unlearn.attacks import AuditConfig, default_relearn_target
-from edge_unlearn.core.jsontext import to_json_text
 from edge_unlearn.data import load_dataset
 from edge_unlearn.errors import UsageError
 from edge_unlearn.metrics import evaluate_model
@@ -35,11 +32,11 @@ from edge_unlearn.training import TrainConfig
 
 try:  # run as a script (python benchmarks/...) or imported as benchmarks.retrain_spread
     from forgetting_depth import PRESETS, adopt_original, cached_train, data_digest, measure, summarise, table
-    from probe_gap import run_reporting_errors
+    from probe_gap import results_provenance, run_reporting_errors, write_results
 except ImportError:  # imported as part of the benchmarks package (the tests)
     from benchmarks.forgetting_depth import (PRESETS, adopt_original, cached_train, data_digest, measure, summarise,
                                              table)
-    from benchmarks.probe_gap import run_reporting_errors
+    from benchmarks.probe_gap import results_provenance, run_reporting_errors, write_results
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -110,14 +107,8 @@ def run(args: argparse.Namespace) -> int:
               "arch": preset.arch, "dataset": data.spec, "forget_class": cls, "original_seed": args.original_seed,
               "retrain_seeds": seeds, "recipe": {"epochs": preset.epochs, "min_steps": preset.min_steps},
               "audit_config": audit_config.to_json(), "rows": rows, "summary": summary,
-              "seconds": time.perf_counter() - t0, "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
-              "environment": {"edge_unlearn": __version__, "torch": torch.__version__,
-                              "python": platform.python_version(), "machine": platform.machine(),
-                              "threads": torch.get_num_threads()}}
-    for path, content in ((args.json, to_json_text(report) + "\n"), (args.md, text + "\n")):
-        if path:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(content)
+              **results_provenance(t0)}
+    write_results(report, text, args.json, args.md)
     return 0
 
 

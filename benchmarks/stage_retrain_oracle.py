@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import platform
 import sys
 import time
 from pathlib import Path
@@ -27,17 +26,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edge_unlearn import __version__
 from edge_unlearn.checkpoint import load_checkpoint
-from edge_unlearn.core.jsontext import to_json_text
 from edge_unlearn.data import load_dataset, preprocess
 from edge_unlearn.errors import UsageError
 from edge_unlearn.metrics import _probe_train_indices, fit_linear_probe
 
 try:  # run as a script (python benchmarks/...) or imported as benchmarks.stage_retrain_oracle
-    from probe_gap import run_reporting_errors, wilson
+    from probe_gap import results_provenance, run_reporting_errors, wilson, write_results
 except ImportError:  # imported as part of the benchmarks package (the tests)
-    from benchmarks.probe_gap import run_reporting_errors, wilson
+    from benchmarks.probe_gap import results_provenance, run_reporting_errors, wilson, write_results
 
 
 STAGES = ("layer1", "layer2", "layer3", "layer4")
@@ -84,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
     stage = stages[0]
     tail = nn.Sequential(*stages, nn.AdaptiveAvgPool2d(1), nn.Flatten()).eval()
     retrained_part = args.from_stage if args.from_stage == "layer4" else f"{args.from_stage}–layer4"
-    cls, keep = args.forget_class, [c for c in range(data.num_classes) if c != args.forget_class]
+    cls = args.forget_class
     train_in = stage_inputs(original, stage, data.x_train, data.normalization)
     test_in = stage_inputs(original, stage, data.x_test, data.normalization)
     with torch.no_grad():
@@ -153,14 +150,8 @@ def run(args: argparse.Namespace) -> int:
     report = {"schema": "edge_unlearn.bench.stage_retrain_oracle", "version": 2, "dataset": data.spec,
               "forget_class": cls, "from_stage": args.from_stage, "epochs": args.epochs, "lr": args.lr,
               "probe_train_size": args.probe_train_size,
-              "seed": args.seed, "rows": rows, "seconds": time.perf_counter() - t0,
-              "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
-              "environment": {"edge_unlearn": __version__, "torch": torch.__version__,
-                              "python": platform.python_version(), "machine": platform.machine()}}
-    for path, content in ((args.json, to_json_text(report) + "\n"), (args.md, text + "\n")):
-        if path:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(content)
+              "seed": args.seed, "rows": rows, **results_provenance(t0)}
+    write_results(report, text, args.json, args.md)
     return 0
 
 
