@@ -16,24 +16,21 @@ from __future__ import annotations
 
 import argparse
 import copy
-import platform
 import sys
 import time
 from pathlib import Path
 
 import torch
 
-from edge_unlearn import __version__
 from edge_unlearn.checkpoint import load_checkpoint
-from edge_unlearn.core.jsontext import to_json_text
 from edge_unlearn.data import load_dataset, preprocess, take_samples
 from edge_unlearn.unlearn import ForgetSet, forget, method_config
 from edge_unlearn.unlearn.anchored import last_residual_block
 
 try:  # run as a script (python benchmarks/...) or imported as benchmarks.block_stats_shift
-    from probe_gap import run_reporting_errors
+    from probe_gap import results_provenance, run_reporting_errors, write_results
 except ImportError:  # imported as part of the benchmarks package (the tests)
-    from benchmarks.probe_gap import run_reporting_errors
+    from benchmarks.probe_gap import results_provenance, run_reporting_errors, write_results
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -78,14 +75,10 @@ def run(args: argparse.Namespace) -> int:
     for c, a, b in zip(keep, stale, shifted):
         print(f"| {c} | {a:.3f} | {b:.3f} |")
     print(f"| mean | {sum(stale) / len(stale):.3f} | {sum(shifted) / len(shifted):.3f} |")
-    if args.json:
-        report = {"schema": "edge_unlearn.bench.block_stats_shift", "version": 1, "dataset": data.spec,
-                  "forget_class": cls, "layer": name, "classes": keep, "stale": stale, "shifted": shifted,
-                  "seconds": time.perf_counter() - t0, "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
-                  "environment": {"edge_unlearn": __version__, "torch": torch.__version__,
-                                  "python": platform.python_version()}}
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(to_json_text(report) + "\n")
+    report = {"schema": "edge_unlearn.bench.block_stats_shift", "version": 1, "dataset": data.spec,
+              "forget_class": cls, "layer": name, "classes": keep, "stale": stale, "shifted": shifted,
+              **results_provenance(t0)}
+    write_results(report, "", args.json, None)
     return 0
 
 

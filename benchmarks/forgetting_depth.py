@@ -95,6 +95,11 @@ PRESETS = {
 }
 
 
+def use_bench_threads() -> None:
+    """Intra-op threads for a benchmark run: ``BENCH_THREADS`` (default 2), at most the machine's cores."""
+    torch.set_num_threads(max(1, min(os.cpu_count() or 1, int(os.environ.get("BENCH_THREADS", "2")))))
+
+
 def data_digest(data: Dataset) -> str:
     """SHA-256 of the dataset's content (images and labels of both splits): the cache key's data part."""
     h = hashlib.sha256()
@@ -246,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
                      min_steps=preset.min_steps if args.min_steps is None else args.min_steps)
     if (preset.epochs, preset.min_steps) != (PRESETS[name].epochs, PRESETS[name].min_steps):
         name = f"{name}-{preset.epochs}ep-{preset.min_steps}steps"
-    torch.set_num_threads(max(1, min(os.cpu_count() or 1, int(os.environ.get("BENCH_THREADS", "2")))))
+    use_bench_threads()
     data = load_dataset(preset.dataset)
     digest = data_digest(data)
     cache = args.out_dir / "models"

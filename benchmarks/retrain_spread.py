@@ -15,13 +15,10 @@ Example::
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
 from typing import Any
-
-import torch
 
 from edge_unlearn.attacks import AuditConfig, default_relearn_target
 from edge_unlearn.data import load_dataset
@@ -31,11 +28,12 @@ from edge_unlearn.models import UnlearnableClassifier
 from edge_unlearn.training import TrainConfig
 
 try:  # run as a script (python benchmarks/...) or imported as benchmarks.retrain_spread
-    from forgetting_depth import PRESETS, adopt_original, cached_train, data_digest, measure, summarise, table
+    from forgetting_depth import (PRESETS, adopt_original, cached_train, data_digest, measure, summarise, table,
+                                  use_bench_threads)
     from probe_gap import results_provenance, run_reporting_errors, write_results
 except ImportError:  # imported as part of the benchmarks package (the tests)
     from benchmarks.forgetting_depth import (PRESETS, adopt_original, cached_train, data_digest, measure, summarise,
-                                             table)
+                                             table, use_bench_threads)
     from benchmarks.probe_gap import results_provenance, run_reporting_errors, write_results
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -59,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    torch.set_num_threads(max(1, min(os.cpu_count() or 1, int(os.environ.get("BENCH_THREADS", "2")))))
+    use_bench_threads()
     try:
         seeds = [int(s) for s in args.retrain_seeds.split(",") if s.strip()]
     except ValueError:
