@@ -16,11 +16,14 @@ training data no user has, to bound what an edit could reach):
 - ``fine-tune last block``: the whole block trained 40 Adam steps on the forget samples' block inputs (BatchNorm
   frozen, head fixed) with the negative-hot loss through the original head (``nhle``) or against a logistic
   probe refitted on the current features every 10 steps (``adversarial``, "feature-indistinguishable" taken
-  literally), with retention anchors whose features must stay put: none; ``synthesised`` — block inputs
+  literally) or toward the anchors' prototype of the retained class the original ranks first for each sample
+  (``prototype``), with retention anchors whose features must stay put: none; ``synthesised`` — block inputs
   optimised from the class means to match the block's BatchNorm statistics and the head's verdict
   (BatchNorm-statistics inversion: no retained data); ``oracle`` — retained training images outside the
   probe's draw. ``--finetune-samples 128,all`` adds the synthesised-anchor rows (both objectives) fine-tuned on
   more of the class's training images (``all``: every one), to tell whether a few samples are the limit.
+``--rows`` runs some of these groups only (``nhle``, ``per-sample``, ``silence``, ``finetune``, ``directions``;
+the original's and the retrained model's rows always).
 - ``remove k directions (diagnostic)``: the span of the forget mean minus each retained class mean,
   projected out of the penultimate features of every image (no edit of the network does exactly this).
 
@@ -62,6 +65,7 @@ from edge_unlearn.unlearn import ForgetSet, forget, method_config
 from edge_unlearn.unlearn.anchored import (finetune_block, last_residual_block, pooled_block,
                                           synthesize_block_inputs)
 
+ROW_GROUPS = ("nhle", "per-sample", "silence", "finetune", "directions")
 Activations = tuple[torch.Tensor, torch.Tensor]  # (block input = skip path [N, C, H, W], conv2 input [N, C, H, W])
 
 
@@ -163,6 +167,8 @@ def main(argv: list[str] | None = None) -> int:
                              "synthesised anchors, e.g. 128,all")
     parser.add_argument("--oracle-anchors", type=int, default=256,
                         help="retained training images (outside the probe's draw) for the oracle fine-tuning rows")
+    parser.add_argument("--rows", default=",".join(ROW_GROUPS),
+                        help=f"comma-separated groups of rows to run (default: all of {', '.join(ROW_GROUPS)})")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--md", type=Path)
     return run_reporting_errors(run, parser.parse_args(argv))
@@ -180,6 +186,9 @@ def run(args: argparse.Namespace) -> int:
     x_forget, y_forget = take_samples(data, [cls], args.samples, seed=args.seed)
     available = int((data.y_train == cls).sum())
     extra_counts = [available if c.strip() == "all" else int(c) for c in args.finetune_samples.split(",") if c.strip()]
+    groups = {g.strip() for g in args.rows.split(",") if g.strip()}
+    if not groups or groups - set(ROW_GROUPS):
+        raise UsageError(f"--rows: choose among {', '.join(ROW_GROUPS)}, got {args.rows!r}")
     if any(not 1 <= c <= available for c in extra_counts):
         raise UsageError(f"--finetune-samples: class {cls} has {available} training images; ask for 1..{available} "
                          "or 'all'")
@@ -227,7 +236,7 @@ def run(args: argparse.Namespace) -> int:
                       "test": model_outputs(gold, data.x_test, data)[0], "proto": model_outputs(gold, x_proto, data)[0]}
         measure("retrain", gold_feats.__getitem__, (gold.head.weight.detach(), gold.head.bias.detach(), gold.class_mask))
 
-    for overrides in ({}, {"target_scale": 1.0}):
+    for overrides in ({}, {"target_scale": 1.0}) if "nhle" in groups else ():
         edited = forget(original, forget_set, method="nhle", config=method_config("nhle", overrides)).model
         edited_block = last_basic_block(edited)
         before = {n: p for n, p in original.backbone.state_dict().items()}
@@ -253,7 +262,7 @@ def run(args: argparse.Namespace) -> int:
     means_moment = means_moment + 1e-2 * torch.trace(means_moment) / len(means_moment) * torch.eye(len(means_moment))
     retained_keys = act["probe"][1].mean((2, 3))[y_probe != cls]
     oracle_moment = retained_keys.T @ retained_keys / len(retained_keys)
-    for moment_name, moment in (("means", means_moment), ("oracle", oracle_moment)):
+    for moment_name, moment in (("means", means_moment), ("oracle", oracle_moment)) if "per-sample" in groups else ():
         for ridge in (10.0, 100.0):
             weight = block.conv2.weight.detach().clone()
             target = class_pen[own]
@@ -269,7 +278,7 @@ def run(args: argparse.Namespace) -> int:
     skip_retained, pen_retained = skip_class[keep].mean(0), class_pen[keep].mean(0)
     score = (base["forget"].mean(0) - pen_retained) / (class_pen[keep].std(0) + base["forget"].std(0) + 1e-6)
     order = score.argsort(descending=True)
-    for k in (16, 64, 128):
+    for k in (16, 64, 128) if "silence" in groups else ():
         units = order[:k]
 
         def silenced(s: str, units=units) -> torch.Tensor:
@@ -281,51 +290,54 @@ def run(args: argparse.Namespace) -> int:
         measure(f"silence top-{k} units", silenced)
 
     # fine-tune the whole last block on the forget samples (BatchNorm frozen, head fixed), with retention anchors
-    others = torch.ones(len(data.y_train), dtype=torch.bool)
-    others[probe_idx] = False
-    others &= data.y_train != cls
-    oracle_idx = torch.nonzero(others).flatten()[:args.oracle_anchors]
-    started = time.perf_counter()
-    synthesised = synthesize_block_inputs(block, original.head.weight.detach(), original.head.bias.detach(),
-                                          skip_class, keep, tuple(act["forget"][0].shape[2:]), seed=args.seed)
-    synthesis_seconds = time.perf_counter() - started
-    print(f"synthesised {len(synthesised[0])} retention anchors in {synthesis_seconds:.0f} s", flush=True)
-    anchor_sets = {
-        "synthesised": synthesised,
-        "oracle": (block_activations(original, block, data.x_train[oracle_idx], norm)[0], data.y_train[oracle_idx]),
-    }
-    for objective, anchor_name in (("nhle", None), ("nhle", "synthesised"), ("nhle", "oracle"),
-                                   ("adversarial", "synthesised"), ("adversarial", "oracle")):
-        anchors, anchor_labels = anchor_sets[anchor_name] if anchor_name else (None, None)
+    synthesis_seconds = None
+    if "finetune" in groups:
+        others = torch.ones(len(data.y_train), dtype=torch.bool)
+        others[probe_idx] = False
+        others &= data.y_train != cls
+        oracle_idx = torch.nonzero(others).flatten()[:args.oracle_anchors]
         started = time.perf_counter()
-        tuned = finetune_block(block, act["forget"][0], original.head.weight.detach(), original.head.bias.detach(),
-                               [cls], anchors, objective, anchor_labels=anchor_labels, seed=args.seed)
-        tuned_feats = {s: pooled_block(tuned, act[s][0]) for s in ("probe", "test", "proto")}
-        label = f"fine-tune last block ({objective}), {anchor_name or 'no'} anchors"
-        if anchor_name:
-            label += f" ({len(anchors)})"
-        measure(f"{label}, {time.perf_counter() - started:.0f} s", tuned_feats.__getitem__,
-                oracle=anchor_name == "oracle")
-    # the same with more forget samples (the first n of the same seeded draw): are a few samples the limit?
-    if extra_counts:
-        extra_idx = sample_indices(data, [cls], max(extra_counts), seed=args.seed)
-        first = min(args.samples, len(extra_idx))  # sample_indices draws prefixes of one seeded permutation
-        assert torch.equal(extra_idx[:first], sample_indices(data, [cls], args.samples, seed=args.seed)[:first])
-        extra_inputs = block_activations(original, block, data.x_train[extra_idx], norm)[0]
-        for objective in ("nhle", "adversarial"):
-            for n in extra_counts:
-                started = time.perf_counter()
-                tuned = finetune_block(block, extra_inputs[:n], original.head.weight.detach(),
-                                       original.head.bias.detach(), [cls], synthesised[0], objective,
-                                       anchor_labels=synthesised[1], seed=args.seed)
-                tuned_feats = {s: pooled_block(tuned, act[s][0]) for s in ("probe", "test", "proto")}
-                measure(f"fine-tune last block ({objective}), synthesised anchors ({len(synthesised[0])}), {n} forget "
-                        f"samples, {time.perf_counter() - started:.0f} s", tuned_feats.__getitem__)
+        synthesised = synthesize_block_inputs(block, original.head.weight.detach(), original.head.bias.detach(),
+                                              skip_class, keep, tuple(act["forget"][0].shape[2:]), seed=args.seed)
+        synthesis_seconds = time.perf_counter() - started
+        print(f"synthesised {len(synthesised[0])} retention anchors in {synthesis_seconds:.0f} s", flush=True)
+        anchor_sets = {
+            "synthesised": synthesised,
+            "oracle": (block_activations(original, block, data.x_train[oracle_idx], norm)[0], data.y_train[oracle_idx]),
+        }
+        for objective, anchor_name in (("nhle", None), ("nhle", "synthesised"), ("nhle", "oracle"),
+                                       ("adversarial", "synthesised"), ("adversarial", "oracle"),
+                                       ("prototype", "synthesised"), ("prototype", "oracle")):
+            anchors, anchor_labels = anchor_sets[anchor_name] if anchor_name else (None, None)
+            started = time.perf_counter()
+            tuned = finetune_block(block, act["forget"][0], original.head.weight.detach(), original.head.bias.detach(),
+                                   [cls], anchors, objective, anchor_labels=anchor_labels, seed=args.seed)
+            tuned_feats = {s: pooled_block(tuned, act[s][0]) for s in ("probe", "test", "proto")}
+            label = f"fine-tune last block ({objective}), {anchor_name or 'no'} anchors"
+            if anchor_name:
+                label += f" ({len(anchors)})"
+            measure(f"{label}, {time.perf_counter() - started:.0f} s", tuned_feats.__getitem__,
+                    oracle=anchor_name == "oracle")
+        # the same with more forget samples (the first n of the same seeded draw): are a few samples the limit?
+        if extra_counts:
+            extra_idx = sample_indices(data, [cls], max(extra_counts), seed=args.seed)
+            first = min(args.samples, len(extra_idx))  # sample_indices draws prefixes of one seeded permutation
+            assert torch.equal(extra_idx[:first], sample_indices(data, [cls], args.samples, seed=args.seed)[:first])
+            extra_inputs = block_activations(original, block, data.x_train[extra_idx], norm)[0]
+            for objective in ("nhle", "adversarial"):
+                for n in extra_counts:
+                    started = time.perf_counter()
+                    tuned = finetune_block(block, extra_inputs[:n], original.head.weight.detach(),
+                                           original.head.bias.detach(), [cls], synthesised[0], objective,
+                                           anchor_labels=synthesised[1], seed=args.seed)
+                    tuned_feats = {s: pooled_block(tuned, act[s][0]) for s in ("probe", "test", "proto")}
+                    measure(f"fine-tune last block ({objective}), synthesised anchors ({len(synthesised[0])}), {n} forget "
+                            f"samples, {time.perf_counter() - started:.0f} s", tuned_feats.__getitem__)
 
     # diagnostic: directions removed from the penultimate features themselves
     diffs = torch.stack([base["forget"].mean(0) - class_pen[r] for r in keep], 1)
     basis, _ = torch.linalg.qr(diffs)
-    for k in (1, 3):
+    for k in (1, 3) if "directions" in groups else ():
         proj = basis[:, :k] @ basis[:, :k].T
         measure(f"remove {k} direction(s) (diagnostic)", lambda s, p=proj: base[s] - base[s] @ p)
 
@@ -337,11 +349,13 @@ def run(args: argparse.Namespace) -> int:
         lines.append(f"| {r['variant']} | {r['retain_acc']:.3f} | "
                      f"{r['forget_acc_unmasked']:.3f} | {r['probe_penultimate']:.3f} "
                      f"[{r['probe_ci95'][0]:.2f}, {r['probe_ci95'][1]:.2f}] | {r['proto_attack_unmasked']:.3f} |")
-    lines += ["", f"Fine-tuning rows give the fine-tuning's seconds; synthesising the anchors took {synthesis_seconds:.0f} s more."]
+    if synthesis_seconds is not None:
+        lines += ["", f"Fine-tuning rows give the fine-tuning's seconds; synthesising the anchors took "
+                      f"{synthesis_seconds:.0f} s more."]
     text = "\n".join(lines)
     print(text)
-    report = {"schema": "edge_unlearn.bench.probe_gap", "version": 1, "dataset": data.spec, "forget_class": cls,
-              "samples": args.samples, "finetune_samples": extra_counts, "probe_train_size": args.probe_train_size,
+    report = {"schema": "edge_unlearn.bench.probe_gap", "version": 2, "dataset": data.spec, "forget_class": cls,
+              "samples": args.samples, "finetune_samples": extra_counts, "row_groups": sorted(groups), "probe_train_size": args.probe_train_size,
               "seed": args.seed, "rows": rows,
               "anchor_synthesis_seconds": synthesis_seconds,
               **results_provenance(t0)}

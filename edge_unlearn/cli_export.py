@@ -134,8 +134,9 @@ def quantize_cmd(model: str, precision: str, target: str, dynamic: bool, calib: 
 @click.option("--per-class", type=int, default=None, help="At most this many test images per class (default: all).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the --per-class draw.")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help=".npz bundle to write.")
-@click.option("--audit", is_flag=True, help="Add the feature-level audit for `validate --audit`: a linear probe "
-              "fitted here on the FP32 features, the prototype attack's forget samples, the FP32 figures.")
+@click.option("--audit", is_flag=True, help="Add the feature-level audit for `validate --audit`: linear probes "
+              "fitted here on the FP32 features and on the retained logits, the prototype attack's forget samples, "
+              "the FP32 figures.")
 @click.option("--retrained", type=click.Path(dir_okay=False), default=None,
               help="With --audit: the model retrained without the forgotten classes; the audit's thresholds become "
               "its figures + a margin (else documented defaults).")
@@ -144,7 +145,7 @@ def quantize_cmd(model: str, precision: str, target: str, dynamic: bool, calib: 
               "quantization step.")
 @click.option("--audit-k", type=int, default=None, help="Forget samples per class of the prototype attack (default 5).")
 @click.option("--audit-probe-samples", type=int, default=None,
-              help="Training images the probe is fitted on (default 5000, all classes).")
+              help="Training images the probes are fitted on (default 5000, all classes).")
 @workers_option
 @output_options
 def bundle_cmd(checkpoint: str, dataset: str | None, per_class: int | None, seed: int, output: str, audit: bool,
@@ -204,6 +205,9 @@ def bundle_cmd(checkpoint: str, dataset: str | None, per_class: int | None, seed
               help="Highest accepted probe accuracy on forgotten classes (default: the bundle's, from --retrained).")
 @click.option("--audit-max-prototype", type=float, default=None,
               help="Highest accepted prototype-attack recovery (default: the bundle's, from --retrained, else 0.10).")
+@click.option("--audit-max-logit-probe", type=float, default=None,
+              help="Highest accepted accuracy on forgotten classes of the output probe (the bundle's probe on "
+              "MODEL's retained logits; default: the bundle's, from --retrained).")
 @click.option("--audit-tolerance", type=float, default=None,
               help="How far this model's audit figures may sit above the FP32 ones (default 0.05).")
 @output_options
@@ -211,7 +215,8 @@ def bundle_cmd(checkpoint: str, dataset: str | None, per_class: int | None, seed
               help="Record this run in a folder for `edge-unlearn report`.")
 def validate_cmd(model: str, bundle_path: str, max_forget_acc: float, max_retain_drop: float, min_agreement: float,
                  provider: str, batch_size: int, audit: bool, audit_max_probe: float | None,
-                 audit_max_prototype: float | None, audit_tolerance: float | None, as_json: bool,
+                 audit_max_prototype: float | None, audit_max_logit_probe: float | None,
+                 audit_tolerance: float | None, as_json: bool,
                  json_out: str | None, quiet: bool, run_dir: str | None) -> None:
     """Check on this runtime that the forgotten classes stay forgotten and the retained ones still work.
 
@@ -229,11 +234,13 @@ def validate_cmd(model: str, bundle_path: str, max_forget_acc: float, max_retain
         from edge_unlearn.export.audit import DEFAULT_TOLERANCE, AuditThresholds
 
         audit_thresholds = AuditThresholds(audit_max_probe, audit_max_prototype,
-                                           DEFAULT_TOLERANCE if audit_tolerance is None else audit_tolerance)
-    elif audit_max_probe is not None or audit_max_prototype is not None or audit_tolerance is not None:
+                                           DEFAULT_TOLERANCE if audit_tolerance is None else audit_tolerance,
+                                           audit_max_logit_probe)
+    elif any(v is not None for v in (audit_max_probe, audit_max_prototype, audit_max_logit_probe, audit_tolerance)):
         from edge_unlearn.errors import UsageError
 
-        raise UsageError("--audit-max-probe, --audit-max-prototype and --audit-tolerance belong to the audit: add --audit")
+        raise UsageError("--audit-max-probe, --audit-max-prototype, --audit-max-logit-probe and --audit-tolerance "
+                         "belong to the audit: add --audit")
     report = validate_model(model, bundle_path, thresholds, provider=None if provider == "auto" else provider,
                             batch_size=batch_size, audit=audit_thresholds)
     _record(run_dir, "validate", report.to_json(), [model, bundle_path])

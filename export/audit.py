@@ -7,10 +7,13 @@ rows and the FP32 reference figures -- computed on the host by the very function
 export (``edge-unlearn export --audit``, quantized or not) returns logits *and* features; :func:`audit_checks`
 applies the same two measurements to them and judges them against thresholds and against the FP32 figures.
 
-Two measurements (DESIGN.md §2, conventions of :mod:`edge_unlearn.attacks`):
+Three measurements (DESIGN.md §2, conventions of :mod:`edge_unlearn.attacks`):
 
 - **probe**: accuracy on the forgotten classes' bundle images of the stored probe applied to the model's features
   (:func:`edge_unlearn.metrics.probe_forget_accuracy`, same training draw and same scikit-learn pipeline).
+- **output probe**: the same kind of probe fitted on the host on the FP32 logits of the classes the model still
+  predicts (:data:`edge_unlearn.metrics.RETAINED_LOGITS`) and applied to the deployed model's own logits: what a
+  black-box caller of the deployed file can read (bundles of format 2; format-1 bundles have none).
 - **prototype attack, mask lifted** (:func:`edge_unlearn.attacks.prototype_relearn_attack` with
   ``lift_mask=True``): p_c = mean feature of the k forget samples, L2-normalised and scaled to the mean norm of the
   retained head rows; W[c] <- a p_c + (1 - a) W[c], b[c] <- (1 - a) b[c] with W[c], b[c] the checkpoint's FP32
@@ -33,11 +36,16 @@ from edge_unlearn.errors import ModelFileError, UsageError
 from .runners import OnnxRuntimeRunner
 from .structure import Check
 
-AUDIT_FORMAT = "edge-unlearn.bundle-audit/1"
+AUDIT_FORMAT = "edge-unlearn.bundle-audit/2"
+#: format 1 (before the output probe) is still read; its bundles are audited without the output probe
+AUDIT_FORMAT_V1 = "edge-unlearn.bundle-audit/1"
 #: the optional bundle arrays of the audit (``audit_json`` holds the rest: config, figures, thresholds, digests)
 AUDIT_ARRAYS = ("audit_probe_mean", "audit_probe_scale", "audit_probe_coef", "audit_probe_intercept",
                 "audit_probe_classes", "audit_proto_inputs", "audit_proto_labels", "audit_head_rows",
                 "audit_head_bias", "audit_features", "audit_proto_features")
+#: format 2 adds the output probe: a probe on the retained logits (``audit_logit_columns``: which logits)
+LOGIT_PROBE_ARRAYS = ("audit_logit_probe_mean", "audit_logit_probe_scale", "audit_logit_probe_coef",
+                      "audit_logit_probe_intercept", "audit_logit_probe_classes", "audit_logit_columns")
 AUDIT_JSON = "audit_json"
 ALPHA_GRID = (0.2, 0.4, 0.6, 0.8)
 #: margins over a retrained model's figures (bundle --retrained): the probe's is issue #15's acceptance (+0.02);
@@ -107,7 +115,8 @@ class AuditConfig:
 class AuditData:
     """The audit part of a bundle. ``features`` are the checkpoint's FP32 features of the bundle's inputs (so the
     device can re-derive the FP32 figures and compare features), ``proto_features`` those of the k forget samples;
-    ``info`` is the ``audit_json`` dictionary."""
+    ``info`` is the ``audit_json`` dictionary; ``logit_probe`` reads the logits ``logit_columns`` (the retained
+    classes' outputs; None in format-1 bundles)."""
 
     probe: LinearProbe
     proto_inputs: np.ndarray
@@ -117,6 +126,8 @@ class AuditData:
     features: np.ndarray
     proto_features: np.ndarray
     info: dict[str, Any] = field(default_factory=dict)
+    logit_probe: LinearProbe | None = None
+    logit_columns: np.ndarray | None = None
 
     @property
     def config(self) -> AuditConfig:
@@ -147,40 +158,61 @@ def audit_arrays(data: AuditData) -> dict[str, np.ndarray]:
               "audit_proto_labels": data.proto_labels, "audit_head_rows": data.head_rows,
               "audit_head_bias": data.head_bias, "audit_features": data.features,
               "audit_proto_features": data.proto_features}
+    if data.logit_probe is not None and data.logit_columns is not None:
+        arrays.update({"audit_logit_probe_mean": data.logit_probe.mean, "audit_logit_probe_scale": data.logit_probe.scale,
+                       "audit_logit_probe_coef": data.logit_probe.coef,
+                       "audit_logit_probe_intercept": data.logit_probe.intercept,
+                       "audit_logit_probe_classes": data.logit_probe.classes, "audit_logit_columns": data.logit_columns})
     info = {**data.info, "format": AUDIT_FORMAT, "digests": {k: array_digest(v) for k, v in arrays.items()}}
     return {**arrays, AUDIT_JSON: np.asarray(json.dumps(info))}
+
+
+def _probe_ok(a: dict[str, np.ndarray], prefix: str, d: int, num_classes: int) -> bool:
+    """The arrays ``{prefix}_mean/_scale/_coef/_intercept/_classes`` form a probe on ``d`` inputs."""
+    mean, scale, coef = a[f"{prefix}_mean"], a[f"{prefix}_scale"], a[f"{prefix}_coef"]
+    intercept, classes = a[f"{prefix}_intercept"], a[f"{prefix}_classes"]
+    return (d > 0 and mean.shape == (d,) and scale.shape == (d,) and bool(np.all(scale > 0))
+            and coef.ndim == 2 and coef.shape[1] == d and intercept.shape == (coef.shape[0],)
+            and classes.ndim == 1 and classes.dtype.kind in "iu" and len(classes) == max(2, coef.shape[0])
+            and all(0 <= int(c) < num_classes for c in classes))
+
+
+def _probe(a: dict[str, np.ndarray], prefix: str) -> LinearProbe:
+    return LinearProbe(*(a[f"{prefix}_{part}"].astype(np.float64) for part in ("mean", "scale", "coef", "intercept")),
+                       a[f"{prefix}_classes"].astype(np.int64))
 
 
 def read_audit(arrays: dict[str, np.ndarray], where: str, num_classes: int, forgotten: Sequence[int],
                samples: int, input_shape: Sequence[int]) -> AuditData | None:
     """The audit part of a bundle's arrays; None when the bundle has none; ModelFileError when it is damaged or
-    changed after it was written (an array's digest differs from the one recorded)."""
-    present = [k for k in (*AUDIT_ARRAYS, AUDIT_JSON) if k in arrays]
+    changed after it was written (an array's digest differs from the one recorded). Format-1 bundles (no
+    output probe) are read with ``logit_probe`` None."""
+    present = [k for k in (*AUDIT_ARRAYS, *LOGIT_PROBE_ARRAYS, AUDIT_JSON) if k in arrays]
     if not present:
         return None
     fix = "re-create the bundle with `edge-unlearn bundle CHECKPOINT --audit`"
-    missing = [k for k in (*AUDIT_ARRAYS, AUDIT_JSON) if k not in arrays]
-    if missing:
-        raise ModelFileError(f"{where}: the audit data is incomplete (lacks {', '.join(missing)}); {fix}")
+    if AUDIT_JSON not in arrays:
+        raise ModelFileError(f"{where}: the audit data is incomplete (lacks {AUDIT_JSON}); {fix}")
     try:
         info = json.loads(str(arrays[AUDIT_JSON]))
     except ValueError as exc:
         raise ModelFileError(f"{where}: the audit data's {AUDIT_JSON} is not JSON; {fix}") from exc
-    if not isinstance(info, dict) or info.get("format") != AUDIT_FORMAT:
+    if not isinstance(info, dict) or info.get("format") not in (AUDIT_FORMAT, AUDIT_FORMAT_V1):
         raise ModelFileError(f"{where}: audit data format is not {AUDIT_FORMAT}; {fix}")
+    names = AUDIT_ARRAYS + (LOGIT_PROBE_ARRAYS if info["format"] == AUDIT_FORMAT else ())
+    missing = [k for k in names if k not in arrays]
+    if missing:
+        raise ModelFileError(f"{where}: the audit data is incomplete (lacks {', '.join(missing)}); {fix}")
     digests = info.get("digests") or {}
-    changed = [k for k in AUDIT_ARRAYS if digests.get(k) != array_digest(arrays[k])]
-    if changed:
-        raise ModelFileError(f"{where}: the audit arrays {', '.join(changed)} changed after the bundle was written "
-                             f"(their sha256 differs from the one recorded); {fix}")
-    a = {k: np.asarray(arrays[k]) for k in AUDIT_ARRAYS}
+    changed = [k for k in names if digests.get(k) != array_digest(arrays[k])]
+    stray = [k for k in LOGIT_PROBE_ARRAYS if k in arrays and k not in names]
+    if changed or stray:
+        raise ModelFileError(f"{where}: the audit arrays {', '.join(changed + stray)} changed after the bundle was "
+                             f"written (their sha256 differs from the one recorded); {fix}")
+    a = {k: np.asarray(arrays[k]) for k in names}
     d = a["audit_probe_mean"].shape[0] if a["audit_probe_mean"].ndim == 1 else -1
     k_rows = len(sorted(set(int(c) for c in forgotten)))
-    shapes_ok = (d > 0 and a["audit_probe_scale"].shape == (d,) and np.all(a["audit_probe_scale"] > 0)
-                 and a["audit_probe_coef"].ndim == 2 and a["audit_probe_coef"].shape[1] == d
-                 and a["audit_probe_intercept"].shape == (a["audit_probe_coef"].shape[0],)
-                 and a["audit_probe_classes"].ndim == 1 and a["audit_probe_classes"].dtype.kind in "iu"
-                 and len(a["audit_probe_classes"]) == max(2, a["audit_probe_coef"].shape[0])
+    shapes_ok = (_probe_ok(a, "audit_probe", d, num_classes)
                  and a["audit_head_rows"].shape == (k_rows, d) and a["audit_head_bias"].shape == (k_rows,)
                  and a["audit_features"].shape == (samples, d)
                  and a["audit_proto_features"].shape == (len(a["audit_proto_inputs"]), d)
@@ -189,14 +221,20 @@ def read_audit(arrays: dict[str, np.ndarray], where: str, num_classes: int, forg
                  and set(int(c) for c in a["audit_proto_labels"]) == set(int(c) for c in forgotten)
                  and all(np.all(np.isfinite(v)) for v in a.values() if v.dtype.kind == "f")
                  and isinstance(info.get("row_norm"), (int, float)) and info["row_norm"] > 0)
-    if not shapes_ok or not all(0 <= int(c) < num_classes for c in a["audit_probe_classes"]):
+    logit_probe = columns = None
+    if shapes_ok and "audit_logit_columns" in a:
+        columns = a["audit_logit_columns"]
+        retained = [c for c in range(num_classes) if c not in set(int(f) for f in forgotten)]
+        shapes_ok = (columns.ndim == 1 and columns.dtype.kind in "iu" and [int(c) for c in columns] == retained
+                     and _probe_ok(a, "audit_logit_probe", len(columns), num_classes))
+        logit_probe = _probe(a, "audit_logit_probe")
+    if not shapes_ok:
         raise ModelFileError(f"{where}: the audit arrays have inconsistent shapes or values; {fix}")
-    probe = LinearProbe(a["audit_probe_mean"].astype(np.float64), a["audit_probe_scale"].astype(np.float64),
-                        a["audit_probe_coef"].astype(np.float64), a["audit_probe_intercept"].astype(np.float64),
-                        a["audit_probe_classes"].astype(np.int64))
-    return AuditData(probe, a["audit_proto_inputs"].astype(np.float32), a["audit_proto_labels"].astype(np.int64),
-                     a["audit_head_rows"].astype(np.float64), a["audit_head_bias"].astype(np.float64),
-                     a["audit_features"].astype(np.float32), a["audit_proto_features"].astype(np.float32), info)
+    return AuditData(_probe(a, "audit_probe"), a["audit_proto_inputs"].astype(np.float32),
+                     a["audit_proto_labels"].astype(np.int64), a["audit_head_rows"].astype(np.float64),
+                     a["audit_head_bias"].astype(np.float64), a["audit_features"].astype(np.float32),
+                     a["audit_proto_features"].astype(np.float32), info, logit_probe,
+                     None if columns is None else columns.astype(np.int64))
 
 
 # ------------------------------------------------------------------------------------------------ the measurements
@@ -251,12 +289,17 @@ def prototype_attack(features: np.ndarray, logits: np.ndarray, labels: np.ndarra
 
 def audit_figures(features: np.ndarray, logits: np.ndarray, proto_features: np.ndarray, labels: np.ndarray,
                   forgotten: Sequence[int], data: AuditData) -> dict[str, Any]:
-    """Both measurements on one model's outputs: what the host stores (FP32) and the device measures."""
+    """The measurements on one model's outputs: what the host stores (FP32) and the device measures. The output
+    probe (``logit_probe_forget_acc`` / ``logit_probe_retain_acc``) reads ``logits``' retained columns only."""
     config = data.config
     attack = prototype_attack(features, logits, labels, proto_features, data.proto_labels, forgotten, data.head_rows,
                               data.head_bias, data.row_norm, config.alphas, config.max_retain_drop)
-    return {**probe_figures(data.probe, features, labels, forgotten), "prototype_forget_acc": attack["forget_acc"],
-            "prototype": attack}
+    out = {**probe_figures(data.probe, features, labels, forgotten), "prototype_forget_acc": attack["forget_acc"],
+           "prototype": attack}
+    if data.logit_probe is not None and data.logit_columns is not None:
+        outputs = np.asarray(logits)[:, data.logit_columns]
+        out.update({f"logit_{k}": v for k, v in probe_figures(data.logit_probe, outputs, labels, forgotten).items()})
+    return out
 
 
 # ------------------------------------------------------------------------------------------------ the verdict
@@ -265,24 +308,36 @@ def audit_figures(features: np.ndarray, logits: np.ndarray, proto_features: np.n
 @dataclass(frozen=True)
 class AuditThresholds:
     """``validate --audit`` criteria. None: the bundle's (derived from a retrained model at bundle time), else
-    the documented defaults (``DEFAULT_MAX_PROTOTYPE``; no probe threshold without a reference)."""
+    the documented defaults (``DEFAULT_MAX_PROTOTYPE``; no probe threshold without a reference).
+    ``max_logit_probe`` bounds the output probe (the probe on the retained logits), like ``max_probe``."""
 
     max_probe: float | None = None
     max_prototype: float | None = None
     tolerance: float = DEFAULT_TOLERANCE
+    max_logit_probe: float | None = None
 
     def __post_init__(self) -> None:
-        for name in ("max_probe", "max_prototype", "tolerance"):
+        for name in ("max_probe", "max_prototype", "tolerance", "max_logit_probe"):
             value = getattr(self, name)
             if value is not None and not (isinstance(value, (int, float)) and 0.0 <= float(value) <= 1.0):
                 raise UsageError(f"--audit-{name.replace('_', '-')} must be a fraction between 0 and 1, got {value}")
 
 
 def resolve_thresholds(given: AuditThresholds, data: AuditData) -> dict[str, Any]:
-    """{max_probe, max_prototype, tolerance, sources}: the command line first, then the bundle, then defaults."""
+    """{max_probe, max_prototype, max_logit_probe, tolerance, sources}: the command line first, then the bundle,
+    then defaults (no output-probe threshold, and none at all for a bundle without the output probe)."""
     stored = data.info.get("thresholds") or {}
     out: dict[str, Any] = {"tolerance": given.tolerance, "sources": {}}
-    for name, default in (("max_probe", None), ("max_prototype", DEFAULT_MAX_PROTOTYPE)):
+    if data.logit_probe is None and given.max_logit_probe is not None:
+        raise UsageError("--audit-max-logit-probe: this bundle has no output probe (audit format 1, written before "
+                         "it existed); re-create it with `edge-unlearn bundle CHECKPOINT --audit`")
+    names = (("max_probe", None), ("max_prototype", DEFAULT_MAX_PROTOTYPE))
+    if data.logit_probe is None:
+        out["max_logit_probe"] = None
+        out["sources"]["max_logit_probe"] = "no output probe in this bundle (audit format 1): re-create it"
+    else:
+        names += (("max_logit_probe", None),)
+    for name, default in names:
         if getattr(given, name) is not None:
             out[name], out["sources"][name] = float(getattr(given, name)), f"--audit-{name.replace('_', '-')}"
         elif stored.get(name) is not None:
@@ -290,8 +345,8 @@ def resolve_thresholds(given: AuditThresholds, data: AuditData) -> dict[str, Any
             out["sources"][name] = stored.get("sources", {}).get(name, "the bundle")
         else:
             out[name] = default
-            out["sources"][name] = ("no reference: pass --retrained to `bundle --audit`, or --audit-max-probe"
-                                    if default is None else "default (docs/audit.md)")
+            out["sources"][name] = (f"no reference: pass --retrained to `bundle --audit`, or "
+                                    f"--audit-{name.replace('_', '-')}" if default is None else "default (docs/audit.md)")
     return out
 
 
@@ -317,20 +372,34 @@ def audit_checks(features: np.ndarray, logits: np.ndarray, proto_features: np.nd
     # the FP32 reference: re-derived from the stored FP32 features with the stored probe and rows, it must equal
     # the figures the host recorded (a probe or rows edited without re-fitting fail here)
     fp32 = audit_figures(data.features, reference_logits, data.proto_features, labels, forgotten, data)
-    same = all(_close(fp32[k], stored.get(k)) for k in ("probe_forget_acc", "probe_retain_acc", "prototype_forget_acc"))
+    output_probe = data.logit_probe is not None
+    keys = ("probe_forget_acc", "probe_retain_acc", "prototype_forget_acc") + (
+        ("logit_probe_forget_acc", "logit_probe_retain_acc") if output_probe else ())
+    same = all(_close(fp32[k], stored.get(k)) for k in keys)
     checks.append(Check("audit_fp32_reference", 1.0 if same else 0.0, "==", 1.0,
-                        f"the stored probe and rows reproduce the recorded FP32 figures (probe "
+                        f"the stored probes and rows reproduce the recorded FP32 figures (probe "
                         f"{_fmt(fp32['probe_forget_acc'])} vs {_fmt(stored.get('probe_forget_acc'))}, prototype "
-                        f"{_fmt(fp32['prototype_forget_acc'])} vs {_fmt(stored.get('prototype_forget_acc'))})"))
+                        f"{_fmt(fp32['prototype_forget_acc'])} vs {_fmt(stored.get('prototype_forget_acc'))}"
+                        + (f", output probe {_fmt(fp32['logit_probe_forget_acc'])} vs "
+                           f"{_fmt(stored.get('logit_probe_forget_acc'))}" if output_probe else "") + ")"))
     if limits["max_probe"] is not None:
         checks.append(Check("audit_probe_forget_acc", device["probe_forget_acc"], "<=", limits["max_probe"],
                             f"stored probe on the model's features, forgotten classes {sorted(forgotten)}; threshold: "
                             f"{limits['sources']['max_probe']}"))
+    if output_probe and limits["max_logit_probe"] is not None:
+        checks.append(Check("audit_logit_probe_forget_acc", device["logit_probe_forget_acc"], "<=",
+                            limits["max_logit_probe"],
+                            f"stored output probe on the model's retained logits (what a caller of the deployed file "
+                            f"reads), forgotten classes {sorted(forgotten)}; threshold: "
+                            f"{limits['sources']['max_logit_probe']}"))
     checks.append(Check("audit_prototype_recovery", device["prototype_forget_acc"], "<=", limits["max_prototype"],
                         f"prototype attack, mask lifted, k={data.config.k}, alpha {device['prototype']['alpha']}, "
                         f"retained drop {_fmt(device['prototype']['retain_drop'])}; threshold: "
                         f"{limits['sources']['max_prototype']}"))
-    for name, key in (("audit_probe_quant_gap", "probe_forget_acc"), ("audit_prototype_quant_gap", "prototype_forget_acc")):
+    gaps = [("audit_probe_quant_gap", "probe_forget_acc"), ("audit_prototype_quant_gap", "prototype_forget_acc")]
+    if output_probe:
+        gaps.append(("audit_logit_probe_quant_gap", "logit_probe_forget_acc"))
+    for name, key in gaps:
         gap = None if device[key] is None or stored.get(key) is None else float(device[key]) - float(stored[key])
         checks.append(Check(name, gap, "<=", tol, f"this model {_fmt(device[key])} - FP32 {_fmt(stored.get(key))}: "
                                                    "forgetting must not weaken after quantization"))
@@ -458,16 +527,21 @@ class AuditRunner(OnnxRuntimeRunner):
 def audit_lines(figures: dict[str, Any]) -> list[str]:
     """Text lines of the audit's figures for :meth:`ValidationReport.summary`."""
     device, fp32, gold = figures.get("device") or {}, figures.get("fp32") or {}, figures.get("retrained") or {}
-    lines = ["feature-level audit (penultimate features; probe fitted on the host; prototype attack, mask lifted):",
-             f"  {'':<22} {'this model' if device else '':>10} {'FP32':>8} {'retrained':>9}"]
-    for label, key in (("probe on forgotten", "probe_forget_acc"), ("probe on retained", "probe_retain_acc"),
-                       ("prototype recovery", "prototype_forget_acc")):
-        lines.append(f"  {label:<22} {_fmt(device.get(key)) if device else '':>10} {_fmt(fp32.get(key)):>8} "
+    lines = ["feature-level audit (penultimate features and retained logits; probes fitted on the host; prototype "
+             "attack, mask lifted):",
+             f"  {'':<26} {'this model' if device else '':>10} {'FP32':>8} {'retrained':>9}"]
+    rows = [("probe on forgotten", "probe_forget_acc"), ("probe on retained", "probe_retain_acc"),
+            ("prototype recovery", "prototype_forget_acc")]
+    if "logit_probe_forget_acc" in fp32:
+        rows += [("output probe on forgotten", "logit_probe_forget_acc"),
+                 ("output probe on retained", "logit_probe_retain_acc")]
+    for label, key in rows:
+        lines.append(f"  {label:<26} {_fmt(device.get(key)) if device else '':>10} {_fmt(fp32.get(key)):>8} "
                      f"{_fmt(gold.get(key)) if gold else '-':>9}")
     if device:
         lines.append(f"  features vs FP32: relative error {figures.get('feature_relative_error', float('nan')):.4f}")
     limits = figures.get("thresholds") or {}
-    for name in ("max_probe", "max_prototype"):
+    for name in ("max_probe", "max_prototype") + (("max_logit_probe",) if "logit_probe_forget_acc" in fp32 else ()):
         lines.append(f"  {name}: {_fmt(limits.get(name))} ({(limits.get('sources') or {}).get(name, '')})")
     lines.extend("  " + line for line in weight_step_lines(figures.get("weight_steps")))
     return lines

@@ -1,7 +1,8 @@
 """Host side of the feature-level audit (``edge-unlearn bundle --audit``): torch + scikit-learn, never on the device.
 
 Fits the linear probe on the checkpoint's FP32 penultimate features (the draw and pipeline of
-:func:`edge_unlearn.metrics.probe_forget_accuracy`), picks the k forget samples of the prototype attack
+:func:`edge_unlearn.metrics.probe_forget_accuracy`) and the output probe on its FP32 logits of the retained classes
+(the draw and pipeline of :data:`edge_unlearn.metrics.RETAINED_LOGITS`), picks the k forget samples of the prototype attack
 (:func:`edge_unlearn.data.take_samples`, as :func:`edge_unlearn.attacks.prototype_relearn_attack`), and computes
 the FP32 reference figures with the device's own numpy code (:func:`edge_unlearn.export.audit.audit_figures`).
 With a retrained model (``--retrained``) the thresholds are its figures plus a margin; with the original model
@@ -19,7 +20,7 @@ import torch
 from edge_unlearn.checkpoint import Checkpoint, load_checkpoint
 from edge_unlearn.data import Dataset, preprocess, take_samples
 from edge_unlearn.errors import UsageError
-from edge_unlearn.metrics import _probe_train_indices, model_outputs
+from edge_unlearn.metrics import _probe_train_indices, fit_linear_probe, model_outputs
 
 from .audit import (PROBE_MARGIN, PROTOTYPE_MARGIN, AuditConfig, AuditData, LinearProbe, audit_arrays,
                     audit_figures, weight_step_report)
@@ -32,17 +33,22 @@ def _features(model, x: torch.Tensor, batch_size: int = 256) -> np.ndarray:
     return torch.cat([model.features(x[i:i + batch_size]) for i in range(0, len(x), batch_size)]).numpy()
 
 
-def fit_probe(model, data: Dataset, config: AuditConfig) -> LinearProbe:
-    """StandardScaler + LogisticRegression(max_iter=500, C=1) on FP32 features of the probe's training draw (all
-    classes: retained and forgotten), exported as arrays."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
+def fit_probes(model, data: Dataset, config: AuditConfig, columns: list[int]) -> tuple[LinearProbe, LinearProbe | None]:
+    """:func:`edge_unlearn.metrics.fit_linear_probe` (StandardScaler + LogisticRegression(max_iter=500, C=1)) on
+    the FP32 penultimate features of the probe's training draw (all classes: retained and forgotten), and on
+    their logits ``columns`` (the retained classes; no output probe without any), exported as arrays."""
     idx = _probe_train_indices(data, config.probe_train_size, config.seed)
     feats, _ = model_outputs(model, data.x_train[idx], data)
-    pipe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=500, C=1.0, random_state=config.seed))
-    pipe.fit(feats.numpy(), data.y_train[idx].numpy())
+    labels = data.y_train[idx].numpy()
+    probe = _as_arrays(fit_linear_probe(feats.numpy(), labels, config.seed))
+    if not columns:
+        return probe, None
+    with torch.no_grad():
+        logits = model.head(feats).numpy()[:, columns]
+    return probe, _as_arrays(fit_linear_probe(logits, labels, config.seed))
+
+
+def _as_arrays(pipe) -> LinearProbe:
     scaler, clf = pipe[0], pipe[1]
     return LinearProbe(scaler.mean_.astype(np.float64), scaler.scale_.astype(np.float64),
                        clf.coef_.astype(np.float64), clf.intercept_.astype(np.float64), clf.classes_.astype(np.int64))
@@ -60,10 +66,12 @@ def model_audit(model, data: Dataset, x: torch.Tensor, labels: np.ndarray, confi
     with torch.no_grad():
         logits = model.head(torch.from_numpy(feats)).numpy()
     logits[:, forgotten] = MASK_VALUE  # the bundle's reference logits (the model as deployed)
-    data_ = AuditData(fit_probe(model, data, config), proto_x.numpy().astype(np.float32), proto_y.astype(np.int64),
+    probe, logit_probe = fit_probes(model, data, config, retained_rows)
+    data_ = AuditData(probe, proto_x.numpy().astype(np.float32), proto_y.astype(np.int64),
                       w[forgotten].numpy(), b[forgotten].numpy(), feats.astype(np.float32),
                       _features(model, proto_x).astype(np.float32),
-                      {"config": config.to_json(), "row_norm": row_norm})
+                      {"config": config.to_json(), "row_norm": row_norm}, logit_probe,
+                      np.asarray(retained_rows, np.int64) if logit_probe is not None else None)
     figures = audit_figures(data_.features, logits, data_.proto_features, labels, forgotten, data_)
     return data_, figures
 
@@ -104,8 +112,9 @@ def audit_builder(config: AuditConfig = AuditConfig(), retrained: str | Path | N
             _, gold_figs = model_audit(gold.model.eval(), data, x, labels, config, proto_x, proto_y.numpy())
             info["retrained"] = {"sha256": gold.sha256, "checkpoint": str(retrained), **_plain(gold_figs)}
             for name, key, margin in (("max_probe", "probe_forget_acc", PROBE_MARGIN),
-                                      ("max_prototype", "prototype_forget_acc", PROTOTYPE_MARGIN)):
-                if gold_figs[key] is not None:
+                                      ("max_prototype", "prototype_forget_acc", PROTOTYPE_MARGIN),
+                                      ("max_logit_probe", "logit_probe_forget_acc", PROBE_MARGIN)):
+                if gold_figs.get(key) is not None:
                     info["thresholds"][name] = min(1.0, float(gold_figs[key]) + margin)
                     info["thresholds"]["sources"][name] = (f"retrained model {gold.sha256[:12]}…: "
                                                            f"{gold_figs[key]:.4f} + {margin}")

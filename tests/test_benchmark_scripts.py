@@ -71,7 +71,8 @@ def test_probe_gap_refuses_a_missing_checkpoint_in_one_line(tmp_path, capsys):
 
 
 def test_probe_gap_refuses_more_forget_samples_than_the_class_has(tmp_path, capsys, digits):
-    """``--finetune-samples`` past the class's training images: one line naming the limit, exit 2."""
+    """``--finetune-samples`` past the class's training images, or an unknown ``--rows`` group: one line naming
+    the limit, exit 2, no results file."""
     from benchmarks.probe_gap import main as probe_gap
     from edge_unlearn.checkpoint import CheckpointMeta, save_checkpoint
     from edge_unlearn.data import preprocess
@@ -88,6 +89,11 @@ def test_probe_gap_refuses_more_forget_samples_than_the_class_has(tmp_path, caps
                       "--finetune-samples", f"32,{available + 1}", "--json", str(tmp_path / "out.json")])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and f"has {available} training images" in err[0], err
+    assert not (tmp_path / "out.json").exists()
+    code = probe_gap(["--checkpoint", str(path), "--dataset", "digits", "--forget-class", "3",
+                      "--rows", "finetune,everything", "--json", str(tmp_path / "out.json")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "--rows: choose among nhle, per-sample" in err[0], err
     assert not (tmp_path / "out.json").exists()
 
 

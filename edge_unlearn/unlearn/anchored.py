@@ -20,7 +20,7 @@ from torch import nn
 
 from ..errors import UsageError
 
-BACKBONE_OBJECTIVES = ("nhle", "adversarial")
+BACKBONE_OBJECTIVES = ("nhle", "adversarial", "prototype")
 
 
 def last_residual_block(backbone: nn.Module) -> nn.Module:
@@ -94,14 +94,17 @@ def finetune_block(block: nn.Module, forget_inputs: torch.Tensor, head_weight: t
       the retained classes, the forgotten classes' probability to 0);
     - ``objective="adversarial"``: a logistic probe refitted every ``refit_every`` steps on the current features
       of the anchors (their labels) and of the forget samples must not find the forget samples
-      ("feature-indistinguishable" taken literally).
+      ("feature-indistinguishable" taken literally);
+    - ``objective="prototype"``: each forget sample's pooled feature goes to the prototype of the retained class
+      the original head ranks first for it (the mean feature of that class's anchors: no retained data), so the
+      forgotten images land inside the retained classes' clusters rather than beside them.
 
     ``anchors`` (block inputs), if given, keep their pooled features where ``block`` put them (squared error
     relative to their energy, weight ``anchor_weight``)."""
     if objective not in BACKBONE_OBJECTIVES:
         raise UsageError(f"backbone objective must be one of {', '.join(BACKBONE_OBJECTIVES)}, got {objective!r}")
-    if objective == "adversarial" and (anchors is None or anchor_labels is None):
-        raise UsageError("the adversarial objective needs labelled anchors")
+    if objective in ("adversarial", "prototype") and (anchors is None or anchor_labels is None):
+        raise UsageError(f"the {objective} objective needs labelled anchors")
     from .nhle import _nhle_loss  # NHLE's own loss (nhle imports this module, hence here)
 
     tuned = copy.deepcopy(block).eval()
@@ -114,10 +117,18 @@ def finetune_block(block: nn.Module, forget_inputs: torch.Tensor, head_weight: t
         anchor_target = pooled_block(block, anchors) if anchors is not None else None
         logits = pooled_block(block, forget_inputs) @ head_weight.T + head_bias
         own = torch.softmax(logits.masked_fill(~keep, float("-inf")), 1)
+        if objective == "prototype":
+            prototypes = torch.zeros(head_weight.shape[0], anchor_target.shape[1], device=anchor_target.device)
+            for c in anchor_labels.unique():
+                prototypes[c] = anchor_target[anchor_labels == c].mean(0)
+            goal = prototypes[own.argmax(1)]
+            goal_energy = (goal ** 2).sum(1).mean().clamp(min=1e-12)
     for step in range(steps):
         feats = tuned(forget_inputs).mean((2, 3))
         if objective == "nhle":
             loss = _nhle_loss(feats @ head_weight.T + head_bias, keep, forget_classes, own, neg_value=1.0)
+        elif objective == "prototype":
+            loss = ((feats - goal) ** 2).sum(1).mean() / goal_energy
         else:
             if step % refit_every == 0:
                 probe_w, probe_b, centre, scale, columns = _refit_probe(

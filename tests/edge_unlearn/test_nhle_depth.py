@@ -340,6 +340,26 @@ def test_finetune_last_block_forgets_on_a_copy_and_anchors_hold_retained_feature
     assert any(not torch.equal(p, q) for p, q in zip(adversarial.parameters(), block.parameters()))
     with pytest.raises(UsageError, match="labelled anchors"):
         finetune_block(block, forget_inputs, w, b, [cls], None, "adversarial")
+    # prototype: each forget sample's feature goes to the anchors' mean feature of the retained class the head
+    # ranks first for it, so it ends nearer that prototype than the block left it
+    with torch.no_grad():
+        ref = pooled_block(block, anchors)
+        prototypes = torch.stack([ref[labels == c].mean(0) if (labels == c).any() else torch.zeros(ref.shape[1])
+                                  for c in range(4)])
+        logits = (pooled_block(block, forget_inputs) @ w.T + b)
+        logits[:, cls] = float("-inf")
+        goal = prototypes[logits.argmax(1)]
+
+    def distance(blk):
+        with torch.no_grad():
+            return float((pooled_block(blk, forget_inputs) - goal).norm(dim=1).mean())
+
+    towards = finetune_block(block, forget_inputs, w, b, [cls], anchors, "prototype", steps=30, lr=3e-3,
+                             anchor_labels=labels)
+    nhle_held = finetune_block(block, forget_inputs, w, b, [cls], anchors, steps=30, lr=3e-3)
+    assert distance(towards) < 0.8 * distance(block) and distance(towards) < 0.8 * distance(nhle_held)
+    with pytest.raises(UsageError, match="prototype objective needs labelled anchors"):
+        finetune_block(block, forget_inputs, w, b, [cls], anchors, "prototype")
 
 
 def test_backbone_step_fine_tunes_only_the_last_block_and_still_forgets():

@@ -149,6 +149,13 @@ def test_validate_audit_passes_on_the_retrained_model_and_fails_on_the_masked_or
     assert report["audit"]["device"]["prototype_forget_acc"] > 0.5
     text = invoke_cli(["validate", deployed["masked_int8"], "--bundle", deployed["masked_bundle"], "--audit"])
     assert text.exit_code == 1 and "prototype recovery" in text.output and "verdict: FAIL (audit_prototype_recovery)" in text.output
+    assert "output probe on forgotten" in text.output
+    # the deployed outputs of the masked original still read the class (it is the original's knowledge of it)
+    assert report["audit"]["device"]["logit_probe_forget_acc"] > 0.9
+    strict = invoke_cli(["validate", deployed["masked_int8"], "--bundle", deployed["masked_bundle"], "--audit",
+                         "--audit-max-prototype", "1.0", "--audit-max-logit-probe", "0.5", "--json"])
+    assert strict.exit_code == 1, strict.output
+    assert [c["name"] for c in json.loads(strict.stdout)["checks"] if not c["passed"]] == ["audit_logit_probe_forget_acc"]
 
 
 def test_nhle_int8_audit_is_the_hosts_attack_and_probe_and_reports_weight_steps(models, digits):
@@ -156,7 +163,7 @@ def test_nhle_int8_audit_is_the_hosts_attack_and_probe_and_reports_weight_steps(
     within one image of them; thresholds come from --retrained; the weight-step report covers NHLE's edit."""
     from edge_unlearn.attacks import prototype_relearn_attack
     from edge_unlearn.checkpoint import load_checkpoint
-    from edge_unlearn.metrics import probe_forget_accuracy
+    from edge_unlearn.metrics import RETAINED_LOGITS, probe_forget_accuracy, probe_forget_accuracy_by_depth
 
     bundle = models.folder / "nhle.audit.npz"
     result = invoke_cli(["bundle", models.nhle, "--audit", "--retrained", models.retrained, "--reference",
@@ -172,6 +179,11 @@ def test_nhle_int8_audit_is_the_hosts_attack_and_probe_and_reports_weight_steps(
     assert stored["retrained"]["prototype_forget_acc"] == gold_attack
     assert stored["thresholds"]["max_prototype"] == pytest.approx(gold_attack + 0.05)
     assert stored["thresholds"]["max_probe"] == pytest.approx(min(1.0, stored["retrained"]["probe_forget_acc"] + 0.02))
+    # the output probe: evaluate --depth's retained-logit probe (same draw, same pipeline), and retrain's + 0.02
+    assert stored["fp32"]["logit_probe_forget_acc"] == probe_forget_accuracy_by_depth(nhle, digits, [FORGET])[RETAINED_LOGITS]
+    assert stored["retrained"]["logit_probe_forget_acc"] == probe_forget_accuracy_by_depth(gold, digits, [FORGET])[RETAINED_LOGITS]
+    assert stored["thresholds"]["max_logit_probe"] == pytest.approx(
+        min(1.0, stored["retrained"]["logit_probe_forget_acc"] + 0.02))
 
     int8 = _export(models.nhle, models.folder / "nhle.audit.int8.onnx")
     run = invoke_cli(["validate", int8, "--bundle", bundle, "--audit", "--json"])
@@ -189,6 +201,12 @@ def test_nhle_int8_audit_is_the_hosts_attack_and_probe_and_reports_weight_steps(
     assert checks["audit_prototype_quant_gap"]["passed"] == (gap <= DEFAULT_TOLERANCE + 1e-12)
     assert checks["audit_prototype_recovery"]["passed"] == (device["prototype_forget_acc"] <= gold_attack + 0.05)
     assert checks["audit_fp32_reference"]["passed"] and checks["audit_probe_retained_drop"]["passed"]
+    # the output probe read on the INT8 model's own logits: near the FP32 figure, judged against retrain's
+    logit_gap = device["logit_probe_forget_acc"] - stored["fp32"]["logit_probe_forget_acc"]
+    assert abs(logit_gap) <= DEFAULT_TOLERANCE, (device["logit_probe_forget_acc"], stored["fp32"])
+    assert checks["audit_logit_probe_quant_gap"]["value"] == pytest.approx(logit_gap)
+    assert checks["audit_logit_probe_forget_acc"]["passed"] == (
+        device["logit_probe_forget_acc"] <= stored["thresholds"]["max_logit_probe"])
     assert run.exit_code == (0 if all(c["passed"] for c in report["checks"]) else 1)
 
     steps = stored["weight_steps"]
@@ -264,6 +282,48 @@ def test_a_tampered_probe_is_refused_or_fails(deployed, tmp_path):
     checks = {c["name"]: c for c in json.loads(result.stdout)["checks"]}
     assert checks["audit_probe_forget_acc"]["value"] == 0.0  # the blinded probe "sees" nothing ...
     assert not checks["audit_fp32_reference"]["passed"]  # ... but it is not the probe the host fitted
+
+
+def test_a_tampered_output_probe_is_refused_and_a_format_1_bundle_is_audited_without_it(deployed, tmp_path):
+    """The output probe's arrays are digest-checked like the rest; a bundle written before the output probe
+    (audit format 1) still validates, without the output-probe checks, and refuses an output-probe threshold."""
+    from edge_unlearn.export.audit import AUDIT_FORMAT_V1, AUDIT_JSON, LOGIT_PROBE_ARRAYS
+
+    model, src = deployed["retrained_int8"], deployed["retrained_bundle"]
+
+    def blind(data):
+        intercept = data["audit_logit_probe_intercept"].copy()
+        intercept[FORGET] = -1e3
+        data["audit_logit_probe_intercept"] = intercept
+
+    _rewrite(src, tmp_path / "blind.npz", blind)
+    one_line_error(invoke_cli(["validate", model, "--bundle", tmp_path / "blind.npz", "--audit"]),
+                   "audit_logit_probe_intercept", "changed after the bundle was written")
+
+    def format_1(data):
+        info = json.loads(str(data[AUDIT_JSON]))
+        for key in LOGIT_PROBE_ARRAYS:
+            del data[key]
+            del info["digests"][key]
+        info["format"] = AUDIT_FORMAT_V1
+        data[AUDIT_JSON] = np.asarray(json.dumps(info))
+
+    _rewrite(src, tmp_path / "v1.npz", format_1)
+    old = invoke_cli(["validate", model, "--bundle", tmp_path / "v1.npz", "--audit", "--json"])
+    assert old.exit_code == 0, old.output
+    names = [c["name"] for c in json.loads(old.stdout)["checks"]]
+    assert "audit_prototype_recovery" in names and not [n for n in names if "logit" in n]
+    one_line_error(invoke_cli(["validate", model, "--bundle", tmp_path / "v1.npz", "--audit",
+                               "--audit-max-logit-probe", "0.5"]), "no output probe", "bundle CHECKPOINT --audit")
+
+    def stray(data):  # a format-1 bundle carrying output-probe arrays it never recorded
+        format_1(data)
+        with np.load(src, allow_pickle=False) as arrays:
+            data["audit_logit_probe_coef"] = arrays["audit_logit_probe_coef"]
+
+    _rewrite(src, tmp_path / "stray.npz", stray)
+    one_line_error(invoke_cli(["validate", model, "--bundle", tmp_path / "stray.npz", "--audit"]),
+                   "audit_logit_probe_coef", "changed after the bundle was written")
 
 
 def test_validate_audit_without_torch(deployed):
