@@ -1,6 +1,7 @@
 """Feature-level audit after quantization (issue #15 part 3): `validate --audit` on the NHLE default, the original
 (masked only) and the retrained model, in FP32, INT8 (cpu and tensorrt layouts) and FP16, with thresholds from the
-retrained model. Prints a table; writes benchmarks/results/audit_quantized_<dataset>_<arch>.json.
+retrained model: the prototype attack and the probe on the features, the output probe on the retained logits.
+Prints a table; writes benchmarks/results/audit_quantized_<dataset>_<arch>.json.
 
     python benchmarks/audit_quantized.py --dataset npz:../shared/data/mnist.npz --arch lenet --forget 3
 
@@ -38,11 +39,19 @@ def main() -> None:
     parser.add_argument("--arch", default="lenet")
     parser.add_argument("--forget", default="3")
     parser.add_argument("--work", default=None)
+    parser.add_argument("--original", type=Path, default=None,
+                        help="an existing original checkpoint instead of training one (e.g. a CIFAR-10 model)")
+    parser.add_argument("--retrained", type=Path, default=None,
+                        help="an existing model retrained without --forget instead of retraining one")
     args = parser.parse_args()
+    for option, path in (("--original", args.original), ("--retrained", args.retrained)):
+        if path is not None and not path.is_file():
+            raise SystemExit(f"error: {option} {path} is not a file; give an edge-unlearn checkpoint")
     tag = f"{Path(args.dataset.split(':')[-1]).stem}_{args.arch}_c{args.forget}"
     work = Path(args.work or ROOT / "benchmarks" / "results" / "audit_work" / tag)
     work.mkdir(parents=True, exist_ok=True)
     orig, nhle, masked, gold = (work / f"{n}.safetensors" for n in ("original", "nhle", "masked", "retrain"))
+    orig, gold = args.original or orig, args.retrained or gold
     seconds: dict[str, float] = {}
     steps = [(orig, ["train", "--dataset", args.dataset, "--arch", args.arch, "--device", "cpu", "-o", orig]),
              (nhle, ["forget", orig, "--forget", args.forget, "--device", "cpu", "--no-eval", "-o", nhle]),
@@ -50,7 +59,8 @@ def main() -> None:
              (masked, ["forget", orig, "--forget", args.forget, "--device", "cpu", "--no-eval", "--set", "steps=1",
                        "--set", "lr=1e-12", "--set", "project=false", "-o", masked]),
              (gold, ["retrain", orig, "--forget", args.forget, "-o", gold])]
-    for path, cmd in steps:
+    given = {p for p in (args.original, args.retrained) if p is not None}
+    for path, cmd in [(path, cmd) for path, cmd in steps if path not in given]:
         # a cached checkpoint is reused only if the same command made it with the same NHLE config version
         # (a v1-era nhle.safetensors must not stand in for the current default)
         made_by = {"command": [str(a) for a in cmd], "nhle_config_version": NHLE_CONFIG_VERSION}
@@ -83,6 +93,10 @@ def main() -> None:
             failed = [c["name"] for c in report["checks"] if not c["passed"]]
             rows.append({"model": name, "precision": label, "exit": proc.returncode,
                          "probe_forget": audit["device"]["probe_forget_acc"],
+                         "logit_probe_forget": audit["device"].get("logit_probe_forget_acc"),
+                         "fp32_logit_probe": audit["fp32"].get("logit_probe_forget_acc"),
+                         "retrain_logit_probe": (audit.get("retrained") or {}).get("logit_probe_forget_acc"),
+                         "max_logit_probe": audit["thresholds"].get("max_logit_probe"),
                          "prototype": audit["device"]["prototype_forget_acc"],
                          "fp32_prototype": audit["fp32"]["prototype_forget_acc"],
                          "retrain_prototype": (audit.get("retrained") or {}).get("prototype_forget_acc"),
@@ -91,18 +105,20 @@ def main() -> None:
                          "feature_rel_error": audit["feature_relative_error"], "failed": failed,
                          "weight_steps": audit.get("weight_steps") if label == "fp32" else None})
     print(f"{'model':<18} {'precision':<14} {'exit':>4} {'probe':>7} {'proto':>7} {'fp32':>7} {'retrain':>7} "
-          f"{'max':>6} {'feat err':>8}  failed")
+          f"{'max':>6} {'out probe':>9} {'fp32':>7} {'retrain':>7} {'max':>6} {'feat err':>8}  failed")
     for r in rows:
         print(f"{r['model']:<18} {r['precision']:<14} {r['exit']:>4} {r['probe_forget']:>7.4f} {r['prototype']:>7.4f} "
               f"{r['fp32_prototype']:>7.4f} {r['retrain_prototype']:>7.4f} {r['max_prototype']:>6.3f} "
-              f"{r['feature_rel_error']:>8.4f}  {', '.join(r['failed']) or '-'}")
+              f"{r['logit_probe_forget']:>9.4f} {r['fp32_logit_probe']:>7.4f} {r['retrain_logit_probe']:>7.4f} "
+              f"{r['max_logit_probe']:>6.3f} {r['feature_rel_error']:>8.4f}  {', '.join(r['failed']) or '-'}")
     steps_report = next((r["weight_steps"] for r in rows if r["weight_steps"]), None)
     if steps_report:
         print(f"NHLE weight edits: {steps_report['changed']} changed; below half an INT8 step "
               f"{steps_report['int8_below_half_step']:.4f}, below half an FP16 step {steps_report['fp16_below_half_step']:.4f}")
     out = ROOT / "benchmarks" / "results" / f"audit_quantized_{tag}.json"
     out.write_text(json.dumps({"dataset": args.dataset, "arch": args.arch, "forget": args.forget, "rows": rows,
-                               "seconds": seconds}, indent=1) + "\n")
+                               "seconds": seconds, "original": str(orig), "retrained": str(gold),
+                               "command": " ".join(sys.argv)}, indent=1) + "\n")
     print(f"wrote {out}")
 
 

@@ -5,7 +5,7 @@ probe fitted on the host on the checkpoint's FP32 penultimate features (standard
 regression, as plain arrays), the k forget samples of the prototype attack, the checkpoint's FP32 forgotten head
 rows and the FP32 reference figures -- computed on the host by the very functions below. On the device the audit
 export (``edge-unlearn export --audit``, quantized or not) returns logits *and* features; :func:`audit_checks`
-applies the same two measurements to them and judges them against thresholds and against the FP32 figures.
+applies the same measurements to them and judges them against thresholds and against the FP32 figures.
 
 Three measurements (DESIGN.md §2, conventions of :mod:`edge_unlearn.attacks`):
 
@@ -158,12 +158,14 @@ def audit_arrays(data: AuditData) -> dict[str, np.ndarray]:
               "audit_proto_labels": data.proto_labels, "audit_head_rows": data.head_rows,
               "audit_head_bias": data.head_bias, "audit_features": data.features,
               "audit_proto_features": data.proto_features}
-    if data.logit_probe is not None and data.logit_columns is not None:
+    if data.logit_probe is not None and data.logit_columns is not None:  # the output probe (format 2)
         arrays.update({"audit_logit_probe_mean": data.logit_probe.mean, "audit_logit_probe_scale": data.logit_probe.scale,
                        "audit_logit_probe_coef": data.logit_probe.coef,
                        "audit_logit_probe_intercept": data.logit_probe.intercept,
                        "audit_logit_probe_classes": data.logit_probe.classes, "audit_logit_columns": data.logit_columns})
-    info = {**data.info, "format": AUDIT_FORMAT, "digests": {k: array_digest(v) for k, v in arrays.items()}}
+    output_probe = data.logit_probe is not None and data.logit_columns is not None
+    info = {**data.info, "format": AUDIT_FORMAT if output_probe else AUDIT_FORMAT_V1,  # none: no class retained
+            "digests": {k: array_digest(v) for k, v in arrays.items()}}
     return {**arrays, AUDIT_JSON: np.asarray(json.dumps(info))}
 
 

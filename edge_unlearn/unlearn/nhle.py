@@ -78,7 +78,8 @@ class NHLEConfig:
     varying much within the forget samples. ``alpha`` scales the move (1 = all the way). A model without class
     statistics takes the data-free ``retained_mean`` projection whatever ``feature_target`` says.
     ``backbone_step="last_block"`` (opt-in, ResNets with depth statistics) also fine-tunes the backbone's last
-    block on the forget samples (``backbone_objective``: the negative-hot loss or an adversarial probe;
+    block on the forget samples (``backbone_objective``: the negative-hot loss, an adversarial probe, or each
+    sample toward the prototype of the retained class the original ranks first for it;
     ``backbone_steps`` Adam steps at ``backbone_lr``) while ``anchors_per_class`` synthesised retention anchors
     per retained class (:mod:`edge_unlearn.unlearn.anchored`, ``anchor_steps`` of BatchNorm-statistics
     inversion) keep their features (weight ``anchor_weight``): it lowers the penultimate probe where the
