@@ -191,3 +191,30 @@ def test_retrain_spread_refuses_bad_seeds_in_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "--retrain-seeds" in err[0] and not (tmp_path / "out.json").exists()
     assert not (tmp_path / "cache").exists()
+
+
+def test_probe_size_cells_are_the_depth_probe_at_that_size_and_draw(digits, digits_checkpoint, tmp_path, capsys):
+    """Each cell of benchmarks/probe_size.py is evaluate --depth's probe (penultimate and retained logits) fitted
+    on the training draw of that size and seed, on features computed once; a retrained model that forgot another
+    class is refused in one line."""
+    from benchmarks.probe_size import main as probe_size, probe_cell, readouts
+    from edge_unlearn.checkpoint import load_checkpoint
+    from edge_unlearn.metrics import PENULTIMATE, RETAINED_LOGITS, probe_forget_accuracy_by_depth, probe_test_indices
+
+    model = load_checkpoint(digits_checkpoint).model.eval()
+    model.mask_classes([7])  # a masked class is not among the logits the output probe reads
+    cls, n_test = 3, len(probe_test_indices(digits, [3]))
+    reads = readouts(model, digits, cls)
+    assert reads["test"][RETAINED_LOGITS].shape == (n_test, 8)
+    for size, seed in ((300, 0), (900, 2)):
+        expected = probe_forget_accuracy_by_depth(model, digits, [cls], train_size=size, seed=seed, blocks=[])
+        for depth in (PENULTIMATE, RETAINED_LOGITS):
+            assert probe_cell(reads, digits, cls, depth, size, seed) / n_test == pytest.approx(expected[depth], abs=1e-12)
+    common = ["--checkpoint", str(digits_checkpoint), "--retrained", str(digits_checkpoint), "--dataset", "digits",
+              "--forget-class", "3", "--json", str(tmp_path / "out.json")]
+    for extra, needle in ((["--sizes", "300,all"], "--retrained forgot []"),
+                          (["--sizes", "300,5000"], f"between 20 and {len(digits.y_train)}")):
+        code = probe_size(common + extra)
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and len(err) == 1 and needle in err[0], err
+    assert not (tmp_path / "out.json").exists()
