@@ -287,7 +287,7 @@ def test_a_tampered_probe_is_refused_or_fails(deployed, tmp_path):
 def test_a_tampered_output_probe_is_refused_and_a_format_1_bundle_is_audited_without_it(deployed, tmp_path):
     """The output probe's arrays are digest-checked like the rest; a bundle written before the output probe
     (audit format 1) still validates, without the output-probe checks, and refuses an output-probe threshold."""
-    from edge_unlearn.export.audit import AUDIT_FORMAT_V1, AUDIT_JSON, LOGIT_PROBE_ARRAYS
+    from edge_unlearn.export.audit import AUDIT_FORMAT_V1, AUDIT_JSON, LOGIT_PROBE_ARRAYS, array_digest
 
     model, src = deployed["retrained_int8"], deployed["retrained_bundle"]
 
@@ -299,6 +299,20 @@ def test_a_tampered_output_probe_is_refused_and_a_format_1_bundle_is_audited_wit
     _rewrite(src, tmp_path / "blind.npz", blind)
     one_line_error(invoke_cli(["validate", model, "--bundle", tmp_path / "blind.npz", "--audit"]),
                    "audit_logit_probe_intercept", "changed after the bundle was written")
+
+    def blind_and_rehash(data):
+        blind(data)
+        info = json.loads(str(data[AUDIT_JSON]))
+        info["digests"]["audit_logit_probe_intercept"] = array_digest(data["audit_logit_probe_intercept"])
+        data[AUDIT_JSON] = np.asarray(json.dumps(info))
+
+    _rewrite(src, tmp_path / "rehashed.npz", blind_and_rehash)
+    forged = invoke_cli(["validate", model, "--bundle", tmp_path / "rehashed.npz", "--audit",
+                         "--audit-max-logit-probe", "0.5", "--json"])
+    assert forged.exit_code == 1, forged.output
+    checks = {c["name"]: c for c in json.loads(forged.stdout)["checks"]}
+    assert checks["audit_logit_probe_forget_acc"]["value"] == 0.0  # the blinded output probe "sees" nothing ...
+    assert not checks["audit_fp32_reference"]["passed"]  # ... but it is not the one the host fitted
 
     def format_1(data):
         info = json.loads(str(data[AUDIT_JSON]))
