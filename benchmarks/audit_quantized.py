@@ -46,7 +46,8 @@ def main() -> None:
     args = parser.parse_args()
     for option, path in (("--original", args.original), ("--retrained", args.retrained)):
         if path is not None and not path.is_file():
-            raise SystemExit(f"error: {option} {path} is not a file; give an edge-unlearn checkpoint")
+            print(f"error: {option} {path} is not a file; give an edge-unlearn checkpoint", file=sys.stderr)
+            sys.exit(2)
     tag = f"{Path(args.dataset.split(':')[-1]).stem}_{args.arch}_c{args.forget}"
     work = Path(args.work or ROOT / "benchmarks" / "results" / "audit_work" / tag)
     work.mkdir(parents=True, exist_ok=True)
