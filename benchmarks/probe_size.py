@@ -29,7 +29,7 @@ from edge_unlearn.checkpoint import load_checkpoint
 from edge_unlearn.data import Dataset, load_dataset, preprocess, take_samples
 from edge_unlearn.errors import UsageError
 from edge_unlearn.metrics import (PENULTIMATE, RETAINED_LOGITS, _probe_train_indices, fit_linear_probe, model_outputs,
-                                  probe_test_indices)
+                                  probe_test_indices, retained_logit_columns)
 from edge_unlearn.models import UnlearnableClassifier
 from edge_unlearn.unlearn import ForgetSet, forget
 
@@ -42,7 +42,7 @@ except ImportError:  # imported as part of the benchmarks package (the tests)
 def readouts(model: UnlearnableClassifier, data: Dataset, cls: int) -> dict[str, dict[str, np.ndarray]]:
     """{"train"/"test": {PENULTIMATE: features, RETAINED_LOGITS: logits of the classes neither ``cls`` nor
     masked}} for every training image and the forgotten class's probe test images."""
-    kept = [c for c in range(model.num_classes) if c != cls and c not in model.forgotten_classes]
+    kept = retained_logit_columns(model, [cls])
     out = {}
     for split, images, idx in (("train", data.x_train, None),
                                ("test", data.x_test, probe_test_indices(data, [cls]))):

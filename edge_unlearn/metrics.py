@@ -62,10 +62,6 @@ def linear_probe_accuracy(train_features: np.ndarray, train_labels: np.ndarray, 
                           test_labels: np.ndarray, classes: Sequence[int], seed: int = 0) -> float:
     """Accuracy on ``classes`` of a multinomial logistic-regression probe fitted on labelled features of
     all classes (standardised): can the class still be read out of the representation?"""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
     pred = fit_linear_probe(train_features, train_labels, seed).predict(test_features)
     value = accuracy(pred, test_labels, classes)
     return float("nan") if value is None else value
@@ -185,6 +181,11 @@ def probe_blocks(model: UnlearnableClassifier, input_shape: Sequence[int]) -> li
     return [(name if not name.split(".")[0].isdigit() else f"backbone.{name}", module) for name, module in ends]
 
 
+def retained_logit_columns(model: UnlearnableClassifier, forget_classes: Sequence[int]) -> list[int]:
+    """The logits the :data:`RETAINED_LOGITS` probe reads: classes neither in ``forget_classes`` nor masked."""
+    return [c for c in range(model.num_classes) if c not in forget_classes and c not in model.forgotten_classes]
+
+
 @torch.no_grad()
 def depth_features(model: UnlearnableClassifier, images: "ImageSource | torch.Tensor", data: Dataset,
                    blocks: Sequence[tuple[str, nn.Module]], batch_size: int = 256,
@@ -229,7 +230,7 @@ def probe_forget_accuracy_by_depth(model: UnlearnableClassifier, data: Dataset, 
     test_idx = probe_test_indices(data, forget, seed)
     train = depth_features(model, data.x_train, data, blocks, indices=idx)
     test = depth_features(model, data.x_test, data, blocks, indices=test_idx)
-    kept = [c for c in range(model.num_classes) if c not in forget and c not in model.forgotten_classes]
+    kept = retained_logit_columns(model, forget)
     if kept:
         device = next(model.parameters()).device
         with torch.no_grad():

@@ -130,6 +130,10 @@ class AuditData:
     logit_columns: np.ndarray | None = None
 
     @property
+    def has_output_probe(self) -> bool:
+        return self.logit_probe is not None and self.logit_columns is not None
+
+    @property
     def config(self) -> AuditConfig:
         return AuditConfig.from_json(self.info.get("config", {}))
 
@@ -158,13 +162,12 @@ def audit_arrays(data: AuditData) -> dict[str, np.ndarray]:
               "audit_proto_labels": data.proto_labels, "audit_head_rows": data.head_rows,
               "audit_head_bias": data.head_bias, "audit_features": data.features,
               "audit_proto_features": data.proto_features}
-    if data.logit_probe is not None and data.logit_columns is not None:  # the output probe (format 2)
+    if data.has_output_probe:  # format 2
         arrays.update({"audit_logit_probe_mean": data.logit_probe.mean, "audit_logit_probe_scale": data.logit_probe.scale,
                        "audit_logit_probe_coef": data.logit_probe.coef,
                        "audit_logit_probe_intercept": data.logit_probe.intercept,
                        "audit_logit_probe_classes": data.logit_probe.classes, "audit_logit_columns": data.logit_columns})
-    output_probe = data.logit_probe is not None and data.logit_columns is not None
-    info = {**data.info, "format": AUDIT_FORMAT if output_probe else AUDIT_FORMAT_V1,  # none: no class retained
+    info = {**data.info, "format": AUDIT_FORMAT if data.has_output_probe else AUDIT_FORMAT_V1,  # none: no class retained
             "digests": {k: array_digest(v) for k, v in arrays.items()}}
     return {**arrays, AUDIT_JSON: np.asarray(json.dumps(info))}
 
@@ -298,7 +301,7 @@ def audit_figures(features: np.ndarray, logits: np.ndarray, proto_features: np.n
                               data.head_bias, data.row_norm, config.alphas, config.max_retain_drop)
     out = {**probe_figures(data.probe, features, labels, forgotten), "prototype_forget_acc": attack["forget_acc"],
            "prototype": attack}
-    if data.logit_probe is not None and data.logit_columns is not None:
+    if data.has_output_probe:
         outputs = np.asarray(logits)[:, data.logit_columns]
         out.update({f"logit_{k}": v for k, v in probe_figures(data.logit_probe, outputs, labels, forgotten).items()})
     return out
@@ -330,11 +333,11 @@ def resolve_thresholds(given: AuditThresholds, data: AuditData) -> dict[str, Any
     then defaults (no output-probe threshold, and none at all for a bundle without the output probe)."""
     stored = data.info.get("thresholds") or {}
     out: dict[str, Any] = {"tolerance": given.tolerance, "sources": {}}
-    if data.logit_probe is None and given.max_logit_probe is not None:
+    if not data.has_output_probe and given.max_logit_probe is not None:
         raise UsageError("--audit-max-logit-probe: this bundle has no output probe (audit format 1, written before "
                          "it existed); re-create it with `edge-unlearn bundle CHECKPOINT --audit`")
     names = (("max_probe", None), ("max_prototype", DEFAULT_MAX_PROTOTYPE))
-    if data.logit_probe is None:
+    if not data.has_output_probe:
         out["max_logit_probe"] = None
         out["sources"]["max_logit_probe"] = "no output probe in this bundle (audit format 1): re-create it"
     else:
@@ -374,7 +377,7 @@ def audit_checks(features: np.ndarray, logits: np.ndarray, proto_features: np.nd
     # the FP32 reference: re-derived from the stored FP32 features with the stored probe and rows, it must equal
     # the figures the host recorded (a probe or rows edited without re-fitting fail here)
     fp32 = audit_figures(data.features, reference_logits, data.proto_features, labels, forgotten, data)
-    output_probe = data.logit_probe is not None
+    output_probe = data.has_output_probe
     keys = ("probe_forget_acc", "probe_retain_acc", "prototype_forget_acc") + (
         ("logit_probe_forget_acc", "logit_probe_retain_acc") if output_probe else ())
     same = all(_close(fp32[k], stored.get(k)) for k in keys)
