@@ -9,6 +9,7 @@ Every step is an `edge-unlearn` command (run in a subprocess, exactly as a user 
 --work (default benchmarks/results/audit_work/<dataset>_<arch>) with the command that made them and the NHLE
 config version, so a re-run only redoes the deployment side.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,8 +27,12 @@ CLI = [sys.executable, "-m", "edge_unlearn.cli"]
 
 
 def run(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run([*CLI, *map(str, args)], capture_output=True, text=True,
-                          env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")})
+    proc = subprocess.run(
+        [*CLI, *map(str, args)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")},
+    )
     if check and proc.returncode != 0:
         raise SystemExit(f"{' '.join(map(str, args))} failed ({proc.returncode}): {proc.stderr.strip()[-500:]}")
     return proc
@@ -39,10 +44,18 @@ def main() -> None:
     parser.add_argument("--arch", default="lenet")
     parser.add_argument("--forget", default="3")
     parser.add_argument("--work", default=None)
-    parser.add_argument("--original", type=Path, default=None,
-                        help="an existing original checkpoint instead of training one (e.g. a CIFAR-10 model)")
-    parser.add_argument("--retrained", type=Path, default=None,
-                        help="an existing model retrained without --forget instead of retraining one")
+    parser.add_argument(
+        "--original",
+        type=Path,
+        default=None,
+        help="an existing original checkpoint instead of training one (e.g. a CIFAR-10 model)",
+    )
+    parser.add_argument(
+        "--retrained",
+        type=Path,
+        default=None,
+        help="an existing model retrained without --forget instead of retraining one",
+    )
     args = parser.parse_args()
     for option, path in (("--original", args.original), ("--retrained", args.retrained)):
         if path is not None and not path.is_file():
@@ -54,12 +67,32 @@ def main() -> None:
     orig, nhle, masked, gold = (work / f"{n}.safetensors" for n in ("original", "nhle", "masked", "retrain"))
     orig, gold = args.original or orig, args.retrained or gold
     seconds: dict[str, float] = {}
-    steps = [(orig, ["train", "--dataset", args.dataset, "--arch", args.arch, "--device", "cpu", "-o", orig]),
-             (nhle, ["forget", orig, "--forget", args.forget, "--device", "cpu", "--no-eval", "-o", nhle]),
-             # the original with the class masked and nothing else (NHLE with no projection and a no-op step)
-             (masked, ["forget", orig, "--forget", args.forget, "--device", "cpu", "--no-eval", "--set", "steps=1",
-                       "--set", "lr=1e-12", "--set", "project=false", "-o", masked]),
-             (gold, ["retrain", orig, "--forget", args.forget, "-o", gold])]
+    steps = [
+        (orig, ["train", "--dataset", args.dataset, "--arch", args.arch, "--device", "cpu", "-o", orig]),
+        (nhle, ["forget", orig, "--forget", args.forget, "--device", "cpu", "--no-eval", "-o", nhle]),
+        # the original with the class masked and nothing else (NHLE with no projection and a no-op step)
+        (
+            masked,
+            [
+                "forget",
+                orig,
+                "--forget",
+                args.forget,
+                "--device",
+                "cpu",
+                "--no-eval",
+                "--set",
+                "steps=1",
+                "--set",
+                "lr=1e-12",
+                "--set",
+                "project=false",
+                "-o",
+                masked,
+            ],
+        ),
+        (gold, ["retrain", orig, "--forget", args.forget, "-o", gold]),
+    ]
     given = {p for p in (args.original, args.retrained) if p is not None}
     for path, cmd in [(path, cmd) for path, cmd in steps if path not in given]:
         # a cached checkpoint is reused only if the same command made it with the same NHLE config version
@@ -80,9 +113,11 @@ def main() -> None:
         fp32 = work / f"{stem}.audit.onnx"
         run("export", ckpt, "--audit", "-o", fp32, "-q")
         models = {"fp32": fp32}
-        for label, opts in (("int8-cpu", ["--precision", "int8", "--target", "cpu"]),
-                            ("int8-tensorrt", ["--precision", "int8", "--target", "tensorrt"]),
-                            ("fp16", ["--precision", "fp16"])):
+        for label, opts in (
+            ("int8-cpu", ["--precision", "int8", "--target", "cpu"]),
+            ("int8-tensorrt", ["--precision", "int8", "--target", "tensorrt"]),
+            ("fp16", ["--precision", "fp16"]),
+        ):
             models[label] = work / f"{stem}.audit.{label}.onnx"
             run("quantize", fp32, *opts, "--calib", args.dataset, "-o", models[label], "-q")
         for label, model in models.items():
@@ -92,34 +127,60 @@ def main() -> None:
             report = json.loads(proc.stdout)
             audit = report["audit"]
             failed = [c["name"] for c in report["checks"] if not c["passed"]]
-            rows.append({"model": name, "precision": label, "exit": proc.returncode,
-                         "probe_forget": audit["device"]["probe_forget_acc"],
-                         "logit_probe_forget": audit["device"].get("logit_probe_forget_acc"),
-                         "fp32_logit_probe": audit["fp32"].get("logit_probe_forget_acc"),
-                         "retrain_logit_probe": (audit.get("retrained") or {}).get("logit_probe_forget_acc"),
-                         "max_logit_probe": audit["thresholds"].get("max_logit_probe"),
-                         "prototype": audit["device"]["prototype_forget_acc"],
-                         "fp32_prototype": audit["fp32"]["prototype_forget_acc"],
-                         "retrain_prototype": (audit.get("retrained") or {}).get("prototype_forget_acc"),
-                         "max_probe": audit["thresholds"]["max_probe"],
-                         "max_prototype": audit["thresholds"]["max_prototype"],
-                         "feature_rel_error": audit["feature_relative_error"], "failed": failed,
-                         "weight_steps": audit.get("weight_steps") if label == "fp32" else None})
-    print(f"{'model':<18} {'precision':<14} {'exit':>4} {'probe':>7} {'proto':>7} {'fp32':>7} {'retrain':>7} "
-          f"{'max':>6} {'out probe':>9} {'fp32':>7} {'retrain':>7} {'max':>6} {'feat err':>8}  failed")
+            rows.append(
+                {
+                    "model": name,
+                    "precision": label,
+                    "exit": proc.returncode,
+                    "probe_forget": audit["device"]["probe_forget_acc"],
+                    "logit_probe_forget": audit["device"].get("logit_probe_forget_acc"),
+                    "fp32_logit_probe": audit["fp32"].get("logit_probe_forget_acc"),
+                    "retrain_logit_probe": (audit.get("retrained") or {}).get("logit_probe_forget_acc"),
+                    "max_logit_probe": audit["thresholds"].get("max_logit_probe"),
+                    "prototype": audit["device"]["prototype_forget_acc"],
+                    "fp32_prototype": audit["fp32"]["prototype_forget_acc"],
+                    "retrain_prototype": (audit.get("retrained") or {}).get("prototype_forget_acc"),
+                    "max_probe": audit["thresholds"]["max_probe"],
+                    "max_prototype": audit["thresholds"]["max_prototype"],
+                    "feature_rel_error": audit["feature_relative_error"],
+                    "failed": failed,
+                    "weight_steps": audit.get("weight_steps") if label == "fp32" else None,
+                }
+            )
+    print(
+        f"{'model':<18} {'precision':<14} {'exit':>4} {'probe':>7} {'proto':>7} {'fp32':>7} {'retrain':>7} "
+        f"{'max':>6} {'out probe':>9} {'fp32':>7} {'retrain':>7} {'max':>6} {'feat err':>8}  failed"
+    )
     for r in rows:
-        print(f"{r['model']:<18} {r['precision']:<14} {r['exit']:>4} {r['probe_forget']:>7.4f} {r['prototype']:>7.4f} "
-              f"{r['fp32_prototype']:>7.4f} {r['retrain_prototype']:>7.4f} {r['max_prototype']:>6.3f} "
-              f"{r['logit_probe_forget']:>9.4f} {r['fp32_logit_probe']:>7.4f} {r['retrain_logit_probe']:>7.4f} "
-              f"{r['max_logit_probe']:>6.3f} {r['feature_rel_error']:>8.4f}  {', '.join(r['failed']) or '-'}")
+        print(
+            f"{r['model']:<18} {r['precision']:<14} {r['exit']:>4} {r['probe_forget']:>7.4f} {r['prototype']:>7.4f} "
+            f"{r['fp32_prototype']:>7.4f} {r['retrain_prototype']:>7.4f} {r['max_prototype']:>6.3f} "
+            f"{r['logit_probe_forget']:>9.4f} {r['fp32_logit_probe']:>7.4f} {r['retrain_logit_probe']:>7.4f} "
+            f"{r['max_logit_probe']:>6.3f} {r['feature_rel_error']:>8.4f}  {', '.join(r['failed']) or '-'}"
+        )
     steps_report = next((r["weight_steps"] for r in rows if r["weight_steps"]), None)
     if steps_report:
-        print(f"NHLE weight edits: {steps_report['changed']} changed; below half an INT8 step "
-              f"{steps_report['int8_below_half_step']:.4f}, below half an FP16 step {steps_report['fp16_below_half_step']:.4f}")
+        print(
+            f"NHLE weight edits: {steps_report['changed']} changed; below half an INT8 step "
+            f"{steps_report['int8_below_half_step']:.4f}, below half an FP16 step {steps_report['fp16_below_half_step']:.4f}"
+        )
     out = ROOT / "benchmarks" / "results" / f"audit_quantized_{tag}.json"
-    out.write_text(json.dumps({"dataset": args.dataset, "arch": args.arch, "forget": args.forget, "rows": rows,
-                               "seconds": seconds, "original": str(orig), "retrained": str(gold),
-                               "command": " ".join(sys.argv)}, indent=1) + "\n")
+    out.write_text(
+        json.dumps(
+            {
+                "dataset": args.dataset,
+                "arch": args.arch,
+                "forget": args.forget,
+                "rows": rows,
+                "seconds": seconds,
+                "original": str(orig),
+                "retrained": str(gold),
+                "command": " ".join(sys.argv),
+            },
+            indent=1,
+        )
+        + "\n"
+    )
     print(f"wrote {out}")
 
 

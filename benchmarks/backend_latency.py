@@ -3,7 +3,7 @@ vs onnxruntime INT8, batches 1/8/64, p50/p99 and throughput, INT8/FP32 ratio.
 
 For each model: train briefly (latency does not depend on how well the weights are trained), mask class 3
 (the deployed contract: compact head + mask), write the checkpoint, export FP32 ONNX, quantize to INT8 (static
-QDQ, calibrated on retained classes), then bench all three with ``edge_unlearn.export.bench`` — the same loop as
+QDQ, calibrated on retained classes), then bench all three with ``edge_unlearn.deploy.bench`` — the same loop as
 ``edge-unlearn bench``. Writes the table (stdout), JSON, CSV and a latency plot.
 
     python benchmarks/backend_latency.py --out-dir bench_out/backend_latency            # the full run
@@ -12,6 +12,7 @@ QDQ, calibrated on retained classes), then bench all three with ``edge_unlearn.e
 Equivalent CLI for one model: ``edge-unlearn bench ckpt.safetensors model.onnx model.int8.onnx --batch 1,8,64
 --provider cpu --json-out out.json``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,16 +31,17 @@ PLAN = [("lenet", "mnist.npz", None, 1), ("resnet18", "fashion_mnist.npz", 5120,
 FORGET = (3,)
 
 
-def prepare(arch: str, dataset_file: str, train_samples: int | None, epochs: int, folder: Path,
-            calib_samples: int, log) -> tuple[Path, Path, Path]:
+def prepare(
+    arch: str, dataset_file: str, train_samples: int | None, epochs: int, folder: Path, calib_samples: int, log
+) -> tuple[Path, Path, Path]:
     """Train (on a subset when ``train_samples``), mask FORGET, export FP32 and INT8; returns the three paths."""
     import torch
 
     from edge_unlearn.checkpoint import CheckpointMeta, save_checkpoint
     from edge_unlearn.data import load_dataset
-    from edge_unlearn.training import TrainConfig, train_model
     from edge_unlearn.export.onnx_export import export_onnx
     from edge_unlearn.export.quantize import QuantizeConfig, quantize_model
+    from edge_unlearn.training import TrainConfig, train_model
 
     spec = f"npz:{DATA / dataset_file}"
     data = load_dataset(spec)
@@ -51,9 +53,15 @@ def prepare(arch: str, dataset_file: str, train_samples: int | None, epochs: int
     model = train_model(arch, data, recipe, progress=False).model
     log(f"{arch}: trained on {len(data.y_train)} images of {dataset_file} in {time.perf_counter() - t0:.0f} s")
     model.mask_classes(FORGET)
-    meta = CheckpointMeta(arch=arch, num_classes=data.num_classes, class_names=data.class_names,
-                          input_shape=data.input_shape, normalization=data.normalization, dataset=spec,
-                          train_recipe=recipe.to_json())
+    meta = CheckpointMeta(
+        arch=arch,
+        num_classes=data.num_classes,
+        class_names=data.class_names,
+        input_shape=data.input_shape,
+        normalization=data.normalization,
+        dataset=spec,
+        train_recipe=recipe.to_json(),
+    )
     ckpt, fp32, int8 = folder / f"{arch}.safetensors", folder / f"{arch}.onnx", folder / f"{arch}.int8.onnx"
     save_checkpoint(ckpt, model, meta)
     with contextlib.redirect_stdout(io.StringIO()):
@@ -69,19 +77,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", default="1,8,64")
     parser.add_argument("--iterations", type=int, default=None, help="Timed calls per batch (default 100; quick 5).")
     parser.add_argument("--warmup", type=int, default=10)
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads of onnxruntime and torch (default: theirs).")
-    parser.add_argument("--archs", default=",".join(p[0] for p in PLAN), help="Comma-separated subset of lenet,resnet18.")
-    parser.add_argument("--quick", action="store_true",
-                        help="Smoke test: 512 training images, 64 calibration images, 5 iterations, batches 1,8.")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="CPU threads of onnxruntime and torch (default: theirs)."
+    )
+    parser.add_argument(
+        "--archs", default=",".join(p[0] for p in PLAN), help="Comma-separated subset of lenet,resnet18."
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="Smoke test: 512 training images, 64 calibration images, 5 iterations, batches 1,8.",
+    )
     args = parser.parse_args(argv)
 
-    from edge_unlearn.export.bench import BenchConfig, BenchReport, bench_artefacts, parse_batches, plot_latency
+    from edge_unlearn.deploy.bench import BenchConfig, BenchReport, bench_artefacts, parse_batches, plot_latency
 
     quick = args.quick
     batches = parse_batches("1,8" if quick and args.batch == "1,8,64" else args.batch)
     iterations = args.iterations or (5 if quick else 100)
-    config = BenchConfig(batches=batches, warmup=2 if quick else args.warmup, iterations=iterations,
-                         threads=args.threads)
+    config = BenchConfig(
+        batches=batches, warmup=2 if quick else args.warmup, iterations=iterations, threads=args.threads
+    )
     out = args.out_dir
     (out / "models").mkdir(parents=True, exist_ok=True)
     wanted = [a.strip() for a in args.archs.split(",") if a.strip()]
@@ -90,23 +106,33 @@ def main(argv: list[str] | None = None) -> int:
     for arch, dataset_file, train_samples, epochs in PLAN:
         if arch not in wanted:
             continue
-        ckpt, fp32, int8 = prepare(arch, dataset_file, 512 if quick else train_samples, epochs, out / "models",
-                                   64 if quick else 256, log)
+        ckpt, fp32, int8 = prepare(
+            arch, dataset_file, 512 if quick else train_samples, epochs, out / "models", 64 if quick else 256, log
+        )
         names = [f"{arch} torch eager", f"{arch} onnx fp32", f"{arch} onnx int8"]
         reports.append(bench_artefacts([ckpt, fp32, int8], config, provider="cpu", names=names, echo=log))
-    merged = BenchReport([row for r in reports for row in r.rows], config, reports[-1].environment,
-                         [e for r in reports for e in r.errors])
+    merged = BenchReport(
+        [row for r in reports for row in r.rows],
+        config,
+        reports[-1].environment,
+        [e for r in reports for e in r.errors],
+    )
     print(merged.table())
     ratios = merged.ratios()
     print("INT8 / FP32 onnxruntime p50 latency ratio (< 1: INT8 faster):")
     for q in ratios:
         if q["precision"] == "int8":
-            print(f"  {q['name']:<20} batch {q['batch']:>3}: p50 x{q['p50_ratio']:.2f}, p99 x{q['p99_ratio']:.2f}, "
-                  f"throughput x{q['throughput_ratio']:.2f}")
+            print(
+                f"  {q['name']:<20} batch {q['batch']:>3}: p50 x{q['p50_ratio']:.2f}, p99 x{q['p99_ratio']:.2f}, "
+                f"throughput x{q['throughput_ratio']:.2f}"
+            )
     data = merged.to_json()
     data["quick"] = quick
-    data["models"] = {arch: {"dataset": ds, "train_samples": 512 if quick else n, "epochs": ep}
-                      for arch, ds, n, ep in PLAN if arch in wanted}
+    data["models"] = {
+        arch: {"dataset": ds, "train_samples": 512 if quick else n, "epochs": ep}
+        for arch, ds, n, ep in PLAN
+        if arch in wanted
+    }
     from edge_unlearn.core.jsontext import to_json_text
 
     (out / "backend_latency.json").write_text(to_json_text(data) + "\n")

@@ -12,6 +12,7 @@ Example::
     python benchmarks/block_stats_shift.py --checkpoint cifar_resnet18.safetensors \\
         --dataset npz:../shared/data/cifar10.npz --forget-class 5 --json out.json
 """
+
 from __future__ import annotations
 
 import argparse
@@ -62,8 +63,12 @@ def run(args: argparse.Namespace) -> int:
     cls = args.forget_class
     keep = [c for c in range(data.num_classes) if c != cls]
     x, y = take_samples(data, [cls], args.samples, seed=args.seed)
-    result = forget(original, ForgetSet(prep(x), y, (cls,)), method="nhle",
-                    config=method_config("nhle", {"backbone_step": "last_block"}))
+    result = forget(
+        original,
+        ForgetSet(prep(x), y, (cls,)),
+        method="nhle",
+        config=method_config("nhle", {"backbone_step": "last_block"}),
+    )
     block = last_residual_block(result.model.backbone)
     name = next(n for n, m in result.model.backbone.named_modules() if m is block) + ".conv2"
     remeasured = copy.deepcopy(result.model)
@@ -75,9 +80,17 @@ def run(args: argparse.Namespace) -> int:
     for c, a, b in zip(keep, stale, shifted):
         print(f"| {c} | {a:.3f} | {b:.3f} |")
     print(f"| mean | {sum(stale) / len(stale):.3f} | {sum(shifted) / len(shifted):.3f} |")
-    report = {"schema": "edge_unlearn.bench.block_stats_shift", "version": 1, "dataset": data.spec,
-              "forget_class": cls, "layer": name, "classes": keep, "stale": stale, "shifted": shifted,
-              **results_provenance(t0)}
+    report = {
+        "schema": "edge_unlearn.bench.block_stats_shift",
+        "version": 1,
+        "dataset": data.spec,
+        "forget_class": cls,
+        "layer": name,
+        "classes": keep,
+        "stale": stale,
+        "shifted": shifted,
+        **results_provenance(t0),
+    }
     write_results(report, "", args.json, None)
     return 0
 

@@ -10,6 +10,7 @@ layer at a time in float (the few largest) to show which layers lose most.
     python benchmarks/byom_int8.py --model WORK/resnet18.deploy --calib npz:WORK/subset.npz \\
         --json benchmarks/results/byom_int8.json
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,10 +23,17 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_unlearn.export.bundle import load_bundle
-from edge_unlearn.export.onnx_meta import mask_node_names, read_meta, load_onnx
-from edge_unlearn.export.quantize import (CpuFeatures, QuantizeConfig, calibration_inputs, choose_layout,
-                                          quantize_int8_proto, quantize_model, read_cpu_features)
+from edge_unlearn.deploy.bundle import load_bundle
+from edge_unlearn.deploy.onnx_meta import load_onnx, mask_node_names, read_meta
+from edge_unlearn.export.quantize import (
+    CpuFeatures,
+    QuantizeConfig,
+    calibration_inputs,
+    choose_layout,
+    quantize_int8_proto,
+    quantize_model,
+    read_cpu_features,
+)
 
 VNNI = CpuFeatures("x86_64", frozenset({"avx2", "avx512f", "avx512_vnni"}))
 
@@ -36,8 +44,9 @@ def run(path: Path, inputs: np.ndarray, meta) -> np.ndarray:
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    return np.concatenate([session.run([meta.output_name], {meta.input_name: inputs[i:i + 256]})[0]
-                           for i in range(0, len(inputs), 256)])
+    return np.concatenate(
+        [session.run([meta.output_name], {meta.input_name: inputs[i : i + 256]})[0] for i in range(0, len(inputs), 256)]
+    )
 
 
 def figures(logits: np.ndarray, bundle, ref_pred: np.ndarray, margin: np.ndarray) -> dict:
@@ -52,10 +61,14 @@ def figures(logits: np.ndarray, bundle, ref_pred: np.ndarray, margin: np.ndarray
     ref_acc = float((ref_pred[retained] == bundle.labels[retained]).mean())
     error = np.abs(logits[:, columns] - bundle.reference_logits[:, columns]).max(1)
     typical = float(np.median(error[retained]))
-    return {"agreement": round(float(1 - flips.sum() / retained.sum()), 4), "retain_drop": round(ref_acc - acc, 4),
-            "flips": int(flips.sum()), "median_logit_error": round(typical, 4),
-            "share_margin_below_2x_error": round(float((margin[retained] < 2 * typical).mean()), 4),
-            "median_margin_flipped": round(float(np.median(margin[flips])), 3) if flips.any() else None}
+    return {
+        "agreement": round(float(1 - flips.sum() / retained.sum()), 4),
+        "retain_drop": round(ref_acc - acc, 4),
+        "flips": int(flips.sum()),
+        "median_logit_error": round(typical, 4),
+        "share_margin_below_2x_error": round(float((margin[retained] < 2 * typical).mean()), 4),
+        "median_margin_flipped": round(float(np.median(margin[flips])), 3) if flips.any() else None,
+    }
 
 
 def main() -> None:
@@ -77,9 +90,14 @@ def main() -> None:
         top2 = np.sort(np.where(np.isfinite(ref), ref, -1e30), axis=1)[:, -2:]
         margin = top2[:, 1] - top2[:, 0]
         retained = ~np.isin(bundle.labels, bundle.forgotten_classes)
-        row = {"model": str(folder), "samples": int(retained.sum()), "calib": calib,
-               "median_margin_all": round(float(np.median(margin[retained])), 3),
-               "fp32": figures(run(fp32, bundle.inputs, meta), bundle, ref_pred, margin), "variants": {}}
+        row = {
+            "model": str(folder),
+            "samples": int(retained.sum()),
+            "calib": calib,
+            "median_margin_all": round(float(np.median(margin[retained])), 3),
+            "fp32": figures(run(fp32, bundle.inputs, meta), bundle, ref_pred, margin),
+            "variants": {},
+        }
         proto = load_onnx(fp32)
         mask = mask_node_names(proto)
         first = [n.name for n in proto.graph.node if meta.input_name in n.input]
@@ -102,21 +120,28 @@ def main() -> None:
             "cpu, 32 calibration samples": (base, cpu_layout, [], 32),
             "cpu, first layer float": (base, cpu_layout, first, 256),
             f"cpu {vnni_layout.name} (full-range weights, VNNI CPUs)": (base, vnni_layout, [], 256),
-            f"tensorrt {trt_layout.name}, first layer float": (replace(base, target="tensorrt"), trt_layout, first, 256),
+            f"tensorrt {trt_layout.name}, first layer float": (
+                replace(base, target="tensorrt"),
+                trt_layout,
+                first,
+                256,
+            ),
             "dynamic (weights only)": (replace(base, mode="dynamic"), choose_layout("cpu", cpu, mode="dynamic"), [], 0),
         }
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(tmp) / "fp16.onnx"  # a perturbation ~100x smaller than INT8's: how fragile is the argmax?
             with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
                 quantize_model(fp32, out, QuantizeConfig(precision="fp16", target="cpu"))
-            row["variants"]["fp16 (onnxruntime converter)"] = figures(run(out, bundle.inputs, meta), bundle,
-                                                                      ref_pred, margin)
+            row["variants"]["fp16 (onnxruntime converter)"] = figures(
+                run(out, bundle.inputs, meta), bundle, ref_pred, margin
+            )
             print(f"{folder.name:28s} {'fp16':58s} {json.dumps(row['variants']['fp16 (onnxruntime converter)'])}")
             for name, (config, layout, extra, n) in variants.items():
                 out = Path(tmp) / "q.onnx"
                 with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-                    quantize_int8_proto(fp32, out, inputs_for(n) if n else None, meta.input_name, config,
-                                        mask + extra, layout)
+                    quantize_int8_proto(
+                        fp32, out, inputs_for(n) if n else None, meta.input_name, config, mask + extra, layout
+                    )
                 row["variants"][name] = figures(run(out, bundle.inputs, meta), bundle, ref_pred, margin)
                 print(f"{folder.name:28s} {name:58s} {json.dumps(row['variants'][name])}", flush=True)
             if args.sensitivity:
@@ -124,16 +149,19 @@ def main() -> None:
                 from onnx import numpy_helper
 
                 sizes = {t.name: numpy_helper.to_array(t).size for t in proto.graph.initializer}
-                layers = sorted((n for n in proto.graph.node if n.op_type in ("Conv", "Gemm", "MatMul")),
-                                key=lambda n: -max((sizes.get(i, 0) for i in n.input), default=0))
+                layers = sorted(
+                    (n for n in proto.graph.node if n.op_type in ("Conv", "Gemm", "MatMul")),
+                    key=lambda n: -max((sizes.get(i, 0) for i in n.input), default=0),
+                )
                 weighted = [n.name for n in proto.graph.node if n.op_type in ("Conv", "Gemm", "MatMul")]
-                picked = [n.name for n in layers[:max(0, args.sensitivity - 2)]] + weighted[:1] + weighted[-1:]
+                picked = [n.name for n in layers[: max(0, args.sensitivity - 2)]] + weighted[:1] + weighted[-1:]
                 row["sensitivity"] = {}
                 for name in dict.fromkeys(picked):
                     out = Path(tmp) / "s.onnx"
                     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-                        quantize_int8_proto(fp32, out, inputs_for(256), meta.input_name, base, mask + [name],
-                                            cpu_layout)
+                        quantize_int8_proto(
+                            fp32, out, inputs_for(256), meta.input_name, base, mask + [name], cpu_layout
+                        )
                     row["sensitivity"][name] = figures(run(out, bundle.inputs, meta), bundle, ref_pred, margin)
                     print(f"{folder.name:28s} float {name:52s} {json.dumps(row['sensitivity'][name])}", flush=True)
         results.append(row)

@@ -13,6 +13,7 @@ as N grows ×16: images are decoded batch by batch, never held.
 
 Writes benchmarks/results/data_scale.json and .md (the table also printed).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -68,7 +69,7 @@ def link_folder(pool: Path, target: Path, train: int, test: int) -> None:
     files = sorted(pool.glob("*/*.jpg"), key=lambda p: p.name)
     if len(files) < train + test:
         raise SystemExit(f"the pool holds {len(files)} images, {train + test} are needed")
-    for split, chosen in (("train", files[:train]), ("test", files[train:train + test])):
+    for split, chosen in (("train", files[:train]), ("test", files[train : train + test])):
         for file in chosen:
             link = target / split / file.parent.name / file.name
             link.parent.mkdir(parents=True, exist_ok=True)
@@ -100,8 +101,12 @@ def main() -> None:
     parser.add_argument("--sizes", default="2000,8000,32000", help="Test-split sizes N (comma-separated).")
     parser.add_argument("--rounds", type=int, default=2, help="Interleaved rounds (median reported).")
     parser.add_argument("--workers", type=int, default=0, help="--workers of evaluate.")
-    parser.add_argument("--cache", type=Path, default=ROOT / "benchmarks" / ".cache" / "data_scale",
-                        help="Where the generated images and checkpoints stay between runs (gitignored).")
+    parser.add_argument(
+        "--cache",
+        type=Path,
+        default=ROOT / "benchmarks" / ".cache" / "data_scale",
+        help="Where the generated images and checkpoints stay between runs (gitignored).",
+    )
     parser.add_argument("--threads", type=int, default=1, help="OMP/torch threads of the child (1: fair under load).")
     parser.add_argument("--out", type=Path, default=RESULTS / "data_scale.json")
     args = parser.parse_args()
@@ -120,20 +125,54 @@ def main() -> None:
     if not ckpt.exists():
         base = args.cache / "original.safetensors"
         small = f"folder:{args.cache / f'n{sizes[0]}'}"
-        run_child([str(EXE), "train", "--dataset", small, "--image-size", "32", "--arch", "lenet", "--epochs", "1",
-                   "--min-steps", "60", "-q", "-o", str(base)], env)
-        run_child([str(EXE), "forget", str(base), "--forget", "3", "--samples", "16", "--no-eval", "-q",
-                   "-o", str(ckpt)], env)
+        run_child(
+            [
+                str(EXE),
+                "train",
+                "--dataset",
+                small,
+                "--image-size",
+                "32",
+                "--arch",
+                "lenet",
+                "--epochs",
+                "1",
+                "--min-steps",
+                "60",
+                "-q",
+                "-o",
+                str(base),
+            ],
+            env,
+        )
+        run_child(
+            [str(EXE), "forget", str(base), "--forget", "3", "--samples", "16", "--no-eval", "-q", "-o", str(ckpt)], env
+        )
     samples: dict[int, list[dict]] = {n: [] for n in sizes}
     for r in range(args.rounds):
         for n in sizes:  # interleaved: every N sees the same machine load over the run
-            cmd = [str(EXE), "evaluate", str(ckpt), "--dataset", f"folder:{args.cache / f'n{n}'}", "--json",
-                   "--workers", str(args.workers)]
+            cmd = [
+                str(EXE),
+                "evaluate",
+                str(ckpt),
+                "--dataset",
+                f"folder:{args.cache / f'n{n}'}",
+                "--json",
+                "--workers",
+                str(args.workers),
+            ]
             load = os.getloadavg()[0]
             wall, rss, out = run_child(cmd, env)
             report = json.loads(out)
-            samples[n].append({"wall_s": wall, "peak_rss_bytes": rss, "eval_s": report["seconds"],
-                               "accuracy": report["accuracy"], "load_before": load})
+            samples[n].append(
+                {
+                    "wall_s": wall,
+                    "peak_rss_bytes": rss,
+                    "eval_s": report["seconds"],
+                    "accuracy": report["accuracy"],
+                    "load_before": load,
+                }
+            )
             print(f"  round {r + 1}: N={n}: {wall:.1f} s, peak RSS {rss / 2**20:.0f} MiB", flush=True)
             done = sorted(m for m in sizes if samples[m])
             write_results(args, done, samples, generate_s)  # after every run: a long run leaves its figures
@@ -146,28 +185,53 @@ def write_results(args, sizes: list[int], samples: dict[int, list[dict]], genera
         rss = statistics.median(s["peak_rss_bytes"] for s in samples[n])
         wall = statistics.median(s["wall_s"] for s in samples[n])
         evals = statistics.median(s["eval_s"] for s in samples[n])
-        rows.append({"images": n, "peak_rss_mib": rss / 2**20, "wall_s": wall, "eval_s": evals,
-                     "images_per_s_wall": n / wall, "images_per_s_eval": n / evals,
-                     "accuracy": samples[n][0]["accuracy"], "runs": samples[n]})
+        rows.append(
+            {
+                "images": n,
+                "peak_rss_mib": rss / 2**20,
+                "wall_s": wall,
+                "eval_s": evals,
+                "images_per_s_wall": n / wall,
+                "images_per_s_eval": n / evals,
+                "accuracy": samples[n][0]["accuracy"],
+                "runs": samples[n],
+            }
+        )
     base_rss = rows[0]["peak_rss_mib"]
     for row in rows:
         row["rss_vs_smallest"] = row["peak_rss_mib"] / base_rss
     flat = max(r["rss_vs_smallest"] for r in rows) <= 1.10
     rounds = len(samples[sizes[0]])
-    result = {"benchmark": "data_scale", "command": "edge-unlearn evaluate CKPT --dataset folder:DIR",
-              "workers": args.workers, "threads": args.threads, "rounds": rounds, "train_images": TRAIN_IMAGES,
-              "generate_seconds": generate_s, "machine": {"cpu": platform.processor() or platform.machine(),
-                                                          "cores": os.cpu_count(), "load": os.getloadavg()},
-              "rss_flat_within_10pct": flat, "rows": rows}
-    lines = [f"`edge-unlearn evaluate` (probe included: {TRAIN_IMAGES} training images decoded per run) on a folder "
-             f"of N JPEGs (20×20 to 300×200, ~30 % grey) brought to 32×32, lenet, --workers {args.workers}, "
-             f"{args.threads} thread(s), median of {rounds} interleaved round(s); {os.cpu_count()} cores shared "
-             f"with other jobs (load average {os.getloadavg()[0]:.1f}).", "",
-             "| N images | peak RSS (MiB) | vs smallest N | wall (s) | images/s (wall) | images/s (evaluation) |",
-             "|---:|---:|---:|---:|---:|---:|"]
+    result = {
+        "benchmark": "data_scale",
+        "command": "edge-unlearn evaluate CKPT --dataset folder:DIR",
+        "workers": args.workers,
+        "threads": args.threads,
+        "rounds": rounds,
+        "train_images": TRAIN_IMAGES,
+        "generate_seconds": generate_s,
+        "machine": {
+            "cpu": platform.processor() or platform.machine(),
+            "cores": os.cpu_count(),
+            "load": os.getloadavg(),
+        },
+        "rss_flat_within_10pct": flat,
+        "rows": rows,
+    }
+    lines = [
+        f"`edge-unlearn evaluate` (probe included: {TRAIN_IMAGES} training images decoded per run) on a folder "
+        f"of N JPEGs (20×20 to 300×200, ~30 % grey) brought to 32×32, lenet, --workers {args.workers}, "
+        f"{args.threads} thread(s), median of {rounds} interleaved round(s); {os.cpu_count()} cores shared "
+        f"with other jobs (load average {os.getloadavg()[0]:.1f}).",
+        "",
+        "| N images | peak RSS (MiB) | vs smallest N | wall (s) | images/s (wall) | images/s (evaluation) |",
+        "|---:|---:|---:|---:|---:|---:|",
+    ]
     for row in rows:
-        lines.append(f"| {row['images']} | {row['peak_rss_mib']:.0f} | {row['rss_vs_smallest']:.3f} | "
-                     f"{row['wall_s']:.1f} | {row['images_per_s_wall']:.0f} | {row['images_per_s_eval']:.0f} |")
+        lines.append(
+            f"| {row['images']} | {row['peak_rss_mib']:.0f} | {row['rss_vs_smallest']:.3f} | "
+            f"{row['wall_s']:.1f} | {row['images_per_s_wall']:.0f} | {row['images_per_s_eval']:.0f} |"
+        )
     lines += ["", f"Peak RSS flat within 10 % over ×{max(sizes) // min(sizes)} images: {'yes' if flat else 'NO'}."]
     table = "\n".join(lines)
     print(table)

@@ -21,6 +21,7 @@ Examples::
     nohup python benchmarks/forgetting_depth.py --preset cifar-resnet18 > bench_out/cifar.log 2>&1 &   # hours on CPU
     python benchmarks/forgetting_depth.py --combine part_c3/….json part_c5/….json   # one experiment run in parts
 """
+
 from __future__ import annotations
 
 import argparse
@@ -64,7 +65,9 @@ def parse_variants(text: str | None) -> list[dict[str, Any]]:
     try:
         variants = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise SystemExit(f"--variants is not JSON ({exc}); pass a list like '[{{\"feature_depth\": \"every_layer\"}}]'")
+        raise SystemExit(
+            f'--variants is not JSON ({exc}); pass a list like \'[{{"feature_depth": "every_layer"}}]\''
+        ) from None
     if not isinstance(variants, list) or not all(isinstance(v, dict) and v for v in variants):
         raise SystemExit("--variants must be a JSON list of non-empty objects of NHLE parameters")
     for v in variants:
@@ -80,7 +83,7 @@ class Preset:
     dataset: str
     classes: tuple[int, ...]
     seeds: tuple[int, ...]
-    epochs: int = 3          # the default recipe (TrainConfig)
+    epochs: int = 3  # the default recipe (TrainConfig)
     min_steps: int = 500
 
 
@@ -110,29 +113,42 @@ def data_digest(data: Dataset) -> str:
     return h.hexdigest()
 
 
-def cached_train(cache: Path, arch: str, data: Dataset, digest: str, recipe: TrainConfig,
-                 forget_classes: tuple[int, ...] = ()) -> tuple[UnlearnableClassifier, float, str]:
+def cached_train(
+    cache: Path, arch: str, data: Dataset, digest: str, recipe: TrainConfig, forget_classes: tuple[int, ...] = ()
+) -> tuple[UnlearnableClassifier, float, str]:
     """Train (or load the model cached under the recipe's hash): (model, training seconds, key).
 
     The recorded seconds are those of the run that trained it."""
     recipe_json = {k: v for k, v in recipe.to_json().items() if k != "device"}  # the device does not change the recipe
-    key = hashlib.sha256(json.dumps({"arch": arch, "data": digest, "recipe": recipe_json,
-                                     "forget": sorted(forget_classes)}, sort_keys=True).encode()).hexdigest()[:16]
+    key = hashlib.sha256(
+        json.dumps(
+            {"arch": arch, "data": digest, "recipe": recipe_json, "forget": sorted(forget_classes)}, sort_keys=True
+        ).encode()
+    ).hexdigest()[:16]
     path, info = cache / f"{arch}_{key}.safetensors", cache / f"{arch}_{key}.json"
     if path.exists() and info.exists():
         return load_checkpoint(path).model, json.loads(info.read_text())["seconds"], key
     result = train_model(arch, data, recipe, forget_classes=list(forget_classes), progress=False)
-    meta = CheckpointMeta(arch, data.num_classes, data.class_names, data.input_shape, data.normalization, data.spec,
-                          train_recipe=recipe.to_json())
+    meta = CheckpointMeta(
+        arch,
+        data.num_classes,
+        data.class_names,
+        data.input_shape,
+        data.normalization,
+        data.spec,
+        train_recipe=recipe.to_json(),
+    )
     cache.mkdir(parents=True, exist_ok=True)
     save_checkpoint(path, result.model, meta)
-    info.write_text(json.dumps({"seconds": result.seconds, "arch": arch, "recipe": recipe_json,
-                                "forget": sorted(forget_classes)}))
+    info.write_text(
+        json.dumps({"seconds": result.seconds, "arch": arch, "recipe": recipe_json, "forget": sorted(forget_classes)})
+    )
     return result.model, result.seconds, key
 
 
-def adopt_original(cache: Path, checkpoint: Path, arch: str, data: Dataset, digest: str, recipe: TrainConfig,
-                   seconds: float | None) -> str:
+def adopt_original(
+    cache: Path, checkpoint: Path, arch: str, data: Dataset, digest: str, recipe: TrainConfig, seconds: float | None
+) -> str:
     """Put a model trained elsewhere (``edge-unlearn train``, e.g. a long CIFAR run resumed over sessions) into the
     cache as this seed's original: refused unless it records the same architecture, the same data and exactly the
     recipe :func:`cached_train` would run (resolved as training resolves it). Returns the cache key."""
@@ -146,29 +162,46 @@ def adopt_original(cache: Path, checkpoint: Path, arch: str, data: Dataset, dige
     if have != want:
         problems.append(f"recipe {have} vs {want}")
     if (meta.num_classes, tuple(meta.input_shape)) != (data.num_classes, tuple(data.input_shape)):
-        problems.append(f"classes/input {meta.num_classes}/{tuple(meta.input_shape)} vs "
-                        f"{data.num_classes}/{tuple(data.input_shape)}")
+        problems.append(
+            f"classes/input {meta.num_classes}/{tuple(meta.input_shape)} vs "
+            f"{data.num_classes}/{tuple(data.input_shape)}"
+        )
     if problems:
         raise SystemExit(f"--original {checkpoint} is not this preset's original: " + "; ".join(problems))
     recipe_json = {k: v for k, v in recipe.to_json().items() if k != "device"}
-    key = hashlib.sha256(json.dumps({"arch": arch, "data": digest, "recipe": recipe_json, "forget": []},
-                                    sort_keys=True).encode()).hexdigest()[:16]
+    key = hashlib.sha256(
+        json.dumps({"arch": arch, "data": digest, "recipe": recipe_json, "forget": []}, sort_keys=True).encode()
+    ).hexdigest()[:16]
     cache.mkdir(parents=True, exist_ok=True)
     save_checkpoint(cache / f"{arch}_{key}.safetensors", loaded.model, meta)
-    (cache / f"{arch}_{key}.json").write_text(json.dumps({"seconds": seconds, "arch": arch, "recipe": recipe_json,
-                                                          "forget": [], "adopted_from": str(checkpoint)}))
+    (cache / f"{arch}_{key}.json").write_text(
+        json.dumps(
+            {"seconds": seconds, "arch": arch, "recipe": recipe_json, "forget": [], "adopted_from": str(checkpoint)}
+        )
+    )
     return key
 
 
-def measure(model: UnlearnableClassifier, data: Dataset, cls: int, original_retain: float | None,
-            target: float, source: str, audit_config: AuditConfig) -> dict[str, Any]:
+def measure(
+    model: UnlearnableClassifier,
+    data: Dataset,
+    cls: int,
+    original_retain: float | None,
+    target: float,
+    source: str,
+    audit_config: AuditConfig,
+) -> dict[str, Any]:
     """Every figure of one model for one forgotten class."""
     report = evaluate_model(model, data, [cls], probe=False)
-    audit = forgetting_audit(model, data, [cls], relearn_target=target, relearn_target_source=source,
-                             config=audit_config)
-    row = {"forget_acc": report.forget_acc, "forget_acc_unmasked": report.forget_acc_unmasked,
-           "retain_acc": report.retain_acc,
-           "retain_drop": retain_drop(original_retain, report.retain_acc) if original_retain is not None else 0.0}
+    audit = forgetting_audit(
+        model, data, [cls], relearn_target=target, relearn_target_source=source, config=audit_config
+    )
+    row = {
+        "forget_acc": report.forget_acc,
+        "forget_acc_unmasked": report.forget_acc_unmasked,
+        "retain_acc": report.retain_acc,
+        "retain_drop": retain_drop(original_retain, report.retain_acc) if original_retain is not None else 0.0,
+    }
     row.update(audit.figures())
     return {"figures": row, "audit": audit.to_json()}
 
@@ -182,22 +215,33 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, float
         out[model] = {}
         for name in names:
             vals = np.array([f[name] for f in figs if f.get(name) is not None], dtype=float)
-            out[model][name] = {"mean": float(vals.mean()) if len(vals) else float("nan"),
-                                "std": float(vals.std(ddof=1)) if len(vals) > 1 else 0.0, "n": int(len(vals))}
+            out[model][name] = {
+                "mean": float(vals.mean()) if len(vals) else float("nan"),
+                "std": float(vals.std(ddof=1)) if len(vals) > 1 else 0.0,
+                "n": int(len(vals)),
+            }
     return out
 
 
 def table(summary: dict[str, dict[str, dict[str, float]]], title: str) -> str:
     models = list(summary)
     names = list(dict.fromkeys(k for m in models for k in summary[m]))
-    lines = [f"### {title}", "", "| measure | " + " | ".join(models) + " |", "|---|" + "---:|" * len(models),
-             "| runs | " + " | ".join(str(max((s["n"] for s in summary[m].values()), default=0)) for m in models) + " |"]
+    lines = [
+        f"### {title}",
+        "",
+        "| measure | " + " | ".join(models) + " |",
+        "|---|" + "---:|" * len(models),
+        "| runs | " + " | ".join(str(max((s["n"] for s in summary[m].values()), default=0)) for m in models) + " |",
+    ]
     for name in names:
         cells = []
         for model in models:
             s = summary[model].get(name)
-            cells.append("—" if s is None or s["n"] == 0 else
-                         (f"{s['mean']:.3g} ± {s['std']:.2g}" if name == "seconds" else f"{s['mean']:.3f} ± {s['std']:.3f}"))
+            cells.append(
+                "—"
+                if s is None or s["n"] == 0
+                else (f"{s['mean']:.3g} ± {s['std']:.2g}" if name == "seconds" else f"{s['mean']:.3f} ± {s['std']:.3f}")
+            )
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -205,34 +249,56 @@ def table(summary: dict[str, dict[str, dict[str, float]]], title: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--preset", choices=sorted(PRESETS), default="quick")
-    parser.add_argument("--quick", action="store_true",
-                        help="the quick preset: lenet on digits, short recipe, 2 classes × 2 seeds")
+    parser.add_argument(
+        "--quick", action="store_true", help="the quick preset: lenet on digits, short recipe, 2 classes × 2 seeds"
+    )
     parser.add_argument("--arch", default=None)
     parser.add_argument("--dataset", default=None, help="dataset spec, e.g. npz:../shared/data/mnist.npz")
     parser.add_argument("--classes", default=None, help="comma-separated classes, each forgotten alone")
     parser.add_argument("--seeds", default=None, help="comma-separated training seeds")
     parser.add_argument("--epochs", type=int, default=None, help="training recipe: epochs (default: the preset's)")
-    parser.add_argument("--min-steps", type=int, default=None,
-                        help="training recipe: minimum optimiser steps (default: the preset's); a recipe other than "
-                             "the preset's is named in the results file (e.g. resnet18-fashion-3ep-0steps)")
+    parser.add_argument(
+        "--min-steps",
+        type=int,
+        default=None,
+        help="training recipe: minimum optimiser steps (default: the preset's); a recipe other than "
+        "the preset's is named in the results file (e.g. resnet18-fashion-3ep-0steps)",
+    )
     parser.add_argument("--samples", type=int, default=32, help="NHLE forget samples per class (the CLI default)")
     parser.add_argument("--probe-train-size", type=int, default=5000)
     parser.add_argument("--relearn-max-steps", type=int, default=50)
-    parser.add_argument("--variants", default=None,
-                        help="JSON list of NHLE parameter overrides, one extra row each "
-                             "(e.g. '[{\"feature_target\": \"retained_mean\"}]')")
+    parser.add_argument(
+        "--variants",
+        default=None,
+        help="JSON list of NHLE parameter overrides, one extra row each "
+        '(e.g. \'[{"feature_target": "retained_mean"}]\')',
+    )
     parser.add_argument("--device", default="auto", help="training/unlearning device (auto, cpu, cuda)")
-    parser.add_argument("--out-dir", type=Path, default=ROOT / "bench_out" / "forgetting_depth",
-                        help="trained-model cache (gitignored)")
-    parser.add_argument("--original", type=Path, default=None,
-                        help="a checkpoint trained by `edge-unlearn train` with the preset's recipe for the first "
-                             "seed: adopted as that seed's original (checked: arch, data shape, recipe)")
-    parser.add_argument("--original-seconds", type=float, default=None,
-                        help="the training seconds of --original (its train --json-out 'seconds')")
+    parser.add_argument(
+        "--out-dir", type=Path, default=ROOT / "bench_out" / "forgetting_depth", help="trained-model cache (gitignored)"
+    )
+    parser.add_argument(
+        "--original",
+        type=Path,
+        default=None,
+        help="a checkpoint trained by `edge-unlearn train` with the preset's recipe for the first "
+        "seed: adopted as that seed's original (checked: arch, data shape, recipe)",
+    )
+    parser.add_argument(
+        "--original-seconds",
+        type=float,
+        default=None,
+        help="the training seconds of --original (its train --json-out 'seconds')",
+    )
     parser.add_argument("--results-dir", type=Path, default=ROOT / "benchmarks" / "results")
-    parser.add_argument("--combine", nargs="+", type=Path, metavar="JSON",
-                        help="no run: merge result files of one experiment run in parts (e.g. a class per process) "
-                             "into forgetting_depth_<preset>.{json,md} in --results-dir")
+    parser.add_argument(
+        "--combine",
+        nargs="+",
+        type=Path,
+        metavar="JSON",
+        help="no run: merge result files of one experiment run in parts (e.g. a class per process) "
+        "into forgetting_depth_<preset>.{json,md} in --results-dir",
+    )
     args = parser.parse_args(argv)
     if args.combine:
         try:
@@ -244,11 +310,15 @@ def main(argv: list[str] | None = None) -> int:
     name = "quick" if args.quick else args.preset
     variants = parse_variants(args.variants)
     preset = PRESETS[name]
-    preset = replace(preset, arch=args.arch or preset.arch, dataset=args.dataset or preset.dataset,
-                     classes=tuple(int(c) for c in args.classes.split(",")) if args.classes else preset.classes,
-                     seeds=tuple(int(s) for s in args.seeds.split(",")) if args.seeds else preset.seeds,
-                     epochs=preset.epochs if args.epochs is None else args.epochs,
-                     min_steps=preset.min_steps if args.min_steps is None else args.min_steps)
+    preset = replace(
+        preset,
+        arch=args.arch or preset.arch,
+        dataset=args.dataset or preset.dataset,
+        classes=tuple(int(c) for c in args.classes.split(",")) if args.classes else preset.classes,
+        seeds=tuple(int(s) for s in args.seeds.split(",")) if args.seeds else preset.seeds,
+        epochs=preset.epochs if args.epochs is None else args.epochs,
+        min_steps=preset.min_steps if args.min_steps is None else args.min_steps,
+    )
     if (preset.epochs, preset.min_steps) != (PRESETS[name].epochs, PRESETS[name].min_steps):
         name = f"{name}-{preset.epochs}ep-{preset.min_steps}steps"
     use_bench_threads()
@@ -264,43 +334,78 @@ def main(argv: list[str] | None = None) -> int:
             adopt_original(cache, args.original, preset.arch, data, digest, recipe, args.original_seconds)
         original, original_s, original_key = cached_train(cache, preset.arch, data, digest, recipe)
         if not original.has_depth_stats:  # a model cached before multi-layer statistics: record them as training does
-            original.record_depth_stats(data.x_train, data.y_train,
-                                        transform=lambda images: preprocess(images, data.normalization))
-        print(f"seed {seed}: original {preset.arch} ({original_key}) "
-              f"{'trained elsewhere' if original_s is None else f'{original_s:.1f} s'}", flush=True)
+            original.record_depth_stats(
+                data.x_train, data.y_train, transform=lambda images: preprocess(images, data.normalization)
+            )
+        print(
+            f"seed {seed}: original {preset.arch} ({original_key}) "
+            f"{'trained elsewhere' if original_s is None else f'{original_s:.1f} s'}",
+            flush=True,
+        )
         for cls in preset.classes:
             retrained, retrain_s, retrain_key = cached_train(cache, preset.arch, data, digest, recipe, (cls,))
             x, y = take_samples(data, [cls], args.samples, seed=seed)
             forget_set = ForgetSet(preprocess(x, data.normalization), y, (cls,))
             if not rows:  # warm-up: the first call in a process pays one-off costs (lazy imports, allocator)
                 forget(original, forget_set, method="nhle", device=args.device)
-            unlearned = [(variant_name(v), forget(original, forget_set, method="nhle", device=args.device,
-                                                  config=method_config("nhle", v))) for v in [{}, *variants]]
+            unlearned = [
+                (
+                    variant_name(v),
+                    forget(original, forget_set, method="nhle", device=args.device, config=method_config("nhle", v)),
+                )
+                for v in [{}, *variants]
+            ]
             target, source = default_relearn_target(original, data, [cls], original)
             original_retain = evaluate_model(original, data, [cls], probe=False).retain_acc
             for model_name, model, seconds, key, details in (
-                    ("original", original, original_s, original_key, None),
-                    ("retrain", retrained, retrain_s, retrain_key, None),
-                    *((n, r.model, r.seconds, None, r.details) for n, r in unlearned)):
+                ("original", original, original_s, original_key, None),
+                ("retrain", retrained, retrain_s, retrain_key, None),
+                *((n, r.model, r.seconds, None, r.details) for n, r in unlearned),
+            ):
                 m = measure(model, data, cls, original_retain, target, source, audit_config)
                 m["figures"]["seconds"] = seconds
-                rows.append({"seed": seed, "forget_class": cls, "model": model_name, "cache_key": key,
-                             "method_details": details, **m})
+                rows.append(
+                    {
+                        "seed": seed,
+                        "forget_class": cls,
+                        "model": model_name,
+                        "cache_key": key,
+                        "method_details": details,
+                        **m,
+                    }
+                )
                 f = m["figures"]
-                print(f"  class {cls} {model_name} forget {f['forget_acc']:.3f}/{f['forget_acc_unmasked']:.3f} "
-                      f"retain {f['retain_acc']:.3f} probe " +
-                      " ".join(f"{v:.3f}" for k, v in f.items() if k.startswith("probe@")) +
-                      f" attack {f['proto_attack_masked']:.3f}/{f['proto_attack_unmasked']:.3f} "
-                      f"mia {f['mia_entropy']:.3f} relearn {f['relearn_steps']} "
-                      f"({'trained elsewhere' if seconds is None else f'{seconds:.3g} s'})", flush=True)
+                print(
+                    f"  class {cls} {model_name} forget {f['forget_acc']:.3f}/{f['forget_acc_unmasked']:.3f} "
+                    f"retain {f['retain_acc']:.3f} probe "
+                    + " ".join(f"{v:.3f}" for k, v in f.items() if k.startswith("probe@"))
+                    + f" attack {f['proto_attack_masked']:.3f}/{f['proto_attack_unmasked']:.3f} "
+                    f"mia {f['mia_entropy']:.3f} relearn {f['relearn_steps']} "
+                    f"({'trained elsewhere' if seconds is None else f'{seconds:.3g} s'})",
+                    flush=True,
+                )
     report = {
-        "schema": "edge_unlearn.bench.forgetting_depth", "version": 1, "preset": name,
-        "arch": preset.arch, "dataset": preset.dataset, "recipe": {"epochs": preset.epochs, "min_steps": preset.min_steps},
-        "classes": list(preset.classes), "seeds": list(preset.seeds),
-        "nhle_samples": args.samples, "variants": variants, "audit_config": audit_config.to_json(), "rows": rows,
-        "seconds": time.perf_counter() - t_start, "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
-        "environment": {"edge_unlearn": __version__, "torch": torch.__version__, "python": platform.python_version(),
-                        "machine": platform.machine(), "threads": torch.get_num_threads()},
+        "schema": "edge_unlearn.bench.forgetting_depth",
+        "version": 1,
+        "preset": name,
+        "arch": preset.arch,
+        "dataset": preset.dataset,
+        "recipe": {"epochs": preset.epochs, "min_steps": preset.min_steps},
+        "classes": list(preset.classes),
+        "seeds": list(preset.seeds),
+        "nhle_samples": args.samples,
+        "variants": variants,
+        "audit_config": audit_config.to_json(),
+        "rows": rows,
+        "seconds": time.perf_counter() - t_start,
+        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "environment": {
+            "edge_unlearn": __version__,
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+            "machine": platform.machine(),
+            "threads": torch.get_num_threads(),
+        },
     }
     write_results(report, args.results_dir)
     return 0
@@ -331,18 +436,25 @@ def combine(paths: list[Path]) -> dict[str, Any]:
     for path, part in zip(paths[1:], parts[1:]):
         differ = [k for k in SAME_EXPERIMENT if _same(k, part.get(k)) != _same(k, first.get(k))]
         if differ:
-            raise CombineError(f"{path} is not the same experiment as {paths[0]} (differs in {', '.join(differ)}); "
-                               "combine parts of one preset, recipe, sample count and audit configuration")
+            raise CombineError(
+                f"{path} is not the same experiment as {paths[0]} (differs in {', '.join(differ)}); "
+                "combine parts of one preset, recipe, sample count and audit configuration"
+            )
     runs = [(r["seed"], r["forget_class"], r["model"]) for p in parts for r in p["rows"]]
     if len(runs) != len(set(runs)):
         raise CombineError("a (seed, class, model) row appears in two parts; combine each run once")
     variants = [v for p in parts for v in p["variants"]]
-    return {**{k: first[k] for k in ("schema", "version", *SAME_EXPERIMENT)},
-            "variants": [v for i, v in enumerate(variants) if v not in variants[:i]],
-            "classes": sorted({c for p in parts for c in p["classes"]}), "seeds": sorted({s for p in parts for s in p["seeds"]}),
-            "rows": [r for p in parts for r in p["rows"]], "seconds": sum(p["seconds"] for p in parts),
-            "command": [p["command"] for p in parts], "environment": [p["environment"] for p in parts],
-            "combined_from": [str(p) for p in paths]}
+    return {
+        **{k: first[k] for k in ("schema", "version", *SAME_EXPERIMENT)},
+        "variants": [v for i, v in enumerate(variants) if v not in variants[:i]],
+        "classes": sorted({c for p in parts for c in p["classes"]}),
+        "seeds": sorted({s for p in parts for s in p["seeds"]}),
+        "rows": [r for p in parts for r in p["rows"]],
+        "seconds": sum(p["seconds"] for p in parts),
+        "command": [p["command"] for p in parts],
+        "environment": [p["environment"] for p in parts],
+        "combined_from": [str(p) for p in paths],
+    }
 
 
 def write_results(report: dict[str, Any], results_dir: Path) -> None:
@@ -350,9 +462,11 @@ def write_results(report: dict[str, Any], results_dir: Path) -> None:
     report["summary"] = summarise(report["rows"])
     runs = {(r["seed"], r["forget_class"]) for r in report["rows"]}
     recipe = report["recipe"]
-    title = (f"{report['arch']} on {Path(report['dataset'].removeprefix('npz:')).name}: classes {report['classes']} "
-             f"× seeds {report['seeds']}, recipe {recipe['epochs']} epochs / ≥{recipe['min_steps']} steps "
-             f"(mean ± sample std over {len(runs)} runs)")
+    title = (
+        f"{report['arch']} on {Path(report['dataset'].removeprefix('npz:')).name}: classes {report['classes']} "
+        f"× seeds {report['seeds']}, recipe {recipe['epochs']} epochs / ≥{recipe['min_steps']} steps "
+        f"(mean ± sample std over {len(runs)} runs)"
+    )
     text = table(report["summary"], title)
     print(text)
     results_dir.mkdir(parents=True, exist_ok=True)

@@ -25,8 +25,8 @@ import argparse
 import json
 import platform
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
 
 import torch
 import torch.nn.functional as F
@@ -61,8 +61,9 @@ def bench_ms(fn: Callable[[], object], quick: bool) -> float:
     """Median milliseconds of ``fn`` by triton.testing.do_bench (L2 flushed before each run)."""
     import triton.testing
 
-    return float(triton.testing.do_bench(fn, warmup=10 if quick else 25, rep=40 if quick else 200,
-                                         return_mode="median"))
+    return float(
+        triton.testing.do_bench(fn, warmup=10 if quick else 25, rep=40 if quick else 200, return_mode="median")
+    )
 
 
 def copy_gbps(device: torch.device, quick: bool) -> float:
@@ -88,7 +89,7 @@ def needed_bytes(batch: int, num_classes: int, num_kept: int, dim: int, esize: i
     return batch * dim * esize + num_kept * dim * esize + num_kept * esize + out
 
 
-def _same_result(output: str, got, want) -> Optional[str]:
+def _same_result(output: str, got, want) -> str | None:
     """None when ``got`` agrees with the eager result (ids exactly where logits are not tied), else why."""
     if output == "argmax":
         agree = (got == want).float().mean().item()
@@ -104,13 +105,22 @@ def sweep_candidates():
     """Tile configurations --sweep compares (the regime table picks among such entries)."""
     from edge_unlearn.kernels.triton_head import KernelConfig
 
-    return [KernelConfig(block_b=bb, block_c=bc, block_d=bd, num_warps=nw, num_stages=ns)
-            for bb, bc, bd, nw, ns in ((16, 64, 64, 4, 3), (16, 128, 64, 4, 3), (16, 64, 128, 4, 4),
-                                       (16, 32, 128, 4, 3), (64, 64, 64, 4, 3), (64, 128, 64, 8, 3),
-                                       (128, 64, 64, 8, 3), (64, 64, 32, 4, 4))]
+    return [
+        KernelConfig(block_b=bb, block_c=bc, block_d=bd, num_warps=nw, num_stages=ns)
+        for bb, bc, bd, nw, ns in (
+            (16, 64, 64, 4, 3),
+            (16, 128, 64, 4, 3),
+            (16, 64, 128, 4, 4),
+            (16, 32, 128, 4, 3),
+            (64, 64, 64, 4, 3),
+            (64, 128, 64, 8, 3),
+            (128, 64, 64, 8, 3),
+            (64, 64, 32, 4, 4),
+        )
+    ]
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--json", type=Path, default=DEFAULT_JSON, help=f"result JSON (default {DEFAULT_JSON})")
     p.add_argument("--quick", action="store_true", help="shorter do_bench windows")
@@ -124,27 +134,40 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"--outputs: unknown {bad}; choose among {','.join(OUTPUTS)}", file=sys.stderr)
         return 2
     if not torch.cuda.is_available():
-        print("kernel_bench needs a CUDA GPU and none is visible: nothing measured. Run it on a GPU machine "
-              "(the CPU evidence is tests/kernels: the interpreter tests and the AOT compile test).", file=sys.stderr)
+        print(
+            "kernel_bench needs a CUDA GPU and none is visible: nothing measured. Run it on a GPU machine "
+            "(the CPU evidence is tests/kernels: the interpreter tests and the AOT compile test).",
+            file=sys.stderr,
+        )
         return 2
     try:
         import triton
     except ImportError:
-        print("kernel_bench needs triton (it comes with torch's CUDA wheels on Linux): pip install triton",
-              file=sys.stderr)
+        print(
+            "kernel_bench needs triton (it comes with torch's CUDA wheels on Linux): pip install triton",
+            file=sys.stderr,
+        )
         return 2
 
     device = torch.device("cuda")
-    env = {"device": torch.cuda.get_device_name(device), "capability": ".".join(map(str,
-           torch.cuda.get_device_capability(device))), "torch": torch.__version__, "triton": triton.__version__,
-           "cuda": torch.version.cuda, "python": platform.python_version()}
+    env = {
+        "device": torch.cuda.get_device_name(device),
+        "capability": ".".join(map(str, torch.cuda.get_device_capability(device))),
+        "torch": torch.__version__,
+        "triton": triton.__version__,
+        "cuda": torch.version.cuda,
+        "python": platform.python_version(),
+    }
     copy = copy_gbps(device, args.quick)
     peak = {name: matmul_tflops(device, dtype, args.quick) for name, dtype in DTYPES.items()}
     methods = ["eager"] + ([] if args.no_compile else ["compile"]) + ["fused"]
-    compiled = {} if args.no_compile else {o: torch.compile(lambda x, w, b, m, o=o: eager_head(x, w, b, m, o))
-                                           for o in outputs}
-    rows: List[Dict[str, object]] = []
-    sweep_rows: List[Dict[str, object]] = []
+    compiled = (
+        {}
+        if args.no_compile
+        else {o: torch.compile(lambda x, w, b, m, o=o: eager_head(x, w, b, m, o)) for o in outputs}
+    )
+    rows: list[dict[str, object]] = []
+    sweep_rows: list[dict[str, object]] = []
     gen = torch.Generator().manual_seed(0)
     with torch.inference_mode():
         for dname, dtype in DTYPES.items():
@@ -160,15 +183,25 @@ def main(argv: Optional[List[str]] = None) -> int:
                     x = torch.randn(batch, DIM, generator=gen).to(device, dtype)
                     for output in outputs:
                         k = TOPK if output == "topk" else 1
-                        fns = {"eager": lambda: eager_head(x, w, b, mask, output),
-                               "compile": lambda: compiled[output](x, w, b, mask),
-                               "fused": lambda: head(x, output=output, k=k, impl="triton")}
+                        fns = {
+                            "eager": lambda: eager_head(x, w, b, mask, output),
+                            "compile": lambda: compiled[output](x, w, b, mask),
+                            "fused": lambda: head(x, output=output, k=k, impl="triton"),
+                        }
                         nbytes = needed_bytes(batch, num_classes, num_kept, DIM, x.element_size(), output)
                         flops = 2 * batch * num_kept * DIM
                         limit_ms = max(nbytes / (copy * 1e9), flops / (peak[dname] * 1e12)) * 1e3
-                        row: Dict[str, object] = dict(B=batch, C=num_classes, D=DIM, dtype=dname, output=output,
-                                                      kept=num_kept, bytes=nbytes, flops=flops,
-                                                      limit_us=round(limit_ms * 1e3, 2))
+                        row: dict[str, object] = dict(
+                            B=batch,
+                            C=num_classes,
+                            D=DIM,
+                            dtype=dname,
+                            output=output,
+                            kept=num_kept,
+                            bytes=nbytes,
+                            flops=flops,
+                            limit_us=round(limit_ms * 1e3, 2),
+                        )
                         want = fns["eager"]()
                         for m in methods:
                             try:
@@ -189,9 +222,18 @@ def main(argv: Optional[List[str]] = None) -> int:
                         rows.append(row)
                         if args.sweep and dname == "fp16" and num_classes == 100_000:
                             sweep_rows.append(_sweep(head, x, output, k, args.quick))
-    result = {"env": env, "copy_gbps": round(copy, 1), "matmul_tflops": {k: round(v, 1) for k, v in peak.items()},
-              "methods": methods, "forget_fraction": FORGET_FRACTION, "topk": TOPK, "quick": args.quick,
-              "rows": rows, "targets": _targets(rows), "sweep": sweep_rows}
+    result = {
+        "env": env,
+        "copy_gbps": round(copy, 1),
+        "matmul_tflops": {k: round(v, 1) for k, v in peak.items()},
+        "methods": methods,
+        "forget_fraction": FORGET_FRACTION,
+        "topk": TOPK,
+        "quick": args.quick,
+        "rows": rows,
+        "targets": _targets(rows),
+        "sweep": sweep_rows,
+    }
     _print_table(result)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.json.with_suffix(args.json.suffix + ".tmp")
@@ -201,46 +243,76 @@ def main(argv: Optional[List[str]] = None) -> int:
     return 0
 
 
-def _sweep(head, x, output: str, k: int, quick: bool) -> Dict[str, object]:
+def _sweep(head, x, output: str, k: int, quick: bool) -> dict[str, object]:
     from edge_unlearn.kernels.triton_head import masked_head_triton
 
     timings = []
     for cfg in sweep_candidates():
-        fn = lambda: masked_head_triton(x, head.weight, head.bias, head.row_of, head.kept_ids,  # noqa: E731
-                                        head.kept_rows, output, k, cfg)
+
+        def fn(cfg=cfg):
+            return masked_head_triton(
+                x, head.weight, head.bias, head.row_of, head.kept_ids, head.kept_rows, output, k, cfg
+            )
+
         try:
             fn()
             timings.append((bench_ms(fn, quick) * 1e3, cfg))
         except Exception as exc:  # noqa: BLE001 - a candidate that does not compile is reported, not fatal
             timings.append((float("inf"), f"{cfg}: {' '.join(str(exc).split())[:120]}"))
     timings.sort(key=lambda t: t[0])
-    return {"B": x.shape[0], "output": output, "best_us": round(timings[0][0], 2), "best": str(timings[0][1]),
-            "all": [(round(us, 2), str(c)) for us, c in timings]}
+    return {
+        "B": x.shape[0],
+        "output": output,
+        "best_us": round(timings[0][0], 2),
+        "best": str(timings[0][1]),
+        "all": [(round(us, 2), str(c)) for us, c in timings],
+    }
 
 
-def _targets(rows: List[Dict[str, object]]) -> List[Dict[str, object]]:
+def _targets(rows: list[dict[str, object]]) -> list[dict[str, object]]:
     """The issue's H200 targets, evaluated on this run's rows (measured values, pass or not)."""
     out = []
     for r in rows:
         if r["C"] != 100_000 or "fused_us" not in r:
             continue
         if r["output"] == "argmax" and r["B"] <= 64:
-            out.append(dict(target=f"argmax copy share >= {TARGET_COPY_SHARE:.0%}", B=r["B"], dtype=r["dtype"],
-                            value=r["fused_copy_share"], met=r["fused_copy_share"] >= TARGET_COPY_SHARE))
+            out.append(
+                dict(
+                    target=f"argmax copy share >= {TARGET_COPY_SHARE:.0%}",
+                    B=r["B"],
+                    dtype=r["dtype"],
+                    value=r["fused_copy_share"],
+                    met=r["fused_copy_share"] >= TARGET_COPY_SHARE,
+                )
+            )
         if r["output"] in ("argmax", "topk") and "fused_speedup_vs_eager" in r:
-            out.append(dict(target=f"{r['output']} fused >= {TARGET_SPEEDUP}x eager", B=r["B"], dtype=r["dtype"],
-                            value=r["fused_speedup_vs_eager"], met=r["fused_speedup_vs_eager"] >= TARGET_SPEEDUP))
+            out.append(
+                dict(
+                    target=f"{r['output']} fused >= {TARGET_SPEEDUP}x eager",
+                    B=r["B"],
+                    dtype=r["dtype"],
+                    value=r["fused_speedup_vs_eager"],
+                    met=r["fused_speedup_vs_eager"] >= TARGET_SPEEDUP,
+                )
+            )
     return out
 
 
-def _print_table(result: Dict[str, object]) -> None:
+def _print_table(result: dict[str, object]) -> None:
     methods = result["methods"]
     env = result["env"]
-    print(f"# {env['device']} (sm_{env['capability'].replace('.', '')}), torch {env['torch']}, triton "
-          f"{env['triton']}; copy {result['copy_gbps']} GB/s (read+write), matmul {result['matmul_tflops']} TFLOP/s")
+    print(
+        f"# {env['device']} (sm_{env['capability'].replace('.', '')}), torch {env['torch']}, triton "
+        f"{env['triton']}; copy {result['copy_gbps']} GB/s (read+write), matmul {result['matmul_tflops']} TFLOP/s"
+    )
     print("# median us (do_bench); fused GB/s of needed bytes, its share of the copy, fraction of the physical limit")
-    head = ["B", "C", "dtype", "output"] + [f"{m} us" for m in methods] + ["x eager"] + \
-        (["x compile"] if "compile" in methods else []) + ["fused GB/s", "% copy", "% limit"]
+    head = (
+        ["B", "C", "dtype", "output"]
+        + [f"{m} us" for m in methods]
+        + ["x eager"]
+        + (["x compile"] if "compile" in methods else [])
+        + ["fused GB/s", "% copy", "% limit"]
+    )
     print(" | ".join(head))
     for r in result["rows"]:
         cells = [r["B"], r["C"], r["dtype"], r["output"]]
@@ -249,11 +321,18 @@ def _print_table(result: Dict[str, object]) -> None:
         if "compile" in methods:
             cells += [f"{r['fused_speedup_vs_compile']:.2f}" if "fused_speedup_vs_compile" in r else "-"]
         if "fused_us" in r:
-            cells += [f"{r['fused_gbps']:.0f}", f"{100 * r['fused_copy_share']:.1f}",
-                      f"{100 * r['fused_limit_fraction']:.1f}"]
+            cells += [
+                f"{r['fused_gbps']:.0f}",
+                f"{100 * r['fused_copy_share']:.1f}",
+                f"{100 * r['fused_limit_fraction']:.1f}",
+            ]
         print(" | ".join(str(c) for c in cells))
-    errors = [(r["B"], r["C"], r["dtype"], r["output"], m, r[f"{m}_error"]) for r in result["rows"]
-              for m in methods if f"{m}_error" in r]
+    errors = [
+        (r["B"], r["C"], r["dtype"], r["output"], m, r[f"{m}_error"])
+        for r in result["rows"]
+        for m in methods
+        if f"{m}_error" in r
+    ]
     for e in errors:
         print(f"# MISMATCH B={e[0]} C={e[1]} {e[2]} {e[3]} {e[4]}: {e[5]}")
     for t in result["targets"]:

@@ -8,13 +8,21 @@ tests that show the hazards a naive graph carries.
   value sets the INT8 range of the logits);
 - ``naive_1e9``: the same with -1e9 (overflows FP16).
 """
+
 from __future__ import annotations
 
 import numpy as np
 
-from edge_unlearn.export.onnx_export import (COMPACT, MaskDesign, check_single_io, deploy_module_with_rows,
-                                             rename_io, retained_classes, set_output)
-from edge_unlearn.export.onnx_meta import MASK_NODE_PREFIX, MASK_VALUE, OUTPUT_NAME, RETAINED_NAME
+from edge_unlearn.deploy.onnx_meta import MASK_NODE_PREFIX, MASK_VALUE, OUTPUT_NAME, RETAINED_NAME
+from edge_unlearn.export.onnx_export import (
+    COMPACT,
+    MaskDesign,
+    check_single_io,
+    deploy_module_with_rows,
+    rename_io,
+    retained_classes,
+    set_output,
+)
 
 
 class WhereMask(MaskDesign):
@@ -33,11 +41,20 @@ class WhereMask(MaskDesign):
         rename_io(graph, RETAINED_NAME)
         keep = np.zeros(num_classes, dtype=bool)
         keep[retained] = True
-        graph.initializer.extend([numpy_helper.from_array(keep, "edge_unlearn_class_mask"),
-                                  numpy_helper.from_array(np.array(MASK_VALUE, dtype=np.float32),
-                                                          "edge_unlearn_mask_value")])
-        graph.node.append(helper.make_node("Where", ["edge_unlearn_class_mask", RETAINED_NAME, "edge_unlearn_mask_value"],
-                                           [OUTPUT_NAME], name=MASK_NODE_PREFIX + "where"))
+        graph.initializer.extend(
+            [
+                numpy_helper.from_array(keep, "edge_unlearn_class_mask"),
+                numpy_helper.from_array(np.array(MASK_VALUE, dtype=np.float32), "edge_unlearn_mask_value"),
+            ]
+        )
+        graph.node.append(
+            helper.make_node(
+                "Where",
+                ["edge_unlearn_class_mask", RETAINED_NAME, "edge_unlearn_mask_value"],
+                [OUTPUT_NAME],
+                name=MASK_NODE_PREFIX + "where",
+            )
+        )
         set_output(graph, num_classes)
 
 
@@ -66,5 +83,9 @@ class NaiveMask(MaskDesign):
 
 
 #: every design by name, ours first
-DESIGNS: dict[str, MaskDesign] = {"compact": COMPACT, "where": WhereMask(), "naive": NaiveMask("naive", -1e4),
-                                  "naive_1e9": NaiveMask("naive_1e9", -1e9)}
+DESIGNS: dict[str, MaskDesign] = {
+    "compact": COMPACT,
+    "where": WhereMask(),
+    "naive": NaiveMask("naive", -1e4),
+    "naive_1e9": NaiveMask("naive_1e9", -1e9),
+}

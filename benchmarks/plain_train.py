@@ -7,6 +7,7 @@ batch 128, no augmentation, inputs scaled to [0, 1] and normalised with --mean/-
 
     python benchmarks/plain_train.py --arch resnet18 --cifar-stem --data subset.npz --epochs 3 -o resnet18.pth
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,8 +44,12 @@ def main() -> None:
     parser.add_argument("--std", default="0.2470,0.2435,0.2616")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    parser.add_argument("--wrap", choices=["none", "state_dict", "module"], default="none",
-                        help="save {'state_dict': …} or with DataParallel's module. prefixes (wrappers users have)")
+    parser.add_argument(
+        "--wrap",
+        choices=["none", "state_dict", "module"],
+        default="none",
+        help="save {'state_dict': …} or with DataParallel's module. prefixes (wrappers users have)",
+    )
     parser.add_argument("-o", "--output", required=True)
     args = parser.parse_args()
 
@@ -69,7 +74,7 @@ def main() -> None:
     for epoch in range(args.epochs):
         order = torch.randperm(len(inputs), generator=gen)
         for i in range(steps):
-            idx = order[i * args.batch_size:(i + 1) * args.batch_size]
+            idx = order[i * args.batch_size : (i + 1) * args.batch_size]
             loss = loss_fn(model(inputs[idx]), labels[idx])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

@@ -39,6 +39,7 @@ Example::
     python benchmarks/probe_gap.py --checkpoint ck.safetensors --retrained retrain.safetensors \\
         --dataset npz:../shared/data/cifar10.npz --forget-class 3
 """
+
 from __future__ import annotations
 
 import argparse
@@ -46,8 +47,9 @@ import math
 import platform
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -62,8 +64,7 @@ from edge_unlearn.errors import EdgeUnlearnError, UsageError
 from edge_unlearn.metrics import _probe_train_indices, fit_linear_probe, model_outputs, tensor_accuracy
 from edge_unlearn.models import UnlearnableClassifier
 from edge_unlearn.unlearn import ForgetSet, forget, method_config
-from edge_unlearn.unlearn.anchored import (finetune_block, last_residual_block, pooled_block,
-                                          synthesize_block_inputs)
+from edge_unlearn.unlearn.anchored import finetune_block, last_residual_block, pooled_block, synthesize_block_inputs
 
 ROW_GROUPS = ("nhle", "per-sample", "silence", "finetune", "directions")
 Activations = tuple[torch.Tensor, torch.Tensor]  # (block input = skip path [N, C, H, W], conv2 input [N, C, H, W])
@@ -72,27 +73,33 @@ Activations = tuple[torch.Tensor, torch.Tensor]  # (block input = skip path [N, 
 def last_basic_block(model: UnlearnableClassifier) -> nn.Module:
     """The backbone's last block (NHLE's :func:`last_residual_block`), which must also be a torchvision
     BasicBlock with an identity shortcut (what :func:`block_output` recomputes), or a clear error."""
-    message = ("probe_gap needs a torchvision ResNet whose layer4 ends in a BasicBlock "
-               "(cifar_resnet18, resnet18, resnet34)")
+    message = (
+        "probe_gap needs a torchvision ResNet whose layer4 ends in a BasicBlock (cifar_resnet18, resnet18, resnet34)"
+    )
     try:
         block = last_residual_block(model.backbone)
     except UsageError:
         raise UsageError(message) from None
-    if not all(hasattr(block, n) for n in ("bn1", "conv2", "bn2")) or getattr(block, "downsample", None) is not None \
-            or hasattr(block, "conv3"):
+    if (
+        not all(hasattr(block, n) for n in ("bn1", "conv2", "bn2"))
+        or getattr(block, "downsample", None) is not None
+        or hasattr(block, "conv3")
+    ):
         raise UsageError(message)
     return block
 
 
 @torch.no_grad()
-def block_activations(model: UnlearnableClassifier, block: nn.Module, images: torch.Tensor, normalization) -> Activations:
+def block_activations(
+    model: UnlearnableClassifier, block: nn.Module, images: torch.Tensor, normalization
+) -> Activations:
     """The last block's input and its conv2's input for ``images`` (uint8), batch by batch."""
     skips, convs = [], []
     h1 = block.register_forward_pre_hook(lambda _m, a: skips.append(a[0].clone()))
     h2 = block.conv2.register_forward_pre_hook(lambda _m, a: convs.append(a[0].clone()))
     try:
         for start in range(0, len(images), 256):
-            model.backbone(preprocess(images[start:start + 256], normalization))
+            model.backbone(preprocess(images[start : start + 256], normalization))
     finally:
         h1.remove()
         h2.remove()
@@ -101,13 +108,19 @@ def block_activations(model: UnlearnableClassifier, block: nn.Module, images: to
 
 def batchnorm(x: torch.Tensor, bn: nn.BatchNorm2d, mean: torch.Tensor | None = None) -> torch.Tensor:
     """``bn`` in eval mode, with its running mean replaced where given."""
-    return F.batch_norm(x, bn.running_mean if mean is None else mean, bn.running_var, bn.weight, bn.bias, False, 0.0,
-                        bn.eps)
+    return F.batch_norm(
+        x, bn.running_mean if mean is None else mean, bn.running_var, bn.weight, bn.bias, False, 0.0, bn.eps
+    )
 
 
 @torch.no_grad()
-def block_output(block: nn.Module, act: Activations, conv2_weight: torch.Tensor | None = None,
-                 bn2_mean: torch.Tensor | None = None, recompute_conv1: bool = False) -> torch.Tensor:
+def block_output(
+    block: nn.Module,
+    act: Activations,
+    conv2_weight: torch.Tensor | None = None,
+    bn2_mean: torch.Tensor | None = None,
+    recompute_conv1: bool = False,
+) -> torch.Tensor:
     """Penultimate features: avgpool(relu(bn2(conv2(a)) + skip)), with conv2's weight / bn2's running mean
     replaced where given (``recompute_conv1``: a from the skip, for edits of the skip path)."""
     skip, a = act
@@ -122,7 +135,10 @@ def wilson(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
     if n == 0:
         return float("nan"), float("nan")
     p = successes / n
-    centre, half = (p + z * z / (2 * n)) / (1 + z * z / n), z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    centre, half = (
+        (p + z * z / (2 * n)) / (1 + z * z / n),
+        z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n),
+    )
     return centre - half, centre + half
 
 
@@ -139,10 +155,17 @@ def run_reporting_errors(job: Callable[[argparse.Namespace], int], args: argpars
 def results_provenance(started: float) -> dict[str, Any]:
     """What a results file records of how it was made: seconds since ``started`` (``time.perf_counter``), the
     command line, and the software and machine."""
-    return {"seconds": time.perf_counter() - started, "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
-            "environment": {"edge_unlearn": __version__, "torch": torch.__version__,
-                            "python": platform.python_version(), "machine": platform.machine(),
-                            "threads": torch.get_num_threads()}}
+    return {
+        "seconds": time.perf_counter() - started,
+        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "environment": {
+            "edge_unlearn": __version__,
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+            "machine": platform.machine(),
+            "threads": torch.get_num_threads(),
+        },
+    }
 
 
 def write_results(report: dict[str, Any], text: str, json_path: Path | None, md_path: Path | None) -> None:
@@ -162,13 +185,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--samples", type=int, default=32, help="forget samples (NHLE's CLI default)")
     parser.add_argument("--probe-train-size", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--finetune-samples", default="",
-                        help="comma-separated forget-sample counts (or 'all') for extra fine-tuning rows with "
-                             "synthesised anchors, e.g. 128,all")
-    parser.add_argument("--oracle-anchors", type=int, default=256,
-                        help="retained training images (outside the probe's draw) for the oracle fine-tuning rows")
-    parser.add_argument("--rows", default=",".join(ROW_GROUPS),
-                        help=f"comma-separated groups of rows to run (default: all of {', '.join(ROW_GROUPS)})")
+    parser.add_argument(
+        "--finetune-samples",
+        default="",
+        help="comma-separated forget-sample counts (or 'all') for extra fine-tuning rows with "
+        "synthesised anchors, e.g. 128,all",
+    )
+    parser.add_argument(
+        "--oracle-anchors",
+        type=int,
+        default=256,
+        help="retained training images (outside the probe's draw) for the oracle fine-tuning rows",
+    )
+    parser.add_argument(
+        "--rows",
+        default=",".join(ROW_GROUPS),
+        help=f"comma-separated groups of rows to run (default: all of {', '.join(ROW_GROUPS)})",
+    )
     parser.add_argument("--json", type=Path)
     parser.add_argument("--md", type=Path)
     return run_reporting_errors(run, parser.parse_args(argv))
@@ -190,16 +223,19 @@ def run(args: argparse.Namespace) -> int:
     if not groups or groups - set(ROW_GROUPS):
         raise UsageError(f"--rows: choose among {', '.join(ROW_GROUPS)}, got {args.rows!r}")
     if any(not 1 <= c <= available for c in extra_counts):
-        raise UsageError(f"--finetune-samples: class {cls} has {available} training images; ask for 1..{available} "
-                         "or 'all'")
+        raise UsageError(
+            f"--finetune-samples: class {cls} has {available} training images; ask for 1..{available} or 'all'"
+        )
     x_proto, y_proto = take_samples(data, [cls], 5, seed=args.seed)
     probe_idx = _probe_train_indices(data, args.probe_train_size, args.seed)
     y_probe, y_test = data.y_train[probe_idx], data.y_test
     norm = data.normalization
-    act = {"probe": block_activations(original, block, data.x_train[probe_idx], norm),
-           "test": block_activations(original, block, data.x_test[torch.arange(len(y_test))], norm),
-           "forget": block_activations(original, block, x_forget, norm),
-           "proto": block_activations(original, block, x_proto, norm)}
+    act = {
+        "probe": block_activations(original, block, data.x_train[probe_idx], norm),
+        "test": block_activations(original, block, data.x_test[torch.arange(len(y_test))], norm),
+        "forget": block_activations(original, block, x_forget, norm),
+        "proto": block_activations(original, block, x_proto, norm),
+    }
     check = original.features(preprocess(data.x_test[:16], norm))
     if not torch.allclose(block_output(block, tuple(t[:16] for t in act["test"])), check, atol=1e-4):
         raise UsageError("the backbone's output is not the last block's pooled output (a layer after layer4?)")
@@ -217,24 +253,37 @@ def run(args: argparse.Namespace) -> int:
         hits = int((torch.as_tensor(probe.predict(test_f[in_class].numpy())) == cls).sum())
         logits = test_f @ weight.T + bias
         masked = logits.masked_fill(~mask, float("-inf")).argmax(1)
-        attack = prototype_attack_on_features(test_f, y_test, features("proto"), y_proto, weight, bias, mask, [cls],
-                                              lift_mask=True)
+        attack = prototype_attack_on_features(
+            test_f, y_test, features("proto"), y_proto, weight, bias, mask, [cls], lift_mask=True
+        )
         low, high = wilson(hits, int(in_class.sum()))
-        row = {"variant": name, "oracle": oracle,
-               "retain_acc": tensor_accuracy(masked, y_test, keep),
-               "forget_acc_unmasked": tensor_accuracy(logits.argmax(1), y_test, [cls]),
-               "probe_penultimate": hits / int(in_class.sum()), "probe_ci95": [low, high],
-               "proto_attack_unmasked": attack.forget_acc}
+        row = {
+            "variant": name,
+            "oracle": oracle,
+            "retain_acc": tensor_accuracy(masked, y_test, keep),
+            "forget_acc_unmasked": tensor_accuracy(logits.argmax(1), y_test, [cls]),
+            "probe_penultimate": hits / int(in_class.sum()),
+            "probe_ci95": [low, high],
+            "proto_attack_unmasked": attack.forget_acc,
+        }
         rows.append(row)
-        print(f"{name:44s} retain {row['retain_acc']:.3f} unmasked {row['forget_acc_unmasked']:.3f} "
-              f"probe {row['probe_penultimate']:.3f} [{low:.2f}, {high:.2f}] attack {attack.forget_acc:.3f}", flush=True)
+        print(
+            f"{name:44s} retain {row['retain_acc']:.3f} unmasked {row['forget_acc_unmasked']:.3f} "
+            f"probe {row['probe_penultimate']:.3f} [{low:.2f}, {high:.2f}] attack {attack.forget_acc:.3f}",
+            flush=True,
+        )
 
     measure("nhle[project=False]: the original's features", lambda s: block_output(block, act[s]))
     if args.retrained is not None:
         gold = load_checkpoint(args.retrained).model.eval()
-        gold_feats = {"probe": model_outputs(gold, data.x_train, data, indices=probe_idx)[0],
-                      "test": model_outputs(gold, data.x_test, data)[0], "proto": model_outputs(gold, x_proto, data)[0]}
-        measure("retrain", gold_feats.__getitem__, (gold.head.weight.detach(), gold.head.bias.detach(), gold.class_mask))
+        gold_feats = {
+            "probe": model_outputs(gold, data.x_train, data, indices=probe_idx)[0],
+            "test": model_outputs(gold, data.x_test, data)[0],
+            "proto": model_outputs(gold, x_proto, data)[0],
+        }
+        measure(
+            "retrain", gold_feats.__getitem__, (gold.head.weight.detach(), gold.head.bias.detach(), gold.class_mask)
+        )
 
     for overrides in ({}, {"target_scale": 1.0}) if "nhle" in groups else ():
         edited = forget(original, forget_set, method="nhle", config=method_config("nhle", overrides)).model
@@ -246,8 +295,11 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError(f"NHLE changed {changed}: this script simulates edits of the last conv2 / bn2 only")
         w2, m2 = edited_block.conv2.weight.detach(), edited_block.bn2.running_mean.detach()
         name = "nhle" + ("" if not overrides else "[" + ",".join(f"{k}={v}" for k, v in overrides.items()) + "]")
-        measure(name, lambda s, w2=w2, m2=m2: block_output(block, act[s], w2, m2),
-                (edited.head.weight.detach(), edited.head.bias.detach(), edited.class_mask))
+        measure(
+            name,
+            lambda s, w2=w2, m2=m2: block_output(block, act[s], w2, m2),
+            (edited.head.weight.detach(), edited.head.bias.detach(), edited.class_mask),
+        )
 
     # per-sample retarget of conv2's centre tap (closed-form least squares, refined through the ReLU)
     base = {s: block_output(block, act[s]) for s in act}
@@ -270,8 +322,11 @@ def run(args: argparse.Namespace) -> int:
                 residual = (target - block_output(block, act["forget"], weight)) / gain
                 delta = torch.linalg.solve(ridge * len(keys) * moment + keys.T @ keys, (residual.T @ keys).T).T
                 weight[:, :, 1, 1] += delta
-            measure(f"per-sample retarget ({moment_name}, ridge {ridge:g})",
-                    lambda s, w=weight: block_output(block, act[s], w), oracle=moment_name == "oracle")
+            measure(
+                f"per-sample retarget ({moment_name}, ridge {ridge:g})",
+                lambda s, w=weight: block_output(block, act[s], w),
+                oracle=moment_name == "oracle",
+            )
 
     # silence the units most specific to the forgotten class
     skip_class = torch.stack([act["probe"][0][y_probe == c].mean((0, 2, 3)) for c in range(data.num_classes)])
@@ -287,6 +342,7 @@ def run(args: argparse.Namespace) -> int:
             out = block_output(block, (skip, act[s][1]), recompute_conv1=True)
             out[:, units] = pen_retained[units]
             return out
+
         measure(f"silence top-{k} units", silenced)
 
     # fine-tune the whole last block on the forget samples (BatchNorm frozen, head fixed), with retention anchors
@@ -295,29 +351,54 @@ def run(args: argparse.Namespace) -> int:
         others = torch.ones(len(data.y_train), dtype=torch.bool)
         others[probe_idx] = False
         others &= data.y_train != cls
-        oracle_idx = torch.nonzero(others).flatten()[:args.oracle_anchors]
+        oracle_idx = torch.nonzero(others).flatten()[: args.oracle_anchors]
         started = time.perf_counter()
-        synthesised = synthesize_block_inputs(block, original.head.weight.detach(), original.head.bias.detach(),
-                                              skip_class, keep, tuple(act["forget"][0].shape[2:]), seed=args.seed)
+        synthesised = synthesize_block_inputs(
+            block,
+            original.head.weight.detach(),
+            original.head.bias.detach(),
+            skip_class,
+            keep,
+            tuple(act["forget"][0].shape[2:]),
+            seed=args.seed,
+        )
         synthesis_seconds = time.perf_counter() - started
         print(f"synthesised {len(synthesised[0])} retention anchors in {synthesis_seconds:.0f} s", flush=True)
         anchor_sets = {
             "synthesised": synthesised,
             "oracle": (block_activations(original, block, data.x_train[oracle_idx], norm)[0], data.y_train[oracle_idx]),
         }
-        for objective, anchor_name in (("nhle", None), ("nhle", "synthesised"), ("nhle", "oracle"),
-                                       ("adversarial", "synthesised"), ("adversarial", "oracle"),
-                                       ("prototype", "synthesised"), ("prototype", "oracle")):
+        for objective, anchor_name in (
+            ("nhle", None),
+            ("nhle", "synthesised"),
+            ("nhle", "oracle"),
+            ("adversarial", "synthesised"),
+            ("adversarial", "oracle"),
+            ("prototype", "synthesised"),
+            ("prototype", "oracle"),
+        ):
             anchors, anchor_labels = anchor_sets[anchor_name] if anchor_name else (None, None)
             started = time.perf_counter()
-            tuned = finetune_block(block, act["forget"][0], original.head.weight.detach(), original.head.bias.detach(),
-                                   [cls], anchors, objective, anchor_labels=anchor_labels, seed=args.seed)
+            tuned = finetune_block(
+                block,
+                act["forget"][0],
+                original.head.weight.detach(),
+                original.head.bias.detach(),
+                [cls],
+                anchors,
+                objective,
+                anchor_labels=anchor_labels,
+                seed=args.seed,
+            )
             tuned_feats = {s: pooled_block(tuned, act[s][0]) for s in ("probe", "test", "proto")}
             label = f"fine-tune last block ({objective}), {anchor_name or 'no'} anchors"
             if anchor_name:
                 label += f" ({len(anchors)})"
-            measure(f"{label}, {time.perf_counter() - started:.0f} s", tuned_feats.__getitem__,
-                    oracle=anchor_name == "oracle")
+            measure(
+                f"{label}, {time.perf_counter() - started:.0f} s",
+                tuned_feats.__getitem__,
+                oracle=anchor_name == "oracle",
+            )
         # the same with more forget samples (the first n of the same seeded draw): are a few samples the limit?
         if extra_counts:
             extra_idx = sample_indices(data, [cls], max(extra_counts), seed=args.seed)
@@ -327,12 +408,23 @@ def run(args: argparse.Namespace) -> int:
             for objective in ("nhle", "adversarial"):
                 for n in extra_counts:
                     started = time.perf_counter()
-                    tuned = finetune_block(block, extra_inputs[:n], original.head.weight.detach(),
-                                           original.head.bias.detach(), [cls], synthesised[0], objective,
-                                           anchor_labels=synthesised[1], seed=args.seed)
+                    tuned = finetune_block(
+                        block,
+                        extra_inputs[:n],
+                        original.head.weight.detach(),
+                        original.head.bias.detach(),
+                        [cls],
+                        synthesised[0],
+                        objective,
+                        anchor_labels=synthesised[1],
+                        seed=args.seed,
+                    )
                     tuned_feats = {s: pooled_block(tuned, act[s][0]) for s in ("probe", "test", "proto")}
-                    measure(f"fine-tune last block ({objective}), synthesised anchors ({len(synthesised[0])}), {n} forget "
-                            f"samples, {time.perf_counter() - started:.0f} s", tuned_feats.__getitem__)
+                    measure(
+                        f"fine-tune last block ({objective}), synthesised anchors ({len(synthesised[0])}), {n} forget "
+                        f"samples, {time.perf_counter() - started:.0f} s",
+                        tuned_feats.__getitem__,
+                    )
 
     # diagnostic: directions removed from the penultimate features themselves
     diffs = torch.stack([base["forget"].mean(0) - class_pen[r] for r in keep], 1)
@@ -341,24 +433,43 @@ def run(args: argparse.Namespace) -> int:
         proj = basis[:, :k] @ basis[:, :k].T
         measure(f"remove {k} direction(s) (diagnostic)", lambda s, p=proj: base[s] - base[s] @ p)
 
-    header = ("| variant | retain_acc | forget unmasked | probe penultimate [95 % CI] | prototype attack, mask lifted |\n"
-              "|---|---:|---:|---:|---:|")
-    lines = [f"### probe gap: {Path(str(args.checkpoint)).name} on {data.spec}, class {cls}, {args.samples} forget samples",
-             "", header]
+    header = (
+        "| variant | retain_acc | forget unmasked | probe penultimate [95 % CI] | prototype attack, mask lifted |\n"
+        "|---|---:|---:|---:|---:|"
+    )
+    lines = [
+        f"### probe gap: {Path(str(args.checkpoint)).name} on {data.spec}, class {cls}, {args.samples} forget samples",
+        "",
+        header,
+    ]
     for r in rows:
-        lines.append(f"| {r['variant']} | {r['retain_acc']:.3f} | "
-                     f"{r['forget_acc_unmasked']:.3f} | {r['probe_penultimate']:.3f} "
-                     f"[{r['probe_ci95'][0]:.2f}, {r['probe_ci95'][1]:.2f}] | {r['proto_attack_unmasked']:.3f} |")
+        lines.append(
+            f"| {r['variant']} | {r['retain_acc']:.3f} | "
+            f"{r['forget_acc_unmasked']:.3f} | {r['probe_penultimate']:.3f} "
+            f"[{r['probe_ci95'][0]:.2f}, {r['probe_ci95'][1]:.2f}] | {r['proto_attack_unmasked']:.3f} |"
+        )
     if synthesis_seconds is not None:
-        lines += ["", f"Fine-tuning rows give the fine-tuning's seconds; synthesising the anchors took "
-                      f"{synthesis_seconds:.0f} s more."]
+        lines += [
+            "",
+            f"Fine-tuning rows give the fine-tuning's seconds; synthesising the anchors took "
+            f"{synthesis_seconds:.0f} s more.",
+        ]
     text = "\n".join(lines)
     print(text)
-    report = {"schema": "edge_unlearn.bench.probe_gap", "version": 2, "dataset": data.spec, "forget_class": cls,
-              "samples": args.samples, "finetune_samples": extra_counts, "row_groups": sorted(groups), "probe_train_size": args.probe_train_size,
-              "seed": args.seed, "rows": rows,
-              "anchor_synthesis_seconds": synthesis_seconds,
-              **results_provenance(t0)}
+    report = {
+        "schema": "edge_unlearn.bench.probe_gap",
+        "version": 2,
+        "dataset": data.spec,
+        "forget_class": cls,
+        "samples": args.samples,
+        "finetune_samples": extra_counts,
+        "row_groups": sorted(groups),
+        "probe_train_size": args.probe_train_size,
+        "seed": args.seed,
+        "rows": rows,
+        "anchor_synthesis_seconds": synthesis_seconds,
+        **results_provenance(t0),
+    }
     write_results(report, text, args.json, args.md)
     return 0
 

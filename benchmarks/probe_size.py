@@ -14,6 +14,7 @@ Example::
     python benchmarks/probe_size.py --checkpoint cifar_resnet18.safetensors --retrained retrain_c5.safetensors \\
         --dataset npz:../shared/data/cifar10.npz --forget-class 5 --sizes 1000,2000,all --probe-seeds 0,1,2
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,8 +29,15 @@ import torch
 from edge_unlearn.checkpoint import load_checkpoint
 from edge_unlearn.data import Dataset, load_dataset, preprocess, take_samples
 from edge_unlearn.errors import UsageError
-from edge_unlearn.metrics import (PENULTIMATE, RETAINED_LOGITS, _probe_train_indices, fit_linear_probe, model_outputs,
-                                  probe_test_indices, retained_logit_columns)
+from edge_unlearn.metrics import (
+    PENULTIMATE,
+    RETAINED_LOGITS,
+    _probe_train_indices,
+    fit_linear_probe,
+    model_outputs,
+    probe_test_indices,
+    retained_logit_columns,
+)
 from edge_unlearn.models import UnlearnableClassifier
 from edge_unlearn.unlearn import ForgetSet, forget
 
@@ -44,15 +52,15 @@ def readouts(model: UnlearnableClassifier, data: Dataset, cls: int) -> dict[str,
     masked}} for every training image and the forgotten class's probe test images."""
     kept = retained_logit_columns(model, [cls])
     out = {}
-    for split, images, idx in (("train", data.x_train, None),
-                               ("test", data.x_test, probe_test_indices(data, [cls]))):
+    for split, images, idx in (("train", data.x_train, None), ("test", data.x_test, probe_test_indices(data, [cls]))):
         feats, logits = model_outputs(model, images, data, indices=idx)
         out[split] = {PENULTIMATE: feats.numpy(), RETAINED_LOGITS: logits[:, kept].numpy()}
     return out
 
 
-def probe_cell(reads: dict[str, dict[str, np.ndarray]], data: Dataset, cls: int, depth: str, size: int,
-               seed: int) -> int:
+def probe_cell(
+    reads: dict[str, dict[str, np.ndarray]], data: Dataset, cls: int, depth: str, size: int, seed: int
+) -> int:
     """Hits of the probe fitted on the training draw of ``size`` (``seed``) on the class's test images."""
     idx = _probe_train_indices(data, size, seed).numpy()
     probe = fit_linear_probe(reads["train"][depth][idx], data.y_train.numpy()[idx], seed)
@@ -89,8 +97,10 @@ def run(args: argparse.Namespace) -> int:
     original = load_checkpoint(args.checkpoint).model.eval()
     gold = load_checkpoint(args.retrained).model.eval()
     if sorted(gold.forgotten_classes) != [cls]:
-        raise UsageError(f"--retrained forgot {sorted(gold.forgotten_classes)}, not [{cls}]: give the model retrained "
-                         "without --forget-class")
+        raise UsageError(
+            f"--retrained forgot {sorted(gold.forgotten_classes)}, not [{cls}]: give the model retrained "
+            "without --forget-class"
+        )
     x, y = take_samples(data, [cls], args.samples, seed=0)
     nhle = forget(original, ForgetSet(preprocess(x, data.normalization), y, (cls,)), method="nhle").model.eval()
     models = {"original": original, "retrain": gold, "nhle": nhle}
@@ -102,17 +112,32 @@ def run(args: argparse.Namespace) -> int:
             for size in sizes:
                 for seed in seeds:
                     hits = probe_cell(reads, data, cls, depth, size, seed)
-                    cells.append({"model": name, "depth": depth, "size": size, "seed": seed, "hits": hits,
-                                  "n": n_test, "accuracy": hits / n_test, "ci95": list(wilson(hits, n_test))})
+                    cells.append(
+                        {
+                            "model": name,
+                            "depth": depth,
+                            "size": size,
+                            "seed": seed,
+                            "hits": hits,
+                            "n": n_test,
+                            "accuracy": hits / n_test,
+                            "ci95": list(wilson(hits, n_test)),
+                        }
+                    )
                     print(f"{name:8s} {depth:16s} size {size:5d} seed {seed}: {hits / n_test:.3f}", flush=True)
 
     def mean(name: str, depth: str, size: int) -> float:
-        return float(np.mean([c["accuracy"] for c in cells if (c["model"], c["depth"], c["size"]) == (name, depth, size)]))
+        return float(
+            np.mean([c["accuracy"] for c in cells if (c["model"], c["depth"], c["size"]) == (name, depth, size)])
+        )
 
-    lines = [f"### probe size: {args.checkpoint.name} on {data.spec}, class {cls} ({n_test} test images), "
-             f"probe draws {seeds}", "",
-             "| depth | probe training images | original | retrain | NHLE default | NHLE − retrain |",
-             "|---|---:|---:|---:|---:|---:|"]
+    lines = [
+        f"### probe size: {args.checkpoint.name} on {data.spec}, class {cls} ({n_test} test images), "
+        f"probe draws {seeds}",
+        "",
+        "| depth | probe training images | original | retrain | NHLE default | NHLE − retrain |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
     for depth in (PENULTIMATE, RETAINED_LOGITS):
         for size in sizes:
             o, r, n = (mean(m, depth, size) for m in models)
@@ -120,9 +145,18 @@ def run(args: argparse.Namespace) -> int:
     lines += ["", "Each figure is the mean over the probe draws; the JSON has every cell with its 95 % interval."]
     text = "\n".join(lines)
     print(text)
-    report = {"schema": "edge_unlearn.bench.probe_size", "version": 1, "dataset": data.spec, "forget_class": cls,
-              "samples": args.samples, "sizes": sizes, "probe_seeds": seeds, "test_images": n_test, "cells": cells,
-              **results_provenance(t0)}
+    report = {
+        "schema": "edge_unlearn.bench.probe_size",
+        "version": 1,
+        "dataset": data.spec,
+        "forget_class": cls,
+        "samples": args.samples,
+        "sizes": sizes,
+        "probe_seeds": seeds,
+        "test_images": n_test,
+        "cells": cells,
+        **results_provenance(t0),
+    }
     write_results(report, text, args.json, args.md)
     return 0
 

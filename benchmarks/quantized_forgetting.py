@@ -14,6 +14,7 @@ the per-round ratio to FP32 (median and its min-max spread over rounds), and the
 
 Writes ``benchmarks/results/quantized_forgetting.{json,md}`` (``--json`` / ``--table`` to change).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -90,9 +91,18 @@ def base_model(case: Case, spec: str, data, out: Path):
         return load_checkpoint(cached).model, config
     t = time.perf_counter()
     base = train_model(case.arch, data, config, progress=False).model
-    save_checkpoint(cached, base, CheckpointMeta(
-        arch=case.arch, num_classes=data.num_classes, class_names=data.class_names, input_shape=data.input_shape,
-        normalization=data.normalization, dataset=spec))
+    save_checkpoint(
+        cached,
+        base,
+        CheckpointMeta(
+            arch=case.arch,
+            num_classes=data.num_classes,
+            class_names=data.class_names,
+            input_shape=data.input_shape,
+            normalization=data.normalization,
+            dataset=spec,
+        ),
+    )
     print(f"trained {case.arch} on {Path(spec[4:]).name} in {time.perf_counter() - t:.0f}s", flush=True)
     return base, config
 
@@ -102,13 +112,13 @@ def measure_variants(checkpoint: Path, spec: str, bundle: Path, folder: Path) ->
 
     Every variant is exported from the same checkpoint *file* (re-saving a model gives another sha256)."""
     import onnx
+    from mask_variants import DESIGNS  # benchmarks/, beside this script
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
+    from edge_unlearn.deploy.onnx_meta import read_meta, topological_sort, write_meta
+    from edge_unlearn.deploy.validate import validate_model
     from edge_unlearn.export.onnx_export import export_onnx
-    from mask_variants import DESIGNS  # benchmarks/, beside this script
-    from edge_unlearn.export.onnx_meta import read_meta, topological_sort, write_meta
     from edge_unlearn.export.quantize import QuantizeConfig, fp16_plain_cast, quantize_model
-    from edge_unlearn.export.validate import validate_model
 
     rows = []
     exported: dict[str, Path] = {}
@@ -123,27 +133,57 @@ def measure_variants(checkpoint: Path, spec: str, bundle: Path, folder: Path) ->
     def judge(name: str, precision: str, path: Path) -> None:
         try:
             rep = validate_model(path, bundle, provider="cpu")
-            rows.append({"variant": name, "precision": precision, "verdict": "pass" if rep else "fail",
-                         "forget_acc": rep.figure("forget_acc"), "retain_drop": rep.figure("retain_drop"),
-                         "agreement": rep.figure("retain_agreement"), "failed": [c.name for c in rep.failed]})
+            rows.append(
+                {
+                    "variant": name,
+                    "precision": precision,
+                    "verdict": "pass" if rep else "fail",
+                    "forget_acc": rep.figure("forget_acc"),
+                    "retain_drop": rep.figure("retain_drop"),
+                    "agreement": rep.figure("retain_agreement"),
+                    "failed": [c.name for c in rep.failed],
+                }
+            )
         except Exception as exc:  # noqa: BLE001 - a variant that cannot even run is a measured result too
             rows.append({"variant": name, "precision": precision, "verdict": "error", "error": str(exc)[:160]})
 
     cases = [
-        ("naive zero rows, bias -1e4; ORT static QDQ defaults", "naive", QuantizeConfig(ort_defaults=True, strict=False)),
-        ("full head + Where mask, quantized (first conv in float)", "where",
-         QuantizeConfig(exclude_mask_nodes=False, strict=False)),
+        (
+            "naive zero rows, bias -1e4; ORT static QDQ defaults",
+            "naive",
+            QuantizeConfig(ort_defaults=True, strict=False),
+        ),
+        (
+            "full head + Where mask, quantized (first conv in float)",
+            "where",
+            QuantizeConfig(exclude_mask_nodes=False, strict=False),
+        ),
         ("full head + Where mask kept in float (first conv in float)", "where", QuantizeConfig(strict=False)),
-        ("compact head + Pad/Gather; everything quantized", "compact",
-         QuantizeConfig(exclude_mask_nodes=False, float_first_layer=False, strict=False)),
-        ("compact head + Pad/Gather in float, first conv quantized, symmetric activations", "compact",
-         QuantizeConfig(float_first_layer=False)),
-        ("compact head + Pad/Gather in float, first conv quantized, asymmetric activations", "compact",
-         QuantizeConfig(float_first_layer=False, symmetric_activations=False)),
-        ("compact head + Pad/Gather and first conv in float, asymmetric activations", "compact",
-         QuantizeConfig(symmetric_activations=False)),
-        ("compact head + Pad/Gather and first conv in float, symmetric activations (ours)", "compact",
-         QuantizeConfig()),
+        (
+            "compact head + Pad/Gather; everything quantized",
+            "compact",
+            QuantizeConfig(exclude_mask_nodes=False, float_first_layer=False, strict=False),
+        ),
+        (
+            "compact head + Pad/Gather in float, first conv quantized, symmetric activations",
+            "compact",
+            QuantizeConfig(float_first_layer=False),
+        ),
+        (
+            "compact head + Pad/Gather in float, first conv quantized, asymmetric activations",
+            "compact",
+            QuantizeConfig(float_first_layer=False, symmetric_activations=False),
+        ),
+        (
+            "compact head + Pad/Gather and first conv in float, asymmetric activations",
+            "compact",
+            QuantizeConfig(symmetric_activations=False),
+        ),
+        (
+            "compact head + Pad/Gather and first conv in float, symmetric activations (ours)",
+            "compact",
+            QuantizeConfig(),
+        ),
     ]
     for i, (name, variant, config) in enumerate(cases):
         fp32 = export(variant)
@@ -151,9 +191,11 @@ def measure_variants(checkpoint: Path, spec: str, bundle: Path, folder: Path) ->
         with _quiet():
             quantize_model(fp32, out, config, calib=spec)
         judge(name, "int8", out)
-    for name, variant, clamp in (("naive bias -1e9, plain FP16 cast", "naive_1e9", 65504.0),
-                                 ("naive bias -1e9, ORT converter (clamps to ±1e4)", "naive_1e9", None),
-                                 ("compact head + Pad/Gather (ours)", "compact", None)):
+    for name, variant, clamp in (
+        ("naive bias -1e9, plain FP16 cast", "naive_1e9", 65504.0),
+        ("naive bias -1e9, ORT converter (clamps to ±1e4)", "naive_1e9", None),
+        ("compact head + Pad/Gather (ours)", "compact", None),
+    ):
         fp32 = export(variant)
         out = folder / f"variant_{variant}_{clamp}.fp16.onnx"
         if clamp:  # a plain cast, as .half() does: -1e9 -> -inf
@@ -165,7 +207,6 @@ def measure_variants(checkpoint: Path, spec: str, bundle: Path, folder: Path) ->
         onnx.save(proto, str(out))
         judge(name, "fp16", out)
     return rows
-
 
 
 #: what is quantized, validated and timed for every model: (label, QuantizeConfig arguments)
@@ -189,20 +230,26 @@ def forgotten_model(case: Case, data, base, method: str, forget_samples: int):
         model.mask_classes(case.forget)
         return model, method
     x, y = take_samples(data, case.forget, forget_samples, seed=0)
-    return forget(base, ForgetSet(preprocess(x, data.normalization), y, case.forget), method=method,
-                  device="cpu").model, method
+    return forget(
+        base, ForgetSet(preprocess(x, data.normalization), y, case.forget), method=method, device="cpu"
+    ).model, method
 
 
 def validate_row(path: Path, bundle: Path) -> dict:
-    from edge_unlearn.export.validate import validate_model
+    from edge_unlearn.deploy.validate import validate_model
 
     try:
         rep = validate_model(path, bundle, provider="cpu")
     except Exception as exc:  # noqa: BLE001 - e.g. no FP16 kernel on this CPU: recorded, not hidden
         return {"verdict": "cannot run", "error": str(exc)[:200]}
-    return {"verdict": "pass" if rep else "fail", "forget_acc": rep.figure("forget_acc"),
-            "retain_drop": rep.figure("retain_drop"), "agreement": rep.figure("retain_agreement"),
-            "retain_acc": _retain_acc(rep.per_class, "acc"), "failed": [k.name for k in rep.failed]}
+    return {
+        "verdict": "pass" if rep else "fail",
+        "forget_acc": rep.figure("forget_acc"),
+        "retain_drop": rep.figure("retain_drop"),
+        "agreement": rep.figure("retain_agreement"),
+        "retain_acc": _retain_acc(rep.per_class, "acc"),
+        "failed": [k.name for k in rep.failed],
+    }
 
 
 def _retain_acc(per_class: list[dict], key: str) -> float | None:
@@ -211,8 +258,9 @@ def _retain_acc(per_class: list[dict], key: str) -> float | None:
     return sum(r[key] * r["n"] for r in rows) / total if total else None
 
 
-def interleaved_latency(models: dict[str, Path], shape: tuple[int, ...], batch: int, rounds: int, iters: int,
-                        threads: int) -> dict[str, dict]:
+def interleaved_latency(
+    models: dict[str, Path], shape: tuple[int, ...], batch: int, rounds: int, iters: int, threads: int
+) -> dict[str, dict]:
     """onnxruntime CPU latency of every model at ``batch``, in interleaved rounds (rotated order each round).
 
     Per model: p50 over every timed run; per round, its median over the FP32 median of the *same* round,
@@ -240,7 +288,7 @@ def interleaved_latency(models: dict[str, Path], shape: tuple[int, ...], batch: 
     times: dict[str, list[float]] = {n: [] for n in names}
     per_round: dict[str, list[float]] = {n: [] for n in names}
     for r in range(rounds):
-        order = names[r % len(names):] + names[:r % len(names)]
+        order = names[r % len(names) :] + names[: r % len(names)]
         for name in order:
             sess, got = sessions[name], []
             for _ in range(iters):
@@ -252,11 +300,15 @@ def interleaved_latency(models: dict[str, Path], shape: tuple[int, ...], batch: 
     out = {}
     for name in names:
         ratios = np.asarray(per_round[name]) / np.asarray(per_round["fp32"]) if "fp32" in per_round else None
-        out[name] = {"p50_ms": float(np.median(times[name])), "p10_ms": float(np.percentile(times[name], 10)),
-                     "p90_ms": float(np.percentile(times[name], 90)), "runs": len(times[name]),
-                     "ratio_p50": float(np.median(ratios)) if ratios is not None else None,
-                     "ratio_min": float(ratios.min()) if ratios is not None else None,
-                     "ratio_max": float(ratios.max()) if ratios is not None else None}
+        out[name] = {
+            "p50_ms": float(np.median(times[name])),
+            "p10_ms": float(np.percentile(times[name], 10)),
+            "p90_ms": float(np.percentile(times[name], 90)),
+            "runs": len(times[name]),
+            "ratio_p50": float(np.median(ratios)) if ratios is not None else None,
+            "ratio_min": float(ratios.min()) if ratios is not None else None,
+            "ratio_max": float(ratios.max()) if ratios is not None else None,
+        }
     return out
 
 
@@ -275,9 +327,19 @@ def run_case(case: Case, out: Path, args) -> dict:
     sub = out / f"{case.arch}_forget{'_'.join(map(str, case.forget))}"
     sub.mkdir(parents=True, exist_ok=True)
     ckpt = sub / "forgotten.safetensors"
-    save_checkpoint(ckpt, model, CheckpointMeta(
-        arch=case.arch, num_classes=data.num_classes, class_names=data.class_names, input_shape=data.input_shape,
-        normalization=data.normalization, dataset=spec, forgotten_classes=case.forget))
+    save_checkpoint(
+        ckpt,
+        model,
+        CheckpointMeta(
+            arch=case.arch,
+            num_classes=data.num_classes,
+            class_names=data.class_names,
+            input_shape=data.input_shape,
+            normalization=data.normalization,
+            dataset=spec,
+            forgotten_classes=case.forget,
+        ),
+    )
     models = {"fp32": sub / "model.onnx"}
     with _quiet():
         exported = export_onnx(ckpt, models["fp32"])
@@ -286,9 +348,16 @@ def run_case(case: Case, out: Path, args) -> dict:
         with _quiet():
             quantize_model(models["fp32"], models[label], QuantizeConfig(**kwargs), calib=spec)
     make_bundle(ckpt, spec, sub / "eval.npz", per_class=args.per_class)
-    row = {"arch": case.arch, "dataset": Path(spec[4:]).name, "input_shape": list(data.input_shape),
-           "forget": list(case.forget), "method": method, "train": train_config.to_json(),
-           "parity_max_abs_diff": exported.parity.max_abs_diff, "models": {}}
+    row = {
+        "arch": case.arch,
+        "dataset": Path(spec[4:]).name,
+        "input_shape": list(data.input_shape),
+        "forget": list(case.forget),
+        "method": method,
+        "train": train_config.to_json(),
+        "parity_max_abs_diff": exported.parity.max_abs_diff,
+        "models": {},
+    }
     for label, path in models.items():
         row["models"][label] = {"file": path.name, **read_layout(path), **validate_row(path, sub / "eval.npz")}
     print(f"{case.arch}: exported, quantized and validated in {time.perf_counter() - t0:.0f}s", flush=True)
@@ -312,18 +381,22 @@ def _lat(cell: dict | None) -> tuple[str, str]:
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| model | data | forgotten | precision / target | layout | verdict | forget_acc | retain drop | "
-             "agreement | b1 p50 ms | b1 vs FP32 (round min–max) | b64 p50 ms | b64 vs FP32 (round min–max) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| model | data | forgotten | precision / target | layout | verdict | forget_acc | retain drop | "
+        "agreement | b1 p50 ms | b1 vs FP32 (round min–max) | b64 p50 ms | b64 vs FP32 (round min–max) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for row in rows:
         shape = "×".join(map(str, row["input_shape"]))
         for label, m in row["models"].items():
             b1, r1 = _lat(m.get("b1"))
             b64, r64 = _lat(m.get("b64"))
             verdict = m["verdict"] + (f" ({', '.join(m['failed'])})" if m.get("failed") else "")
-            lines.append(f"| {row['arch']} | {Path(row['dataset']).stem} {shape} | {row['forget']} | {label} | "
-                         f"{m['layout']} | {verdict} | {_f(m.get('forget_acc'))} | {_f(m.get('retain_drop'))} | "
-                         f"{_f(m.get('agreement'))} | {b1} | {r1} | {b64} | {r64} |")
+            lines.append(
+                f"| {row['arch']} | {Path(row['dataset']).stem} {shape} | {row['forget']} | {label} | "
+                f"{m['layout']} | {verdict} | {_f(m.get('forget_acc'))} | {_f(m.get('retain_drop'))} | "
+                f"{_f(m.get('agreement'))} | {b1} | {r1} | {b64} | {r64} |"
+            )
     return "\n".join(lines)
 
 
@@ -332,13 +405,23 @@ def acceptance(rows: list[dict]) -> list[dict]:
     checks = []
     for row in rows:
         m = row["models"]["int8 cpu"]
-        ok = (m["verdict"] != "cannot run" and m["forget_acc"] <= ACCEPT["max_forget_acc"]
-              and m["retain_drop"] <= ACCEPT["max_retain_drop"] and m["agreement"] >= ACCEPT["min_agreement"])
-        item = {"arch": row["arch"], "layout": m["layout"], "forgetting_ok": bool(ok),
-                "ratio_b1": (m.get("b1") or {}).get("ratio_p50"), "ratio_b64": (m.get("b64") or {}).get("ratio_p50")}
+        ok = (
+            m["verdict"] != "cannot run"
+            and m["forget_acc"] <= ACCEPT["max_forget_acc"]
+            and m["retain_drop"] <= ACCEPT["max_retain_drop"]
+            and m["agreement"] >= ACCEPT["min_agreement"]
+        )
+        item = {
+            "arch": row["arch"],
+            "layout": m["layout"],
+            "forgetting_ok": bool(ok),
+            "ratio_b1": (m.get("b1") or {}).get("ratio_p50"),
+            "ratio_b64": (m.get("b64") or {}).get("ratio_p50"),
+        }
         if row["arch"] == "resnet18":
-            item["latency_ok"] = all(r is not None and r <= ACCEPT["max_ratio_resnet18"]
-                                     for r in (item["ratio_b1"], item["ratio_b64"]))
+            item["latency_ok"] = all(
+                r is not None and r <= ACCEPT["max_ratio_resnet18"] for r in (item["ratio_b1"], item["ratio_b64"])
+            )
         checks.append(item)
     return checks
 
@@ -383,29 +466,51 @@ def main(argv=None) -> int:
     started = time.perf_counter()
     rows = [run_case(case, out, args) for case in plan]
     cpu = read_cpu_features()
-    result = {"benchmark": "quantized_forgetting", "rows": rows, "acceptance": acceptance(rows),
-              "thresholds": ACCEPT, "seconds": time.perf_counter() - started,
-              "timing": {"rounds": args.rounds, "iters_b1": args.iters_b1, "iters_b64": args.iters_b64,
-                         "threads": args.threads, "interleaved": True},
-              "environment": {"python": platform.python_version(), "machine": platform.machine(),
-                              "cpu": cpu.summary(), "native_fp16": cpu.native_fp16, "torch": torch.__version__,
-                              "onnxruntime": onnxruntime.__version__, "threads": args.threads,
-                              "load_avg": list(__import__("os").getloadavg())}}
+    result = {
+        "benchmark": "quantized_forgetting",
+        "rows": rows,
+        "acceptance": acceptance(rows),
+        "thresholds": ACCEPT,
+        "seconds": time.perf_counter() - started,
+        "timing": {
+            "rounds": args.rounds,
+            "iters_b1": args.iters_b1,
+            "iters_b64": args.iters_b64,
+            "threads": args.threads,
+            "interleaved": True,
+        },
+        "environment": {
+            "python": platform.python_version(),
+            "machine": platform.machine(),
+            "cpu": cpu.summary(),
+            "native_fp16": cpu.native_fp16,
+            "torch": torch.__version__,
+            "onnxruntime": onnxruntime.__version__,
+            "threads": args.threads,
+            "load_avg": list(__import__("os").getloadavg()),
+        },
+    }
     text = table(rows)
     print("\n" + text)
     for row in rows:
         for v in row.get("variants", []):
-            print(f"  variant [{v['precision']}] {v['variant']:<62} {v['verdict']:5} "
-                  f"forget {_f(v.get('forget_acc'))} drop {_f(v.get('retain_drop'))} agree {_f(v.get('agreement'))}")
+            print(
+                f"  variant [{v['precision']}] {v['variant']:<62} {v['verdict']:5} "
+                f"forget {_f(v.get('forget_acc'))} drop {_f(v.get('retain_drop'))} agree {_f(v.get('agreement'))}"
+            )
     for item in result["acceptance"]:
-        print(f"acceptance {item['arch']} int8 cpu ({item['layout']}): forgetting {'ok' if item['forgetting_ok'] else 'FAILED'}"
-              + (f", latency {'ok' if item['latency_ok'] else 'FAILED'}" if "latency_ok" in item else "")
-              + f" (b1 {_f(item['ratio_b1'], 2)}×, b64 {_f(item['ratio_b64'], 2)}× FP32)")
+        print(
+            f"acceptance {item['arch']} int8 cpu ({item['layout']}): forgetting {'ok' if item['forgetting_ok'] else 'FAILED'}"
+            + (f", latency {'ok' if item['latency_ok'] else 'FAILED'}" if "latency_ok" in item else "")
+            + f" (b1 {_f(item['ratio_b1'], 2)}×, b64 {_f(item['ratio_b64'], 2)}× FP32)"
+        )
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(result, indent=2, default=str) + "\n")
-    Path(args.table).write_text(f"# quantized_forgetting ({result['environment']['cpu']}, onnxruntime "
-                                f"{onnxruntime.__version__}, {args.threads} thread, {args.rounds} interleaved rounds)"
-                                "\n\n" + text + "\n")
+    Path(args.table).write_text(
+        f"# quantized_forgetting ({result['environment']['cpu']}, onnxruntime "
+        f"{onnxruntime.__version__}, {args.threads} thread, {args.rounds} interleaved rounds)"
+        "\n\n" + text + "\n"
+    )
     print(f"wrote {args.json} and {args.table} ({result['seconds']:.0f}s)")
     ok = all(i["forgetting_ok"] and i.get("latency_ok", True) for i in result["acceptance"])
     return 0 if ok else 1

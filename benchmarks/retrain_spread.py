@@ -12,6 +12,7 @@ Example::
     python benchmarks/retrain_spread.py --preset cifar-resnet18 --forget-class 5 --retrain-seeds 0,1 \\
         --original cifar_resnet18.safetensors --probe-train-size 2000 --relearn-max-steps 20 --json out.json
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,12 +29,28 @@ from edge_unlearn.models import UnlearnableClassifier
 from edge_unlearn.training import TrainConfig
 
 try:  # run as a script (python benchmarks/...) or imported as benchmarks.retrain_spread
-    from forgetting_depth import (PRESETS, adopt_original, cached_train, data_digest, measure, summarise, table,
-                                  use_bench_threads)
+    from forgetting_depth import (
+        PRESETS,
+        adopt_original,
+        cached_train,
+        data_digest,
+        measure,
+        summarise,
+        table,
+        use_bench_threads,
+    )
     from probe_gap import results_provenance, run_reporting_errors, write_results
 except ImportError:  # imported as part of the benchmarks package (the tests)
-    from benchmarks.forgetting_depth import (PRESETS, adopt_original, cached_train, data_digest, measure, summarise,
-                                             table, use_bench_threads)
+    from benchmarks.forgetting_depth import (
+        PRESETS,
+        adopt_original,
+        cached_train,
+        data_digest,
+        measure,
+        summarise,
+        table,
+        use_bench_threads,
+    )
     from benchmarks.probe_gap import results_provenance, run_reporting_errors, write_results
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,8 +66,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--probe-train-size", type=int, default=5000)
     parser.add_argument("--relearn-max-steps", type=int, default=50)
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--out-dir", type=Path, default=ROOT / "bench_out" / "forgetting_depth",
-                        help="the trained-model cache (forgetting_depth's)")
+    parser.add_argument(
+        "--out-dir",
+        type=Path,
+        default=ROOT / "bench_out" / "forgetting_depth",
+        help="the trained-model cache (forgetting_depth's)",
+    )
     parser.add_argument("--json", type=Path)
     parser.add_argument("--md", type=Path)
     return run_reporting_errors(run, parser.parse_args(argv))
@@ -88,9 +109,12 @@ def run(args: argparse.Namespace) -> int:
         m["figures"]["seconds"] = seconds
         rows.append({"model": name, "cache_key": key, **m})
         f = m["figures"]
-        print(f"{name:18s} retain {f['retain_acc']:.3f} " +
-              " ".join(f"{k[6:]} {v:.3f}" for k, v in f.items() if k.startswith("probe@")) +
-              f" attack(lifted) {f['proto_attack_unmasked']:.3f} mia {f['mia_entropy']:.3f}", flush=True)
+        print(
+            f"{name:18s} retain {f['retain_acc']:.3f} "
+            + " ".join(f"{k[6:]} {v:.3f}" for k, v in f.items() if k.startswith("probe@"))
+            + f" attack(lifted) {f['proto_attack_unmasked']:.3f} mia {f['mia_entropy']:.3f}",
+            flush=True,
+        )
 
     retrained = [cached_train(cache, preset.arch, data, digest, recipe(seed), (cls,)) for seed in seeds]  # train first
     audit("original", original, original_s, original_key)
@@ -98,14 +122,27 @@ def run(args: argparse.Namespace) -> int:
         audit(f"retrain[seed={seed}]", model, seconds, key)
     retrain_rows = [{**r, "model": "retrain (every seed)"} for r in rows if r["model"] != "original"]
     summary = summarise(rows + retrain_rows)
-    text = table(summary, f"retrained-model spread: {preset.arch} on {data.spec}, class {cls}, "
-                          f"retrain seeds {', '.join(map(str, seeds))} (original: seed {args.original_seed})")
+    text = table(
+        summary,
+        f"retrained-model spread: {preset.arch} on {data.spec}, class {cls}, "
+        f"retrain seeds {', '.join(map(str, seeds))} (original: seed {args.original_seed})",
+    )
     print(text)
-    report = {"schema": "edge_unlearn.bench.retrain_spread", "version": 1, "preset": args.preset,
-              "arch": preset.arch, "dataset": data.spec, "forget_class": cls, "original_seed": args.original_seed,
-              "retrain_seeds": seeds, "recipe": {"epochs": preset.epochs, "min_steps": preset.min_steps},
-              "audit_config": audit_config.to_json(), "rows": rows, "summary": summary,
-              **results_provenance(t0)}
+    report = {
+        "schema": "edge_unlearn.bench.retrain_spread",
+        "version": 1,
+        "preset": args.preset,
+        "arch": preset.arch,
+        "dataset": data.spec,
+        "forget_class": cls,
+        "original_seed": args.original_seed,
+        "retrain_seeds": seeds,
+        "recipe": {"epochs": preset.epochs, "min_steps": preset.min_steps},
+        "audit_config": audit_config.to_json(),
+        "rows": rows,
+        "summary": summary,
+        **results_provenance(t0),
+    }
     write_results(report, text, args.json, args.md)
     return 0
 

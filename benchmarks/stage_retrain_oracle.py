@@ -13,6 +13,7 @@ Example::
     python benchmarks/stage_retrain_oracle.py --checkpoint cifar_resnet18.safetensors \\
         --dataset npz:../shared/data/cifar10.npz --forget-class 5 --from-stage layer3 --json out.json --md out.md
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,8 +46,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--checkpoint", type=Path, required=True, help="the original model (edge-unlearn checkpoint)")
     parser.add_argument("--dataset", required=True)
     parser.add_argument("--forget-class", type=int, required=True)
-    parser.add_argument("--from-stage", choices=STAGES, default="layer4",
-                        help="the first stage re-initialised and retrained (every later one is too)")
+    parser.add_argument(
+        "--from-stage",
+        choices=STAGES,
+        default="layer4",
+        help="the first stage re-initialised and retrained (every later one is too)",
+    )
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--probe-train-size", type=int, default=2000)
@@ -63,7 +68,7 @@ def stage_inputs(model, stage: nn.Module, images: torch.Tensor, normalization) -
     handle = stage.register_forward_pre_hook(lambda _m, args: seen.append(args[0]))
     try:
         for start in range(0, len(images), 256):
-            model.backbone(preprocess(images[start:start + 256], normalization))
+            model.backbone(preprocess(images[start : start + 256], normalization))
     finally:
         handle.remove()
     return torch.cat(seen)
@@ -75,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     data = load_dataset(args.dataset)
     original = load_checkpoint(args.checkpoint).model.eval()
-    stages = [getattr(original.backbone, name, None) for name in STAGES[STAGES.index(args.from_stage):]]
+    stages = [getattr(original.backbone, name, None) for name in STAGES[STAGES.index(args.from_stage) :]]
     if not all(isinstance(s, nn.Sequential) for s in stages):
         raise UsageError("stage_retrain_oracle needs a torchvision-style ResNet (a backbone with layer1..layer4)")
     stage = stages[0]
@@ -85,10 +90,13 @@ def run(args: argparse.Namespace) -> int:
     train_in = stage_inputs(original, stage, data.x_train, data.normalization)
     test_in = stage_inputs(original, stage, data.x_test, data.normalization)
     with torch.no_grad():
-        if not torch.allclose(tail(test_in[:16]), original.features(preprocess(data.x_test[:16], data.normalization)),
-                              atol=1e-4):
-            raise UsageError(f"the backbone's output is not the pooled output of {retrained_part} "
-                             "(a layer between or after the stages?)")
+        if not torch.allclose(
+            tail(test_in[:16]), original.features(preprocess(data.x_test[:16], data.normalization)), atol=1e-4
+        ):
+            raise UsageError(
+                f"the backbone's output is not the pooled output of {retrained_part} "
+                "(a layer between or after the stages?)"
+            )
     print(f"cached the stage's inputs: {tuple(train_in.shape)} in {time.perf_counter() - t0:.0f} s", flush=True)
     probe_idx = _probe_train_indices(data, args.probe_train_size, args.seed)
     y_train, y_test = data.y_train, data.y_test
@@ -97,18 +105,28 @@ def run(args: argparse.Namespace) -> int:
     @torch.no_grad()
     def measure(name: str, module: nn.Module, head: nn.Linear, seconds: float | None = None) -> None:
         module.eval()
-        feats = {s: torch.cat([module(x[i:i + 512]) for i in range(0, len(x), 512)])
-                 for s, x in (("probe", train_in[probe_idx]), ("test", test_in))}
+        feats = {
+            s: torch.cat([module(x[i : i + 512]) for i in range(0, len(x), 512)])
+            for s, x in (("probe", train_in[probe_idx]), ("test", test_in))
+        }
         logits = (feats["test"] @ head.weight.T + head.bias).index_fill(1, torch.tensor([cls]), float("-inf"))
         retain = float((logits.argmax(1) == y_test)[y_test != cls].float().mean())
         probe = fit_linear_probe(feats["probe"].numpy(), y_train[probe_idx].numpy(), args.seed)
         in_class = y_test == cls
         hits = int((torch.as_tensor(probe.predict(feats["test"][in_class].numpy())) == cls).sum())
         low, high = wilson(hits, int(in_class.sum()))
-        rows.append({"variant": name, "retain_acc": retain, "probe_penultimate": hits / int(in_class.sum()),
-                     "probe_ci95": [low, high], "train_seconds": seconds})
-        print(f"{name:44s} retain {retain:.3f} probe {hits / int(in_class.sum()):.3f} [{low:.2f}, {high:.2f}]",
-              flush=True)
+        rows.append(
+            {
+                "variant": name,
+                "retain_acc": retain,
+                "probe_penultimate": hits / int(in_class.sum()),
+                "probe_ci95": [low, high],
+                "train_seconds": seconds,
+            }
+        )
+        print(
+            f"{name:44s} retain {retain:.3f} probe {hits / int(in_class.sum()):.3f} [{low:.2f}, {high:.2f}]", flush=True
+        )
 
     measure("original", tail, original.head)
     fresh = copy.deepcopy(tail)
@@ -130,27 +148,47 @@ def run(args: argparse.Namespace) -> int:
         fresh.train()
         order = retained[torch.randperm(len(retained))]
         for step in range(per_epoch):
-            idx = order[step * batch:(step + 1) * batch]
+            idx = order[step * batch : (step + 1) * batch]
             logits = head(fresh(train_in[idx])).index_fill(1, torch.tensor([cls]), -1e4)
             loss = F.cross_entropy(logits, y_train[idx])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             schedule.step()
-        measure(f"{retrained_part} + head retrained, epoch {epoch + 1}/{args.epochs}", fresh, head,
-                time.perf_counter() - started)
+        measure(
+            f"{retrained_part} + head retrained, epoch {epoch + 1}/{args.epochs}",
+            fresh,
+            head,
+            time.perf_counter() - started,
+        )
 
     header = "| variant | retain_acc | probe penultimate [95 % CI] |\n|---|---:|---:|"
-    lines = [f"### stage retrain oracle: {Path(str(args.checkpoint)).name} on {data.spec}, class {cls}, "
-             f"{retrained_part} retrained", "", header]
-    lines += [f"| {r['variant']} | {r['retain_acc']:.3f} | {r['probe_penultimate']:.3f} "
-              f"[{r['probe_ci95'][0]:.2f}, {r['probe_ci95'][1]:.2f}] |" for r in rows]
+    lines = [
+        f"### stage retrain oracle: {Path(str(args.checkpoint)).name} on {data.spec}, class {cls}, "
+        f"{retrained_part} retrained",
+        "",
+        header,
+    ]
+    lines += [
+        f"| {r['variant']} | {r['retain_acc']:.3f} | {r['probe_penultimate']:.3f} "
+        f"[{r['probe_ci95'][0]:.2f}, {r['probe_ci95'][1]:.2f}] |"
+        for r in rows
+    ]
     text = "\n".join(lines)
     print(text)
-    report = {"schema": "edge_unlearn.bench.stage_retrain_oracle", "version": 2, "dataset": data.spec,
-              "forget_class": cls, "from_stage": args.from_stage, "epochs": args.epochs, "lr": args.lr,
-              "probe_train_size": args.probe_train_size,
-              "seed": args.seed, "rows": rows, **results_provenance(t0)}
+    report = {
+        "schema": "edge_unlearn.bench.stage_retrain_oracle",
+        "version": 2,
+        "dataset": data.spec,
+        "forget_class": cls,
+        "from_stage": args.from_stage,
+        "epochs": args.epochs,
+        "lr": args.lr,
+        "probe_train_size": args.probe_train_size,
+        "seed": args.seed,
+        "rows": rows,
+        **results_provenance(t0),
+    }
     write_results(report, text, args.json, args.md)
     return 0
 

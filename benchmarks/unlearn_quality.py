@@ -6,6 +6,7 @@ from scratch without it (the gold standard, timed), unlearn it with NHLE from --
 
     python benchmarks/unlearn_quality.py --dataset npz:../shared/data/mnist.npz --json bench_out/mnist.json
 """
+
 from __future__ import annotations
 
 import argparse
@@ -15,7 +16,6 @@ import statistics
 from pathlib import Path
 
 import torch
-
 
 from edge_unlearn.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint  # noqa: E402
 from edge_unlearn.data import load_dataset, preprocess, take_samples  # noqa: E402
@@ -44,8 +44,13 @@ def machine_info() -> dict:
                 break
     except OSError:
         pass
-    return {"cpu": cpu, "threads": torch.get_num_threads(), "torch": torch.__version__,
-            "python": platform.python_version(), "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+    return {
+        "cpu": cpu,
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
 
 
 def cached_train(cache: Path | None, name: str, arch: str, data, recipe: TrainConfig, forget_classes=()):
@@ -56,8 +61,15 @@ def cached_train(cache: Path | None, name: str, arch: str, data, recipe: TrainCo
     result = train_model(arch, data, recipe, forget_classes=forget_classes, progress=False)
     if cache is not None:
         cache.mkdir(parents=True, exist_ok=True)
-        meta = CheckpointMeta(arch, data.num_classes, data.class_names, data.input_shape, data.normalization,
-                              data.spec, train_recipe=recipe.to_json())
+        meta = CheckpointMeta(
+            arch,
+            data.num_classes,
+            data.class_names,
+            data.input_shape,
+            data.normalization,
+            data.spec,
+            train_recipe=recipe.to_json(),
+        )
         save_checkpoint(cache / f"{name}.safetensors", result.model, meta)
         (cache / f"{name}.json").write_text(json.dumps({"seconds": result.seconds}))
     return result.model, result.seconds
@@ -84,8 +96,14 @@ def main() -> int:
     classes = [int(c) for c in args.classes.split(",")]
     config = method_config(args.method, parse_params(args.param))
     recipe = TrainConfig(epochs=args.epochs, seed=args.seed)
-    results = {"machine": machine_info(), "method": args.method, "params": config.__dict__, "recipe": recipe.to_json(),
-               "samples": args.samples, "datasets": {}}
+    results = {
+        "machine": machine_info(),
+        "method": args.method,
+        "params": config.__dict__,
+        "recipe": recipe.to_json(),
+        "samples": args.samples,
+        "datasets": {},
+    }
     for spec in datasets:
         data = load_dataset(spec)
         tag = Path(spec.split(":", 1)[-1]).stem
@@ -102,13 +120,18 @@ def main() -> int:
             after = evaluate_model(result.model, data, [c], seed=args.seed)
             gold = evaluate_model(retrained, data, [c], seed=args.seed)
             row = {
-                "class": c, "forget_acc": after.forget_acc, "forget_acc_unmasked": after.forget_acc_unmasked,
-                "retain_acc_before": before.retain_acc, "retain_acc": after.retain_acc,
+                "class": c,
+                "forget_acc": after.forget_acc,
+                "forget_acc_unmasked": after.forget_acc_unmasked,
+                "retain_acc_before": before.retain_acc,
+                "retain_acc": after.retain_acc,
                 "retain_drop": before.retain_acc - after.retain_acc,
                 "retrain_retain_drop": before.retain_acc - gold.retain_acc,
-                "probe_original": before.probe_forget_acc, "probe_forget_acc": after.probe_forget_acc,
+                "probe_original": before.probe_forget_acc,
+                "probe_forget_acc": after.probe_forget_acc,
                 "probe_retrain": gold.probe_forget_acc,
-                "seconds": result.seconds, "retrain_seconds": retrain_seconds,
+                "seconds": result.seconds,
+                "retrain_seconds": retrain_seconds,
             }
             row["seconds_ratio"] = row["retrain_seconds"] / max(row["seconds"], 1e-9)
             rows.append(row)
@@ -130,8 +153,10 @@ def write(results: dict, path: Path | None) -> None:
 
 
 def render_table(results: dict) -> str:
-    head = ("| dataset | class | forget_acc | forget_acc_unmasked | retain_drop | retrain's drop | probe orig | "
-            "probe NHLE | probe retrain | NHLE s | retrain s | ratio |")
+    head = (
+        "| dataset | class | forget_acc | forget_acc_unmasked | retain_drop | retrain's drop | probe orig | "
+        "probe NHLE | probe retrain | NHLE s | retrain s | ratio |"
+    )
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for tag, block in results["datasets"].items():
         for row in [*block["rows"], {"class": "mean", **block["mean"]}]:
@@ -139,7 +164,8 @@ def render_table(results: dict) -> str:
                 f"| {tag} | {row['class']} | {row['forget_acc']:.3f} | {row['forget_acc_unmasked']:.3f} | "
                 f"{row['retain_drop']:+.4f} | {row['retrain_retain_drop']:+.4f} | {row['probe_original']:.3f} | "
                 f"{row['probe_forget_acc']:.3f} | {row['probe_retrain']:.3f} | {row['seconds']:.3f} | "
-                f"{row['retrain_seconds']:.1f} | {row['seconds_ratio']:.0f}× |")
+                f"{row['retrain_seconds']:.1f} | {row['seconds_ratio']:.0f}× |"
+            )
     return "\n".join(lines)
 
 

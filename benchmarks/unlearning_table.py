@@ -16,6 +16,7 @@ Examples::
     python benchmarks/unlearning_table.py --datasets npz:../shared/data/mnist.npz,npz:../shared/data/fashion_mnist.npz \\
         --forget-classes 0,3,7 --seeds 0,1,2 --out-dir bench_out/unlearning
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,7 +33,6 @@ from typing import Any
 
 import numpy as np
 import torch
-
 
 from edge_unlearn import attacks  # noqa: E402
 from edge_unlearn.core.figures import retain_drop  # noqa: E402
@@ -91,8 +91,9 @@ def _overrides(items: list[str]) -> dict[str, dict[str, Any]]:
     return out
 
 
-def _config(method: str, seed: int, epochs: int, overrides: dict[str, dict[str, Any]],
-            min_steps: int | None = None) -> Any:
+def _config(
+    method: str, seed: int, epochs: int, overrides: dict[str, dict[str, Any]], min_steps: int | None = None
+) -> Any:
     fields = {f.name for f in dataclasses.fields(get_method(method).config_cls)}
     values: dict[str, Any] = {}
     if "seed" in fields:
@@ -114,14 +115,24 @@ def _row_figures(model, data: Dataset, c: int, args, original_forget: float | No
     lifted = attacks.prototype_relearn_attack(model, data, [c], k=5, lift_mask=True, seed=seed + 1000)
     relearn = None
     if original_forget is not None:
-        relearn = attacks.relearn_time(model, data, [c], target_acc=0.9 * original_forget, k=5,
-                                       max_steps=args.relearn_steps, eval_samples=args.relearn_eval, seed=seed + 1000)
+        relearn = attacks.relearn_time(
+            model,
+            data,
+            [c],
+            target_acc=0.9 * original_forget,
+            k=5,
+            max_steps=args.relearn_steps,
+            eval_samples=args.relearn_eval,
+            seed=seed + 1000,
+        )
     depth = {}
     if getattr(args, "depth", False):  # issue #15: the probe after every block (opt-in: one feature pass per block)
         from edge_unlearn.metrics import probe_forget_accuracy_by_depth
 
-        depth = {f"probe@{name}": value for name, value in probe_forget_accuracy_by_depth(
-            model, data, [c], args.probe_train_size, seed).items()}
+        depth = {
+            f"probe@{name}": value
+            for name, value in probe_forget_accuracy_by_depth(model, data, [c], args.probe_train_size, seed).items()
+        }
     return {
         **depth,
         "forget_acc": report.forget_acc,
@@ -165,8 +176,11 @@ def _original_model(spec: str, data: Dataset, seed: int, args) -> tuple[Any, flo
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
-        save_file({k: v.contiguous() for k, v in trained.model.state_dict().items()}, str(tmp),
-                  metadata={"train_seconds": str(trained.seconds)})
+        save_file(
+            {k: v.contiguous() for k, v in trained.model.state_dict().items()},
+            str(tmp),
+            metadata={"train_seconds": str(trained.seconds)},
+        )
         os.replace(tmp, path)
     return trained.model, trained.seconds
 
@@ -201,8 +215,10 @@ def run(args) -> dict[str, Any]:
         x_all = preprocess(data.x_train, data.normalization)
         for seed in args.seeds:
             original, train_seconds = _original_model(spec, data, seed, args)
-            print(f"[{time.perf_counter() - t_start:7.1f}s] {spec} seed {seed}: original trained in "
-                  f"{train_seconds:.1f}s", flush=True)
+            print(
+                f"[{time.perf_counter() - t_start:7.1f}s] {spec} seed {seed}: original trained in {train_seconds:.1f}s",
+                flush=True,
+            )
             for c in args.forget_classes:
                 base = {"dataset": spec, "seed": seed, "forget_class": c, "arch": args.arch}
                 if (spec, seed, c, "original") in done:
@@ -210,8 +226,18 @@ def run(args) -> dict[str, Any]:
                     keep(orig)
                 else:
                     orig = _row_figures(original, data, c, args, original_forget=None, seed=seed)
-                    keep({**base, "method": "original", "needs": "-", **orig, "retain_drop": 0.0,
-                          "seconds": float("nan"), "train_seconds": train_seconds, "samples_used": len(x_all)})
+                    keep(
+                        {
+                            **base,
+                            "method": "original",
+                            "needs": "-",
+                            **orig,
+                            "retain_drop": 0.0,
+                            "seconds": float("nan"),
+                            "train_seconds": train_seconds,
+                            "samples_used": len(x_all),
+                        }
+                    )
                 orig_forget = orig["forget_acc"]  # relearn target for every method: 0.9 × this
                 sel = data.y_train == c
                 full_fs = ForgetSet(x_all[sel], data.y_train[sel], (c,))
@@ -224,25 +250,46 @@ def run(args) -> dict[str, Any]:
                         continue
                     mspec = get_method(method)
                     fs = few_fs if mspec.needs == "forget" else full_fs
-                    result = forget(original, fs, method, config=_config(method, seed, args.epochs, overrides, args.min_steps),
-                                    retain=None if mspec.needs == "forget" else rs, device="cpu")
+                    result = forget(
+                        original,
+                        fs,
+                        method,
+                        config=_config(method, seed, args.epochs, overrides, args.min_steps),
+                        retain=None if mspec.needs == "forget" else rs,
+                        device="cpu",
+                    )
                     figs = _row_figures(result.model, data, c, args, original_forget=orig_forget, seed=seed)
-                    keep({**base, "method": method, "needs": mspec.needs, **figs,
-                          "retain_drop": retain_drop(orig["retain_acc"], figs["retain_acc"]), "seconds": result.seconds,
-                          "samples_used": result.samples_used, "params": result.params})
+                    keep(
+                        {
+                            **base,
+                            "method": method,
+                            "needs": mspec.needs,
+                            **figs,
+                            "retain_drop": retain_drop(orig["retain_acc"], figs["retain_acc"]),
+                            "seconds": result.seconds,
+                            "samples_used": result.samples_used,
+                            "params": result.params,
+                        }
+                    )
                     if (spec, seed, c) == (args.datasets[0], args.seeds[0], args.forget_classes[0]):
                         models_for_plots.setdefault("original", original)
                         models_for_plots[method] = result.model
                         models_for_plots["data"] = data
-                    print(f"[{time.perf_counter() - t_start:7.1f}s] {spec} seed {seed} class {c} {method:>12}: "
-                          f"forget {figs['forget_acc']:.3f} retain {figs['retain_acc']:.3f} "
-                          f"probe {figs['probe_forget_acc']:.3f} {result.seconds:.2f}s", flush=True)
+                    print(
+                        f"[{time.perf_counter() - t_start:7.1f}s] {spec} seed {seed} class {c} {method:>12}: "
+                        f"forget {figs['forget_acc']:.3f} retain {figs['retain_acc']:.3f} "
+                        f"probe {figs['probe_forget_acc']:.3f} {result.seconds:.2f}s",
+                        flush=True,
+                    )
     env = {
         "command": " ".join(shlex.quote(a) for a in sys.argv),
         "machine": f"{platform.machine()} {platform.processor() or ''} {os.cpu_count()} logical CPUs".strip(),
         "cpu_model": _cpu_model(),
-        "torch": torch.__version__, "threads": args.threads, "device": "cpu",
-        "python": platform.python_version(), "total_seconds": time.perf_counter() - t_start,
+        "torch": torch.__version__,
+        "threads": args.threads,
+        "device": "cpu",
+        "python": platform.python_version(),
+        "total_seconds": time.perf_counter() - t_start,
     }
     summary = _aggregate(rows)
     report = {"environment": env, "args": {k: v for k, v in vars(args).items()}, "rows": rows, "summary": summary}
@@ -269,13 +316,20 @@ def _aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         groups.setdefault((row["dataset"], row["method"]), []).append(row)
     out = []
     for (dataset, method), items in groups.items():
-        entry: dict[str, Any] = {"dataset": dataset, "method": method, "needs": items[0]["needs"], "n": len(items),
-                                 "relearn_censored": sum(not r["relearn_reached"] for r in items)}
+        entry: dict[str, Any] = {
+            "dataset": dataset,
+            "method": method,
+            "needs": items[0]["needs"],
+            "n": len(items),
+            "relearn_censored": sum(not r["relearn_reached"] for r in items),
+        }
         for key, _, _ in _metrics(items):
             values = np.array([r[key] for r in items if r.get(key) is not None], dtype=float)
             values = values[np.isfinite(values)]
-            entry[key] = {"mean": float(values.mean()) if len(values) else None,
-                          "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0 if len(values) else None}
+            entry[key] = {
+                "mean": float(values.mean()) if len(values) else None,
+                "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0 if len(values) else None,
+            }
         out.append(entry)
     return out
 
@@ -318,18 +372,23 @@ def acceptance(summary: list[dict[str, Any]]) -> list[str]:
         dd = nhle["retain_drop"]["mean"] - retrain["retain_drop"]["mean"]
         ratio = nhle["seconds"]["mean"] / retrain["seconds"]["mean"]
         out.append(f"- {name}: NHLE forget_acc {fa:.3f} → {'PASS' if fa == 0 else 'FAIL'} (needs 0)")
-        out.append(f"- {name}: NHLE retain_drop − retrain's = {dd:+.3f} → {'PASS' if dd <= 0.01 else 'FAIL'} "
-                   "(needs ≤ +0.01)")
-        out.append(f"- {name}: NHLE seconds / retrain's = {ratio:.4f} → {'PASS' if ratio <= 1 / 50 else 'FAIL'} "
-                   "(needs ≤ 0.02)")
+        out.append(
+            f"- {name}: NHLE retain_drop − retrain's = {dd:+.3f} → {'PASS' if dd <= 0.01 else 'FAIL'} (needs ≤ +0.01)"
+        )
+        out.append(
+            f"- {name}: NHLE seconds / retrain's = {ratio:.4f} → {'PASS' if ratio <= 1 / 50 else 'FAIL'} (needs ≤ 0.02)"
+        )
         for key in ("probe_forget_acc", "attack_forget_acc_lifted", "mia_entropy", "mia_svc_efficacy"):
             out.append(f"- {name}: {key} NHLE {nhle[key]['mean']:.3f} vs retrain {retrain[key]['mean']:.3f}")
     return out
 
 
 def _write(out_dir: Path, rows: list[dict[str, Any]], report: dict[str, Any]) -> None:
-    keys = ["dataset", "seed", "forget_class", "arch", "method", "needs"] + [k for k, _, _ in _metrics(rows)] + [
-        "attack_alpha_lifted", "relearn_reached", "samples_used"]
+    keys = (
+        ["dataset", "seed", "forget_class", "arch", "method", "needs"]
+        + [k for k, _, _ in _metrics(rows)]
+        + ["attack_alpha_lifted", "relearn_reached", "samples_used"]
+    )
     with open(out_dir / "rows.csv", "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=keys, extrasaction="ignore")
         writer.writeheader()
@@ -337,10 +396,15 @@ def _write(out_dir: Path, rows: list[dict[str, Any]], report: dict[str, Any]) ->
             writer.writerow(clean_json(row))
     (out_dir / "rows.json").write_text(json.dumps(clean_json(report), indent=2, default=str))
     env = report["environment"]
-    text = [markdown_table(report["summary"]), "",
-            f"Machine: {env['cpu_model']} ({env['machine']}), torch {env['torch']} on CPU, {env['threads']} thread(s)"
-            + (f"; total {env['total_seconds'] / 60:.1f} min." if env.get("total_seconds") else "."),
-            "", f"Command: `{env['command']}`", ""]
+    text = [
+        markdown_table(report["summary"]),
+        "",
+        f"Machine: {env['cpu_model']} ({env['machine']}), torch {env['torch']} on CPU, {env['threads']} thread(s)"
+        + (f"; total {env['total_seconds'] / 60:.1f} min." if env.get("total_seconds") else "."),
+        "",
+        f"Command: `{env['command']}`",
+        "",
+    ]
     checks = acceptance(report["summary"])
     if checks:
         text += ["Acceptance checks (NHLE vs retrain):", *checks, ""]
@@ -372,18 +436,28 @@ def _plots(out_dir: Path, rows: list[dict[str, Any]], models: dict[str, Any], ar
     for ax, row in zip(axes.flat, after):
         ax.bar(x - 0.2, before, 0.4, label="original", color="#bbbbbb")
         colors = ["#d62728" if i == c else "#1f77b4" for i in x]
-        ax.bar(x + 0.2, [v if v is not None else 0 for v in row["per_class_accuracy"]], 0.4, color=colors,
-               label="after")
+        ax.bar(
+            x + 0.2, [v if v is not None else 0 for v in row["per_class_accuracy"]], 0.4, color=colors, label="after"
+        )
         ax.set_title(row["method"])
         ax.set_xticks(x)
         ax.set_ylim(0, 1.05)
-    for ax in list(axes.flat)[len(after):]:
+    for ax in list(axes.flat)[len(after) :]:
         ax.axis("off")
     from matplotlib.patches import Patch
 
-    axes[0, 0].legend(handles=[Patch(color="#bbbbbb", label="original"), Patch(color="#1f77b4", label="after"),
-                               Patch(color="#d62728", label="forgotten class, after")], loc="lower left", fontsize=7)
-    fig.suptitle(f"Per-class test accuracy before (grey) and after unlearning class {c} (red) — {data_name}, seed {seed}")
+    axes[0, 0].legend(
+        handles=[
+            Patch(color="#bbbbbb", label="original"),
+            Patch(color="#1f77b4", label="after"),
+            Patch(color="#d62728", label="forgotten class, after"),
+        ],
+        loc="lower left",
+        fontsize=7,
+    )
+    fig.suptitle(
+        f"Per-class test accuracy before (grey) and after unlearning class {c} (red) — {data_name}, seed {seed}"
+    )
     fig.tight_layout()
     fig.savefig(out_dir / "per_class_accuracy.png", dpi=120)
     plt.close(fig)
@@ -394,7 +468,7 @@ def _plots(out_dir: Path, rows: list[dict[str, Any]], models: dict[str, Any], ar
 
         data = models["data"]
         gen = torch.Generator().manual_seed(0)
-        idx = torch.randperm(len(data.x_test), generator=gen)[:args.tsne_points]
+        idx = torch.randperm(len(data.x_test), generator=gen)[: args.tsne_points]
         y = data.y_test[idx].numpy()
         fig, axes = plt.subplots(1, 2, figsize=(10, 4.6))
         for ax, (title, model) in zip(axes, [("original", models["original"]), ("after NHLE", models["nhle"])]):
@@ -402,8 +476,15 @@ def _plots(out_dir: Path, rows: list[dict[str, Any]], models: dict[str, Any], ar
             emb = TSNE(n_components=2, init="pca", random_state=0, perplexity=30).fit_transform(feats.numpy())
             other = y != c
             ax.scatter(emb[other, 0], emb[other, 1], c=y[other], cmap="tab10", s=5, alpha=0.35, vmin=0, vmax=9)
-            ax.scatter(emb[~other, 0], emb[~other, 1], c="black", marker="x", s=16, linewidths=0.8,
-                       label=f"forgotten class {c}")
+            ax.scatter(
+                emb[~other, 0],
+                emb[~other, 1],
+                c="black",
+                marker="x",
+                s=16,
+                linewidths=0.8,
+                label=f"forgotten class {c}",
+            )
             ax.set_title(title)
             ax.set_xticks([])
             ax.set_yticks([])
@@ -420,12 +501,20 @@ def _plots(out_dir: Path, rows: list[dict[str, Any]], models: dict[str, Any], ar
     fig, ax = plt.subplots(figsize=(1.2 + 1.1 * len(methods), 3.8))
     width = 0.8 / max(1, len(datasets))
     for i, dataset in enumerate(datasets):
-        means = [next(e for e in summary if e["dataset"] == dataset and e["method"] == m)["seconds"]["mean"]
-                 for m in methods]
-        stds = [next(e for e in summary if e["dataset"] == dataset and e["method"] == m)["seconds"]["std"]
-                for m in methods]
-        ax.bar(np.arange(len(methods)) + (i - (len(datasets) - 1) / 2) * width, means, width, yerr=stds,
-               label=dataset.rsplit("/", 1)[-1], capsize=2)
+        means = [
+            next(e for e in summary if e["dataset"] == dataset and e["method"] == m)["seconds"]["mean"] for m in methods
+        ]
+        stds = [
+            next(e for e in summary if e["dataset"] == dataset and e["method"] == m)["seconds"]["std"] for m in methods
+        ]
+        ax.bar(
+            np.arange(len(methods)) + (i - (len(datasets) - 1) / 2) * width,
+            means,
+            width,
+            yerr=stds,
+            label=dataset.rsplit("/", 1)[-1],
+            capsize=2,
+        )
     ax.set_yscale("log")
     ax.set_xticks(np.arange(len(methods)))
     ax.set_xticklabels(methods, rotation=20)
@@ -470,7 +559,9 @@ def combine(dirs: list[str], out_dir: str) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--datasets", default="digits", help="comma-separated dataset specs (digits, npz:PATH, mnist, …)")
     p.add_argument("--data-dir", default=None, help="folder of torchvision datasets")
     p.add_argument("--forget-classes", default="3", help="comma-separated class indices; each is one run")
@@ -478,8 +569,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--methods", default=None, help="comma-separated registry methods (default: all)")
     p.add_argument("--arch", default="lenet")
     p.add_argument("--epochs", type=int, default=TrainConfig.epochs, help="epochs of the original model and of retrain")
-    p.add_argument("--min-steps", type=int, default=None,
-                   help="at least this many optimiser steps for the original and retrain (default: TrainConfig's)")
+    p.add_argument(
+        "--min-steps",
+        type=int,
+        default=None,
+        help="at least this many optimiser steps for the original and retrain (default: TrainConfig's)",
+    )
     p.add_argument("--forget-samples", type=int, default=32, help="forget samples per class for 'forget' methods")
     p.add_argument("--max-train", type=int, default=None, help="random subset of the training split (all methods)")
     p.add_argument("--max-test", type=int, default=None, help="random subset of the test split")
@@ -489,17 +584,31 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--relearn-eval", type=int, default=200, help="forget test images checked per relearn step")
     p.add_argument("--tsne-points", type=int, default=800)
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is fastest on a loaded machine)")
-    p.add_argument("--set", action="append", default=[], metavar="METHOD.PARAM=VALUE",
-                   help="override a method parameter, e.g. --set ssd.alpha=50 (repeatable)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="METHOD.PARAM=VALUE",
+        help="override a method parameter, e.g. --set ssd.alpha=50 (repeatable)",
+    )
     p.add_argument("--out-dir", default="bench_out/unlearning")
     p.add_argument("--cache-dir", default=None, help="keep/reuse the original models here (safetensors)")
-    p.add_argument("--combine", nargs="+", metavar="RUN_DIR", default=None,
-                   help="merge the rows.json of earlier runs into --out-dir instead of running")
+    p.add_argument(
+        "--combine",
+        nargs="+",
+        metavar="RUN_DIR",
+        default=None,
+        help="merge the rows.json of earlier runs into --out-dir instead of running",
+    )
     p.add_argument("--no-plots", action="store_true")
-    p.add_argument("--depth", action="store_true",
-                   help="also the linear probe after every block (issue #15; one feature pass per block and model)")
-    p.add_argument("--quick", action="store_true",
-                   help="smoke run: digits, class 3, seed 0, 3 epochs, small attack sets")
+    p.add_argument(
+        "--depth",
+        action="store_true",
+        help="also the linear probe after every block (issue #15; one feature pass per block and model)",
+    )
+    p.add_argument(
+        "--quick", action="store_true", help="smoke run: digits, class 3, seed 0, 3 epochs, small attack sets"
+    )
     args = p.parse_args(argv)
     if args.combine:
         return combine(args.combine, args.out_dir)
@@ -511,8 +620,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args.forget_classes = [int(v) for v in _parse_list(args.forget_classes)]
     args.seeds = [int(v) for v in _parse_list(args.seeds)]
     default = [m for m in ("retrain", "nhle") if m in list_methods()]
-    args.methods = _parse_list(args.methods) if args.methods else default + [m for m in list_methods()
-                                                                             if m not in default]
+    args.methods = (
+        _parse_list(args.methods) if args.methods else default + [m for m in list_methods() if m not in default]
+    )
     for m in args.methods:
         get_method(m)
     return run(args)

@@ -14,19 +14,21 @@
 Every figure is computed on the model as deployed (class mask applied) unless the function says the mask is
 lifted; "lifting the mask" means the attacker holds the weights and deletes the mask for the forgotten classes.
 """
+
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .core.figures import retain_drop
 from .data import Dataset, ImageSource, preprocess, take_samples
 from .errors import UsageError
-from .core.figures import retain_drop
 from .metrics import model_outputs, probe_forget_accuracy, tensor_accuracy
 from .models import UnlearnableClassifier
 
@@ -48,8 +50,13 @@ def _pick(n: int, limit: int | None, gen: torch.Generator) -> torch.Tensor:
     return idx if limit is None else idx[:limit]
 
 
-def _probs(model: UnlearnableClassifier, images: "ImageSource | torch.Tensor", data: Dataset, masked: bool,
-           indices: torch.Tensor | None = None) -> torch.Tensor:
+def _probs(
+    model: UnlearnableClassifier,
+    images: ImageSource | torch.Tensor,
+    data: Dataset,
+    masked: bool,
+    indices: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Softmax of the model's logits for uint8 images (``indices``: those of a source, read batch by batch);
     ``masked`` applies the class mask (as deployed)."""
     _, logits = model_outputs(model, images, data, indices=indices)
@@ -70,8 +77,9 @@ def _split(data: Dataset, forget_classes: Sequence[int]) -> tuple[torch.Tensor, 
 # membership inference
 
 
-def mia_entropy_from_probs(member_probs: torch.Tensor, nonmember_probs: torch.Tensor,
-                           target_probs: torch.Tensor) -> float:
+def mia_entropy_from_probs(
+    member_probs: torch.Tensor, nonmember_probs: torch.Tensor, target_probs: torch.Tensor
+) -> float:
     """SSD convention: fit ``LogisticRegression(class_weight="balanced")`` on the entropy of member (label 1)
     and non-member (label 0) softmax outputs; return the fraction of ``target_probs`` predicted "member"."""
     from sklearn.linear_model import LogisticRegression
@@ -83,8 +91,14 @@ def mia_entropy_from_probs(member_probs: torch.Tensor, nonmember_probs: torch.Te
     return float(clf.predict(entropy(target_probs).numpy().reshape(-1, 1)).mean())
 
 
-def mia_entropy(model: UnlearnableClassifier, data: Dataset, forget_classes: Sequence[int],
-                max_samples: int | None = 5000, seed: int = 0, masked: bool = True) -> float:
+def mia_entropy(
+    model: UnlearnableClassifier,
+    data: Dataset,
+    forget_classes: Sequence[int],
+    max_samples: int | None = 5000,
+    seed: int = 0,
+    masked: bool = True,
+) -> float:
     """Entropy membership inference, SSD convention (``get_membership_attack_prob`` of the SSD code).
 
     Members = retained-class training samples, non-members = the whole test split (all classes, as SSD's
@@ -96,9 +110,11 @@ def mia_entropy(model: UnlearnableClassifier, data: Dataset, forget_classes: Seq
     members = retain_idx[_pick(len(retain_idx), max_samples, gen)]
     nonmembers = _pick(len(data.y_test), max_samples, gen)
     targets = forget_idx[_pick(len(forget_idx), max_samples, gen)]
-    return mia_entropy_from_probs(_probs(model, data.x_train, data, masked, members),
-                                  _probs(model, data.x_test, data, masked, nonmembers),
-                                  _probs(model, data.x_train, data, masked, targets))
+    return mia_entropy_from_probs(
+        _probs(model, data.x_train, data, masked, members),
+        _probs(model, data.x_test, data, masked, nonmembers),
+        _probs(model, data.x_train, data, masked, targets),
+    )
 
 
 def _svc_feature(probs: torch.Tensor, labels: torch.Tensor, feature: str) -> np.ndarray:
@@ -115,9 +131,12 @@ def _svc_feature(probs: torch.Tensor, labels: torch.Tensor, feature: str) -> np.
     return out.numpy()
 
 
-def mia_svc_from_probs(shadow_member: tuple[torch.Tensor, torch.Tensor],
-                       shadow_nonmember: tuple[torch.Tensor, torch.Tensor],
-                       target: tuple[torch.Tensor, torch.Tensor], feature: str = "confidence") -> dict[str, float]:
+def mia_svc_from_probs(
+    shadow_member: tuple[torch.Tensor, torch.Tensor],
+    shadow_nonmember: tuple[torch.Tensor, torch.Tensor],
+    target: tuple[torch.Tensor, torch.Tensor],
+    feature: str = "confidence",
+) -> dict[str, float]:
     """SalUn convention (``SVC_fit_predict``): ``SVC(C=3, gamma="auto", kernel="rbf")`` fitted on a feature
     of (probs, labels) of shadow members (1) and non-members (0); returns ``member_rate`` (fraction of the
     target predicted member) and ``efficacy`` = 1 − member_rate (SalUn's MIA-Efficacy; higher = more
@@ -132,8 +151,15 @@ def mia_svc_from_probs(shadow_member: tuple[torch.Tensor, torch.Tensor],
     return {"member_rate": rate, "efficacy": 1.0 - rate}
 
 
-def mia_svc(model: UnlearnableClassifier, data: Dataset, forget_classes: Sequence[int], feature: str = "confidence",
-            max_samples: int | None = 2000, seed: int = 0, masked: bool = True) -> dict[str, float]:
+def mia_svc(
+    model: UnlearnableClassifier,
+    data: Dataset,
+    forget_classes: Sequence[int],
+    feature: str = "confidence",
+    max_samples: int | None = 2000,
+    seed: int = 0,
+    masked: bool = True,
+) -> dict[str, float]:
     """SVC membership inference, SalUn convention (``SVC_MIA`` with ``target_test=None``).
 
     Shadow members = retained-class training samples (as many as the test split, capped), shadow
@@ -150,7 +176,9 @@ def mia_svc(model: UnlearnableClassifier, data: Dataset, forget_classes: Sequenc
     return mia_svc_from_probs(
         (_probs(model, data.x_train, data, masked, mem), data.y_train[mem]),
         (_probs(model, data.x_test, data, masked, non), data.y_test[non]),
-        (_probs(model, data.x_train, data, masked, tgt), data.y_train[tgt]), feature=feature)
+        (_probs(model, data.x_train, data, masked, tgt), data.y_train[tgt]),
+        feature=feature,
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -183,9 +211,16 @@ class RelearnAttackResult:
 
 
 @torch.no_grad()
-def prototype_relearn_attack(model: UnlearnableClassifier, data: Dataset, forget_classes: Sequence[int], k: int = 5,
-                             alphas: Sequence[float] = ALPHA_GRID, max_retain_drop: float = 0.01,
-                             lift_mask: bool = False, seed: int = 0) -> RelearnAttackResult:
+def prototype_relearn_attack(
+    model: UnlearnableClassifier,
+    data: Dataset,
+    forget_classes: Sequence[int],
+    k: int = 5,
+    alphas: Sequence[float] = ALPHA_GRID,
+    max_retain_drop: float = 0.01,
+    lift_mask: bool = False,
+    seed: int = 0,
+) -> RelearnAttackResult:
     """Prototypical relearning attack (Ha, Park, Yoon, arXiv 2506.01318), DESIGN.md §2 convention.
 
     The attacker has ``k`` training samples of each forgotten class c and the weights. p_c = mean penultimate
@@ -205,16 +240,35 @@ def prototype_relearn_attack(model: UnlearnableClassifier, data: Dataset, forget
     feats, _ = model_outputs(model, data.x_test, data)
     x_k, y_k = take_samples(data, forget, k, seed=seed)
     proto_feats, _ = model_outputs(model, x_k, data)
-    return prototype_attack_on_features(feats, data.y_test, proto_feats, y_k, model.head.weight, model.head.bias,
-                                        model.class_mask, forget, alphas, max_retain_drop, lift_mask)
+    return prototype_attack_on_features(
+        feats,
+        data.y_test,
+        proto_feats,
+        y_k,
+        model.head.weight,
+        model.head.bias,
+        model.class_mask,
+        forget,
+        alphas,
+        max_retain_drop,
+        lift_mask,
+    )
 
 
 @torch.no_grad()
-def prototype_attack_on_features(test_features: torch.Tensor, test_labels: torch.Tensor, proto_features: torch.Tensor,
-                                 proto_labels: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                                 class_mask: torch.Tensor, forget_classes: Sequence[int],
-                                 alphas: Sequence[float] = ALPHA_GRID, max_retain_drop: float = 0.01,
-                                 lift_mask: bool = False) -> RelearnAttackResult:
+def prototype_attack_on_features(
+    test_features: torch.Tensor,
+    test_labels: torch.Tensor,
+    proto_features: torch.Tensor,
+    proto_labels: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    class_mask: torch.Tensor,
+    forget_classes: Sequence[int],
+    alphas: Sequence[float] = ALPHA_GRID,
+    max_retain_drop: float = 0.01,
+    lift_mask: bool = False,
+) -> RelearnAttackResult:
     """:func:`prototype_relearn_attack` on penultimate features already computed (test split [N, D] and the
     attacker's samples [k·F, D]) and a head (``weight`` [C, D], ``bias`` [C] or None, ``class_mask`` [C]):
     for tools that compute features another way (an edit simulated on cached activations)."""
@@ -250,8 +304,16 @@ def prototype_attack_on_features(test_features: torch.Tensor, test_labels: torch
         grid.append({"alpha": float(alpha), "forget_acc": fa, "retain_acc": ra})
         if retain_drop(retain0, ra) <= max_retain_drop + 1e-12:
             best = (float(alpha), fa, ra)
-    return RelearnAttackResult(forget_acc=best[1], retain_acc=best[2], retain_drop=retain_drop(retain0, best[2]), alpha=best[0],
-                               mask_lifted=lift_mask, forget_acc_before=forget0, retain_acc_before=retain0, grid=grid)
+    return RelearnAttackResult(
+        forget_acc=best[1],
+        retain_acc=best[2],
+        retain_drop=retain_drop(retain0, best[2]),
+        alpha=best[0],
+        mask_lifted=lift_mask,
+        forget_acc_before=forget0,
+        retain_acc_before=retain0,
+        grid=grid,
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -279,9 +341,17 @@ class RelearnTimeResult:
         return data
 
 
-def relearn_time(model: UnlearnableClassifier, data: Dataset, forget_classes: Sequence[int], target_acc: float,
-                 k: int = 5, lr: float = 1e-3, max_steps: int = 50, eval_samples: int | None = 500,
-                 seed: int = 0) -> RelearnTimeResult:
+def relearn_time(
+    model: UnlearnableClassifier,
+    data: Dataset,
+    forget_classes: Sequence[int],
+    target_acc: float,
+    k: int = 5,
+    lr: float = 1e-3,
+    max_steps: int = 50,
+    eval_samples: int | None = 500,
+    seed: int = 0,
+) -> RelearnTimeResult:
     """Relearn time: full-batch fine-tuning steps on ``k`` training samples per forgotten class (Adam, ``lr``,
     cross-entropy, every parameter trains, BatchNorm in eval mode so k samples do not overwrite its statistics)
     until the forget accuracy on the test split is ≥ ``target_acc`` — by convention 0.9 × the original model's
@@ -319,8 +389,9 @@ def relearn_time(model: UnlearnableClassifier, data: Dataset, forget_classes: Se
         history.append(forget_acc())
         if history[-1] >= target_acc:
             steps = step
-    return RelearnTimeResult(steps=steps, target_acc=float(target_acc), final_forget_acc=history[-1],
-                             max_steps=max_steps, history=history)
+    return RelearnTimeResult(
+        steps=steps, target_acc=float(target_acc), final_forget_acc=history[-1], max_steps=max_steps, history=history
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -350,7 +421,7 @@ class AuditConfig:
         return asdict(self)
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> "AuditConfig":
+    def from_json(cls, data: dict[str, Any]) -> AuditConfig:
         return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
 
 
@@ -383,11 +454,13 @@ class ForgettingAudit:
         return asdict(self)
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> "ForgettingAudit":
+    def from_json(cls, data: dict[str, Any]) -> ForgettingAudit:
         """Read a report written by :meth:`to_json` (after a JSON round trip; NaN written as null stays None)."""
         if data.get("schema") != AUDIT_SCHEMA or data.get("version") != AUDIT_VERSION:
-            raise UsageError(f"not a forgetting audit of version {AUDIT_VERSION} (schema {data.get('schema')!r}, "
-                             f"version {data.get('version')!r}); re-run the audit with this edge-unlearn")
+            raise UsageError(
+                f"not a forgetting audit of version {AUDIT_VERSION} (schema {data.get('schema')!r}, "
+                f"version {data.get('version')!r}); re-run the audit with this edge-unlearn"
+            )
         return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
 
     def figures(self) -> dict[str, float | int | None]:
@@ -408,24 +481,39 @@ class ForgettingAudit:
         return out
 
 
-def default_relearn_target(model: UnlearnableClassifier, data: Dataset, forget_classes: Sequence[int],
-                           original: UnlearnableClassifier | None = None) -> tuple[float, str]:
+def default_relearn_target(
+    model: UnlearnableClassifier,
+    data: Dataset,
+    forget_classes: Sequence[int],
+    original: UnlearnableClassifier | None = None,
+) -> tuple[float, str]:
     """(target, how it was chosen) for :func:`relearn_time`: 0.9 × the original's unmasked forget accuracy;
     without an original, 0.9 × ``model``'s retained-class accuracy (what a learned class reaches here)."""
     forget = sorted(set(int(c) for c in forget_classes))
     if original is not None:
         _, logits = model_outputs(original, data.x_test, data)
-        return (RELEARN_TARGET_FRACTION * tensor_accuracy(logits.argmax(1), data.y_test, forget),
-                f"{RELEARN_TARGET_FRACTION} x the original's forget accuracy")
+        return (
+            RELEARN_TARGET_FRACTION * tensor_accuracy(logits.argmax(1), data.y_test, forget),
+            f"{RELEARN_TARGET_FRACTION} x the original's forget accuracy",
+        )
     _, logits = model_outputs(model, data.x_test, data)
     retained = [c for c in range(data.num_classes) if c not in forget]
-    return (RELEARN_TARGET_FRACTION * tensor_accuracy(logits.argmax(1), data.y_test, retained),
-            f"{RELEARN_TARGET_FRACTION} x this model's retained accuracy (no original given)")
+    return (
+        RELEARN_TARGET_FRACTION * tensor_accuracy(logits.argmax(1), data.y_test, retained),
+        f"{RELEARN_TARGET_FRACTION} x this model's retained accuracy (no original given)",
+    )
 
 
-def forgetting_audit(model: UnlearnableClassifier, data: Dataset, forget_classes: Sequence[int], depth: bool = True,
-                     attacks: bool = True, relearn_target: float | None = None, relearn_target_source: str | None = None,
-                     config: AuditConfig = AuditConfig()) -> ForgettingAudit:
+def forgetting_audit(
+    model: UnlearnableClassifier,
+    data: Dataset,
+    forget_classes: Sequence[int],
+    depth: bool = True,
+    attacks: bool = True,
+    relearn_target: float | None = None,
+    relearn_target_source: str | None = None,
+    config: AuditConfig = AuditConfig(),
+) -> ForgettingAudit:
     """Audit how forgotten ``forget_classes`` are in ``model``: the probe at every depth (``depth``) and the
     attacks (``attacks``: prototype attack as deployed and with the mask lifted, entropy MIA, relearn time).
     ``relearn_target``: default :func:`default_relearn_target` without an original — pass the same target
@@ -442,18 +530,34 @@ def forgetting_audit(model: UnlearnableClassifier, data: Dataset, forget_classes
     if depth:
         from .metrics import probe_forget_accuracy_by_depth
 
-        fields["probe_by_depth"] = probe_forget_accuracy_by_depth(model, data, forget, config.probe_train_size,
-                                                                  config.seed)
+        fields["probe_by_depth"] = probe_forget_accuracy_by_depth(
+            model, data, forget, config.probe_train_size, config.seed
+        )
     if attacks:
         for key, lift in (("attack_masked", False), ("attack_unmasked", True)):
-            fields[key] = prototype_relearn_attack(model, data, forget, k=config.k, lift_mask=lift, seed=config.seed,
-                                                   max_retain_drop=config.max_retain_drop).to_json()
+            fields[key] = prototype_relearn_attack(
+                model,
+                data,
+                forget,
+                k=config.k,
+                lift_mask=lift,
+                seed=config.seed,
+                max_retain_drop=config.max_retain_drop,
+            ).to_json()
         fields["mia_entropy"] = mia_entropy(model, data, forget, max_samples=config.mia_max_samples, seed=config.seed)
         if relearn_target is None:
             relearn_target, relearn_target_source = default_relearn_target(model, data, forget)
-        fields["relearn"] = relearn_time(model, data, forget, relearn_target, k=config.k, lr=config.relearn_lr,
-                                         max_steps=config.relearn_max_steps, eval_samples=config.relearn_eval_samples,
-                                         seed=config.seed).to_json()
+        fields["relearn"] = relearn_time(
+            model,
+            data,
+            forget,
+            relearn_target,
+            k=config.k,
+            lr=config.relearn_lr,
+            max_steps=config.relearn_max_steps,
+            eval_samples=config.relearn_eval_samples,
+            seed=config.seed,
+        ).to_json()
         fields["relearn_target"] = float(relearn_target)
         fields["relearn_target_source"] = relearn_target_source or "given"
     return ForgettingAudit(forget_classes=forget, config=config.to_json(), seconds=time.perf_counter() - t0, **fields)

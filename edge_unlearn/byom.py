@@ -8,23 +8,44 @@ how inputs are preprocessed and, given labelled data, the per-class statistics N
 The checkpoint records the architecture as (source, name, constructor arguments, adaptations), so loading
 it rebuilds the model from those libraries and runs no code from any file.
 """
+
 from __future__ import annotations
 
 import pickle
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
 from .checkpoint import CheckpointMeta, save_checkpoint
-from .data import (IMAGENET_MEAN, IMAGENET_STD, Dataset, Normalization, Preprocessing, load_dataset, preprocess,
-                   sample_indices)
+from .data import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    Dataset,
+    Normalization,
+    Preprocessing,
+    load_dataset,
+    preprocess,
+    sample_indices,
+)
 from .errors import CheckpointError, UsageError
 from .fileio import sha256_file
-from .models import (DEPTH_STATS_MAX_FLOATS, MODELS, ArchSpec, TORCHVISION_IGNORED_PREFIXES, UnlearnableClassifier,
-                     build_model, build_original, head_path, is_depth_stats_key, split_classifier, _family)
+from .models import (
+    DEPTH_STATS_MAX_FLOATS,
+    MODELS,
+    TORCHVISION_IGNORED_PREFIXES,
+    ArchSpec,
+    UnlearnableClassifier,
+    _family,
+    build_model,
+    build_original,
+    head_path,
+    is_depth_stats_key,
+    split_classifier,
+)
 
 PRESETS = ("imagenet", "dataset", "none")
 WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "net", "module")
@@ -86,18 +107,24 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         try:
             raw: Any = load_file(str(path))
         except Exception as exc:  # SafetensorError and friends
-            raise CheckpointError(f"{path} is not a readable safetensors file ({str(exc).splitlines()[0]}); "
-                                  "re-save it with safetensors.torch.save_file") from exc
+            raise CheckpointError(
+                f"{path} is not a readable safetensors file ({str(exc).splitlines()[0]}); "
+                "re-save it with safetensors.torch.save_file"
+            ) from exc
     else:
         try:
             raw = torch.load(str(path), map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as exc:
-            raise CheckpointError(f"{path} is a pickle that needs code to load (a whole model saved with "
-                                  "torch.save(model)?); edge-unlearn never runs code from a file: save "
-                                  "model.state_dict() instead") from exc
+            raise CheckpointError(
+                f"{path} is a pickle that needs code to load (a whole model saved with "
+                "torch.save(model)?); edge-unlearn never runs code from a file: save "
+                "model.state_dict() instead"
+            ) from exc
         except (RuntimeError, OSError, EOFError, ValueError) as exc:
-            raise CheckpointError(f"{path} is not a readable PyTorch file ({str(exc).splitlines()[0][:160]}); "
-                                  "save it with torch.save(model.state_dict(), path)") from exc
+            raise CheckpointError(
+                f"{path} is not a readable PyTorch file ({str(exc).splitlines()[0][:160]}); "
+                "save it with torch.save(model.state_dict(), path)"
+            ) from exc
     return unwrap_state_dict(raw, str(path))
 
 
@@ -120,7 +147,7 @@ def unwrap_state_dict(raw: Any, where: str = "the weights") -> dict[str, torch.T
         changed = False
         for prefix in PREFIXES:
             if all(k.startswith(prefix) for k in state):
-                state = {k[len(prefix):]: v for k, v in state.items()}
+                state = {k[len(prefix) :]: v for k, v in state.items()}
                 changed = True
     return state
 
@@ -129,20 +156,27 @@ def _shape(t: torch.Tensor) -> list[int]:
     return [int(v) for v in t.shape]
 
 
-def check_state_dict(expected: dict[str, torch.Tensor], got: dict[str, torch.Tensor], label: str,
-                     hint: str = "") -> None:
+def check_state_dict(
+    expected: dict[str, torch.Tensor], got: dict[str, torch.Tensor], label: str, hint: str = ""
+) -> None:
     """One line naming the first key that is missing, extra or of another shape."""
     for key, tensor in expected.items():
         if key not in got:
-            raise CheckpointError(f"the weights do not fit {label}: key {key} (shape {_shape(tensor)}) is missing from "
-                                  f"the file; pass the --arch they were trained with{hint}")
+            raise CheckpointError(
+                f"the weights do not fit {label}: key {key} (shape {_shape(tensor)}) is missing from "
+                f"the file; pass the --arch they were trained with{hint}"
+            )
         if tuple(got[key].shape) != tuple(tensor.shape):
-            raise CheckpointError(f"the weights do not fit {label}: first mismatching key {key}: file has shape "
-                                  f"{_shape(got[key])}, {label} has {_shape(tensor)}{hint}")
+            raise CheckpointError(
+                f"the weights do not fit {label}: first mismatching key {key}: file has shape "
+                f"{_shape(got[key])}, {label} has {_shape(tensor)}{hint}"
+            )
     extra = [k for k in got if k not in expected]
     if extra:
-        raise CheckpointError(f"the weights do not fit {label}: the file has key {extra[0]} (shape {_shape(got[extra[0]])}) "
-                              f"that {label} lacks; pass the --arch they were trained with{hint}")
+        raise CheckpointError(
+            f"the weights do not fit {label}: the file has key {extra[0]} (shape {_shape(got[extra[0]])}) "
+            f"that {label} lacks; pass the --arch they were trained with{hint}"
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -159,22 +193,33 @@ def _skeleton(spec: ArchSpec) -> nn.Module:
 
 
 def _stem_hint(spec: ArchSpec, key: str) -> str:
-    if spec.source == "torchvision" and key.startswith("conv1.") and not dict(spec.adapt).get("cifar_stem") \
-            and _family(spec.name, ("resnet", "resnext", "wide_resnet")):
+    if (
+        spec.source == "torchvision"
+        and key.startswith("conv1.")
+        and not dict(spec.adapt).get("cifar_stem")
+        and _family(spec.name, ("resnet", "resnext", "wide_resnet"))
+    ):
         return "; if the training script replaced the stem with a 3×3 conv and no max-pool (CIFAR), pass --cifar-stem"
     return ""
 
 
-def load_user_model(spec: ArchSpec, state: dict[str, torch.Tensor], num_classes: int | None = None,
-                    input_shape: Sequence[int] | None = None) -> UnlearnableClassifier:
+def load_user_model(
+    spec: ArchSpec,
+    state: dict[str, torch.Tensor],
+    num_classes: int | None = None,
+    input_shape: Sequence[int] | None = None,
+) -> UnlearnableClassifier:
     """The user's classifier with their weights, split into the contract (logits unchanged)."""
     if spec.source == "registry":
         if spec.name not in MODELS:
-            raise UsageError(f"unknown arch {spec.name!r}; use torchvision:NAME, timm:NAME or one of "
-                             f"{', '.join(sorted(MODELS))}")
+            raise UsageError(
+                f"unknown arch {spec.name!r}; use torchvision:NAME, timm:NAME or one of {', '.join(sorted(MODELS))}"
+            )
         if "head.weight" not in state:
-            raise CheckpointError(f"the weights have no head.weight: they are not a state dict of {spec.name} "
-                                  f"(first keys: {', '.join(list(state)[:3])})")
+            raise CheckpointError(
+                f"the weights have no head.weight: they are not a state dict of {spec.name} "
+                f"(first keys: {', '.join(list(state)[:3])})"
+            )
         classes = num_classes or int(state["head.weight"].shape[0])
         if input_shape is None:
             raise UsageError(f"{spec.name} needs the input size: pass --image-size (and --channels) or --dataset")
@@ -192,8 +237,10 @@ def load_user_model(spec: ArchSpec, state: dict[str, torch.Tensor], num_classes:
     if family:
         state = {k: v for k, v in state.items() if not k.startswith(TORCHVISION_IGNORED_PREFIXES[family])}
     if key not in state:
-        raise CheckpointError(f"the weights have no {key}, the head of {spec.label}: they are of another architecture "
-                              f"(first keys: {', '.join(list(state)[:3])}); pass the --arch they were trained with")
+        raise CheckpointError(
+            f"the weights have no {key}, the head of {spec.label}: they are of another architecture "
+            f"(first keys: {', '.join(list(state)[:3])}); pass the --arch they were trained with"
+        )
     classes = num_classes or int(state[key].shape[0])
     original = build_original(spec, classes).eval()
     expected = original.state_dict()
@@ -207,14 +254,18 @@ def load_user_model(spec: ArchSpec, state: dict[str, torch.Tensor], num_classes:
         with torch.no_grad():
             reference = original(x)
     except (RuntimeError, ValueError, AssertionError) as exc:
-        raise UsageError(f"{spec.label} cannot run on {'×'.join(map(str, input_shape))} inputs "
-                         f"({str(exc).splitlines()[0][:120]}); pass the --image-size it was trained at") from exc
+        raise UsageError(
+            f"{spec.label} cannot run on {'×'.join(map(str, input_shape))} inputs "
+            f"({str(exc).splitlines()[0][:120]}); pass the --image-size it was trained at"
+        ) from exc
     model = split_classifier(spec, original).eval()
     with torch.no_grad():
         got = model.logits(x, masked=False)
     if not torch.equal(got, reference):  # the split is exact by construction; this guards the adapters
-        raise CheckpointError(f"splitting {spec.label} changed its logits (max difference "
-                              f"{float((got - reference).abs().max()):.3g}); report this as a bug")
+        raise CheckpointError(
+            f"splitting {spec.label} changed its logits (max difference "
+            f"{float((got - reference).abs().max()):.3g}); report this as a bug"
+        )
     return model
 
 
@@ -226,8 +277,10 @@ def head_classes(spec: ArchSpec, state: dict[str, torch.Tensor]) -> tuple[str, i
         path = head_path(spec, _skeleton(spec))
         key = f"{path}.weight"
     if key not in state:
-        raise CheckpointError(f"the weights have no {key}, the head of {spec.label}: they are of another architecture "
-                              f"(first keys: {', '.join(list(state)[:3])}); pass the --arch they were trained with")
+        raise CheckpointError(
+            f"the weights have no {key}, the head of {spec.label}: they are of another architecture "
+            f"(first keys: {', '.join(list(state)[:3])}); pass the --arch they were trained with"
+        )
     return key, int(state[key].shape[0])
 
 
@@ -270,17 +323,26 @@ def resolve_preprocessing(req: ImportRequest, data: Dataset | None) -> Preproces
         mean, std = (0.0,) * channels, (1.0,) * channels
     elif req.preset == "dataset":
         if data is None:
-            raise UsageError("--preset dataset needs --dataset (the normalisation is computed from its training images)")
+            raise UsageError(
+                "--preset dataset needs --dataset (the normalisation is computed from its training images)"
+            )
         geometry = Preprocessing(channels, crop, (0.0,) * channels, (1.0,) * channels, resize=resize)
         norm = Normalization.of(data.x_train.with_preprocessing(geometry), sample=4096)  # a bounded, seeded draw
         mean, std = norm.mean, norm.std
     else:
-        raise UsageError("the normalisation your model was trained with is unknown: pass --mean and --std "
-                         "(per channel, on pixels scaled to [0, 1]) or --preset imagenet|dataset|none")
+        raise UsageError(
+            "the normalisation your model was trained with is unknown: pass --mean and --std "
+            "(per channel, on pixels scaled to [0, 1]) or --preset imagenet|dataset|none"
+        )
     if len(mean) == 1 and channels == 3:
         mean, std = mean * 3, std * 3
-    return Preprocessing(channels=int(channels), crop=crop, mean=tuple(float(v) for v in mean),  # type: ignore[arg-type]
-                         std=tuple(float(v) for v in std), resize=resize)
+    return Preprocessing(
+        channels=int(channels),
+        crop=crop,
+        mean=tuple(float(v) for v in mean),  # type: ignore[arg-type]
+        std=tuple(float(v) for v in std),
+        resize=resize,
+    )
 
 
 def read_class_names(path: str | Path) -> tuple[str, ...]:
@@ -295,8 +357,9 @@ def read_class_names(path: str | Path) -> tuple[str, ...]:
 
 
 @torch.no_grad()
-def record_stats_from(model: UnlearnableClassifier, data: Dataset, prep: Preprocessing, per_class: int,
-                      seed: int = 0) -> int:
+def record_stats_from(
+    model: UnlearnableClassifier, data: Dataset, prep: Preprocessing, per_class: int, seed: int = 0
+) -> int:
     """Per-class statistics from ``per_class`` training images of each class of ``data``, streamed through
     the preprocessing in batches. Returns the samples per class used."""
     if per_class < 1:
@@ -304,12 +367,14 @@ def record_stats_from(model: UnlearnableClassifier, data: Dataset, prep: Preproc
     counts = torch.bincount(data.y_train, minlength=model.num_classes)
     missing = [c for c in range(model.num_classes) if int(counts[c]) == 0]
     if missing:
-        raise UsageError(f"dataset {data.spec} has no training images of classes {missing[:5]}; "
-                         "class statistics need every class")
+        raise UsageError(
+            f"dataset {data.spec} has no training images of classes {missing[:5]}; class statistics need every class"
+        )
     used = min(per_class, int(counts.min()))
     idx = sample_indices(data, list(range(model.num_classes)), used, seed=seed)
     # read batch by batch through the full preprocessing (channels, resize, crop: any image size), then normalised
     images = data.x_train.with_preprocessing(prep).subset(idx)
+
     def normalise(batch: torch.Tensor) -> torch.Tensor:
         return preprocess(batch, prep.normalization)
 
@@ -332,10 +397,13 @@ def import_checkpoint(req: ImportRequest) -> dict[str, Any]:
     adapt: dict[str, Any] = {"cifar_stem": True} if req.cifar_stem else {}
     spec = ArchSpec.parse(req.arch, dict(req.arch_kwargs), adapt)
     if spec.source == "timm" and req.channels not in (None, 3):
-        spec = ArchSpec(spec.source, spec.name, tuple(sorted({**dict(spec.kwargs), "in_chans": req.channels}.items())),
-                        spec.adapt)
+        spec = ArchSpec(
+            spec.source, spec.name, tuple(sorted({**dict(spec.kwargs), "in_chans": req.channels}.items())), spec.adapt
+        )
     elif spec.source == "torchvision" and req.channels not in (None, 3):
-        spec = ArchSpec(spec.source, spec.name, spec.kwargs, tuple(sorted({**adapt, "in_channels": req.channels}.items())))
+        spec = ArchSpec(
+            spec.source, spec.name, spec.kwargs, tuple(sorted({**adapt, "in_channels": req.channels}.items()))
+        )
     if spec.source != "registry":
         head_path(spec, _skeleton(spec))  # unknown names and non-Linear heads fail before any file is read
     state = read_state_dict(req.weights)
@@ -346,8 +414,11 @@ def import_checkpoint(req: ImportRequest) -> dict[str, Any]:
         class_names, names_from = read_class_names(req.classes_file), f"--classes {req.classes_file}"
     # nothing measured or decoded here: the preprocessing decides what is read, and how
     data = load_dataset(req.dataset, data_dir=req.data_dir, measure=False) if req.dataset else None
-    stats_data = (data if req.stats_from == req.dataset
-                  else load_dataset(req.stats_from, data_dir=req.data_dir, measure=False)) if req.stats_from else None
+    stats_data = (
+        (data if req.stats_from == req.dataset else load_dataset(req.stats_from, data_dir=req.data_dir, measure=False))
+        if req.stats_from
+        else None
+    )
     if class_names is None and (data or stats_data) is not None:
         source = data or stats_data
         class_names, names_from = source.class_names, f"dataset {source.spec}"  # type: ignore[union-attr]
@@ -357,8 +428,9 @@ def import_checkpoint(req: ImportRequest) -> dict[str, Any]:
         raise UsageError(f"the weights' head {key} has {num_classes} classes but {names_from} names {len(class_names)}")
     for other in (data, stats_data):
         if other is not None and other.num_classes != num_classes:
-            raise UsageError(f"the weights' head {key} has {num_classes} classes but dataset {other.spec} has "
-                             f"{other.num_classes}")
+            raise UsageError(
+                f"the weights' head {key} has {num_classes} classes but dataset {other.spec} has {other.num_classes}"
+            )
     class_names = class_names or tuple(str(i) for i in range(num_classes))
     prep = resolve_preprocessing(req, data or stats_data)
     model = load_user_model(spec, state, num_classes, prep.input_shape)
@@ -367,17 +439,39 @@ def import_checkpoint(req: ImportRequest) -> dict[str, Any]:
         used = record_stats_from(model, stats_data, prep, req.stats_samples, req.seed)
         depth = "at every depth" if model.has_depth_stats else "at the edit layer only (too large for every depth)"
         stats_note = f"{used} training images per class of {stats_data.spec}, {depth}"
-    step = {"method": "import", "arch": spec.to_json(), "weights": Path(req.weights).name,
-            "weights_sha256": sha256_file(Path(req.weights)), "class_stats": stats_note}
-    meta = CheckpointMeta(arch=spec.label, num_classes=num_classes, class_names=class_names,
-                          input_shape=prep.input_shape, normalization=prep.normalization,
-                          dataset=(req.dataset or req.stats_from or ""), lineage=(step,), architecture=spec,
-                          preprocessing=prep, train_recipe=recipe)
+    step = {
+        "method": "import",
+        "arch": spec.to_json(),
+        "weights": Path(req.weights).name,
+        "weights_sha256": sha256_file(Path(req.weights)),
+        "class_stats": stats_note,
+    }
+    meta = CheckpointMeta(
+        arch=spec.label,
+        num_classes=num_classes,
+        class_names=class_names,
+        input_shape=prep.input_shape,
+        normalization=prep.normalization,
+        dataset=(req.dataset or req.stats_from or ""),
+        lineage=(step,),
+        architecture=spec,
+        preprocessing=prep,
+        train_recipe=recipe,
+    )
     digest = save_checkpoint(req.output, model, meta)
-    return {"checkpoint": str(req.output), "sha256": digest, "arch": spec.label, "architecture": spec.to_json(),
-            "num_classes": num_classes, "class_names": list(class_names), "head": key,
-            "feature_dim": model.feature_dim, "preprocessing": prep.to_json(), "class_stats": stats_note,
-            "weights_sha256": step["weights_sha256"]}
+    return {
+        "checkpoint": str(req.output),
+        "sha256": digest,
+        "arch": spec.label,
+        "architecture": spec.to_json(),
+        "num_classes": num_classes,
+        "class_names": list(class_names),
+        "head": key,
+        "feature_dim": model.feature_dim,
+        "preprocessing": prep.to_json(),
+        "class_stats": stats_note,
+        "weights_sha256": step["weights_sha256"],
+    }
 
 
 def importable_models() -> list[tuple[str, str]]:
@@ -396,10 +490,14 @@ def importable_models() -> list[tuple[str, str]]:
     try:
         import timm
 
-        out.append(("timm:NAME", f"any of timm {timm.__version__}'s {len(timm.list_models())} models whose "
-                                 "get_classifier() is a Linear layer"))
+        out.append(
+            (
+                "timm:NAME",
+                f"any of timm {timm.__version__}'s {len(timm.list_models())} models whose "
+                "get_classifier() is a Linear layer",
+            )
+        )
     except ImportError:
         out.append(("timm:NAME", "needs the timm extra: pip install 'edge-unlearn[timm]'"))
     out.append(("python", "your own nn.Module: edge_unlearn.wrap(module, head='fc') (Python API)"))
     return out
-

@@ -2,6 +2,7 @@
 
 Loading never executes code (safetensors holds raw tensors; the metadata is JSON).
 """
+
 from __future__ import annotations
 
 import json
@@ -47,10 +48,13 @@ class CheckpointMeta:
 
     def __post_init__(self) -> None:
         prep = self.preprocessing
-        if prep is not None and (tuple(prep.input_shape) != tuple(self.input_shape)
-                                 or prep.normalization != self.normalization):
-            raise UsageError(f"preprocessing {prep.to_json()} disagrees with input_shape {tuple(self.input_shape)} / "
-                             f"normalization {self.normalization.to_json()}")
+        if prep is not None and (
+            tuple(prep.input_shape) != tuple(self.input_shape) or prep.normalization != self.normalization
+        ):
+            raise UsageError(
+                f"preprocessing {prep.to_json()} disagrees with input_shape {tuple(self.input_shape)} / "
+                f"normalization {self.normalization.to_json()}"
+            )
 
     @property
     def arch_spec(self) -> ArchSpec:
@@ -74,9 +78,10 @@ class CheckpointMeta:
         return data
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> "CheckpointMeta":
+    def from_json(cls, data: dict[str, Any]) -> CheckpointMeta:
         return cls(
-            arch=str(data["arch"]), num_classes=int(data["num_classes"]),
+            arch=str(data["arch"]),
+            num_classes=int(data["num_classes"]),
             class_names=tuple(str(n) for n in data["class_names"]),
             input_shape=tuple(int(v) for v in data["input_shape"]),  # type: ignore[arg-type]
             normalization=Normalization.from_json(data["normalization"]),
@@ -90,11 +95,16 @@ class CheckpointMeta:
             preprocessing=Preprocessing.from_json(data["preprocessing"]) if data.get("preprocessing") else None,
         )
 
-    def with_forgetting(self, classes: list[int], step: dict[str, Any], parent_sha256: str | None) -> "CheckpointMeta":
+    def with_forgetting(self, classes: list[int], step: dict[str, Any], parent_sha256: str | None) -> CheckpointMeta:
         """The metadata of a child checkpoint: masks accumulate, lineage grows."""
         forgotten = tuple(sorted(set(self.forgotten_classes) | set(classes)))
-        return replace(self, forgotten_classes=forgotten, lineage=(*self.lineage, step),
-                       parent_sha256=parent_sha256, version=__version__)
+        return replace(
+            self,
+            forgotten_classes=forgotten,
+            lineage=(*self.lineage, step),
+            parent_sha256=parent_sha256,
+            version=__version__,
+        )
 
 
 @dataclass
@@ -139,7 +149,9 @@ def _open(path: Path, tensors: bool = True) -> tuple[CheckpointMeta, dict[str, t
     except CheckpointError:
         raise
     except (KeyError, ValueError, TypeError, UsageError) as exc:
-        raise CheckpointError(f"{path} has unreadable edge-unlearn metadata ({exc}); re-create it with `edge-unlearn train`") from exc
+        raise CheckpointError(
+            f"{path} has unreadable edge-unlearn metadata ({exc}); re-create it with `edge-unlearn train`"
+        ) from exc
     if not tensors:
         return meta, None
     from safetensors import safe_open
@@ -148,8 +160,10 @@ def _open(path: Path, tensors: bool = True) -> tuple[CheckpointMeta, dict[str, t
         with safe_open(str(path), framework="pt") as handle:
             loaded = {key: handle.get_tensor(key) for key in handle.keys()}
     except Exception as exc:  # safetensors raises its own SafetensorError for corrupt files
-        raise CheckpointError(f"{path} is not a valid safetensors checkpoint ({exc}); "
-                              "the file is corrupt or of another format: re-create it with `edge-unlearn train`") from exc
+        raise CheckpointError(
+            f"{path} is not a valid safetensors checkpoint ({exc}); "
+            "the file is corrupt or of another format: re-create it with `edge-unlearn train`"
+        ) from exc
     check_finite_tensors(loaded, str(path))  # refuse NaN/Inf weights on load (issue #13)
     return meta, loaded
 
@@ -169,8 +183,10 @@ def load_checkpoint(path: str | Path, model: UnlearnableClassifier | None = None
         model.load_state_dict(tensors, strict=True)  # type: ignore[arg-type]
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()[0]
-        raise CheckpointError(f"{path}: tensors do not match arch {meta.arch} with {meta.num_classes} classes ({first}); "
-                              "the file was edited or written by another version") from exc
+        raise CheckpointError(
+            f"{path}: tensors do not match arch {meta.arch} with {meta.num_classes} classes ({first}); "
+            "the file was edited or written by another version"
+        ) from exc
     if sorted(model.forgotten_classes) != sorted(meta.forgotten_classes):
         raise CheckpointError(f"{path}: class mask and metadata disagree on the forgotten classes; the file was edited")
     model.eval()

@@ -9,6 +9,7 @@ A :class:`Dataset` holds its labels in memory and its images as :class:`ImageSou
 on demand, at the model's input size (the checkpoint's :class:`Preprocessing`), in batches through a
 ``torch.utils.data.DataLoader`` with ``--workers`` processes: peak memory does not grow with the dataset.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -16,9 +17,9 @@ import json
 import math
 import os
 import zipfile
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -44,11 +45,11 @@ class Normalization:
         return {"mean": list(self.mean), "std": list(self.std)}
 
     @classmethod
-    def from_json(cls, data: dict) -> "Normalization":
+    def from_json(cls, data: dict) -> Normalization:
         return cls(tuple(float(v) for v in data["mean"]), tuple(float(v) for v in data["std"]))
 
     @classmethod
-    def of(cls, images: "torch.Tensor | ImageSource", sample: int | None = None, seed: int = 0) -> "Normalization":
+    def of(cls, images: torch.Tensor | ImageSource, sample: int | None = None, seed: int = 0) -> Normalization:
         """The statistics of uint8 images [N, C, H, W] (a tensor or an :class:`ImageSource`), read in
         batches. A source that decodes files, or any set above ``sample`` images (default
         :data:`NORMALIZATION_SAMPLE` for files, all images of arrays), is measured on a seeded random draw
@@ -120,8 +121,10 @@ class Preprocessing(PreprocessingRecord):
             x = TF.resize(x, size, interpolation=self._interpolation(), antialias=True)
         if tuple(x.shape[2:]) != tuple(self.crop):
             if x.shape[2] < self.crop[0] or x.shape[3] < self.crop[1]:
-                raise DataError(f"images are {x.shape[2]}×{x.shape[3]} but the model takes {self.crop[0]}×{self.crop[1]} "
-                                "and the checkpoint records no resize; import it with --resize or --image-size")
+                raise DataError(
+                    f"images are {x.shape[2]}×{x.shape[3]} but the model takes {self.crop[0]}×{self.crop[1]} "
+                    "and the checkpoint records no resize; import it with --resize or --image-size"
+                )
             x = TF.center_crop(x, list(self.crop))
         return x.contiguous()
 
@@ -141,8 +144,11 @@ class Preprocessing(PreprocessingRecord):
         if self.resize is not None:
             size = self.resize if isinstance(self.resize, int) else list(self.resize)
             steps.append(v2.Resize(size, interpolation=self._interpolation(), antialias=True))
-        steps += [v2.CenterCrop(list(self.crop)), v2.ToDtype(torch.float32, scale=True),
-                  v2.Normalize(list(self.mean), list(self.std))]
+        steps += [
+            v2.CenterCrop(list(self.crop)),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(list(self.mean), list(self.std)),
+        ]
         return v2.Compose(steps)
 
 
@@ -208,7 +214,7 @@ class ImageSource(torch.utils.data.Dataset):
         """uint8 [len(positions), C, H, W] of the images at ``positions`` (in that order)."""
         raise NotImplementedError
 
-    def _view(self, positions: np.ndarray | None = None, prep: "Preprocessing | None" = None) -> "ImageSource":
+    def _view(self, positions: np.ndarray | None = None, prep: Preprocessing | None = None) -> ImageSource:
         raise NotImplementedError
 
     # the tensor-like face: dtype, shape, indexing
@@ -232,15 +238,15 @@ class ImageSource(torch.utils.data.Dataset):
     def numpy(self) -> np.ndarray:
         return self[:].numpy()
 
-    def subset(self, indices) -> "ImageSource":
+    def subset(self, indices) -> ImageSource:
         """The images at ``indices`` (a view: nothing is read)."""
         return self._view(positions=_as_indices(indices, len(self)))
 
-    def with_preprocessing(self, prep: "Preprocessing") -> "ImageSource":
+    def with_preprocessing(self, prep: Preprocessing) -> ImageSource:
         """The same images through ``prep``'s geometry (channels, resize, centre crop): a view."""
         return self._view(prep=prep)
 
-    def with_workers(self, workers: int | None) -> "ImageSource":
+    def with_workers(self, workers: int | None) -> ImageSource:
         view = self._view()
         view.workers = workers
         return view
@@ -252,14 +258,15 @@ class ImageSource(torch.utils.data.Dataset):
         (default: the source's, else ``--workers``), each reading whole batches; arrays are sliced directly
         (the in-memory fast path). Order is kept either way, so results do not depend on ``workers``."""
         positions = np.arange(len(self), dtype=np.int64) if indices is None else _as_indices(indices, len(self))
-        chunks = [positions[i:i + batch_size] for i in range(0, len(positions), batch_size)]
+        chunks = [positions[i : i + batch_size] for i in range(0, len(positions), batch_size)]
         workers = workers if workers is not None else (self.workers if self.workers is not None else _DEFAULT_WORKERS)
         if workers <= 0 or not self.decodes_files or len(chunks) <= 1:
             for chunk in chunks:
                 yield self._read(chunk)
             return
-        loader = torch.utils.data.DataLoader(_BatchReads(self, chunks), batch_size=None, shuffle=False,
-                                             num_workers=min(workers, len(chunks)))
+        loader = torch.utils.data.DataLoader(
+            _BatchReads(self, chunks), batch_size=None, shuffle=False, num_workers=min(workers, len(chunks))
+        )
         for batch in loader:
             if isinstance(batch, str):  # a DataError in a worker, passed back as its one line
                 raise DataError(batch)
@@ -282,22 +289,27 @@ class _BatchReads(torch.utils.data.Dataset):
             return str(exc)
 
 
-def _geometry_in_chunks(images: torch.Tensor, prep: "Preprocessing | None", chunk: int = 512) -> torch.Tensor:
+def _geometry_in_chunks(images: torch.Tensor, prep: Preprocessing | None, chunk: int = 512) -> torch.Tensor:
     if prep is None:
         return images
     if len(images) <= chunk:
         return prep.geometry(images)
     out = torch.empty((len(images), *prep.input_shape), dtype=torch.uint8)
     for i in range(0, len(images), chunk):  # resizing works in float internally: bound it
-        out[i:i + chunk] = prep.geometry(images[i:i + chunk])
+        out[i : i + chunk] = prep.geometry(images[i : i + chunk])
     return out
 
 
 class ArrayImages(ImageSource):
     """Images in an array [N, C, H, W] (in memory or a memory map), optionally through a preprocessing."""
 
-    def __init__(self, array: np.ndarray | torch.Tensor, prep: "Preprocessing | None" = None,
-                 positions: np.ndarray | None = None, workers: int | None = None) -> None:
+    def __init__(
+        self,
+        array: np.ndarray | torch.Tensor,
+        prep: Preprocessing | None = None,
+        positions: np.ndarray | None = None,
+        workers: int | None = None,
+    ) -> None:
         if isinstance(array, torch.Tensor):
             array = array.detach().cpu().numpy()
         if array.ndim != 4:
@@ -311,13 +323,13 @@ class ArrayImages(ImageSource):
     def _read(self, positions: np.ndarray) -> torch.Tensor:
         rows = positions if self.positions is None else self.positions[positions]
         if len(rows) and np.all(np.diff(rows) == 1):  # a contiguous run: a view, one copy
-            raw = self.array[int(rows[0]):int(rows[-1]) + 1]
+            raw = self.array[int(rows[0]) : int(rows[-1]) + 1]
         else:
             raw = self.array[rows]
         images = torch.from_numpy(np.array(raw, dtype=np.uint8, copy=True))
         return _geometry_in_chunks(images, self.prep)
 
-    def _view(self, positions: np.ndarray | None = None, prep: "Preprocessing | None" = None) -> "ArrayImages":
+    def _view(self, positions: np.ndarray | None = None, prep: Preprocessing | None = None) -> ArrayImages:
         if positions is not None and self.positions is not None:
             positions = self.positions[positions]
         elif positions is None:
@@ -399,8 +411,15 @@ class FolderImages(ImageSource):
 
     decodes_files = True
 
-    def __init__(self, root: Path, files: np.ndarray, prep: "Preprocessing", strict: bool,
-                 positions: np.ndarray | None = None, workers: int | None = None) -> None:
+    def __init__(
+        self,
+        root: Path,
+        files: np.ndarray,
+        prep: Preprocessing,
+        strict: bool,
+        positions: np.ndarray | None = None,
+        workers: int | None = None,
+    ) -> None:
         self.root, self.files, self.prep, self.strict = root, files, prep, strict
         self.positions, self.workers = positions, workers
         pin_malloc_mmap_threshold()
@@ -429,16 +448,18 @@ class FolderImages(ImageSource):
             path = self.path(int(i))
             image = _decode(path)
             if self.strict and tuple(image.shape[1:]) != tuple(self.prep.crop):
-                raise DataError(f"image {path} is {image.shape[1]}×{image.shape[2]} but the folder's first image is "
-                                f"{self.prep.crop[0]}×{self.prep.crop[1]}; pass --image-size N to resize and centre-crop "
-                                "every image to N×N")
+                raise DataError(
+                    f"image {path} is {image.shape[1]}×{image.shape[2]} but the folder's first image is "
+                    f"{self.prep.crop[0]}×{self.prep.crop[1]}; pass --image-size N to resize and centre-crop "
+                    "every image to N×N"
+                )
             try:
                 out[k] = self.prep.geometry(image[None])[0]
             except DataError as exc:
                 raise DataError(f"image {path}: {exc}") from exc
         return out
 
-    def _view(self, positions: np.ndarray | None = None, prep: "Preprocessing | None" = None) -> "FolderImages":
+    def _view(self, positions: np.ndarray | None = None, prep: Preprocessing | None = None) -> FolderImages:
         if positions is not None and self.positions is not None:
             positions = self.positions[positions]
         elif positions is None:
@@ -465,11 +486,11 @@ class SplitItems(torch.utils.data.Dataset):
         return self.images[:], self.labels
 
 
-def as_source(images: "ImageSource | torch.Tensor | np.ndarray") -> ImageSource:
+def as_source(images: ImageSource | torch.Tensor | np.ndarray) -> ImageSource:
     return images if isinstance(images, ImageSource) else ArrayImages(torch.as_tensor(images))
 
 
-def image_batches(images: "ImageSource | torch.Tensor", batch_size: int = 256, indices=None) -> Iterator[torch.Tensor]:
+def image_batches(images: ImageSource | torch.Tensor, batch_size: int = 256, indices=None) -> Iterator[torch.Tensor]:
     """uint8 batches of a source (through its loader) or of an in-memory tensor."""
     if isinstance(images, ImageSource):
         yield from images.batches(batch_size, indices)
@@ -478,21 +499,25 @@ def image_batches(images: "ImageSource | torch.Tensor", batch_size: int = 256, i
     if indices is not None:
         images = images[torch.as_tensor(_as_indices(indices, len(images)))]
     for i in range(0, len(images), batch_size):
-        yield images[i:i + batch_size]
+        yield images[i : i + batch_size]
 
 
-def prepare_dataset(data: "Dataset", prep: Preprocessing) -> "Dataset":
+def prepare_dataset(data: Dataset, prep: Preprocessing) -> Dataset:
     """``data`` as the model sees it: images converted to the model's channels and size (uint8) and the
     model's normalisation, so every consumer (training, forgetting, evaluation, bundles, calibration)
     applies one and the same preprocessing. Lazy: the conversion runs per batch as images are read. A
     no-op for a checkpoint trained on ``data``."""
     if data.input_shape == prep.input_shape and prep.resize is None and not isinstance(data.x_train, FolderImages):
         return dataclasses.replace(data, normalization=prep.normalization)
-    return dataclasses.replace(data, x_train=data.x_train.with_preprocessing(prep),
-                               x_test=data.x_test.with_preprocessing(prep), normalization=prep.normalization)
+    return dataclasses.replace(
+        data,
+        x_train=data.x_train.with_preprocessing(prep),
+        x_test=data.x_test.with_preprocessing(prep),
+        normalization=prep.normalization,
+    )
 
 
-def preprocess(images: "ImageSource | torch.Tensor | np.ndarray", norm: Normalization) -> torch.Tensor:
+def preprocess(images: ImageSource | torch.Tensor | np.ndarray, norm: Normalization) -> torch.Tensor:
     """uint8 [N, C, H, W] -> normalised float32, the model's input (a source is read whole: small sets only)."""
     if isinstance(images, ImageSource):
         images = images[:]
@@ -529,7 +554,7 @@ class Dataset:
     def input_shape(self) -> tuple[int, int, int]:
         return tuple(int(v) for v in self.x_train.image_shape)  # type: ignore[return-value]
 
-    def split(self, name: str, classes: Sequence[int] | None = None) -> "torch.utils.data.Dataset":
+    def split(self, name: str, classes: Sequence[int] | None = None) -> torch.utils.data.Dataset:
         """One split (``"train"`` or ``"test"``) as a ``torch.utils.data.Dataset`` of (uint8 image [C, H, W] at
         the model's input size, int64 label) items, optionally restricted to ``classes``: what training's
         DataLoader (augmentation, DistributedSampler) reads. Lazy: an item is decoded when it is read. The
@@ -542,20 +567,24 @@ class Dataset:
             x, y = x.subset(keep), y[keep]
         return SplitItems(x, y)
 
-    def subset_classes(self, classes: Sequence[int]) -> "Dataset":
+    def subset_classes(self, classes: Sequence[int]) -> Dataset:
         """The same dataset restricted to ``classes`` (labels unchanged; images stay lazy)."""
         keep = torch.tensor(sorted(set(int(c) for c in classes)))
         train = torch.isin(self.y_train, keep)
         test = torch.isin(self.y_test, keep)
         return dataclasses.replace(
-            self, x_train=self.x_train.subset(train), y_train=self.y_train[train],
-            x_test=self.x_test.subset(test), y_test=self.y_test[test],
+            self,
+            x_train=self.x_train.subset(train),
+            y_train=self.y_train[train],
+            x_test=self.x_test.subset(test),
+            y_test=self.y_test[test],
         )
 
-    def with_workers(self, workers: int | None) -> "Dataset":
+    def with_workers(self, workers: int | None) -> Dataset:
         """The same dataset read with ``workers`` loader processes."""
-        return dataclasses.replace(self, x_train=self.x_train.with_workers(workers),
-                                   x_test=self.x_test.with_workers(workers))
+        return dataclasses.replace(
+            self, x_train=self.x_train.with_workers(workers), x_test=self.x_test.with_workers(workers)
+        )
 
 
 def _nchw_layout(shape: tuple[int, ...], where: str) -> str:
@@ -579,24 +608,42 @@ def _to_nchw(images: np.ndarray, where: str) -> np.ndarray:
     return images
 
 
-def _finish(spec: str, x_train, y_train, x_test, y_test, class_names: Sequence[str] | None,
-            prep: Preprocessing | None = None, norm: Normalization | None = None) -> Dataset:
+def _finish(
+    spec: str,
+    x_train,
+    y_train,
+    x_test,
+    y_test,
+    class_names: Sequence[str] | None,
+    prep: Preprocessing | None = None,
+    norm: Normalization | None = None,
+) -> Dataset:
     x_train = _to_nchw(x_train if isinstance(x_train, np.ndarray) else np.asarray(x_train), spec)
     x_test = _to_nchw(x_test if isinstance(x_test, np.ndarray) else np.asarray(x_test), spec)
     if x_train.dtype != np.uint8 or x_test.dtype != np.uint8:
-        raise DataError(f"{spec}: images must be uint8 (0-255), got {x_train.dtype}/{x_test.dtype}; convert them with np.uint8")
+        raise DataError(
+            f"{spec}: images must be uint8 (0-255), got {x_train.dtype}/{x_test.dtype}; convert them with np.uint8"
+        )
     if x_train.shape[1:] != x_test.shape[1:]:
         raise DataError(f"{spec}: train images {x_train.shape[1:]} and test images {x_test.shape[1:]} differ in shape")
     names, y_train, y_test = _labels(spec, y_train, y_test, len(x_train), len(x_test), class_names)
     train, test = ArrayImages(x_train), ArrayImages(x_test)
     if prep is not None:
         train, test = train.with_preprocessing(prep), test.with_preprocessing(prep)
-    return Dataset(spec=spec, x_train=train, y_train=y_train, x_test=test, y_test=y_test, class_names=names,
-                   normalization=prep.normalization if prep is not None else norm or Normalization.of(train))
+    return Dataset(
+        spec=spec,
+        x_train=train,
+        y_train=y_train,
+        x_test=test,
+        y_test=y_test,
+        class_names=names,
+        normalization=prep.normalization if prep is not None else norm or Normalization.of(train),
+    )
 
 
-def _labels(spec: str, y_train, y_test, n_train: int, n_test: int, class_names: Sequence[str] | None
-            ) -> tuple[tuple[str, ...], torch.Tensor, torch.Tensor]:
+def _labels(
+    spec: str, y_train, y_test, n_train: int, n_test: int, class_names: Sequence[str] | None
+) -> tuple[tuple[str, ...], torch.Tensor, torch.Tensor]:
     check_labels(spec, y_train, y_test)  # issue #13: float labels, empty classes, an empty test split
     y_train = np.asarray(y_train).astype(np.int64).reshape(-1)
     y_test = np.asarray(y_test).astype(np.int64).reshape(-1)
@@ -618,7 +665,8 @@ def _load_digits(spec: str, prep: Preprocessing | None, norm: Normalization | No
     bunch = load_digits()
     images = np.clip(np.rint(bunch.images * (255.0 / 16.0)), 0, 255).astype(np.uint8)
     x_train, x_test, y_train, y_test = train_test_split(
-        images, bunch.target, test_size=0.3, stratify=bunch.target, random_state=0)
+        images, bunch.target, test_size=0.3, stratify=bunch.target, random_state=0
+    )
     return _finish(spec, x_train, y_train, x_test, y_test, [str(n) for n in bunch.target_names], prep, norm)
 
 
@@ -634,8 +682,9 @@ def _npz_member(file: Path, archive: zipfile.ZipFile, name: str, arrays) -> np.n
                 name_len, extra_len = int.from_bytes(local[26:28], "little"), int.from_bytes(local[28:30], "little")
                 handle.seek(info.header_offset + 30 + name_len + extra_len)
                 version = np.lib.format.read_magic(handle)
-                read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                               else np.lib.format.read_array_header_2_0)
+                read_header = (
+                    np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+                )
                 shape, fortran, dtype = read_header(handle, max_header_size=1 << 20)
                 if not dtype.hasobject and not fortran and math.prod(shape) > 0:
                     return np.memmap(file, dtype=dtype, mode="r", offset=handle.tell(), shape=shape)
@@ -647,24 +696,35 @@ def _load_npz(spec: str, path: str, prep: Preprocessing | None, norm: Normalizat
     if not file.is_file():
         raise DataError(f"dataset file {file} not found; give an existing .npz with x_train, y_train, x_test, y_test")
     if not zipfile.is_zipfile(file):  # else numpy's own message suggests unpickling the file
-        raise DataError(f"{file} is not a readable .npz archive (not a zip archive: another kind of file?); "
-                        "give an .npz with x_train, y_train, x_test, y_test (numpy.savez)")
+        raise DataError(
+            f"{file} is not a readable .npz archive (not a zip archive: another kind of file?); "
+            "give an .npz with x_train, y_train, x_test, y_test (numpy.savez)"
+        )
     try:
         with np.load(file, allow_pickle=False) as arrays, zipfile.ZipFile(file) as archive:
             missing = [k for k in ("x_train", "y_train", "x_test", "y_test") if k not in arrays.files]
             if missing:
                 raise DataError(f"{file} lacks arrays {', '.join(missing)}; it needs x_train, y_train, x_test, y_test")
             names = [str(n) for n in arrays["class_names"]] if "class_names" in arrays.files else None
-            return _finish(spec, _npz_member(file, archive, "x_train", arrays), arrays["y_train"],
-                           _npz_member(file, archive, "x_test", arrays), arrays["y_test"], names, prep, norm)
+            return _finish(
+                spec,
+                _npz_member(file, archive, "x_train", arrays),
+                arrays["y_train"],
+                _npz_member(file, archive, "x_test", arrays),
+                arrays["y_test"],
+                names,
+                prep,
+                norm,
+            )
     except DataError:
         raise
     except Exception as exc:  # noqa: BLE001 - numpy raises OSError, EOFError, BadZipFile, TokenError... on damage
         raise DataError(f"{file} is not a readable .npz archive ({exc}); re-create it with numpy.savez") from exc
 
 
-def _load_torchvision(name: str, data_dir: str | None, download: bool, prep: Preprocessing | None,
-                      norm: Normalization | None) -> Dataset:
+def _load_torchvision(
+    name: str, data_dir: str | None, download: bool, prep: Preprocessing | None, norm: Normalization | None
+) -> Dataset:
     """torchvision's MNIST/FashionMNIST/CIFAR/SVHN classes (which hold their arrays in memory themselves):
     the images are sliced from those arrays per batch."""
     import torchvision.datasets as tvd
@@ -680,8 +740,11 @@ def _load_torchvision(name: str, data_dir: str | None, download: bool, prep: Pre
     try:
         train_set, test_set = makers[name](True), makers[name](False)
     except (RuntimeError, OSError) as exc:
-        how = ("the download failed (offline?); copy the dataset files into that folder instead"
-               if download else "pass --download to fetch it (needs internet), or point --data-dir at a folder holding it")
+        how = (
+            "the download failed (offline?); copy the dataset files into that folder instead"
+            if download
+            else "pass --download to fetch it (needs internet), or point --data-dir at a folder holding it"
+        )
         raise DataError(f"dataset {name} not found under {root.resolve()}: {how}") from exc
 
     def arrays(ds) -> tuple[np.ndarray, np.ndarray]:
@@ -729,8 +792,9 @@ def _folder_channels(root: Path, files: np.ndarray) -> int:
     return 1 if all(_header(root / os.fsdecode(files[i]))[0] == 1 for i in picks) else 3
 
 
-def _load_folder(spec: str, path: str, prep: Preprocessing | None, image_size: int | Sequence[int] | None,
-                 norm: Normalization | None) -> Dataset:
+def _load_folder(
+    spec: str, path: str, prep: Preprocessing | None, image_size: int | Sequence[int] | None, norm: Normalization | None
+) -> Dataset:
     """An ImageFolder layout (train/ and test/, one folder per class): files listed, nothing decoded."""
     root = Path(path)
     for split in ("train", "test"):
@@ -746,8 +810,9 @@ def _load_folder(spec: str, path: str, prep: Preprocessing | None, image_size: i
         channels = _folder_channels(root / "train", train_files)
         if image_size is not None:
             size = _image_size(image_size)
-            geometry = Preprocessing(channels, size, (0.0,) * channels, (1.0,) * channels,
-                                     resize=size[0] if size[0] == size[1] else size)
+            geometry = Preprocessing(
+                channels, size, (0.0,) * channels, (1.0,) * channels, resize=size[0] if size[0] == size[1] else size
+            )
         else:  # no size given: the first image's, and every other image must match it
             _, height, width = _header(root / "train" / os.fsdecode(train_files[0]))
             geometry = Preprocessing(channels, (height, width), (0.0,) * channels, (1.0,) * channels)
@@ -757,8 +822,15 @@ def _load_folder(spec: str, path: str, prep: Preprocessing | None, image_size: i
     train = FolderImages(root / "train", train_files, geometry, strict)
     test = FolderImages(root / "test", test_files, geometry, strict)
     norm = prep.normalization if prep is not None else norm or Normalization.of(train)
-    return Dataset(spec=spec, x_train=train, y_train=y_train_t, x_test=test, y_test=y_test_t, class_names=names_t,
-                   normalization=norm)
+    return Dataset(
+        spec=spec,
+        x_train=train,
+        y_train=y_train_t,
+        x_test=test,
+        y_test=y_test_t,
+        class_names=names_t,
+        normalization=norm,
+    )
 
 
 def _image_size(image_size: int | Sequence[int]) -> tuple[int, int]:
@@ -770,7 +842,7 @@ def _image_size(image_size: int | Sequence[int]) -> tuple[int, int]:
     return values  # type: ignore[return-value]
 
 
-def training_preprocessing(data: "Dataset", image_size: int | Sequence[int] | None) -> Preprocessing | None:
+def training_preprocessing(data: Dataset, image_size: int | Sequence[int] | None) -> Preprocessing | None:
     """The preprocessing `train` records: None for a dataset used at its own size (nothing to record), else
     resize (shorter side, or both sides when not square) + centre crop to ``image_size`` with the dataset's
     statistics at that size."""
@@ -781,13 +853,18 @@ def training_preprocessing(data: "Dataset", image_size: int | Sequence[int] | No
     else:
         size = _image_size(image_size)  # type: ignore[arg-type]
         channels = data.input_shape[0]
-        geometry = Preprocessing(channels, size, (0.0,) * channels, (1.0,) * channels,
-                                 resize=size[0] if size[0] == size[1] else size)
+        geometry = Preprocessing(
+            channels, size, (0.0,) * channels, (1.0,) * channels, resize=size[0] if size[0] == size[1] else size
+        )
     return dataclasses.replace(geometry, mean=tuple(data.normalization.mean), std=tuple(data.normalization.std))
 
 
-def load_image_folder(folder: str | Path, channels: int | None = None, size: tuple[int, int] | None = None,
-                      prep: Preprocessing | None = None) -> tuple[np.ndarray, list[str], list[int]]:
+def load_image_folder(
+    folder: str | Path,
+    channels: int | None = None,
+    size: tuple[int, int] | None = None,
+    prep: Preprocessing | None = None,
+) -> tuple[np.ndarray, list[str], list[int]]:
     """Read every image under ``folder`` (recursively) as uint8 [N, C, H, W]: a small folder, e.g. the
     forget samples of ``forget --forget-samples``.
 
@@ -811,9 +888,13 @@ def load_image_folder(folder: str | Path, channels: int | None = None, size: tup
             except DataError as exc:
                 raise DataError(f"image {file}: {exc}") from exc
         elif channels is not None or size is not None:
-            step = Preprocessing(channels or image.shape[0], tuple(size or image.shape[1:]),  # type: ignore[arg-type]
-                                 (0.0,) * (channels or image.shape[0]), (1.0,) * (channels or image.shape[0]),
-                                 resize=tuple(size) if size is not None else None)  # type: ignore[arg-type]
+            step = Preprocessing(
+                channels or image.shape[0],
+                tuple(size or image.shape[1:]),  # type: ignore[arg-type]
+                (0.0,) * (channels or image.shape[0]),
+                (1.0,) * (channels or image.shape[0]),
+                resize=tuple(size) if size is not None else None,
+            )  # type: ignore[arg-type]
             image = step.geometry(image[None])[0]
         images.append(image.numpy())
         owners.append(class_dirs.index(file.parent.relative_to(root).parts[0]) if file.parent != root else -1)
@@ -823,10 +904,16 @@ def load_image_folder(folder: str | Path, channels: int | None = None, size: tup
     return np.stack(images), class_dirs, owners
 
 
-def load_dataset(spec: str, data_dir: str | None = None, download: bool = False,
-                 preprocessing: Preprocessing | None = None, image_size: int | Sequence[int] | None = None,
-                 workers: int | None = None, normalization: Normalization | None = None,
-                 measure: bool = True) -> Dataset:
+def load_dataset(
+    spec: str,
+    data_dir: str | None = None,
+    download: bool = False,
+    preprocessing: Preprocessing | None = None,
+    image_size: int | Sequence[int] | None = None,
+    workers: int | None = None,
+    normalization: Normalization | None = None,
+    measure: bool = True,
+) -> Dataset:
     """Load a dataset by spec string (see the module docstring); images stay where they are until read.
 
     ``preprocessing``: bring the images to a model's input (a checkpoint's record; its normalisation is used,
@@ -854,16 +941,19 @@ def load_dataset(spec: str, data_dir: str | None = None, download: bool = False,
         if image_size is not None and tuple(_image_size(image_size)) != tuple(data.input_shape[1:]):
             channels = data.input_shape[0]
             size = _image_size(image_size)
-            geometry = Preprocessing(channels, size, (0.0,) * channels, (1.0,) * channels,
-                                     resize=size[0] if size[0] == size[1] else size)
-            data = dataclasses.replace(data, x_train=data.x_train.with_preprocessing(geometry),
-                                       x_test=data.x_test.with_preprocessing(geometry))
+            geometry = Preprocessing(
+                channels, size, (0.0,) * channels, (1.0,) * channels, resize=size[0] if size[0] == size[1] else size
+            )
+            data = dataclasses.replace(
+                data, x_train=data.x_train.with_preprocessing(geometry), x_test=data.x_test.with_preprocessing(geometry)
+            )
             data = dataclasses.replace(data, normalization=Normalization.of(data.x_train))
     return data.with_workers(workers) if workers is not None else data
 
 
-def load_dataset_at(spec: str, input_shape: Sequence[int], normalization: Normalization | None,
-                    data_dir: str | None = None) -> Dataset:
+def load_dataset_at(
+    spec: str, input_shape: Sequence[int], normalization: Normalization | None, data_dir: str | None = None
+) -> Dataset:
     """``spec`` at a model's input when only its shape and normalisation are known (an exported ONNX model):
     a folder's images are resized (shorter side) and centre-cropped to it, as ``train --image-size`` does;
     any other dataset is taken as it is (its shape is checked by the caller; ``normalization`` None: the
@@ -872,8 +962,13 @@ def load_dataset_at(spec: str, input_shape: Sequence[int], normalization: Normal
     if spec.strip().startswith("folder:"):
         if normalization is None:
             raise UsageError("a folder dataset needs the model's normalisation to be read at its input size")
-        prep = Preprocessing(channels, (height, width), tuple(normalization.mean), tuple(normalization.std),
-                             resize=height if height == width else (height, width))
+        prep = Preprocessing(
+            channels,
+            (height, width),
+            tuple(normalization.mean),
+            tuple(normalization.std),
+            resize=height if height == width else (height, width),
+        )
         return load_dataset(spec, data_dir=data_dir, preprocessing=prep)
     return load_dataset(spec, data_dir=data_dir, normalization=normalization)
 
@@ -896,14 +991,17 @@ def resolve_classes(requested: Sequence[str | int], class_names: Sequence[str]) 
                 out.add(index)
             else:
                 shown = ", ".join(json.dumps(n) for n in names[:12]) + (" …" if len(names) > 12 else "")
-                raise UsageError(f"unknown class {token!r}; use an index 0..{len(names) - 1} or one of the names {shown}")
+                raise UsageError(
+                    f"unknown class {token!r}; use an index 0..{len(names) - 1} or one of the names {shown}"
+                )
     if not out:
         raise UsageError("no class to forget was given; pass --forget with a class index or name")
     return sorted(out)
 
 
-def take_samples(data: Dataset, classes: Sequence[int], per_class: int, seed: int = 0,
-                 exclude: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def take_samples(
+    data: Dataset, classes: Sequence[int], per_class: int, seed: int = 0, exclude: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``per_class`` random training images of each class in ``classes`` (uint8 images, labels): the images
     of :func:`sample_indices`, read."""
     idx = sample_indices(data, classes, per_class, seed)
@@ -919,7 +1017,9 @@ def sample_indices(data: Dataset, classes: Sequence[int], per_class: int, seed: 
     for c in classes:
         idx = torch.nonzero(data.y_train == c).flatten()
         if len(idx) < per_class:
-            raise UsageError(f"class {c} ({data.class_names[c]}) has only {len(idx)} training samples, "
-                             f"fewer than --samples {per_class}; ask for at most {len(idx)}")
+            raise UsageError(
+                f"class {c} ({data.class_names[c]}) has only {len(idx)} training samples, "
+                f"fewer than --samples {per_class}; ask for at most {len(idx)}"
+            )
         picks.append(idx[torch.randperm(len(idx), generator=gen)[:per_class]])
     return torch.cat(picks)

@@ -3,6 +3,7 @@
 The CLI turns an :class:`EdgeUnlearnError` into one line, ``error: <message>``, and exit code 2.
 Every message says what is wrong *and* how to fix it.
 """
+
 from __future__ import annotations
 
 

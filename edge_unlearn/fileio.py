@@ -13,6 +13,7 @@
 :func:`check_output_path` runs the same checks up front, so a command can refuse a bad ``-o``/``--json-out``
 before any work, and refuses an output that is one of the command's inputs.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -24,8 +25,8 @@ import signal
 import stat
 import tempfile
 import threading
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Iterable, Iterator
 
 from .errors import UsageError
 
@@ -62,8 +63,9 @@ def _is_write_through(target: Path) -> bool:
     return stat.S_ISCHR(mode) or stat.S_ISFIFO(mode)
 
 
-def check_output_path(path: str | os.PathLike, inputs: Iterable[str | os.PathLike | None] = (),
-                      option: str = "-o") -> Path:
+def check_output_path(
+    path: str | os.PathLike, inputs: Iterable[str | os.PathLike | None] = (), option: str = "-o"
+) -> Path:
     """Fail (UsageError, one line) before any work when ``path`` cannot be written or is one of ``inputs``.
 
     Returns the real target (symlinks followed)."""
@@ -74,13 +76,15 @@ def check_output_path(path: str | os.PathLike, inputs: Iterable[str | os.PathLik
     parent = target.parent
     if not parent.is_dir():
         shown = given.parent if str(given.parent) else Path(".")
-        raise UsageError(f"cannot write {given}: folder {shown} does not exist; create it or choose another "
-                         f"{option} path")
+        raise UsageError(
+            f"cannot write {given}: folder {shown} does not exist; create it or choose another {option} path"
+        )
     if target.is_dir():
         raise UsageError(f"cannot write {given}: it is a folder; give a file path to {option}")
     if target.exists() and not (target.is_file() or _is_write_through(target)):
-        raise UsageError(f"cannot write {given}: it is neither a regular file nor a device/pipe; choose another "
-                         f"{option} path")
+        raise UsageError(
+            f"cannot write {given}: it is neither a regular file nor a device/pipe; choose another {option} path"
+        )
     if _is_write_through(target):
         if not os.access(target, os.W_OK):
             raise UsageError(f"cannot write {given}: permission denied")
@@ -94,8 +98,10 @@ def check_output_path(path: str | os.PathLike, inputs: Iterable[str | os.PathLik
         source = _real_target(item)
         same = source == target or (source.exists() and target.exists() and os.path.samefile(source, target))
         if same and target.is_file():
-            raise UsageError(f"{option} {given} is also an input ({item}); writing it would destroy the input: "
-                             "choose another output path")
+            raise UsageError(
+                f"{option} {given} is also an input ({item}); writing it would destroy the input: "
+                "choose another output path"
+            )
     return target
 
 
@@ -137,9 +143,13 @@ def _sigterm_cleanup() -> Iterator[None]:
 
 
 def _disk_error(target: Path, exc: OSError) -> UsageError:
-    reason = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded",
-              errno.EROFS: "the file system is read-only", errno.EACCES: "permission denied",
-              errno.EPERM: "permission denied"}.get(exc.errno or 0, exc.strerror or type(exc).__name__)
+    reason = {
+        errno.ENOSPC: "the disk is full",
+        errno.EDQUOT: "the disk quota is exceeded",
+        errno.EROFS: "the file system is read-only",
+        errno.EACCES: "permission denied",
+        errno.EPERM: "permission denied",
+    }.get(exc.errno or 0, exc.strerror or type(exc).__name__)
     return UsageError(f"cannot write {target}: {reason}; nothing was written (free space or choose another path)")
 
 
@@ -167,8 +177,7 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
                     with open(tmp, "rb") as src, open(target, "wb") as dst:
                         shutil.copyfileobj(src, dst)
                 else:
-                    mode = (stat.S_IMODE(os.stat(target).st_mode) if target.is_file()
-                            else 0o666 & ~_umask())
+                    mode = stat.S_IMODE(os.stat(target).st_mode) if target.is_file() else 0o666 & ~_umask()
                     os.chmod(tmp, mode)
                     os.replace(tmp, target)
             except OSError as exc:

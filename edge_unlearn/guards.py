@@ -4,12 +4,14 @@ Each raises :class:`~edge_unlearn.errors.UsageError` (one line, exit 2) saying w
 takes; :func:`check_finite_tensors` raises :class:`~edge_unlearn.errors.CheckpointError`. Issue #13's list of
 inputs that used to print tracebacks or wrote NaN weights with exit 0 is the reason for each guard.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import math
 import re
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 from .errors import CheckpointError, UsageError
 
@@ -21,8 +23,15 @@ POSITIVE_PARAM = re.compile(r"(^|_)(lr|steps|epochs|batch_size|samples|temperatu
 MAX_BATCH = 8192
 
 
-def check_number(option: str, value: Any, *, minimum: float | None = None, maximum: float | None = None,
-                 min_open: bool = False, integer: bool = False) -> None:
+def check_number(
+    option: str,
+    value: Any,
+    *,
+    minimum: float | None = None,
+    maximum: float | None = None,
+    min_open: bool = False,
+    integer: bool = False,
+) -> None:
     """``value`` is a finite number (an int when ``integer``) within the bounds; None passes (= default)."""
     if value is None:
         return
@@ -43,8 +52,9 @@ def check_device(value: str | None, option: str = "--device") -> None:
         raise UsageError(f"{option} must be auto, cpu, cuda, cuda:N or mps, got {value!r}")
 
 
-def check_train_options(*, epochs: Any = None, min_steps: Any = None, batch_size: Any = None, lr: Any = None,
-                        device: str | None = None) -> None:
+def check_train_options(
+    *, epochs: Any = None, min_steps: Any = None, batch_size: Any = None, lr: Any = None, device: str | None = None
+) -> None:
     """`train`'s numeric options: epochs/steps >= 0, batch size >= 1, 0 < lr <= 10, a known device."""
     check_number("--epochs", epochs, minimum=0, integer=True)
     check_number("--min-steps", min_steps, minimum=0, integer=True)
@@ -62,11 +72,16 @@ def check_input_shape(shape: Any, where: str) -> None:
     from .errors import CheckpointError as _Error
 
     values = [v for v in shape] if isinstance(shape, (list, tuple)) else None
-    if (values is None or len(values) != 3 or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1
-                                                       for v in values)
-            or math.prod(values) > MAX_INPUT_ELEMENTS):
-        raise _Error(f"{where}: input shape {shape!r} is not a plausible [channels, height, width] (at most "
-                     f"{MAX_INPUT_ELEMENTS} values); the header was edited: re-create the file")
+    if (
+        values is None
+        or len(values) != 3
+        or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in values)
+        or math.prod(values) > MAX_INPUT_ELEMENTS
+    ):
+        raise _Error(
+            f"{where}: input shape {shape!r} is not a plausible [channels, height, width] (at most "
+            f"{MAX_INPUT_ELEMENTS} values); the header was edited: re-create the file"
+        )
 
 
 def check_checkpoint_meta(meta: Any, where: str) -> None:
@@ -74,10 +89,18 @@ def check_checkpoint_meta(meta: Any, where: str) -> None:
     check_input_shape(tuple(meta.input_shape), where)
     n = meta.num_classes
     forgotten = list(meta.forgotten_classes)
-    if (not isinstance(n, int) or isinstance(n, bool) or n < 1 or len(meta.class_names) != n
-            or any(not isinstance(c, int) or not 0 <= c < n for c in forgotten) or len(set(forgotten)) != len(forgotten)):
-        raise CheckpointError(f"{where}: header is inconsistent ({n!r} classes, {len(meta.class_names)} class names, "
-                              f"forgotten {forgotten}); the file was edited: re-create it with `edge-unlearn train`")
+    if (
+        not isinstance(n, int)
+        or isinstance(n, bool)
+        or n < 1
+        or len(meta.class_names) != n
+        or any(not isinstance(c, int) or not 0 <= c < n for c in forgotten)
+        or len(set(forgotten)) != len(forgotten)
+    ):
+        raise CheckpointError(
+            f"{where}: header is inconsistent ({n!r} classes, {len(meta.class_names)} class names, "
+            f"forgotten {forgotten}); the file was edited: re-create it with `edge-unlearn train`"
+        )
 
 
 def check_batches(batches: Iterable[int], option: str = "--batch") -> None:
@@ -126,8 +149,10 @@ def check_labels(spec: str, y_train: Any, y_test: Any) -> None:
         if array.dtype.kind not in "iuf" or (array.dtype.kind == "f" and not np.all(np.isfinite(array))):
             raise DataError(f"{spec}: {name} must hold whole-number class labels, got dtype {array.dtype}")
         if array.dtype.kind == "f" and np.any(array != np.round(array)):
-            raise DataError(f"{spec}: {name} holds fractional labels (e.g. {array[array != np.round(array)][0]}); "
-                            "labels must be whole class numbers")
+            raise DataError(
+                f"{spec}: {name} holds fractional labels (e.g. {array[array != np.round(array)][0]}); "
+                "labels must be whole class numbers"
+            )
         if array.size and array.min() < 0:
             raise DataError(f"{spec}: {name} holds negative labels; labels must lie in 0..classes-1")
     if np.asarray(y_test).size == 0:
@@ -143,8 +168,10 @@ def check_every_class_present(dataset: Any) -> None:
     missing = sorted(set(range(dataset.num_classes)) - present)
     if missing:
         shown = ", ".join(str(c) for c in missing[:8]) + (" ..." if len(missing) > 8 else "")
-        raise DataError(f"{dataset.spec}: classes {shown} have no training images; renumber the labels 0..C-1 so "
-                        "that every class is present")
+        raise DataError(
+            f"{dataset.spec}: classes {shown} have no training images; renumber the labels 0..C-1 so "
+            "that every class is present"
+        )
 
 
 def check_finite_tensors(tensors: Mapping[str, Any], where: str, writing: bool = False) -> None:
@@ -159,10 +186,14 @@ def check_finite_tensors(tensors: Mapping[str, Any], where: str, writing: bool =
             ok = array.dtype.kind != "f" or bool(np.isfinite(array).all())
         if not ok:
             if writing:
-                raise CheckpointError(f"refusing to write {where}: tensor {name!r} holds NaN/Inf (training diverged); "
-                                      "lower the learning rate and run again")
-            raise CheckpointError(f"{where}: tensor {name!r} holds NaN/Inf; the checkpoint is unusable: re-create it "
-                                  "with a lower learning rate")
+                raise CheckpointError(
+                    f"refusing to write {where}: tensor {name!r} holds NaN/Inf (training diverged); "
+                    "lower the learning rate and run again"
+                )
+            raise CheckpointError(
+                f"{where}: tensor {name!r} holds NaN/Inf; the checkpoint is unusable: re-create it "
+                "with a lower learning rate"
+            )
 
 
 def check_demo_options(forget_class: str, out_dir: Any) -> None:

@@ -1,8 +1,10 @@
 """Forgetting figures (DESIGN.md §2): accuracy with and without the mask, retained drop, linear probe."""
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -18,8 +20,9 @@ PROBE_TEST_SIZE = 10000
 
 
 @torch.no_grad()
-def stream_outputs(model: UnlearnableClassifier, images: "ImageSource | torch.Tensor", data: Dataset,
-                   batch_size: int = 512, indices=None):
+def stream_outputs(
+    model: UnlearnableClassifier, images: ImageSource | torch.Tensor, data: Dataset, batch_size: int = 512, indices=None
+):
     """(features [B, D], unmasked logits [B, C]) batch by batch for uint8 images (a source is read through
     its loader, ``indices`` selecting and ordering the images), in eval mode on the model's device."""
     model.eval()
@@ -29,8 +32,9 @@ def stream_outputs(model: UnlearnableClassifier, images: "ImageSource | torch.Te
         yield f.cpu(), model.head(f).cpu()
 
 
-def model_outputs(model: UnlearnableClassifier, images: "ImageSource | torch.Tensor", data: Dataset,
-                  batch_size: int = 512, indices=None) -> tuple[torch.Tensor, torch.Tensor]:
+def model_outputs(
+    model: UnlearnableClassifier, images: ImageSource | torch.Tensor, data: Dataset, batch_size: int = 512, indices=None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(features [N, D], unmasked logits [N, C]) for uint8 images: :func:`stream_outputs` gathered (the
     images are read batch by batch; only these outputs are kept)."""
     feats, logits = [], []
@@ -42,8 +46,9 @@ def model_outputs(model: UnlearnableClassifier, images: "ImageSource | torch.Ten
     return torch.cat(feats), torch.cat(logits)
 
 
-def probe_test_indices(data: Dataset, forget_classes: Sequence[int], seed: int = 0,
-                       limit: int = PROBE_TEST_SIZE) -> torch.Tensor:
+def probe_test_indices(
+    data: Dataset, forget_classes: Sequence[int], seed: int = 0, limit: int = PROBE_TEST_SIZE
+) -> torch.Tensor:
     """The test images the probe is scored on: the forgotten classes' (accuracy is only taken on them), at
     most ``limit`` (seeded random draw, sorted)."""
     idx = torch.nonzero(torch.isin(data.y_test, torch.tensor(sorted(set(int(c) for c in forget_classes))))).flatten()
@@ -58,8 +63,14 @@ def tensor_accuracy(pred: torch.Tensor, labels: torch.Tensor, classes: Sequence[
     return float("nan") if value is None else value
 
 
-def linear_probe_accuracy(train_features: np.ndarray, train_labels: np.ndarray, test_features: np.ndarray,
-                          test_labels: np.ndarray, classes: Sequence[int], seed: int = 0) -> float:
+def linear_probe_accuracy(
+    train_features: np.ndarray,
+    train_labels: np.ndarray,
+    test_features: np.ndarray,
+    test_labels: np.ndarray,
+    classes: Sequence[int],
+    seed: int = 0,
+) -> float:
     """Accuracy on ``classes`` of a multinomial logistic-regression probe fitted on labelled features of
     all classes (standardised): can the class still be read out of the representation?"""
     pred = fit_linear_probe(train_features, train_labels, seed).predict(test_features)
@@ -85,8 +96,9 @@ def _probe_train_indices(data: Dataset, train_size: int, seed: int) -> torch.Ten
     return torch.randperm(len(data.y_train), generator=gen)[:train_size]
 
 
-def probe_forget_accuracy(model: UnlearnableClassifier, data: Dataset, forget_classes: Sequence[int],
-                          train_size: int = 5000, seed: int = 0) -> float:
+def probe_forget_accuracy(
+    model: UnlearnableClassifier, data: Dataset, forget_classes: Sequence[int], train_size: int = 5000, seed: int = 0
+) -> float:
     """probe_forget_acc (DESIGN.md §2): can a linear read-out recover the forgotten classes? Fits
     :func:`linear_probe_accuracy` on penultimate features of up to ``train_size`` labelled training images of
     *all* classes (random draw, ``seed``) and returns its accuracy on the forgotten classes' test images. The
@@ -125,7 +137,9 @@ def _is_map(out: Any) -> bool:
 
 
 @torch.no_grad()
-def _block_ends(container: nn.Module, probe_input: torch.Tensor, run: nn.Module, prefix: str) -> list[tuple[str, nn.Module]]:
+def _block_ends(
+    container: nn.Module, probe_input: torch.Tensor, run: nn.Module, prefix: str
+) -> list[tuple[str, nn.Module]]:
     """Children of ``container`` that end a block: a child whose output is a feature map and whose successor
     (in execution order) outputs no map or a map of another channel count. Found with forward hooks on one
     dry run of ``run``, so it follows the real execution order, not the registration order."""
@@ -133,10 +147,12 @@ def _block_ends(container: nn.Module, probe_input: torch.Tensor, run: nn.Module,
     seen: set[int] = set()
     handles = []
     for name, child in container.named_children():
+
         def hook(module, _args, out, name=name):
             if id(module) not in seen:  # a module called twice counts at its first call
                 seen.add(id(module))
                 calls.append((name, module, tuple(out.shape) if _is_map(out) else None))
+
         handles.append(child.register_forward_hook(hook))
     try:
         run(probe_input)
@@ -187,9 +203,14 @@ def retained_logit_columns(model: UnlearnableClassifier, forget_classes: Sequenc
 
 
 @torch.no_grad()
-def depth_features(model: UnlearnableClassifier, images: "ImageSource | torch.Tensor", data: Dataset,
-                   blocks: Sequence[tuple[str, nn.Module]], batch_size: int = 256,
-                   indices=None) -> dict[str, torch.Tensor]:
+def depth_features(
+    model: UnlearnableClassifier,
+    images: ImageSource | torch.Tensor,
+    data: Dataset,
+    blocks: Sequence[tuple[str, nn.Module]],
+    batch_size: int = 256,
+    indices=None,
+) -> dict[str, torch.Tensor]:
     """Global-average-pooled outputs [N, C] of each block (forward hooks) and the penultimate features
     [N, D], for uint8 images (``indices``: those of a source), in eval mode; keys in depth order,
     :data:`PENULTIMATE` last."""
@@ -199,9 +220,11 @@ def depth_features(model: UnlearnableClassifier, images: "ImageSource | torch.Te
     out[PENULTIMATE] = []
     handles = []
     for name, module in blocks:
+
         def hook(_module, _args, act, name=name):
             # pool at once: a later in-place op must not change what was captured
             out[name].append(act.mean(dim=(2, 3)).cpu() if act.dim() == 4 else act.flatten(1).cpu())
+
         handles.append(module.register_forward_hook(hook))
     try:
         for batch in image_batches(images, batch_size, indices):
@@ -213,9 +236,14 @@ def depth_features(model: UnlearnableClassifier, images: "ImageSource | torch.Te
     return {name: torch.cat(parts) for name, parts in out.items()}
 
 
-def probe_forget_accuracy_by_depth(model: UnlearnableClassifier, data: Dataset, forget_classes: Sequence[int],
-                                   train_size: int = 5000, seed: int = 0,
-                                   blocks: Sequence[tuple[str, nn.Module]] | None = None) -> dict[str, float]:
+def probe_forget_accuracy_by_depth(
+    model: UnlearnableClassifier,
+    data: Dataset,
+    forget_classes: Sequence[int],
+    train_size: int = 5000,
+    seed: int = 0,
+    blocks: Sequence[tuple[str, nn.Module]] | None = None,
+) -> dict[str, float]:
     """The linear probe of :func:`probe_forget_accuracy` (same draw, same probe) fitted on the
     average-pooled activations after every block of :func:`probe_blocks`, on the penultimate features and on
     the logits of the classes the model still predicts (:data:`RETAINED_LOGITS`: neither in
@@ -237,8 +265,10 @@ def probe_forget_accuracy_by_depth(model: UnlearnableClassifier, data: Dataset, 
             for feats in (train, test):
                 feats[RETAINED_LOGITS] = model.head(feats[PENULTIMATE].to(device)).cpu()[:, kept]
     y_train, y_test = data.y_train[idx].numpy(), data.y_test[test_idx].numpy()
-    return {name: linear_probe_accuracy(train[name].numpy(), y_train, test[name].numpy(), y_test, forget, seed=seed)
-            for name in train}
+    return {
+        name: linear_probe_accuracy(train[name].numpy(), y_train, test[name].numpy(), y_test, forget, seed=seed)
+        for name in train
+    }
 
 
 @dataclass(frozen=True)
@@ -258,8 +288,14 @@ class EvalReport:
         return asdict(self)
 
 
-def evaluate_model(model: UnlearnableClassifier, data: Dataset, forget_classes: Sequence[int],
-                   probe: bool = True, probe_train_size: int = 5000, seed: int = 0) -> EvalReport:
+def evaluate_model(
+    model: UnlearnableClassifier,
+    data: Dataset,
+    forget_classes: Sequence[int],
+    probe: bool = True,
+    probe_train_size: int = 5000,
+    seed: int = 0,
+) -> EvalReport:
     """Evaluate on the test split, streamed (only the predictions and the probe's bounded features are
     kept); the probe is fitted on up to ``probe_train_size`` training images."""
     forget = sorted(set(int(c) for c in forget_classes))
@@ -272,7 +308,7 @@ def evaluate_model(model: UnlearnableClassifier, data: Dataset, forget_classes: 
     for f, logits in stream_outputs(model, data.x_test, data):  # one pass: predictions and the probe's scores
         masked_parts.append(logits.masked_fill(mask, float("-inf")).argmax(1))
         unmasked_parts.append(logits.argmax(1))
-        keep = in_forget[start:start + len(f)]
+        keep = in_forget[start : start + len(f)]
         if probe_fit is not None and keep.any():
             probe_preds.append(probe_fit.predict(f[keep].numpy()))
         start += len(f)
@@ -280,8 +316,9 @@ def evaluate_model(model: UnlearnableClassifier, data: Dataset, forget_classes: 
     per_class = [tensor_accuracy(masked_pred, y, [c]) for c in range(data.num_classes)]
     probe_acc = None
     if probe_fit is not None:
-        value = accuracy(np.concatenate(probe_preds) if probe_preds else np.empty(0, np.int64), y[in_forget].numpy(),
-                         forget)
+        value = accuracy(
+            np.concatenate(probe_preds) if probe_preds else np.empty(0, np.int64), y[in_forget].numpy(), forget
+        )
         probe_acc = float("nan") if value is None else value
     return EvalReport(
         forget_classes=forget,

@@ -4,11 +4,13 @@ Every classifier here is ``backbone(x) -> features [B, D]`` + ``head: Linear(D, 
 ``class_mask`` [C] (True = the class may be predicted, False = forgotten). Masking, probes, export and
 the fused kernel use this contract only; adapters split torchvision families into it.
 """
+
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -71,19 +73,26 @@ class UnlearnableClassifier(nn.Module):
         return bool((self.class_stats_count[kept] > 0).all())
 
     @torch.no_grad()
-    def record_class_stats(self, inputs: torch.Tensor, labels: torch.Tensor, batch_size: int = 512,
-                           transform: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
+    def record_class_stats(
+        self,
+        inputs: torch.Tensor,
+        labels: torch.Tensor,
+        batch_size: int = 512,
+        transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> None:
         """Record per-class means of the edit layer's input (channel means for a conv layer).
 
         ``transform`` turns each batch of ``inputs`` into model inputs (raw images are then streamed
         through the preprocessing batch by batch)."""
-        batches = ((inputs[i:i + batch_size], labels[i:i + batch_size]) for i in range(0, len(inputs), batch_size))
+        batches = ((inputs[i : i + batch_size], labels[i : i + batch_size]) for i in range(0, len(inputs), batch_size))
         self.set_class_stats(*self.class_stat_sums(batches, transform))
 
     @torch.no_grad()
-    def class_stat_sums(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
-                        transform: Callable[[torch.Tensor], torch.Tensor] | None = None
-                        ) -> tuple[torch.Tensor, torch.Tensor]:
+    def class_stat_sums(
+        self,
+        batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+        transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-class sums (float64, on the model's device) and counts (float64, CPU) of the edit layer's
         input over ``batches`` of (inputs, labels), e.g. a DataLoader: a streaming mean, whose parts
         several processes can add up (all-reduce) before :meth:`set_class_stats`."""
@@ -126,27 +135,35 @@ class UnlearnableClassifier(nn.Module):
     # -- class statistics at every depth (issue #15): retention anchors for feature-level forgetting --
 
     @torch.no_grad()
-    def record_depth_stats(self, inputs: torch.Tensor, labels: torch.Tensor, batch_size: int = 512,
-                           transform: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
+    def record_depth_stats(
+        self,
+        inputs: torch.Tensor,
+        labels: torch.Tensor,
+        batch_size: int = 512,
+        transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> None:
         """Record per-class means of the input of every learnable layer of the backbone (:func:`depth_layers`;
         channel means for a conv), as buffers ``depth_stats__<layer>`` [C, D] and ``depth_stats_count`` [C].
 
         Aggregates like :meth:`record_class_stats` (whose edit-layer means they extend to every depth), not
         samples: :meth:`depth_stats_size` floats. Checkpoints without them still load
         (:meth:`has_depth_stats` is then False)."""
-        batches = ((inputs[i:i + batch_size], labels[i:i + batch_size]) for i in range(0, len(inputs), batch_size))
+        batches = ((inputs[i : i + batch_size], labels[i : i + batch_size]) for i in range(0, len(inputs), batch_size))
         self.set_depth_stats(*self.depth_stat_sums(batches, transform))
 
     def depth_stats_size(self) -> int:
         """How many floats the depth statistics take: classes × the summed input widths of :func:`depth_layers`."""
-        widths = sum(m.in_features if isinstance(m, nn.Linear) else m.in_channels
-                     for _, m in depth_layers(self.backbone))
+        widths = sum(
+            m.in_features if isinstance(m, nn.Linear) else m.in_channels for _, m in depth_layers(self.backbone)
+        )
         return self.num_classes * widths
 
     @torch.no_grad()
-    def depth_stat_sums(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
-                        transform: Callable[[torch.Tensor], torch.Tensor] | None = None
-                        ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    def depth_stat_sums(
+        self,
+        batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+        transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """Per-class sums ({layer name: [C, D]}, float64, on the model's device) and counts (float64, CPU) of
         every :func:`depth_layers` input over ``batches`` of (inputs, labels): a streaming mean whose parts
         several processes can add up (all-reduce) before :meth:`set_depth_stats`."""
@@ -183,8 +200,9 @@ class UnlearnableClassifier(nn.Module):
         seen = counts.cpu() > 0
         for name, total in sums.items():
             means = torch.zeros(total.shape, dtype=self.class_stats.dtype, device=total.device)
-            means[seen.to(total.device)] = (total[seen.to(total.device)]
-                                            / counts[seen].to(total)[:, None]).to(means.dtype)
+            means[seen.to(total.device)] = (total[seen.to(total.device)] / counts[seen].to(total)[:, None]).to(
+                means.dtype
+            )
             self.register_buffer(DEPTH_STATS_PREFIX + _buffer_key(name), means.to(self.class_stats.device))
         self.register_buffer(DEPTH_STATS_COUNT, counts.to(self.class_stats_count))
 
@@ -201,9 +219,13 @@ class UnlearnableClassifier(nn.Module):
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # noqa: ANN001 (torch's signature)
         # depth statistics are optional buffers: create them from the checkpoint when it has them
         for key, value in state_dict.items():
-            if key.startswith(prefix) and "." not in key[len(prefix):] and key not in self._buffers and (
-                    key[len(prefix):].startswith(DEPTH_STATS_PREFIX) or key[len(prefix):] == DEPTH_STATS_COUNT):
-                self.register_buffer(key[len(prefix):], torch.zeros_like(value))
+            if (
+                key.startswith(prefix)
+                and "." not in key[len(prefix) :]
+                and key not in self._buffers
+                and (key[len(prefix) :].startswith(DEPTH_STATS_PREFIX) or key[len(prefix) :] == DEPTH_STATS_COUNT)
+            ):
+                self.register_buffer(key[len(prefix) :], torch.zeros_like(value))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
@@ -244,8 +266,15 @@ class UnlearnableClassifier(nn.Module):
         """The kept rows of the head and their class ids, built once and cached until the head or mask changes."""
         from .kernels import CompactHead
 
-        key = (self.head.weight.data_ptr(), self.head.weight._version, getattr(self.head.bias, "_version", None),
-               self.class_mask._version, self.class_mask.data_ptr(), self.head.weight.device, self.head.weight.dtype)
+        key = (
+            self.head.weight.data_ptr(),
+            self.head.weight._version,
+            getattr(self.head.bias, "_version", None),
+            self.class_mask._version,
+            self.class_mask.data_ptr(),
+            self.head.weight.device,
+            self.head.weight.dtype,
+        )
         cached = getattr(self, "_compact_head_cache", None)
         if cached is None or cached[0] != key:
             with torch.no_grad():
@@ -277,8 +306,11 @@ def depth_layers(backbone: nn.Module) -> list[tuple[str, nn.Module]]:
     """The backbone's learnable layers whose inputs :meth:`UnlearnableClassifier.record_depth_stats`
     describes: every ``nn.Linear`` and non-grouped ``nn.Conv2d``, as (name, module), in registration order
     (which is execution order for the built-in and torchvision models; editors re-order by a forward pass)."""
-    return [(name, m) for name, m in backbone.named_modules()
-            if isinstance(m, nn.Linear) or (isinstance(m, nn.Conv2d) and m.groups == 1)]
+    return [
+        (name, m)
+        for name, m in backbone.named_modules()
+        if isinstance(m, nn.Linear) or (isinstance(m, nn.Conv2d) and m.groups == 1)
+    ]
 
 
 def pool_edit_input(act: torch.Tensor, layer: nn.Module) -> torch.Tensor:
@@ -327,7 +359,7 @@ def register_model(name: str, description: str, min_size: int = 1):
     return wrap
 
 
-def build_model(arch: "str | ArchSpec", num_classes: int, input_shape: Sequence[int]) -> UnlearnableClassifier:
+def build_model(arch: str | ArchSpec, num_classes: int, input_shape: Sequence[int]) -> UnlearnableClassifier:
     """Build a fresh, seeded-by-caller model from the registry (or from an :class:`ArchSpec`)."""
     if isinstance(arch, ArchSpec):
         if arch.source != "registry":
@@ -340,8 +372,10 @@ def build_model(arch: "str | ArchSpec", num_classes: int, input_shape: Sequence[
         raise UsageError(f"input shape must be (C, H, W), got {shape}")
     spec = MODELS[arch]
     if min(shape[1:]) < spec.min_size:
-        raise UsageError(f"{arch} needs images of at least {spec.min_size}×{spec.min_size}, got {shape[1]}×{shape[2]}; "
-                         f"choose a smaller arch such as lenet")
+        raise UsageError(
+            f"{arch} needs images of at least {spec.min_size}×{spec.min_size}, got {shape[1]}×{shape[2]}; "
+            f"choose a smaller arch such as lenet"
+        )
     if num_classes < 2:
         raise UsageError(f"a classifier needs at least 2 classes, got {num_classes}")
     return spec.build(num_classes, shape)  # type: ignore[arg-type]
@@ -358,9 +392,17 @@ def lenet(num_classes: int, input_shape: tuple[int, int, int]) -> UnlearnableCla
     if pooled == 0:
         raise UsageError(f"lenet needs images of at least 4×4, got {height}×{width}")
     backbone = nn.Sequential(
-        nn.Conv2d(channels, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(inplace=True), nn.MaxPool2d(2),
-        nn.Conv2d(32, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(inplace=True), nn.MaxPool2d(2),
-        nn.Flatten(), nn.Linear(64 * pooled, 128), nn.ReLU(inplace=True),
+        nn.Conv2d(channels, 32, 3, padding=1),
+        nn.BatchNorm2d(32),
+        nn.ReLU(inplace=True),
+        nn.MaxPool2d(2),
+        nn.Conv2d(32, 64, 3, padding=1),
+        nn.BatchNorm2d(64),
+        nn.ReLU(inplace=True),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(64 * pooled, 128),
+        nn.ReLU(inplace=True),
     )
     return UnlearnableClassifier(backbone, nn.Linear(128, num_classes))
 
@@ -381,7 +423,9 @@ def split_torchvision(model: nn.Module) -> UnlearnableClassifier:
     elif hasattr(model, "heads") and isinstance(getattr(model.heads, "head", None), nn.Linear):
         head, model.heads.head = model.heads.head, nn.Identity()
     else:
-        raise UsageError(f"cannot find the Linear head of {type(model).__name__}; add an adapter in edge_unlearn.models")
+        raise UsageError(
+            f"cannot find the Linear head of {type(model).__name__}; add an adapter in edge_unlearn.models"
+        )
     return UnlearnableClassifier(model, head)
 
 
@@ -413,8 +457,9 @@ def resnet50(num_classes: int, input_shape: tuple[int, int, int]) -> Unlearnable
     return split_torchvision(net)
 
 
-@register_model("mobilenet_v3_small", "torchvision MobileNetV3-Small adapted to the input channels and classes",
-                min_size=16)
+@register_model(
+    "mobilenet_v3_small", "torchvision MobileNetV3-Small adapted to the input channels and classes", min_size=16
+)
 def mobilenet_v3_small(num_classes: int, input_shape: tuple[int, int, int]) -> UnlearnableClassifier:
     from torchvision.models import mobilenet_v3_small as tv_mobilenet
 
@@ -423,8 +468,9 @@ def mobilenet_v3_small(num_classes: int, input_shape: tuple[int, int, int]) -> U
     return split_torchvision(net)
 
 
-@register_model("vgg11_bn", "torchvision VGG-11 with BatchNorm; max-pools dropped so small inputs keep ≥1×1",
-                min_size=8)
+@register_model(
+    "vgg11_bn", "torchvision VGG-11 with BatchNorm; max-pools dropped so small inputs keep ≥1×1", min_size=8
+)
 def vgg11_bn(num_classes: int, input_shape: tuple[int, int, int]) -> UnlearnableClassifier:
     from torchvision.models import vgg11_bn as tv_vgg11_bn
 
@@ -463,7 +509,7 @@ TORCHVISION_HEADS: tuple[tuple[tuple[str, ...], str], ...] = (
 # Families whose head cannot be split off as backbone -> [B, D] + Linear(D, C), and why.
 TORCHVISION_UNSPLITTABLE: dict[str, str] = {
     "squeezenet": "its classifier is Conv2d(512, C, 1) -> ReLU -> global average pool: the ReLU sits between the "
-                  "class projection and the pooling, so the logits are not a Linear map of any [B, D] feature",
+    "class projection and the pooling, so the logits are not a Linear map of any [B, D] feature",
 }
 # Constructor arguments applied to every build of a family (recorded in the checkpoint): the auxiliary
 # classifiers only act in training mode and would make the backbone return a tuple there.
@@ -472,7 +518,10 @@ TORCHVISION_DEFAULT_KWARGS: dict[str, dict[str, Any]] = {
     "googlenet": {"aux_logits": False, "init_weights": False},
 }
 # State-dict prefixes dropped on import for those families (the auxiliary heads; eval logits never use them).
-TORCHVISION_IGNORED_PREFIXES: dict[str, tuple[str, ...]] = {"inception": ("AuxLogits.",), "googlenet": ("aux1.", "aux2.")}
+TORCHVISION_IGNORED_PREFIXES: dict[str, tuple[str, ...]] = {
+    "inception": ("AuxLogits.",),
+    "googlenet": ("aux1.", "aux2."),
+}
 CIFAR_STEM_FAMILIES = ("resnet", "resnext", "wide_resnet")
 
 
@@ -511,23 +560,35 @@ class ArchSpec:
         return self.name if self.source == "registry" else f"{self.source}:{self.name}"
 
     @classmethod
-    def parse(cls, text: str, kwargs: dict[str, Any] | None = None, adapt: dict[str, Any] | None = None) -> "ArchSpec":
+    def parse(cls, text: str, kwargs: dict[str, Any] | None = None, adapt: dict[str, Any] | None = None) -> ArchSpec:
         """``torchvision:NAME``, ``timm:NAME`` or a registry name."""
         source, sep, name = text.partition(":")
         if not sep:
             source, name = "registry", text
         if source not in ("registry", "torchvision", "timm") or not name:
-            raise UsageError(f"unknown arch {text!r}; use torchvision:NAME, timm:NAME or one of {', '.join(sorted(MODELS))}")
+            raise UsageError(
+                f"unknown arch {text!r}; use torchvision:NAME, timm:NAME or one of {', '.join(sorted(MODELS))}"
+            )
         return cls(source, name, tuple(sorted((kwargs or {}).items())), tuple(sorted((adapt or {}).items())))
 
     def to_json(self) -> dict[str, Any]:
-        return {"version": self.version, "source": self.source, "name": self.name,
-                "kwargs": dict(self.kwargs), "adapt": dict(self.adapt)}
+        return {
+            "version": self.version,
+            "source": self.source,
+            "name": self.name,
+            "kwargs": dict(self.kwargs),
+            "adapt": dict(self.adapt),
+        }
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> "ArchSpec":
-        return cls(str(data["source"]), str(data["name"]), tuple(sorted(dict(data.get("kwargs", {})).items())),
-                   tuple(sorted(dict(data.get("adapt", {})).items())), int(data.get("version", ARCH_SPEC_VERSION)))
+    def from_json(cls, data: dict[str, Any]) -> ArchSpec:
+        return cls(
+            str(data["source"]),
+            str(data["name"]),
+            tuple(sorted(dict(data.get("kwargs", {})).items())),
+            tuple(sorted(dict(data.get("adapt", {})).items())),
+            int(data.get("version", ARCH_SPEC_VERSION)),
+        )
 
 
 @functools.lru_cache(maxsize=1)
@@ -594,7 +655,9 @@ def _adapt(model: nn.Module, spec: ArchSpec) -> nn.Module:
     adapt = dict(spec.adapt)
     if adapt.get("cifar_stem"):
         if spec.source != "torchvision" or not _family(spec.name, CIFAR_STEM_FAMILIES):
-            raise UsageError(f"--cifar-stem applies to torchvision {'/'.join(CIFAR_STEM_FAMILIES)} models, not {spec.label}")
+            raise UsageError(
+                f"--cifar-stem applies to torchvision {'/'.join(CIFAR_STEM_FAMILIES)} models, not {spec.label}"
+            )
         model.conv1 = _replace_first_conv(model.conv1, model.conv1.in_channels, kernel_size=3, stride=1, padding=1)
         model.maxpool = nn.Identity()
     channels = adapt.get("in_channels")
@@ -623,8 +686,10 @@ def build_original(spec: ArchSpec, num_classes: int) -> nn.Module:
     elif spec.source == "timm":
         timm = _import_timm()
         if not timm.is_model(spec.name):
-            raise UsageError(f"unknown timm model {spec.name!r}; list them with python -c \"import timm; "
-                             f"print(timm.list_models('{spec.name[:4]}*'))\"")
+            raise UsageError(
+                f'unknown timm model {spec.name!r}; list them with python -c "import timm; '
+                f"print(timm.list_models('{spec.name[:4]}*'))\""
+            )
         try:
             model = timm.create_model(spec.name, pretrained=False, num_classes=num_classes, **kwargs)
         except (TypeError, ValueError, RuntimeError) as exc:
@@ -661,8 +726,10 @@ def head_path(spec: ArchSpec, model: nn.Module) -> str:
         head = model.get_classifier()
         name = next((n for n, m in model.named_modules() if m is head and n), None)
         if name is None or not isinstance(head, nn.Linear):
-            raise UsageError(f"timm:{spec.name}'s classifier is {type(head).__name__}, not a Linear layer; it cannot "
-                             "be split into backbone + Linear head")
+            raise UsageError(
+                f"timm:{spec.name}'s classifier is {type(head).__name__}, not a Linear layer; it cannot "
+                "be split into backbone + Linear head"
+            )
         return name
     raise UsageError(f"{spec.label} has no library head location")
 
@@ -672,8 +739,10 @@ def split_classifier(spec: ArchSpec, model: nn.Module, head_impl: str = "auto") 
     path = head_path(spec, model)
     head = _get(model, path)
     if not isinstance(head, nn.Linear):
-        raise UsageError(f"{spec.label}'s head {path} is {type(head).__name__}, not a Linear layer; it cannot be split "
-                         "into backbone + Linear head")
+        raise UsageError(
+            f"{spec.label}'s head {path} is {type(head).__name__}, not a Linear layer; it cannot be split "
+            "into backbone + Linear head"
+        )
     _set(model, path, nn.Identity())
     backbone = TimmBackbone(model) if spec.source == "timm" else model
     return UnlearnableClassifier(backbone, head, head_impl=head_impl)
@@ -684,15 +753,18 @@ def build_from_spec(spec: ArchSpec, num_classes: int, input_shape: Sequence[int]
     if spec.source == "registry":
         return build_model(spec.name, num_classes, input_shape)
     if spec.source == "python":
-        raise UsageError(f"this checkpoint holds a user-built module ({spec.name}); load it in Python with "
-                         f"load_checkpoint(path, model=edge_unlearn.wrap(YourModule(...), head=...))")
+        raise UsageError(
+            f"this checkpoint holds a user-built module ({spec.name}); load it in Python with "
+            f"load_checkpoint(path, model=edge_unlearn.wrap(YourModule(...), head=...))"
+        )
     if num_classes < 2:
         raise UsageError(f"a classifier needs at least 2 classes, got {num_classes}")
     return split_classifier(spec, build_original(spec, num_classes))
 
 
-def wrap(module: nn.Module, head: str | nn.Linear, example_input: torch.Tensor | None = None,
-         head_impl: str = "auto") -> UnlearnableClassifier:
+def wrap(
+    module: nn.Module, head: str | nn.Linear, example_input: torch.Tensor | None = None, head_impl: str = "auto"
+) -> UnlearnableClassifier:
     """Python API for a user's own ``nn.Module``: split it into backbone + Linear head.
 
     ``head`` is the dotted path of the final ``nn.Linear`` (``"fc"``, ``"classifier[-1]"``, ``"heads.head"``) or
@@ -711,8 +783,9 @@ def wrap(module: nn.Module, head: str | nn.Linear, example_input: torch.Tensor |
     except (AttributeError, IndexError, ValueError) as exc:
         raise UsageError(f"{type(module).__name__} has no submodule {path!r}") from exc
     if not isinstance(layer, nn.Linear):
-        raise UsageError(f"{path} of {type(module).__name__} is {type(layer).__name__}, not nn.Linear; wrap() needs a "
-                         "Linear head")
+        raise UsageError(
+            f"{path} of {type(module).__name__} is {type(layer).__name__}, not nn.Linear; wrap() needs a Linear head"
+        )
     reference = None
     if example_input is not None:
         was_training = module.training
@@ -725,6 +798,8 @@ def wrap(module: nn.Module, head: str | nn.Linear, example_input: torch.Tensor |
         with torch.no_grad():
             got = model.eval().logits(example_input, masked=False)
         if got.shape != reference.shape or not torch.allclose(got, reference, rtol=1e-4, atol=1e-5):
-            raise UsageError(f"wrapping {type(module).__name__} at {path!r} changes its outputs: the head is not the "
-                             "last operation of forward(); pass the Linear layer that produces the logits")
+            raise UsageError(
+                f"wrapping {type(module).__name__} at {path!r} changes its outputs: the head is not the "
+                "last operation of forward(); pass the Linear layer that produces the logits"
+            )
     return model

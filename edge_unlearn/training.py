@@ -6,6 +6,7 @@ the augmentation it chose for the dataset), so `retrain` repeats it exactly. Dat
 DistributedDataParallel (one process per GPU or CPU slot, a DistributedSampler per process). A long training
 writes its state every ``save_every`` steps and can resume from it.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -14,9 +15,10 @@ import math
 import os
 import time
 import warnings
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import torch
 import torch.utils.data
@@ -83,8 +85,10 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         if self.version > RECIPE_VERSION:
-            raise UsageError(f"training recipe version {self.version} is newer than this edge-unlearn's "
-                             f"({RECIPE_VERSION}); upgrade edge-unlearn")
+            raise UsageError(
+                f"training recipe version {self.version} is newer than this edge-unlearn's "
+                f"({RECIPE_VERSION}); upgrade edge-unlearn"
+            )
         if self.augment not in AUGMENTS:
             raise UsageError(f"--augment must be one of {', '.join(AUGMENTS)}, got {self.augment!r}")
         if self.schedule not in SCHEDULES:
@@ -98,7 +102,7 @@ class TrainConfig:
         if padding is not None and (isinstance(padding, bool) or not isinstance(padding, int) or padding < 0):
             raise UsageError(f"crop_padding must be a whole number of pixels >= 0, got {padding!r}")
 
-    def resolved(self, input_shape: Sequence[int]) -> "TrainConfig":
+    def resolved(self, input_shape: Sequence[int]) -> TrainConfig:
         """The recipe with ``augment="auto"`` replaced by the choice for images of ``input_shape`` and the
         crop padding fixed: what the checkpoint records and what runs."""
         channels, height, width = (int(v) for v in input_shape)
@@ -114,7 +118,7 @@ class TrainConfig:
         return asdict(self)
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> "TrainConfig":
+    def from_json(cls, data: dict[str, Any]) -> TrainConfig:
         """Read a recorded recipe; a record without a version (before issue #12) means today's plain recipe:
         no augmentation (its other new fields default to what it did: one-cycle, no smoothing, fp32)."""
         known = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
@@ -287,8 +291,10 @@ def plan_steps(samples: int, config: TrainConfig, world_size: int = 1) -> Plan:
     if samples < 1:
         raise UsageError("the training split is empty; give a dataset with training images")
     if config.batch_size % world_size:
-        raise UsageError(f"--batch-size {config.batch_size} is the global batch and must divide evenly among the "
-                         f"{world_size} processes; use a multiple of {world_size}")
+        raise UsageError(
+            f"--batch-size {config.batch_size} is the global batch and must divide evenly among the "
+            f"{world_size} processes; use a multiple of {world_size}"
+        )
     per_process = config.batch_size // world_size
     shard = -(-samples // world_size)
     steps_per_epoch = -(-shard // per_process)
@@ -299,13 +305,20 @@ def plan_steps(samples: int, config: TrainConfig, world_size: int = 1) -> Plan:
 # ------------------------------------------------------------------------------------------ training state
 
 
-def _identity(arch: Any, data: Dataset, config: TrainConfig, forget_classes: Sequence[int],
-              world_size: int, samples: int) -> dict[str, Any]:
+def _identity(
+    arch: Any, data: Dataset, config: TrainConfig, forget_classes: Sequence[int], world_size: int, samples: int
+) -> dict[str, Any]:
     """What a training-state file must match to be resumed by this training."""
     arch_record = arch.to_json() if hasattr(arch, "to_json") else str(arch)
-    return {"arch": arch_record, "num_classes": data.num_classes, "input_shape": list(data.input_shape),
-            "recipe": config.to_json(), "forget_classes": sorted(int(c) for c in forget_classes),
-            "world_size": world_size, "train_samples": samples}
+    return {
+        "arch": arch_record,
+        "num_classes": data.num_classes,
+        "input_shape": list(data.input_shape),
+        "recipe": config.to_json(),
+        "forget_classes": sorted(int(c) for c in forget_classes),
+        "world_size": world_size,
+        "train_samples": samples,
+    }
 
 
 def _rng_state(generator: torch.Generator, device: torch.device) -> dict[str, torch.Tensor]:
@@ -325,18 +338,34 @@ def _gather(procs: Processes, value: Any) -> list[Any]:
     return out
 
 
-def save_train_state(path: Path, procs: Processes, identity: dict[str, Any], step: int, model: nn.Module,
-                     optimizer, scheduler, scaler, generator: torch.Generator, device: torch.device) -> None:
+def save_train_state(
+    path: Path,
+    procs: Processes,
+    identity: dict[str, Any],
+    step: int,
+    model: nn.Module,
+    optimizer,
+    scheduler,
+    scaler,
+    generator: torch.Generator,
+    device: torch.device,
+) -> None:
     """Write the training state (weights, optimiser, schedule, every process's RNG states, step) atomically;
     the main process writes, the others hand it their RNG states."""
     from .fileio import atomic_output
 
     rngs = _gather(procs, _rng_state(generator, device))
     if procs.is_main:
-        state = {"format": STATE_FORMAT, "identity": identity, "step": step,
-                 "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                 "scaler": scaler.state_dict(), "rng": rngs}
+        state = {
+            "format": STATE_FORMAT,
+            "identity": identity,
+            "step": step,
+            "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict(),
+            "rng": rngs,
+        }
         with atomic_output(path) as tmp:
             torch.save(state, tmp)
     procs.barrier()
@@ -351,11 +380,15 @@ def load_train_state(path: str | Path) -> dict[str, Any]:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - zip/pickle/unpickler errors on damage
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"--resume {path} is not a readable training-state file ({first[:200]}); it is "
-                              "corrupt or of another kind: resume from another one or train afresh") from exc
+        raise CheckpointError(
+            f"--resume {path} is not a readable training-state file ({first[:200]}); it is "
+            "corrupt or of another kind: resume from another one or train afresh"
+        ) from exc
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
-        raise CheckpointError(f"--resume {path} is not an edge-unlearn training-state file ({STATE_FORMAT}); "
-                              "give a file written with --save-every")
+        raise CheckpointError(
+            f"--resume {path} is not an edge-unlearn training-state file ({STATE_FORMAT}); "
+            "give a file written with --save-every"
+        )
     return state
 
 
@@ -368,18 +401,30 @@ def check_resumable(state: dict[str, Any], identity: dict[str, Any], path: str |
     differing = sorted(k for k in identity if k in theirs and theirs[k] != identity[k])
     if differing:
         shown = "; ".join(f"{k}: file {theirs.get(k)!r} vs now {identity[k]!r}" for k in differing[:2])
-        raise UsageError(f"--resume {path} was written by another training ({shown}); resume with the options "
-                         "it was started with, or train afresh")
+        raise UsageError(
+            f"--resume {path} was written by another training ({shown}); resume with the options "
+            "it was started with, or train afresh"
+        )
 
 
 # -------------------------------------------------------------------------------------------------- train
 
 
-def train_model(arch: Any, data: Dataset, config: TrainConfig = TrainConfig(),
-                forget_classes: Sequence[int] = (), progress: bool = True, *, workers: int = 0,
-                save_every: int = 0, state_path: str | Path | None = None, resume: str | Path | None = None,
-                procs: Processes | None = None, amp_on_cpu: str = "refuse",
-                log: Callable[[str], None] | None = None) -> TrainResult:
+def train_model(
+    arch: Any,
+    data: Dataset,
+    config: TrainConfig = TrainConfig(),
+    forget_classes: Sequence[int] = (),
+    progress: bool = True,
+    *,
+    workers: int = 0,
+    save_every: int = 0,
+    state_path: str | Path | None = None,
+    resume: str | Path | None = None,
+    procs: Processes | None = None,
+    amp_on_cpu: str = "refuse",
+    log: Callable[[str], None] | None = None,
+) -> TrainResult:
     """Train ``arch`` on ``data``; with ``forget_classes`` the model never sees them (retrain-from-scratch)
     and their outputs are masked from the start, so it is the same contract as an unlearned model.
 
@@ -396,7 +441,9 @@ def train_model(arch: Any, data: Dataset, config: TrainConfig = TrainConfig(),
     if amp != "off" and device.type != "cuda":
         if amp_on_cpu == "refuse":
             raise UsageError(f"--amp {amp} needs a CUDA GPU (this run is on {device.type}); drop --amp")
-        warnings.warn(f"the recipe's mixed precision ({amp}) needs CUDA; training in float32 on {device.type}")
+        warnings.warn(
+            f"the recipe's mixed precision ({amp}) needs CUDA; training in float32 on {device.type}", stacklevel=2
+        )
         amp = "off"
     if workers < 0:
         raise UsageError(f"--workers must be 0 or more, got {workers}")
@@ -439,11 +486,15 @@ def train_model(arch: Any, data: Dataset, config: TrainConfig = TrainConfig(),
                 torch.cuda.set_rng_state(rng["cuda"], device)
         except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as exc:
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-            raise CheckpointError(f"--resume {resume}: the training state does not fit this model ({first}); "
-                                  "the file was edited: resume from another one or train afresh") from exc
+            raise CheckpointError(
+                f"--resume {resume}: the training state does not fit this model ({first}); "
+                "the file was edited: resume from another one or train afresh"
+            ) from exc
         if not 0 < step < total:
-            raise CheckpointError(f"--resume {resume}: step {step} is outside this training's 1..{total - 1}; "
-                                  "the file was edited: resume from another one or train afresh")
+            raise CheckpointError(
+                f"--resume {resume}: step {step} is outside this training's 1..{total - 1}; "
+                "the file was edited: resume from another one or train afresh"
+            )
     resumed_from = step
 
     net: nn.Module = model
@@ -451,11 +502,15 @@ def train_model(arch: Any, data: Dataset, config: TrainConfig = TrainConfig(),
         from torch.nn.parallel import DistributedDataParallel
 
         net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    sampler = ResumableSampler(split, num_replicas=procs.world_size, rank=procs.rank, shuffle=True,
-                               seed=config.seed)
-    loader = torch.utils.data.DataLoader(split, batch_size=plan.per_process_batch, sampler=sampler,
-                                         num_workers=workers, pin_memory=device.type == "cuda",
-                                         generator=torch.Generator().manual_seed(config.seed))
+    sampler = ResumableSampler(split, num_replicas=procs.world_size, rank=procs.rank, shuffle=True, seed=config.seed)
+    loader = torch.utils.data.DataLoader(
+        split,
+        batch_size=plan.per_process_batch,
+        sampler=sampler,
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+        generator=torch.Generator().manual_seed(config.seed),
+    )
     loss_fn = nn.CrossEntropyLoss(label_smoothing=float(config.label_smoothing))
     autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
     norm = data.normalization
@@ -466,16 +521,24 @@ def train_model(arch: Any, data: Dataset, config: TrainConfig = TrainConfig(),
     start = time.perf_counter()
     loss_value = float("nan")
     log_every = max(1, total // 20)
-    bar = tqdm(total=total, initial=step, desc=f"train {getattr(arch, 'name', arch)}",
-               disable=not (progress and procs.is_main), unit="step")
+    bar = tqdm(
+        total=total,
+        initial=step,
+        desc=f"train {getattr(arch, 'name', arch)}",
+        disable=not (progress and procs.is_main),
+        unit="step",
+    )
     for epoch in range(step // plan.steps_per_epoch, plan.epochs):
         sampler.set_epoch(epoch)
         sampler.skip = (step - epoch * plan.steps_per_epoch) * plan.per_process_batch
         for images, labels in loader:
             xb = preprocess(augment_batch(images, config, generator), norm).to(device, non_blocking=True)
             yb = labels.to(device, non_blocking=True)
-            with (torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype is not None
-                  else contextlib.nullcontext()):
+            with (
+                torch.autocast(device.type, dtype=autocast_dtype)
+                if autocast_dtype is not None
+                else contextlib.nullcontext()
+            ):
                 loss = loss_fn(net(xb), yb)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
@@ -488,13 +551,25 @@ def train_model(arch: Any, data: Dataset, config: TrainConfig = TrainConfig(),
                 loss_value = loss.item()
                 bar.set_postfix(loss=f"{loss_value:.3f}")
             if save_every and step % save_every == 0 and step < total:
-                save_train_state(state_file, procs, identity, step, model, optimizer,  # type: ignore[arg-type]
-                                 scheduler, scaler, generator, device)
+                save_train_state(
+                    state_file,
+                    procs,
+                    identity,
+                    step,
+                    model,
+                    optimizer,  # type: ignore[arg-type]
+                    scheduler,
+                    scaler,
+                    generator,
+                    device,
+                )
             if log is not None and procs.is_main and (step % log_every == 0 or step == total):
                 loss_value = loss.item()
                 rate = (time.perf_counter() - start) / (step - resumed_from)
-                log(f"step {step}/{total} (epoch {epoch + 1}/{plan.epochs}) loss {loss_value:.4f} "
-                    f"lr {scheduler.get_last_lr()[0]:.2e}, {rate:.2f} s/step, ~{rate * (total - step) / 60:.0f} min left")
+                log(
+                    f"step {step}/{total} (epoch {epoch + 1}/{plan.epochs}) loss {loss_value:.4f} "
+                    f"lr {scheduler.get_last_lr()[0]:.2e}, {rate:.2f} s/step, ~{rate * (total - step) / 60:.0f} min left"
+                )
         sampler.skip = 0
     bar.close()
     if math.isnan(loss_value) and step > resumed_from:
@@ -504,12 +579,27 @@ def train_model(arch: Any, data: Dataset, config: TrainConfig = TrainConfig(),
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
     model.eval().cpu()
-    return TrainResult(model=model, seconds=seconds, final_loss=loss_value, config=config, steps=step,
-                       world_size=procs.world_size, rank=procs.rank, resumed_from_step=resumed_from)
+    return TrainResult(
+        model=model,
+        seconds=seconds,
+        final_loss=loss_value,
+        config=config,
+        steps=step,
+        world_size=procs.world_size,
+        rank=procs.rank,
+        resumed_from_step=resumed_from,
+    )
 
 
-def record_class_stats(model: UnlearnableClassifier, split: torch.utils.data.Dataset, norm, procs: Processes,
-                       device: torch.device, workers: int = 0, batch_size: int = 512) -> None:
+def record_class_stats(
+    model: UnlearnableClassifier,
+    split: torch.utils.data.Dataset,
+    norm,
+    procs: Processes,
+    device: torch.device,
+    workers: int = 0,
+    batch_size: int = 512,
+) -> None:
     """The model's per-class statistics over the (unaugmented) training split, streamed in batches; under
     torchrun every process sums its own share and the sums are all-reduced, so every process (and the
     checkpoint) holds the mean over the whole split. The per-class means at every depth too

@@ -3,19 +3,28 @@
 Each takes paths and plain values, does the work and returns a JSON-able summary, so the click commands
 stay thin and Python users get the same behaviour.
 """
+
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 
 from .checkpoint import Checkpoint, CheckpointMeta, load_checkpoint, save_checkpoint
 from .core.figures import retain_drop
-from .data import (Dataset, load_dataset, load_image_folder, preprocess, resolve_classes, take_samples,
-                   training_preprocessing)
+from .data import (
+    Dataset,
+    load_dataset,
+    load_image_folder,
+    preprocess,
+    resolve_classes,
+    take_samples,
+    training_preprocessing,
+)
 from .errors import CheckpointError, UsageError
 from .guards import check_every_class_present
 from .metrics import EvalReport, evaluate_model
@@ -30,14 +39,23 @@ def dataset_for(ck: Checkpoint, spec: str | None, data_dir: str | None = None, d
     if not spec:
         raise UsageError("the checkpoint records no dataset; pass --dataset")
     # an imported model or one trained with --image-size: its own channels, size and normalisation
-    data = load_dataset(spec, data_dir=data_dir, download=download, preprocessing=ck.meta.preprocessing,
-                        normalization=ck.meta.normalization)
+    data = load_dataset(
+        spec,
+        data_dir=data_dir,
+        download=download,
+        preprocessing=ck.meta.preprocessing,
+        normalization=ck.meta.normalization,
+    )
     if data.num_classes != ck.meta.num_classes:
-        raise CheckpointError(f"dataset {spec} has {data.num_classes} classes but the checkpoint was trained on "
-                              f"{ck.meta.num_classes}; pass the --dataset it was trained on ({ck.meta.dataset or '?'})")
+        raise CheckpointError(
+            f"dataset {spec} has {data.num_classes} classes but the checkpoint was trained on "
+            f"{ck.meta.num_classes}; pass the --dataset it was trained on ({ck.meta.dataset or '?'})"
+        )
     if data.input_shape != tuple(ck.meta.input_shape):
-        raise CheckpointError(f"dataset {spec} has images of shape {data.input_shape} but the checkpoint expects "
-                              f"{tuple(ck.meta.input_shape)}; pass the --dataset it was trained on ({ck.meta.dataset or '?'})")
+        raise CheckpointError(
+            f"dataset {spec} has images of shape {data.input_shape} but the checkpoint expects "
+            f"{tuple(ck.meta.input_shape)}; pass the --dataset it was trained on ({ck.meta.dataset or '?'})"
+        )
     return data
 
 
@@ -71,9 +89,17 @@ def _check_state_path(run: TrainRun, out: str | Path) -> None:
         check_output_path(path, inputs=[out], option="--save-every's state file")
 
 
-def train_checkpoint(dataset: str, arch: str, out: str | Path, config: TrainConfig = TrainConfig(),
-                     data_dir: str | None = None, download: bool = False, progress: bool = True,
-                     run: TrainRun | None = None, image_size: int | Sequence[int] | None = None) -> dict[str, Any]:
+def train_checkpoint(
+    dataset: str,
+    arch: str,
+    out: str | Path,
+    config: TrainConfig = TrainConfig(),
+    data_dir: str | None = None,
+    download: bool = False,
+    progress: bool = True,
+    run: TrainRun | None = None,
+    image_size: int | Sequence[int] | None = None,
+) -> dict[str, Any]:
     """Train the original model and write its checkpoint (under torchrun: every process trains its shard,
     the first writes the checkpoint, the others wait for it). ``image_size``: resize (shorter side) and
     centre-crop every image to it (a folder of mixed sizes needs it); recorded as the checkpoint's
@@ -83,29 +109,58 @@ def train_checkpoint(dataset: str, arch: str, out: str | Path, config: TrainConf
     with process_group(config.device) as procs:
         data = load_dataset(dataset, data_dir=data_dir, download=download, image_size=image_size)
         check_every_class_present(data)  # issue #13: labels 5..14 would train 5 empty classes
-        result = train_model(arch, data, config, progress=run.progress, workers=run.workers,
-                             save_every=run.save_every, state_path=_state_path(run, out), resume=run.resume,
-                             procs=procs, log=run.log)
+        result = train_model(
+            arch,
+            data,
+            config,
+            progress=run.progress,
+            workers=run.workers,
+            save_every=run.save_every,
+            state_path=_state_path(run, out),
+            resume=run.resume,
+            procs=procs,
+            log=run.log,
+        )
         recipe = result.config or config
-        summary: dict[str, Any] = {"checkpoint": str(out), "arch": arch, "dataset": dataset,
-                                   "seconds": result.seconds, "recipe": recipe.to_json(), "steps": result.steps,
-                                   "processes": procs.world_size, "rank": procs.rank}
+        summary: dict[str, Any] = {
+            "checkpoint": str(out),
+            "arch": arch,
+            "dataset": dataset,
+            "seconds": result.seconds,
+            "recipe": recipe.to_json(),
+            "steps": result.steps,
+            "processes": procs.world_size,
+            "rank": procs.rank,
+        }
         if procs.is_main:
             report = evaluate_model(result.model, data, [], probe=False)
-            meta = CheckpointMeta(arch=arch, num_classes=data.num_classes, class_names=data.class_names,
-                                  input_shape=data.input_shape, normalization=data.normalization, dataset=dataset,
-                                  train_recipe=recipe.to_json(),
-                                  preprocessing=training_preprocessing(data, image_size))
+            meta = CheckpointMeta(
+                arch=arch,
+                num_classes=data.num_classes,
+                class_names=data.class_names,
+                input_shape=data.input_shape,
+                normalization=data.normalization,
+                dataset=dataset,
+                train_recipe=recipe.to_json(),
+                preprocessing=training_preprocessing(data, image_size),
+            )
             summary["sha256"] = save_checkpoint(out, result.model, meta)
             summary.update(test_accuracy=report.accuracy, per_class_accuracy=report.per_class_accuracy)
         procs.barrier()  # the others return once the checkpoint is in place
     return summary
 
 
-def retrain_checkpoint(original: str | Path, forget_classes: Sequence[str | int], out: str | Path,
-                       dataset: str | None = None, data_dir: str | None = None, download: bool = False,
-                       progress: bool = True, config: TrainConfig | None = None,
-                       run: TrainRun | None = None) -> dict[str, Any]:
+def retrain_checkpoint(
+    original: str | Path,
+    forget_classes: Sequence[str | int],
+    out: str | Path,
+    dataset: str | None = None,
+    data_dir: str | None = None,
+    download: bool = False,
+    progress: bool = True,
+    config: TrainConfig | None = None,
+    run: TrainRun | None = None,
+) -> dict[str, Any]:
     """The gold standard: the original's arch and recipe, trained on the retained classes only."""
     run = run or TrainRun(progress=progress)
     _check_state_path(run, out)
@@ -116,17 +171,39 @@ def retrain_checkpoint(original: str | Path, forget_classes: Sequence[str | int]
         classes = resolve_classes(forget_classes, ck.meta.class_names)
         if len(classes) >= data.num_classes:
             raise UsageError("that would forget every class; keep at least one class")
-        result = train_model(ck.meta.arch_spec, data, recipe, forget_classes=classes, progress=run.progress,
-                             workers=run.workers, save_every=run.save_every, state_path=_state_path(run, out),
-                             resume=run.resume, procs=procs, amp_on_cpu="ignore", log=run.log)
+        result = train_model(
+            ck.meta.arch_spec,
+            data,
+            recipe,
+            forget_classes=classes,
+            progress=run.progress,
+            workers=run.workers,
+            save_every=run.save_every,
+            state_path=_state_path(run, out),
+            resume=run.resume,
+            procs=procs,
+            amp_on_cpu="ignore",
+            log=run.log,
+        )
         recipe = result.config or recipe
-        summary: dict[str, Any] = {"checkpoint": str(out), "forget_classes": classes, "seconds": result.seconds,
-                                   "recipe": recipe.to_json(), "steps": result.steps,
-                                   "processes": procs.world_size, "rank": procs.rank}
+        summary: dict[str, Any] = {
+            "checkpoint": str(out),
+            "forget_classes": classes,
+            "seconds": result.seconds,
+            "recipe": recipe.to_json(),
+            "steps": result.steps,
+            "processes": procs.world_size,
+            "rank": procs.rank,
+        }
         if procs.is_main:
             report = evaluate_model(result.model, data, classes, probe=False)
-            step = {"method": "retrain", "params": recipe.to_json(), "forget_classes": classes,
-                    "seconds": result.seconds, "parent_sha256": ck.sha256}
+            step = {
+                "method": "retrain",
+                "params": recipe.to_json(),
+                "forget_classes": classes,
+                "seconds": result.seconds,
+                "parent_sha256": ck.sha256,
+            }
             meta = ck.meta.with_forgetting(classes, step, ck.sha256)
             meta = replace(meta, dataset=dataset or ck.meta.dataset)
             summary["sha256"] = save_checkpoint(out, result.model, meta)
@@ -170,21 +247,27 @@ def _forget_set(req: ForgetRequest, ck: Checkpoint, data: Dataset | None, classe
             name = folders[owner] if owner >= 0 else None
             if name is None:
                 if len(classes) != 1:
-                    raise UsageError(f"--forget-samples {req.forget_samples_dir} has images directly in the folder while "
-                                     "several classes are forgotten; put each class's images in a subfolder named "
-                                     "after the class")
+                    raise UsageError(
+                        f"--forget-samples {req.forget_samples_dir} has images directly in the folder while "
+                        "several classes are forgotten; put each class's images in a subfolder named "
+                        "after the class"
+                    )
                 labels.append(classes[0])
             elif name in ck.meta.class_names:
                 labels.append(ck.meta.class_names.index(name))
             elif name.isdigit() and int(name) < ck.meta.num_classes:
                 labels.append(int(name))
             else:
-                raise UsageError(f"--forget-samples subfolder {name!r} matches no class of the model; name it after a "
-                                 f"forgotten class ({', '.join(ck.meta.class_names[c] for c in classes)})")
+                raise UsageError(
+                    f"--forget-samples subfolder {name!r} matches no class of the model; name it after a "
+                    f"forgotten class ({', '.join(ck.meta.class_names[c] for c in classes)})"
+                )
         bad = sorted({ck.meta.class_names[y] for y in labels if y not in classes})
         if bad:
-            raise UsageError(f"--forget-samples holds images of classes {bad} that are not being forgotten; "
-                             "remove them or add those classes to --forget")
+            raise UsageError(
+                f"--forget-samples holds images of classes {bad} that are not being forgotten; "
+                "remove them or add those classes to --forget"
+            )
         return ForgetSet(preprocess(torch.from_numpy(images), norm), torch.tensor(labels), tuple(classes))
     assert data is not None
     images, labels = take_samples(data, classes, req.samples, seed=req.seed)
@@ -210,16 +293,23 @@ def forget_checkpoint(req: ForgetRequest, progress: bool = False) -> dict[str, A
         keep = torch.tensor([c for c in range(data.num_classes) if c not in all_forgotten])
         sel = torch.nonzero(torch.isin(data.y_train, keep)).flatten()
         if req.retain_samples:  # only the drawn images are read
-            sel = sel[torch.randperm(len(sel), generator=torch.Generator().manual_seed(req.seed))[:req.retain_samples]]
+            sel = sel[torch.randperm(len(sel), generator=torch.Generator().manual_seed(req.seed))[: req.retain_samples]]
         retain = RetainSet(preprocess(data.x_train[sel], ck.meta.normalization), data.y_train[sel])
-    result = forget(ck.model, forget_set, method=req.method, config=config, retain=retain, device=req.device,
-                    progress=progress)
+    result = forget(
+        ck.model, forget_set, method=req.method, config=config, retain=retain, device=req.device, progress=progress
+    )
     summary: dict[str, Any] = {
-        "checkpoint": req.out, "parent": str(req.checkpoint), "parent_sha256": ck.sha256, "method": req.method,
-        "params": result.params, "forget_classes": classes,
+        "checkpoint": req.out,
+        "parent": str(req.checkpoint),
+        "parent_sha256": ck.sha256,
+        "method": req.method,
+        "params": result.params,
+        "forget_classes": classes,
         "forget_class_names": [ck.meta.class_names[c] for c in classes],
         "all_forgotten_classes": sorted(set(classes) | set(ck.meta.forgotten_classes)),
-        "samples_used": result.samples_used, "seconds": result.seconds, **result.details,
+        "samples_used": result.samples_used,
+        "seconds": result.seconds,
+        **result.details,
     }
     if req.evaluate:
         assert data is not None
@@ -229,11 +319,20 @@ def forget_checkpoint(req: ForgetRequest, progress: bool = False) -> dict[str, A
         after = evaluate_model(result.model, data, all_forgotten, seed=req.seed)
         summary.update(figures(before, after))
         summary["evaluation_seconds"] = time.perf_counter() - t0
-    step = {"method": req.method, "params": result.params, "forget_classes": classes,
-            "samples_used": result.samples_used, "seconds": result.seconds, "parent_sha256": ck.sha256,
-            **result.details,
-            **{k: summary[k] for k in ("forget_acc", "forget_acc_unmasked", "retain_acc", "retain_drop",
-                                       "probe_forget_acc") if k in summary}}
+    step = {
+        "method": req.method,
+        "params": result.params,
+        "forget_classes": classes,
+        "samples_used": result.samples_used,
+        "seconds": result.seconds,
+        "parent_sha256": ck.sha256,
+        **result.details,
+        **{
+            k: summary[k]
+            for k in ("forget_acc", "forget_acc_unmasked", "retain_acc", "retain_drop", "probe_forget_acc")
+            if k in summary
+        },
+    }
     meta = ck.meta.with_forgetting(classes, step, ck.sha256)
     summary["sha256"] = save_checkpoint(req.out, result.model, meta)
     return summary
@@ -242,20 +341,33 @@ def forget_checkpoint(req: ForgetRequest, progress: bool = False) -> dict[str, A
 def figures(before: EvalReport, after: EvalReport) -> dict[str, Any]:
     """The comparison figures of issue #2 (after vs before unlearning, same classes)."""
     return {
-        "forget_acc": after.forget_acc, "forget_acc_unmasked": after.forget_acc_unmasked,
-        "retain_acc": after.retain_acc, "retain_acc_before": before.retain_acc,
+        "forget_acc": after.forget_acc,
+        "forget_acc_unmasked": after.forget_acc_unmasked,
+        "retain_acc": after.retain_acc,
+        "retain_acc_before": before.retain_acc,
         "retain_drop": retain_drop(before.retain_acc, after.retain_acc),
-        "probe_forget_acc": after.probe_forget_acc, "probe_forget_acc_before": before.probe_forget_acc,
+        "probe_forget_acc": after.probe_forget_acc,
+        "probe_forget_acc_before": before.probe_forget_acc,
         "forget_acc_before": before.forget_acc_unmasked,
-        "accuracy": after.accuracy, "per_class_accuracy": after.per_class_accuracy,
+        "accuracy": after.accuracy,
+        "per_class_accuracy": after.per_class_accuracy,
         "per_class_accuracy_before": before.per_class_accuracy,
     }
 
 
-def evaluate_checkpoint(checkpoint: str | Path, dataset: str | None = None, forget_classes: Sequence[str | int] = (),
-                        reference: str | Path | None = None, probe: bool = True, data_dir: str | None = None,
-                        seed: int = 0, depth: bool = False, attacks: bool = False,
-                        retrained: str | Path | None = None, audit_config: Any = None) -> dict[str, Any]:
+def evaluate_checkpoint(
+    checkpoint: str | Path,
+    dataset: str | None = None,
+    forget_classes: Sequence[str | int] = (),
+    reference: str | Path | None = None,
+    probe: bool = True,
+    data_dir: str | None = None,
+    seed: int = 0,
+    depth: bool = False,
+    attacks: bool = False,
+    retrained: str | Path | None = None,
+    audit_config: Any = None,
+) -> dict[str, Any]:
     """Figures of one checkpoint; with ``reference`` (the original) also retain_drop against it.
 
     ``depth`` adds the linear probe after every block, ``attacks`` the prototype attack (mask on and lifted),
@@ -263,25 +375,38 @@ def evaluate_checkpoint(checkpoint: str | Path, dataset: str | None = None, forg
     and the ``retrained`` gold standard where given (same measures, same relearn target)."""
     ck = load_checkpoint(checkpoint)
     data = dataset_for(ck, dataset, data_dir)
-    classes = resolve_classes(forget_classes, ck.meta.class_names) if forget_classes else list(ck.meta.forgotten_classes)
+    classes = (
+        resolve_classes(forget_classes, ck.meta.class_names) if forget_classes else list(ck.meta.forgotten_classes)
+    )
     if len(set(classes)) >= ck.meta.num_classes:
-        raise UsageError(f"evaluating with all {ck.meta.num_classes} classes forgotten leaves no retained class to "
-                         "measure; forget fewer classes")
+        raise UsageError(
+            f"evaluating with all {ck.meta.num_classes} classes forgotten leaves no retained class to "
+            "measure; forget fewer classes"
+        )
     if (depth or attacks or retrained is not None) and not classes:
-        raise UsageError(f"{checkpoint} has no forgotten class; pass --forget CLASS to audit (--depth/--attacks/--retrained)")
+        raise UsageError(
+            f"{checkpoint} has no forgotten class; pass --forget CLASS to audit (--depth/--attacks/--retrained)"
+        )
     if depth and not probe:
         raise UsageError("--depth runs the probe at every depth; drop --no-probe")
     t0 = time.perf_counter()
     report = evaluate_model(ck.model, data, classes, probe=probe, seed=seed)
-    out: dict[str, Any] = {"checkpoint": str(checkpoint), "sha256": ck.sha256, "dataset": data.spec,
-                           "class_names": list(data.class_names), **report.to_json()}
+    out: dict[str, Any] = {
+        "checkpoint": str(checkpoint),
+        "sha256": ck.sha256,
+        "dataset": data.spec,
+        "class_names": list(data.class_names),
+        **report.to_json(),
+    }
     ref = _comparison_checkpoint(reference, ck, "--reference", checkpoint) if reference is not None else None
     gold = _comparison_checkpoint(retrained, ck, "--retrained", checkpoint) if retrained is not None else None
     if gold is not None:
         missing = sorted(set(classes) - set(gold.meta.forgotten_classes))
         if missing:
-            raise UsageError(f"--retrained {retrained} was not retrained without class(es) {missing}; pass the output "
-                             "of `edge-unlearn retrain --forget` for the same classes")
+            raise UsageError(
+                f"--retrained {retrained} was not retrained without class(es) {missing}; pass the output "
+                "of `edge-unlearn retrain --forget` for the same classes"
+            )
     if ref is not None:
         before = evaluate_model(ref.model, data, classes, probe=probe, seed=seed)
         out["retain_acc_before"] = before.retain_acc
@@ -289,9 +414,14 @@ def evaluate_checkpoint(checkpoint: str | Path, dataset: str | None = None, forg
         out["probe_forget_acc_reference"] = before.probe_forget_acc
     if gold is not None:
         gold_report = evaluate_model(gold.model, data, classes, probe=probe, seed=seed)
-        out["retrained"] = {"checkpoint": str(retrained), "sha256": gold.sha256,
-                            **{k: getattr(gold_report, k) for k in ("accuracy", "forget_acc", "forget_acc_unmasked",
-                                                                    "retain_acc", "probe_forget_acc")}}
+        out["retrained"] = {
+            "checkpoint": str(retrained),
+            "sha256": gold.sha256,
+            **{
+                k: getattr(gold_report, k)
+                for k in ("accuracy", "forget_acc", "forget_acc_unmasked", "retain_acc", "probe_forget_acc")
+            },
+        }
     if depth or attacks:
         out["audit"] = _audits(ck, ref, gold, data, classes, depth, attacks, seed, audit_config)
     out["seconds"] = time.perf_counter() - t0
@@ -307,8 +437,17 @@ def _comparison_checkpoint(path: str | Path, ck: Checkpoint, option: str, checkp
     return other
 
 
-def _audits(ck: Checkpoint, ref: Checkpoint | None, gold: Checkpoint | None, data: Dataset, classes: list[int],
-            depth: bool, attacks: bool, seed: int, audit_config: Any) -> dict[str, Any]:
+def _audits(
+    ck: Checkpoint,
+    ref: Checkpoint | None,
+    gold: Checkpoint | None,
+    data: Dataset,
+    classes: list[int],
+    depth: bool,
+    attacks: bool,
+    seed: int,
+    audit_config: Any,
+) -> dict[str, Any]:
     """{"model", "reference", "retrained": forgetting-audit JSON} for the checkpoints given, one relearn target."""
     from .attacks import AuditConfig, default_relearn_target, forgetting_audit
 
@@ -319,9 +458,16 @@ def _audits(ck: Checkpoint, ref: Checkpoint | None, gold: Checkpoint | None, dat
     out: dict[str, Any] = {}
     for role, model_ck in (("model", ck), ("reference", ref), ("retrained", gold)):
         if model_ck is not None:
-            out[role] = forgetting_audit(model_ck.model, data, classes, depth=depth, attacks=attacks,
-                                         relearn_target=target, relearn_target_source=source,
-                                         config=config).to_json()
+            out[role] = forgetting_audit(
+                model_ck.model,
+                data,
+                classes,
+                depth=depth,
+                attacks=attacks,
+                relearn_target=target,
+                relearn_target_source=source,
+                config=config,
+            ).to_json()
     return out
 
 
@@ -342,6 +488,8 @@ def audit_table(summary: dict[str, Any]) -> list[str]:
         lines.append(f"  {name:30s}" + "".join(cells))
     model_audit = summary["audit"]["model"]
     if model_audit.get("relearn_target") is not None:
-        lines.append(f"  relearn target {model_audit['relearn_target']:.4f} ({model_audit['relearn_target_source']}); "
-                     f"cap {model_audit['relearn']['max_steps']} steps")
+        lines.append(
+            f"  relearn target {model_audit['relearn_target']:.4f} ({model_audit['relearn_target_source']}); "
+            f"cap {model_audit['relearn']['max_steps']} steps"
+        )
     return lines

@@ -4,33 +4,42 @@ Fits the linear probe on the checkpoint's FP32 penultimate features (the draw an
 :func:`edge_unlearn.metrics.probe_forget_accuracy`) and the output probe on its FP32 logits of the retained classes
 (the draw and pipeline of :data:`edge_unlearn.metrics.RETAINED_LOGITS`), picks the k forget samples of the prototype attack
 (:func:`edge_unlearn.data.take_samples`, as :func:`edge_unlearn.attacks.prototype_relearn_attack`), and computes
-the FP32 reference figures with the device's own numpy code (:func:`edge_unlearn.export.audit.audit_figures`).
+the FP32 reference figures with the device's own numpy code (:func:`edge_unlearn.deploy.audit.audit_figures`).
 With a retrained model (``--retrained``) the thresholds are its figures plus a margin; with the original model
-(``--reference``) the weight-step report of :func:`edge_unlearn.export.audit.weight_step_report` is added.
+(``--reference``) the weight-step report of :func:`edge_unlearn.deploy.audit.weight_step_report` is added.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 
 from edge_unlearn.checkpoint import Checkpoint, load_checkpoint
 from edge_unlearn.data import Dataset, preprocess, take_samples
+from edge_unlearn.deploy.audit import (
+    PROBE_MARGIN,
+    PROTOTYPE_MARGIN,
+    AuditConfig,
+    AuditData,
+    LinearProbe,
+    audit_arrays,
+    audit_figures,
+    weight_step_report,
+)
+from edge_unlearn.deploy.onnx_meta import MASK_VALUE
 from edge_unlearn.errors import UsageError
 from edge_unlearn.metrics import _probe_train_indices, fit_linear_probe, model_outputs
-
-from .audit import (PROBE_MARGIN, PROTOTYPE_MARGIN, AuditConfig, AuditData, LinearProbe, audit_arrays,
-                    audit_figures, weight_step_report)
-from .onnx_meta import MASK_VALUE
 
 
 @torch.no_grad()
 def _features(model, x: torch.Tensor, batch_size: int = 256) -> np.ndarray:
     model.eval()
-    return torch.cat([model.features(x[i:i + batch_size]) for i in range(0, len(x), batch_size)]).numpy()
+    return torch.cat([model.features(x[i : i + batch_size]) for i in range(0, len(x), batch_size)]).numpy()
 
 
 def fit_probes(model, data: Dataset, config: AuditConfig, columns: list[int]) -> tuple[LinearProbe, LinearProbe | None]:
@@ -50,12 +59,24 @@ def fit_probes(model, data: Dataset, config: AuditConfig, columns: list[int]) ->
 
 def _as_arrays(pipe) -> LinearProbe:
     scaler, clf = pipe[0], pipe[1]
-    return LinearProbe(scaler.mean_.astype(np.float64), scaler.scale_.astype(np.float64),
-                       clf.coef_.astype(np.float64), clf.intercept_.astype(np.float64), clf.classes_.astype(np.int64))
+    return LinearProbe(
+        scaler.mean_.astype(np.float64),
+        scaler.scale_.astype(np.float64),
+        clf.coef_.astype(np.float64),
+        clf.intercept_.astype(np.float64),
+        clf.classes_.astype(np.int64),
+    )
 
 
-def model_audit(model, data: Dataset, x: torch.Tensor, labels: np.ndarray, config: AuditConfig,
-                proto_x: torch.Tensor, proto_y: np.ndarray) -> tuple[AuditData, dict[str, Any]]:
+def model_audit(
+    model,
+    data: Dataset,
+    x: torch.Tensor,
+    labels: np.ndarray,
+    config: AuditConfig,
+    proto_x: torch.Tensor,
+    proto_y: np.ndarray,
+) -> tuple[AuditData, dict[str, Any]]:
     """The audit data of one FP32 model on the bundle's inputs ``x`` and its FP32 figures."""
     forgotten = sorted(model.forgotten_classes)
     w = model.head.weight.detach().double()
@@ -67,17 +88,25 @@ def model_audit(model, data: Dataset, x: torch.Tensor, labels: np.ndarray, confi
         logits = model.head(torch.from_numpy(feats)).numpy()
     logits[:, forgotten] = MASK_VALUE  # the bundle's reference logits (the model as deployed)
     probe, logit_probe = fit_probes(model, data, config, retained_rows)
-    data_ = AuditData(probe, proto_x.numpy().astype(np.float32), proto_y.astype(np.int64),
-                      w[forgotten].numpy(), b[forgotten].numpy(), feats.astype(np.float32),
-                      _features(model, proto_x).astype(np.float32),
-                      {"config": config.to_json(), "row_norm": row_norm}, logit_probe,
-                      np.asarray(retained_rows, np.int64) if logit_probe is not None else None)
+    data_ = AuditData(
+        probe,
+        proto_x.numpy().astype(np.float32),
+        proto_y.astype(np.int64),
+        w[forgotten].numpy(),
+        b[forgotten].numpy(),
+        feats.astype(np.float32),
+        _features(model, proto_x).astype(np.float32),
+        {"config": config.to_json(), "row_norm": row_norm},
+        logit_probe,
+        np.asarray(retained_rows, np.int64) if logit_probe is not None else None,
+    )
     figures = audit_figures(data_.features, logits, data_.proto_features, labels, forgotten, data_)
     return data_, figures
 
 
-def audit_builder(config: AuditConfig = AuditConfig(), retrained: str | Path | None = None,
-                  reference: str | Path | None = None) -> Callable[..., dict[str, np.ndarray]]:
+def audit_builder(
+    config: AuditConfig = AuditConfig(), retrained: str | Path | None = None, reference: str | Path | None = None
+) -> Callable[..., dict[str, np.ndarray]]:
     """The ``audit`` hook of :func:`edge_unlearn.export.bundle.make_bundle`: (checkpoint, dataset, bundle
     inputs, labels, reference logits) -> the bundle's audit arrays."""
     if config.k < 1:
@@ -85,42 +114,57 @@ def audit_builder(config: AuditConfig = AuditConfig(), retrained: str | Path | N
     gold = load_checkpoint(retrained) if retrained else None
     original = load_checkpoint(reference) if reference else None
 
-    def build(ckpt: Checkpoint, data: Dataset, x: torch.Tensor, labels: np.ndarray,
-              reference_logits: np.ndarray) -> dict[str, np.ndarray]:
+    def build(
+        ckpt: Checkpoint, data: Dataset, x: torch.Tensor, labels: np.ndarray, reference_logits: np.ndarray
+    ) -> dict[str, np.ndarray]:
         model = ckpt.model.eval()
         forgotten = sorted(model.forgotten_classes)
         for other, option in ((gold, "--retrained"), (original, "--reference")):
-            if other is not None and (other.meta.num_classes != ckpt.meta.num_classes
-                                      or tuple(other.meta.input_shape) != tuple(ckpt.meta.input_shape)
-                                      or other.meta.arch != ckpt.meta.arch):
-                raise UsageError(f"{option} is a {other.meta.arch} with {other.meta.num_classes} classes and images "
-                                 f"{tuple(other.meta.input_shape)}; the checkpoint is a {ckpt.meta.arch} with "
-                                 f"{ckpt.meta.num_classes} classes: give the same architecture and dataset")
+            if other is not None and (
+                other.meta.num_classes != ckpt.meta.num_classes
+                or tuple(other.meta.input_shape) != tuple(ckpt.meta.input_shape)
+                or other.meta.arch != ckpt.meta.arch
+            ):
+                raise UsageError(
+                    f"{option} is a {other.meta.arch} with {other.meta.num_classes} classes and images "
+                    f"{tuple(other.meta.input_shape)}; the checkpoint is a {ckpt.meta.arch} with "
+                    f"{ckpt.meta.num_classes} classes: give the same architecture and dataset"
+                )
         if gold is not None and sorted(gold.model.forgotten_classes) != forgotten:
-            raise UsageError(f"--retrained forgot classes {sorted(gold.model.forgotten_classes)} but the checkpoint "
-                             f"forgot {forgotten}; retrain without the same classes (`edge-unlearn retrain`)")
+            raise UsageError(
+                f"--retrained forgot classes {sorted(gold.model.forgotten_classes)} but the checkpoint "
+                f"forgot {forgotten}; retrain without the same classes (`edge-unlearn retrain`)"
+            )
         if original is not None and original.sha256 not in _lineage(ckpt):
-            raise UsageError("--reference is not an ancestor of the checkpoint (its sha256 is not in the "
-                             "checkpoint's lineage); give the original the checkpoint was unlearned from")
+            raise UsageError(
+                "--reference is not an ancestor of the checkpoint (its sha256 is not in the "
+                "checkpoint's lineage); give the original the checkpoint was unlearned from"
+            )
         proto_images, proto_y = take_samples(data, forgotten, config.k, seed=config.seed)
         proto_x = preprocess(proto_images, ckpt.meta.normalization)
         audit, fp32 = model_audit(model, data, x, labels, config, proto_x, proto_y.numpy())
         if not np.allclose(_as_deployed(fp32, reference_logits, audit, labels, forgotten), 0.0):
-            raise UsageError("the bundle's reference logits do not match the checkpoint's features; re-create the bundle")
+            raise UsageError(
+                "the bundle's reference logits do not match the checkpoint's features; re-create the bundle"
+            )
         info: dict[str, Any] = {**audit.info, "fp32": _plain(fp32), "thresholds": {"sources": {}}}
         if gold is not None:
             _, gold_figs = model_audit(gold.model.eval(), data, x, labels, config, proto_x, proto_y.numpy())
             info["retrained"] = {"sha256": gold.sha256, "checkpoint": str(retrained), **_plain(gold_figs)}
-            for name, key, margin in (("max_probe", "probe_forget_acc", PROBE_MARGIN),
-                                      ("max_prototype", "prototype_forget_acc", PROTOTYPE_MARGIN),
-                                      ("max_logit_probe", "logit_probe_forget_acc", PROBE_MARGIN)):
+            for name, key, margin in (
+                ("max_probe", "probe_forget_acc", PROBE_MARGIN),
+                ("max_prototype", "prototype_forget_acc", PROTOTYPE_MARGIN),
+                ("max_logit_probe", "logit_probe_forget_acc", PROBE_MARGIN),
+            ):
                 if gold_figs.get(key) is not None:
                     info["thresholds"][name] = min(1.0, float(gold_figs[key]) + margin)
-                    info["thresholds"]["sources"][name] = (f"retrained model {gold.sha256[:12]}…: "
-                                                           f"{gold_figs[key]:.4f} + {margin}")
+                    info["thresholds"]["sources"][name] = (
+                        f"retrained model {gold.sha256[:12]}…: {gold_figs[key]:.4f} + {margin}"
+                    )
         if original is not None:
-            info["weight_steps"] = weight_step_report(_state(original.model), _state(model),
-                                                      _head_rows(model), forgotten)
+            info["weight_steps"] = weight_step_report(
+                _state(original.model), _state(model), _head_rows(model), forgotten
+            )
         return audit_arrays(replace(audit, info=info))
 
     return build
@@ -134,8 +178,9 @@ def _lineage(ckpt: Checkpoint) -> set[str]:
     return found
 
 
-def _as_deployed(fp32: dict[str, Any], reference_logits: np.ndarray, audit: AuditData, labels: np.ndarray,
-                 forgotten: list[int]) -> float:
+def _as_deployed(
+    fp32: dict[str, Any], reference_logits: np.ndarray, audit: AuditData, labels: np.ndarray, forgotten: list[int]
+) -> float:
     """0.0 when the figures recomputed from the bundle's own reference logits equal ``fp32`` (same model)."""
     again = audit_figures(audit.features, reference_logits, audit.proto_features, labels, forgotten, audit)
     return float(abs((again["prototype_forget_acc"] or 0.0) - (fp32["prototype_forget_acc"] or 0.0)))

@@ -1,131 +1,30 @@
-"""The evaluation bundle: a torch-free .npz that lets a device validate a model without the dataset or torch.
+"""Writes the evaluation bundle (format: :mod:`edge_unlearn.deploy.bundle`) from a checkpoint and a dataset:
+preprocessed test images and the checkpoint's FP32 logits. Host side: runs the checkpoint in torch."""
 
-Arrays (``np.load(allow_pickle=False)`` reads them all): ``inputs`` float32 [N, C, H, W] (preprocessed test
-images), ``labels`` int64 [N], ``reference_logits`` float32 [N, num_classes] (the FP32 checkpoint's logits,
-forgotten classes = MASK_VALUE), ``class_names`` str [num_classes], ``forgotten_classes`` int64 [K] and
-``meta_json`` (one JSON string: format, source sha256, dataset, normalisation, input shape, mask value).
-Optional ``audit_*`` arrays (``bundle --audit``): the feature-level audit's probe, forget samples and FP32
-figures (:mod:`edge_unlearn.export.audit`, docs/audit.md).
-
-:func:`load_bundle` imports no torch; :func:`make_bundle` runs the checkpoint, so it imports torch lazily.
-"""
 from __future__ import annotations
 
 import json
-import zipfile
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
 
 import numpy as np
 
 from edge_unlearn import __version__
-from edge_unlearn.errors import ModelFileError, UsageError
-from edge_unlearn.fileio import atomic_output, sha256_file
-
-from .audit import AuditData, read_audit
-from .onnx_meta import MASK_VALUE, check_output_path
-
-FORMAT = "edge-unlearn.bundle/1"
-ARRAYS = ("inputs", "labels", "reference_logits", "class_names", "forgotten_classes", "meta_json")
+from edge_unlearn.deploy.bundle import FORMAT, Bundle, load_bundle
+from edge_unlearn.deploy.onnx_meta import MASK_VALUE, check_output_path
+from edge_unlearn.errors import UsageError
+from edge_unlearn.fileio import atomic_output
 
 
-@dataclass(frozen=True)
-class Bundle:
-    inputs: np.ndarray
-    labels: np.ndarray
-    reference_logits: np.ndarray
-    class_names: tuple[str, ...]
-    forgotten_classes: tuple[int, ...]
-    meta: dict[str, Any] = field(default_factory=dict)
-    path: str = ""
-    sha256: str = ""
-    #: the feature-level audit's data (``bundle --audit``); None without
-    audit: AuditData | None = None
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
-
-    @property
-    def retained_classes(self) -> list[int]:
-        gone = set(self.forgotten_classes)
-        return [c for c in range(self.num_classes) if c not in gone]
-
-    def describe(self) -> dict[str, Any]:
-        return {"path": self.path, "sha256": self.sha256, "samples": int(len(self.labels)),
-                "num_classes": self.num_classes, "forgotten_classes": list(self.forgotten_classes),
-                "source_sha256": self.meta.get("source_sha256"), "dataset": self.meta.get("dataset"),
-                "audit": self.audit is not None}
-
-
-def _check_arrays(data: dict[str, np.ndarray], path: Path) -> None:
-    """Ranks and kinds of the arrays (a fuzzed bundle must fail in one line, not deep in numpy)."""
-    expect = {"inputs": (4, "fiu"), "labels": (1, "iu"), "reference_logits": (2, "fiu"), "class_names": (1, "U"),
-              "forgotten_classes": (1, "iu"), "meta_json": (0, "U")}
-    for name, (ndim, kinds) in expect.items():
-        array = data[name]
-        if array.ndim != ndim or array.dtype.kind not in kinds:
-            raise ModelFileError(f"{path}: array {name} is {array.dtype} of shape {list(array.shape)}, expected a "
-                                 f"{ndim}-D {'text' if kinds == 'U' else 'numeric'} array; re-create the bundle with "
-                                 "`edge-unlearn bundle`")
-    c = len(data["class_names"])
-    forgotten = data["forgotten_classes"]
-    if forgotten.size and (forgotten.min() < 0 or forgotten.max() >= c or len(set(forgotten.tolist())) != forgotten.size):
-        raise ModelFileError(f"{path}: forgotten_classes {forgotten.tolist()} are not distinct classes of 0..{c - 1}; "
-                             "re-create the bundle")
-
-
-def load_bundle(path: str | Path) -> Bundle:
-    """Read and check a bundle (no torch). ModelFileError with a one-line fix when it is not one of ours."""
-    path = Path(path)
-    if not path.is_file():
-        raise ModelFileError(f"bundle {path} not found; make one with `edge-unlearn bundle CHECKPOINT --dataset SPEC -o {path.name}`")
-    if not zipfile.is_zipfile(path):  # else numpy's own message suggests unpickling the file
-        raise ModelFileError(f"{path} is not a readable .npz bundle (not a zip archive: another kind of file?); "
-                             "make one with `edge-unlearn bundle`")
-    try:
-        with np.load(path, allow_pickle=False) as arrays:
-            missing = [k for k in ARRAYS if k not in arrays.files]
-            if missing:
-                raise ModelFileError(f"{path} is not an edge-unlearn evaluation bundle (lacks {', '.join(missing)}); "
-                                     "make one with `edge-unlearn bundle`")
-            data = {k: arrays[k] for k in ARRAYS}
-            audit_arrays = {k: arrays[k] for k in arrays.files if k.startswith("audit_")}
-        meta = json.loads(str(data["meta_json"]))
-    except ModelFileError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - numpy raises OSError, EOFError, BadZipFile, TokenError... on damage
-        raise ModelFileError(f"{path} is not a readable .npz bundle ({exc}); re-create it with `edge-unlearn bundle`") from exc
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise ModelFileError(f"{path}: bundle format {meta.get('format') if isinstance(meta, dict) else meta!r} is not {FORMAT}; re-create it with `edge-unlearn bundle`")
-    _check_arrays(data, path)
-    bundle = Bundle(
-        inputs=np.ascontiguousarray(data["inputs"], dtype=np.float32),
-        labels=np.asarray(data["labels"], dtype=np.int64),
-        reference_logits=np.asarray(data["reference_logits"], dtype=np.float32),
-        class_names=tuple(str(n) for n in data["class_names"]),
-        forgotten_classes=tuple(int(c) for c in data["forgotten_classes"]),
-        meta=meta, path=str(path), sha256=sha256_file(path))
-    n, c = len(bundle.labels), bundle.num_classes
-    if n == 0 or c == 0:
-        raise ModelFileError(f"{path} holds no samples (or no classes); re-create it with `edge-unlearn bundle` from a "
-                             "dataset whose test split is not empty")
-    if bundle.inputs.ndim != 4 or len(bundle.inputs) != n or bundle.reference_logits.shape != (n, c):
-        raise ModelFileError(f"{path}: array shapes disagree (inputs {bundle.inputs.shape}, labels {n}, "
-                             f"reference_logits {bundle.reference_logits.shape}, {c} classes); re-create the bundle")
-    if n and (bundle.labels.min() < 0 or bundle.labels.max() >= c):
-        raise ModelFileError(f"{path}: labels outside 0..{c - 1}; re-create the bundle")
-    if audit_arrays:
-        from dataclasses import replace
-
-        bundle = replace(bundle, audit=read_audit(audit_arrays, str(path), c, bundle.forgotten_classes, n,
-                                                  bundle.inputs.shape[1:]))
-    return bundle
-
-
-def make_bundle(checkpoint: str | Path, dataset: str | None, output: str | Path, per_class: int | None = None,
-                seed: int = 0, batch_size: int = 256, audit: Callable[..., dict[str, np.ndarray]] | None = None) -> Bundle:
+def make_bundle(
+    checkpoint: str | Path,
+    dataset: str | None,
+    output: str | Path,
+    per_class: int | None = None,
+    seed: int = 0,
+    batch_size: int = 256,
+    audit: Callable[..., dict[str, np.ndarray]] | None = None,
+) -> Bundle:
     """Preprocessed test images of ``dataset`` (None: the one recorded in the checkpoint, like ``evaluate``)
     + the checkpoint's FP32 logits, written atomically.
 
@@ -140,28 +39,37 @@ def make_bundle(checkpoint: str | Path, dataset: str | None, output: str | Path,
     ckpt = load_checkpoint(checkpoint)
     model, meta = ckpt.model.eval(), ckpt.meta
     if not model.forgotten_classes:
-        raise UsageError(f"{checkpoint} has no forgotten classes; make the bundle from the checkpoint that "
-                         "`edge-unlearn forget` wrote")
+        raise UsageError(
+            f"{checkpoint} has no forgotten classes; make the bundle from the checkpoint that "
+            "`edge-unlearn forget` wrote"
+        )
     dataset = dataset or meta.dataset
     if not dataset:
         raise UsageError(f"{checkpoint} records no dataset; pass --dataset SPEC (the one it was trained on)")
     # through the checkpoint's preprocessing (imported models, train --image-size); images read lazily
     data = load_dataset(dataset, preprocessing=meta.preprocessing, normalization=meta.normalization)
     if data.num_classes > meta.num_classes or tuple(data.input_shape) != tuple(meta.input_shape):
-        raise UsageError(f"dataset {dataset} ({data.num_classes} classes, images {tuple(data.input_shape)}) does not fit "
-                         f"the model ({meta.num_classes} classes, images {tuple(meta.input_shape)}); use the dataset "
-                         "it was trained on")
+        raise UsageError(
+            f"dataset {dataset} ({data.num_classes} classes, images {tuple(data.input_shape)}) does not fit "
+            f"the model ({meta.num_classes} classes, images {tuple(meta.input_shape)}); use the dataset "
+            "it was trained on"
+        )
     if per_class is not None and per_class < 1:
         raise UsageError(f"--per-class must be at least 1, got {per_class}")
     labels = data.y_test.numpy()
     idx = np.arange(len(labels))
     if per_class is not None:
         rng = np.random.default_rng(seed)
-        idx = np.sort(np.concatenate([rng.permutation(np.nonzero(labels == c)[0])[:per_class]
-                                      for c in range(meta.num_classes)]).astype(np.int64))
+        idx = np.sort(
+            np.concatenate(
+                [rng.permutation(np.nonzero(labels == c)[0])[:per_class] for c in range(meta.num_classes)]
+            ).astype(np.int64)
+        )
     if not np.isin(labels[idx], model.forgotten_classes).any():
-        raise UsageError(f"dataset {dataset} has no test samples of the forgotten classes {model.forgotten_classes}; "
-                         "the bundle could not show that they are forgotten")
+        raise UsageError(
+            f"dataset {dataset} has no test samples of the forgotten classes {model.forgotten_classes}; "
+            "the bundle could not show that they are forgotten"
+        )
     parts, logit_parts = [], []
     with torch.no_grad():  # only the bundled images are read, batch by batch through the loader
         for batch in data.x_test.batches(batch_size, torch.from_numpy(idx)):
@@ -169,19 +77,33 @@ def make_bundle(checkpoint: str | Path, dataset: str | None, output: str | Path,
             logit_parts.append(model.logits(parts[-1], masked=False))
         x, logits = torch.cat(parts), torch.cat(logit_parts)
         logits = logits.masked_fill(~model.class_mask, MASK_VALUE)
-    info = {"format": FORMAT, "source_sha256": ckpt.sha256, "checkpoint": str(checkpoint), "dataset": dataset,
-            "arch": meta.arch, "normalization": meta.normalization.to_json(), "input_shape": list(meta.input_shape),
-            "preprocessing": meta.prep.to_json(),
-            "mask_value": MASK_VALUE, "per_class": per_class, "seed": seed, "version": __version__}
+    info = {
+        "format": FORMAT,
+        "source_sha256": ckpt.sha256,
+        "checkpoint": str(checkpoint),
+        "dataset": dataset,
+        "arch": meta.arch,
+        "normalization": meta.normalization.to_json(),
+        "input_shape": list(meta.input_shape),
+        "preprocessing": meta.prep.to_json(),
+        "mask_value": MASK_VALUE,
+        "per_class": per_class,
+        "seed": seed,
+        "version": __version__,
+    }
     extra = audit(ckpt, data, x, labels[idx], logits.numpy().astype(np.float32)) if audit is not None else {}
     output = Path(output)
     with atomic_output(output) as tmp:
         with open(tmp, "wb") as handle:  # np.savez_compressed adds .npz to a str path; a handle keeps ours
             np.savez_compressed(
-                handle, inputs=x.numpy().astype(np.float32), labels=labels[idx].astype(np.int64),
+                handle,
+                inputs=x.numpy().astype(np.float32),
+                labels=labels[idx].astype(np.int64),
                 reference_logits=logits.numpy().astype(np.float32),
                 class_names=np.asarray(meta.class_names, dtype=np.str_),
                 forgotten_classes=np.asarray(model.forgotten_classes, dtype=np.int64),
-                meta_json=np.asarray(json.dumps(info)), **extra)
+                meta_json=np.asarray(json.dumps(info)),
+                **extra,
+            )
         load_bundle(tmp)  # the same checks a reader makes, before the file takes its name
     return load_bundle(output)

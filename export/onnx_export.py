@@ -2,25 +2,35 @@
 
 The graph holds the backbone, a *compact* head with the retained classes' rows only, and two float nodes
 that scatter the retained logits back to their class positions and fill the forgotten ones with
-:data:`edge_unlearn.export.onnx_meta.MASK_VALUE` (why: docs/deployment.md). Export runs ``torch.onnx.export(dynamo=True)``
+:data:`edge_unlearn.deploy.onnx_meta.MASK_VALUE` (why: docs/deployment.md). Export runs ``torch.onnx.export(dynamo=True)``
 with a dynamic batch axis, ``onnx.checker`` with ``full_check=True``, and a parity check against torch on
 onnxruntime at two batch sizes.
 """
+
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
 from edge_unlearn import __version__
+from edge_unlearn.deploy.onnx_meta import (
+    FEATURES_NAME,
+    INPUT_NAME,
+    MASK_NODE_PREFIX,
+    MASK_VALUE,
+    OUTPUT_NAME,
+    RETAINED_NAME,
+    OnnxMeta,
+    check_output_path,
+    write_meta,
+)
 from edge_unlearn.errors import ModelFileError, UsageError
 from edge_unlearn.fileio import atomic_output, sha256_file
-
-from .onnx_meta import (FEATURES_NAME, INPUT_NAME, MASK_NODE_PREFIX, MASK_VALUE, OUTPUT_NAME, RETAINED_NAME,
-                        OnnxMeta, check_output_path, write_meta)
 
 DEFAULT_OPSET = 18
 #: the node that copies the penultimate features to the audit export's second output
@@ -60,18 +70,28 @@ class Parity:
 
     @property
     def ok(self) -> bool:
-        features_ok = (self.features_max_abs_diff is None
-                       or self.features_max_abs_diff <= (self.features_tolerance or 0.0))
-        return (self.max_abs_diff <= self.tolerance and self.argmax_agreement == 1.0 and self.forgotten_exact
-                and features_ok)
+        features_ok = self.features_max_abs_diff is None or self.features_max_abs_diff <= (
+            self.features_tolerance or 0.0
+        )
+        return (
+            self.max_abs_diff <= self.tolerance
+            and self.argmax_agreement == 1.0
+            and self.forgotten_exact
+            and features_ok
+        )
 
     def line(self) -> str:
-        features = ("" if self.features_max_abs_diff is None else
-                    f", features max |diff| {self.features_max_abs_diff:.2e} (tolerance {self.features_tolerance:.1e})")
-        return (f"parity torch vs onnxruntime ({self.samples} samples, batches {list(self.batch_sizes)}): "
-                f"max |diff| {self.max_abs_diff:.2e} (tolerance {self.tolerance:.1e}), "
-                f"argmax agreement {self.argmax_agreement:.4f}, forgotten logits = {MASK_VALUE:g}: "
-                f"{'yes' if self.forgotten_exact else 'NO'}{features}")
+        features = (
+            ""
+            if self.features_max_abs_diff is None
+            else f", features max |diff| {self.features_max_abs_diff:.2e} (tolerance {self.features_tolerance:.1e})"
+        )
+        return (
+            f"parity torch vs onnxruntime ({self.samples} samples, batches {list(self.batch_sizes)}): "
+            f"max |diff| {self.max_abs_diff:.2e} (tolerance {self.tolerance:.1e}), "
+            f"argmax agreement {self.argmax_agreement:.4f}, forgotten logits = {MASK_VALUE:g}: "
+            f"{'yes' if self.forgotten_exact else 'NO'}{features}"
+        )
 
 
 @dataclass(frozen=True)
@@ -82,10 +102,15 @@ class ExportResult:
     parity: Parity
 
     def to_json(self) -> dict[str, Any]:
-        return {"path": str(self.path), "sha256": self.sha256, "forgotten_classes": list(self.meta.forgotten_classes),
-                "num_classes": self.meta.num_classes, "source_sha256": self.meta.source_sha256,
-                "outputs": [self.meta.output_name] + ([self.meta.features_name] if self.meta.features_name else []),
-                "parity": {**asdict(self.parity), "ok": self.parity.ok}}
+        return {
+            "path": str(self.path),
+            "sha256": self.sha256,
+            "forgotten_classes": list(self.meta.forgotten_classes),
+            "num_classes": self.meta.num_classes,
+            "source_sha256": self.meta.source_sha256,
+            "outputs": [self.meta.output_name] + ([self.meta.features_name] if self.meta.features_name else []),
+            "parity": {**asdict(self.parity), "ok": self.parity.ok},
+        }
 
 
 class MaskDesign:
@@ -152,15 +177,31 @@ class CompactMask(MaskDesign):
         rename_io(graph, RETAINED_NAME)
         index = np.full(num_classes, len(retained), dtype=np.int64)  # forgotten -> the pad column
         index[retained] = np.arange(len(retained), dtype=np.int64)
-        graph.initializer.extend([
-            numpy_helper.from_array(np.array([0, 0, 0, 1], dtype=np.int64), "edge_unlearn_mask_pads"),
-            numpy_helper.from_array(np.array(MASK_VALUE, dtype=np.float32), "edge_unlearn_mask_value"),
-            numpy_helper.from_array(index, "edge_unlearn_class_index")])
-        graph.node.extend([
-            helper.make_node("Pad", [RETAINED_NAME, "edge_unlearn_mask_pads", "edge_unlearn_mask_value"],
-                             ["edge_unlearn_padded"], name=MASK_NODE_PREFIX + "fill", mode="constant"),
-            helper.make_node("Gather", ["edge_unlearn_padded", "edge_unlearn_class_index"], [OUTPUT_NAME],
-                             name=MASK_NODE_PREFIX + "scatter", axis=1)])
+        graph.initializer.extend(
+            [
+                numpy_helper.from_array(np.array([0, 0, 0, 1], dtype=np.int64), "edge_unlearn_mask_pads"),
+                numpy_helper.from_array(np.array(MASK_VALUE, dtype=np.float32), "edge_unlearn_mask_value"),
+                numpy_helper.from_array(index, "edge_unlearn_class_index"),
+            ]
+        )
+        graph.node.extend(
+            [
+                helper.make_node(
+                    "Pad",
+                    [RETAINED_NAME, "edge_unlearn_mask_pads", "edge_unlearn_mask_value"],
+                    ["edge_unlearn_padded"],
+                    name=MASK_NODE_PREFIX + "fill",
+                    mode="constant",
+                ),
+                helper.make_node(
+                    "Gather",
+                    ["edge_unlearn_padded", "edge_unlearn_class_index"],
+                    [OUTPUT_NAME],
+                    name=MASK_NODE_PREFIX + "scatter",
+                    axis=1,
+                ),
+            ]
+        )
         set_output(graph, num_classes)
 
 
@@ -198,7 +239,10 @@ def audit_module(module):
     """``module`` (backbone + head) returning (head output, penultimate features): the audit export's graph."""
     from torch import nn
 
-    if not (isinstance(getattr(module, "backbone", None), nn.Module) and isinstance(getattr(module, "head", None), nn.Module)):
+    if not (
+        isinstance(getattr(module, "backbone", None), nn.Module)
+        and isinstance(getattr(module, "head", None), nn.Module)
+    ):
         raise UsageError("--audit needs the compact mask design (a backbone and a head); export without --audit")
 
     class AuditDeploy(nn.Module):
@@ -241,8 +285,9 @@ def attach_features_output(graph, info) -> None:
     graph.output.append(info)
 
 
-def _check_parity(path: Path, model, input_shape: tuple[int, ...], config: ExportConfig,
-                  design: MaskDesign = COMPACT) -> Parity:
+def _check_parity(
+    path: Path, model, input_shape: tuple[int, ...], config: ExportConfig, design: MaskDesign = COMPACT
+) -> Parity:
     import onnxruntime as ort
     import torch
 
@@ -257,7 +302,7 @@ def _check_parity(path: Path, model, input_shape: tuple[int, ...], config: Expor
     audit = any(o.name == FEATURES_NAME for o in session.get_outputs())
     names = [OUTPUT_NAME] + ([FEATURES_NAME] if audit else [])
     for bs in batches:  # batch 1 and a larger batch: proves the dynamic batch axis
-        runs = [session.run(names, {INPUT_NAME: x[i:i + bs].numpy()}) for i in range(0, len(x), bs)]
+        runs = [session.run(names, {INPUT_NAME: x[i : i + bs].numpy()}) for i in range(0, len(x), bs)]
         outs.append(np.concatenate([r[0] for r in runs]))
         if audit:
             feats.append(np.concatenate([r[1] for r in runs]))
@@ -276,8 +321,13 @@ def _check_parity(path: Path, model, input_shape: tuple[int, ...], config: Expor
     return Parity(len(x), batches, diff, tol, agree, exact, feat_diff, feat_tol)
 
 
-def export_onnx(checkpoint: str | Path, output: str | Path, config: ExportConfig = ExportConfig(),
-                echo: Callable[[str], None] | None = None, design: MaskDesign = COMPACT) -> ExportResult:
+def export_onnx(
+    checkpoint: str | Path,
+    output: str | Path,
+    config: ExportConfig = ExportConfig(),
+    echo: Callable[[str], None] | None = None,
+    design: MaskDesign = COMPACT,
+) -> ExportResult:
     """Export a checkpoint to ONNX with the class mask in the graph; raises ModelFileError on failed parity.
 
     ``design`` other than :data:`COMPACT` is for measuring the alternatives (benchmarks/mask_variants.py)."""
@@ -296,10 +346,16 @@ def export_onnx(checkpoint: str | Path, output: str | Path, config: ExportConfig
         module = audit_module(module)
     example = torch.zeros(2, *meta.input_shape)
     try:
-        program = torch.onnx.export(module, (example,), dynamo=True, opset_version=config.opset,
-                                    input_names=[INPUT_NAME],
-                                    dynamic_shapes={"x": {0: torch.export.Dim("batch")}}, verbose=False,
-                                    optimize=True)
+        program = torch.onnx.export(
+            module,
+            (example,),
+            dynamo=True,
+            opset_version=config.opset,
+            input_names=[INPUT_NAME],
+            dynamic_shapes={"x": {0: torch.export.Dim("batch")}},
+            verbose=False,
+            optimize=True,
+        )
     except Exception as exc:  # the exporter raises many types; keep the first line
         cause, seen = exc, set()
         while cause is not None and id(cause) not in seen:  # torch.export wraps a Ctrl-C in its own error
@@ -315,13 +371,21 @@ def export_onnx(checkpoint: str | Path, output: str | Path, config: ExportConfig
     if features is not None:
         attach_features_output(proto.graph, features)
     onnx_meta = OnnxMeta(
-        num_classes=meta.num_classes, class_names=tuple(meta.class_names),
-        forgotten_classes=tuple(model.forgotten_classes), input_shape=tuple(meta.input_shape),  # type: ignore[arg-type]
-        normalization=meta.normalization.to_json(), source_sha256=ckpt.sha256 or "", arch=meta.arch,
+        num_classes=meta.num_classes,
+        class_names=tuple(meta.class_names),
+        forgotten_classes=tuple(model.forgotten_classes),
+        input_shape=tuple(meta.input_shape),  # type: ignore[arg-type]
+        normalization=meta.normalization.to_json(),
+        source_sha256=ckpt.sha256 or "",
+        arch=meta.arch,
         preprocessing=meta.prep.to_json(),  # how raw images become the input: quantize calibration applies it
-        dataset=meta.dataset, precision="fp32", version=__version__,
-        retained_name=design.retained_name, features_name=FEATURES_NAME if config.audit else "",
-        quantization={"graph_variant": design.name} if design.name != COMPACT.name else {})
+        dataset=meta.dataset,
+        precision="fp32",
+        version=__version__,
+        retained_name=design.retained_name,
+        features_name=FEATURES_NAME if config.audit else "",
+        quantization={"graph_variant": design.name} if design.name != COMPACT.name else {},
+    )
     write_meta(proto, onnx_meta)
     proto.producer_name, proto.producer_version = "edge-unlearn", __version__
     output = Path(output)
@@ -340,8 +404,14 @@ def export_onnx(checkpoint: str | Path, output: str | Path, config: ExportConfig
     return ExportResult(output, digest, onnx_meta, parity)
 
 
-def export_from_model(model, meta, output: str | Path, config: ExportConfig = ExportConfig(),
-                      echo: Callable[[str], None] | None = None, design: MaskDesign = COMPACT) -> ExportResult:
+def export_from_model(
+    model,
+    meta,
+    output: str | Path,
+    config: ExportConfig = ExportConfig(),
+    echo: Callable[[str], None] | None = None,
+    design: MaskDesign = COMPACT,
+) -> ExportResult:
     """Convenience for tests and benchmarks: save a temporary checkpoint of ``model`` and export it."""
     from edge_unlearn.checkpoint import save_checkpoint
 

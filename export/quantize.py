@@ -22,21 +22,30 @@ layout line says whether this CPU has native FP16 arithmetic (without it onnxrun
 
 Imports no torch itself; loading a calibration dataset by spec goes through ``edge_unlearn.data`` (host side).
 """
+
 from __future__ import annotations
 
 import platform
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
+from edge_unlearn.deploy.onnx_meta import (
+    OnnxMeta,
+    check_output_path,
+    graph_hazards,
+    load_onnx,
+    mask_node_names,
+    read_meta,
+    topological_sort,
+    write_meta,
+)
 from edge_unlearn.errors import ModelFileError, UsageError
 from edge_unlearn.fileio import atomic_output, sha256_file
-
-from .onnx_meta import (OnnxMeta, check_output_path, graph_hazards, load_onnx, mask_node_names, read_meta,
-                        topological_sort, write_meta)
 
 QUANT_PRECISIONS = ("int8", "fp16")
 CALIB_METHODS = ("minmax", "entropy", "percentile", "distribution")
@@ -45,7 +54,11 @@ QUANT_TARGETS = ("tensorrt", "cpu", "auto")
 #: static: weights and activations, calibrated; dynamic: weights only, activations quantized at run time
 INT8_MODES = ("static", "dynamic")
 #: ONNX metadata keys (outside the ``edge_unlearn.`` contract: a layout is a property of one file, not of the model)
-LAYOUT_KEY, TARGET_KEY, REASON_KEY = "edge_unlearn_quant_layout", "edge_unlearn_quant_target", "edge_unlearn_quant_reason"
+LAYOUT_KEY, TARGET_KEY, REASON_KEY = (
+    "edge_unlearn_quant_layout",
+    "edge_unlearn_quant_target",
+    "edge_unlearn_quant_reason",
+)
 #: output-name parts that name TensorRT as the target of ``--target auto``
 TENSORRT_NAME_PARTS = frozenset({"trt", "tensorrt"})
 _VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
@@ -140,8 +153,9 @@ class QuantLayout:
         return asdict(self)
 
 
-def choose_layout(target: str, cpu: CpuFeatures, precision: str = "int8", mode: str = "static",
-                  symmetric_activations: bool = True) -> QuantLayout:
+def choose_layout(
+    target: str, cpu: CpuFeatures, precision: str = "int8", mode: str = "static", symmetric_activations: bool = True
+) -> QuantLayout:
     """The layout for ``target`` ("tensorrt" or "cpu", after :func:`resolve_target`) on ``cpu``; pure.
 
     CPU rules follow onnxruntime's guidance for ``quantize_static`` and were measured on this project's x86
@@ -153,40 +167,83 @@ def choose_layout(target: str, cpu: CpuFeatures, precision: str = "int8", mode: 
     if precision == "fp16":
         if target == "tensorrt":
             return QuantLayout("fp16", target, "FP16 for TensorRT (the GPU computes in FP16)")
-        return QuantLayout("fp16", target, f"{cpu.summary()}: " + (
-            "native FP16 arithmetic, onnxruntime's FP16 CPU kernels can use it" if cpu.native_fp16 else
-            "no native FP16 arithmetic (no avx512_fp16 / asimdhp): onnxruntime's CPU kernels compute FP16 "
-            "through float conversions, expect it no faster than FP32; half the file size only"))
+        return QuantLayout(
+            "fp16",
+            target,
+            f"{cpu.summary()}: "
+            + (
+                "native FP16 arithmetic, onnxruntime's FP16 CPU kernels can use it"
+                if cpu.native_fp16
+                else "no native FP16 arithmetic (no avx512_fp16 / asimdhp): onnxruntime's CPU kernels compute FP16 "
+                "through float conversions, expect it no faster than FP32; half the file size only"
+            ),
+        )
     if target == "tensorrt":
         if mode == "dynamic":
             raise UsageError("TensorRT needs static Q/DQ INT8: drop --dynamic, or quantize with --target cpu")
         if not symmetric_activations:
-            return QuantLayout("s8s8-qdq-asymmetric", target, "asymmetric signed activations asked for "
-                               "(onnxruntime only: TensorRT needs zero points of 0)", symmetric_activations=False,
-                               quantize_bias=False)
-        return QuantLayout("s8s8-qdq", target, "TensorRT explicit quantization: signed symmetric Q/DQ "
-                           "(zero point 0), float biases", symmetric_activations=True, quantize_bias=False)
+            return QuantLayout(
+                "s8s8-qdq-asymmetric",
+                target,
+                "asymmetric signed activations asked for (onnxruntime only: TensorRT needs zero points of 0)",
+                symmetric_activations=False,
+                quantize_bias=False,
+            )
+        return QuantLayout(
+            "s8s8-qdq",
+            target,
+            "TensorRT explicit quantization: signed symmetric Q/DQ (zero point 0), float biases",
+            symmetric_activations=True,
+            quantize_bias=False,
+        )
     saturating = cpu.is_x86 and not cpu.vnni
     if mode == "dynamic":
         # ConvInteger, onnxruntime's dynamic conv, has CPU kernels for uint8 weights only
-        return QuantLayout("dynamic-int8", target, f"{cpu.summary()}: weights-only INT8 (uint8 weights"
-                           f"{', reduce_range: no VNNI' if saturating else ''}), activations quantized at run time",
-                           activation_type="QUInt8", weight_type="QUInt8", reduce_range=saturating, dynamic=True)
+        return QuantLayout(
+            "dynamic-int8",
+            target,
+            f"{cpu.summary()}: weights-only INT8 (uint8 weights"
+            f"{', reduce_range: no VNNI' if saturating else ''}), activations quantized at run time",
+            activation_type="QUInt8",
+            weight_type="QUInt8",
+            reduce_range=saturating,
+            dynamic=True,
+        )
     if cpu.is_arm:
-        return QuantLayout("s8s8-qdq", target, f"{cpu.summary()}: onnxruntime's ARM64 kernels prefer signed "
-                           "INT8 activations and weights (S8S8 QDQ, int32 biases); no saturation, no reduce_range")
+        return QuantLayout(
+            "s8s8-qdq",
+            target,
+            f"{cpu.summary()}: onnxruntime's ARM64 kernels prefer signed "
+            "INT8 activations and weights (S8S8 QDQ, int32 biases); no saturation, no reduce_range",
+        )
     if cpu.is_x86 and cpu.vnni:
-        return QuantLayout("u8s8-qdq", target, f"{cpu.summary()}: VNNI accumulates u8*s8 products without "
-                           "saturation, so U8S8 QDQ with full-range weights", activation_type="QUInt8",
-                           float_first_layer=False)
+        return QuantLayout(
+            "u8s8-qdq",
+            target,
+            f"{cpu.summary()}: VNNI accumulates u8*s8 products without saturation, so U8S8 QDQ with full-range weights",
+            activation_type="QUInt8",
+            float_first_layer=False,
+        )
     if cpu.is_x86:
-        return QuantLayout("u8s8-qdq-reduce-range", target, f"{cpu.summary()}: U8S8 QDQ is onnxruntime's fast "
-                           "x86 path; without VNNI its VPMADDUBSW saturates on full-range weights, so 7-bit "
-                           "weights (reduce_range); S8S8 runs slower than FP32 here", activation_type="QUInt8",
-                           reduce_range=True, float_first_layer=False)
-    return QuantLayout("u8s8-qdq-reduce-range", target, f"{cpu.summary()}: unrecognised CPU, so the layout "
-                       "onnxruntime runs without saturation on any CPU (U8S8 QDQ, reduce_range)",
-                       activation_type="QUInt8", reduce_range=True, float_first_layer=False)
+        return QuantLayout(
+            "u8s8-qdq-reduce-range",
+            target,
+            f"{cpu.summary()}: U8S8 QDQ is onnxruntime's fast "
+            "x86 path; without VNNI its VPMADDUBSW saturates on full-range weights, so 7-bit "
+            "weights (reduce_range); S8S8 runs slower than FP32 here",
+            activation_type="QUInt8",
+            reduce_range=True,
+            float_first_layer=False,
+        )
+    return QuantLayout(
+        "u8s8-qdq-reduce-range",
+        target,
+        f"{cpu.summary()}: unrecognised CPU, so the layout "
+        "onnxruntime runs without saturation on any CPU (U8S8 QDQ, reduce_range)",
+        activation_type="QUInt8",
+        reduce_range=True,
+        float_first_layer=False,
+    )
 
 
 def resolve_target(target: str, output: str | Path | None = None) -> tuple[str, str]:
@@ -238,7 +295,9 @@ class QuantizeConfig:
         if self.precision not in QUANT_PRECISIONS:
             raise UsageError(f"unsupported precision {self.precision!r}; choose one of {', '.join(QUANT_PRECISIONS)}")
         if self.calib_method not in CALIB_METHODS:
-            raise UsageError(f"unknown calibration method {self.calib_method!r}; choose one of {', '.join(CALIB_METHODS)}")
+            raise UsageError(
+                f"unknown calibration method {self.calib_method!r}; choose one of {', '.join(CALIB_METHODS)}"
+            )
         if self.target not in QUANT_TARGETS:
             raise UsageError(f"unknown target {self.target!r}; choose one of {', '.join(QUANT_TARGETS)}")
         if self.mode not in INT8_MODES:
@@ -260,11 +319,16 @@ class QuantizeResult:
     layout: QuantLayout | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {"path": str(self.path), "sha256": self.sha256, "precision": self.meta.precision,
-                "layout": self.layout.name if self.layout else None,
-                "target": self.layout.target if self.layout else None,
-                "layout_reason": self.layout.reason if self.layout else None,
-                "quantization": self.meta.quantization, "excluded_nodes": list(self.excluded_nodes)}
+        return {
+            "path": str(self.path),
+            "sha256": self.sha256,
+            "precision": self.meta.precision,
+            "layout": self.layout.name if self.layout else None,
+            "target": self.layout.target if self.layout else None,
+            "layout_reason": self.layout.reason if self.layout else None,
+            "quantization": self.meta.quantization,
+            "excluded_nodes": list(self.excluded_nodes),
+        }
 
 
 def normalize(images_uint8: np.ndarray, normalization: dict[str, list[float]]) -> np.ndarray:
@@ -289,21 +353,28 @@ def calibration_inputs(spec: str, meta: OnnxMeta, samples: int, seed: int = 0) -
         data = load_dataset_at(spec, meta.input_shape, Normalization.from_json(meta.normalization) if folder else None)
     # fewer classes is fine for a subset of the model's own dataset (class count inferred from its labels), not
     # for another dataset: the names it has must be the model's first ones
-    another = (data.num_classes < meta.num_classes
-               and tuple(data.class_names) != tuple(meta.class_names[:data.num_classes]))
+    another = data.num_classes < meta.num_classes and tuple(data.class_names) != tuple(
+        meta.class_names[: data.num_classes]
+    )
     if data.num_classes > meta.num_classes or another:
-        raise UsageError(f"calibration set {spec} has {data.num_classes} classes but the model has "
-                         f"{meta.num_classes}; calibrate with the dataset the model was trained on")
+        raise UsageError(
+            f"calibration set {spec} has {data.num_classes} classes but the model has "
+            f"{meta.num_classes}; calibrate with the dataset the model was trained on"
+        )
     # the model's preprocessing record (ONNX metadata) takes raw images of another size/channel count to the
     # input, as the host does; a file exported before the record existed takes images of its input size only
     if not meta.preprocessing and tuple(data.input_shape) != tuple(meta.input_shape):
-        raise UsageError(f"calibration images are {tuple(data.input_shape)} but the model takes "
-                         f"{tuple(meta.input_shape)}; calibrate with the dataset the model was trained on")
+        raise UsageError(
+            f"calibration images are {tuple(data.input_shape)} but the model takes "
+            f"{tuple(meta.input_shape)}; calibrate with the dataset the model was trained on"
+        )
     labels = data.y_train.numpy()
     keep = np.isin(labels, meta.retained_classes)
     if not keep.any():
-        raise UsageError(f"calibration set {spec} holds only forgotten classes {list(meta.forgotten_classes)}; "
-                         "calibrate on samples of the retained classes")
+        raise UsageError(
+            f"calibration set {spec} holds only forgotten classes {list(meta.forgotten_classes)}; "
+            "calibrate on samples of the retained classes"
+        )
     idx = np.nonzero(keep)[0]
     rng = np.random.default_rng(seed)
     idx = np.sort(rng.permutation(idx)[:samples])
@@ -327,7 +398,7 @@ class _Reader:
     def get_next(self):
         if self.pos >= len(self.inputs):
             return None
-        x = self.inputs[self.pos:self.pos + self.batch]
+        x = self.inputs[self.pos : self.pos + self.batch]
         self.pos += self.batch
         return {self.name: x}
 
@@ -338,15 +409,26 @@ class _Reader:
 def _calibrate_method(name: str):
     from onnxruntime.quantization import CalibrationMethod
 
-    table = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-             "percentile": CalibrationMethod.Percentile, "distribution": CalibrationMethod.Distribution}
+    table = {
+        "minmax": CalibrationMethod.MinMax,
+        "entropy": CalibrationMethod.Entropy,
+        "percentile": CalibrationMethod.Percentile,
+        "distribution": CalibrationMethod.Distribution,
+    }
     if name not in table:
         raise UsageError(f"unknown calibration method {name!r}; choose one of {', '.join(CALIB_METHODS)}")
     return table[name]
 
 
-def quantize_int8_proto(src: Path, dst: Path, inputs: np.ndarray | None, input_name: str, config: QuantizeConfig,
-                        exclude: list[str], layout: QuantLayout | None = None) -> None:
+def quantize_int8_proto(
+    src: Path,
+    dst: Path,
+    inputs: np.ndarray | None,
+    input_name: str,
+    config: QuantizeConfig,
+    exclude: list[str],
+    layout: QuantLayout | None = None,
+) -> None:
     """pre-process + INT8 of ``src`` into ``dst`` in ``layout`` (default: the tensorrt one; no metadata handling).
     ``inputs`` are the calibration samples (unused by a dynamic layout)."""
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
@@ -358,24 +440,42 @@ def quantize_int8_proto(src: Path, dst: Path, inputs: np.ndarray | None, input_n
         pre = Path(tmp) / "pre.onnx"
         quant_pre_process(str(src), str(pre), skip_symbolic_shape=False)
         if layout.dynamic:
-            quantize_dynamic(str(pre), str(dst), per_channel=config.per_channel, reduce_range=layout.reduce_range,
-                             weight_type=getattr(QuantType, layout.weight_type), nodes_to_exclude=exclude,
-                             extra_options={"MatMulConstBOnly": True})
+            quantize_dynamic(
+                str(pre),
+                str(dst),
+                per_channel=config.per_channel,
+                reduce_range=layout.reduce_range,
+                weight_type=getattr(QuantType, layout.weight_type),
+                nodes_to_exclude=exclude,
+                extra_options={"MatMulConstBOnly": True},
+            )
             return
         if config.ort_defaults:
             quantize_static(str(pre), str(dst), _Reader(input_name, inputs), quant_format=QuantFormat.QDQ)
             return
-        cache = (_entropy_ranges(pre, _Reader(input_name, inputs), Path(tmp) / "ranges.json")
-                 if config.calib_method == "entropy" else None)
+        cache = (
+            _entropy_ranges(pre, _Reader(input_name, inputs), Path(tmp) / "ranges.json")
+            if config.calib_method == "entropy"
+            else None
+        )
         quantize_static(
-            str(pre), str(dst), _Reader(input_name, inputs), quant_format=QuantFormat.QDQ,
+            str(pre),
+            str(dst),
+            _Reader(input_name, inputs),
+            quant_format=QuantFormat.QDQ,
             **({"calibration_cache_path": str(cache)} if cache else {}),
             activation_type=getattr(QuantType, layout.activation_type),
-            weight_type=getattr(QuantType, layout.weight_type), reduce_range=layout.reduce_range,
-            per_channel=config.per_channel, calibrate_method=_calibrate_method(config.calib_method),
+            weight_type=getattr(QuantType, layout.weight_type),
+            reduce_range=layout.reduce_range,
+            per_channel=config.per_channel,
+            calibrate_method=_calibrate_method(config.calib_method),
             nodes_to_exclude=exclude,
-            extra_options={"ActivationSymmetric": layout.symmetric_activations, "WeightSymmetric": True,
-                           "QuantizeBias": layout.quantize_bias if layout.target == "cpu" else config.quantize_bias})
+            extra_options={
+                "ActivationSymmetric": layout.symmetric_activations,
+                "WeightSymmetric": True,
+                "QuantizeBias": layout.quantize_bias if layout.target == "cpu" else config.quantize_bias,
+            },
+        )
 
 
 #: entropy (KL) calibration histogram: TensorRT's entropy calibrator's 2048 bins searched for the best 128-bin
@@ -385,7 +485,7 @@ def quantize_int8_proto(src: Path, dst: Path, inputs: np.ndarray | None, input_n
 ENTROPY_BINS, ENTROPY_QUANTIZED_BINS = 2048, 128
 
 
-def _entropy_ranges(model: Path, reader: "_Reader", cache: Path) -> Path:
+def _entropy_ranges(model: Path, reader: _Reader, cache: Path) -> Path:
     """KL-divergence activation ranges of ``model`` (2048 histogram bins) written as an onnxruntime calibration
     cache that ``quantize_static(calibration_cache_path=…)`` reads instead of calibrating with its defaults."""
     import inspect
@@ -400,12 +500,18 @@ def _entropy_ranges(model: Path, reader: "_Reader", cache: Path) -> Path:
     if save_tensors_data is None or "calibration_cache_path" not in inspect.signature(quantize_static).parameters:
         import onnxruntime
 
-        raise UsageError(f"--calib-method entropy needs an onnxruntime with calibration caches (this is "
-                         f"{onnxruntime.__version__}; its own entropy ranges equal minmax): upgrade onnxruntime, "
-                         "or use --calib-method percentile")
-    calibrator = create_calibrator(model, None, augmented_model_path=str(cache.with_suffix(".augmented.onnx")),
-                                   calibrate_method=CalibrationMethod.Entropy,
-                                   extra_options={"num_bins": ENTROPY_BINS, "num_quantized_bins": ENTROPY_QUANTIZED_BINS})
+        raise UsageError(
+            f"--calib-method entropy needs an onnxruntime with calibration caches (this is "
+            f"{onnxruntime.__version__}; its own entropy ranges equal minmax): upgrade onnxruntime, "
+            "or use --calib-method percentile"
+        )
+    calibrator = create_calibrator(
+        model,
+        None,
+        augmented_model_path=str(cache.with_suffix(".augmented.onnx")),
+        calibrate_method=CalibrationMethod.Entropy,
+        extra_options={"num_bins": ENTROPY_BINS, "num_quantized_bins": ENTROPY_QUANTIZED_BINS},
+    )
     calibrator.collect_data(reader)
     save_tensors_data(calibrator.compute_data(), cache)
     reader.rewind()
@@ -456,13 +562,21 @@ def require_tensorrt_layout(model_or_path, where: str = "the ONNX model") -> Non
     dynamic INT8) with the one-line fix. FP16 and FP32 files are the same for every target and pass."""
     layout = read_layout(model_or_path)
     if layout["target"] == "cpu" and layout["layout"] not in ("fp16", "fp32"):
-        raise UsageError(f"{where} is INT8 laid out for a CPU ({layout['layout']}); TensorRT needs signed symmetric "
-                         "Q/DQ: re-quantize the FP32 model with `edge-unlearn quantize --target tensorrt`")
+        raise UsageError(
+            f"{where} is INT8 laid out for a CPU ({layout['layout']}); TensorRT needs signed symmetric "
+            "Q/DQ: re-quantize the FP32 model with `edge-unlearn quantize --target tensorrt`"
+        )
 
 
-def quantize_model(model_path: str | Path, output: str | Path, config: QuantizeConfig = QuantizeConfig(),
-                   calib: str | None = None, echo: Callable[[str], None] | None = None,
-                   calib_inputs: np.ndarray | None = None, cpu: CpuFeatures | None = None) -> QuantizeResult:
+def quantize_model(
+    model_path: str | Path,
+    output: str | Path,
+    config: QuantizeConfig = QuantizeConfig(),
+    calib: str | None = None,
+    echo: Callable[[str], None] | None = None,
+    calib_inputs: np.ndarray | None = None,
+    cpu: CpuFeatures | None = None,
+) -> QuantizeResult:
     """Write an INT8 or FP16 version of an edge-unlearn FP32 ONNX model in the layout for ``config.target``.
 
     ``calib`` is a dataset spec (static INT8 only); ``calib_inputs`` (preprocessed float32, retained classes
@@ -483,26 +597,39 @@ def quantize_model(model_path: str | Path, output: str | Path, config: QuantizeC
     proto = load_onnx(model_path)
     meta = read_meta(proto)
     if meta.precision != "fp32":
-        raise UsageError(f"{model_path} is already {meta.precision}; quantize the FP32 model from `edge-unlearn export`")
+        raise UsageError(
+            f"{model_path} is already {meta.precision}; quantize the FP32 model from `edge-unlearn export`"
+        )
     exclude = mask_node_names(proto) if config.exclude_mask_nodes and not config.ort_defaults else []
     float_first = layout.float_first_layer if config.float_first_layer is None else config.float_first_layer
     if float_first and not config.ort_defaults:
         exclude += [n.name for n in proto.graph.node if meta.input_name in n.input and n.name not in exclude]
     calib_classes: tuple[int, ...] = ()
-    info: dict[str, Any] = {"precision": config.precision, "source_sha256": sha256_file(model_path),
-                            "layout": layout.to_json(), "cpu": cpu.summary()}
+    info: dict[str, Any] = {
+        "precision": config.precision,
+        "source_sha256": sha256_file(model_path),
+        "layout": layout.to_json(),
+        "cpu": cpu.summary(),
+    }
     rng = np.random.default_rng(config.seed)
     if config.precision == "int8" and not layout.dynamic:
         if calib_inputs is None:
             if not calib:
-                raise UsageError("INT8 needs calibration data: pass --calib with a dataset spec "
-                                 "(e.g. npz:data.npz); only its retained classes are used")
+                raise UsageError(
+                    "INT8 needs calibration data: pass --calib with a dataset spec "
+                    "(e.g. npz:data.npz); only its retained classes are used"
+                )
             inputs, classes = calibration_inputs(calib, meta, config.calib_samples, config.seed)
             calib_classes = tuple(classes)
         else:
             inputs = np.ascontiguousarray(calib_inputs, dtype=np.float32)
-        info.update(config.to_json(), calib=calib or "(inputs)", calib_count=int(len(inputs)),
-                    calib_classes=list(calib_classes), excluded_nodes=exclude)
+        info.update(
+            config.to_json(),
+            calib=calib or "(inputs)",
+            calib_count=int(len(inputs)),
+            calib_classes=list(calib_classes),
+            excluded_nodes=exclude,
+        )
     elif config.precision == "int8":
         inputs = rng.standard_normal((8, *meta.input_shape)).astype(np.float32)
         info.update(config.to_json(), excluded_nodes=exclude)
@@ -512,9 +639,12 @@ def quantize_model(model_path: str | Path, output: str | Path, config: QuantizeC
     if echo:  # after every input check: a refused run prints one error line and nothing else
         echo(f"layout {layout.name} (target {layout.target}; {target_why}): {layout.reason}")
         if config.precision == "int8":
-            echo(f"calibrating INT8 ({config.calib_method}) on {len(inputs)} retained-class samples; kept in float: "
-                 f"{', '.join(exclude)}" if not layout.dynamic else
-                 f"dynamic INT8: weights quantized now, activations at run time; kept in float: {', '.join(exclude)}")
+            echo(
+                f"calibrating INT8 ({config.calib_method}) on {len(inputs)} retained-class samples; kept in float: "
+                f"{', '.join(exclude)}"
+                if not layout.dynamic
+                else f"dynamic INT8: weights quantized now, activations at run time; kept in float: {', '.join(exclude)}"
+            )
     new_meta = replace(meta, precision=config.precision, quantization=info)
     output = Path(output)
     with atomic_output(output) as tmp:
@@ -552,6 +682,8 @@ def fp16_plain_cast(proto):
     for i, init in enumerate(out.graph.initializer):
         if init.data_type == TensorProto.FLOAT16 and init.name in original:
             with np.errstate(over="ignore"):
-                out.graph.initializer[i].CopyFrom(numpy_helper.from_array(original[init.name].astype(np.float16), init.name))
+                out.graph.initializer[i].CopyFrom(
+                    numpy_helper.from_array(original[init.name].astype(np.float16), init.name)
+                )
     topological_sort(out)
     return out

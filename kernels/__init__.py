@@ -15,7 +15,6 @@ Triton is imported lazily, only when the Triton path runs.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 import torch
 
@@ -62,7 +61,7 @@ def _validate_request(output: str, k: int) -> None:
 def masked_head(
     features: torch.Tensor,
     weight: torch.Tensor,
-    bias: Optional[torch.Tensor],
+    bias: torch.Tensor | None,
     class_mask: torch.Tensor,
     *,
     output: str = "logits",
@@ -85,8 +84,7 @@ def masked_head(
         )
     check_inputs(features, weight, bias, weight.shape[0], output, k)
     kept_ids, row_of = index_maps(class_mask.to(weight.device))
-    return call_op(features, weight, bias, row_of, kept_ids, kept_ids, output, k,
-                   resolve_impl(impl, features.device))
+    return call_op(features, weight, bias, row_of, kept_ids, kept_ids, output, k, resolve_impl(impl, features.device))
 
 
 @dataclass(frozen=True, eq=False)
@@ -98,14 +96,14 @@ class CompactHead:
     """
 
     weight: torch.Tensor
-    bias: Optional[torch.Tensor]
+    bias: torch.Tensor | None
     kept_ids: torch.Tensor
     row_of: torch.Tensor
     kept_rows: torch.Tensor
     num_classes: int
 
     @classmethod
-    def from_head(cls, weight: torch.Tensor, bias: Optional[torch.Tensor], class_mask: torch.Tensor) -> "CompactHead":
+    def from_head(cls, weight: torch.Tensor, bias: torch.Tensor | None, class_mask: torch.Tensor) -> CompactHead:
         """Copy the kept rows of ``weight``/``bias`` (``class_mask`` True) into a contiguous compact head."""
         if class_mask.shape != (weight.shape[0],):
             raise ValueError(f"class_mask must be [C] = [{weight.shape[0]}], got {tuple(class_mask.shape)}")
@@ -119,7 +117,7 @@ class CompactHead:
         return cls(w, b, kept_ids, row_of, compact, int(weight.shape[0]))
 
     @classmethod
-    def from_linear(cls, head: torch.nn.Linear, class_mask: torch.Tensor) -> "CompactHead":
+    def from_linear(cls, head: torch.nn.Linear, class_mask: torch.Tensor) -> CompactHead:
         """Compact an ``nn.Linear(D, C)`` head."""
         return cls.from_head(head.weight, head.bias, class_mask)
 
@@ -128,21 +126,28 @@ class CompactHead:
         """Boolean [C] mask (True = kept) this head was built from."""
         return self.row_of >= 0
 
-    def to(self, *args, **kwargs) -> "CompactHead":
+    def to(self, *args, **kwargs) -> CompactHead:
         """Move/cast like ``Tensor.to``; index tensors keep int32."""
         w = self.weight.to(*args, **kwargs)
         b = self.bias.to(*args, **kwargs) if self.bias is not None else None
         dev = w.device
-        return CompactHead(w, b, self.kept_ids.to(dev), self.row_of.to(dev), self.kept_rows.to(dev),
-                           self.num_classes)
+        return CompactHead(w, b, self.kept_ids.to(dev), self.row_of.to(dev), self.kept_rows.to(dev), self.num_classes)
 
-    def __call__(self, features: torch.Tensor, *, output: str = "logits", k: int = 1,
-                 impl: str = "auto") -> HeadOutput:
+    def __call__(self, features: torch.Tensor, *, output: str = "logits", k: int = 1, impl: str = "auto") -> HeadOutput:
         """Same outputs as ``masked_head`` with this head's mask; no device sync."""
         from .op import call_op
 
         _validate_request(output, k)
         if output == "topk" and k > self.kept_ids.numel():
             raise ValueError(f"k={k} exceeds the {self.kept_ids.numel()} kept classes; ask for a smaller k")
-        return call_op(features, self.weight, self.bias, self.row_of, self.kept_ids, self.kept_rows, output, k,
-                       resolve_impl(impl, features.device))
+        return call_op(
+            features,
+            self.weight,
+            self.bias,
+            self.row_of,
+            self.kept_ids,
+            self.kept_rows,
+            output,
+            k,
+            resolve_impl(impl, features.device),
+        )

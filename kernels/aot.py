@@ -25,13 +25,13 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
 
 # compute capability -> SM count of the GPU the plan is made for (A100, Jetson AGX Orin, H100/H200)
-TARGETS: Dict[int, int] = {80: 108, 87: 16, 90: 132}
+TARGETS: dict[int, int] = {80: 108, 87: 16, 90: 132}
 BATCHES = (1, 64, 1024)  # one per batch regime of the tuned table
 CLASSES = (10, 100_000)  # classes fitting one small tile / many tiles and splits
 DIMS = (512, 513)  # aligned (multiple of 16 and of every D tile) and odd
@@ -45,24 +45,31 @@ class Variant:
     """One compile unit: kernel, its signature/constexprs/divisibility attributes and launch options."""
 
     kernel: str
-    signature: Tuple[Tuple[str, str], ...]
-    constexprs: Tuple[Tuple[str, object], ...]
-    divisible: Tuple[str, ...]
+    signature: tuple[tuple[str, str], ...]
+    constexprs: tuple[tuple[str, object], ...]
+    divisible: tuple[str, ...]
     num_warps: int
     num_stages: int
 
     def label(self) -> str:
         ptr = dict(self.signature).get("x_ptr") or dict(self.signature).get("out_ptr") or ""
         consts = ",".join(f"{k}={v}" for k, v in self.constexprs if k not in ("IEEE",))
-        return f"{self.kernel}[{ptr.lstrip('*')}] {consts} div16={'+'.join(self.divisible) or '-'} " \
-               f"w{self.num_warps}s{self.num_stages}"
+        return (
+            f"{self.kernel}[{ptr.lstrip('*')}] {consts} div16={'+'.join(self.divisible) or '-'} "
+            f"w{self.num_warps}s{self.num_stages}"
+        )
 
 
 def _dtype_name(dtype) -> str:
     import torch
 
-    return {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16", torch.int32: "int32",
-            torch.int64: "int64"}[dtype]
+    return {
+        torch.float32: "fp32",
+        torch.float16: "fp16",
+        torch.bfloat16: "bf16",
+        torch.int32: "int32",
+        torch.int64: "int64",
+    }[dtype]
 
 
 def _no_specialise(fn) -> set:
@@ -74,7 +81,7 @@ def _no_specialise(fn) -> set:
     return names
 
 
-def variants_for(cc: int) -> List[Variant]:
+def variants_for(cc: int) -> list[Variant]:
     """Every distinct specialisation the public API launches on a GPU of compute capability ``cc``."""
     import torch
 
@@ -82,7 +89,7 @@ def variants_for(cc: int) -> List[Variant]:
 
     dtypes = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
     requests = [("argmax", 1), ("logits", 1), ("probs", 1)] + [("topk", k) for k in TOPK_SET]
-    seen: Dict[Variant, None] = {}
+    seen: dict[Variant, None] = {}
     for dname in DTYPE_NAMES:
         for batch in BATCHES:
             for num_classes in CLASSES:
@@ -90,14 +97,26 @@ def variants_for(cc: int) -> List[Variant]:
                 for dim in DIMS:
                     for has_bias in (True, False):
                         for output, k in requests:
-                            plan = th.plan_launches(batch, num_classes, num_kept, dim, dtypes[dname], output, k,
-                                                    has_bias, dim, dim, True, TARGETS[cc])
+                            plan = th.plan_launches(
+                                batch,
+                                num_classes,
+                                num_kept,
+                                dim,
+                                dtypes[dname],
+                                output,
+                                k,
+                                has_bias,
+                                dim,
+                                dim,
+                                True,
+                                TARGETS[cc],
+                            )
                             for launch in plan.launches:
                                 seen[_variant(th.KERNELS[launch.kernel], launch)] = None
     return list(seen)
 
 
-def _group(variant: Variant) -> Tuple:
+def _group(variant: Variant) -> tuple:
     """What the default set covers for every arch: each kernel x mode x k, and each dtype of the matmul kernels."""
     consts = dict(variant.constexprs)
     sig = dict(variant.signature)
@@ -105,11 +124,11 @@ def _group(variant: Variant) -> Tuple:
     return (variant.kernel, consts.get("MODE"), consts.get("TOPK"), ptr)
 
 
-def default_variants(cc: int) -> List[Variant]:
+def default_variants(cc: int) -> list[Variant]:
     """The CI subset: one variant per group (``_group``) for this arch, rotating through the group's variants
     by arch and group, so the other factors (batch regime, aligned or odd D, bias, class split, the merge and
     scale kernels' dtype) all take every value across the set. ``variants_for`` is the full product."""
-    groups: Dict[Tuple, List[Variant]] = {}
+    groups: dict[tuple, list[Variant]] = {}
     for v in variants_for(cc):
         groups.setdefault(_group(v), []).append(v)
     offset = sorted(TARGETS).index(cc)
@@ -122,9 +141,9 @@ def default_variants(cc: int) -> List[Variant]:
 
 def _variant(fn, launch) -> Variant:
     fixed = _no_specialise(fn)
-    sig: List[Tuple[str, str]] = []
-    consts: List[Tuple[str, object]] = []
-    divisible: List[str] = []
+    sig: list[tuple[str, str]] = []
+    consts: list[tuple[str, object]] = []
+    divisible: list[str] = []
     for name in fn.arg_names:
         if name in launch.constexprs:
             consts.append((name, launch.constexprs[name]))
@@ -139,8 +158,14 @@ def _variant(fn, launch) -> Variant:
             sig.append((name, "i32" if -(2**31) <= value < 2**31 else "i64"))
             if name not in fixed and value % 16 == 0:
                 divisible.append(name)
-    return Variant(fn.__name__.lstrip("_").replace("_kernel", ""), tuple(sig), tuple(consts), tuple(divisible),
-                   launch.num_warps, launch.num_stages)
+    return Variant(
+        fn.__name__.lstrip("_").replace("_kernel", ""),
+        tuple(sig),
+        tuple(consts),
+        tuple(divisible),
+        launch.num_warps,
+        launch.num_stages,
+    )
 
 
 def ptxas_path() -> Path:
@@ -150,7 +175,7 @@ def ptxas_path() -> Path:
     return Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
 
 
-def compile_variant(variant: Variant, cc: int) -> Dict[str, object]:
+def compile_variant(variant: Variant, cc: int) -> dict[str, object]:
     """Compile one variant for ``sm_<cc>`` and read ptxas -v; returns a result row (``error`` set on failure)."""
     import triton
     from triton.backends.compiler import GPUTarget
@@ -160,7 +185,7 @@ def compile_variant(variant: Variant, cc: int) -> Dict[str, object]:
 
     fn = th.KERNELS[variant.kernel]
     names = list(fn.arg_names)
-    row: Dict[str, object] = dict(arch=f"sm_{cc}", variant=variant.label(), kernel=variant.kernel)
+    row: dict[str, object] = dict(arch=f"sm_{cc}", variant=variant.label(), kernel=variant.kernel)
     start = time.perf_counter()
     try:
         signature = {n: "constexpr" for n, _ in variant.constexprs}
@@ -169,8 +194,11 @@ def compile_variant(variant: Variant, cc: int) -> Dict[str, object]:
         constexprs = {(names.index(n),): v for n, v in variant.constexprs}
         attrs = {(names.index(n),): [["tt.divisibility", 16]] for n in variant.divisible}
         src = ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs)
-        compiled = triton.compile(src, target=GPUTarget("cuda", cc, 32),
-                                  options=dict(num_warps=variant.num_warps, num_stages=variant.num_stages))
+        compiled = triton.compile(
+            src,
+            target=GPUTarget("cuda", cc, 32),
+            options=dict(num_warps=variant.num_warps, num_stages=variant.num_stages),
+        )
         ptx = compiled.asm["ptx"]
         row["shared_bytes"] = int(compiled.metadata.shared)
         row["mma"] = "wgmma" if "wgmma" in ptx else "mma.sync" if "mma.sync" in ptx else "none"
@@ -178,19 +206,23 @@ def compile_variant(variant: Variant, cc: int) -> Dict[str, object]:
     except Exception as exc:  # noqa: BLE001 - the row carries the compiler's message
         message = " ".join(str(exc).split())
         where = message.find("Cannot access global variable")
-        row["error"] = message[where:where + 200] if where >= 0 else message[-400:]
+        row["error"] = message[where : where + 200] if where >= 0 else message[-400:]
     row["seconds"] = round(time.perf_counter() - start, 2)
     return row
 
 
-def _ptxas_usage(ptx: str, cc: int) -> Dict[str, int]:
+def _ptxas_usage(ptx: str, cc: int) -> dict[str, int]:
     arch = re.search(r"\.target (sm_\w+)", ptx)
     gpu = arch.group(1) if arch else f"sm_{cc}"
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / "k.ptx"
         src.write_text(ptx)
-        proc = subprocess.run([str(ptxas_path()), "-v", f"--gpu-name={gpu}", str(src), "-o", str(Path(tmp) / "k.o")],
-                              capture_output=True, text=True, timeout=300)
+        proc = subprocess.run(
+            [str(ptxas_path()), "-v", f"--gpu-name={gpu}", str(src), "-o", str(Path(tmp) / "k.o")],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
     if proc.returncode != 0:
         raise RuntimeError(f"ptxas failed: {proc.stderr.strip()[-400:]}")
     log = proc.stderr + proc.stdout
@@ -200,15 +232,19 @@ def _ptxas_usage(ptx: str, cc: int) -> Dict[str, int]:
     stack = re.search(r"(\d+) bytes stack frame", log)
     if not (regs and stores and loads):
         raise RuntimeError(f"could not read ptxas -v output: {log.strip()[-300:]}")
-    return dict(registers=int(regs.group(1)), spill_store_bytes=int(stores.group(1)),
-                spill_load_bytes=int(loads.group(1)), stack_bytes=int(stack.group(1)) if stack else 0)
+    return dict(
+        registers=int(regs.group(1)),
+        spill_store_bytes=int(stores.group(1)),
+        spill_load_bytes=int(loads.group(1)),
+        stack_bytes=int(stack.group(1)) if stack else 0,
+    )
 
 
-def _compile_job(job: Tuple[Variant, int]) -> Dict[str, object]:
+def _compile_job(job: tuple[Variant, int]) -> dict[str, object]:
     return compile_variant(*job)
 
 
-def run(archs: Sequence[int], workers: Optional[int] = None, full: bool = False) -> List[Dict[str, object]]:
+def run(archs: Sequence[int], workers: int | None = None, full: bool = False) -> list[dict[str, object]]:
     """Compile the default (or the full) set for every arch in ``workers`` processes; one row per variant.
 
     The slowest compiles (top-k) are started first so the pool's workers finish together.
@@ -223,40 +259,50 @@ def run(archs: Sequence[int], workers: Optional[int] = None, full: bool = False)
         return list(pool.map(_compile_job, jobs, chunksize=1))
 
 
-def failures(rows: Sequence[Dict[str, object]]) -> List[str]:
+def failures(rows: Sequence[dict[str, object]]) -> list[str]:
     """One line per row that failed to compile or spilled registers."""
     bad = []
     for r in rows:
         if r.get("error"):
             bad.append(f"{r['arch']} {r['variant']}: {r['error']}")
         elif r["spill_store_bytes"] or r["spill_load_bytes"]:
-            bad.append(f"{r['arch']} {r['variant']}: spills {r['spill_store_bytes']} B stored, "
-                       f"{r['spill_load_bytes']} B loaded ({r['registers']} registers)")
+            bad.append(
+                f"{r['arch']} {r['variant']}: spills {r['spill_store_bytes']} B stored, "
+                f"{r['spill_load_bytes']} B loaded ({r['registers']} registers)"
+            )
     return bad
 
 
-def format_table(rows: Sequence[Dict[str, object]]) -> str:
+def format_table(rows: Sequence[dict[str, object]]) -> str:
     """Fixed-width table: arch, registers, spills, shared memory, MMA kind, compile seconds, variant."""
     lines = [f"{'arch':7} {'regs':>4} {'spill st/ld B':>13} {'smem B':>7} {'mma':8} {'s':>5}  variant"]
     for r in sorted(rows, key=lambda r: (r["arch"], r["variant"])):
         if r.get("error"):
-            lines.append(f"{r['arch']:7} {'FAIL':>4} {'':>13} {'':>7} {'':8} {r['seconds']:5.1f}  {r['variant']}: "
-                         f"{str(r['error'])[:160]}")
+            lines.append(
+                f"{r['arch']:7} {'FAIL':>4} {'':>13} {'':>7} {'':8} {r['seconds']:5.1f}  {r['variant']}: "
+                f"{str(r['error'])[:160]}"
+            )
         else:
             spills = f"{r['spill_store_bytes']}/{r['spill_load_bytes']}"
-            lines.append(f"{r['arch']:7} {r['registers']:4d} {spills:>13} {r['shared_bytes']:7d} {r['mma']:8} "
-                         f"{r['seconds']:5.1f}  {r['variant']}")
+            lines.append(
+                f"{r['arch']:7} {r['registers']:4d} {spills:>13} {r['shared_bytes']:7d} {r['mma']:8} "
+                f"{r['seconds']:5.1f}  {r['variant']}"
+            )
     return "\n".join(lines)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--arch", default=",".join(str(a) for a in TARGETS),
-                        help="comma list of compute capabilities among " + ",".join(str(a) for a in TARGETS))
+    parser.add_argument(
+        "--arch",
+        default=",".join(str(a) for a in TARGETS),
+        help="comma list of compute capabilities among " + ",".join(str(a) for a in TARGETS),
+    )
     parser.add_argument("--json", type=Path, help="write the result rows as JSON to this path")
     parser.add_argument("--workers", type=int, help="compile processes (default: CPU count)")
-    parser.add_argument("--full", action="store_true",
-                        help="every variant (the product of all factors), not the covering CI subset")
+    parser.add_argument(
+        "--full", action="store_true", help="every variant (the product of all factors), not the covering CI subset"
+    )
     parser.add_argument("--list", action="store_true", help="list the variants without compiling")
     args = parser.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET", "0") == "1":
@@ -287,10 +333,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     rows = run(archs, args.workers, args.full)
     print(format_table(rows))
     bad = failures(rows)
-    summary = dict(variants=len(rows), failed=len(bad), max_registers=max((r.get("registers", 0) for r in rows),
-                                                                         default=0))
-    print(f"# {summary['variants']} variants, {summary['failed']} failed or spilled, "
-          f"max {summary['max_registers']} registers")
+    summary = dict(
+        variants=len(rows), failed=len(bad), max_registers=max((r.get("registers", 0) for r in rows), default=0)
+    )
+    print(
+        f"# {summary['variants']} variants, {summary['failed']} failed or spilled, "
+        f"max {summary['max_registers']} registers"
+    )
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         tmp = args.json.with_suffix(args.json.suffix + ".tmp")

@@ -15,8 +15,6 @@ The ops are inference-only: no autograd formula is registered.
 
 from __future__ import annotations
 
-from typing import Optional, Tuple
-
 import torch
 from torch import Tensor
 
@@ -25,12 +23,20 @@ from .reference import check_index_maps, check_inputs, reference_from_index
 IMPLS = ("triton", "reference")
 
 
-def _run(x: Tensor, weight: Tensor, bias: Optional[Tensor], row_of: Tensor, kept_ids: Tensor, kept_rows: Tensor,
-         output: str, k: int, impl: str):
+def _run(
+    x: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    row_of: Tensor,
+    kept_ids: Tensor,
+    kept_rows: Tensor,
+    output: str,
+    k: int,
+    impl: str,
+):
     check_inputs(x, weight, bias, row_of.numel(), output, k, kept_ids.numel())
     # values are checked on real tensors only (not while torch.compile traces with fake ones); cached per version
-    check_index_maps(row_of, kept_ids, kept_rows, weight.shape[0], x.device,
-                     values=not torch.compiler.is_compiling())
+    check_index_maps(row_of, kept_ids, kept_rows, weight.shape[0], x.device, values=not torch.compiler.is_compiling())
     if impl == "reference":
         return reference_from_index(x, weight, bias, row_of, kept_ids, kept_rows, output, k)
     if impl == "triton":
@@ -41,29 +47,40 @@ def _run(x: Tensor, weight: Tensor, bias: Optional[Tensor], row_of: Tensor, kept
 
 
 @torch.library.custom_op("edge_unlearn::masked_head_logits", mutates_args=())
-def masked_head_logits(x: Tensor, weight: Tensor, bias: Optional[Tensor], row_of: Tensor, kept_ids: Tensor,
-                       kept_rows: Tensor, impl: str) -> Tensor:
+def masked_head_logits(
+    x: Tensor, weight: Tensor, bias: Tensor | None, row_of: Tensor, kept_ids: Tensor, kept_rows: Tensor, impl: str
+) -> Tensor:
     """Masked logits [B, C]; forgotten classes = -inf."""
     return _run(x, weight, bias, row_of, kept_ids, kept_rows, "logits", 1, impl)
 
 
 @torch.library.custom_op("edge_unlearn::masked_head_probs", mutates_args=())
-def masked_head_probs(x: Tensor, weight: Tensor, bias: Optional[Tensor], row_of: Tensor, kept_ids: Tensor,
-                      kept_rows: Tensor, impl: str) -> Tensor:
+def masked_head_probs(
+    x: Tensor, weight: Tensor, bias: Tensor | None, row_of: Tensor, kept_ids: Tensor, kept_rows: Tensor, impl: str
+) -> Tensor:
     """Softmax over kept classes [B, C]; forgotten classes = 0."""
     return _run(x, weight, bias, row_of, kept_ids, kept_rows, "probs", 1, impl)
 
 
 @torch.library.custom_op("edge_unlearn::masked_head_argmax", mutates_args=())
-def masked_head_argmax(x: Tensor, weight: Tensor, bias: Optional[Tensor], row_of: Tensor, kept_ids: Tensor,
-                       kept_rows: Tensor, impl: str) -> Tensor:
+def masked_head_argmax(
+    x: Tensor, weight: Tensor, bias: Tensor | None, row_of: Tensor, kept_ids: Tensor, kept_rows: Tensor, impl: str
+) -> Tensor:
     """Original class id of the largest kept logit, int64 [B]."""
     return _run(x, weight, bias, row_of, kept_ids, kept_rows, "argmax", 1, impl)
 
 
 @torch.library.custom_op("edge_unlearn::masked_head_topk", mutates_args=())
-def masked_head_topk(x: Tensor, weight: Tensor, bias: Optional[Tensor], row_of: Tensor, kept_ids: Tensor,
-                     kept_rows: Tensor, k: int, impl: str) -> Tuple[Tensor, Tensor]:
+def masked_head_topk(
+    x: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    row_of: Tensor,
+    kept_ids: Tensor,
+    kept_rows: Tensor,
+    k: int,
+    impl: str,
+) -> tuple[Tensor, Tensor]:
     """Top-k probabilities [B, k] and original class ids int64 [B, k]."""
     return _run(x, weight, bias, row_of, kept_ids, kept_rows, "topk", k, impl)
 
@@ -96,8 +113,17 @@ OPS = {
 }
 
 
-def call_op(x: Tensor, weight: Tensor, bias: Optional[Tensor], row_of: Tensor, kept_ids: Tensor,
-            kept_rows: Tensor, output: str, k: int, impl: str):
+def call_op(
+    x: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    row_of: Tensor,
+    kept_ids: Tensor,
+    kept_rows: Tensor,
+    output: str,
+    k: int,
+    impl: str,
+):
     """Dispatch to the custom op of ``output``."""
     if output == "topk":
         return OPS["topk"](x, weight, bias, row_of, kept_ids, kept_rows, k, impl)

@@ -19,18 +19,16 @@ Semantics (shared by every implementation):
 
 from __future__ import annotations
 
-from typing import Optional, Tuple, Union
-
 import torch
 
 OUTPUTS = ("logits", "probs", "argmax", "topk")
 MAX_TOPK = 16
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
-HeadOutput = Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]
+HeadOutput = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
 
 
-def index_maps(class_mask: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+def index_maps(class_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Turn a boolean class mask [C] into (kept_ids [K] int32, row_of [C] int32 with -1 for forgotten).
 
     ``kept_ids`` is sorted ascending; ``row_of[c]`` is the row of the *uncompacted* weight to read for class c.
@@ -56,11 +54,11 @@ def index_maps(class_mask: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
 def check_inputs(
     features: torch.Tensor,
     weight: torch.Tensor,
-    bias: Optional[torch.Tensor],
+    bias: torch.Tensor | None,
     num_classes: int,
     output: str,
     k: int,
-    num_kept: Optional[int] = None,
+    num_kept: int | None = None,
 ) -> None:
     """Validate shapes, dtypes and the requested output; raise ValueError saying how to fix it."""
     if output not in OUTPUTS:
@@ -95,11 +93,17 @@ def check_inputs(
             raise ValueError(f"k={k} exceeds the {num_kept} kept classes; ask for k <= {num_kept}")
 
 
-_VALIDATED_MAPS: "dict" = {}  # (data_ptr, _version, numel, device) of validated index maps -> True
+_VALIDATED_MAPS: dict = {}  # (data_ptr, _version, numel, device) of validated index maps -> True
 
 
-def check_index_maps(row_of: torch.Tensor, kept_ids: torch.Tensor, kept_rows: torch.Tensor, num_rows: int,
-                     device: torch.device, values: bool = True) -> None:
+def check_index_maps(
+    row_of: torch.Tensor,
+    kept_ids: torch.Tensor,
+    kept_rows: torch.Tensor,
+    num_rows: int,
+    device: torch.device,
+    values: bool = True,
+) -> None:
     """Validate the index-map form of a mask; raise ValueError saying how to build valid maps.
 
     Structure (always, no device sync): 1-D int32 tensors on ``device``, ``kept_ids`` and ``kept_rows`` of one
@@ -114,8 +118,10 @@ def check_index_maps(row_of: torch.Tensor, kept_ids: torch.Tensor, kept_rows: to
         if t.device != device:
             raise ValueError(f"{name} is on {t.device} but the features are on {device}; move the head with .to()")
     if kept_ids.numel() != kept_rows.numel() or kept_ids.numel() > row_of.numel():
-        raise ValueError(f"kept_ids ({kept_ids.numel()}) and kept_rows ({kept_rows.numel()}) must have one length "
-                         f"K <= C = {row_of.numel()}; {hint}")
+        raise ValueError(
+            f"kept_ids ({kept_ids.numel()}) and kept_rows ({kept_rows.numel()}) must have one length "
+            f"K <= C = {row_of.numel()}; {hint}"
+        )
     if not values or kept_ids.numel() == 0:
         return
     key = tuple((t.data_ptr(), t._version, t.numel(), str(t.device)) for t in (row_of, kept_ids, kept_rows))
@@ -145,7 +151,7 @@ def check_index_maps(row_of: torch.Tensor, kept_ids: torch.Tensor, kept_rows: to
 def kept_logits(
     features: torch.Tensor,
     weight: torch.Tensor,
-    bias: Optional[torch.Tensor],
+    bias: torch.Tensor | None,
     kept_rows: torch.Tensor,
     compute_dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
@@ -169,14 +175,14 @@ def kept_logits(
 def reference_from_index(
     features: torch.Tensor,
     weight: torch.Tensor,
-    bias: Optional[torch.Tensor],
+    bias: torch.Tensor | None,
     row_of: torch.Tensor,
     kept_ids: torch.Tensor,
     kept_rows: torch.Tensor,
     output: str,
     k: int = 1,
     compute_dtype: torch.dtype = torch.float32,
-    out_dtype: Optional[torch.dtype] = None,
+    out_dtype: torch.dtype | None = None,
 ) -> HeadOutput:
     """Reference on the index-map form used by the custom op (``row_of`` [C], ``kept_ids``/``kept_rows`` [K])."""
     num_classes = row_of.numel()
@@ -206,18 +212,16 @@ def reference_from_index(
 def masked_head_reference(
     features: torch.Tensor,
     weight: torch.Tensor,
-    bias: Optional[torch.Tensor],
+    bias: torch.Tensor | None,
     class_mask: torch.Tensor,
     *,
     output: str = "logits",
     k: int = 1,
     compute_dtype: torch.dtype = torch.float32,
-    out_dtype: Optional[torch.dtype] = None,
+    out_dtype: torch.dtype | None = None,
 ) -> HeadOutput:
     """The specification of ``kernels.masked_head`` (same signature); ``compute_dtype=float64`` gives ground truth."""
     if class_mask.shape != (weight.shape[0],):
         raise ValueError(f"class_mask must be [C] = [{weight.shape[0]}], got {tuple(class_mask.shape)}")
     kept_ids, row_of = index_maps(class_mask)
-    return reference_from_index(
-        features, weight, bias, row_of, kept_ids, kept_ids, output, k, compute_dtype, out_dtype
-    )
+    return reference_from_index(features, weight, bias, row_of, kept_ids, kept_ids, output, k, compute_dtype, out_dtype)

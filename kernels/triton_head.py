@@ -39,14 +39,14 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Dict, Mapping, Optional, Tuple, Union
 
 import torch
 import triton
 import triton.language as tl
 
-HeadOutput = Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]
+HeadOutput = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
 
 # Sentinels are constexpr globals: compiled Triton refuses plain module globals inside @triton.jit code.
 _EMPTY = tl.constexpr(-(2**63))  # packed key below every real key: padding, forgotten, removed
@@ -70,9 +70,22 @@ def interpreting() -> bool:
 
 @triton.jit
 def _tile_logits(
-    x_ptr, w_ptr, b_ptr, offs_b, rows, valid_b, valid_c, D, stride_xb, stride_wc,
-    HAS_BIAS: tl.constexpr, IEEE: tl.constexpr, EVEN_D: tl.constexpr,
-    BLOCK_B: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_D: tl.constexpr,
+    x_ptr,
+    w_ptr,
+    b_ptr,
+    offs_b,
+    rows,
+    valid_b,
+    valid_c,
+    D,
+    stride_xb,
+    stride_wc,
+    HAS_BIAS: tl.constexpr,
+    IEEE: tl.constexpr,
+    EVEN_D: tl.constexpr,
+    BLOCK_B: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    BLOCK_D: tl.constexpr,
 ):
     """fp32 logits of one [BLOCK_B, BLOCK_C] tile; columns with valid_c False are -inf and their rows unread."""
     rows64 = tl.where(valid_c, rows, 0).to(tl.int64)
@@ -170,12 +183,34 @@ def _safe_max(m):
 
 @triton.jit(do_not_specialize=["B", "K", "n_tiles", "tiles_per_split", "n_splits"])
 def _reduce_kernel(
-    x_ptr, w_ptr, b_ptr, ids_ptr, rows_ptr,
-    part_key_ptr, part_m_ptr, part_s_ptr, out_v_ptr, out_i_ptr,
-    B, D, K, stride_xb, stride_wc, n_tiles, tiles_per_split, n_splits,
-    MODE: tl.constexpr, TOPK: tl.constexpr, KP: tl.constexpr, FINAL: tl.constexpr,
-    HAS_BIAS: tl.constexpr, IEEE: tl.constexpr, EVEN_D: tl.constexpr,
-    BLOCK_B: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_D: tl.constexpr,
+    x_ptr,
+    w_ptr,
+    b_ptr,
+    ids_ptr,
+    rows_ptr,
+    part_key_ptr,
+    part_m_ptr,
+    part_s_ptr,
+    out_v_ptr,
+    out_i_ptr,
+    B,
+    D,
+    K,
+    stride_xb,
+    stride_wc,
+    n_tiles,
+    tiles_per_split,
+    n_splits,
+    MODE: tl.constexpr,
+    TOPK: tl.constexpr,
+    KP: tl.constexpr,
+    FINAL: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    IEEE: tl.constexpr,
+    EVEN_D: tl.constexpr,
+    BLOCK_B: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    BLOCK_D: tl.constexpr,
 ):
     """Argmax or top-k (+ log-sum-exp) over the kept classes of one split of one batch tile."""
     pid = tl.program_id(0)
@@ -196,8 +231,24 @@ def _reduce_kernel(
         valid_c = offs_c < K
         rows = tl.load(rows_ptr + offs_c, mask=valid_c, other=0)
         ids = tl.load(ids_ptr + offs_c, mask=valid_c, other=0)
-        acc = _tile_logits(x_ptr, w_ptr, b_ptr, offs_b, rows, valid_b, valid_c, D, stride_xb, stride_wc,
-                           HAS_BIAS, IEEE, EVEN_D, BLOCK_B, BLOCK_C, BLOCK_D)
+        acc = _tile_logits(
+            x_ptr,
+            w_ptr,
+            b_ptr,
+            offs_b,
+            rows,
+            valid_b,
+            valid_c,
+            D,
+            stride_xb,
+            stride_wc,
+            HAS_BIAS,
+            IEEE,
+            EVEN_D,
+            BLOCK_B,
+            BLOCK_C,
+            BLOCK_D,
+        )
         keys = _packed_keys(acc, ids[None, :], valid_b[:, None] & valid_c[None, :])
         if MODE == 0:
             best = tl.maximum(best, tl.max(keys, axis=1))
@@ -235,8 +286,16 @@ def _reduce_kernel(
 
 @triton.jit(do_not_specialize=["n_splits"])
 def _merge_kernel(
-    part_key_ptr, part_m_ptr, part_s_ptr, out_v_ptr, out_i_ptr, n_splits,
-    MODE: tl.constexpr, TOPK: tl.constexpr, KP: tl.constexpr, CHUNK: tl.constexpr,
+    part_key_ptr,
+    part_m_ptr,
+    part_s_ptr,
+    out_v_ptr,
+    out_i_ptr,
+    n_splits,
+    MODE: tl.constexpr,
+    TOPK: tl.constexpr,
+    KP: tl.constexpr,
+    CHUNK: tl.constexpr,
 ):
     """Merge one batch row's per-split partials: argmax keys, top-k keys + (max, sum-exp), or (max, sum-exp).
 
@@ -284,10 +343,28 @@ def _merge_kernel(
 
 @triton.jit(do_not_specialize=["B", "C", "n_btiles", "n_ctiles"])
 def _write_kernel(
-    x_ptr, w_ptr, b_ptr, row_of_ptr, out_ptr, part_m_ptr, part_s_ptr,
-    B, C, D, stride_xb, stride_wc, stride_ob, n_btiles, n_ctiles,
-    MODE: tl.constexpr, HAS_BIAS: tl.constexpr, IEEE: tl.constexpr, EVEN_D: tl.constexpr,
-    BLOCK_B: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_D: tl.constexpr,
+    x_ptr,
+    w_ptr,
+    b_ptr,
+    row_of_ptr,
+    out_ptr,
+    part_m_ptr,
+    part_s_ptr,
+    B,
+    C,
+    D,
+    stride_xb,
+    stride_wc,
+    stride_ob,
+    n_btiles,
+    n_ctiles,
+    MODE: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    IEEE: tl.constexpr,
+    EVEN_D: tl.constexpr,
+    BLOCK_B: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    BLOCK_D: tl.constexpr,
 ):
     """[B, C] masked logits (forgotten = -inf) or probabilities (one tile) or probability partials (see module)."""
     pid = tl.program_id(0)
@@ -298,8 +375,24 @@ def _write_kernel(
     valid_b = offs_b < B
     in_c = offs_c < C
     rows = tl.load(row_of_ptr + offs_c, mask=in_c, other=-1)
-    acc = _tile_logits(x_ptr, w_ptr, b_ptr, offs_b, rows, valid_b, rows >= 0, D, stride_xb, stride_wc,
-                       HAS_BIAS, IEEE, EVEN_D, BLOCK_B, BLOCK_C, BLOCK_D)
+    acc = _tile_logits(
+        x_ptr,
+        w_ptr,
+        b_ptr,
+        offs_b,
+        rows,
+        valid_b,
+        rows >= 0,
+        D,
+        stride_xb,
+        stride_wc,
+        HAS_BIAS,
+        IEEE,
+        EVEN_D,
+        BLOCK_B,
+        BLOCK_C,
+        BLOCK_D,
+    )
     if MODE != 0:
         m = tl.max(acc, axis=1)
         e = tl.exp(acc - _safe_max(m)[:, None])
@@ -317,8 +410,16 @@ def _write_kernel(
 
 @triton.jit(do_not_specialize=["B", "C", "n_btiles", "n_ctiles"])
 def _scale_kernel(
-    out_ptr, part_m_ptr, lse_ptr, B, C, stride_ob, n_btiles, n_ctiles,
-    BLOCK_B: tl.constexpr, BLOCK_C: tl.constexpr,
+    out_ptr,
+    part_m_ptr,
+    lse_ptr,
+    B,
+    C,
+    stride_ob,
+    n_btiles,
+    n_ctiles,
+    BLOCK_B: tl.constexpr,
+    BLOCK_C: tl.constexpr,
 ):
     """Finish multi-tile probabilities in place: out = exp(logit - tile max) * exp(tile max - log-sum-exp)."""
     pid = tl.program_id(0)
@@ -341,16 +442,17 @@ KERNELS = {"reduce": _reduce_kernel, "merge": _merge_kernel, "write": _write_ker
 
 # ----------------------------------------------------------------------------------------------- planning
 
+
 @dataclass(frozen=True)
 class KernelConfig:
     """Tile sizes, class split and launch options; ``None`` fields come from the regime table."""
 
-    block_b: Optional[int] = None
-    block_c: Optional[int] = None
-    block_d: Optional[int] = None
-    num_splits: Optional[int] = None
-    num_warps: Optional[int] = None
-    num_stages: Optional[int] = None
+    block_b: int | None = None
+    block_c: int | None = None
+    block_d: int | None = None
+    num_splits: int | None = None
+    num_warps: int | None = None
+    num_stages: int | None = None
 
 
 @dataclass(frozen=True)
@@ -370,7 +472,7 @@ class TileConfig:
 # address per element) take narrower D tiles and the warps below; with the plain table ptxas spilled (AOT
 # compile: up to 1 KB at 255 registers). The AOT test fails on any spill of what the table launches; the
 # timings that choose between spill-free entries are for benchmarks/kernel_bench.py --sweep on a GPU.
-GPU_TABLE: Dict[Tuple[str, str], TileConfig] = {
+GPU_TABLE: dict[tuple[str, str], TileConfig] = {
     ("reduce", "small"): TileConfig(16, 64, 64, 4, 2),
     ("reduce", "mid"): TileConfig(64, 64, 64, 4, 2),
     ("reduce", "large"): TileConfig(64, 64, 64, 4, 2),
@@ -398,8 +500,15 @@ def _next_pow2(n: int) -> int:
     return 1 << max(0, (n - 1).bit_length())
 
 
-def tile_config(family: str, batch: int, num_cols: int, dtype: torch.dtype, on_gpu: bool,
-                config: Optional[KernelConfig] = None, aligned_rows: bool = True) -> TileConfig:
+def tile_config(
+    family: str,
+    batch: int,
+    num_cols: int,
+    dtype: torch.dtype,
+    on_gpu: bool,
+    config: KernelConfig | None = None,
+    aligned_rows: bool = True,
+) -> TileConfig:
     """Tiles for a kernel family ("reduce" over kept classes, "write" over all classes) and a call;
     ``aligned_rows``: every row of features and weight starts on a 16-byte boundary (vector loads)."""
     config = config or KernelConfig()
@@ -411,11 +520,20 @@ def tile_config(family: str, batch: int, num_cols: int, dtype: torch.dtype, on_g
         elif not aligned_rows:
             base = TileConfig(base.block_b, base.block_c, UNALIGNED_TILE_D, UNALIGNED_WARPS[family], base.num_stages)
     else:
-        base = TileConfig(min(INTERPRET_TILE.block_b, max(16, _next_pow2(batch))),
-                          min(INTERPRET_TILE.block_c, max(16, _next_pow2(num_cols))), INTERPRET_TILE.block_d,
-                          INTERPRET_TILE.num_warps, INTERPRET_TILE.num_stages)
-    return TileConfig(config.block_b or base.block_b, config.block_c or base.block_c, config.block_d or base.block_d,
-                      config.num_warps or base.num_warps, config.num_stages or base.num_stages)
+        base = TileConfig(
+            min(INTERPRET_TILE.block_b, max(16, _next_pow2(batch))),
+            min(INTERPRET_TILE.block_c, max(16, _next_pow2(num_cols))),
+            INTERPRET_TILE.block_d,
+            INTERPRET_TILE.num_warps,
+            INTERPRET_TILE.num_stages,
+        )
+    return TileConfig(
+        config.block_b or base.block_b,
+        config.block_c or base.block_c,
+        config.block_d or base.block_d,
+        config.num_warps or base.num_warps,
+        config.num_stages or base.num_stages,
+    )
 
 
 @dataclass(frozen=True)
@@ -425,7 +543,7 @@ class Buffer:
 
     name: str
     dtype: torch.dtype
-    shape: Tuple[int, ...] = ()
+    shape: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -433,7 +551,7 @@ class Launch:
     """One kernel launch of a plan: kernel name in KERNELS, 1-D grid, pointer args, integer args, constexprs."""
 
     kernel: str
-    grid: Tuple[int, ...]
+    grid: tuple[int, ...]
     pointers: Mapping[str, Buffer]
     ints: Mapping[str, int]
     constexprs: Mapping[str, object]
@@ -445,21 +563,32 @@ class Launch:
 class Plan:
     """Every launch of one call plus its outputs and scratch buffers, in launch order."""
 
-    launches: Tuple[Launch, ...]
-    outputs: Tuple[Buffer, ...]
-    scratch: Tuple[Buffer, ...] = field(default=())
+    launches: tuple[Launch, ...]
+    outputs: tuple[Buffer, ...]
+    scratch: tuple[Buffer, ...] = field(default=())
 
 
-def plan_launches(batch: int, num_classes: int, num_kept: int, dim: int, dtype: torch.dtype, output: str,
-                  k: int, has_bias: bool, x_row_stride: int, w_row_stride: int, on_gpu: bool, sm_count: int,
-                  config: Optional[KernelConfig] = None) -> Plan:
+def plan_launches(
+    batch: int,
+    num_classes: int,
+    num_kept: int,
+    dim: int,
+    dtype: torch.dtype,
+    output: str,
+    k: int,
+    has_bias: bool,
+    x_row_stride: int,
+    w_row_stride: int,
+    on_gpu: bool,
+    sm_count: int,
+    config: KernelConfig | None = None,
+) -> Plan:
     """The launches ``masked_head_triton`` makes for a call (batch >= 1, num_kept >= 1), without tensors."""
     config = config or KernelConfig()
     f32, i64 = torch.float32, torch.int64
     esize = dtype.itemsize
     aligned = all((n * esize) % 16 == 0 for n in (dim, x_row_stride, w_row_stride))
-    inputs = dict(x_ptr=Buffer("x", dtype), w_ptr=Buffer("w", dtype),
-                  b_ptr=Buffer("b" if has_bias else "x", dtype))
+    inputs = dict(x_ptr=Buffer("x", dtype), w_ptr=Buffer("w", dtype), b_ptr=Buffer("b" if has_bias else "x", dtype))
     common = dict(HAS_BIAS=has_bias, IEEE=dtype == torch.float32)
     if output in ("logits", "probs"):
         tc = tile_config("write", batch, num_classes, dtype, on_gpu, config, aligned)
@@ -472,35 +601,70 @@ def plan_launches(batch: int, num_classes: int, num_kept: int, dim: int, dtype: 
         part_m = Buffer("part_m", f32, (batch, n_ctiles)) if mode == WRITE_PROBS_PARTIAL else out
         part_s = Buffer("part_s", f32, (batch, n_ctiles)) if mode == WRITE_PROBS_PARTIAL else out
         write = Launch(
-            "write", (n_btiles * n_ctiles,),
-            dict(inputs, row_of_ptr=Buffer("row_of", torch.int32), out_ptr=out, part_m_ptr=part_m,
-                 part_s_ptr=part_s),
-            dict(B=batch, C=num_classes, D=dim, stride_xb=x_row_stride, stride_wc=w_row_stride,
-                 stride_ob=num_classes, n_btiles=n_btiles, n_ctiles=n_ctiles),
-            dict(MODE=mode, EVEN_D=dim % tc.block_d == 0, BLOCK_B=tc.block_b, BLOCK_C=tc.block_c,
-                 BLOCK_D=tc.block_d, **common),
-            tc.num_warps, tc.num_stages)
+            "write",
+            (n_btiles * n_ctiles,),
+            dict(inputs, row_of_ptr=Buffer("row_of", torch.int32), out_ptr=out, part_m_ptr=part_m, part_s_ptr=part_s),
+            dict(
+                B=batch,
+                C=num_classes,
+                D=dim,
+                stride_xb=x_row_stride,
+                stride_wc=w_row_stride,
+                stride_ob=num_classes,
+                n_btiles=n_btiles,
+                n_ctiles=n_ctiles,
+            ),
+            dict(
+                MODE=mode,
+                EVEN_D=dim % tc.block_d == 0,
+                BLOCK_B=tc.block_b,
+                BLOCK_C=tc.block_c,
+                BLOCK_D=tc.block_d,
+                **common,
+            ),
+            tc.num_warps,
+            tc.num_stages,
+        )
         if mode != WRITE_PROBS_PARTIAL:
             return Plan((write,), (out,))
         lse = Buffer("lse", f32, (batch,))
-        merge = Launch("merge", (batch,), dict(part_key_ptr=Buffer("part_m", f32), part_m_ptr=part_m,
-                                               part_s_ptr=part_s, out_v_ptr=lse, out_i_ptr=lse),
-                       dict(n_splits=n_ctiles), dict(MODE=MODE_LSE, TOPK=1, KP=2, CHUNK=MERGE_CHUNK), 4, 1)
+        merge = Launch(
+            "merge",
+            (batch,),
+            dict(
+                part_key_ptr=Buffer("part_m", f32), part_m_ptr=part_m, part_s_ptr=part_s, out_v_ptr=lse, out_i_ptr=lse
+            ),
+            dict(n_splits=n_ctiles),
+            dict(MODE=MODE_LSE, TOPK=1, KP=2, CHUNK=MERGE_CHUNK),
+            4,
+            1,
+        )
         # a scale tile never straddles two write tiles; the interpreter takes the write tiles themselves
-        sb, sc = (min(SCALE_BLOCK[0], tc.block_b), min(SCALE_BLOCK[1], tc.block_c)) if on_gpu else \
-            (tc.block_b, tc.block_c)
+        sb, sc = (
+            (min(SCALE_BLOCK[0], tc.block_b), min(SCALE_BLOCK[1], tc.block_c)) if on_gpu else (tc.block_b, tc.block_c)
+        )
         sb_tiles = triton.cdiv(batch, sb)
-        scale = Launch("scale", (sb_tiles * n_ctiles * (tc.block_c // sc),),
-                       dict(out_ptr=out, part_m_ptr=part_m, lse_ptr=lse),
-                       dict(B=batch, C=num_classes, stride_ob=num_classes, n_btiles=sb_tiles, n_ctiles=n_ctiles),
-                       dict(BLOCK_B=sb, BLOCK_C=sc), 4, 1)
+        scale = Launch(
+            "scale",
+            (sb_tiles * n_ctiles * (tc.block_c // sc),),
+            dict(out_ptr=out, part_m_ptr=part_m, lse_ptr=lse),
+            dict(B=batch, C=num_classes, stride_ob=num_classes, n_btiles=sb_tiles, n_ctiles=n_ctiles),
+            dict(BLOCK_B=sb, BLOCK_C=sc),
+            4,
+            1,
+        )
         return Plan((write, merge, scale), (out,), (part_m, part_s, lse))
 
     mode = MODE_ARGMAX if output == "argmax" else MODE_TOPK
     tc = tile_config("reduce", batch, num_kept, dtype, on_gpu, config, aligned)
     if mode == MODE_TOPK and on_gpu and config.num_warps is None:
-        stages = tc.num_stages if config.num_stages is not None else \
-            FP32_TOPK_STAGES if dtype == torch.float32 else TOPK_STAGES
+        stages = (
+            tc.num_stages
+            if config.num_stages is not None
+            else FP32_TOPK_STAGES
+            if dtype == torch.float32
+            else TOPK_STAGES
+        )
         tc = TileConfig(tc.block_b, tc.block_c, tc.block_d, TOPK_WARPS, stages)
     n_tiles = triton.cdiv(num_kept, tc.block_c)
     n_btiles = triton.cdiv(batch, tc.block_b)
@@ -516,7 +680,7 @@ def plan_launches(batch: int, num_classes: int, num_kept: int, dim: int, dtype: 
     else:
         outs = (Buffer("out_v", dtype, (batch, k)), Buffer("out_i", i64, (batch, k)))
         out_v, out_i = outs
-    scratch: Tuple[Buffer, ...] = ()
+    scratch: tuple[Buffer, ...] = ()
     if final:
         part_key = part_m = part_s = out_i
     else:
@@ -525,24 +689,57 @@ def plan_launches(batch: int, num_classes: int, num_kept: int, dim: int, dtype: 
         part_s = Buffer("part_s", f32, (batch, n_splits))
         scratch = (part_key, part_m, part_s)
     reduce = Launch(
-        "reduce", (n_btiles * n_splits,),
-        dict(inputs, ids_ptr=Buffer("kept_ids", torch.int32), rows_ptr=Buffer("kept_rows", torch.int32),
-             part_key_ptr=part_key, part_m_ptr=part_m, part_s_ptr=part_s, out_v_ptr=out_v, out_i_ptr=out_i),
-        dict(B=batch, D=dim, K=num_kept, stride_xb=x_row_stride, stride_wc=w_row_stride, n_tiles=n_tiles,
-             tiles_per_split=tiles_per_split, n_splits=n_splits),
-        dict(MODE=mode, TOPK=k if mode == MODE_TOPK else 1, KP=kp, FINAL=final, EVEN_D=dim % tc.block_d == 0,
-             BLOCK_B=tc.block_b, BLOCK_C=tc.block_c, BLOCK_D=tc.block_d, **common),
-        tc.num_warps, tc.num_stages)
+        "reduce",
+        (n_btiles * n_splits,),
+        dict(
+            inputs,
+            ids_ptr=Buffer("kept_ids", torch.int32),
+            rows_ptr=Buffer("kept_rows", torch.int32),
+            part_key_ptr=part_key,
+            part_m_ptr=part_m,
+            part_s_ptr=part_s,
+            out_v_ptr=out_v,
+            out_i_ptr=out_i,
+        ),
+        dict(
+            B=batch,
+            D=dim,
+            K=num_kept,
+            stride_xb=x_row_stride,
+            stride_wc=w_row_stride,
+            n_tiles=n_tiles,
+            tiles_per_split=tiles_per_split,
+            n_splits=n_splits,
+        ),
+        dict(
+            MODE=mode,
+            TOPK=k if mode == MODE_TOPK else 1,
+            KP=kp,
+            FINAL=final,
+            EVEN_D=dim % tc.block_d == 0,
+            BLOCK_B=tc.block_b,
+            BLOCK_C=tc.block_c,
+            BLOCK_D=tc.block_d,
+            **common,
+        ),
+        tc.num_warps,
+        tc.num_stages,
+    )
     if final:
         return Plan((reduce,), outs)
-    merge = Launch("merge", (batch,), dict(part_key_ptr=part_key, part_m_ptr=part_m, part_s_ptr=part_s,
-                                           out_v_ptr=out_v, out_i_ptr=out_i),
-                   dict(n_splits=n_splits), dict(MODE=mode, TOPK=k if mode == MODE_TOPK else 1, KP=kp,
-                                                 CHUNK=MERGE_CHUNK), 4, 1)
+    merge = Launch(
+        "merge",
+        (batch,),
+        dict(part_key_ptr=part_key, part_m_ptr=part_m, part_s_ptr=part_s, out_v_ptr=out_v, out_i_ptr=out_i),
+        dict(n_splits=n_splits),
+        dict(MODE=mode, TOPK=k if mode == MODE_TOPK else 1, KP=kp, CHUNK=MERGE_CHUNK),
+        4,
+        1,
+    )
     return Plan((reduce, merge), outs, scratch)
 
 
-def check_grid(grid: Tuple[int, ...]) -> None:
+def check_grid(grid: tuple[int, ...]) -> None:
     """Refuse a grid beyond CUDA's per-axis block limits (the interpreter would run it, a GPU would not)."""
     for axis, (n, limit) in enumerate(zip(grid, CUDA_GRID_LIMITS)):
         if n > limit:
@@ -551,7 +748,8 @@ def check_grid(grid: Tuple[int, ...]) -> None:
 
 # ----------------------------------------------------------------------------------------------- execution
 
-@functools.lru_cache(maxsize=None)
+
+@functools.cache
 def _sm_count(device: torch.device) -> int:
     if device.type == "cuda":
         return torch.cuda.get_device_properties(device).multi_processor_count
@@ -575,13 +773,13 @@ def _last_dim_contiguous(t: torch.Tensor) -> torch.Tensor:
 def masked_head_triton(
     features: torch.Tensor,
     weight: torch.Tensor,
-    bias: Optional[torch.Tensor],
+    bias: torch.Tensor | None,
     row_of: torch.Tensor,
     kept_ids: torch.Tensor,
     kept_rows: torch.Tensor,
     output: str,
     k: int = 1,
-    config: Optional[KernelConfig] = None,
+    config: KernelConfig | None = None,
 ) -> HeadOutput:
     """Launch the fused head on index maps (see ``kernels.reference.reference_from_index`` for semantics).
 
@@ -606,16 +804,29 @@ def masked_head_triton(
             return torch.empty(0, dtype=torch.int64, device=dev)
         return torch.empty((0, k), dtype=x.dtype, device=dev), torch.empty((0, k), dtype=torch.int64, device=dev)
     on_gpu = dev.type == "cuda"
-    plan = plan_launches(batch, num_classes, num_kept, dim, x.dtype, output, k, bias is not None, x.stride(0),
-                         w.stride(0), on_gpu, _sm_count(dev), config)
+    plan = plan_launches(
+        batch,
+        num_classes,
+        num_kept,
+        dim,
+        x.dtype,
+        output,
+        k,
+        bias is not None,
+        x.stride(0),
+        w.stride(0),
+        on_gpu,
+        _sm_count(dev),
+        config,
+    )
     for buf in plan.outputs + plan.scratch:
         tensors[buf.name] = torch.empty(buf.shape, dtype=buf.dtype, device=dev)
     with torch.cuda.device(dev) if on_gpu else contextlib.nullcontext():
         for launch in plan.launches:
             check_grid(launch.grid)
             args = {name: tensors[buf.name] for name, buf in launch.pointers.items()}
-            KERNELS[launch.kernel][launch.grid](**args, **launch.ints, **launch.constexprs,
-                                                num_warps=launch.num_warps, num_stages=launch.num_stages)
+            KERNELS[launch.kernel][launch.grid](
+                **args, **launch.ints, **launch.constexprs, num_warps=launch.num_warps, num_stages=launch.num_stages
+            )
     results = tuple(tensors[buf.name] for buf in plan.outputs)
     return results if len(results) == 2 else results[0]
-

@@ -1,4 +1,5 @@
 """Shared fixtures: a small lenet trained on scikit-learn's digits, and paths to the shared real data."""
+
 from __future__ import annotations
 
 import contextlib
@@ -34,14 +35,21 @@ def digits_checkpoint(tmp_path_factory, digits) -> Path:
     torch.set_num_threads(2)
     recipe = TrainConfig(epochs=1, min_steps=150, seed=0)
     result = train_model("lenet", digits, recipe, progress=False)
-    meta = CheckpointMeta("lenet", digits.num_classes, digits.class_names, digits.input_shape,
-                          digits.normalization, "digits", train_recipe=recipe.to_json())
+    meta = CheckpointMeta(
+        "lenet",
+        digits.num_classes,
+        digits.class_names,
+        digits.input_shape,
+        digits.normalization,
+        "digits",
+        train_recipe=recipe.to_json(),
+    )
     path = tmp_path_factory.mktemp("ckpt") / "original.safetensors"
     save_checkpoint(path, result.model, meta)
     return path
 
 
-def invoke_cli(args: list) -> "object":
+def invoke_cli(args: list) -> object:
     """Run ``edge-unlearn ARGS`` in-process; an uncaught exception (a traceback for the user) fails the test."""
     from click.testing import CliRunner
 

@@ -1,4 +1,5 @@
 """Logic of the benchmark scripts that decides what a results file says (their runs are too long for CI)."""
+
 from __future__ import annotations
 
 import json
@@ -10,14 +11,35 @@ from benchmarks.forgetting_depth import CombineError, combine, main, table, writ
 
 
 def _part(tmp_path, name, classes, dataset="npz:data/cifar10.npz", epochs=3, variants=(), models=("original", "nhle")):
-    rows = [{"seed": 0, "forget_class": c, "model": m, "cache_key": None, "method_details": None,
-             "figures": {"forget_acc": 0.0, "probe@penultimate": 0.2 + 0.1 * c / 5 + (0.3 if m == "original" else 0)}}
-            for c in classes for m in models]
-    report = {"schema": "edge_unlearn.bench.forgetting_depth", "version": 1, "preset": "cifar-resnet18",
-              "arch": "cifar_resnet18", "dataset": dataset, "recipe": {"epochs": epochs, "min_steps": 500},
-              "classes": list(classes), "seeds": [0], "nhle_samples": 32, "variants": list(variants),
-              "audit_config": {"probe_train_size": 2000}, "rows": rows, "seconds": 10.0, "command": name,
-              "environment": {"torch": "x"}}
+    rows = [
+        {
+            "seed": 0,
+            "forget_class": c,
+            "model": m,
+            "cache_key": None,
+            "method_details": None,
+            "figures": {"forget_acc": 0.0, "probe@penultimate": 0.2 + 0.1 * c / 5 + (0.3 if m == "original" else 0)},
+        }
+        for c in classes
+        for m in models
+    ]
+    report = {
+        "schema": "edge_unlearn.bench.forgetting_depth",
+        "version": 1,
+        "preset": "cifar-resnet18",
+        "arch": "cifar_resnet18",
+        "dataset": dataset,
+        "recipe": {"epochs": epochs, "min_steps": 500},
+        "classes": list(classes),
+        "seeds": [0],
+        "nhle_samples": 32,
+        "variants": list(variants),
+        "audit_config": {"probe_train_size": 2000},
+        "rows": rows,
+        "seconds": 10.0,
+        "command": name,
+        "environment": {"torch": "x"},
+    }
     path = tmp_path / f"{name}.json"
     path.write_text(json.dumps(report))
     return path
@@ -26,7 +48,9 @@ def _part(tmp_path, name, classes, dataset="npz:data/cifar10.npz", epochs=3, var
 def test_combine_merges_parts_of_one_experiment_into_one_summary(tmp_path, monkeypatch):
     (tmp_path / "data").mkdir()
     monkeypatch.chdir(tmp_path)
-    a = _part(tmp_path, "a", [3], variants=[{"target_scale": 1.0}], models=("original", "nhle", "nhle[target_scale=1.0]"))
+    a = _part(
+        tmp_path, "a", [3], variants=[{"target_scale": 1.0}], models=("original", "nhle", "nhle[target_scale=1.0]")
+    )
     b = _part(tmp_path, "b", [5], dataset=f"npz:{tmp_path}/data/../data/cifar10.npz")  # the same file, spelt otherwise
     merged = combine([a, b])
     assert merged["classes"] == [3, 5] and merged["seconds"] == 20.0 and len(merged["rows"]) == 5
@@ -34,7 +58,9 @@ def test_combine_merges_parts_of_one_experiment_into_one_summary(tmp_path, monke
     write_results(merged, tmp_path / "out")
     summary = json.loads((tmp_path / "out" / "forgetting_depth_cifar-resnet18.json").read_text())["summary"]
     probe = summary["nhle"]["probe@penultimate"]
-    assert probe["n"] == 2 and probe["mean"] == pytest.approx(0.28) and probe["std"] == pytest.approx(0.0282843, abs=1e-6)
+    assert (
+        probe["n"] == 2 and probe["mean"] == pytest.approx(0.28) and probe["std"] == pytest.approx(0.0282843, abs=1e-6)
+    )
     assert summary["nhle[target_scale=1.0]"]["probe@penultimate"]["n"] == 1
     text = (tmp_path / "out" / "forgetting_depth_cifar-resnet18.md").read_text()
     assert "| runs | 2 | 2 | 1 |" in text and "2 runs" in text
@@ -57,7 +83,10 @@ def test_combine_of_other_experiments_is_one_line_and_exit_2_writing_nothing(tmp
 
 
 def test_table_says_over_how_many_runs_each_model_is_taken():
-    summary = {"original": {"x": {"mean": 1.0, "std": 0.0, "n": 2}}, "nhle[v]": {"x": {"mean": 0.5, "std": 0.1, "n": 1}}}
+    summary = {
+        "original": {"x": {"mean": 1.0, "std": 0.0, "n": 2}},
+        "nhle[v]": {"x": {"mean": 0.5, "std": 0.1, "n": 1}},
+    }
     lines = table(summary, "t").splitlines()
     assert lines[4] == "| runs | 2 | 1 |" and lines[5] == "| x | 1.000 ± 0.000 | 0.500 ± 0.100 |"
 
@@ -82,16 +111,45 @@ def test_probe_gap_refuses_more_forget_samples_than_the_class_has(tmp_path, caps
     model = build_model("cifar_resnet18", digits.num_classes, digits.input_shape).eval()
     model.record_class_stats(preprocess(digits.x_train, digits.normalization), digits.y_train)
     path = tmp_path / "r.safetensors"
-    save_checkpoint(path, model, CheckpointMeta("cifar_resnet18", digits.num_classes, digits.class_names,
-                                                digits.input_shape, digits.normalization, "digits"))
+    save_checkpoint(
+        path,
+        model,
+        CheckpointMeta(
+            "cifar_resnet18", digits.num_classes, digits.class_names, digits.input_shape, digits.normalization, "digits"
+        ),
+    )
     available = int((digits.y_train == 3).sum())
-    code = probe_gap(["--checkpoint", str(path), "--dataset", "digits", "--forget-class", "3",
-                      "--finetune-samples", f"32,{available + 1}", "--json", str(tmp_path / "out.json")])
+    code = probe_gap(
+        [
+            "--checkpoint",
+            str(path),
+            "--dataset",
+            "digits",
+            "--forget-class",
+            "3",
+            "--finetune-samples",
+            f"32,{available + 1}",
+            "--json",
+            str(tmp_path / "out.json"),
+        ]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and f"has {available} training images" in err[0], err
     assert not (tmp_path / "out.json").exists()
-    code = probe_gap(["--checkpoint", str(path), "--dataset", "digits", "--forget-class", "3",
-                      "--rows", "finetune,everything", "--json", str(tmp_path / "out.json")])
+    code = probe_gap(
+        [
+            "--checkpoint",
+            str(path),
+            "--dataset",
+            "digits",
+            "--forget-class",
+            "3",
+            "--rows",
+            "finetune,everything",
+            "--json",
+            str(tmp_path / "out.json"),
+        ]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "--rows: choose among nhle, per-sample" in err[0], err
     assert not (tmp_path / "out.json").exists()
@@ -100,8 +158,18 @@ def test_probe_gap_refuses_more_forget_samples_than_the_class_has(tmp_path, caps
 def test_block_stats_shift_refuses_a_missing_checkpoint_in_one_line(tmp_path, capsys):
     from benchmarks.block_stats_shift import main as block_stats_shift
 
-    code = block_stats_shift(["--checkpoint", str(tmp_path / "none.safetensors"), "--dataset", "digits",
-                              "--forget-class", "3", "--json", str(tmp_path / "out.json")])
+    code = block_stats_shift(
+        [
+            "--checkpoint",
+            str(tmp_path / "none.safetensors"),
+            "--dataset",
+            "digits",
+            "--forget-class",
+            "3",
+            "--json",
+            str(tmp_path / "out.json"),
+        ]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "none.safetensors" in err[0] and not (tmp_path / "out.json").exists()
 
@@ -109,8 +177,18 @@ def test_block_stats_shift_refuses_a_missing_checkpoint_in_one_line(tmp_path, ca
 def test_stage_retrain_oracle_refuses_a_model_without_layer4_in_one_line(tmp_path, capsys, digits_checkpoint):
     from benchmarks.stage_retrain_oracle import main as stage_retrain_oracle
 
-    code = stage_retrain_oracle(["--checkpoint", str(digits_checkpoint), "--dataset", "digits", "--forget-class", "3",
-                                 "--json", str(tmp_path / "out.json")])
+    code = stage_retrain_oracle(
+        [
+            "--checkpoint",
+            str(digits_checkpoint),
+            "--dataset",
+            "digits",
+            "--forget-class",
+            "3",
+            "--json",
+            str(tmp_path / "out.json"),
+        ]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "layer4" in err[0] and not (tmp_path / "out.json").exists()
 
@@ -127,13 +205,33 @@ def test_stage_retrain_oracle_reproduces_the_original_then_retrains_the_stages_i
     torch.manual_seed(0)
     model = build_model("cifar_resnet18", digits.num_classes, digits.input_shape).eval()
     path = tmp_path / "r.safetensors"
-    save_checkpoint(path, model, CheckpointMeta("cifar_resnet18", digits.num_classes, digits.class_names,
-                                                digits.input_shape, digits.normalization, "digits"))
+    save_checkpoint(
+        path,
+        model,
+        CheckpointMeta(
+            "cifar_resnet18", digits.num_classes, digits.class_names, digits.input_shape, digits.normalization, "digits"
+        ),
+    )
     before = torch.get_num_threads()
     try:
-        code = stage_retrain_oracle(["--checkpoint", str(path), "--dataset", "digits", "--forget-class", "3",
-                                     "--from-stage", from_stage, "--epochs", "1", "--probe-train-size", "300",
-                                     "--json", str(tmp_path / "out.json")])
+        code = stage_retrain_oracle(
+            [
+                "--checkpoint",
+                str(path),
+                "--dataset",
+                "digits",
+                "--forget-class",
+                "3",
+                "--from-stage",
+                from_stage,
+                "--epochs",
+                "1",
+                "--probe-train-size",
+                "300",
+                "--json",
+                str(tmp_path / "out.json"),
+            ]
+        )
     finally:
         torch.set_num_threads(before)
     assert code == 0
@@ -144,7 +242,9 @@ def test_stage_retrain_oracle_reproduces_the_original_then_retrains_the_stages_i
     kept = digits.y_test != 3
     expected = float((logits.argmax(1) == digits.y_test)[kept].float().mean())
     assert report["from_stage"] == from_stage and [r["variant"] for r in report["rows"]] == [
-        "original", "layer2–layer4 + head retrained, epoch 1/1"]
+        "original",
+        "layer2–layer4 + head retrained, epoch 1/1",
+    ]
     assert report["rows"][0]["retain_acc"] == pytest.approx(expected, abs=1e-6)
     assert report["rows"][1]["retain_acc"] != pytest.approx(expected, abs=1e-6)
 
@@ -159,35 +259,73 @@ def test_retrain_spread_audits_each_retrained_seed_beside_the_original(tmp_path)
 
     before = torch.get_num_threads()
     try:
-        code = retrain_spread(["--preset", "quick", "--forget-class", "3", "--retrain-seeds", "0,1",
-                               "--probe-train-size", "300", "--relearn-max-steps", "2", "--device", "cpu",
-                               "--out-dir", str(tmp_path / "cache"), "--json", str(tmp_path / "out.json")])
+        code = retrain_spread(
+            [
+                "--preset",
+                "quick",
+                "--forget-class",
+                "3",
+                "--retrain-seeds",
+                "0,1",
+                "--probe-train-size",
+                "300",
+                "--relearn-max-steps",
+                "2",
+                "--device",
+                "cpu",
+                "--out-dir",
+                str(tmp_path / "cache"),
+                "--json",
+                str(tmp_path / "out.json"),
+            ]
+        )
         assert code == 0
         report = json.loads((tmp_path / "out.json").read_text())
         rows = {r["model"]: r for r in report["rows"]}
         assert list(rows) == ["original", "retrain[seed=0]", "retrain[seed=1]"]
         assert len({r["cache_key"] for r in rows.values()}) == 3
         data = load_dataset("digits")
-        _, _, key = cached_train(tmp_path / "cache" / "models", "lenet", data, data_digest(data),
-                                 TrainConfig(epochs=1, min_steps=150, seed=1, device="cpu"), (3,))
+        _, _, key = cached_train(
+            tmp_path / "cache" / "models",
+            "lenet",
+            data,
+            data_digest(data),
+            TrainConfig(epochs=1, min_steps=150, seed=1, device="cpu"),
+            (3,),
+        )
     finally:
         torch.set_num_threads(before)
     assert key == rows["retrain[seed=1]"]["cache_key"]  # what forgetting_depth would find, not trained again
     figs = {name: r["figures"] for name, r in rows.items()}
     assert figs["original"]["forget_acc_unmasked"] > 0.8  # the original learnt class 3, the retrained ones never saw it
     assert figs["retrain[seed=0]"]["forget_acc_unmasked"] < 0.1 and figs["retrain[seed=1]"]["forget_acc_unmasked"] < 0.1
-    assert figs["retrain[seed=0]"]["probe@penultimate"] != figs["retrain[seed=1]"]["probe@penultimate"] or \
-        figs["retrain[seed=0]"]["retain_acc"] != figs["retrain[seed=1]"]["retain_acc"]  # two different trainings
+    assert (
+        figs["retrain[seed=0]"]["probe@penultimate"] != figs["retrain[seed=1]"]["probe@penultimate"]
+        or figs["retrain[seed=0]"]["retain_acc"] != figs["retrain[seed=1]"]["retain_acc"]
+    )  # two different trainings
     spread = report["summary"]["retrain (every seed)"]["probe@penultimate"]
     assert spread["n"] == 2 and spread["mean"] == pytest.approx(
-        (figs["retrain[seed=0]"]["probe@penultimate"] + figs["retrain[seed=1]"]["probe@penultimate"]) / 2)
+        (figs["retrain[seed=0]"]["probe@penultimate"] + figs["retrain[seed=1]"]["probe@penultimate"]) / 2
+    )
 
 
 def test_retrain_spread_refuses_bad_seeds_in_one_line(tmp_path, capsys):
     from benchmarks.retrain_spread import main as retrain_spread
 
-    code = retrain_spread(["--preset", "quick", "--forget-class", "3", "--retrain-seeds", "0,x",
-                           "--out-dir", str(tmp_path / "cache"), "--json", str(tmp_path / "out.json")])
+    code = retrain_spread(
+        [
+            "--preset",
+            "quick",
+            "--forget-class",
+            "3",
+            "--retrain-seeds",
+            "0,x",
+            "--out-dir",
+            str(tmp_path / "cache"),
+            "--json",
+            str(tmp_path / "out.json"),
+        ]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "--retrain-seeds" in err[0] and not (tmp_path / "out.json").exists()
     assert not (tmp_path / "cache").exists()
@@ -197,7 +335,8 @@ def test_probe_size_cells_are_the_depth_probe_at_that_size_and_draw(digits, digi
     """Each cell of benchmarks/probe_size.py is evaluate --depth's probe (penultimate and retained logits) fitted
     on the training draw of that size and seed, on features computed once; a retrained model that forgot another
     class is refused in one line."""
-    from benchmarks.probe_size import main as probe_size, probe_cell, readouts
+    from benchmarks.probe_size import main as probe_size
+    from benchmarks.probe_size import probe_cell, readouts
     from edge_unlearn.checkpoint import load_checkpoint
     from edge_unlearn.metrics import PENULTIMATE, RETAINED_LOGITS, probe_forget_accuracy_by_depth, probe_test_indices
 
@@ -209,11 +348,25 @@ def test_probe_size_cells_are_the_depth_probe_at_that_size_and_draw(digits, digi
     for size, seed in ((300, 0), (900, 2)):
         expected = probe_forget_accuracy_by_depth(model, digits, [cls], train_size=size, seed=seed, blocks=[])
         for depth in (PENULTIMATE, RETAINED_LOGITS):
-            assert probe_cell(reads, digits, cls, depth, size, seed) / n_test == pytest.approx(expected[depth], abs=1e-12)
-    common = ["--checkpoint", str(digits_checkpoint), "--retrained", str(digits_checkpoint), "--dataset", "digits",
-              "--forget-class", "3", "--json", str(tmp_path / "out.json")]
-    for extra, needle in ((["--sizes", "300,all"], "--retrained forgot []"),
-                          (["--sizes", "300,5000"], f"between 20 and {len(digits.y_train)}")):
+            assert probe_cell(reads, digits, cls, depth, size, seed) / n_test == pytest.approx(
+                expected[depth], abs=1e-12
+            )
+    common = [
+        "--checkpoint",
+        str(digits_checkpoint),
+        "--retrained",
+        str(digits_checkpoint),
+        "--dataset",
+        "digits",
+        "--forget-class",
+        "3",
+        "--json",
+        str(tmp_path / "out.json"),
+    ]
+    for extra, needle in (
+        (["--sizes", "300,all"], "--retrained forgot []"),
+        (["--sizes", "300,5000"], f"between 20 and {len(digits.y_train)}"),
+    ):
         code = probe_size(common + extra)
         err = capsys.readouterr().err.strip().splitlines()
         assert code == 2 and len(err) == 1 and needle in err[0], err

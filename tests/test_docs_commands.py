@@ -1,5 +1,6 @@
 """The commands in README.md and docs/*.md run as written: every `edge-unlearn CMD --option` names a command and
 an option that exist, and no INT8 file quantized for the CPU is handed to `build-engine` (which refuses it)."""
+
 from __future__ import annotations
 
 import re
@@ -64,7 +65,9 @@ def test_build_engine_is_never_given_a_cpu_layout_int8_file(doc):
             if not named_for_tensorrt and not re.search(r"trt|tensorrt", output):  # auto = cpu unless named
                 cpu_layout.add(output)
         if words[1] == "build-engine":
-            assert words[2] not in cpu_layout, f"{doc.name}: `{line}`: {words[2]} has the CPU layout (no --target tensorrt)"
+            assert words[2] not in cpu_layout, (
+                f"{doc.name}: `{line}`: {words[2]} has the CPU layout (no --target tensorrt)"
+            )
 
 
 def test_readme_names_every_base_dependency():

@@ -6,9 +6,10 @@
   samples with each model's predictions as deployed (its class mask applied). The reference is the original
   model for unlearning figures, the FP32 model for a deployed (quantized) one. Negative = better than it.
 """
+
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import numpy as np
 

@@ -6,16 +6,17 @@ Every file edge-unlearn writes names its format and version in a ``format`` fiel
 file                   tag                                where it is written
 =====================  =================================  ==============================================
 checkpoint header      ``edge-unlearn/1``                 :mod:`edge_unlearn.checkpoint` (safetensors)
-bench results          ``edge-unlearn.bench/1``           :mod:`edge_unlearn.export.bench`
+bench results          ``edge-unlearn.bench/1``           :mod:`edge_unlearn.deploy.bench`
 =====================  =================================  ==============================================
 
 The ONNX metadata, bundle, sidecar, run records and validation JSON keep their tags in their own modules
-(:mod:`edge_unlearn.export.onnx_meta`, ``bundle``, ``sidecar``, ``rundir``, ``validate``).
+(:mod:`edge_unlearn.deploy.onnx_meta`, ``bundle``, ``sidecar``, ``rundir``, ``validate``).
 
 A checkpoint is read here without torch or safetensors: a safetensors file starts with an 8-byte
 little-endian header length, then that many bytes of JSON whose ``__metadata__`` map holds string values;
 edge-unlearn keeps all its metadata as JSON under the one key ``edge_unlearn``.
 """
+
 from __future__ import annotations
 
 import json
@@ -58,10 +59,14 @@ def read_safetensors_metadata(path: str | Path) -> dict[str, str]:
     except (OSError, ValueError, struct.error, AttributeError) as exc:
         kind = _other_artefact_kind(path)
         if kind:  # a mixed-up argument, not a damaged file: say so rather than "re-create it"
-            raise CheckpointError(f"{path} is {kind}, not a checkpoint: give the .safetensors checkpoint from "
-                                  "`edge-unlearn train`/`forget` here") from exc
-        raise CheckpointError(f"{path} is not a valid safetensors checkpoint ({exc}); the file is corrupt or of "
-                              "another format: re-create it with `edge-unlearn train`") from exc
+            raise CheckpointError(
+                f"{path} is {kind}, not a checkpoint: give the .safetensors checkpoint from "
+                "`edge-unlearn train`/`forget` here"
+            ) from exc
+        raise CheckpointError(
+            f"{path} is not a valid safetensors checkpoint ({exc}); the file is corrupt or of "
+            "another format: re-create it with `edge-unlearn train`"
+        ) from exc
     return {str(k): str(v) for k, v in metadata.items()}
 
 
@@ -88,12 +93,14 @@ def parse_checkpoint_metadata(metadata: dict[str, str], path: str | Path = "chec
     try:
         data = json.loads(metadata[CHECKPOINT_METADATA_KEY]) if CHECKPOINT_METADATA_KEY in metadata else {}
     except ValueError as exc:
-        raise CheckpointError(f"{path} has unreadable edge-unlearn metadata ({exc}); re-create it with "
-                              "`edge-unlearn train`") from exc
+        raise CheckpointError(
+            f"{path} has unreadable edge-unlearn metadata ({exc}); re-create it with `edge-unlearn train`"
+        ) from exc
     if not isinstance(data, dict) or data.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(
             f"{path} is a safetensors file but not an edge-unlearn checkpoint (no '{CHECKPOINT_FORMAT}' metadata); "
-            "train one with `edge-unlearn train` or convert your model with edge_unlearn.checkpoint.save_checkpoint")
+            "train one with `edge-unlearn train` or convert your model with edge_unlearn.checkpoint.save_checkpoint"
+        )
     return data
 
 

@@ -1,4 +1,5 @@
 """Strict JSON text for files and ``--json`` output: NaN and Inf become null (strict parsers reject NaN)."""
+
 from __future__ import annotations
 
 import json

@@ -4,13 +4,15 @@ A method changes a copy of the model in place from a :class:`ForgetSet` (a few s
 classes) and, only if it says it needs them, retained data. :func:`forget` times it, applies class weight
 masking and returns the figures a checkpoint's lineage records.
 """
+
 from __future__ import annotations
 
 import copy
 import dataclasses
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 
@@ -39,8 +41,9 @@ class RetainSet:
     labels: torch.Tensor
 
 
-MethodFn = Callable[[UnlearnableClassifier, ForgetSet, Any, "RetainSet | None", torch.device, bool],
-                    "dict[str, Any] | None"]
+MethodFn = Callable[
+    [UnlearnableClassifier, ForgetSet, Any, "RetainSet | None", torch.device, bool], "dict[str, Any] | None"
+]
 
 
 @dataclass(frozen=True)
@@ -106,8 +109,15 @@ class ForgetResult:
     details: dict[str, Any] = dataclasses.field(default_factory=dict)  # what the method reports (e.g. feature_step)
 
 
-def forget(model: UnlearnableClassifier, forget_set: ForgetSet, method: str = "nhle", config: Any = None,
-           retain: RetainSet | None = None, device: str | None = "auto", progress: bool = False) -> ForgetResult:
+def forget(
+    model: UnlearnableClassifier,
+    forget_set: ForgetSet,
+    method: str = "nhle",
+    config: Any = None,
+    retain: RetainSet | None = None,
+    device: str | None = "auto",
+    progress: bool = False,
+) -> ForgetResult:
     """Unlearn ``forget_set.classes`` from a copy of ``model``; the input model is left untouched.
 
     Already-forgotten classes stay masked (sequential forgetting accumulates masks)."""
@@ -123,8 +133,10 @@ def forget(model: UnlearnableClassifier, forget_set: ForgetSet, method: str = "n
     if len(forget_set.inputs) == 0:
         raise UsageError("no forget samples were given; pass --samples N or --forget-samples DIR")
     if spec.needs != "forget" and retain is None:
-        raise UsageError(f"method {method} needs retained training data ({spec.needs}); it runs only where the "
-                         "training set is available (pass --dataset)")
+        raise UsageError(
+            f"method {method} needs retained training data ({spec.needs}); it runs only where the "
+            "training set is available (pass --dataset)"
+        )
     dev = resolve_device(device)
     work = copy.deepcopy(model).to(dev)
     fs = ForgetSet(forget_set.inputs.to(dev), forget_set.labels.to(dev), tuple(classes))

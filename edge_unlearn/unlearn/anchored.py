@@ -10,6 +10,7 @@ then trained (BatchNorm frozen, head fixed) so the forget samples' features carr
 or defeat a linear probe refitted on the fly — while the anchors' features stay where the original block put
 them. ``benchmarks/probe_gap.py`` measures it against retraining (docs/nhle.md has the figures).
 """
+
 from __future__ import annotations
 
 import copy
@@ -28,25 +29,36 @@ def last_residual_block(backbone: nn.Module) -> nn.Module:
     layer4 = getattr(backbone, "layer4", None)
     if isinstance(layer4, nn.Sequential) and len(layer4) and hasattr(layer4[-1], "conv1"):
         return layer4[-1]
-    raise UsageError("backbone_step=last_block needs a ResNet backbone ending in layer4 (cifar_resnet18, "
-                     "resnet18/34/50); use backbone_step=none for this model")
+    raise UsageError(
+        "backbone_step=last_block needs a ResNet backbone ending in layer4 (cifar_resnet18, "
+        "resnet18/34/50); use backbone_step=none for this model"
+    )
 
 
 def pooled_block(block: nn.Module, inputs: torch.Tensor, batch: int = 512) -> torch.Tensor:
     """Penultimate features of ``block`` run on its inputs: its output map, globally average-pooled."""
-    return torch.cat([block(inputs[i:i + batch]).mean((2, 3)) for i in range(0, len(inputs), batch)])
+    return torch.cat([block(inputs[i : i + batch]).mean((2, 3)) for i in range(0, len(inputs), batch)])
 
 
 def batch_stat_gap(x: torch.Tensor, bn: nn.BatchNorm2d) -> torch.Tensor:
     """How far a batch's channel mean and variance before ``bn`` are from its running ones (relative)."""
     mean, var = x.mean((0, 2, 3)), x.var((0, 2, 3), unbiased=False)
-    return (mean - bn.running_mean).norm() / bn.running_mean.norm().clamp(min=1e-6) + \
-        (var - bn.running_var).norm() / bn.running_var.norm().clamp(min=1e-6)
+    return (mean - bn.running_mean).norm() / bn.running_mean.norm().clamp(min=1e-6) + (
+        var - bn.running_var
+    ).norm() / bn.running_var.norm().clamp(min=1e-6)
 
 
-def synthesize_block_inputs(block: nn.Module, head_weight: torch.Tensor, head_bias: torch.Tensor,
-                            class_means: torch.Tensor, classes: list[int], spatial: tuple[int, int],
-                            per_class: int = 16, steps: int = 100, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def synthesize_block_inputs(
+    block: nn.Module,
+    head_weight: torch.Tensor,
+    head_bias: torch.Tensor,
+    class_means: torch.Tensor,
+    classes: list[int],
+    spatial: tuple[int, int],
+    per_class: int = 16,
+    steps: int = 100,
+    seed: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Retention anchors without retained data: ``per_class`` post-ReLU inputs of ``block`` for each of
     ``classes`` (``class_means`` [C, channels]: their recorded channel means at the block's input), optimised so
     every BatchNorm in the block sees its running statistics, their channel means stay at their class's and the
@@ -70,9 +82,11 @@ def synthesize_block_inputs(block: nn.Module, head_weight: torch.Tensor, head_bi
             seen.clear()
             z = torch.relu(raw)
             out = block(z).mean((2, 3))
-            loss = sum(batch_stat_gap(x, bn) for x, bn in zip(seen, norms)) \
-                + F.cross_entropy(out @ head_weight.T + head_bias, labels) \
-                + ((z.mean((2, 3)) - base[:, :, 0, 0]) ** 2).sum(1).mean() / (base ** 2).sum(1).mean()
+            loss = (
+                sum(batch_stat_gap(x, bn) for x, bn in zip(seen, norms))
+                + F.cross_entropy(out @ head_weight.T + head_bias, labels)
+                + ((z.mean((2, 3)) - base[:, :, 0, 0]) ** 2).sum(1).mean() / (base**2).sum(1).mean()
+            )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -84,10 +98,21 @@ def synthesize_block_inputs(block: nn.Module, head_weight: torch.Tensor, head_bi
     return torch.relu(raw).detach(), labels
 
 
-def finetune_block(block: nn.Module, forget_inputs: torch.Tensor, head_weight: torch.Tensor, head_bias: torch.Tensor,
-                   forget_classes: list[int], anchors: torch.Tensor | None, objective: str = "nhle", steps: int = 40,
-                   lr: float = 1e-3, anchor_weight: float = 10.0, anchor_labels: torch.Tensor | None = None,
-                   refit_every: int = 10, seed: int = 0) -> nn.Module:
+def finetune_block(
+    block: nn.Module,
+    forget_inputs: torch.Tensor,
+    head_weight: torch.Tensor,
+    head_bias: torch.Tensor,
+    forget_classes: list[int],
+    anchors: torch.Tensor | None,
+    objective: str = "nhle",
+    steps: int = 40,
+    lr: float = 1e-3,
+    anchor_weight: float = 10.0,
+    anchor_labels: torch.Tensor | None = None,
+    refit_every: int = 10,
+    seed: int = 0,
+) -> nn.Module:
     """A copy of ``block`` trained on the forget samples' block inputs (BatchNorm frozen, head fixed):
 
     - ``objective="nhle"``: the negative-hot loss through the head (each sample toward its own distribution over
@@ -122,7 +147,7 @@ def finetune_block(block: nn.Module, forget_inputs: torch.Tensor, head_weight: t
             for c in anchor_labels.unique():
                 prototypes[c] = anchor_target[anchor_labels == c].mean(0)
             goal = prototypes[own.argmax(1)]
-            goal_energy = (goal ** 2).sum(1).mean().clamp(min=1e-12)
+            goal_energy = (goal**2).sum(1).mean().clamp(min=1e-12)
     for step in range(steps):
         feats = tuned(forget_inputs).mean((2, 3))
         if objective == "nhle":
@@ -132,12 +157,13 @@ def finetune_block(block: nn.Module, forget_inputs: torch.Tensor, head_weight: t
         else:
             if step % refit_every == 0:
                 probe_w, probe_b, centre, scale, columns = _refit_probe(
-                    pooled_block(tuned, anchors).detach(), anchor_labels, feats.detach(), forget_classes, seed)
+                    pooled_block(tuned, anchors).detach(), anchor_labels, feats.detach(), forget_classes, seed
+                )
             logp = F.log_softmax(((feats - centre) / scale) @ probe_w.T + probe_b, 1)
             loss = -torch.log1p(-logp[:, columns].exp().sum(1).clamp(max=1 - 1e-6)).mean()
         if anchors is not None:
             out = tuned(anchors).mean((2, 3))
-            loss = loss + anchor_weight * ((out - anchor_target) ** 2).sum(1).mean() / (anchor_target ** 2).sum(1).mean()
+            loss = loss + anchor_weight * ((out - anchor_target) ** 2).sum(1).mean() / (anchor_target**2).sum(1).mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -146,8 +172,13 @@ def finetune_block(block: nn.Module, forget_inputs: torch.Tensor, head_weight: t
     return tuned
 
 
-def _refit_probe(anchor_feats: torch.Tensor, anchor_labels: torch.Tensor, forget_feats: torch.Tensor,
-                 forget_classes: list[int], seed: int):
+def _refit_probe(
+    anchor_feats: torch.Tensor,
+    anchor_labels: torch.Tensor,
+    forget_feats: torch.Tensor,
+    forget_classes: list[int],
+    seed: int,
+):
     """A standardised logistic probe on anchors (their labels) + forget samples (label: the first forgotten
     class); returns its weights, the standardisation and the forget column(s)."""
     from sklearn.linear_model import LogisticRegression

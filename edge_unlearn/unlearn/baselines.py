@@ -13,10 +13,11 @@ masking after unlearning), except ``retrain``, which masks the forgotten classes
 :func:`edge_unlearn.training.train_model` with ``forget_classes`` — the gold standard of DESIGN.md §2 — so the
 registry's ``retrain`` and the one the benchmark trains are the same model contract.
 """
+
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -35,8 +36,9 @@ from . import ForgetSet, RetainSet, register_method
 def _retain_subset(retain: RetainSet | None, limit: int | None, seed: int, method: str) -> RetainSet:
     """``retain`` itself, or ``limit`` random samples of it (the "retain subset" a method trains on)."""
     if retain is None:
-        raise UsageError(f"method {method} needs retained training data; "
-                         "pass the dataset it was trained on (--dataset)")
+        raise UsageError(
+            f"method {method} needs retained training data; pass the dataset it was trained on (--dataset)"
+        )
     if limit is None or limit >= len(retain.inputs):
         return retain
     if limit < 1:
@@ -50,7 +52,7 @@ def _batches(n: int, batch_size: int, gen: torch.Generator, device: torch.device
     """Shuffled index batches covering ``range(n)`` once."""
     order = torch.randperm(n, generator=gen)
     for i in range(0, n, batch_size):
-        yield order[i:i + batch_size].to(device)
+        yield order[i : i + batch_size].to(device)
 
 
 def _remaining_classes(model: UnlearnableClassifier, forget_classes: tuple[int, ...]) -> torch.Tensor:
@@ -70,9 +72,18 @@ def _sgd(params, lr: float, momentum: float, weight_decay: float) -> torch.optim
     return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
 
 
-def _train_on(model: UnlearnableClassifier, inputs: torch.Tensor, labels: torch.Tensor, epochs: int,
-              batch_size: int, optimizer: torch.optim.Optimizer, seed: int, desc: str, progress: bool,
-              after_step=None) -> None:
+def _train_on(
+    model: UnlearnableClassifier,
+    inputs: torch.Tensor,
+    labels: torch.Tensor,
+    epochs: int,
+    batch_size: int,
+    optimizer: torch.optim.Optimizer,
+    seed: int,
+    desc: str,
+    progress: bool,
+    after_step=None,
+) -> None:
     """Plain cross-entropy epochs over (inputs, labels) in train mode (BatchNorm statistics update)."""
     gen = torch.Generator().manual_seed(seed)
     steps = epochs * ((len(inputs) + batch_size - 1) // batch_size)
@@ -141,11 +152,22 @@ def reinitialise(model: nn.Module, seed: int) -> None:
             module.reset_running_stats()
 
 
-@register_method("retrain", RetrainConfig, needs="forget+retain", masks=True,
-                 description="Retrain from scratch on the retained classes only (gold standard; forget classes "
-                             "masked from the start, as train_model does)")
-def run_retrain(model: UnlearnableClassifier, forget_set: ForgetSet, config: RetrainConfig, retain: RetainSet | None,
-                device: torch.device, progress: bool) -> None:
+@register_method(
+    "retrain",
+    RetrainConfig,
+    needs="forget+retain",
+    masks=True,
+    description="Retrain from scratch on the retained classes only (gold standard; forget classes "
+    "masked from the start, as train_model does)",
+)
+def run_retrain(
+    model: UnlearnableClassifier,
+    forget_set: ForgetSet,
+    config: RetrainConfig,
+    retain: RetainSet | None,
+    device: torch.device,
+    progress: bool,
+) -> None:
     """Re-initialise the model and train it on the retained data only, repeating ``train_model``'s loop
     (AdamW, one-cycle schedule, cross-entropy, shuffled batches, ``epochs`` or more to reach ``min_steps``).
     The forgotten classes are masked before training, as ``train_model(forget_classes=...)`` does, so their
@@ -158,8 +180,18 @@ def run_retrain(model: UnlearnableClassifier, forget_set: ForgetSet, config: Ret
     steps_per_epoch = (len(rs.inputs) + config.batch_size - 1) // config.batch_size
     epochs = max(config.epochs, -(-config.min_steps // steps_per_epoch))  # as train_model: at least min_steps
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.lr, total_steps=epochs * steps_per_epoch)
-    _train_on(model, rs.inputs, rs.labels, epochs, config.batch_size, opt, config.seed, "retrain", progress,
-              after_step=sched.step)
+    _train_on(
+        model,
+        rs.inputs,
+        rs.labels,
+        epochs,
+        config.batch_size,
+        opt,
+        config.seed,
+        "retrain",
+        progress,
+        after_step=sched.step,
+    )
     _finish_class_stats(model, forget_set.classes, rs)  # train_model records them too: part of the recipe
 
 
@@ -180,10 +212,21 @@ class FinetuneConfig:
     retain_samples: int | None = None
 
 
-@register_method("finetune", FinetuneConfig, needs="forget+retain", masks=False,
-                 description="Fine-tune on retained data for a few epochs (catastrophic forgetting of the rest)")
-def run_finetune(model: UnlearnableClassifier, forget_set: ForgetSet, config: FinetuneConfig,
-                 retain: RetainSet | None, device: torch.device, progress: bool) -> None:
+@register_method(
+    "finetune",
+    FinetuneConfig,
+    needs="forget+retain",
+    masks=False,
+    description="Fine-tune on retained data for a few epochs (catastrophic forgetting of the rest)",
+)
+def run_finetune(
+    model: UnlearnableClassifier,
+    forget_set: ForgetSet,
+    config: FinetuneConfig,
+    retain: RetainSet | None,
+    device: torch.device,
+    progress: bool,
+) -> None:
     """FT (Warnecke et al.; the baseline of Jia et al. 2023 and SalUn): a few epochs of cross-entropy on
     the retained data only, at a larger learning rate than the end of training. The forget samples are not
     read. Differs from the authors' code only in the schedule: constant lr (theirs: cosine/step decay)."""
@@ -212,10 +255,21 @@ class NegGradConfig:
     retain_samples: int | None = None
 
 
-@register_method("neggrad", NegGradConfig, needs="forget", masks=False,
-                 description="Gradient ascent on the forget samples (optionally + a retain cross-entropy term)")
-def run_neggrad(model: UnlearnableClassifier, forget_set: ForgetSet, config: NegGradConfig,
-                retain: RetainSet | None, device: torch.device, progress: bool) -> None:
+@register_method(
+    "neggrad",
+    NegGradConfig,
+    needs="forget",
+    masks=False,
+    description="Gradient ascent on the forget samples (optionally + a retain cross-entropy term)",
+)
+def run_neggrad(
+    model: UnlearnableClassifier,
+    forget_set: ForgetSet,
+    config: NegGradConfig,
+    retain: RetainSet | None,
+    device: torch.device,
+    progress: bool,
+) -> None:
     """NegGrad / GA (Golatkar et al. 2020; "GA" in Jia et al. 2023 and SalUn): maximise the cross-entropy
     of the forget samples. With ``retain_weight`` = w > 0 it is NegGrad+ (Kurmanji et al. 2023):
     loss = w·CE(retain batch) − (1 − w)·CE(forget batch), which needs retained data.
@@ -246,8 +300,10 @@ def run_neggrad(model: UnlearnableClassifier, forget_set: ForgetSet, config: Neg
                 loss = -F.cross_entropy(logits, y[idx])
                 if rs is not None:
                     ridx = torch.randint(len(rs.inputs), (len(idx),), generator=gen).to(rs.inputs.device)
-                    loss = config.retain_weight * F.cross_entropy(model(rs.inputs[ridx]), rs.labels[ridx]) \
+                    loss = (
+                        config.retain_weight * F.cross_entropy(model(rs.inputs[ridx]), rs.labels[ridx])
                         + (1 - config.retain_weight) * loss
+                    )
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -278,9 +334,18 @@ class RandomLabelConfig:
     retain_samples: int | None = None
 
 
-def _random_label_training(model: UnlearnableClassifier, forget_set: ForgetSet, rs: RetainSet, epochs: int,
-                           batch_size: int, optimizer: torch.optim.Optimizer, seed: int, desc: str,
-                           progress: bool, after_step=None) -> None:
+def _random_label_training(
+    model: UnlearnableClassifier,
+    forget_set: ForgetSet,
+    rs: RetainSet,
+    epochs: int,
+    batch_size: int,
+    optimizer: torch.optim.Optimizer,
+    seed: int,
+    desc: str,
+    progress: bool,
+    after_step=None,
+) -> None:
     gen = torch.Generator().manual_seed(seed)
     remaining = _remaining_classes(model, forget_set.classes)
     rand = _random_labels(forget_set.labels, remaining, gen)
@@ -289,10 +354,21 @@ def _random_label_training(model: UnlearnableClassifier, forget_set: ForgetSet, 
     _train_on(model, inputs, labels, epochs, batch_size, optimizer, seed + 1, desc, progress, after_step)
 
 
-@register_method("random_label", RandomLabelConfig, needs="forget+retain", masks=False,
-                 description="Fine-tune with random labels on the forget samples plus retained data")
-def run_random_label(model: UnlearnableClassifier, forget_set: ForgetSet, config: RandomLabelConfig,
-                     retain: RetainSet | None, device: torch.device, progress: bool) -> None:
+@register_method(
+    "random_label",
+    RandomLabelConfig,
+    needs="forget+retain",
+    masks=False,
+    description="Fine-tune with random labels on the forget samples plus retained data",
+)
+def run_random_label(
+    model: UnlearnableClassifier,
+    forget_set: ForgetSet,
+    config: RandomLabelConfig,
+    retain: RetainSet | None,
+    device: torch.device,
+    progress: bool,
+) -> None:
     """RL (Golatkar et al. 2020; Hayase et al. 2020; the SalUn code's ``RL``): each forget sample gets a
     random label, fixed for the run, and the model is fine-tuned with cross-entropy on the forget samples
     (random labels) mixed with the retained data (true labels), shuffled together.
@@ -302,8 +378,9 @@ def run_random_label(model: UnlearnableClassifier, forget_set: ForgetSet, config
     _check_positive("random_label", epochs=config.epochs, batch_size=config.batch_size, lr=config.lr)
     rs = _retain_subset(retain, config.retain_samples, config.seed, "random_label")
     opt = _sgd(model.parameters(), config.lr, config.momentum, config.weight_decay)
-    _random_label_training(model, forget_set, rs, config.epochs, config.batch_size, opt, config.seed,
-                           "random_label", progress)
+    _random_label_training(
+        model, forget_set, rs, config.epochs, config.batch_size, opt, config.seed, "random_label", progress
+    )
     _finish_class_stats(model, forget_set.classes, rs)
 
 
@@ -321,14 +398,15 @@ class SSDConfig:
     batch_size: int = 128
 
 
-def _importances(model: UnlearnableClassifier, inputs: torch.Tensor, labels: torch.Tensor,
-                 batch_size: int) -> list[torch.Tensor]:
+def _importances(
+    model: UnlearnableClassifier, inputs: torch.Tensor, labels: torch.Tensor, batch_size: int
+) -> list[torch.Tensor]:
     """Mean over batches of the squared gradient of the batch-mean cross-entropy (SSD's ``calc_importance``)."""
     params = [p for p in model.parameters()]
     imp = [torch.zeros_like(p) for p in params]
     batches = 0
     for i in range(0, len(inputs), batch_size):
-        loss = F.cross_entropy(model(inputs[i:i + batch_size]), labels[i:i + batch_size])
+        loss = F.cross_entropy(model(inputs[i : i + batch_size]), labels[i : i + batch_size])
         grads = torch.autograd.grad(loss, params, allow_unused=True)
         for acc, g in zip(imp, grads):
             if g is not None:
@@ -337,11 +415,22 @@ def _importances(model: UnlearnableClassifier, inputs: torch.Tensor, labels: tor
     return [acc / max(batches, 1) for acc in imp]
 
 
-@register_method("ssd", SSDConfig, needs="full_train", masks=False,
-                 description="Selective Synaptic Dampening: dampen parameters far more important to the forget "
-                             "set than to the full training set (no training)")
-def run_ssd(model: UnlearnableClassifier, forget_set: ForgetSet, config: SSDConfig, retain: RetainSet | None,
-            device: torch.device, progress: bool) -> None:
+@register_method(
+    "ssd",
+    SSDConfig,
+    needs="full_train",
+    masks=False,
+    description="Selective Synaptic Dampening: dampen parameters far more important to the forget "
+    "set than to the full training set (no training)",
+)
+def run_ssd(
+    model: UnlearnableClassifier,
+    forget_set: ForgetSet,
+    config: SSDConfig,
+    retain: RetainSet | None,
+    device: torch.device,
+    progress: bool,
+) -> None:
     """SSD (Foster, Schoepf, Brintrup, AAAI 2024). Importances are the mean squared gradients (diagonal Fisher
     approximation) of the cross-entropy over batches of the full training set (forget + retain) and of the
     forget set, I_D and I_f. Every parameter θ with I_f > α·I_D is multiplied by
@@ -394,18 +483,31 @@ def saliency_mask(model: UnlearnableClassifier, forget_set: ForgetSet, fraction:
     model.eval()
     params = list(model.parameters())
     loss = F.cross_entropy(model(forget_set.inputs), forget_set.labels, reduction="sum")
-    grads = [g.abs() if g is not None else torch.zeros_like(p)
-             for p, g in zip(params, torch.autograd.grad(loss, params, allow_unused=True))]
+    grads = [
+        g.abs() if g is not None else torch.zeros_like(p)
+        for p, g in zip(params, torch.autograd.grad(loss, params, allow_unused=True))
+    ]
     flat = torch.cat([g.flatten() for g in grads])
     keep = max(1, int(round(fraction * flat.numel())))
     threshold = torch.topk(flat, keep, sorted=True).values[-1]
     return [g >= threshold for g in grads]
 
 
-@register_method("salun", SalUnConfig, needs="forget+retain", masks=False,
-                 description="SalUn: random-label training restricted to the weights salient for the forget loss")
-def run_salun(model: UnlearnableClassifier, forget_set: ForgetSet, config: SalUnConfig, retain: RetainSet | None,
-              device: torch.device, progress: bool) -> None:
+@register_method(
+    "salun",
+    SalUnConfig,
+    needs="forget+retain",
+    masks=False,
+    description="SalUn: random-label training restricted to the weights salient for the forget loss",
+)
+def run_salun(
+    model: UnlearnableClassifier,
+    forget_set: ForgetSet,
+    config: SalUnConfig,
+    retain: RetainSet | None,
+    device: torch.device,
+    progress: bool,
+) -> None:
     """SalUn (Fan et al., ICLR 2024): the saliency map is |∇_θ CE(forget samples)|; the top ``sparsity``
     fraction of weights (one global threshold, 0.5 in the paper) form the mask; then RL (random labels on
     the forget samples + retained data) updates only the salient weights.
@@ -426,6 +528,7 @@ def run_salun(model: UnlearnableClassifier, forget_set: ForgetSet, config: SalUn
             for p, m, f in zip(params, masks, frozen):
                 p.copy_(torch.where(m, p, f))
 
-    _random_label_training(model, forget_set, rs, config.epochs, config.batch_size, opt, config.seed, "salun",
-                           progress, after_step=restore)
+    _random_label_training(
+        model, forget_set, rs, config.epochs, config.batch_size, opt, config.seed, "salun", progress, after_step=restore
+    )
     _finish_class_stats(model, forget_set.classes, rs)

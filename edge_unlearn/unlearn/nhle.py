@@ -31,6 +31,7 @@ from a few forget samples and no retained data:
 3. **Decision-level class weight masking.** The class mask is set (done by :func:`forget`), so no input can
    ever predict a forgotten class, and the forgotten classes' statistics are erased from the model.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -114,28 +115,44 @@ class NHLEConfig:
 
     def __post_init__(self) -> None:
         if self.version != NHLE_CONFIG_VERSION:
-            raise UsageError(f"nhle config version {self.version} is not supported (this edge-unlearn writes "
-                             f"version {NHLE_CONFIG_VERSION}); drop the version parameter")
-        for name, value, allowed in (("data_free", self.data_free, DATA_FREE), ("scope", self.scope, SCOPES),
-                                     ("retain_target", self.retain_target, RETAIN_TARGETS),
-                                     ("feature_target", self.feature_target, FEATURE_TARGETS),
-                                     ("feature_depth", self.feature_depth, FEATURE_DEPTHS),
-                                     ("feature_metric", self.feature_metric, FEATURE_METRICS),
-                                     ("backbone_step", self.backbone_step, BACKBONE_STEPS),
-                                     ("backbone_objective", self.backbone_objective, BACKBONE_OBJECTIVES)):
+            raise UsageError(
+                f"nhle config version {self.version} is not supported (this edge-unlearn writes "
+                f"version {NHLE_CONFIG_VERSION}); drop the version parameter"
+            )
+        for name, value, allowed in (
+            ("data_free", self.data_free, DATA_FREE),
+            ("scope", self.scope, SCOPES),
+            ("retain_target", self.retain_target, RETAIN_TARGETS),
+            ("feature_target", self.feature_target, FEATURE_TARGETS),
+            ("feature_depth", self.feature_depth, FEATURE_DEPTHS),
+            ("feature_metric", self.feature_metric, FEATURE_METRICS),
+            ("backbone_step", self.backbone_step, BACKBONE_STEPS),
+            ("backbone_objective", self.backbone_objective, BACKBONE_OBJECTIVES),
+        ):
             if value not in allowed:
                 raise UsageError(f"nhle {name} must be one of {', '.join(allowed)}, got {value!r}")
         if self.steps < 0 or self.lr <= 0 or self.neg_value < 0 or not 0 <= self.alpha <= 1 or self.temperature <= 0:
             raise UsageError("nhle needs steps >= 0, lr > 0, neg_value >= 0, 0 <= alpha <= 1, temperature > 0")
         if not 0 < self.target_scale <= 1:
-            raise UsageError(f"nhle target_scale must be in (0, 1] (1: the target class mean itself), got {self.target_scale}")
-        if self.backbone_steps < 0 or self.backbone_lr <= 0 or self.anchor_weight < 0 or self.anchors_per_class < 1 \
-                or self.anchor_steps < 0:
-            raise UsageError("nhle needs backbone_steps >= 0, backbone_lr > 0, anchor_weight >= 0, "
-                             "anchors_per_class >= 1, anchor_steps >= 0")
+            raise UsageError(
+                f"nhle target_scale must be in (0, 1] (1: the target class mean itself), got {self.target_scale}"
+            )
+        if (
+            self.backbone_steps < 0
+            or self.backbone_lr <= 0
+            or self.anchor_weight < 0
+            or self.anchors_per_class < 1
+            or self.anchor_steps < 0
+        ):
+            raise UsageError(
+                "nhle needs backbone_steps >= 0, backbone_lr > 0, anchor_weight >= 0, "
+                "anchors_per_class >= 1, anchor_steps >= 0"
+            )
         if not 0 <= self.pair_weight <= 0.5:
-            raise UsageError(f"nhle pair_weight must be in [0, 0.5] (0: onto the nearest class, 0.5: midway between "
-                             f"the two nearest), got {self.pair_weight}")
+            raise UsageError(
+                f"nhle pair_weight must be in [0, 0.5] (0: onto the nearest class, 0.5: midway between "
+                f"the two nearest), got {self.pair_weight}"
+            )
 
 
 def _following_batchnorm(model: nn.Module, layer: nn.Module) -> nn.BatchNorm2d | None:
@@ -151,8 +168,9 @@ def _following_batchnorm(model: nn.Module, layer: nn.Module) -> nn.BatchNorm2d |
 
 
 @torch.no_grad()
-def batchnorm_feature_mean(model: UnlearnableClassifier, example: torch.Tensor, samples: int = 64,
-                           seed: int = 0) -> torch.Tensor | None:
+def batchnorm_feature_mean(
+    model: UnlearnableClassifier, example: torch.Tensor, samples: int = 64, seed: int = 0
+) -> torch.Tensor | None:
     """Data-free estimate of the mean input of the edit layer over the training distribution [D].
 
     The last BatchNorm that runs before the edit layer has, on training data, outputs of mean ``beta`` and
@@ -170,7 +188,7 @@ def batchnorm_feature_mean(model: UnlearnableClassifier, example: torch.Tensor, 
     finally:
         for h in handles:
             h.remove()
-    before = order[:order.index(layer)] if layer in order else []
+    before = order[: order.index(layer)] if layer in order else []
     bn = next((m for m in reversed(before) if isinstance(m, nn.modules.batchnorm._BatchNorm)), None)
     if bn is None or not bn.affine:
         model.train(was_training)
@@ -184,8 +202,10 @@ def batchnorm_feature_mean(model: UnlearnableClassifier, example: torch.Tensor, 
         return bn.bias.view(view) + bn.weight.abs().view(view) * noise
 
     captured: list[torch.Tensor] = []
-    handles = [bn.register_forward_hook(sample),
-               layer.register_forward_pre_hook(lambda _m, args: captured.append(args[0]))]
+    handles = [
+        bn.register_forward_hook(sample),
+        layer.register_forward_pre_hook(lambda _m, args: captured.append(args[0])),
+    ]
     try:
         model.backbone(example[:1].expand(samples, *example.shape[1:]))
     finally:
@@ -196,9 +216,15 @@ def batchnorm_feature_mean(model: UnlearnableClassifier, example: torch.Tensor, 
 
 
 @torch.no_grad()
-def project_forget_directions(model: UnlearnableClassifier, forget_inputs: torch.Tensor, forget_labels: torch.Tensor,
-                              forget_classes: list[int], alpha: float = 1.0, orthogonalize: bool = True,
-                              feature_mean: torch.Tensor | None = None) -> int:
+def project_forget_directions(
+    model: UnlearnableClassifier,
+    forget_inputs: torch.Tensor,
+    forget_labels: torch.Tensor,
+    forget_classes: list[int],
+    alpha: float = 1.0,
+    orthogonalize: bool = True,
+    feature_mean: torch.Tensor | None = None,
+) -> int:
     """Step 1: remove the forget-specific input directions of the backbone's last learnable layer.
 
     With class statistics the retained mean and the retained directions come from them; without, and with
@@ -298,6 +324,7 @@ def _execution_order(model: UnlearnableClassifier, names: list[str], example: to
         def hook(_m, _args) -> None:
             if name not in order:
                 order.append(name)
+
         return hook
 
     handles = [modules[n].register_forward_pre_hook(note(n)) for n in names]
@@ -310,9 +337,15 @@ def _execution_order(model: UnlearnableClassifier, names: list[str], example: to
 
 
 @torch.no_grad()
-def retarget_layer(model: UnlearnableClassifier, layer: nn.Module, forget_mean: torch.Tensor,
-                   target_mean: torch.Tensor, retained_means: torch.Tensor, alpha: float = 1.0,
-                   variance: torch.Tensor | None = None) -> bool:
+def retarget_layer(
+    model: UnlearnableClassifier,
+    layer: nn.Module,
+    forget_mean: torch.Tensor,
+    target_mean: torch.Tensor,
+    retained_means: torch.Tensor,
+    alpha: float = 1.0,
+    variance: torch.Tensor | None = None,
+) -> bool:
     """Rank-one edit of ``layer`` so that an input at ``forget_mean`` gives the output it gives at
     ``target_mean`` (``alpha`` < 1: part of the way), while an input at any of ``retained_means`` [K, D]
     (and any affine combination of them) gives exactly the output it gave before.
@@ -370,8 +403,13 @@ def nearest_retained_classes(model: UnlearnableClassifier, forget_mean: torch.Te
 
 
 @torch.no_grad()
-def retarget_forget_features(model: UnlearnableClassifier, forget_inputs: torch.Tensor, forget_labels: torch.Tensor,
-                             forget_classes: list[int], config: NHLEConfig) -> dict[str, object]:
+def retarget_forget_features(
+    model: UnlearnableClassifier,
+    forget_inputs: torch.Tensor,
+    forget_labels: torch.Tensor,
+    forget_classes: list[int],
+    config: NHLEConfig,
+) -> dict[str, object]:
     """Step 1 with class statistics, ``feature_target``/``feature_depth`` of ``config``: for each forgotten
     class, send its samples' mean input of each edited layer to the target (the nearest retained class's
     recorded mean, or the retained classes' mean) with :func:`retarget_layer`, layer by layer in execution
@@ -405,8 +443,9 @@ def retarget_forget_features(model: UnlearnableClassifier, forget_inputs: torch.
             if targets[c] is None:
                 target = retained.mean(0)
             elif len(targets[c]) == 2:  # nearest_pair: (1 - w) of the nearest class + w of the second
-                target = torch.lerp(stats[name][targets[c][0]].float(), stats[name][targets[c][1]].float(),
-                                    config.pair_weight)
+                target = torch.lerp(
+                    stats[name][targets[c][0]].float(), stats[name][targets[c][1]].float(), config.pair_weight
+                )
             else:
                 target = stats[name][targets[c][0]].float()
             # toward the origin, an unfamiliar input's smaller activations; at the last layer only (earlier
@@ -419,8 +458,9 @@ def retarget_forget_features(model: UnlearnableClassifier, forget_inputs: torch.
     return {"feature_depth": depth, "layers_edited": edited, "target_classes": targets}
 
 
-def finetune_last_block(model: UnlearnableClassifier, forget_inputs: torch.Tensor, forget: list[int],
-                        keep: torch.Tensor, config: NHLEConfig) -> dict[str, object]:
+def finetune_last_block(
+    model: UnlearnableClassifier, forget_inputs: torch.Tensor, forget: list[int], keep: torch.Tensor, config: NHLEConfig
+) -> dict[str, object]:
     """``backbone_step="last_block"``: the backbone's last residual block fine-tuned on the forget samples with
     synthesised retention anchors (:mod:`.anchored`), in place. Needs the class means at the block's input
     (depth statistics). The anchors hold the block's output, not its inner activations, so the retained
@@ -431,23 +471,46 @@ def finetune_last_block(model: UnlearnableClassifier, forget_inputs: torch.Tenso
     block_name = next(n for n, m in model.backbone.named_modules() if m is block)
     means = model.depth_stats().get(f"{block_name}.conv1")
     if means is None or not model.has_depth_stats:
-        raise UsageError("backbone_step=last_block needs class statistics at every depth, which `edge-unlearn "
-                         "train` and `edge-unlearn import --stats-from` record; use one of those checkpoints, "
-                         "or backbone_step=none")
+        raise UsageError(
+            "backbone_step=last_block needs class statistics at every depth, which `edge-unlearn "
+            "train` and `edge-unlearn import --stats-from` record; use one of those checkpoints, "
+            "or backbone_step=none"
+        )
     inputs = _layer_input_map(model, block, forget_inputs, "use backbone_step=none").detach()
     with torch.no_grad():
         matches = torch.allclose(block(inputs).mean((2, 3)), model.features(forget_inputs), atol=1e-4, rtol=1e-4)
     if not matches:
-        raise UsageError("backbone_step=last_block needs the backbone to end in its last block and global "
-                         "average pooling; use backbone_step=none")
+        raise UsageError(
+            "backbone_step=last_block needs the backbone to end in its last block and global "
+            "average pooling; use backbone_step=none"
+        )
     counts = getattr(model, DEPTH_STATS_COUNT)
     retained = [int(c) for c in torch.nonzero(keep).flatten() if counts[c] > 0]
     weight = model.head.weight.detach()
     bias = model.head.bias.detach() if model.head.bias is not None else weight.new_zeros(weight.shape[0])
-    anchors, labels = synthesize_block_inputs(block, weight, bias, means.detach(), retained, tuple(inputs.shape[2:]),
-                                              config.anchors_per_class, config.anchor_steps)
-    tuned = finetune_block(block, inputs, weight, bias, forget, anchors, config.backbone_objective,
-                           config.backbone_steps, config.backbone_lr, config.anchor_weight, labels)
+    anchors, labels = synthesize_block_inputs(
+        block,
+        weight,
+        bias,
+        means.detach(),
+        retained,
+        tuple(inputs.shape[2:]),
+        config.anchors_per_class,
+        config.anchor_steps,
+    )
+    tuned = finetune_block(
+        block,
+        inputs,
+        weight,
+        bias,
+        forget,
+        anchors,
+        config.backbone_objective,
+        config.backbone_steps,
+        config.backbone_lr,
+        config.anchor_weight,
+        labels,
+    )
     shifts = anchored_input_shifts(block, tuned, anchors, labels, retained)
     with torch.no_grad():
         for target, source in zip(block.parameters(), tuned.parameters()):
@@ -465,16 +528,21 @@ def finetune_last_block(model: UnlearnableClassifier, forget_inputs: torch.Tenso
 
 
 @torch.no_grad()
-def anchored_input_shifts(block: nn.Module, tuned: nn.Module, anchors: torch.Tensor, labels: torch.Tensor,
-                          classes: list[int]) -> dict[str, torch.Tensor]:
+def anchored_input_shifts(
+    block: nn.Module, tuned: nn.Module, anchors: torch.Tensor, labels: torch.Tensor, classes: list[int]
+) -> dict[str, torch.Tensor]:
     """{learnable layer inside the block whose input the fine-tuning moved: [len(classes), D] shift of each
     class's mean input}, measured on the class's anchors (which stand in for its data, as in the fine-tuning)."""
+
     def means(module: nn.Module) -> dict[str, torch.Tensor]:
         seen: dict[str, torch.Tensor] = {}
         layers = depth_layers(module)
-        handles = [layer.register_forward_pre_hook(
-            lambda _m, args, name=name, layer=layer: seen.__setitem__(name, pool_edit_input(args[0], layer)))
-            for name, layer in layers]
+        handles = [
+            layer.register_forward_pre_hook(
+                lambda _m, args, name=name, layer=layer: seen.__setitem__(name, pool_edit_input(args[0], layer))
+            )
+            for name, layer in layers
+        ]
         try:
             module(anchors)
         finally:
@@ -492,16 +560,24 @@ def _targets(logits: torch.Tensor, keep: torch.Tensor, config: NHLEConfig) -> to
     return torch.softmax(logits.masked_fill(~keep, float("-inf")) / config.temperature, dim=1)
 
 
-def _nhle_loss(logits: torch.Tensor, keep: torch.Tensor, forget: list[int], targets: torch.Tensor,
-               neg_value: float) -> torch.Tensor:
+def _nhle_loss(
+    logits: torch.Tensor, keep: torch.Tensor, forget: list[int], targets: torch.Tensor, neg_value: float
+) -> torch.Tensor:
     """``-sum_r t_r log p_r - neg_value * log(1 - p_forgotten)``, mean over samples (bounded below)."""
     logp = F.log_softmax(logits, dim=1)
     p_forgotten = logp[:, forget].exp().sum(1).clamp(max=1 - 1e-6)
     return -(targets * logp.masked_fill(~keep, 0)).sum(1).mean() - neg_value * torch.log1p(-p_forgotten).mean()
 
 
-def _train_forgotten_rows(model: UnlearnableClassifier, x: torch.Tensor, keep: torch.Tensor, forget: list[int],
-                          targets: torch.Tensor, config: NHLEConfig, progress: bool) -> None:
+def _train_forgotten_rows(
+    model: UnlearnableClassifier,
+    x: torch.Tensor,
+    keep: torch.Tensor,
+    forget: list[int],
+    targets: torch.Tensor,
+    config: NHLEConfig,
+    progress: bool,
+) -> None:
     """Step 2 with ``scope="forgotten_rows"``: Adam on the masked classes' head rows only. The features and
     the retained logits cannot change, so they are computed once and only the trained rows' logits are
     recomputed each step (the same updates as masking the other rows' gradients, at a fraction of the cost)."""
@@ -511,7 +587,11 @@ def _train_forgotten_rows(model: UnlearnableClassifier, x: torch.Tensor, keep: t
         feats = model.features(x)
         fixed = head(feats)
     weight = head.weight.detach()[rows].clone().requires_grad_(True)
-    bias = (head.bias.detach()[rows] if head.bias is not None else weight.new_zeros(len(rows))).clone().requires_grad_(True)
+    bias = (
+        (head.bias.detach()[rows] if head.bias is not None else weight.new_zeros(len(rows)))
+        .clone()
+        .requires_grad_(True)
+    )
     optimizer = torch.optim.Adam([weight, bias] if head.bias is not None else [weight], lr=config.lr)
     for _ in tqdm(range(config.steps), desc="nhle", disable=not progress, unit="step"):
         logits = fixed.index_copy(1, rows, feats @ weight.T + bias)
@@ -525,11 +605,21 @@ def _train_forgotten_rows(model: UnlearnableClassifier, x: torch.Tensor, keep: t
             head.bias[rows] = bias.detach()
 
 
-@register_method("nhle", NHLEConfig, needs="forget",
-                 description="NHLE: feature-level class weight masking + negative-hot label fine-tuning + "
-                             "decision-level masking, from a few forget samples, no retained data")
-def run_nhle(model: UnlearnableClassifier, forget_set: ForgetSet, config: NHLEConfig, retain: RetainSet | None,
-             device: torch.device, progress: bool) -> dict[str, object]:
+@register_method(
+    "nhle",
+    NHLEConfig,
+    needs="forget",
+    description="NHLE: feature-level class weight masking + negative-hot label fine-tuning + "
+    "decision-level masking, from a few forget samples, no retained data",
+)
+def run_nhle(
+    model: UnlearnableClassifier,
+    forget_set: ForgetSet,
+    config: NHLEConfig,
+    retain: RetainSet | None,
+    device: torch.device,
+    progress: bool,
+) -> dict[str, object]:
     """Returns which feature step ran (``feature_step``, ``feature_directions``) for the output and lineage."""
     model.eval()  # BatchNorm statistics stay frozen: only forget samples are seen
     forget = list(forget_set.classes)
@@ -547,7 +637,11 @@ def run_nhle(model: UnlearnableClassifier, forget_set: ForgetSet, config: NHLECo
             step = "class_stats"
         elif config.data_free == "batchnorm":
             estimate = batchnorm_feature_mean(model, x)
-            step = "batchnorm_estimate" if estimate is not None else "none (no class statistics, no BatchNorm before the edit layer)"
+            step = (
+                "batchnorm_estimate"
+                if estimate is not None
+                else "none (no class statistics, no BatchNorm before the edit layer)"
+            )
         else:
             step = "none (no class statistics; data_free=none)"
         if step == "class_stats" and (config.feature_target != "retained_mean" or config.feature_depth != "edit_layer"):
@@ -555,8 +649,9 @@ def run_nhle(model: UnlearnableClassifier, forget_set: ForgetSet, config: NHLECo
             removed = int(report.pop("layers_edited"))
             details.update(report)
         elif step in ("class_stats", "batchnorm_estimate"):
-            removed = project_forget_directions(model, x, forget_set.labels, forget, config.alpha, config.orthogonalize,
-                                                feature_mean=estimate)
+            removed = project_forget_directions(
+                model, x, forget_set.labels, forget, config.alpha, config.orthogonalize, feature_mean=estimate
+            )
     if config.backbone_step == "last_block":
         details["backbone_step"] = finetune_last_block(model, x, forget, keep, config)
     head = model.head

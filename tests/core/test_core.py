@@ -1,4 +1,5 @@
 """The torch-free core: the one checkpoint header reader, the one accuracy and retain drop, strict JSON text."""
+
 from __future__ import annotations
 
 import json
@@ -10,8 +11,7 @@ import numpy as np
 import pytest
 
 from edge_unlearn.core.figures import accuracy, retain_drop
-from edge_unlearn.core.formats import (CHECKPOINT_FORMAT, PRECISIONS, read_checkpoint_header,
-                                       read_safetensors_metadata)
+from edge_unlearn.core.formats import CHECKPOINT_FORMAT, PRECISIONS, read_checkpoint_header, read_safetensors_metadata
 from edge_unlearn.core.jsontext import to_json_text
 from edge_unlearn.errors import CheckpointError, UsageError
 
@@ -78,12 +78,15 @@ def test_retain_drop_is_reference_minus_model():
 
 def test_json_text_is_strict():
     text = to_json_text({"a": float("nan"), "b": [1.5, float("inf")], "c": (1, -math.inf)})
-    assert json.loads(text, parse_constant=lambda name: pytest.fail(f"non-strict constant {name}")) == \
-        {"a": None, "b": [1.5, None], "c": [1, None]}
+    assert json.loads(text, parse_constant=lambda name: pytest.fail(f"non-strict constant {name}")) == {
+        "a": None,
+        "b": [1.5, None],
+        "c": [1, None],
+    }
 
 
 def test_one_precisions_tuple_everywhere():
-    from edge_unlearn.export import onnx_hazards, onnx_meta, tensorrt
+    from edge_unlearn.deploy import onnx_hazards, onnx_meta, tensorrt
 
     assert onnx_meta.PRECISIONS is PRECISIONS and onnx_hazards.PRECISIONS is PRECISIONS
     assert tensorrt.PRECISIONS is PRECISIONS
@@ -97,21 +100,47 @@ RECORD_SIDES = ["host", "device"]
 def _record_class(side: str):
     if side == "host":
         from edge_unlearn.data import Preprocessing
+
         return Preprocessing, UsageError
+    from edge_unlearn.deploy.preprocessing import ImagePreprocessing
     from edge_unlearn.errors import ModelFileError
-    from edge_unlearn.export.preprocessing import ImagePreprocessing
+
     return ImagePreprocessing, ModelFileError
 
 
 @pytest.mark.parametrize("side", RECORD_SIDES)
-@pytest.mark.parametrize("record", [
-    {"version": 1, "channels": 3, "resize": 256, "crop": [224, 224], "interpolation": "bicubic",
-     "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]},
-    {"version": 1, "channels": 1, "resize": [40, 36], "crop": [32, 30], "interpolation": "nearest",
-     "mean": [0.5], "std": [0.25]},
-    {"version": 1, "channels": 1, "resize": None, "crop": [8, 8], "interpolation": "bilinear",
-     "mean": [0.3], "std": [0.4]},
-])
+@pytest.mark.parametrize(
+    "record",
+    [
+        {
+            "version": 1,
+            "channels": 3,
+            "resize": 256,
+            "crop": [224, 224],
+            "interpolation": "bicubic",
+            "mean": [0.485, 0.456, 0.406],
+            "std": [0.229, 0.224, 0.225],
+        },
+        {
+            "version": 1,
+            "channels": 1,
+            "resize": [40, 36],
+            "crop": [32, 30],
+            "interpolation": "nearest",
+            "mean": [0.5],
+            "std": [0.25],
+        },
+        {
+            "version": 1,
+            "channels": 1,
+            "resize": None,
+            "crop": [8, 8],
+            "interpolation": "bilinear",
+            "mean": [0.3],
+            "std": [0.4],
+        },
+    ],
+)
 def test_both_sides_read_and_write_the_same_record(side, record):
     """One JSON record, read by the host (torchvision) and the device (numpy) into the same fields and back."""
     from edge_unlearn.core.preprocessing import PreprocessingRecord
@@ -126,23 +155,33 @@ def test_both_sides_read_and_write_the_same_record(side, record):
 
 
 @pytest.mark.parametrize("side", RECORD_SIDES)
-@pytest.mark.parametrize("change, words", [
-    ({"channels": 2}, "1 or 3 channels"),
-    ({"mean": [0.5, 0.5]}, "one per channel"),
-    ({"std": [0.0, 0.2, 0.2]}, "--std positive"),
-    ({"mean": [float("nan"), 0.5, 0.5]}, "finite"),
-    ({"crop": [0, 32]}, "input size"),
-    ({"crop": [32]}, "input size"),
-    ({"resize": 1 << 20}, "resize"),
-    ({"resize": [32, 32, 3]}, "resize"),
-    ({"interpolation": "lanczos"}, "interpolation"),
-    ({"version": 2}, "upgrade edge-unlearn"),
-])
+@pytest.mark.parametrize(
+    "change, words",
+    [
+        ({"channels": 2}, "1 or 3 channels"),
+        ({"mean": [0.5, 0.5]}, "one per channel"),
+        ({"std": [0.0, 0.2, 0.2]}, "--std positive"),
+        ({"mean": [float("nan"), 0.5, 0.5]}, "finite"),
+        ({"crop": [0, 32]}, "input size"),
+        ({"crop": [32]}, "input size"),
+        ({"resize": 1 << 20}, "resize"),
+        ({"resize": [32, 32, 3]}, "resize"),
+        ({"interpolation": "lanczos"}, "interpolation"),
+        ({"version": 2}, "upgrade edge-unlearn"),
+    ],
+)
 def test_a_bad_record_is_refused_with_each_sides_error(side, change, words):
     """The checks are the core's, the error type each side's: a user's flag on the host, a damaged file on the device."""
     cls, error = _record_class(side)
-    good = {"version": 1, "channels": 3, "resize": None, "crop": [32, 32], "interpolation": "bilinear",
-            "mean": [0.5, 0.5, 0.5], "std": [0.2, 0.2, 0.2]}
+    good = {
+        "version": 1,
+        "channels": 3,
+        "resize": None,
+        "crop": [32, 32],
+        "interpolation": "bilinear",
+        "mean": [0.5, 0.5, 0.5],
+        "std": [0.2, 0.2, 0.2],
+    }
     cls.from_json(good)
     with pytest.raises(error, match=re.escape(words)) as info:
         cls.from_json({**good, **change})
@@ -150,8 +189,15 @@ def test_a_bad_record_is_refused_with_each_sides_error(side, change, words):
 
 
 @pytest.mark.parametrize("side", RECORD_SIDES)
-@pytest.mark.parametrize("damaged", [{"channels": 3}, {"channels": "three", "crop": [32, 32], "mean": [0], "std": [1]},
-                                     {"channels": 1, "crop": 32, "mean": [0], "std": [1]}, None])
+@pytest.mark.parametrize(
+    "damaged",
+    [
+        {"channels": 3},
+        {"channels": "three", "crop": [32, 32], "mean": [0], "std": [1]},
+        {"channels": 1, "crop": 32, "mean": [0], "std": [1]},
+        None,
+    ],
+)
 def test_an_unreadable_record_is_one_line_of_each_sides_error(side, damaged):
     cls, error = _record_class(side)
     with pytest.raises(error, match="preprocessing record is damaged"):

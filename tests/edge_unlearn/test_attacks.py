@@ -1,4 +1,5 @@
 """Attacks and metrics on constructed cases whose answer is known (edge_unlearn.attacks)."""
+
 from __future__ import annotations
 
 import copy
@@ -110,7 +111,6 @@ def test_mia_entropy_from_probs_separates_confident_members():
     assert attacks.mia_entropy_from_probs(confident, unsure, unsure) == 0.0
 
 
-
 def _memorise(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> None:
     with one_thread():
         opt = torch.optim.Adam(model.parameters(), lr=3e-3)
@@ -122,7 +122,7 @@ def _memorise(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> None:
     assert float(loss.detach()) < 0.05  # it did memorise
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _memoriser(seed: int, train: bool) -> tuple[UnlearnableClassifier, Dataset]:
     """An MLP that memorised random labels on noise (train=True) or the same net untrained (cached:
     callers must not modify it)."""
@@ -131,7 +131,9 @@ def _memoriser(seed: int, train: bool) -> tuple[UnlearnableClassifier, Dataset]:
     y = torch.randint(0, NUM_CLASSES, (400,), generator=gen)
     data = Dataset("noise", x[:200], y[:200], x[200:], y[200:], tuple("abcd"), Normalization.of(x[:200]))
     torch.manual_seed(seed)
-    model = UnlearnableClassifier(nn.Sequential(nn.Flatten(), nn.Linear(64, 256), nn.ReLU()), nn.Linear(256, NUM_CLASSES))
+    model = UnlearnableClassifier(
+        nn.Sequential(nn.Flatten(), nn.Linear(64, 256), nn.ReLU()), nn.Linear(256, NUM_CLASSES)
+    )
     if train:
         _memorise(model, preprocess(data.x_train, data.normalization), data.y_train)
     return model.eval(), data
@@ -145,10 +147,14 @@ def test_mia_tells_members_only_for_a_memorising_model(train):
     # half of each set fits the attack, the other half is judged
     rate_in = attacks.mia_entropy_from_probs(members[:100], nonmembers[:100], members[100:])
     rate_out = attacks.mia_entropy_from_probs(members[:100], nonmembers[:100], nonmembers[100:])
-    svc_in = attacks.mia_svc_from_probs((members[:100], data.y_train[:100]), (nonmembers[:100], data.y_test[:100]),
-                                        (members[100:], data.y_train[100:]))
-    svc_out = attacks.mia_svc_from_probs((members[:100], data.y_train[:100]), (nonmembers[:100], data.y_test[:100]),
-                                         (nonmembers[100:], data.y_test[100:]))
+    svc_in = attacks.mia_svc_from_probs(
+        (members[:100], data.y_train[:100]), (nonmembers[:100], data.y_test[:100]), (members[100:], data.y_train[100:])
+    )
+    svc_out = attacks.mia_svc_from_probs(
+        (members[:100], data.y_train[:100]),
+        (nonmembers[:100], data.y_test[:100]),
+        (nonmembers[100:], data.y_test[100:]),
+    )
     assert svc_in["efficacy"] == pytest.approx(1 - svc_in["member_rate"])
     if train:
         assert rate_in > 0.9 and rate_out < 0.35

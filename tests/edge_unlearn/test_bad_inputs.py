@@ -1,5 +1,6 @@
 """Issue #13's list of bad inputs: each is one line on stderr with exit 2 (no traceback), checked before any work,
 and leaves no file behind. In-process (CliRunner) so the suite stays fast."""
+
 from __future__ import annotations
 
 import json
@@ -11,14 +12,17 @@ import pytest
 from tests.conftest import invoke_cli, one_line_error
 
 
-@pytest.mark.parametrize("args, needle", [
-    (["--batch-size", "0"], "--batch-size must be at least 1"),
-    (["--lr", "-1"], "--lr must be greater than 0"),
-    (["--lr", "nan"], "--lr must be a finite number"),
-    (["--lr", "inf"], "--lr must be a finite number"),
-    (["--device", "tpu"], "'--device'"),
-    (["--epochs", "-3"], "--epochs must be at least 0"),
-])
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["--batch-size", "0"], "--batch-size must be at least 1"),
+        (["--lr", "-1"], "--lr must be greater than 0"),
+        (["--lr", "nan"], "--lr must be a finite number"),
+        (["--lr", "inf"], "--lr must be a finite number"),
+        (["--device", "tpu"], "'--device'"),
+        (["--epochs", "-3"], "--epochs must be at least 0"),
+    ],
+)
 def test_train_options_are_range_checked_before_training(tmp_path, args, needle):
     out = tmp_path / "t.safetensors"
     one_line_error(invoke_cli(["train", "-o", out, *args]), needle)
@@ -29,12 +33,18 @@ def test_train_output_folder_is_checked_before_training(tmp_path):
     one_line_error(invoke_cli(["train", "-o", tmp_path / "nodir" / "t.safetensors"]), "does not exist")
 
 
-@pytest.mark.parametrize("param, needle", [
-    ("steps=abc", "--set steps must be an integer"), ("steps=1.5", "--set steps must be an integer"),
-    ("lr=NaN", "--set lr must be a finite number"), ("lr=1e309", "--set lr must be a finite number"),
-    ("steps=0", "--set steps must be greater than 0"), ("lr=-0.1", "--set lr must be greater than 0"),
-    ("project=maybe", "--set project must be true or false"),
-])
+@pytest.mark.parametrize(
+    "param, needle",
+    [
+        ("steps=abc", "--set steps must be an integer"),
+        ("steps=1.5", "--set steps must be an integer"),
+        ("lr=NaN", "--set lr must be a finite number"),
+        ("lr=1e309", "--set lr must be a finite number"),
+        ("steps=0", "--set steps must be greater than 0"),
+        ("lr=-0.1", "--set lr must be greater than 0"),
+        ("project=maybe", "--set project must be true or false"),
+    ],
+)
 def test_method_parameters_are_type_and_range_checked(digits_checkpoint, tmp_path, param, needle):
     out = tmp_path / "f.safetensors"
     result = invoke_cli(["forget", digits_checkpoint, "--forget", "3", "--set", param, "--no-eval", "-o", out])
@@ -104,7 +114,9 @@ def test_opset_out_of_range(digits_checkpoint, tmp_path):
 
 
 def test_json_folder_is_checked_before_export(digits_checkpoint, tmp_path):
-    result = invoke_cli(["export", digits_checkpoint, "-o", tmp_path / "m.onnx", "--json-out", tmp_path / "nodir" / "x.json"])
+    result = invoke_cli(
+        ["export", digits_checkpoint, "-o", tmp_path / "m.onnx", "--json-out", tmp_path / "nodir" / "x.json"]
+    )
     one_line_error(result, "does not exist")
     assert not (tmp_path / "m.onnx").exists()  # refused before the artefact was written
 
@@ -127,41 +139,56 @@ def test_bench_batch_is_range_checked(tmp_path, batch):
 @pytest.mark.parametrize("content", [b"", b"PK\x03\x04broken", b"\x93NUMPY garbage"])
 def test_empty_or_corrupt_npz_is_exit_2_not_aborted(tmp_path, content):
     """np.load of a 0-byte file raises EOFError, which click turns into 'Aborted!' with exit 1."""
+    from edge_unlearn.deploy.bundle import load_bundle
     from edge_unlearn.errors import ModelFileError
-    from edge_unlearn.export.bundle import load_bundle
 
     npz = tmp_path / "data.npz"
     npz.write_bytes(content)
     with pytest.raises(ModelFileError, match="not a readable .npz bundle"):
         load_bundle(npz)
-    one_line_error(invoke_cli(["train", "--dataset", f"npz:{npz}", "-o", tmp_path / "t.safetensors"]),
-                    "not a readable .npz")
+    one_line_error(
+        invoke_cli(["train", "--dataset", f"npz:{npz}", "-o", tmp_path / "t.safetensors"]), "not a readable .npz"
+    )
     assert not (tmp_path / "t.safetensors").exists()
 
 
 def test_empty_test_split_bundle_is_refused(tmp_path):
+    from edge_unlearn.deploy.bundle import FORMAT, load_bundle
     from edge_unlearn.errors import ModelFileError
-    from edge_unlearn.export.bundle import FORMAT, load_bundle
 
     bundle = tmp_path / "empty.npz"
-    np.savez(bundle, inputs=np.zeros((0, 1, 8, 8), np.float32), labels=np.zeros(0, np.int64),
-             reference_logits=np.zeros((0, 10), np.float32), class_names=np.array([str(i) for i in range(10)]),
-             forgotten_classes=np.array([3]), meta_json=np.asarray(json.dumps({"format": FORMAT})))
+    np.savez(
+        bundle,
+        inputs=np.zeros((0, 1, 8, 8), np.float32),
+        labels=np.zeros(0, np.int64),
+        reference_logits=np.zeros((0, 10), np.float32),
+        class_names=np.array([str(i) for i in range(10)]),
+        forgotten_classes=np.array([3]),
+        meta_json=np.asarray(json.dumps({"format": FORMAT})),
+    )
     with pytest.raises(ModelFileError, match="holds no samples"):
         load_bundle(bundle)
 
 
-@pytest.mark.parametrize("args, needle", [(["--forget", "99"], "--forget must be one digit"),
-                                          (["--forget", "cat"], "--forget must be one digit")])
+@pytest.mark.parametrize(
+    "args, needle",
+    [(["--forget", "99"], "--forget must be one digit"), (["--forget", "cat"], "--forget must be one digit")],
+)
 def test_demo_checks_its_options_before_training(tmp_path, args, needle):
     out = tmp_path / "demo"
     one_line_error(invoke_cli(["demo", "--out-dir", out, *args]), needle)
     assert not out.exists()
 
 
-@pytest.mark.parametrize("case, needle", [
-    ("float_labels", "fractional labels"), ("labels_5_to_14", "have no training images"),
-    ("empty_test", "test split is empty"), ("negative", "negative labels")])
+@pytest.mark.parametrize(
+    "case, needle",
+    [
+        ("float_labels", "fractional labels"),
+        ("labels_5_to_14", "have no training images"),
+        ("empty_test", "test split is empty"),
+        ("negative", "negative labels"),
+    ],
+)
 def test_bad_dataset_labels_are_refused_before_training(tmp_path, case, needle):
     x = np.zeros((20, 8, 8), np.uint8)
     y = np.arange(20) % 10
@@ -180,8 +207,7 @@ def test_bad_dataset_labels_are_refused_before_training(tmp_path, case, needle):
     assert not out.exists()
 
 
-@pytest.mark.parametrize("field, value", [("class_names", ["a", "b"]), ("forgotten_classes", [12]),
-                                          ("num_classes", 0)])
+@pytest.mark.parametrize("field, value", [("class_names", ["a", "b"]), ("forgotten_classes", [12]), ("num_classes", 0)])
 def test_inconsistent_checkpoint_header_is_refused(digits_checkpoint, tmp_path, field, value):
     from safetensors import safe_open
     from safetensors.torch import save_file
@@ -209,8 +235,9 @@ def test_forget_samples_subfolder_matching_no_class_is_refused(digits_checkpoint
     """Was: every image of an unknown subfolder silently labelled as the first forgotten class."""
     _digit_pngs(tmp_path / "samples" / "cats")
     out = tmp_path / "f.safetensors"
-    result = invoke_cli(["forget", digits_checkpoint, "--forget", "3", "--forget-samples", tmp_path / "samples",
-                      "--no-eval", "-o", out])
+    result = invoke_cli(
+        ["forget", digits_checkpoint, "--forget", "3", "--forget-samples", tmp_path / "samples", "--no-eval", "-o", out]
+    )
     one_line_error(result, "'cats'", "matches no class")
     assert not out.exists()
 
@@ -218,8 +245,21 @@ def test_forget_samples_subfolder_matching_no_class_is_refused(digits_checkpoint
 def test_forget_samples_loose_images_need_subfolders_when_several_classes_are_forgotten(digits_checkpoint, tmp_path):
     _digit_pngs(tmp_path / "samples")
     out = tmp_path / "f.safetensors"
-    result = invoke_cli(["forget", digits_checkpoint, "--forget", "3", "--forget", "5", "--forget-samples",
-                      tmp_path / "samples", "--no-eval", "-o", out])
+    result = invoke_cli(
+        [
+            "forget",
+            digits_checkpoint,
+            "--forget",
+            "3",
+            "--forget",
+            "5",
+            "--forget-samples",
+            tmp_path / "samples",
+            "--no-eval",
+            "-o",
+            out,
+        ]
+    )
     one_line_error(result, "subfolder named after the class")
     assert not out.exists()
 
@@ -234,15 +274,21 @@ def test_evaluate_with_every_class_forgotten_is_refused(digits_checkpoint):
 
 def test_quantize_calibration_set_of_another_class_count_is_refused(tmp_path):
     """Was: a calibration set of another dataset with fewer classes than the model passed silently."""
-    from edge_unlearn.errors import UsageError
-    from edge_unlearn.export.onnx_meta import OnnxMeta
-    from edge_unlearn.export.quantize import calibration_inputs
     import numpy as np
+
+    from edge_unlearn.deploy.onnx_meta import OnnxMeta
+    from edge_unlearn.errors import UsageError
+    from edge_unlearn.export.quantize import calibration_inputs
 
     rng = np.random.default_rng(0)
     npz = tmp_path / "five.npz"
-    np.savez(npz, x_train=rng.integers(0, 255, (20, 8, 8), dtype=np.uint8), y_train=np.arange(20) % 5,
-             x_test=rng.integers(0, 255, (10, 8, 8), dtype=np.uint8), y_test=np.arange(10) % 5)
+    np.savez(
+        npz,
+        x_train=rng.integers(0, 255, (20, 8, 8), dtype=np.uint8),
+        y_train=np.arange(20) % 5,
+        x_test=rng.integers(0, 255, (10, 8, 8), dtype=np.uint8),
+        y_test=np.arange(10) % 5,
+    )
     meta = OnnxMeta.__new__(OnnxMeta)
     object.__setattr__(meta, "num_classes", 10)
     object.__setattr__(meta, "input_shape", (1, 8, 8))

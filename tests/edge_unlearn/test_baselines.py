@@ -1,4 +1,5 @@
 """Every registered unlearning method on a tiny synthetic task, plus the baselines' own guarantees."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -11,8 +12,7 @@ from edge_unlearn.checkpoint import CheckpointMeta, load_checkpoint, save_checkp
 from edge_unlearn.data import Dataset, Normalization, preprocess
 from edge_unlearn.errors import UsageError
 from edge_unlearn.training import TrainConfig, train_model
-from edge_unlearn.unlearn import DATA_NEEDS, ForgetSet, RetainSet, forget, get_method, list_methods
-from edge_unlearn.unlearn import baselines
+from edge_unlearn.unlearn import DATA_NEEDS, ForgetSet, RetainSet, baselines, forget, get_method, list_methods
 from tests.conftest import one_thread
 
 NUM_CLASSES = 4
@@ -29,13 +29,12 @@ TEST_CONFIGS = {
 }
 
 
-
 def _blobs(labels: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     """8×8 images: a bright 4×4 quadrant per class on noise."""
     x = torch.randint(0, 90, (len(labels), 1, 8, 8), generator=gen)
     for i, c in enumerate(labels.tolist()):
         r, q = divmod(c, 2)
-        x[i, 0, 4 * r:4 * r + 4, 4 * q:4 * q + 4] += 140
+        x[i, 0, 4 * r : 4 * r + 4, 4 * q : 4 * q + 4] += 140
     return x.clamp(0, 255).to(torch.uint8)
 
 
@@ -46,8 +45,9 @@ def task():
     x_train, x_test = _blobs(y_train, gen), _blobs(y_test, gen)
     data = Dataset("blobs", x_train, y_train, x_test, y_test, tuple("abcd"), Normalization.of(x_train))
     with one_thread():
-        model = train_model("lenet", data, TrainConfig(epochs=4, batch_size=32, lr=5e-3, device="cpu"),
-                            progress=False).model
+        model = train_model(
+            "lenet", data, TrainConfig(epochs=4, batch_size=32, lr=5e-3, device="cpu"), progress=False
+        ).model
     sel = torch.isin(y_train, torch.tensor(FORGET))
     x = preprocess(x_train, data.normalization)
     fs = ForgetSet(x[sel], y_train[sel], FORGET)
@@ -83,8 +83,14 @@ def test_method_reduces_forget_accuracy_and_keeps_the_checkpoint_format(method, 
     original_forget = _forget_acc(model, data)
     assert original_forget >= 0.9
     with one_thread():
-        result = forget(model, fs, method, config=TEST_CONFIGS.get(method),
-                        retain=rs if spec.needs != "forget" else None, device="cpu")
+        result = forget(
+            model,
+            fs,
+            method,
+            config=TEST_CONFIGS.get(method),
+            retain=rs if spec.needs != "forget" else None,
+            device="cpu",
+        )
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # input untouched
     assert _forget_acc(result.model, data) <= original_forget - 0.5
     assert result.forget_classes == list(FORGET) and result.seconds > 0 and result.method == method
@@ -93,8 +99,13 @@ def test_method_reduces_forget_accuracy_and_keeps_the_checkpoint_format(method, 
         assert not bool(result.model.class_stats[list(FORGET)].any())
         assert not bool(result.model.class_stats_count[list(FORGET)].any())
     # the checkpoint format is intact: same tensors (names, shapes, dtypes), strict reload, same outputs
-    meta = CheckpointMeta(arch="lenet", num_classes=NUM_CLASSES, class_names=data.class_names,
-                          input_shape=data.input_shape, normalization=data.normalization)
+    meta = CheckpointMeta(
+        arch="lenet",
+        num_classes=NUM_CLASSES,
+        class_names=data.class_names,
+        input_shape=data.input_shape,
+        normalization=data.normalization,
+    )
     meta = meta.with_forgetting(result.forget_classes, {"method": method, "params": result.params}, None)
     path = tmp_path / f"{method}.safetensors"
     save_checkpoint(path, result.model, meta)

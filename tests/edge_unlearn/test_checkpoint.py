@@ -13,8 +13,15 @@ from edge_unlearn.models import build_model
 
 
 def _meta(num_classes=4):
-    return CheckpointMeta("lenet", num_classes, tuple("abcdefgh"[:num_classes]), (1, 8, 8),
-                          Normalization((0.5,), (0.25,)), "digits", train_recipe={"epochs": 3})
+    return CheckpointMeta(
+        "lenet",
+        num_classes,
+        tuple("abcdefgh"[:num_classes]),
+        (1, 8, 8),
+        Normalization((0.5,), (0.25,)),
+        "digits",
+        train_recipe={"epochs": 3},
+    )
 
 
 def test_roundtrip_keeps_outputs_mask_and_metadata(tmp_path):

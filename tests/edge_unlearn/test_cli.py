@@ -1,4 +1,5 @@
 """The core CLI end to end on digits, and the bad-input contract: one line, exit 2, no output file."""
+
 from __future__ import annotations
 
 import json
@@ -9,8 +10,17 @@ from click.testing import CliRunner
 
 from edge_unlearn.cli import main
 
-FORGET_KEYS = {"forget_classes", "samples_used", "seconds", "forget_acc", "forget_acc_unmasked", "retain_acc",
-               "retain_acc_before", "retain_drop", "probe_forget_acc"}
+FORGET_KEYS = {
+    "forget_classes",
+    "samples_used",
+    "seconds",
+    "forget_acc",
+    "forget_acc_unmasked",
+    "retain_acc",
+    "retain_acc_before",
+    "retain_drop",
+    "probe_forget_acc",
+}
 
 
 def run(*args):
@@ -60,20 +70,33 @@ def test_forget_from_image_folder(digits_checkpoint, digits, tmp_path):
     for i, img in enumerate(digits.x_train[digits.y_train == 3][:6]):
         Image.fromarray(img[0].numpy()).save(folder / f"{i}.png")
     out = tmp_path / "f.safetensors"
-    result = run("forget", digits_checkpoint, "--forget", "3", "--forget-samples", tmp_path / "samples", "-o", out,
-                 "--no-eval", "--json")
+    result = run(
+        "forget",
+        digits_checkpoint,
+        "--forget",
+        "3",
+        "--forget-samples",
+        tmp_path / "samples",
+        "-o",
+        out,
+        "--no-eval",
+        "--json",
+    )
     assert result.exit_code == 0, result.output
     assert json.loads(result.output)["samples_used"] == 6
 
 
-@pytest.mark.parametrize("args, words", [
-    (["--forget", "10"], ["out of range", "0..9"]),
-    (["--forget", "eleven"], ["unknown class 'eleven'"]),
-    (["--forget", ",".join(map(str, range(10)))], ["every class"]),
-    (["--forget", "3", "--samples", "5000"], ["fewer than --samples 5000"]),
-    (["--forget", "3", "--method", "magic"], ["unknown method"]),
-    (["--forget", "3", "--set", "steps"], ["KEY=VALUE"]),
-])
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["--forget", "10"], ["out of range", "0..9"]),
+        (["--forget", "eleven"], ["unknown class 'eleven'"]),
+        (["--forget", ",".join(map(str, range(10)))], ["every class"]),
+        (["--forget", "3", "--samples", "5000"], ["fewer than --samples 5000"]),
+        (["--forget", "3", "--method", "magic"], ["unknown method"]),
+        (["--forget", "3", "--set", "steps"], ["KEY=VALUE"]),
+    ],
+)
 def test_forget_bad_input(digits_checkpoint, tmp_path, args, words):
     out = tmp_path / "out.safetensors"
     assert_usage_error(run("forget", digits_checkpoint, *args, "-o", out), *words)
@@ -86,12 +109,21 @@ def test_bad_checkpoints(tmp_path, digits_checkpoint):
     out = tmp_path / "o.safetensors"
     assert_usage_error(run("forget", bad, "--forget", "3", "-o", out), "not a valid safetensors")
     assert_usage_error(run("forget", tmp_path / "missing.safetensors", "--forget", "3", "-o", out), "not found")
-    np.savez(tmp_path / "three.npz", x_train=np.zeros((6, 8, 8), np.uint8), y_train=np.arange(6) % 3,
-             x_test=np.zeros((3, 8, 8), np.uint8), y_test=np.arange(3))
-    assert_usage_error(run("forget", digits_checkpoint, "--forget", "1", "--dataset", f"npz:{tmp_path / 'three.npz'}",
-                           "-o", out), "3 classes", "trained on 10")
-    assert_usage_error(run("forget", digits_checkpoint, "--forget", "1", "-o", tmp_path / "nodir" / "x.safetensors"),
-                       "does not exist")
+    np.savez(
+        tmp_path / "three.npz",
+        x_train=np.zeros((6, 8, 8), np.uint8),
+        y_train=np.arange(6) % 3,
+        x_test=np.zeros((3, 8, 8), np.uint8),
+        y_test=np.arange(3),
+    )
+    assert_usage_error(
+        run("forget", digits_checkpoint, "--forget", "1", "--dataset", f"npz:{tmp_path / 'three.npz'}", "-o", out),
+        "3 classes",
+        "trained on 10",
+    )
+    assert_usage_error(
+        run("forget", digits_checkpoint, "--forget", "1", "-o", tmp_path / "nodir" / "x.safetensors"), "does not exist"
+    )
     assert not out.exists()
 
 
@@ -122,9 +154,24 @@ def test_progress_bars_stay_off_a_log_file(tmp_path):
 
     log = tmp_path / "train.log"
     with log.open("w") as handle:
-        done = subprocess.run([sys.executable, "-m", "edge_unlearn.cli", "train", "--epochs", "1", "--min-steps", "20",
-                               "-o", str(tmp_path / "m.safetensors")], stdout=subprocess.PIPE, stderr=handle,
-                              text=True, timeout=300)
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "edge_unlearn.cli",
+                "train",
+                "--epochs",
+                "1",
+                "--min-steps",
+                "20",
+                "-o",
+                str(tmp_path / "m.safetensors"),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=handle,
+            text=True,
+            timeout=300,
+        )
     assert done.returncode == 0, log.read_text()
     assert "trained lenet on digits" in done.stdout
     assert "\r" not in log.read_text() and "step/s" not in log.read_text()

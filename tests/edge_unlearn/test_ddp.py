@@ -1,6 +1,7 @@
 """Multi-process training (issue #12): `torchrun --nproc-per-node 2` (gloo, CPU) runs `train` as
 DistributedDataParallel; the first process alone writes the checkpoint and the training state, and the
 recipe record is the single-process one."""
+
 from __future__ import annotations
 
 import copy
@@ -22,8 +23,23 @@ OPTIONS = ["--dataset", "digits", "--epochs", "1", "--min-steps", "4", "--device
 def test_torchrun_two_processes_train_one_checkpoint_with_the_single_process_recipe(tmp_path):
     out, state = tmp_path / "ddp.safetensors", tmp_path / "ddp.safetensors.state.pt"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-           "-m", "edge_unlearn.cli", "train", *OPTIONS, "--save-every", "4", "-o", str(out), "--json"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "edge_unlearn.cli",
+        "train",
+        *OPTIONS,
+        "--save-every",
+        "4",
+        "-o",
+        str(out),
+        "--json",
+    ]
     done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads(done.stdout)  # one JSON document: only the first process reports

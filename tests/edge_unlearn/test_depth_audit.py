@@ -1,4 +1,5 @@
 """Issue #15, measurement: the probe at every depth, the forgetting audit, `evaluate --depth --attacks`."""
+
 from __future__ import annotations
 
 import json
@@ -11,9 +12,16 @@ from edge_unlearn.attacks import AuditConfig, ForgettingAudit, forgetting_audit
 from edge_unlearn.checkpoint import load_checkpoint
 from edge_unlearn.cli import main
 from edge_unlearn.errors import UsageError
-from edge_unlearn.metrics import (PENULTIMATE, RETAINED_LOGITS, _probe_train_indices, fit_linear_probe,
-                                  probe_blocks, probe_forget_accuracy, probe_forget_accuracy_by_depth,
-                                  probe_test_indices)
+from edge_unlearn.metrics import (
+    PENULTIMATE,
+    RETAINED_LOGITS,
+    _probe_train_indices,
+    fit_linear_probe,
+    probe_blocks,
+    probe_forget_accuracy,
+    probe_forget_accuracy_by_depth,
+    probe_test_indices,
+)
 from edge_unlearn.models import build_model
 
 FAST = AuditConfig(probe_train_size=600, relearn_max_steps=5, relearn_eval_samples=100, mia_max_samples=500)
@@ -24,10 +32,13 @@ def trained(digits_checkpoint):
     return load_checkpoint(digits_checkpoint).model
 
 
-@pytest.mark.parametrize("arch, shape, expected", [
-    ("lenet", (1, 8, 8), ["backbone.3", "backbone.7"]),  # each conv block, ending at its max-pool
-    ("resnet18", (1, 16, 16), ["layer1", "layer2", "layer3", "layer4"]),
-])
+@pytest.mark.parametrize(
+    "arch, shape, expected",
+    [
+        ("lenet", (1, 8, 8), ["backbone.3", "backbone.7"]),  # each conv block, ending at its max-pool
+        ("resnet18", (1, 16, 16), ["layer1", "layer2", "layer3", "layer4"]),
+    ],
+)
 def test_probe_blocks_follow_the_architecture(arch, shape, expected):
     assert [name for name, _ in probe_blocks(build_model(arch, 10, shape), shape)] == expected
 
@@ -119,8 +130,16 @@ def test_audit_round_trips_through_json(trained, digits):
     back = ForgettingAudit.from_json(json.loads(text))
     assert back == audit
     figs = back.figures()
-    assert list(figs) == ["probe@backbone.3", "probe@backbone.7", "probe@penultimate", "probe@retained_logits",
-                          "proto_attack_masked", "proto_attack_unmasked", "mia_entropy", "relearn_steps"]
+    assert list(figs) == [
+        "probe@backbone.3",
+        "probe@backbone.7",
+        "probe@penultimate",
+        "probe@retained_logits",
+        "proto_attack_masked",
+        "proto_attack_unmasked",
+        "mia_entropy",
+        "relearn_steps",
+    ]
     # the original still knows class 3: the attack keeps it (mask on and off agree), it needs no relearning
     assert figs["proto_attack_masked"] == figs["proto_attack_unmasked"] == audit.attack_masked["forget_acc_before"]
     assert figs["proto_attack_masked"] > 0.8
@@ -141,9 +160,22 @@ def test_masked_class_attack_only_works_with_the_mask_lifted(trained, digits):
 
 def test_evaluate_depth_attacks_json(digits_checkpoint, tmp_path):
     out = tmp_path / "eval.json"
-    result = CliRunner().invoke(main, ["evaluate", str(digits_checkpoint), "--forget", "3",
-                                       "--reference", str(digits_checkpoint), "--depth", "--attacks",
-                                       "--json", "--json-out", str(out)])
+    result = CliRunner().invoke(
+        main,
+        [
+            "evaluate",
+            str(digits_checkpoint),
+            "--forget",
+            "3",
+            "--reference",
+            str(digits_checkpoint),
+            "--depth",
+            "--attacks",
+            "--json",
+            "--json-out",
+            str(out),
+        ],
+    )
     assert result.exit_code == 0, result.output
     summary = json.loads(result.output)
     assert json.loads(out.read_text()) == summary
@@ -156,11 +188,14 @@ def test_evaluate_depth_attacks_json(digits_checkpoint, tmp_path):
     assert "original" in model_audit.relearn_target_source
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--depth", "--no-probe", "--forget", "3"], "--no-probe"),
-    (["--attacks"], "no forgotten class"),
-    (["--depth", "--forget", "3", "--retrained", "{ck}"], "not retrained without"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--depth", "--no-probe", "--forget", "3"], "--no-probe"),
+        (["--attacks"], "no forgotten class"),
+        (["--depth", "--forget", "3", "--retrained", "{ck}"], "not retrained without"),
+    ],
+)
 def test_evaluate_bad_combinations_exit_2(digits_checkpoint, args, message):
     args = [a.replace("{ck}", str(digits_checkpoint)) for a in args]
     result = CliRunner().invoke(main, ["evaluate", str(digits_checkpoint), *args])

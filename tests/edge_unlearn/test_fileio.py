@@ -1,5 +1,6 @@
 """Safe writes (issue #13): atomic_output never destroys a non-regular file, follows symlinks, respects the umask,
 cleans its temporary file on an exception, Ctrl-C and SIGTERM, and check_output_path refuses output == input."""
+
 from __future__ import annotations
 
 import os
@@ -51,8 +52,9 @@ def test_full_device_is_one_line_and_stays_a_device():
 def test_fifo_is_written_through(tmp_path):
     fifo = tmp_path / "pipe"
     os.mkfifo(fifo)
-    reader = subprocess.Popen([sys.executable, "-c", f"print(open({str(fifo)!r}).read(), end='')"],
-                              stdout=subprocess.PIPE, text=True)
+    reader = subprocess.Popen(
+        [sys.executable, "-c", f"print(open({str(fifo)!r}).read(), end='')"], stdout=subprocess.PIPE, text=True
+    )
     with atomic_output(fifo) as tmp:
         tmp.write_text("through the pipe")
     out, _ = reader.communicate(timeout=30)

@@ -1,11 +1,11 @@
 """Issue #12's acceptance: a folder of JPEGs of random sizes (20×20 to 300×200, grey and colour mixed) in the
 ImageFolder layout goes through train → forget → export → quantize → bundle → validate with --image-size 32."""
+
 from __future__ import annotations
 
 import json
 
 import numpy as np
-import pytest
 
 from tests.conftest import invoke_cli, shared_npz
 
@@ -52,8 +52,30 @@ def test_mixed_size_jpeg_folder_runs_the_whole_pipeline(tmp_path):
     assert len(sizes) > 300 and modes == {"L", "RGB"}
     spec = f"folder:{root}"
     ckpt, forgot = tmp_path / "original.safetensors", tmp_path / "forgot.safetensors"
-    _ok(["train", "--dataset", spec, "--image-size", "32", "--arch", "lenet", "--epochs", "1", "--min-steps", "120",
-         "--batch-size", "64", "--workers", "2", "-q", "--json-out", tmp_path / "train.json", "-o", ckpt])
+    _ok(
+        [
+            "train",
+            "--dataset",
+            spec,
+            "--image-size",
+            "32",
+            "--arch",
+            "lenet",
+            "--epochs",
+            "1",
+            "--min-steps",
+            "120",
+            "--batch-size",
+            "64",
+            "--workers",
+            "2",
+            "-q",
+            "--json-out",
+            tmp_path / "train.json",
+            "-o",
+            ckpt,
+        ]
+    )
     meta = read_meta(ckpt)
     prep = meta.preprocessing
     assert prep is not None and prep.resize == 32 and prep.crop == (32, 32) and prep.channels == 3
@@ -61,8 +83,9 @@ def test_mixed_size_jpeg_folder_runs_the_whole_pipeline(tmp_path):
     trained = json.loads((tmp_path / "train.json").read_text())
     assert trained["test_accuracy"] > 0.2  # chance is 0.1: it learned from the resized photos
 
-    _ok(["forget", ckpt, "--forget", "3", "--samples", "16", "-q", "--json-out", tmp_path / "forget.json",
-         "-o", forgot])
+    _ok(
+        ["forget", ckpt, "--forget", "3", "--samples", "16", "-q", "--json-out", tmp_path / "forget.json", "-o", forgot]
+    )
     forgotten = json.loads((tmp_path / "forget.json").read_text())
     assert forgotten["forget_acc"] == 0.0 and forgotten["per_class_accuracy"][3] == 0.0
     assert forgotten["retain_acc"] > 0.2
@@ -70,8 +93,25 @@ def test_mixed_size_jpeg_folder_runs_the_whole_pipeline(tmp_path):
 
     onnx, int8, bundle = tmp_path / "forgot.onnx", tmp_path / "forgot.int8.onnx", tmp_path / "bundle.npz"
     _ok(["export", forgot, "-o", onnx, "-q"])
-    _ok(["quantize", onnx, "--calib", spec, "--calib-samples", "64", "--target", "cpu", "--workers", "2",
-         "-o", int8, "-q", "--json-out", tmp_path / "quantize.json"])
+    _ok(
+        [
+            "quantize",
+            onnx,
+            "--calib",
+            spec,
+            "--calib-samples",
+            "64",
+            "--target",
+            "cpu",
+            "--workers",
+            "2",
+            "-o",
+            int8,
+            "-q",
+            "--json-out",
+            tmp_path / "quantize.json",
+        ]
+    )
     assert json.loads((tmp_path / "quantize.json").read_text())["precision"] == "int8"
     _ok(["bundle", forgot, "-o", bundle, "-q", "--json-out", tmp_path / "bundle.json"])
     assert json.loads((tmp_path / "bundle.json").read_text())["samples"] == 10 * TEST_PER_CLASS
@@ -87,9 +127,19 @@ def test_mixed_size_jpeg_folder_runs_the_whole_pipeline(tmp_path):
         report = json.loads(result.output)
         checks = {c["name"]: c for c in report["checks"]}
         if model == onnx:
-            assert result.exit_code == 0 and report["verdict"] == "pass", [c for c in report["checks"] if not c["passed"]]
+            assert result.exit_code == 0 and report["verdict"] == "pass", [
+                c for c in report["checks"] if not c["passed"]
+            ]
         assert report["precision"] == ("fp32" if model == onnx else "int8")
-        for name in ("forget_acc", "forgotten_class_wins", "forgotten_columns_constant", "fill_margin", "index_map",
-                     "head_rows", "same_source_checkpoint", "finite_outputs"):
+        for name in (
+            "forget_acc",
+            "forgotten_class_wins",
+            "forgotten_columns_constant",
+            "fill_margin",
+            "index_map",
+            "head_rows",
+            "same_source_checkpoint",
+            "finite_outputs",
+        ):
             assert checks[name]["passed"], (model, checks[name])
         assert checks["forget_acc"]["value"] == 0.0 and checks["retain_agreement"]["value"] > 0.9

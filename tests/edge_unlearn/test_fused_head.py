@@ -1,4 +1,5 @@
 """The model's inference path through the fused head (kernels/) agrees with the eager path."""
+
 from __future__ import annotations
 
 import pytest

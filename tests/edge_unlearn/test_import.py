@@ -1,4 +1,5 @@
 """Bring your own model: architectures, weights files, preprocessing record, data-free NHLE, wrap()."""
+
 from __future__ import annotations
 
 import json
@@ -14,8 +15,16 @@ from edge_unlearn.checkpoint import CheckpointMeta, load_checkpoint, read_meta, 
 from edge_unlearn.cli import main
 from edge_unlearn.data import IMAGENET_MEAN, IMAGENET_STD, Normalization, Preprocessing, prepare_dataset
 from edge_unlearn.errors import CheckpointError, UsageError
-from edge_unlearn.models import (TORCHVISION_UNSPLITTABLE, ArchSpec, build_original, head_path, split_classifier,
-                                 torchvision_classifiers, torchvision_head_path, wrap)
+from edge_unlearn.models import (
+    TORCHVISION_UNSPLITTABLE,
+    ArchSpec,
+    build_original,
+    head_path,
+    split_classifier,
+    torchvision_classifiers,
+    torchvision_head_path,
+    wrap,
+)
 from edge_unlearn.unlearn import ForgetSet, forget
 from edge_unlearn.unlearn.nhle import batchnorm_feature_mean
 
@@ -41,9 +50,26 @@ def test_every_torchvision_classifier_has_a_head_or_a_reason():
             assert torchvision_head_path(name) in ("fc", "classifier[-1]", "classifier", "heads.head", "head")
 
 
-@pytest.mark.parametrize("name", ["alexnet", "convnext_tiny", "densenet121", "efficientnet_v2_s", "googlenet",
-                                  "inception_v3", "maxvit_t", "mnasnet0_5", "mobilenet_v2", "resnext50_32x4d",
-                                  "shufflenet_v2_x0_5", "swin_v2_t", "vgg11", "vit_b_32", "wide_resnet50_2"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "alexnet",
+        "convnext_tiny",
+        "densenet121",
+        "efficientnet_v2_s",
+        "googlenet",
+        "inception_v3",
+        "maxvit_t",
+        "mnasnet0_5",
+        "mobilenet_v2",
+        "resnext50_32x4d",
+        "shufflenet_v2_x0_5",
+        "swin_v2_t",
+        "vgg11",
+        "vit_b_32",
+        "wide_resnet50_2",
+    ],
+)
 def test_each_torchvision_family_splits_into_a_linear_head(name):
     spec = _tv(name)
     with torch.device("meta"):
@@ -52,9 +78,19 @@ def test_each_torchvision_family_splits_into_a_linear_head(name):
     assert not any(isinstance(m, nn.Linear) and m.out_features == 7 for m in model.backbone.modules())
 
 
-@pytest.mark.parametrize("name,size", [("resnet18", 32), ("mobilenet_v3_small", 32), ("densenet121", 32),
-                                       ("regnet_x_400mf", 32), ("googlenet", 32), ("efficientnet_b0", 32),
-                                       ("swin_t", 32), ("mnasnet0_5", 32)])
+@pytest.mark.parametrize(
+    "name,size",
+    [
+        ("resnet18", 32),
+        ("mobilenet_v3_small", 32),
+        ("densenet121", 32),
+        ("regnet_x_400mf", 32),
+        ("googlenet", 32),
+        ("efficientnet_b0", 32),
+        ("swin_t", 32),
+        ("mnasnet0_5", 32),
+    ],
+)
 def test_adapted_model_has_the_original_logits(name, size):
     spec = _tv(name)
     torch.manual_seed(0)
@@ -96,8 +132,15 @@ def resnet_weights(tmp_path_factory):
 
 
 def _request(weights, out, **kw) -> ImportRequest:
-    base = dict(arch="torchvision:resnet18", weights=str(weights), output=str(out), image_size=(16, 16),
-                mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), cifar_stem=True)
+    base = dict(
+        arch="torchvision:resnet18",
+        weights=str(weights),
+        output=str(out),
+        image_size=(16, 16),
+        mean=(0.5, 0.5, 0.5),
+        std=(0.25, 0.25, 0.25),
+        cifar_stem=True,
+    )
     base.update(kw)
     return ImportRequest(**base)
 
@@ -143,13 +186,28 @@ def _cli(args):
     return CliRunner().invoke(main, args)
 
 
-@pytest.mark.parametrize("case", ["unknown_arch", "other_arch", "num_classes", "class_file", "pickle_with_code",
-                                  "conv_head", "missing_norm"])
+@pytest.mark.parametrize(
+    "case", ["unknown_arch", "other_arch", "num_classes", "class_file", "pickle_with_code", "conv_head", "missing_norm"]
+)
 def test_bad_input_is_one_line_exit_2_and_no_file(resnet_weights, tmp_path, case):
     net, folder = resnet_weights
     out = tmp_path / "out.safetensors"
-    args = ["import", "--arch", "torchvision:resnet18", "--cifar-stem", "--weights", str(folder / "plain.pth"),
-            "--image-size", "16", "--mean", MEAN, "--std", STD, "-o", str(out)]
+    args = [
+        "import",
+        "--arch",
+        "torchvision:resnet18",
+        "--cifar-stem",
+        "--weights",
+        str(folder / "plain.pth"),
+        "--image-size",
+        "16",
+        "--mean",
+        MEAN,
+        "--std",
+        STD,
+        "-o",
+        str(out),
+    ]
     expect = ""
     if case == "unknown_arch":
         args[2], expect = "torchvision:resnet19", "unknown torchvision classifier 'resnet19'"
@@ -181,17 +239,39 @@ def test_bad_input_is_one_line_exit_2_and_no_file(resnet_weights, tmp_path, case
 
 def test_other_arch_names_the_first_mismatching_key_and_both_shapes(resnet_weights, tmp_path):
     _, folder = resnet_weights
-    result = _cli(["import", "--arch", "torchvision:resnet18", "--weights", str(folder / "plain.pth"),
-                   "--image-size", "16", "--mean", MEAN, "--std", STD, "-o", str(tmp_path / "o.safetensors")])
+    result = _cli(
+        [
+            "import",
+            "--arch",
+            "torchvision:resnet18",
+            "--weights",
+            str(folder / "plain.pth"),
+            "--image-size",
+            "16",
+            "--mean",
+            MEAN,
+            "--std",
+            STD,
+            "-o",
+            str(tmp_path / "o.safetensors"),
+        ]
+    )
     assert result.exit_code == 2
-    assert ("first mismatching key conv1.weight: file has shape [64, 3, 3, 3], torchvision:resnet18 has "
-            "[64, 3, 7, 7]") in result.output and "--cifar-stem" in result.output
+    assert (
+        "first mismatching key conv1.weight: file has shape [64, 3, 3, 3], torchvision:resnet18 has [64, 3, 7, 7]"
+    ) in result.output and "--cifar-stem" in result.output
 
 
 def test_loading_refuses_a_user_module_without_its_code(tmp_path):
     model = wrap(_UserNet(), head="fc")
-    meta = CheckpointMeta("python:_UserNet", 3, ("a", "b", "c"), (1, 8, 8), Normalization((0.5,), (0.25,)),
-                          architecture=ArchSpec("python", "tests._UserNet"))
+    meta = CheckpointMeta(
+        "python:_UserNet",
+        3,
+        ("a", "b", "c"),
+        (1, 8, 8),
+        Normalization((0.5,), (0.25,)),
+        architecture=ArchSpec("python", "tests._UserNet"),
+    )
     path = tmp_path / "user.safetensors"
     save_checkpoint(path, model, meta)
     with pytest.raises(CheckpointError, match=r"user-built module .*wrap\(YourModule"):
@@ -208,8 +288,9 @@ def test_loading_refuses_a_user_module_without_its_code(tmp_path):
 class _UserNet(nn.Module):
     def __init__(self) -> None:
         super().__init__()
-        self.body = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
-                                  nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.body = nn.Sequential(
+            nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten()
+        )
         self.fc = nn.Linear(4, 3)
 
     def forward(self, x):
@@ -257,7 +338,9 @@ def test_prepare_dataset_converts_channels_and_size(digits):
     data = prepare_dataset(digits, prep)
     assert data.input_shape == (3, 16, 16) and data.normalization == prep.normalization
     assert torch.equal(data.x_test[:, 0], data.x_test[:, 2]) and len(data.x_train) == len(digits.x_train)
-    assert prepare_dataset(digits, Preprocessing.plain(digits.input_shape, digits.normalization)).x_train is digits.x_train
+    assert (
+        prepare_dataset(digits, Preprocessing.plain(digits.input_shape, digits.normalization)).x_train is digits.x_train
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -283,14 +366,21 @@ def test_nhle_reports_which_feature_step_ran(digits_checkpoint, digits):
     fs = ForgetSet(preprocess(images, digits.normalization), labels, (3,))
     with_stats = forget(model, fs, method="nhle", device="cpu")
     assert {k: with_stats.details[k] for k in ("feature_step", "feature_directions")} == {
-        "feature_step": "class_stats", "feature_directions": 1}
+        "feature_step": "class_stats",
+        "feature_directions": 1,
+    }
     bare = load_checkpoint(digits_checkpoint).model
     bare.class_stats_count.zero_()
     free = forget(bare, fs, method="nhle", device="cpu")
     assert free.details == {"feature_step": "batchnorm_estimate", "feature_directions": 1}
     assert not torch.equal(free.model.edit_layer().weight, bare.edit_layer().weight)
-    off = forget(bare, fs, method="nhle", device="cpu", config=__import__(
-        "edge_unlearn.unlearn.nhle", fromlist=["NHLEConfig"]).NHLEConfig(data_free="none"))
+    off = forget(
+        bare,
+        fs,
+        method="nhle",
+        device="cpu",
+        config=__import__("edge_unlearn.unlearn.nhle", fromlist=["NHLEConfig"]).NHLEConfig(data_free="none"),
+    )
     assert off.details["feature_step"].startswith("none") and off.details["feature_directions"] == 0
     assert torch.equal(off.model.edit_layer().weight, bare.edit_layer().weight)
 
@@ -300,9 +390,19 @@ def test_import_with_stats_records_them_and_upscales_digits(tmp_path, digits):
     net = build_original(ArchSpec("torchvision", "mobilenet_v3_small"), 10).eval()
     torch.save(net.state_dict(), tmp_path / "m.pth")
     out = tmp_path / "m.safetensors"
-    summary = import_checkpoint(ImportRequest(arch="torchvision:mobilenet_v3_small", weights=str(tmp_path / "m.pth"),
-                                              output=str(out), dataset="digits", image_size=(32, 32), channels=3,
-                                              preset="none", stats_from="digits", stats_samples=5))
+    summary = import_checkpoint(
+        ImportRequest(
+            arch="torchvision:mobilenet_v3_small",
+            weights=str(tmp_path / "m.pth"),
+            output=str(out),
+            dataset="digits",
+            image_size=(32, 32),
+            channels=3,
+            preset="none",
+            stats_from="digits",
+            stats_samples=5,
+        )
+    )
     assert summary["preprocessing"]["resize"] == [32, 32] and "5 training images per class" in summary["class_stats"]
     assert "at every depth" in summary["class_stats"]
     ck = load_checkpoint(out)
@@ -319,14 +419,45 @@ def test_an_imported_resnet_with_stats_takes_nhle_s_backbone_step(tmp_path, digi
     net = build_original(ArchSpec("torchvision", "resnet18"), 10).eval()
     torch.save(net.state_dict(), tmp_path / "r.pth")
     out, forgot = tmp_path / "r.safetensors", tmp_path / "f.safetensors"
-    import_checkpoint(ImportRequest(arch="torchvision:resnet18", weights=str(tmp_path / "r.pth"), output=str(out),
-                                    dataset="digits", image_size=(32, 32), channels=3, preset="none",
-                                    stats_from="digits", stats_samples=4))
-    result = _cli(["forget", str(out), "--forget", "3", "--samples", "4", "-o", str(forgot), "--json",
-                   "--set", "backbone_step=last_block", "--set", "anchors_per_class=1", "--set", "anchor_steps=2",
-                   "--set", "backbone_steps=2"])
+    import_checkpoint(
+        ImportRequest(
+            arch="torchvision:resnet18",
+            weights=str(tmp_path / "r.pth"),
+            output=str(out),
+            dataset="digits",
+            image_size=(32, 32),
+            channels=3,
+            preset="none",
+            stats_from="digits",
+            stats_samples=4,
+        )
+    )
+    result = _cli(
+        [
+            "forget",
+            str(out),
+            "--forget",
+            "3",
+            "--samples",
+            "4",
+            "-o",
+            str(forgot),
+            "--json",
+            "--set",
+            "backbone_step=last_block",
+            "--set",
+            "anchors_per_class=1",
+            "--set",
+            "anchor_steps=2",
+            "--set",
+            "backbone_steps=2",
+        ]
+    )
     assert result.exit_code == 0, result.output
-    before, after = load_checkpoint(out).model.backbone.state_dict(), load_checkpoint(forgot).model.backbone.state_dict()
+    before, after = (
+        load_checkpoint(out).model.backbone.state_dict(),
+        load_checkpoint(forgot).model.backbone.state_dict(),
+    )
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert any(k.startswith("layer4.1.conv1") for k in changed) and all(k.startswith("layer4.1.") for k in changed)
 

@@ -8,6 +8,7 @@ bundle use holds 8 training images per class: a model this small has near-ties o
 rounding flips (validate's 0.99 agreement then fails for the model, not the pipeline: measured 0.98 on real test
 images); benchmarks/byom.py measures on the real test split.
 """
+
 from __future__ import annotations
 
 import json
@@ -60,15 +61,62 @@ def test_plain_script_model_goes_through_the_whole_pipeline(arch, tiny_cifar, tm
         pytest.importorskip("timm", reason="timm is not installed (pip install 'edge-unlearn[timm]')")
     stem = ["--cifar-stem"] if arch == "resnet18" else []
     pth = tmp_path / "user.pth"
-    subprocess.run([sys.executable, str(PLAIN_SCRIPT), "--arch", arch, "--data", str(tiny_cifar), "--epochs", "12",
-                    "--batch-size", "30", "--mean", MEAN, "--std", STD, "--wrap", "module", "-o", str(pth), *stem],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            str(PLAIN_SCRIPT),
+            "--arch",
+            arch,
+            "--data",
+            str(tiny_cifar),
+            "--epochs",
+            "12",
+            "--batch-size",
+            "30",
+            "--mean",
+            MEAN,
+            "--std",
+            STD,
+            "--wrap",
+            "module",
+            "-o",
+            str(pth),
+            *stem,
+        ],
+        check=True,
+        capture_output=True,
+    )
     spec = f"npz:{tiny_cifar}"
     ck, unlearned, retrained = (tmp_path / f"{n}.safetensors" for n in ("imported", "forget3", "retrain"))
     flag = arch if arch.startswith("timm:") else f"torchvision:{arch}"
-    _run(["import", "--arch", flag, "--weights", str(pth), "--dataset", spec, "--mean", MEAN, "--std", STD,
-          "--stats-from", spec, "--stats-samples", "12", "--recipe", "epochs=12", "--recipe", "min_steps=0",
-          "--recipe", "batch_size=30", "-o", str(ck), *stem])
+    _run(
+        [
+            "import",
+            "--arch",
+            flag,
+            "--weights",
+            str(pth),
+            "--dataset",
+            spec,
+            "--mean",
+            MEAN,
+            "--std",
+            STD,
+            "--stats-from",
+            spec,
+            "--stats-samples",
+            "12",
+            "--recipe",
+            "epochs=12",
+            "--recipe",
+            "min_steps=0",
+            "--recipe",
+            "batch_size=30",
+            "-o",
+            str(ck),
+            *stem,
+        ]
+    )
     forgot = json.loads(_run(["forget", str(ck), "--forget", "3", "--samples", "8", "-o", str(unlearned), "--json"]))
     assert forgot["feature_step"] == "class_stats" and forgot["forget_acc"] == 0.0
     _run(["retrain", str(ck), "--forget", "3", "-o", str(retrained), "--quiet"])

@@ -1,5 +1,6 @@
 """Ctrl-C is one line and exit 2 (never click's "Aborted!" with exit 1, which a gate reads as a failed validation),
 and leaves no file behind."""
+
 from __future__ import annotations
 
 import os
@@ -13,9 +14,14 @@ def test_ctrl_c_during_export_is_one_line_exit_2_and_leaves_no_file(digits_check
     out = tmp_path / "m.onnx"
     # a runner started in the background (`cmd &`) ignores SIGINT, and so would the child, whose Python then
     # installs no KeyboardInterrupt handler: give the child the default disposition, as a terminal would
-    proc = subprocess.Popen([sys.executable, "-m", "edge_unlearn.cli", "export", str(digits_checkpoint), "-o", str(out)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "edge_unlearn.cli", "export", str(digits_checkpoint), "-o", str(out)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=tmp_path,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     time.sleep(4.0)  # inside the export (torch import and the exporter take several seconds)
     assert proc.poll() is None, "export finished before it could be interrupted"
     os.kill(proc.pid, signal.SIGINT)

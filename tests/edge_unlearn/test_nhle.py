@@ -1,4 +1,5 @@
 """NHLE on a real (small) trained model: digits + lenet, and the projection's exact properties."""
+
 from __future__ import annotations
 
 import copy
@@ -103,8 +104,9 @@ def test_every_forget_only_method_reduces_forget_accuracy(name, original, digits
     assert after.forget_acc_unmasked < before.forget_acc_unmasked - 0.5
 
 
-@pytest.mark.parametrize("arch, shape", [("lenet", (1, 8, 8)), ("resnet18", (1, 16, 16)),
-                                         ("mobilenet_v3_small", (3, 16, 16))])
+@pytest.mark.parametrize(
+    "arch, shape", [("lenet", (1, 8, 8)), ("resnet18", (1, 16, 16)), ("mobilenet_v3_small", (3, 16, 16))]
+)
 def test_projection_keeps_retained_mean_on_every_edit_layer_kind(arch, shape):
     """Linear edit layers (lenet, mobilenet) and conv ones (resnet: bias folded into the next BatchNorm)."""
     torch.manual_seed(0)

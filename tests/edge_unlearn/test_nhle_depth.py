@@ -1,5 +1,6 @@
 """NHLE's feature step at depth (issue #15): retargeting onto the nearest retained class, layer by layer,
 the class statistics recorded at every depth, and the configuration that selects them."""
+
 from __future__ import annotations
 
 import copy
@@ -86,8 +87,14 @@ def test_retarget_refuses_a_forget_mean_the_retained_means_already_span(original
     assert torch.equal(model.edit_layer().weight, weight)
 
 
-@pytest.mark.parametrize("overrides, count", [({}, 1), ({"feature_target": "nearest_class", "target_scale": 1.0}, 1),
-                                             ({"feature_target": "nearest_pair", "target_scale": 1.0}, 2)])
+@pytest.mark.parametrize(
+    "overrides, count",
+    [
+        ({}, 1),
+        ({"feature_target": "nearest_class", "target_scale": 1.0}, 1),
+        ({"feature_target": "nearest_pair", "target_scale": 1.0}, 2),
+    ],
+)
 def test_nearest_targets_defeat_the_prototype_attack_where_the_projection_does_not(overrides, count, original, digits):
     """Digits, class 3: v1's projection leaves the forget features a cluster the 5-sample prototype finds."""
     fs = _forget_set(digits, [3])
@@ -166,8 +173,10 @@ def test_every_layer_edits_each_layer_and_keeps_retained_statistics(with_depth_s
         gap_before = float((before_modules[edit](stats_before[edit][3]) - target_out).norm())
         gap_after = float((after_modules[edit](remeasured.depth_stats()[edit][3]) - target_out).norm())
     assert gap_after < 0.25 * gap_before, (gap_before, gap_after)  # the forgotten class moved onto its target
-    drop = (evaluate_model(with_depth_stats, digits, [3], probe=False).retain_acc
-            - evaluate_model(result.model, digits, [3], probe=False).retain_acc)
+    drop = (
+        evaluate_model(with_depth_stats, digits, [3], probe=False).retain_acc
+        - evaluate_model(result.model, digits, [3], probe=False).retain_acc
+    )
     assert drop <= 0.02, drop
     assert not bool(result.model.depth_stats()[edit][3].any())  # the forgotten class's statistics are erased
 
@@ -180,8 +189,9 @@ def test_every_layer_without_depth_statistics_falls_back_to_the_edit_layer(origi
     assert result.details["feature_depth"] == "edit_layer" and result.details["feature_directions"] == 1
 
 
-def test_depth_statistics_survive_a_checkpoint_and_old_checkpoints_still_load(with_depth_stats, digits_checkpoint,
-                                                                                tmp_path):
+def test_depth_statistics_survive_a_checkpoint_and_old_checkpoints_still_load(
+    with_depth_stats, digits_checkpoint, tmp_path
+):
     meta = load_checkpoint(digits_checkpoint).meta
     path = tmp_path / "with_depth.safetensors"
     save_checkpoint(path, with_depth_stats, meta)
@@ -205,16 +215,19 @@ def test_forget_variance_metric_changes_the_edit_but_keeps_retained_means(origin
         torch.testing.assert_close(layer(means), original.edit_layer()(means), rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("overrides, needle", [
-    ({"feature_target": "farthest"}, "feature_target"),
-    ({"feature_depth": "some_layers"}, "feature_depth"),
-    ({"feature_metric": "cosine"}, "feature_metric"),
-    ({"pair_weight": 0.6}, "pair_weight"),
-    ({"pair_weight": -0.1}, "pair_weight"),
-    ({"target_scale": 0.0}, "target_scale"),
-    ({"target_scale": 1.5}, "target_scale"),
-    ({"version": 1}, "version"),
-])
+@pytest.mark.parametrize(
+    "overrides, needle",
+    [
+        ({"feature_target": "farthest"}, "feature_target"),
+        ({"feature_depth": "some_layers"}, "feature_depth"),
+        ({"feature_metric": "cosine"}, "feature_metric"),
+        ({"pair_weight": 0.6}, "pair_weight"),
+        ({"pair_weight": -0.1}, "pair_weight"),
+        ({"target_scale": 0.0}, "target_scale"),
+        ({"target_scale": 1.5}, "target_scale"),
+        ({"version": 1}, "version"),
+    ],
+)
 def test_bad_feature_parameters_are_one_clear_error(overrides, needle):
     with pytest.raises(UsageError, match=needle):
         method_config("nhle", overrides)
@@ -295,11 +308,15 @@ def test_synthesised_block_inputs_match_batchnorm_statistics_and_the_head():
     def gap(z):
         with torch.no_grad():
             h = block.conv1(z)
-            return float(batch_stat_gap(h, block.bn1) + batch_stat_gap(block.conv2(torch.relu(block.bn1(h))), block.bn2))
+            return float(
+                batch_stat_gap(h, block.bn1) + batch_stat_gap(block.conv2(torch.relu(block.bn1(h))), block.bn2)
+            )
 
     start, labels0 = synthesize_block_inputs(block, w, b, means, [0, 2, 3], (4, 4), per_class=8, steps=0)
     anchors, labels = synthesize_block_inputs(block, w, b, means, [0, 2, 3], (4, 4), per_class=8, steps=100)
-    assert anchors.shape == (24, 32, 4, 4) and torch.equal(labels, labels0) and sorted(set(labels.tolist())) == [0, 2, 3]
+    assert (
+        anchors.shape == (24, 32, 4, 4) and torch.equal(labels, labels0) and sorted(set(labels.tolist())) == [0, 2, 3]
+    )
     assert (anchors >= 0).all()
     assert gap(anchors) < 0.5 * gap(start)
     with torch.no_grad():
@@ -334,9 +351,10 @@ def test_finetune_last_block_forgets_on_a_copy_and_anchors_hold_retained_feature
     assert forgotten_probability(free) < 0.5 * forgotten_probability(block)
     assert forgotten_probability(held) < forgotten_probability(block)
     assert anchor_shift(held) < 0.5 * anchor_shift(free)
-    labels = torch.tensor([c for c in range(4) if c != cls] * 6)[:len(anchors)]
-    adversarial = finetune_block(block, forget_inputs, w, b, [cls], anchors, "adversarial", steps=12, lr=3e-3,
-                                 anchor_labels=labels)
+    labels = torch.tensor([c for c in range(4) if c != cls] * 6)[: len(anchors)]
+    adversarial = finetune_block(
+        block, forget_inputs, w, b, [cls], anchors, "adversarial", steps=12, lr=3e-3, anchor_labels=labels
+    )
     assert any(not torch.equal(p, q) for p, q in zip(adversarial.parameters(), block.parameters()))
     with pytest.raises(UsageError, match="labelled anchors"):
         finetune_block(block, forget_inputs, w, b, [cls], None, "adversarial")
@@ -344,9 +362,10 @@ def test_finetune_last_block_forgets_on_a_copy_and_anchors_hold_retained_feature
     # ranks first for it, so it ends nearer that prototype than the block left it
     with torch.no_grad():
         ref = pooled_block(block, anchors)
-        prototypes = torch.stack([ref[labels == c].mean(0) if (labels == c).any() else torch.zeros(ref.shape[1])
-                                  for c in range(4)])
-        logits = (pooled_block(block, forget_inputs) @ w.T + b)
+        prototypes = torch.stack(
+            [ref[labels == c].mean(0) if (labels == c).any() else torch.zeros(ref.shape[1]) for c in range(4)]
+        )
+        logits = pooled_block(block, forget_inputs) @ w.T + b
         logits[:, cls] = float("-inf")
         goal = prototypes[logits.argmax(1)]
 
@@ -354,8 +373,9 @@ def test_finetune_last_block_forgets_on_a_copy_and_anchors_hold_retained_feature
         with torch.no_grad():
             return float((pooled_block(blk, forget_inputs) - goal).norm(dim=1).mean())
 
-    towards = finetune_block(block, forget_inputs, w, b, [cls], anchors, "prototype", steps=30, lr=3e-3,
-                             anchor_labels=labels)
+    towards = finetune_block(
+        block, forget_inputs, w, b, [cls], anchors, "prototype", steps=30, lr=3e-3, anchor_labels=labels
+    )
     nhle_held = finetune_block(block, forget_inputs, w, b, [cls], anchors, steps=30, lr=3e-3)
     assert distance(towards) < 0.8 * distance(block) and distance(towards) < 0.8 * distance(nhle_held)
     with pytest.raises(UsageError, match="prototype objective needs labelled anchors"):
@@ -372,8 +392,13 @@ def test_backbone_step_fine_tunes_only_the_last_block_and_still_forgets():
     model.record_class_stats(images, labels)
     model.record_depth_stats(images, labels)
     fs = ForgetSet(images[labels == 2][:8], labels[labels == 2][:8], (2,))
-    config = {"backbone_step": "last_block", "anchors_per_class": 2, "anchor_steps": 5, "backbone_steps": 3,
-              "backbone_lr": 1e-2}
+    config = {
+        "backbone_step": "last_block",
+        "anchors_per_class": 2,
+        "anchor_steps": 5,
+        "backbone_steps": 3,
+        "backbone_lr": 1e-2,
+    }
     result = forget(model, fs, method="nhle", config=method_config("nhle", config))
     assert result.details["backbone_step"] == {"block": "layer4.1", "anchors": 6, "objective": "nhle"}
     before, after = model.backbone.state_dict(), result.model.backbone.state_dict()
@@ -416,14 +441,22 @@ def test_anchor_shifts_update_recorded_means_exactly_when_the_anchors_are_the_da
     remeasured = copy.deepcopy(model)
     remeasured.backbone.layer4[1] = tuned
     remeasured.record_depth_stats(images, labels)
-    torch.testing.assert_close(model.depth_stats()["layer4.1.conv2"] + shifts["conv2"],
-                               remeasured.depth_stats()["layer4.1.conv2"], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(
+        model.depth_stats()["layer4.1.conv2"] + shifts["conv2"],
+        remeasured.depth_stats()["layer4.1.conv2"],
+        rtol=1e-4,
+        atol=1e-5,
+    )
 
 
 def test_backbone_step_refuses_a_model_it_cannot_serve(original, digits):
     with pytest.raises(UsageError, match="ResNet"):
-        forget(original, _forget_set(digits, [3], 4), method="nhle",
-               config=method_config("nhle", {"backbone_step": "last_block"}))
+        forget(
+            original,
+            _forget_set(digits, [3], 4),
+            method="nhle",
+            config=method_config("nhle", {"backbone_step": "last_block"}),
+        )
     model = build_model("cifar_resnet18", 4, (3, 32, 32)).eval()
     fs = ForgetSet(torch.rand(4, 3, 32, 32), torch.full((4,), 1), (1,))
     with pytest.raises(UsageError, match="depth"):

@@ -1,5 +1,6 @@
 """Lazy datasets (issue #12): image folders of any size and mode, decoded per batch through the checkpoint's
 preprocessing, DataLoader workers, memory-mapped npz, and the split() seam training reads."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -10,8 +11,7 @@ import torch
 from PIL import Image
 
 import edge_unlearn.data as data_module
-from edge_unlearn.data import (ArrayImages, FolderImages, Normalization, Preprocessing, load_dataset,
-                               load_image_folder)
+from edge_unlearn.data import ArrayImages, FolderImages, Normalization, Preprocessing, load_dataset, load_image_folder
 from edge_unlearn.errors import DataError
 from tests.conftest import invoke_cli, one_line_error
 
@@ -26,7 +26,8 @@ def _digit_folder(root, digits, per_class: int = 4, classes=range(10), seed: int
             folder.mkdir(parents=True)
             for k, i in enumerate(torch.nonzero(labels == c).flatten()[:per_class].tolist()):
                 image = Image.fromarray(images[i][0].numpy()).resize(
-                    (int(rng.integers(6, 40)), int(rng.integers(6, 30))), Image.BILINEAR)
+                    (int(rng.integers(6, 40)), int(rng.integers(6, 30))), Image.BILINEAR
+                )
                 mode, suffix = [("L", "png"), ("RGB", "jpg"), ("RGBA", "png"), ("P", "png"), ("RGB", "webp")][k % 5]
                 image = image.convert(mode)
                 path = folder / f"{k}.{suffix}"
@@ -159,8 +160,19 @@ def test_prepared_arrays_resize_per_batch(digits):
 
 def test_mixed_folder_without_image_size_is_one_line_exit_2(tmp_path, digits):
     _digit_folder(tmp_path, digits, per_class=2)
-    result = invoke_cli(["train", "--dataset", f"folder:{tmp_path}", "--epochs", "1", "--min-steps", "1",
-                         "-o", tmp_path / "m.safetensors"])
+    result = invoke_cli(
+        [
+            "train",
+            "--dataset",
+            f"folder:{tmp_path}",
+            "--epochs",
+            "1",
+            "--min-steps",
+            "1",
+            "-o",
+            tmp_path / "m.safetensors",
+        ]
+    )
     one_line_error(result, "--image-size")
     assert not (tmp_path / "m.safetensors").exists()
 
@@ -169,8 +181,23 @@ def test_unreadable_image_and_bad_workers_are_one_line_exit_2(tmp_path, digits, 
     _digit_folder(tmp_path, digits, per_class=2)
     bad = tmp_path / "train" / "1" / "zz.png"
     bad.write_bytes(b"\x89PNG broken")
-    result = invoke_cli(["train", "--dataset", f"folder:{tmp_path}", "--image-size", "8", "--epochs", "1",
-                         "--min-steps", "1", "--workers", "2", "-o", tmp_path / "m.safetensors"])
+    result = invoke_cli(
+        [
+            "train",
+            "--dataset",
+            f"folder:{tmp_path}",
+            "--image-size",
+            "8",
+            "--epochs",
+            "1",
+            "--min-steps",
+            "1",
+            "--workers",
+            "2",
+            "-o",
+            tmp_path / "m.safetensors",
+        ]
+    )
     one_line_error(result, str(bad))
     result = invoke_cli(["evaluate", str(digits_checkpoint), "--workers", "-1"])
     assert result.exit_code == 2 and "--workers" in result.output
@@ -192,14 +219,31 @@ def test_forget_samples_get_the_checkpoints_full_preprocessing(tmp_path, digits,
         image = Image.fromarray(digits.x_train[i][0].numpy()).resize((20 + 3 * k, 14), Image.NEAREST)
         image.save(folder / f"{k}.png")
         raws.append(torch.from_numpy(np.array(image))[None])
-    req = ForgetRequest(checkpoint=str(imported), forget=("3",), out=str(tmp_path / "u.safetensors"),
-                        forget_samples_dir=str(folder), evaluate=False)
+    req = ForgetRequest(
+        checkpoint=str(imported),
+        forget=("3",),
+        out=str(tmp_path / "u.safetensors"),
+        forget_samples_dir=str(folder),
+        evaluate=False,
+    )
     forget_set = _forget_set(req, load_checkpoint(imported), None, [3])
     expected = torch.cat([data_module.preprocess(prep.geometry(r[None]), prep.normalization) for r in raws])
     assert torch.equal(forget_set.inputs, expected)
     assert forget_set.labels.tolist() == [3] * 4
-    result = invoke_cli(["forget", imported, "--forget", "3", "--forget-samples", folder, "--no-eval", "-q",
-                         "-o", tmp_path / "u.safetensors"])
+    result = invoke_cli(
+        [
+            "forget",
+            imported,
+            "--forget",
+            "3",
+            "--forget-samples",
+            folder,
+            "--no-eval",
+            "-q",
+            "-o",
+            tmp_path / "u.safetensors",
+        ]
+    )
     assert result.exit_code == 0, result.output
 
 
@@ -226,13 +270,42 @@ def test_import_stats_from_a_mixed_size_folder(tmp_path, digits, digits_checkpoi
     _digit_folder(tmp_path / "photos", digits, per_class=3)
     ck = load_checkpoint(digits_checkpoint)
     weights = tmp_path / "lenet.safetensors"
-    save_file({k: v.contiguous() for k, v in ck.model.state_dict().items()
-               if k not in ("class_mask", "class_stats", "class_stats_count")}, str(weights))
+    save_file(
+        {
+            k: v.contiguous()
+            for k, v in ck.model.state_dict().items()
+            if k not in ("class_mask", "class_stats", "class_stats_count")
+        },
+        str(weights),
+    )
     mean, std = ck.meta.normalization.mean[0], ck.meta.normalization.std[0]
     out = tmp_path / "imported.safetensors"
-    result = invoke_cli(["import", "--arch", "lenet", "--weights", weights, "--image-size", "8", "--resize", "10",
-                         "--channels", "1", "--mean", str(mean), "--std", str(std),
-                         "--stats-from", f"folder:{tmp_path / 'photos'}", "--stats-samples", "3", "-q", "-o", out])
+    result = invoke_cli(
+        [
+            "import",
+            "--arch",
+            "lenet",
+            "--weights",
+            weights,
+            "--image-size",
+            "8",
+            "--resize",
+            "10",
+            "--channels",
+            "1",
+            "--mean",
+            str(mean),
+            "--std",
+            str(std),
+            "--stats-from",
+            f"folder:{tmp_path / 'photos'}",
+            "--stats-samples",
+            "3",
+            "-q",
+            "-o",
+            out,
+        ]
+    )
     assert result.exit_code == 0, result.output
     meta = read_meta(out)
     assert meta.preprocessing.resize == 10 and meta.preprocessing.crop == (8, 8)

@@ -1,6 +1,7 @@
 """The training recipe (issue #12): augmentation chosen per dataset and recorded, schedules, label smoothing,
 AMP refused on CPU, resume giving the uninterrupted run's weights, streaming class statistics, and `retrain`
 repeating the recorded recipe."""
+
 from __future__ import annotations
 
 import json
@@ -13,14 +14,19 @@ import torch
 from edge_unlearn.checkpoint import CheckpointMeta, read_meta, save_checkpoint
 from edge_unlearn.data import preprocess
 from edge_unlearn.errors import CheckpointError, UsageError
-from edge_unlearn.training import (Processes, TrainConfig, WarmupCosine, augment_batch, load_train_state,
-                                   record_class_stats, train_model)
-from tests.conftest import invoke_cli, one_line_error
-from tests.conftest import one_thread
+from edge_unlearn.training import (
+    Processes,
+    TrainConfig,
+    WarmupCosine,
+    augment_batch,
+    load_train_state,
+    record_class_stats,
+    train_model,
+)
+from tests.conftest import invoke_cli, one_line_error, one_thread
 
 # A tiny run on digits: 1257 training images, 10 steps of 128 an epoch; min_steps 14 -> 2 epochs, 20 steps.
 TINY = dict(epochs=1, min_steps=14, batch_size=128, lr=5e-3, device="cpu")
-
 
 
 def test_auto_augmentation_follows_the_images_and_is_recorded_resolved():
@@ -35,18 +41,32 @@ def test_auto_augmentation_follows_the_images_and_is_recorded_resolved():
 
 
 def test_a_record_from_before_the_recipe_version_means_the_plain_recipe():
-    old = {"epochs": 3, "min_steps": 500, "batch_size": 128, "lr": 2e-3, "weight_decay": 5e-4, "seed": 0,
-           "device": "auto"}
+    old = {
+        "epochs": 3,
+        "min_steps": 500,
+        "batch_size": 128,
+        "lr": 2e-3,
+        "weight_decay": 5e-4,
+        "seed": 0,
+        "device": "auto",
+    }
     config = TrainConfig.from_json(old).resolved((3, 32, 32))
     assert (config.augment, config.schedule, config.label_smoothing, config.amp) == ("none", "onecycle", 0.0, "off")
     assert TrainConfig.from_json({**old, "version": 2}).augment == "auto"
 
 
-@pytest.mark.parametrize("field, value, needle", [
-    ("augment", "mixup", "--augment"), ("schedule", "step", "--schedule"), ("amp", "fp8", "--amp"),
-    ("label_smoothing", -0.1, "--label-smoothing"), ("label_smoothing", 1.0, "--label-smoothing"),
-    ("crop_padding", -1, "crop_padding"), ("version", 99, "upgrade"),
-])
+@pytest.mark.parametrize(
+    "field, value, needle",
+    [
+        ("augment", "mixup", "--augment"),
+        ("schedule", "step", "--schedule"),
+        ("amp", "fp8", "--amp"),
+        ("label_smoothing", -0.1, "--label-smoothing"),
+        ("label_smoothing", 1.0, "--label-smoothing"),
+        ("crop_padding", -1, "crop_padding"),
+        ("version", 99, "upgrade"),
+    ],
+)
 def test_bad_recipe_values_are_refused(field, value, needle):
     with pytest.raises(UsageError, match=needle):
         TrainConfig(**{field: value})
@@ -60,7 +80,7 @@ def test_crop_and_flip_take_windows_of_the_padded_image():
     padded = torch.nn.functional.pad(images, (1, 1, 1, 1))
     flipped = 0
     for image, got in zip(padded, out):
-        windows = [image[:, t:t + 8, s:s + 8] for t in range(3) for s in range(3)]
+        windows = [image[:, t : t + 8, s : s + 8] for t in range(3) for s in range(3)]
         plain = any(torch.equal(got, w) for w in windows)
         mirrored = any(torch.equal(got, w.flip(-1)) for w in windows)
         assert plain or mirrored
@@ -90,13 +110,15 @@ def _twin_lenets(digits):
 def test_class_statistics_stream_to_the_same_means(digits):
     model, whole = _twin_lenets(digits)
     whole.record_class_stats(preprocess(digits.x_train, digits.normalization), digits.y_train)
-    record_class_stats(model, digits.split("train"), digits.normalization, Processes(), torch.device("cpu"),
-                       batch_size=512)
+    record_class_stats(
+        model, digits.split("train"), digits.normalization, Processes(), torch.device("cpu"), batch_size=512
+    )
     assert torch.equal(model.class_stats, whole.class_stats) and model.class_stats.abs().sum() > 0
     assert torch.equal(model.class_stats_count, whole.class_stats_count)
     retained = [c for c in range(10) if c != 4]
-    record_class_stats(model, digits.split("train", classes=retained), digits.normalization, Processes(),
-                       torch.device("cpu"))
+    record_class_stats(
+        model, digits.split("train", classes=retained), digits.normalization, Processes(), torch.device("cpu")
+    )
     assert model.class_stats_count[4] == 0 and model.class_stats_count[3] < whole.class_stats_count[3] + 1
     assert torch.equal(model.class_stats[3], whole.class_stats[3])  # the same images of class 3
 
@@ -109,8 +131,9 @@ def test_training_records_the_statistics_at_every_depth_unless_they_are_too_larg
 
     model, whole = _twin_lenets(digits)
     whole.record_depth_stats(preprocess(digits.x_train, digits.normalization), digits.y_train)
-    record_class_stats(model, digits.split("train"), digits.normalization, Processes(), torch.device("cpu"),
-                       batch_size=300)
+    record_class_stats(
+        model, digits.split("train"), digits.normalization, Processes(), torch.device("cpu"), batch_size=300
+    )
     assert model.has_depth_stats and model.depth_stats().keys() == whole.depth_stats().keys()
     for name, means in whole.depth_stats().items():
         assert torch.allclose(model.depth_stats()[name], means, atol=1e-5) and means.abs().sum() > 0, name
@@ -172,20 +195,44 @@ def test_cli_refuses_bad_recipe_options_in_one_line_and_writes_nothing(digits_ch
     garbage = tmp_path / "garbage.state.pt"
     garbage.write_bytes(b"not a zip archive at all")
     one_line_error(invoke_cli(["train", "--resume", garbage, "-o", out]), "not a readable training-state")
-    one_line_error(invoke_cli(["retrain", digits_checkpoint, "--forget", "1", "--resume", tmp_path / "nope.pt",
-                               "-o", out]), "no such file")
+    one_line_error(
+        invoke_cli(["retrain", digits_checkpoint, "--forget", "1", "--resume", tmp_path / "nope.pt", "-o", out]),
+        "no such file",
+    )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["garbage.state.pt"]
 
 
 def test_retrain_repeats_the_recorded_recipe(tmp_path):
     original, gold = tmp_path / "o.safetensors", tmp_path / "r.safetensors"
-    result = invoke_cli(["train", "--epochs", "1", "--min-steps", "10", "--augment", "crop", "--schedule", "cosine",
-                         "--label-smoothing", "0.05", "--device", "cpu", "-o", original, "--json"])
+    result = invoke_cli(
+        [
+            "train",
+            "--epochs",
+            "1",
+            "--min-steps",
+            "10",
+            "--augment",
+            "crop",
+            "--schedule",
+            "cosine",
+            "--label-smoothing",
+            "0.05",
+            "--device",
+            "cpu",
+            "-o",
+            original,
+            "--json",
+        ]
+    )
     assert result.exit_code == 0, result.output
     recipe = read_meta(original).train_recipe
     assert recipe == json.loads(result.output)["recipe"]
-    assert (recipe["augment"], recipe["crop_padding"], recipe["schedule"], recipe["label_smoothing"]) == \
-        ("crop", 1, "cosine", 0.05)
+    assert (recipe["augment"], recipe["crop_padding"], recipe["schedule"], recipe["label_smoothing"]) == (
+        "crop",
+        1,
+        "cosine",
+        0.05,
+    )
     result = invoke_cli(["retrain", original, "--forget", "2", "-o", gold, "--json"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.output)["recipe"] == recipe
@@ -195,11 +242,25 @@ def test_retrain_repeats_the_recorded_recipe(tmp_path):
 def test_an_old_checkpoint_retrains_with_the_plain_recipe(digits, tmp_path):
     from edge_unlearn.models import build_model
 
-    old_recipe = {"epochs": 1, "min_steps": 5, "batch_size": 128, "lr": 2e-3, "weight_decay": 5e-4, "seed": 0,
-                  "device": "cpu"}
+    old_recipe = {
+        "epochs": 1,
+        "min_steps": 5,
+        "batch_size": 128,
+        "lr": 2e-3,
+        "weight_decay": 5e-4,
+        "seed": 0,
+        "device": "cpu",
+    }
     model = build_model("lenet", digits.num_classes, digits.input_shape)
-    meta = CheckpointMeta("lenet", digits.num_classes, digits.class_names, digits.input_shape,
-                          digits.normalization, "digits", train_recipe=old_recipe)
+    meta = CheckpointMeta(
+        "lenet",
+        digits.num_classes,
+        digits.class_names,
+        digits.input_shape,
+        digits.normalization,
+        "digits",
+        train_recipe=old_recipe,
+    )
     original = tmp_path / "old.safetensors"
     save_checkpoint(original, model, meta)
     result = invoke_cli(["retrain", original, "--forget", "0", "-o", tmp_path / "r.safetensors", "--json"])
@@ -210,6 +271,7 @@ def test_an_old_checkpoint_retrains_with_the_plain_recipe(digits, tmp_path):
 
 
 def test_cli_choices_match_the_library():
-    from edge_unlearn import cli, training
+    from edge_unlearn import training
+    from edge_unlearn.cli import app as cli
 
     assert (cli.AUGMENTS, cli.SCHEDULES, cli.AMP_MODES) == (training.AUGMENTS, training.SCHEDULES, training.AMP_MODES)

@@ -1,5 +1,6 @@
 """Session fixtures for the deployment tests: one lenet trained on scikit-learn's digits, class 3 masked,
 exported, quantized and bundled once (the expensive part), shared by every test in this folder."""
+
 from __future__ import annotations
 
 import contextlib
@@ -32,10 +33,10 @@ def digits():
 @pytest.fixture(scope="session")
 def trained(digits):
     """lenet, at least 40 epochs (400 steps) on digits, class 3 masked by class weight masking."""
+    import torch
+
     from edge_unlearn.checkpoint import CheckpointMeta
     from edge_unlearn.training import TrainConfig, train_model
-
-    import torch
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # 2 threads on 2 busy shared cores run 5x slower than 1
@@ -44,8 +45,14 @@ def trained(digits):
     finally:
         torch.set_num_threads(threads)
     model.mask_classes(FORGET)
-    meta = CheckpointMeta(arch="lenet", num_classes=digits.num_classes, class_names=digits.class_names,
-                          input_shape=digits.input_shape, normalization=digits.normalization, dataset="digits")
+    meta = CheckpointMeta(
+        arch="lenet",
+        num_classes=digits.num_classes,
+        class_names=digits.class_names,
+        input_shape=digits.input_shape,
+        normalization=digits.normalization,
+        dataset="digits",
+    )
     return model, meta
 
 
@@ -62,8 +69,11 @@ def artifacts(trained, tmp_path_factory) -> Artifacts:
     save_checkpoint(ckpt, model, meta)
     with contextlib.redirect_stdout(io.StringIO()):
         export_onnx(ckpt, folder / "model.onnx")
-        quantize_model(folder / "model.onnx", folder / "model.int8.onnx", QuantizeConfig(precision="int8"), calib="digits")
+        quantize_model(
+            folder / "model.onnx", folder / "model.int8.onnx", QuantizeConfig(precision="int8"), calib="digits"
+        )
         quantize_model(folder / "model.onnx", folder / "model.fp16.onnx", QuantizeConfig(precision="fp16"))
     make_bundle(ckpt, "digits", folder / "eval.npz")
-    return Artifacts(ckpt, folder / "model.onnx", folder / "model.int8.onnx", folder / "model.fp16.onnx",
-                     folder / "eval.npz", folder)
+    return Artifacts(
+        ckpt, folder / "model.onnx", folder / "model.int8.onnx", folder / "model.fp16.onnx", folder / "eval.npz", folder
+    )

@@ -6,6 +6,7 @@ the NHLE default. On digits NHLE's features barely move (the prototype attack re
 docs/audit.md), so the passing case whose truth is known is the retrained model; the NHLE case checks that the
 device's figures are the host's attack and probe, measured on the quantized model.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -37,8 +38,11 @@ class AuditModels:
 def _forget(original: Path, out: Path, params: tuple = ()) -> None:
     from edge_unlearn.workflows import ForgetRequest, forget_checkpoint
 
-    forget_checkpoint(ForgetRequest(checkpoint=str(original), forget=(str(FORGET),), out=str(out), params=params,
-                                    device="cpu", evaluate=False))
+    forget_checkpoint(
+        ForgetRequest(
+            checkpoint=str(original), forget=(str(FORGET),), out=str(out), params=params, device="cpu", evaluate=False
+        )
+    )
 
 
 @pytest.fixture(scope="module")
@@ -57,8 +61,13 @@ def models(digits_checkpoint, tmp_path_factory) -> AuditModels:
         retrain_checkpoint(digits_checkpoint, [str(FORGET)], folder / "retrain.safetensors", progress=False)
     finally:
         torch.set_num_threads(threads)
-    return AuditModels(folder, digits_checkpoint, folder / "masked.safetensors", folder / "retrain.safetensors",
-                       folder / "nhle.safetensors")
+    return AuditModels(
+        folder,
+        digits_checkpoint,
+        folder / "masked.safetensors",
+        folder / "retrain.safetensors",
+        folder / "nhle.safetensors",
+    )
 
 
 def _export(checkpoint: Path, out: Path, *, int8_target: str | None = "cpu") -> Path:
@@ -101,13 +110,16 @@ def test_audit_export_has_features_output_and_passes_the_gate_after_quantization
 
     from edge_unlearn.checkpoint import load_checkpoint
     from edge_unlearn.data import preprocess
-    from edge_unlearn.export.onnx_meta import read_meta
+    from edge_unlearn.deploy.onnx_meta import read_meta
+    from edge_unlearn.deploy.structure import static_checks
     from edge_unlearn.export.quantize import QuantizeConfig, quantize_model
-    from edge_unlearn.export.structure import static_checks
 
     fp32 = _export(models.masked, models.folder / "masked.audit.int8.onnx", int8_target=None)
-    files = {"fp32": fp32, "int8-cpu": deployed["masked_int8"],
-             "int8-tensorrt": _export(models.masked, models.folder / "masked.audit.trt.onnx", int8_target="tensorrt")}
+    files = {
+        "fp32": fp32,
+        "int8-cpu": deployed["masked_int8"],
+        "int8-tensorrt": _export(models.masked, models.folder / "masked.audit.trt.onnx", int8_target="tensorrt"),
+    }
     with contextlib.redirect_stdout(io.StringIO()):
         quantize_model(fp32, models.folder / "masked.audit.fp16.onnx", QuantizeConfig(precision="fp16"))
     files["fp16"] = models.folder / "masked.audit.fp16.onnx"
@@ -123,7 +135,8 @@ def test_audit_export_has_features_output_and_passes_the_gate_after_quantization
         checks, _ = static_checks(proto, meta)
         assert [c.name for c in checks if not c.passed] == [], (label, [c.line() for c in checks])
         logits, features = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(
-            ["logits", "features"], {"input": x.numpy()})
+            ["logits", "features"], {"input": x.numpy()}
+        )
         assert logits.shape == (64, 10) and np.all(logits[:, FORGET] == np.float32(-1e4))
         error = np.linalg.norm(features - reference) / np.linalg.norm(reference)
         assert error < FEATURE_TOLERANCE[label], (label, error)
@@ -133,8 +146,9 @@ def test_audit_export_has_features_output_and_passes_the_gate_after_quantization
 
 
 def test_validate_audit_passes_on_the_retrained_model_and_fails_on_the_masked_original(deployed):
-    good = invoke_cli(["validate", deployed["retrained_int8"], "--bundle", deployed["retrained_bundle"], "--audit",
-                       "--json"])
+    good = invoke_cli(
+        ["validate", deployed["retrained_int8"], "--bundle", deployed["retrained_bundle"], "--audit", "--json"]
+    )
     assert good.exit_code == 0, good.output
     report = json.loads(good.stdout)
     audit = report["audit"]
@@ -148,14 +162,32 @@ def test_validate_audit_passes_on_the_retrained_model_and_fails_on_the_masked_or
     assert failed == ["audit_prototype_recovery"], failed
     assert report["audit"]["device"]["prototype_forget_acc"] > 0.5
     text = invoke_cli(["validate", deployed["masked_int8"], "--bundle", deployed["masked_bundle"], "--audit"])
-    assert text.exit_code == 1 and "prototype recovery" in text.output and "verdict: FAIL (audit_prototype_recovery)" in text.output
+    assert (
+        text.exit_code == 1
+        and "prototype recovery" in text.output
+        and "verdict: FAIL (audit_prototype_recovery)" in text.output
+    )
     assert "output probe on forgotten" in text.output
     # the deployed outputs of the masked original still read the class (it is the original's knowledge of it)
     assert report["audit"]["device"]["logit_probe_forget_acc"] > 0.9
-    strict = invoke_cli(["validate", deployed["masked_int8"], "--bundle", deployed["masked_bundle"], "--audit",
-                         "--audit-max-prototype", "1.0", "--audit-max-logit-probe", "0.5", "--json"])
+    strict = invoke_cli(
+        [
+            "validate",
+            deployed["masked_int8"],
+            "--bundle",
+            deployed["masked_bundle"],
+            "--audit",
+            "--audit-max-prototype",
+            "1.0",
+            "--audit-max-logit-probe",
+            "0.5",
+            "--json",
+        ]
+    )
     assert strict.exit_code == 1, strict.output
-    assert [c["name"] for c in json.loads(strict.stdout)["checks"] if not c["passed"]] == ["audit_logit_probe_forget_acc"]
+    assert [c["name"] for c in json.loads(strict.stdout)["checks"] if not c["passed"]] == [
+        "audit_logit_probe_forget_acc"
+    ]
 
 
 def test_nhle_int8_audit_is_the_hosts_attack_and_probe_and_reports_weight_steps(models, digits):
@@ -166,8 +198,20 @@ def test_nhle_int8_audit_is_the_hosts_attack_and_probe_and_reports_weight_steps(
     from edge_unlearn.metrics import RETAINED_LOGITS, probe_forget_accuracy, probe_forget_accuracy_by_depth
 
     bundle = models.folder / "nhle.audit.npz"
-    result = invoke_cli(["bundle", models.nhle, "--audit", "--retrained", models.retrained, "--reference",
-                         models.original, "--json", "-o", bundle])
+    result = invoke_cli(
+        [
+            "bundle",
+            models.nhle,
+            "--audit",
+            "--retrained",
+            models.retrained,
+            "--reference",
+            models.original,
+            "--json",
+            "-o",
+            bundle,
+        ]
+    )
     assert result.exit_code == 0, result.output
     stored = json.loads(result.stdout)["audit"]
     nhle = load_checkpoint(models.nhle).model
@@ -180,10 +224,17 @@ def test_nhle_int8_audit_is_the_hosts_attack_and_probe_and_reports_weight_steps(
     assert stored["thresholds"]["max_prototype"] == pytest.approx(gold_attack + 0.05)
     assert stored["thresholds"]["max_probe"] == pytest.approx(min(1.0, stored["retrained"]["probe_forget_acc"] + 0.02))
     # the output probe: evaluate --depth's retained-logit probe (same draw, same pipeline), and retrain's + 0.02
-    assert stored["fp32"]["logit_probe_forget_acc"] == probe_forget_accuracy_by_depth(nhle, digits, [FORGET])[RETAINED_LOGITS]
-    assert stored["retrained"]["logit_probe_forget_acc"] == probe_forget_accuracy_by_depth(gold, digits, [FORGET])[RETAINED_LOGITS]
+    assert (
+        stored["fp32"]["logit_probe_forget_acc"]
+        == probe_forget_accuracy_by_depth(nhle, digits, [FORGET])[RETAINED_LOGITS]
+    )
+    assert (
+        stored["retrained"]["logit_probe_forget_acc"]
+        == probe_forget_accuracy_by_depth(gold, digits, [FORGET])[RETAINED_LOGITS]
+    )
     assert stored["thresholds"]["max_logit_probe"] == pytest.approx(
-        min(1.0, stored["retrained"]["logit_probe_forget_acc"] + 0.02))
+        min(1.0, stored["retrained"]["logit_probe_forget_acc"] + 0.02)
+    )
 
     int8 = _export(models.nhle, models.folder / "nhle.audit.int8.onnx")
     run = invoke_cli(["validate", int8, "--bundle", bundle, "--audit", "--json"])
@@ -193,7 +244,7 @@ def test_nhle_int8_audit_is_the_hosts_attack_and_probe_and_reports_weight_steps(
     n_forgotten = int(np.sum(digits.y_test.numpy() == FORGET))
     # INT8 noise may flip a few forget samples whose features NHLE v2 placed between two retained classes: the
     # deployed figure stays within the gate's own quantization tolerance of FP32, and the gate says so
-    from edge_unlearn.export.audit import DEFAULT_TOLERANCE
+    from edge_unlearn.deploy.audit import DEFAULT_TOLERANCE
 
     gap = device["prototype_forget_acc"] - host_attack
     assert abs(gap) <= DEFAULT_TOLERANCE + 1e-12, (device["prototype_forget_acc"], host_attack, n_forgotten)
@@ -206,7 +257,8 @@ def test_nhle_int8_audit_is_the_hosts_attack_and_probe_and_reports_weight_steps(
     assert abs(logit_gap) <= DEFAULT_TOLERANCE, (device["logit_probe_forget_acc"], stored["fp32"])
     assert checks["audit_logit_probe_quant_gap"]["value"] == pytest.approx(logit_gap)
     assert checks["audit_logit_probe_forget_acc"]["passed"] == (
-        device["logit_probe_forget_acc"] <= stored["thresholds"]["max_logit_probe"])
+        device["logit_probe_forget_acc"] <= stored["thresholds"]["max_logit_probe"]
+    )
     assert run.exit_code == (0 if all(c["passed"] for c in report["checks"]) else 1)
 
     steps = stored["weight_steps"]
@@ -219,7 +271,7 @@ def test_nhle_int8_audit_is_the_hosts_attack_and_probe_and_reports_weight_steps(
 
 def test_weight_step_report_counts_edits_that_round_back():
     """A synthetic edit: half the weights move by 0.2 of an INT8 step (they round back), half by 3 steps."""
-    from edge_unlearn.export.audit import weight_step_report
+    from edge_unlearn.deploy.audit import weight_step_report
 
     before = np.tile(np.array([[0.0, 10.0, 20.0, 127.0]]), (2, 1)) / 127.0  # scale 1/127 per row (max |w| = 1)
     after = before.copy()
@@ -254,7 +306,7 @@ def _rewrite(src: Path, dst: Path, change) -> None:
 def test_a_tampered_probe_is_refused_or_fails(deployed, tmp_path):
     """A probe edited so that it never predicts the forgotten class: refused (digest), and when the forger also
     rewrites the digest, the stored probe no longer reproduces the recorded FP32 figures (exit 1)."""
-    from edge_unlearn.export.audit import AUDIT_JSON, array_digest
+    from edge_unlearn.deploy.audit import AUDIT_JSON, array_digest
 
     def blind(data):
         coef = data["audit_probe_coef"].copy()
@@ -273,11 +325,26 @@ def test_a_tampered_probe_is_refused_or_fails(deployed, tmp_path):
 
     model, src = deployed["masked_int8"], deployed["masked_bundle"]
     _rewrite(src, tmp_path / "blind.npz", blind)
-    one_line_error(invoke_cli(["validate", model, "--bundle", tmp_path / "blind.npz", "--audit"]),
-                   "audit_probe_coef", "changed after the bundle was written")
+    one_line_error(
+        invoke_cli(["validate", model, "--bundle", tmp_path / "blind.npz", "--audit"]),
+        "audit_probe_coef",
+        "changed after the bundle was written",
+    )
     _rewrite(src, tmp_path / "rehashed.npz", blind_and_rehash)
-    result = invoke_cli(["validate", model, "--bundle", tmp_path / "rehashed.npz", "--audit", "--audit-max-probe",
-                         "0.5", "--audit-max-prototype", "1.0", "--json"])
+    result = invoke_cli(
+        [
+            "validate",
+            model,
+            "--bundle",
+            tmp_path / "rehashed.npz",
+            "--audit",
+            "--audit-max-probe",
+            "0.5",
+            "--audit-max-prototype",
+            "1.0",
+            "--json",
+        ]
+    )
     assert result.exit_code == 1, result.output
     checks = {c["name"]: c for c in json.loads(result.stdout)["checks"]}
     assert checks["audit_probe_forget_acc"]["value"] == 0.0  # the blinded probe "sees" nothing ...
@@ -287,7 +354,7 @@ def test_a_tampered_probe_is_refused_or_fails(deployed, tmp_path):
 def test_a_tampered_output_probe_is_refused_and_a_format_1_bundle_is_audited_without_it(deployed, tmp_path):
     """The output probe's arrays are digest-checked like the rest; a bundle written before the output probe
     (audit format 1) still validates, without the output-probe checks, and refuses an output-probe threshold."""
-    from edge_unlearn.export.audit import AUDIT_FORMAT_V1, AUDIT_JSON, LOGIT_PROBE_ARRAYS, array_digest
+    from edge_unlearn.deploy.audit import AUDIT_FORMAT_V1, AUDIT_JSON, LOGIT_PROBE_ARRAYS, array_digest
 
     model, src = deployed["retrained_int8"], deployed["retrained_bundle"]
 
@@ -297,8 +364,11 @@ def test_a_tampered_output_probe_is_refused_and_a_format_1_bundle_is_audited_wit
         data["audit_logit_probe_intercept"] = intercept
 
     _rewrite(src, tmp_path / "blind.npz", blind)
-    one_line_error(invoke_cli(["validate", model, "--bundle", tmp_path / "blind.npz", "--audit"]),
-                   "audit_logit_probe_intercept", "changed after the bundle was written")
+    one_line_error(
+        invoke_cli(["validate", model, "--bundle", tmp_path / "blind.npz", "--audit"]),
+        "audit_logit_probe_intercept",
+        "changed after the bundle was written",
+    )
 
     def blind_and_rehash(data):
         blind(data)
@@ -307,8 +377,18 @@ def test_a_tampered_output_probe_is_refused_and_a_format_1_bundle_is_audited_wit
         data[AUDIT_JSON] = np.asarray(json.dumps(info))
 
     _rewrite(src, tmp_path / "rehashed.npz", blind_and_rehash)
-    forged = invoke_cli(["validate", model, "--bundle", tmp_path / "rehashed.npz", "--audit",
-                         "--audit-max-logit-probe", "0.5", "--json"])
+    forged = invoke_cli(
+        [
+            "validate",
+            model,
+            "--bundle",
+            tmp_path / "rehashed.npz",
+            "--audit",
+            "--audit-max-logit-probe",
+            "0.5",
+            "--json",
+        ]
+    )
     assert forged.exit_code == 1, forged.output
     checks = {c["name"]: c for c in json.loads(forged.stdout)["checks"]}
     assert checks["audit_logit_probe_forget_acc"]["value"] == 0.0  # the blinded output probe "sees" nothing ...
@@ -327,8 +407,11 @@ def test_a_tampered_output_probe_is_refused_and_a_format_1_bundle_is_audited_wit
     assert old.exit_code == 0, old.output
     names = [c["name"] for c in json.loads(old.stdout)["checks"]]
     assert "audit_prototype_recovery" in names and not [n for n in names if "logit" in n]
-    one_line_error(invoke_cli(["validate", model, "--bundle", tmp_path / "v1.npz", "--audit",
-                               "--audit-max-logit-probe", "0.5"]), "no output probe", "bundle CHECKPOINT --audit")
+    one_line_error(
+        invoke_cli(["validate", model, "--bundle", tmp_path / "v1.npz", "--audit", "--audit-max-logit-probe", "0.5"]),
+        "no output probe",
+        "bundle CHECKPOINT --audit",
+    )
 
     def stray(data):  # a format-1 bundle carrying output-probe arrays it never recorded
         format_1(data)
@@ -336,8 +419,11 @@ def test_a_tampered_output_probe_is_refused_and_a_format_1_bundle_is_audited_wit
             data["audit_logit_probe_coef"] = arrays["audit_logit_probe_coef"]
 
     _rewrite(src, tmp_path / "stray.npz", stray)
-    one_line_error(invoke_cli(["validate", model, "--bundle", tmp_path / "stray.npz", "--audit"]),
-                   "audit_logit_probe_coef", "changed after the bundle was written")
+    one_line_error(
+        invoke_cli(["validate", model, "--bundle", tmp_path / "stray.npz", "--audit"]),
+        "audit_logit_probe_coef",
+        "changed after the bundle was written",
+    )
 
 
 def test_validate_audit_without_torch(deployed):
@@ -345,8 +431,8 @@ def test_validate_audit_without_torch(deployed):
         import json, sys
         sys.modules["torch"] = None
         sys.modules["sklearn"] = None
-        from edge_unlearn.export.audit import AuditThresholds
-        from edge_unlearn.export.validate import validate_model
+        from edge_unlearn.deploy.audit import AuditThresholds
+        from edge_unlearn.deploy.validate import validate_model
         report = validate_model({str(deployed["retrained_int8"])!r}, {str(deployed["retrained_bundle"])!r},
                                 audit=AuditThresholds())
         loaded = [m for m in sys.modules if m.split(".")[0] in ("torch", "sklearn") and sys.modules[m] is not None]

@@ -5,6 +5,7 @@ It builds the project's wheel with this (dev) environment, creates a new venv wi
 installs the wheel there with its base dependencies (from pip's cache or the package index) and runs the
 `edge-unlearn` of that venv. Skipped, with pip's reason, when the venv cannot be made (no index reachable).
 """
+
 from __future__ import annotations
 
 import json
@@ -37,8 +38,10 @@ def base_venv(tmp_path_factory) -> Path:
     for name in ("edge_unlearn", "export", "kernels"):
         shutil.copytree(ROOT / name, source / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     wheel_dir = work / "wheel"
-    built = _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", wheel_dir,
-                  source], cwd=work)
+    built = _run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", wheel_dir, source],
+        cwd=work,
+    )
     if built.returncode != 0:
         pytest.skip(f"cannot build the wheel: {(built.stderr or built.stdout).strip().splitlines()[-1:]}")
     made = _run([sys.executable, "-m", "venv", work / "venv"], cwd=work)
@@ -48,30 +51,79 @@ def base_venv(tmp_path_factory) -> Path:
     wheel = next(wheel_dir.glob("edge_unlearn-*.whl"))
     installed = _run([bin_dir / "python", "-m", "pip", "install", "-q", wheel], cwd=work, timeout=600)
     if installed.returncode != 0:
-        pytest.skip(f"cannot install the base dependencies (package index unreachable?): "
-                    f"{(installed.stderr or installed.stdout).strip().splitlines()[-1:]}")
+        pytest.skip(
+            f"cannot install the base dependencies (package index unreachable?): "
+            f"{(installed.stderr or installed.stdout).strip().splitlines()[-1:]}"
+        )
     return bin_dir
 
 
 def test_device_commands_run_on_the_base_install(base_venv, artifacts, tmp_path):
     python, cli = base_venv / "python", base_venv / "edge-unlearn"
     # the base install has no torch (nor any other host or report extra); Jinja2 renders the report
-    probe = _run([python, "-c", "import importlib.util, json; print(json.dumps({m: importlib.util.find_spec(m) is not None "
-                  "for m in ('torch', 'torchvision', 'sklearn', 'safetensors', 'matplotlib', 'jinja2', 'onnxruntime')}))"],
-                 cwd=tmp_path)
-    assert json.loads(probe.stdout) == {"torch": False, "torchvision": False, "sklearn": False, "safetensors": False,
-                                        "matplotlib": False, "jinja2": True, "onnxruntime": True}, probe.stderr
+    probe = _run(
+        [
+            python,
+            "-c",
+            "import importlib.util, json; print(json.dumps({m: importlib.util.find_spec(m) is not None "
+            "for m in ('torch', 'torchvision', 'sklearn', 'safetensors', 'matplotlib', 'jinja2', 'onnxruntime')}))",
+        ],
+        cwd=tmp_path,
+    )
+    assert json.loads(probe.stdout) == {
+        "torch": False,
+        "torchvision": False,
+        "sklearn": False,
+        "safetensors": False,
+        "matplotlib": False,
+        "jinja2": True,
+        "onnxruntime": True,
+    }, probe.stderr
     run = tmp_path / "run"
 
-    validate = _run([cli, "validate", artifacts.int8, "--bundle", artifacts.bundle, "--provider", "cpu", "--json",
-                     "--run-dir", run], cwd=tmp_path)
+    validate = _run(
+        [
+            cli,
+            "validate",
+            artifacts.int8,
+            "--bundle",
+            artifacts.bundle,
+            "--provider",
+            "cpu",
+            "--json",
+            "--run-dir",
+            run,
+        ],
+        cwd=tmp_path,
+    )
     assert validate.returncode == 0, validate.stderr
     verdict = json.loads(validate.stdout)
     assert verdict["verdict"] == "pass" and verdict["precision"] == "int8"
 
-    bench = _run([cli, "bench", artifacts.fp32, artifacts.int8, "--batch", "1,4", "--iterations", "3", "--warmup", "1",
-                  "--provider", "cpu", "--threads", "1", "--json-out", tmp_path / "bench.json", "--run-dir", run, "-q"],
-                 cwd=tmp_path)
+    bench = _run(
+        [
+            cli,
+            "bench",
+            artifacts.fp32,
+            artifacts.int8,
+            "--batch",
+            "1,4",
+            "--iterations",
+            "3",
+            "--warmup",
+            "1",
+            "--provider",
+            "cpu",
+            "--threads",
+            "1",
+            "--json-out",
+            tmp_path / "bench.json",
+            "--run-dir",
+            run,
+            "-q",
+        ],
+        cwd=tmp_path,
+    )
     assert bench.returncode == 0, bench.stderr
     rows = json.loads((tmp_path / "bench.json").read_text())["results"]
     assert [(r["precision"], r["batch"]) for r in rows] == [("fp32", 1), ("fp32", 4), ("int8", 1), ("int8", 4)]
@@ -82,8 +134,9 @@ def test_device_commands_run_on_the_base_install(base_venv, artifacts, tmp_path)
     assert "edge-unlearn[host]" in torch_bench.stderr
 
     # a plot needs the report extra: one line naming it
-    plot = _run([cli, "bench", artifacts.fp32, "--iterations", "1", "--batch", "1", "--plot", tmp_path / "p.png"],
-                cwd=tmp_path)
+    plot = _run(
+        [cli, "bench", artifacts.fp32, "--iterations", "1", "--batch", "1", "--plot", tmp_path / "p.png"], cwd=tmp_path
+    )
     assert plot.returncode == 2 and "edge-unlearn[report]" in plot.stderr and not (tmp_path / "p.png").exists()
 
     # the report still renders (plots left out with a note naming the extra), then verify checks its manifest

@@ -1,4 +1,5 @@
 """The export/quantize/bundle/validate commands through click, in a local group (the lead wires the real one)."""
+
 from __future__ import annotations
 
 import json
@@ -66,15 +67,18 @@ def test_cli_missing_and_foreign_files(cli, artifacts, tmp_path):
 
 def test_cli_bad_options(cli, artifacts, tmp_path):
     out = tmp_path / "q.onnx"
-    _one_error_line(cli("quantize", artifacts.fp32, "--precision", "int4", "-o", out),
-                    "'int4' is not one of", "--help")
+    _one_error_line(cli("quantize", artifacts.fp32, "--precision", "int4", "-o", out), "'int4' is not one of", "--help")
     _one_error_line(cli("quantize", artifacts.fp32, "--precision", "int8", "-o", out), "--calib")
-    _one_error_line(cli("quantize", artifacts.fp32, "--calib", "digits", "--calib-method", "magic", "-o", out),
-                    "'magic' is not one of")
-    _one_error_line(cli("validate", artifacts.int8, "--bundle", artifacts.bundle, "--max-forget-acc", "2"),
-                    "--max-forget-acc")
-    _one_error_line(cli("quantize", artifacts.fp32, "--calib", "digits", "-o", tmp_path / "no" / "dir.onnx"),
-                    "does not exist")
+    _one_error_line(
+        cli("quantize", artifacts.fp32, "--calib", "digits", "--calib-method", "magic", "-o", out),
+        "'magic' is not one of",
+    )
+    _one_error_line(
+        cli("validate", artifacts.int8, "--bundle", artifacts.bundle, "--max-forget-acc", "2"), "--max-forget-acc"
+    )
+    _one_error_line(
+        cli("quantize", artifacts.fp32, "--calib", "digits", "-o", tmp_path / "no" / "dir.onnx"), "does not exist"
+    )
     assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
@@ -87,8 +91,10 @@ def test_cli_bundle_needs_forgotten_classes(cli, trained, tmp_path):
     original = copy.deepcopy(model)
     original.class_mask.fill_(True)
     save_checkpoint(tmp_path / "orig.safetensors", original, meta)
-    _one_error_line(cli("bundle", tmp_path / "orig.safetensors", "--dataset", "digits", "-o", tmp_path / "b.npz"),
-                    "no forgotten classes")
+    _one_error_line(
+        cli("bundle", tmp_path / "orig.safetensors", "--dataset", "digits", "-o", tmp_path / "b.npz"),
+        "no forgotten classes",
+    )
     assert not (tmp_path / "b.npz").exists()
 
 
@@ -99,4 +105,5 @@ def test_deployment_demo(artifacts, tmp_path):
     assert result["int8"]["verdict"] == "pass" and result["int8"]["forget_acc"] == 0.0
     assert any(line.startswith("validate int8: PASS") for line in lines)
     from edge_unlearn.export.quantize import read_layout  # the demo runs on this CPU: the CPU layout, like the CLI
+
     assert read_layout(result["artifacts"]["int8"])["target"] == "cpu"

@@ -5,6 +5,7 @@
 class's index-map entry pointed at the fill slot. Each must FAIL `validate` and `build-engine --check-only` with
 exit 1 and name the check; our FP32 / FP16 / INT8 exports (and dynamic INT8) must pass both.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -21,9 +22,9 @@ from click.testing import CliRunner
 from onnx import numpy_helper
 
 from edge_unlearn.cli import main
-from edge_unlearn.export.onnx_hazards import check_model
-from edge_unlearn.export.onnx_meta import read_meta, write_meta
-from edge_unlearn.export.structure import analyse_mask, stress_inputs
+from edge_unlearn.deploy.onnx_hazards import check_model
+from edge_unlearn.deploy.onnx_meta import read_meta, write_meta
+from edge_unlearn.deploy.structure import analyse_mask, stress_inputs
 from tests.conftest import one_line_error
 
 
@@ -62,8 +63,12 @@ def fill_attack(src, dst, fill: float, edit_meta: bool):
 def relabel_attack(original, forgotten_export, dst):
     model = onnx.load(str(original))
     theirs = read_meta(forgotten_export)
-    write_meta(model, dataclasses.replace(read_meta(model), forgotten_classes=theirs.forgotten_classes,
-                                          source_sha256=theirs.source_sha256))
+    write_meta(
+        model,
+        dataclasses.replace(
+            read_meta(model), forgotten_classes=theirs.forgotten_classes, source_sha256=theirs.source_sha256
+        ),
+    )
     index = np.arange(theirs.num_classes, dtype=np.int64)
     index[list(theirs.forgotten_classes)] = theirs.num_classes  # the fill slot of the padded full head
     _set_init(model, "edge_unlearn_class_index", index)
@@ -128,8 +133,7 @@ def test_our_exports_pass_the_gate(artifacts, which):
     path = getattr(artifacts, which)
     code, out = _validate(path, artifacts.bundle)
     assert code == 0, out
-    for name in ("mask_structure", "head_rows", "index_map", "fill_value", "forgotten_columns_constant",
-                 "fill_margin"):
+    for name in ("mask_structure", "head_rows", "index_map", "fill_value", "forgotten_columns_constant", "fill_margin"):
         assert f"[PASS] {name}" in out
     code, out = _check_only(path)
     assert code == 0, out
@@ -151,7 +155,7 @@ def test_cpu_int8_layouts_are_analysed(artifacts, tmp_path, layout):
     before the float mask are analysed and pass under onnxruntime's rules; TensorRT's rules still refuse UINT8."""
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
 
-    from edge_unlearn.export.bundle import load_bundle
+    from edge_unlearn.deploy.bundle import load_bundle
 
     dst = tmp_path / f"{layout}.onnx"
     exclude = ["edge_unlearn_mask/fill", "edge_unlearn_mask/scatter"]
@@ -159,15 +163,22 @@ def test_cpu_int8_layouts_are_analysed(artifacts, tmp_path, layout):
         quantize_dynamic(str(artifacts.fp32), str(dst), weight_type=QuantType.QInt8, nodes_to_exclude=exclude)
     else:
         fmt = QuantFormat.QOperator if layout == "u8s8-qoperator" else QuantFormat.QDQ
-        quantize_static(str(artifacts.fp32), str(dst), _Calib(load_bundle(artifacts.bundle).inputs[:64]),
-                        quant_format=fmt, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        nodes_to_exclude=exclude)
+        quantize_static(
+            str(artifacts.fp32),
+            str(dst),
+            _Calib(load_bundle(artifacts.bundle).inputs[:64]),
+            quant_format=fmt,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            nodes_to_exclude=exclude,
+        )
     model = onnx.load(str(dst))
     found = analyse_mask(model, "logits")
     assert found.head_width == 9 and found.fill_value == -1e4
     report = check_model(model, runtime="onnxruntime")
-    assert report.ok and {c.name for c in report.structure if c.passed} >= {"head_rows", "index_map", "fill_margin"}, \
+    assert report.ok and {c.name for c in report.structure if c.passed} >= {"head_rows", "index_map", "fill_margin"}, (
         report.to_json()
+    )
     if layout != "dynamic-int8":
         assert "qdq-unsigned" in check_model(model, runtime="tensorrt", structure=False).codes("error")
 
@@ -225,7 +236,10 @@ def test_bundle_preprocessed_for_another_model_is_one_line(artifacts, tmp_path, 
     # the unedited bundle, re-saved the same way, passes: the check compares records, not files
     with np.load(artifacts.bundle, allow_pickle=False) as loaded:
         np.savez(tmp_path / "same.npz", **{k: loaded[k] for k in loaded.files})
-    assert CliRunner().invoke(main, ["validate", str(artifacts.fp32), "--bundle", str(tmp_path / "same.npz")]).exit_code == 0
+    assert (
+        CliRunner().invoke(main, ["validate", str(artifacts.fp32), "--bundle", str(tmp_path / "same.npz")]).exit_code
+        == 0
+    )
 
 
 def test_edited_output_name_is_one_line(artifacts, tmp_path):

@@ -1,5 +1,6 @@
 """The gate and the evidence commands run on a device without torch: structural checks, check-only, keygen, sign
 and verify --key (cryptography is a base dependency)."""
+
 from __future__ import annotations
 
 import json
@@ -15,7 +16,7 @@ def test_gate_and_signatures_without_torch(artifacts, tmp_path):
         sys.modules["torch"] = None  # any `import torch` now raises ImportError
         from click.testing import CliRunner
         from edge_unlearn.cli import main
-        from edge_unlearn.export.rundir import record, write_manifest
+        from edge_unlearn.deploy.rundir import record, write_manifest
         cli = CliRunner()
         check = cli.invoke(main, ["build-engine", "--check-only", "--json", {str(artifacts.int8)!r}])
         record({str(run)!r}, "validate", {{"verdict": "pass"}}, [{str(artifacts.int8)!r}])

@@ -1,4 +1,5 @@
 """export -> quantize -> bundle -> validate on a real (digits) lenet with class 3 masked."""
+
 from __future__ import annotations
 
 import contextlib
@@ -12,12 +13,12 @@ import onnxruntime as ort
 import pytest
 from onnx import numpy_helper
 
+from edge_unlearn.deploy.bundle import load_bundle
+from edge_unlearn.deploy.onnx_meta import MASK_VALUE, OUTPUT_NAME, graph_hazards, read_meta
+from edge_unlearn.deploy.runners import OnnxRuntimeRunner, TorchRunner, open_runner
+from edge_unlearn.deploy.validate import Thresholds, validate, validate_model
 from edge_unlearn.errors import ModelFileError, UsageError
-from edge_unlearn.export.bundle import load_bundle
-from edge_unlearn.export.onnx_meta import MASK_VALUE, OUTPUT_NAME, graph_hazards, read_meta
 from edge_unlearn.export.quantize import QuantizeConfig, quantize_model
-from edge_unlearn.export.runners import OnnxRuntimeRunner, TorchRunner, open_runner
-from edge_unlearn.export.validate import Thresholds, validate, validate_model
 
 FORGET = (3,)  # the class the session fixture masks (conftest.py)
 
@@ -76,8 +77,13 @@ def test_int8_keeps_mask_in_float(artifacts):
     first = [n for n in proto.graph.node if "input" in n.input]
     assert [n.op_type for n in first] == ["Conv"]  # the first layer reads the float input: not quantized
     assert first[0].name in meta.quantization["excluded_nodes"]
-    assert sum(n.op_type == "Conv" and producers.get(n.input[0], first[0]).op_type == "DequantizeLinear"
-               for n in proto.graph.node) == 1  # the second conv is quantized
+    assert (
+        sum(
+            n.op_type == "Conv" and producers.get(n.input[0], first[0]).op_type == "DequantizeLinear"
+            for n in proto.graph.node
+        )
+        == 1
+    )  # the second conv is quantized
 
 
 def test_int8_is_tensorrt_shaped(artifacts):
@@ -106,8 +112,9 @@ def test_fp16_mask_is_finite(artifacts, digits):
 
 @pytest.mark.parametrize("which", ["fp32", "int8", "fp16", "checkpoint"])
 def test_every_precision_passes(artifacts, which):
-    path = {"fp32": artifacts.fp32, "int8": artifacts.int8, "fp16": artifacts.fp16,
-            "checkpoint": artifacts.checkpoint}[which]
+    path = {"fp32": artifacts.fp32, "int8": artifacts.int8, "fp16": artifacts.fp16, "checkpoint": artifacts.checkpoint}[
+        which
+    ]
     report = validate_model(path, artifacts.bundle)
     assert report, report.summary()
     assert report.figure("forget_acc") == 0.0
@@ -125,8 +132,9 @@ def test_naive_masked_head_int8_is_rejected(trained, artifacts, tmp_path):
     model, meta = trained
     with contextlib.redirect_stdout(io.StringIO()):
         naive = export_from_model(model, meta, tmp_path / "naive.onnx", design=DESIGNS["naive"]).path
-        quantize_model(naive, tmp_path / "naive.int8.onnx", QuantizeConfig(ort_defaults=True, strict=False),
-                       calib="digits")
+        quantize_model(
+            naive, tmp_path / "naive.int8.onnx", QuantizeConfig(ort_defaults=True, strict=False), calib="digits"
+        )
     fp32 = validate_model(naive, artifacts.bundle)
     assert fp32.figure("retain_agreement") > 0.99  # in float the naive head is fine...
     report = validate_model(tmp_path / "naive.int8.onnx", artifacts.bundle)
@@ -139,8 +147,8 @@ def test_naive_masked_head_int8_is_rejected(trained, artifacts, tmp_path):
 def test_naive_1e9_fp16_cast_is_rejected(trained, artifacts, tmp_path):
     """A -1e9 bias cast to FP16 without clamping becomes -inf (DESIGN.md §3); the validator must catch it."""
     from benchmarks.mask_variants import DESIGNS
+    from edge_unlearn.deploy.onnx_meta import write_meta
     from edge_unlearn.export.onnx_export import export_from_model
-    from edge_unlearn.export.onnx_meta import write_meta
     from edge_unlearn.export.quantize import fp16_plain_cast
 
     model, meta = trained
@@ -177,8 +185,13 @@ def test_quantize_rejects_bad_input(artifacts, digits, tmp_path):
         quantize_model(artifacts.int8, out, QuantizeConfig(precision="fp16"))
     only3 = tmp_path / "only3.npz"
     keep_tr, keep_te = digits.y_train == 3, digits.y_test == 3
-    np.savez(only3, x_train=digits.x_train[keep_tr].numpy(), y_train=digits.y_train[keep_tr].numpy(),
-             x_test=digits.x_test[keep_te].numpy(), y_test=digits.y_test[keep_te].numpy())
+    np.savez(
+        only3,
+        x_train=digits.x_train[keep_tr].numpy(),
+        y_train=digits.y_train[keep_tr].numpy(),
+        x_test=digits.x_test[keep_te].numpy(),
+        y_test=digits.y_test[keep_te].numpy(),
+    )
     with pytest.raises(UsageError, match="only forgotten classes"):
         quantize_model(artifacts.fp32, out, QuantizeConfig(precision="int8"), calib=f"npz:{only3}")
     assert not out.exists() and list(tmp_path.iterdir()) == [only3]
@@ -203,9 +216,12 @@ def test_bundle_class_count_mismatch(artifacts, tmp_path):
 def test_foreign_onnx_is_refused(tmp_path):
     from onnx import TensorProto, helper
 
-    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2])])
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2])],
+    )
     path = tmp_path / "foreign.onnx"
     onnx.save(helper.make_model(graph), str(path))
     with pytest.raises(ModelFileError, match="not produced by `edge-unlearn export`"):

@@ -1,7 +1,8 @@
 """The preprocessing record on the deployment side (issue #11): the ONNX metadata carries the checkpoint's full
-``Preprocessing``, the torch-free twin (export/preprocessing.py) applies it bit-identically to the host's
+``Preprocessing``, the torch-free twin (edge_unlearn/deploy/preprocessing.py) applies it bit-identically to the host's
 ``Preprocessing.geometry``, and ``quantize --calib`` on an imported model with a resize calibrates on inputs
 prepared exactly as the host prepares them. ONNX files without the record keep their plain preprocessing."""
+
 from __future__ import annotations
 
 import json
@@ -13,10 +14,10 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edge_unlearn.data import Preprocessing, load_dataset
+from edge_unlearn.data import Preprocessing
+from edge_unlearn.deploy.onnx_meta import OnnxMeta, read_meta, write_meta
+from edge_unlearn.deploy.preprocessing import GEOMETRY_TOLERANCE, ImagePreprocessing
 from edge_unlearn.errors import DataError, ModelFileError
-from edge_unlearn.export.onnx_meta import OnnxMeta, read_meta, write_meta
-from edge_unlearn.export.preprocessing import GEOMETRY_TOLERANCE, ImagePreprocessing
 from edge_unlearn.export.quantize import calibration_batch, calibration_inputs, normalize
 from tests.conftest import invoke_cli
 
@@ -48,7 +49,9 @@ def test_device_geometry_equals_the_hosts(shape, channels, crop, resize, interpo
     rng = np.random.default_rng(sum(shape))
     images = rng.integers(0, 256, shape, dtype=np.uint8)
     images[0] = np.linspace(0, 255, shape[2] * shape[3]).reshape(shape[2:]).astype(np.uint8)  # smooth ramps too
-    host = Preprocessing(channels, crop, (0.5,) * channels, (0.25,) * channels, resize=resize, interpolation=interpolation)
+    host = Preprocessing(
+        channels, crop, (0.5,) * channels, (0.25,) * channels, resize=resize, interpolation=interpolation
+    )
     device = ImagePreprocessing.from_json(json.loads(json.dumps(host.to_json())))
     want = host.geometry(torch.from_numpy(images)).numpy()
     got = device.geometry(images)
@@ -70,8 +73,14 @@ def test_device_geometry_refuses_what_the_host_refuses():
 
 
 def _meta(**kw) -> OnnxMeta:
-    base = dict(num_classes=3, class_names=("a", "b", "c"), forgotten_classes=(1,), input_shape=(3, 24, 24),
-                normalization={"mean": [0.5, 0.4, 0.3], "std": [0.2, 0.25, 0.3]}, source_sha256="0" * 64)
+    base = dict(
+        num_classes=3,
+        class_names=("a", "b", "c"),
+        forgotten_classes=(1,),
+        input_shape=(3, 24, 24),
+        normalization={"mean": [0.5, 0.4, 0.3], "std": [0.2, 0.25, 0.3]},
+        source_sha256="0" * 64,
+    )
     base.update(kw)
     return OnnxMeta(**base)
 
@@ -85,21 +94,26 @@ def test_onnx_metadata_round_trips_the_preprocessing_record():
     meta = read_meta(model)
     assert meta.prep.to_json() == host.to_json() and Preprocessing.from_json(meta.prep.to_json()) == host
     # an edited record is refused in one line, never applied
-    for bad, needle in (({**host.to_json(), "crop": [20, 20]}, "disagrees with the input shape"),
-                        ({**host.to_json(), "mean": [0.1, 0.4, 0.3]}, "disagrees"),
-                        ({**host.to_json(), "version": 2}, "version 2"),
-                        ({**host.to_json(), "interpolation": "lanczos"}, "interpolation"),
-                        ({"channels": 3}, "damaged")):
+    for bad, needle in (
+        ({**host.to_json(), "crop": [20, 20]}, "disagrees with the input shape"),
+        ({**host.to_json(), "mean": [0.1, 0.4, 0.3]}, "disagrees"),
+        ({**host.to_json(), "version": 2}, "version 2"),
+        ({**host.to_json(), "interpolation": "lanczos"}, "interpolation"),
+        ({"channels": 3}, "damaged"),
+    ):
         write_meta(model, _meta(preprocessing=bad))
         with pytest.raises(ModelFileError, match=needle):
             read_meta(model)
 
 
-_json = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
-                     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
-                     max_leaves=12)
-_fields = st.fixed_dictionaries({}, optional={k: _json for k in ("version", "channels", "resize", "crop",
-                                                                 "interpolation", "mean", "std")})
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=12,
+)
+_fields = st.fixed_dictionaries(
+    {}, optional={k: _json for k in ("version", "channels", "resize", "crop", "interpolation", "mean", "std")}
+)
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -115,8 +129,10 @@ def test_any_edited_record_reads_or_fails_in_one_line(record, raw):
         return
     prep = meta.prep
     assert prep.input_shape == meta.input_shape
-    assert prep(np.zeros((1, 3, 30, 30), np.uint8) if prep.resize else np.zeros((1, 3, 24, 24), np.uint8)).shape \
-        == (1, *meta.input_shape)
+    assert prep(np.zeros((1, 3, 30, 30), np.uint8) if prep.resize else np.zeros((1, 3, 24, 24), np.uint8)).shape == (
+        1,
+        *meta.input_shape,
+    )
 
 
 def test_onnx_without_the_record_reads_the_plain_preprocessing(tmp_path):
@@ -132,8 +148,13 @@ def test_onnx_without_the_record_reads_the_plain_preprocessing(tmp_path):
     np.testing.assert_array_equal(calibration_batch(images, meta), normalize(images, meta.normalization))
     # an old file still refuses calibration images of another size (it cannot know how to resize them)
     npz = tmp_path / "other.npz"
-    np.savez(npz, x_train=images[:, :, :20, :20], y_train=np.array([0, 2, 0, 2]),
-             x_test=images[:2, :, :20, :20], y_test=np.array([0, 2]))
+    np.savez(
+        npz,
+        x_train=images[:, :, :20, :20],
+        y_train=np.array([0, 2, 0, 2]),
+        x_test=images[:2, :, :20, :20],
+        y_test=np.array([0, 2]),
+    )
     with pytest.raises(Exception, match=r"calibration images are \(3, 20, 20\)"):
         calibration_inputs(f"npz:{npz}", replace(meta, num_classes=3), samples=4)
 
@@ -146,8 +167,26 @@ def imported_with_resize(tmp_path_factory, trained):
     state = {k: v for k, v in trained[0].state_dict().items() if not k.startswith("class_")}
     torch.save(state, folder / "lenet.pth")
     ck = folder / "imported.safetensors"
-    result = invoke_cli(["import", "--arch", "lenet", "--weights", folder / "lenet.pth", "--dataset", "digits",
-                         "--image-size", "8", "--resize", "10", "--preset", "dataset", "-o", ck, "-q"])
+    result = invoke_cli(
+        [
+            "import",
+            "--arch",
+            "lenet",
+            "--weights",
+            folder / "lenet.pth",
+            "--dataset",
+            "digits",
+            "--image-size",
+            "8",
+            "--resize",
+            "10",
+            "--preset",
+            "dataset",
+            "-o",
+            ck,
+            "-q",
+        ]
+    )
     assert result.exit_code == 0, result.output
     onnx_path = folder / "model.onnx"
     result = invoke_cli(["export", ck, "-o", onnx_path, "-q"])

@@ -2,6 +2,7 @@
 quantize_static default (128 histogram bins for 128 quantized bins) leaves its KL search a single candidate, the
 whole range, so its "entropy" activation ranges equal MinMax's bit for bit. edge-unlearn computes them with
 2048 bins instead; this test fails if entropy silently becomes minmax again."""
+
 from __future__ import annotations
 
 import contextlib
@@ -11,7 +12,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from edge_unlearn.export.onnx_meta import read_meta
+from edge_unlearn.deploy.onnx_meta import read_meta
 from edge_unlearn.export.quantize import QuantizeConfig, quantize_model
 
 
@@ -19,8 +20,11 @@ def _activation_scales(path) -> dict[str, float]:
     """Scales of the activation QuantizeLinear nodes (weights are per-channel and calibration-independent)."""
     model = onnx.load(str(path))
     inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
-    return {n.input[0]: float(inits[n.input[1]]) for n in model.graph.node
-            if n.op_type == "QuantizeLinear" and n.input[1] in inits and inits[n.input[1]].size == 1}
+    return {
+        n.input[0]: float(inits[n.input[1]])
+        for n in model.graph.node
+        if n.op_type == "QuantizeLinear" and n.input[1] in inits and inits[n.input[1]].size == 1
+    }
 
 
 def test_entropy_calibration_is_not_minmax(artifacts, tmp_path):
@@ -28,8 +32,12 @@ def test_entropy_calibration_is_not_minmax(artifacts, tmp_path):
     for method in ("minmax", "entropy"):
         out = tmp_path / f"{method}.onnx"
         with contextlib.redirect_stdout(io.StringIO()):
-            quantize_model(artifacts.fp32, out, QuantizeConfig(precision="int8", target="cpu", calib_method=method,
-                                                               calib_samples=128), calib="digits")
+            quantize_model(
+                artifacts.fp32,
+                out,
+                QuantizeConfig(precision="int8", target="cpu", calib_method=method, calib_samples=128),
+                calib="digits",
+            )
         assert read_meta(out).quantization["calib_method"] == method
         scales[method] = _activation_scales(out)
     assert scales["minmax"].keys() == scales["entropy"].keys() and len(scales["minmax"]) >= 3

@@ -1,5 +1,6 @@
 """INT8 layouts per target (issue 14): the pure layout decision from CPU flags, and every layout's graph on the
 digits lenet of conftest.py -- mask nodes in float, no zero scales, metadata recorded, validate passes."""
+
 from __future__ import annotations
 
 import contextlib
@@ -10,11 +11,21 @@ import onnx
 import pytest
 from onnx import TensorProto, numpy_helper
 
+from edge_unlearn.deploy.onnx_meta import MASK_VALUE, mask_node_names, read_meta
 from edge_unlearn.errors import UsageError
-from edge_unlearn.export.onnx_meta import MASK_VALUE, mask_node_names, read_meta
-from edge_unlearn.export.quantize import (LAYOUT_KEY, REASON_KEY, TARGET_KEY, CpuFeatures, QuantizeConfig,
-                                          choose_layout, quantize_model, read_cpu_features, read_layout,
-                                          require_tensorrt_layout, resolve_target)
+from edge_unlearn.export.quantize import (
+    LAYOUT_KEY,
+    REASON_KEY,
+    TARGET_KEY,
+    CpuFeatures,
+    QuantizeConfig,
+    choose_layout,
+    quantize_model,
+    read_cpu_features,
+    read_layout,
+    require_tensorrt_layout,
+    resolve_target,
+)
 
 AVX2 = CpuFeatures("x86_64", frozenset({"sse4_2", "avx", "avx2", "fma", "f16c"}))  # this project's AMD EPYC
 AVX512_VNNI = CpuFeatures("x86_64", frozenset({"avx2", "avx512f", "avx512bw", "avx512_vnni"}))
@@ -27,19 +38,28 @@ UNKNOWN = CpuFeatures("riscv64")
 
 # ---- the decision (pure) -------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("cpu, layout, activations, reduce_range", [
-    (AVX2, "u8s8-qdq-reduce-range", "QUInt8", True),
-    (AVX512_VNNI, "u8s8-qdq", "QUInt8", False),
-    (AVX_VNNI, "u8s8-qdq", "QUInt8", False),
-    (SAPPHIRE, "u8s8-qdq", "QUInt8", False),
-    (ARM_DOT, "s8s8-qdq", "QInt8", False),
-    (ARM_OLD, "s8s8-qdq", "QInt8", False),
-    (UNKNOWN, "u8s8-qdq-reduce-range", "QUInt8", True),
-])
+
+@pytest.mark.parametrize(
+    "cpu, layout, activations, reduce_range",
+    [
+        (AVX2, "u8s8-qdq-reduce-range", "QUInt8", True),
+        (AVX512_VNNI, "u8s8-qdq", "QUInt8", False),
+        (AVX_VNNI, "u8s8-qdq", "QUInt8", False),
+        (SAPPHIRE, "u8s8-qdq", "QUInt8", False),
+        (ARM_DOT, "s8s8-qdq", "QInt8", False),
+        (ARM_OLD, "s8s8-qdq", "QInt8", False),
+        (UNKNOWN, "u8s8-qdq-reduce-range", "QUInt8", True),
+    ],
+)
 def test_cpu_layout_follows_the_flags(cpu, layout, activations, reduce_range):
     chosen = choose_layout("cpu", cpu)
-    assert (chosen.name, chosen.target, chosen.activation_type, chosen.weight_type, chosen.reduce_range) == \
-        (layout, "cpu", activations, "QInt8", reduce_range)
+    assert (chosen.name, chosen.target, chosen.activation_type, chosen.weight_type, chosen.reduce_range) == (
+        layout,
+        "cpu",
+        activations,
+        "QInt8",
+        reduce_range,
+    )
     assert chosen.quantize_bias and not chosen.symmetric_activations and not chosen.dynamic
     assert chosen.reason.startswith(cpu.summary())
 
@@ -55,16 +75,24 @@ def test_the_reason_names_what_decided():
 @pytest.mark.parametrize("cpu", [AVX2, SAPPHIRE, ARM_DOT, UNKNOWN])
 def test_tensorrt_layout_ignores_the_cpu(cpu):
     chosen = choose_layout("tensorrt", cpu)
-    assert (chosen.name, chosen.activation_type, chosen.weight_type, chosen.reduce_range) == \
-        ("s8s8-qdq", "QInt8", "QInt8", False)
+    assert (chosen.name, chosen.activation_type, chosen.weight_type, chosen.reduce_range) == (
+        "s8s8-qdq",
+        "QInt8",
+        "QInt8",
+        False,
+    )
     assert chosen.symmetric_activations and not chosen.quantize_bias and chosen.float_first_layer
     assert choose_layout("tensorrt", cpu, symmetric_activations=False).name == "s8s8-qdq-asymmetric"
 
 
 def test_dynamic_and_fp16_layouts():
     dynamic = choose_layout("cpu", AVX2, mode="dynamic")
-    assert (dynamic.name, dynamic.dynamic, dynamic.weight_type, dynamic.reduce_range) == \
-        ("dynamic-int8", True, "QUInt8", True)
+    assert (dynamic.name, dynamic.dynamic, dynamic.weight_type, dynamic.reduce_range) == (
+        "dynamic-int8",
+        True,
+        "QUInt8",
+        True,
+    )
     assert choose_layout("cpu", AVX512_VNNI, mode="dynamic").reduce_range is False
     with pytest.raises(UsageError, match="--target cpu"):
         choose_layout("tensorrt", AVX2, mode="dynamic")
@@ -126,8 +154,11 @@ def layouts(artifacts, tmp_path_factory):
 
 def _zero_points(proto, op: str) -> list[np.ndarray]:
     inits = {t.name: t for t in proto.graph.initializer}
-    return [numpy_helper.to_array(inits[n.input[2]]) for n in proto.graph.node
-            if n.op_type == op and len(n.input) > 2 and n.input[2] in inits]
+    return [
+        numpy_helper.to_array(inits[n.input[2]])
+        for n in proto.graph.node
+        if n.op_type == op and len(n.input) > 2 and n.input[2] in inits
+    ]
 
 
 @pytest.mark.parametrize("name", list(LAYOUTS))
@@ -140,11 +171,19 @@ def test_layout_graph_keeps_the_mask_in_float(name, layouts, artifacts):
     assert all(m in by_name for m in mask_nodes)
     initializers = {t.name for t in proto.graph.initializer}
     # the mask's outputs and constants (fill value, pads, index map); its data input is the float head output
-    mask_tensors = {t for m in mask_nodes for t in by_name[m].output} | \
-        {t for m in mask_nodes for t in by_name[m].input if t in initializers}
+    mask_tensors = {t for m in mask_nodes for t in by_name[m].output} | {
+        t for m in mask_nodes for t in by_name[m].input if t in initializers
+    }
     assert len(mask_tensors) >= 4
-    quant_ops = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "QLinearConv", "ConvInteger",
-                 "MatMulInteger", "QLinearMatMul"}
+    quant_ops = {
+        "QuantizeLinear",
+        "DequantizeLinear",
+        "DynamicQuantizeLinear",
+        "QLinearConv",
+        "ConvInteger",
+        "MatMulInteger",
+        "QLinearMatMul",
+    }
     for node in proto.graph.node:  # nothing quantizes or dequantizes a tensor of the mask nodes
         if node.op_type in quant_ops:
             assert not mask_tensors.intersection(node.input) and not mask_tensors.intersection(node.output), node.name
@@ -154,8 +193,11 @@ def test_layout_graph_keeps_the_mask_in_float(name, layouts, artifacts):
     assert inits[pad.input[2]].dtype == np.float32 and float(inits[pad.input[2]]) == MASK_VALUE
     meta = read_meta(proto)
     assert proto.graph.output[0].type.tensor_type.elem_type == TensorProto.FLOAT
-    scales = [numpy_helper.to_array(proto.graph.initializer[i]) for i, t in enumerate(proto.graph.initializer)
-              if t.name.endswith("_scale")]
+    scales = [
+        numpy_helper.to_array(proto.graph.initializer[i])
+        for i, t in enumerate(proto.graph.initializer)
+        if t.name.endswith("_scale")
+    ]
     assert all(np.all(s > 0) and np.all(np.isfinite(s)) for s in scales)  # no zero scales
     assert meta.precision == "int8" and meta.forgotten_classes == (3,)
     assert len(scales) > 0 or name == "dynamic-int8"
@@ -163,7 +205,7 @@ def test_layout_graph_keeps_the_mask_in_float(name, layouts, artifacts):
 
 @pytest.mark.parametrize("name", list(LAYOUTS))
 def test_layout_is_recorded_and_validate_passes(name, layouts, artifacts):
-    from edge_unlearn.export.validate import validate_model
+    from edge_unlearn.deploy.validate import validate_model
 
     result = layouts[name]
     expected_layout = name.removesuffix("-arm")
@@ -181,23 +223,35 @@ def test_layouts_differ_where_the_decision_says(layouts):
     """uint8 activations for the x86 cpu layouts, int8 with zero point 0 for tensorrt, int8 for ARM;
     reduce_range keeps weights within 7 bits (|w| <= 64), full range reaches 127."""
     protos = {name: onnx.load(str(r.path)) for name, r in layouts.items()}
-    for name, dtype in (("u8s8-qdq-reduce-range", np.uint8), ("u8s8-qdq", np.uint8), ("s8s8-qdq", np.int8),
-                        ("s8s8-qdq-arm", np.int8)):
+    for name, dtype in (
+        ("u8s8-qdq-reduce-range", np.uint8),
+        ("u8s8-qdq", np.uint8),
+        ("s8s8-qdq", np.int8),
+        ("s8s8-qdq-arm", np.int8),
+    ):
         zps = _zero_points(protos[name], "QuantizeLinear")
         assert zps and all(z.dtype == dtype for z in zps), name
     assert all(np.all(z == 0) for z in _zero_points(protos["s8s8-qdq"], "QuantizeLinear"))
     assert any(np.any(z != 0) for z in _zero_points(protos["u8s8-qdq-reduce-range"], "QuantizeLinear"))
 
     def weight_peak(proto) -> int:
-        return max(int(np.abs(numpy_helper.to_array(t).astype(np.int32)).max()) for t in proto.graph.initializer
-                   if t.data_type == TensorProto.INT8 and t.name.endswith("_quantized") and "bias" not in t.name)
+        return max(
+            int(np.abs(numpy_helper.to_array(t).astype(np.int32)).max())
+            for t in proto.graph.initializer
+            if t.data_type == TensorProto.INT8 and t.name.endswith("_quantized") and "bias" not in t.name
+        )
 
     assert weight_peak(protos["u8s8-qdq-reduce-range"]) <= 64
     assert weight_peak(protos["u8s8-qdq"]) == 127
     # tensorrt keeps biases in float and the first conv in float; the cpu layouts quantize both
     int32 = {name: any(t.data_type == TensorProto.INT32 for t in p.graph.initializer) for name, p in protos.items()}
-    assert int32 == {"s8s8-qdq": False, "u8s8-qdq-reduce-range": True, "u8s8-qdq": True, "s8s8-qdq-arm": True,
-                     "dynamic-int8": False}
+    assert int32 == {
+        "s8s8-qdq": False,
+        "u8s8-qdq-reduce-range": True,
+        "u8s8-qdq": True,
+        "s8s8-qdq-arm": True,
+        "dynamic-int8": False,
+    }
     first = {name: next(n for n in p.graph.node if "input" in n.input).op_type for name, p in protos.items()}
     assert first["s8s8-qdq"] == "Conv" and first["u8s8-qdq-reduce-range"] == "QuantizeLinear"
     assert {n.op_type for n in protos["dynamic-int8"].graph.node} >= {"DynamicQuantizeLinear"}
@@ -214,6 +268,7 @@ def test_tensorrt_refuses_cpu_layouts_with_the_fix(layouts, artifacts):
 
 
 # ---- the CLI ---------------------------------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def cli():

@@ -1,4 +1,5 @@
 """The deployment side runs where torch cannot be imported (a Jetson with numpy + onnxruntime only)."""
+
 from __future__ import annotations
 
 import json
@@ -14,10 +15,10 @@ def test_validate_without_torch(artifacts):
     code = textwrap.dedent(f"""
         import json, sys
         sys.modules["torch"] = None  # any `import torch` now raises ImportError
-        import edge_unlearn.export.runners, edge_unlearn.export.bundle, edge_unlearn.export.validate
-        import edge_unlearn.export.runner, edge_unlearn.export.onnx_meta
-        import edge_unlearn.cli_export
-        from edge_unlearn.export.validate import validate_model
+        import edge_unlearn.deploy.runners, edge_unlearn.export.bundle, edge_unlearn.deploy.validate
+        import edge_unlearn.deploy.runner, edge_unlearn.deploy.onnx_meta
+        import edge_unlearn.cli.export
+        from edge_unlearn.deploy.validate import validate_model
         report = validate_model({str(artifacts.int8)!r}, {str(artifacts.bundle)!r})
         try:
             import torch
@@ -39,7 +40,7 @@ def test_torch_runner_reports_missing_torch_cleanly(artifacts):
     code = textwrap.dedent(f"""
         import sys
         sys.modules["torch"] = None
-        from edge_unlearn.export.runners import open_runner
+        from edge_unlearn.deploy.runners import open_runner
         from edge_unlearn.errors import DependencyError
         runner = open_runner({str(artifacts.checkpoint)!r})
         try:

@@ -1,4 +1,5 @@
 """The validators on hand-made logits (pure numpy, no model): each hazard of DESIGN.md §3 fails a check."""
+
 from __future__ import annotations
 
 import json
@@ -6,11 +7,11 @@ import json
 import numpy as np
 import pytest
 
+from edge_unlearn.deploy.bundle import Bundle
+from edge_unlearn.deploy.onnx_meta import MASK_VALUE
+from edge_unlearn.deploy.runner import Runner
+from edge_unlearn.deploy.validate import Check, Thresholds, ValidationReport, evaluate_logits, validate
 from edge_unlearn.errors import ModelFileError
-from edge_unlearn.export.bundle import Bundle
-from edge_unlearn.export.onnx_meta import MASK_VALUE
-from edge_unlearn.export.runner import Runner
-from edge_unlearn.export.validate import Check, Thresholds, ValidationReport, evaluate_logits, validate
 
 C, FORGOTTEN = 5, (1,)
 
@@ -21,8 +22,16 @@ def _bundle(per_class: int = 20) -> Bundle:
     ref[np.arange(len(labels)), labels] = 3.0  # the reference is right everywhere
     ref[labels == 1, 2] = 4.0  # forgotten class 1's samples go to class 2 in the reference
     ref[:, list(FORGOTTEN)] = MASK_VALUE
-    return Bundle(np.zeros((len(labels), 1, 2, 2), np.float32), labels, ref, tuple("abcde"), FORGOTTEN,
-                  {"source_sha256": "s"}, "b.npz", "x")
+    return Bundle(
+        np.zeros((len(labels), 1, 2, 2), np.float32),
+        labels,
+        ref,
+        tuple("abcde"),
+        FORGOTTEN,
+        {"source_sha256": "s"},
+        "b.npz",
+        "x",
+    )
 
 
 def _checks(logits, bundle=None, forgotten=(1,)):
@@ -84,8 +93,14 @@ def test_thresholds_are_inclusive():
 
 def test_fails_closed_on_missing_figures():
     b = _bundle()
-    no_forget_samples = Bundle(b.inputs[b.labels != 1], b.labels[b.labels != 1], b.reference_logits[b.labels != 1],
-                               b.class_names, FORGOTTEN, b.meta)
+    no_forget_samples = Bundle(
+        b.inputs[b.labels != 1],
+        b.labels[b.labels != 1],
+        b.reference_logits[b.labels != 1],
+        b.class_names,
+        FORGOTTEN,
+        b.meta,
+    )
     checks, _ = _checks(no_forget_samples.reference_logits.copy(), no_forget_samples)
     assert checks["forget_acc"].value is None and not checks["forget_acc"].passed
     checks, _ = evaluate_logits(b.reference_logits.copy(), b, Thresholds(), None)
@@ -114,7 +129,7 @@ class _FakeRunner(Runner):
         self.pos = 0
 
     def infer_impl(self, inputs):
-        out = self.logits[self.pos:self.pos + len(inputs)]
+        out = self.logits[self.pos : self.pos + len(inputs)]
         self.pos += len(inputs)
         return out
 
@@ -129,8 +144,14 @@ def test_report_object_and_json():
     assert report and report.passed and not runner.is_active
     data = json.loads(json.dumps(report.to_json()))
     assert data["verdict"] == "pass" and data["precision"] == "int8" and data["runtime"] == "fake"
-    assert {c["name"] for c in data["checks"]} >= {"forget_acc", "retain_drop", "retain_agreement", "finite_outputs",
-                                                 "forgotten_class_wins", "same_source_checkpoint"}
+    assert {c["name"] for c in data["checks"]} >= {
+        "forget_acc",
+        "retain_drop",
+        "retain_agreement",
+        "finite_outputs",
+        "forgotten_class_wins",
+        "same_source_checkpoint",
+    }
     assert "verdict: PASS" in report.summary()
     other = _FakeRunner(b.reference_logits.copy(), {"num_classes": C, "forgotten_classes": [1], "source_sha256": "t"})
     assert not validate(other, b)  # a bundle from another checkpoint

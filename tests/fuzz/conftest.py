@@ -1,5 +1,6 @@
 """Fixtures of the fuzz suite: one valid artefact of each kind, made in well under a second, that the properties
 corrupt. Nothing is trained: the checkpoint is an untrained lenet with class 3 masked."""
+
 from __future__ import annotations
 
 import json
@@ -28,7 +29,7 @@ def base(tmp_path_factory) -> Base:
 
     from edge_unlearn.checkpoint import CheckpointMeta, save_checkpoint
     from edge_unlearn.data import Normalization
-    from edge_unlearn.export.bundle import FORMAT
+    from edge_unlearn.deploy.bundle import FORMAT
     from edge_unlearn.models import build_model
 
     from ..tensorrt.conftest import FORGOTTEN, IMAGE, NUM_CLASSES, ours_fp32
@@ -41,15 +42,28 @@ def base(tmp_path_factory) -> Base:
     session = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
     logits = session.run(["logits"], {"input": x})[0]
     labels = np.arange(40, dtype=np.int64) % NUM_CLASSES
-    meta = {"format": FORMAT, "source_sha256": "0" * 64, "dataset": "synthetic", "input_shape": list(IMAGE),
-            "normalization": {"mean": [0.5], "std": [0.5]}, "mask_value": -1e4}
-    np.savez(folder / "eval.npz", inputs=x, labels=labels, reference_logits=logits,
-             class_names=np.array([f"c{i}" for i in range(NUM_CLASSES)]),
-             forgotten_classes=np.array(FORGOTTEN, np.int64), meta_json=np.asarray(json.dumps(meta)))
+    meta = {
+        "format": FORMAT,
+        "source_sha256": "0" * 64,
+        "dataset": "synthetic",
+        "input_shape": list(IMAGE),
+        "normalization": {"mean": [0.5], "std": [0.5]},
+        "mask_value": -1e4,
+    }
+    np.savez(
+        folder / "eval.npz",
+        inputs=x,
+        labels=labels,
+        reference_logits=logits,
+        class_names=np.array([f"c{i}" for i in range(NUM_CLASSES)]),
+        forgotten_classes=np.array(FORGOTTEN, np.int64),
+        meta_json=np.asarray(json.dumps(meta)),
+    )
     net = build_model("lenet", 10, (1, 8, 8))
     net.mask_classes(FORGET)
-    ckpt_meta = CheckpointMeta("lenet", 10, tuple(str(i) for i in range(10)), (1, 8, 8),
-                               Normalization((0.3,), (0.4,)), "digits")
+    ckpt_meta = CheckpointMeta(
+        "lenet", 10, tuple(str(i) for i in range(10)), (1, 8, 8), Normalization((0.3,), (0.4,)), "digits"
+    )
     save_checkpoint(folder / "ckpt.safetensors", net, ckpt_meta)
     return Base(folder / "model.onnx", folder / "eval.npz", folder / "ckpt.safetensors", folder)
 

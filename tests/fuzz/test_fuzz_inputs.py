@@ -2,6 +2,7 @@
 metadata and run folders. For each generated input: exit code in {0, 1, 2}, no traceback, one stderr line for exit 2,
 and no new file left behind when the command failed. Bounded and derandomized so CI runs it in well under two
 minutes on 2 cores."""
+
 from __future__ import annotations
 
 import json
@@ -16,17 +17,31 @@ from hypothesis import strategies as st
 from .conftest import assert_clean_exit, invoke_cli
 
 #: the checkpoint properties run the model on digits (about 0.5 s an example): fewer examples
-SLOW = settings(max_examples=15, deadline=None, derandomize=True, database=None,
-                suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-FUZZ = settings(max_examples=60, deadline=None, derandomize=True, database=None,
-                suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+SLOW = settings(
+    max_examples=15,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+FUZZ = settings(
+    max_examples=60,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 
 #: any JSON value, small
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers(-10**12, 10**12) | st.floats(allow_nan=True, allow_infinity=True)
+    st.none()
+    | st.booleans()
+    | st.integers(-(10**12), 10**12)
+    | st.floats(allow_nan=True, allow_infinity=True)
     | st.text(max_size=12),
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
-    max_leaves=8)
+    max_leaves=8,
+)
 
 
 def _workdir(tmp_path_factory, name: str) -> Path:
@@ -62,8 +77,12 @@ def test_corrupt_checkpoint_bytes(base, tmp_path_factory, edits, truncate):
 
 
 @SLOW
-@given(field=st.sampled_from(["arch", "num_classes", "class_names", "input_shape", "normalization",
-                              "forgotten_classes", "format", "lineage"]), value=json_values)
+@given(
+    field=st.sampled_from(
+        ["arch", "num_classes", "class_names", "input_shape", "normalization", "forgotten_classes", "format", "lineage"]
+    ),
+    value=json_values,
+)
 def test_corrupt_checkpoint_header(base, tmp_path_factory, field, value):
     from safetensors import safe_open
     from safetensors.torch import save_file
@@ -95,8 +114,11 @@ def npz_datasets(draw):
         if name == "class_names":
             arrays[name] = np.array(draw(st.lists(st.text(max_size=4), max_size=12)), dtype=np.str_)
         elif name.startswith("x"):
-            shape = draw(st.sampled_from([(6, 8, 8), (6, 1, 8, 8), (0, 8, 8), (6, 3, 8, 8), (6,)])) if draw(
-                st.booleans()) else draw(shapes)
+            shape = (
+                draw(st.sampled_from([(6, 8, 8), (6, 1, 8, 8), (0, 8, 8), (6, 3, 8, 8), (6,)]))
+                if draw(st.booleans())
+                else draw(shapes)
+            )
             with np.errstate(invalid="ignore"):
                 arrays[name] = (draw(st.sampled_from([0.0, 1.0, 255.0, np.nan])) + np.zeros(shape)).astype(draw(dtypes))
         else:
@@ -122,8 +144,11 @@ def test_corrupt_npz_dataset(base, tmp_path_factory, arrays):
 
 @st.composite
 def bundle_edits(draw):
-    key = draw(st.sampled_from(["inputs", "labels", "reference_logits", "class_names", "forgotten_classes",
-                                "meta_json", "__drop__"]))
+    key = draw(
+        st.sampled_from(
+            ["inputs", "labels", "reference_logits", "class_names", "forgotten_classes", "meta_json", "__drop__"]
+        )
+    )
     kind = draw(st.sampled_from(["shape", "dtype", "nan", "json", "empty"]))
     return key, kind, draw(json_values), draw(shapes)
 
@@ -170,9 +195,25 @@ def test_corrupt_bundle_bytes(base, tmp_path_factory, edits, truncate):
 
 
 @FUZZ
-@given(key=st.sampled_from(["num_classes", "class_names", "forgotten_classes", "input_shape", "normalization",
-                            "mask_value", "input_name", "output_name", "precision", "format", "retained_name"]),
-       value=json_values, raw=st.booleans())
+@given(
+    key=st.sampled_from(
+        [
+            "num_classes",
+            "class_names",
+            "forgotten_classes",
+            "input_shape",
+            "normalization",
+            "mask_value",
+            "input_name",
+            "output_name",
+            "precision",
+            "format",
+            "retained_name",
+        ]
+    ),
+    value=json_values,
+    raw=st.booleans(),
+)
 def test_corrupt_onnx_metadata(base, tmp_path_factory, key, value, raw):
     import onnx
 
@@ -195,21 +236,49 @@ def test_corrupt_onnx_metadata(base, tmp_path_factory, key, value, raw):
 
 @st.composite
 def run_folders(draw):
-    records = draw(st.lists(st.one_of(
-        st.fixed_dictionaries({"format": st.just("edge-unlearn.record/1"),
-                               "kind": st.sampled_from(["export", "validate", "bench"]) | json_values,
-                               "payload": json_values,
-                               "artefacts": st.lists(st.fixed_dictionaries(
-                                   {"path": st.sampled_from(["model.onnx", "missing.onnx", "../x", "/etc/hostname"])
-                                    | json_values, "sha256": st.text("0123456789abcdef", max_size=64) | json_values}),
-                                   max_size=3) | json_values}),
-        json_values), max_size=3))
-    manifest = draw(st.none() | json_values | st.fixed_dictionaries({
-        "format": st.just("edge-unlearn.manifest/1"),
-        "files": st.lists(st.fixed_dictionaries({"path": st.text(max_size=10) | json_values,
-                                                  "sha256": st.text(max_size=8) | json_values}), max_size=3)
-        | json_values,
-        "external": st.just([]) | json_values}))
+    records = draw(
+        st.lists(
+            st.one_of(
+                st.fixed_dictionaries(
+                    {
+                        "format": st.just("edge-unlearn.record/1"),
+                        "kind": st.sampled_from(["export", "validate", "bench"]) | json_values,
+                        "payload": json_values,
+                        "artefacts": st.lists(
+                            st.fixed_dictionaries(
+                                {
+                                    "path": st.sampled_from(["model.onnx", "missing.onnx", "../x", "/etc/hostname"])
+                                    | json_values,
+                                    "sha256": st.text("0123456789abcdef", max_size=64) | json_values,
+                                }
+                            ),
+                            max_size=3,
+                        )
+                        | json_values,
+                    }
+                ),
+                json_values,
+            ),
+            max_size=3,
+        )
+    )
+    manifest = draw(
+        st.none()
+        | json_values
+        | st.fixed_dictionaries(
+            {
+                "format": st.just("edge-unlearn.manifest/1"),
+                "files": st.lists(
+                    st.fixed_dictionaries(
+                        {"path": st.text(max_size=10) | json_values, "sha256": st.text(max_size=8) | json_values}
+                    ),
+                    max_size=3,
+                )
+                | json_values,
+                "external": st.just([]) | json_values,
+            }
+        )
+    )
     return records, manifest
 
 

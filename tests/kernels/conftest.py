@@ -14,7 +14,6 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-from typing import Dict, Optional, Tuple  # noqa: E402
 
 import pytest  # noqa: E402
 
@@ -24,13 +23,13 @@ INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 # Per-dtype tolerances for outputs stored in that dtype, against a float64 reference computed from the same
 # (already rounded) inputs. Accumulation is fp32 in every implementation, so the error is the output rounding
 # (half an ulp: 2^-11 fp16, 2^-8 bf16) plus fp32 summation error over D (<~1e-6 here).
-TOL: Dict[torch.dtype, Tuple[float, float]] = {  # dtype -> (rtol, atol)
+TOL: dict[torch.dtype, tuple[float, float]] = {  # dtype -> (rtol, atol)
     torch.float32: (1e-5, 1e-5),
     torch.float16: (1e-3, 1e-5),
     torch.bfloat16: (8e-3, 1e-4),
 }
 # Two logits closer than this (in float64) count as a true tie when judging argmax / top-k order.
-TIE_TOL: Dict[torch.dtype, float] = {torch.float32: 1e-4, torch.float16: 1e-4, torch.bfloat16: 1e-3}
+TIE_TOL: dict[torch.dtype, float] = {torch.float32: 1e-4, torch.float16: 1e-4, torch.bfloat16: 1e-3}
 
 MASK_KINDS = ("none", "one", "many", "all_but_one")
 
@@ -93,8 +92,9 @@ def make_mask(num_classes: int, kind: str, seed: int = 0) -> torch.Tensor:
     return mask
 
 
-def make_inputs(batch: int, num_classes: int, dim: int, dtype: torch.dtype, seed: int = 0,
-                integer: bool = False) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def make_inputs(
+    batch: int, num_classes: int, dim: int, dtype: torch.dtype, seed: int = 0, integer: bool = False
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Features [B, D], weight [C, D], bias [C] in ``dtype`` with logits of order 1.
 
     ``integer=True`` draws small integers so every product and sum is exact in fp32: ties are then exact
@@ -112,8 +112,9 @@ def make_inputs(batch: int, num_classes: int, dim: int, dtype: torch.dtype, seed
     return x.to(dtype), w.to(dtype), b.to(dtype)
 
 
-def poison_forgotten(weight: torch.Tensor, bias: Optional[torch.Tensor],
-                     mask: torch.Tensor) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+def poison_forgotten(
+    weight: torch.Tensor, bias: torch.Tensor | None, mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Copies with forgotten rows (and bias entries) set to NaN: any read of them would show in the output."""
     w = weight.clone()
     w[~mask] = float("nan")
@@ -124,7 +125,7 @@ def poison_forgotten(weight: torch.Tensor, bias: Optional[torch.Tensor],
     return w, b
 
 
-def truth_logits(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor], mask: torch.Tensor) -> torch.Tensor:
+def truth_logits(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, mask: torch.Tensor) -> torch.Tensor:
     """Float64 masked logits [B, C] (forgotten = -inf) from the clean, already-rounded inputs."""
     out = x.double() @ w.double().T
     if b is not None:
@@ -181,8 +182,9 @@ def assert_argmax_ok(pred: torch.Tensor, logits64: torch.Tensor, tie_tol: float,
         )
 
 
-def assert_topk_ok(vals: torch.Tensor, ids: torch.Tensor, logits64: torch.Tensor, k: int, dtype: torch.dtype,
-                   what: str) -> None:
+def assert_topk_ok(
+    vals: torch.Tensor, ids: torch.Tensor, logits64: torch.Tensor, k: int, dtype: torch.dtype, what: str
+) -> None:
     """Top-k ids: kept, distinct, in decreasing order, equal to the float64 order except within true ties;
     values: the float64 softmax at the returned ids within the per-dtype tolerance."""
     vals, ids = vals.cpu(), ids.cpu()
@@ -206,8 +208,16 @@ def assert_topk_ok(vals: torch.Tensor, ids: torch.Tensor, logits64: torch.Tensor
     assert_close_report(vals, probs64, dtype, f"{what} (top-k probabilities)")
 
 
-def check_all_outputs(results: Dict[str, object], x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor],
-                      mask: torch.Tensor, dtype: torch.dtype, k: int, what: str) -> None:
+def check_all_outputs(
+    results: dict[str, object],
+    x: torch.Tensor,
+    w: torch.Tensor,
+    b: torch.Tensor | None,
+    mask: torch.Tensor,
+    dtype: torch.dtype,
+    k: int,
+    what: str,
+) -> None:
     """Check every output in ``results`` ({"logits": .., "probs": .., "argmax": .., "topk": (v, i)})."""
     logits64 = truth_logits(x, w, b, mask)
     for name, res in results.items():

@@ -52,29 +52,43 @@ def _eager64(x, w, b, mask):
 def _triton_all(x, w, b, mask, config=None):
     kept, row_of = index_maps(mask)
     th = _th()
-    return {out: th.masked_head_triton(x.to(DEVICE), w.to(DEVICE), None if b is None else b.to(DEVICE),
-                                       row_of.to(DEVICE), kept.to(DEVICE), kept.to(DEVICE), out, k, config)
-            for out, k in OUTPUTS}
+    return {
+        out: th.masked_head_triton(
+            x.to(DEVICE),
+            w.to(DEVICE),
+            None if b is None else b.to(DEVICE),
+            row_of.to(DEVICE),
+            kept.to(DEVICE),
+            kept.to(DEVICE),
+            out,
+            k,
+            config,
+        )
+        for out, k in OUTPUTS
+    }
 
 
 def _assert_matches_torch_nan(res, x, w, b, mask, what):
     """argmax/topk/softmax of the float64 eager masked logits, NaN included (per-dtype tolerances)."""
     logits = _eager64(x, w, b, mask)
     rtol, atol = TOL[x.dtype]
-    torch.testing.assert_close(res["logits"].cpu().double(), logits, rtol=rtol, atol=atol, equal_nan=True,
-                               msg=f"{what} logits")
+    torch.testing.assert_close(
+        res["logits"].cpu().double(), logits, rtol=rtol, atol=atol, equal_nan=True, msg=f"{what} logits"
+    )
     assert res["argmax"].cpu().tolist() == logits.argmax(dim=1).tolist(), f"{what}: argmax differs from torch"
     probs = torch.softmax(logits, dim=1)
-    torch.testing.assert_close(res["probs"].cpu().double(), probs, rtol=rtol, atol=atol, equal_nan=True,
-                               msg=f"{what} probs")
+    torch.testing.assert_close(
+        res["probs"].cpu().double(), probs, rtol=rtol, atol=atol, equal_nan=True, msg=f"{what} probs"
+    )
     vals, ids = res["topk"]
     want_vals, want_ids = torch.topk(logits, 4, dim=1)
     # torch.topk leaves the order among equal keys (NaN with NaN) unspecified; the spec takes ascending ids there
     spec_ids = torch.sort(logits, dim=1, descending=True, stable=True).indices[:, :4]
     assert torch.equal(ids.cpu(), spec_ids), f"{what}: top-k ids {ids.tolist()} != {spec_ids.tolist()}"
     assert torch.equal(logits.gather(1, ids.cpu()).isnan(), want_vals.isnan()), f"{what}: NaN ranks differ"
-    torch.testing.assert_close(vals.cpu().double(), probs.gather(1, ids.cpu()), rtol=rtol, atol=atol,
-                               equal_nan=True, msg=f"{what} top-k probs")
+    torch.testing.assert_close(
+        vals.cpu().double(), probs.gather(1, ids.cpu()), rtol=rtol, atol=atol, equal_nan=True, msg=f"{what} top-k probs"
+    )
 
 
 @pytest.mark.parametrize("num_splits", [1, 3])
@@ -107,8 +121,16 @@ def test_all_nan_row_argmax_is_a_real_class():
     assert torch.isnan(res["probs"][0]).all() and torch.isnan(res["topk"][0][0]).all()
     assert torch.isinf(res["logits"][0, [0, 1, 5]]).all()  # forgotten stay -inf, not NaN
     _assert_matches_torch_nan(res, x, w, b, mask, "fp16 all-NaN row")
-    check_all_outputs({k: (v[1:] if k != "topk" else (v[0][1:], v[1][1:])) for k, v in res.items()},
-                      x[1:], w, b, mask, torch.float16, 4, "fp16 finite rows next to a NaN row")
+    check_all_outputs(
+        {k: (v[1:] if k != "topk" else (v[0][1:], v[1][1:])) for k, v in res.items()},
+        x[1:],
+        w,
+        b,
+        mask,
+        torch.float16,
+        4,
+        "fp16 finite rows next to a NaN row",
+    )
 
 
 def test_minus_inf_kept_logits_do_not_poison_the_softmax():
@@ -137,8 +159,13 @@ def test_huge_number_of_classes_probs():
     kept, row_of = index_maps(mask)
     cfg = None if HAS_CUDA else _th().KernelConfig(block_b=16, block_c=65536, block_d=16)
     th = _th()
-    got = {"probs": th.masked_head_triton(x.to(DEVICE), w.to(DEVICE), None, row_of.to(DEVICE), kept.to(DEVICE),
-                                          kept.to(DEVICE), "probs", 1, cfg).cpu().double()}
+    got = {
+        "probs": th.masked_head_triton(
+            x.to(DEVICE), w.to(DEVICE), None, row_of.to(DEVICE), kept.to(DEVICE), kept.to(DEVICE), "probs", 1, cfg
+        )
+        .cpu()
+        .double()
+    }
     logits64 = _eager64(x, w, None, mask)
     assert (got["probs"][:, ~mask] == 0).all()
     probs64 = torch.softmax(logits64, dim=1)[:, mask]
@@ -207,18 +234,23 @@ def test_non_contiguous_features_and_weight():
     mask = make_mask(30, "many", seed=18)
     for w in (w_slice, w_t):
         x = x_t[:, :48]
-        res = {out: masked_head(x.to(DEVICE), w.to(DEVICE), b.to(DEVICE), mask.to(DEVICE), output=out, k=k,
-                                impl="triton") for out, k in OUTPUTS}
+        res = {
+            out: masked_head(x.to(DEVICE), w.to(DEVICE), b.to(DEVICE), mask.to(DEVICE), output=out, k=k, impl="triton")
+            for out, k in OUTPUTS
+        }
         check_all_outputs(res, x, w, b, mask, torch.float32, 4, f"strides x={x.stride()} w={w.stride()}")
 
 
-@pytest.mark.parametrize("break_maps, match", [
-    (lambda r, i, k: (r.long(), i, k), "row_of must be a 1-D int32 tensor"),
-    (lambda r, i, k: (r, i, k[:-1]), "must have one length"),
-    (lambda r, i, k: (r, i, torch.where(k == k[-1], k + 1000, k)), "kept_rows outside"),
-    (lambda r, i, k: (r, i.flip(0), k.flip(0)), "not strictly ascending"),
-    (lambda r, i, k: (torch.where(r == 3, -1, r), i, k), "row_of does not map exactly"),
-])
+@pytest.mark.parametrize(
+    "break_maps, match",
+    [
+        (lambda r, i, k: (r.long(), i, k), "row_of must be a 1-D int32 tensor"),
+        (lambda r, i, k: (r, i, k[:-1]), "must have one length"),
+        (lambda r, i, k: (r, i, torch.where(k == k[-1], k + 1000, k)), "kept_rows outside"),
+        (lambda r, i, k: (r, i.flip(0), k.flip(0)), "not strictly ascending"),
+        (lambda r, i, k: (torch.where(r == 3, -1, r), i, k), "row_of does not map exactly"),
+    ],
+)
 def test_bad_index_maps_are_refused_before_any_launch(break_maps, match):
     x, w, b = make_inputs(2, 12, 16, torch.float32)
     mask = torch.ones(12, dtype=torch.bool)
@@ -254,10 +286,22 @@ def test_launch_follows_the_tensors_device_not_the_current_one():
     x, w, b = make_inputs(33, 300, 64, torch.float16, seed=1)
     mask = make_mask(300, "many", seed=1)
     with torch.cuda.device(0):
-        res = {out: masked_head(x.to("cuda:1"), w.to("cuda:1"), b.to("cuda:1"), mask.to("cuda:1"), output=out,
-                                k=k, impl="triton") for out, k in OUTPUTS}
-    check_all_outputs({k: v.cpu() if k != "topk" else (v[0].cpu(), v[1].cpu()) for k, v in res.items()},
-                      x, w, b, mask, torch.float16, 4, "cuda:1 while cuda:0 is current")
+        res = {
+            out: masked_head(
+                x.to("cuda:1"), w.to("cuda:1"), b.to("cuda:1"), mask.to("cuda:1"), output=out, k=k, impl="triton"
+            )
+            for out, k in OUTPUTS
+        }
+    check_all_outputs(
+        {k: v.cpu() if k != "topk" else (v[0].cpu(), v[1].cpu()) for k, v in res.items()},
+        x,
+        w,
+        b,
+        mask,
+        torch.float16,
+        4,
+        "cuda:1 while cuda:0 is current",
+    )
 
 
 @pytest.mark.gpu
@@ -267,8 +311,10 @@ def test_gpu_huge_classes_default_tiles(dtype):
     num_classes, dim = 4_300_000, 64
     x, w, b = make_inputs(3, num_classes, dim, dtype, seed=2)
     mask = make_mask(num_classes, "many", seed=3)
-    res = {out: masked_head(x.cuda(), w.cuda(), b.cuda(), mask.cuda(), output=out, k=k, impl="triton")
-           for out, k in OUTPUTS}
+    res = {
+        out: masked_head(x.cuda(), w.cuda(), b.cuda(), mask.cuda(), output=out, k=k, impl="triton")
+        for out, k in OUTPUTS
+    }
     logits64 = _eager64(x, w, b, mask)
     assert_close_report(res["logits"].cpu(), logits64, dtype, "gpu huge-C logits")
     assert_close_report(res["probs"].cpu(), torch.softmax(logits64, dim=1), dtype, "gpu huge-C probs")

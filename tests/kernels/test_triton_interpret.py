@@ -31,10 +31,22 @@ if not (HAS_CUDA or INTERPRET):
     pytest.skip("needs a CUDA GPU or TRITON_INTERPRET=1 before triton is imported", allow_module_level=True)
 
 DEVICE = "cuda" if HAS_CUDA else "cpu"
-PAIRWISE = [(1, 10, 7), (1, 1000, 512), (1, 1003, 513), (5, 10, 512), (5, 1000, 513), (5, 1003, 7),
-            (33, 10, 513), (33, 1000, 7), (33, 1003, 512)]
-CASES = [(shape, dtype, MASK_KINDS[(i + j) % len(MASK_KINDS)])
-         for i, shape in enumerate(PAIRWISE) for j, dtype in enumerate((torch.float32, torch.float16))]
+PAIRWISE = [
+    (1, 10, 7),
+    (1, 1000, 512),
+    (1, 1003, 513),
+    (5, 10, 512),
+    (5, 1000, 513),
+    (5, 1003, 7),
+    (33, 10, 513),
+    (33, 1000, 7),
+    (33, 1003, 512),
+]
+CASES = [
+    (shape, dtype, MASK_KINDS[(i + j) % len(MASK_KINDS)])
+    for i, shape in enumerate(PAIRWISE)
+    for j, dtype in enumerate((torch.float32, torch.float16))
+]
 
 
 def _kernel_config(**kwargs):
@@ -48,19 +60,26 @@ def _run_all(x, w, b, mask, k, compact: bool, config=None):
     if config is None:
         if compact:
             head = CompactHead.from_head(w, b, mask)
-            return {out: head(x, output=out, k=kk, impl="triton")
-                    for out, kk in (("logits", 1), ("probs", 1), ("argmax", 1), ("topk", k))}
-        return {out: masked_head(x, w, b, mask, output=out, k=kk, impl="triton")
-                for out, kk in (("logits", 1), ("probs", 1), ("argmax", 1), ("topk", k))}
+            return {
+                out: head(x, output=out, k=kk, impl="triton")
+                for out, kk in (("logits", 1), ("probs", 1), ("argmax", 1), ("topk", k))
+            }
+        return {
+            out: masked_head(x, w, b, mask, output=out, k=kk, impl="triton")
+            for out, kk in (("logits", 1), ("probs", 1), ("argmax", 1), ("topk", k))
+        }
     from edge_unlearn.kernels.triton_head import masked_head_triton
 
     kept, row_of = index_maps(mask.to(w.device))
-    return {out: masked_head_triton(x, w, b, row_of, kept, kept, out, kk, config)
-            for out, kk in (("logits", 1), ("probs", 1), ("argmax", 1), ("topk", k))}
+    return {
+        out: masked_head_triton(x, w, b, row_of, kept, kept, out, kk, config)
+        for out, kk in (("logits", 1), ("probs", 1), ("argmax", 1), ("topk", k))
+    }
 
 
-@pytest.mark.parametrize("shape, dtype, mask_kind", CASES,
-                         ids=[f"B{s[0]}-C{s[1]}-D{s[2]}-{str(d)[6:]}-{m}" for s, d, m in CASES])
+@pytest.mark.parametrize(
+    "shape, dtype, mask_kind", CASES, ids=[f"B{s[0]}-C{s[1]}-D{s[2]}-{str(d)[6:]}-{m}" for s, d, m in CASES]
+)
 def test_kernel_matches_float64(shape, dtype, mask_kind):
     batch, num_classes, dim = shape
     x, w, b = make_inputs(batch, num_classes, dim, dtype, seed=batch * 7 + dim)
@@ -113,8 +132,9 @@ def test_k_equals_number_of_kept_and_k_one():
     mask = torch.zeros(40, dtype=torch.bool)
     mask[[1, 17, 18, 39]] = True
     for k in (1, 4):
-        vals, ids = masked_head(x.to(DEVICE), w.to(DEVICE), b.to(DEVICE), mask.to(DEVICE), output="topk", k=k,
-                                impl="triton")
+        vals, ids = masked_head(
+            x.to(DEVICE), w.to(DEVICE), b.to(DEVICE), mask.to(DEVICE), output="topk", k=k, impl="triton"
+        )
         check_all_outputs({"topk": (vals, ids)}, x, w, b, mask, torch.float32, k, f"k={k}")
         if k == 4:
             torch.testing.assert_close(vals.sum(1).cpu(), torch.ones(3), rtol=1e-6, atol=1e-6)
@@ -147,8 +167,9 @@ def test_every_class_masked_raises_before_launch():
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("output", ["logits", "probs", "argmax", "topk"])
-@pytest.mark.parametrize("shape", [(1, 100000, 512), (64, 1000, 512), (256, 1003, 513)],
-                         ids=lambda s: "B{}-C{}-D{}".format(*s))
+@pytest.mark.parametrize(
+    "shape", [(1, 100000, 512), (64, 1000, 512), (256, 1003, 513)], ids=lambda s: "B{}-C{}-D{}".format(*s)
+)
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
 def test_gpu_bf16_fp16_large(output, shape, dtype):
     """bf16 (no interpreter support) and the benchmark's large shapes, on a GPU."""

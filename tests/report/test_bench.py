@@ -1,4 +1,5 @@
 """`edge-unlearn bench` on real onnxruntime sessions of tiny ONNX models: structure, percentiles, outputs."""
+
 from __future__ import annotations
 
 import csv
@@ -12,16 +13,17 @@ import pytest
 from click.testing import CliRunner
 
 from edge_unlearn.cli import main
+from edge_unlearn.deploy.bench import BenchConfig, bench_artefacts, input_shape_of, parse_batches, summarize
 from edge_unlearn.errors import UsageError
-from edge_unlearn.export.bench import BenchConfig, bench_artefacts, input_shape_of, parse_batches, summarize
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_bench_library_real_onnxruntime(tiny_models):
     fp32, int8 = tiny_models
-    report = bench_artefacts([fp32, int8], BenchConfig(batches=(1, 3, 16), warmup=2, iterations=12, threads=1),
-                             provider="cpu")
+    report = bench_artefacts(
+        [fp32, int8], BenchConfig(batches=(1, 3, 16), warmup=2, iterations=12, threads=1), provider="cpu"
+    )
     assert [(r.name, r.batch) for r in report.rows] == [(p.name, b) for p in (fp32, int8) for b in (1, 3, 16)]
     for r in report.rows:
         assert r.runtime == "onnxruntime" and r.provider == "CPUExecutionProvider" and r.iterations == 12
@@ -61,10 +63,35 @@ def test_summarize_percentiles_are_numpy_linear():
 def test_bench_cli_writes_table_json_csv_plot(tiny_models, tmp_path):
     fp32, int8 = tiny_models
     out_json, out_csv, out_png = tmp_path / "b.json", tmp_path / "b.csv", tmp_path / "b.png"
-    result = CliRunner().invoke(main, ["bench", str(fp32), str(int8), "--batch", "1,4", "--iterations", "6",
-                                            "--warmup", "1", "--threads", "1", "--provider", "cpu",
-                                            "--name", "fp32", "--name", "int8", "--json-out", str(out_json),
-                                            "--csv", str(out_csv), "--plot", str(out_png), "-q"])
+    result = CliRunner().invoke(
+        main,
+        [
+            "bench",
+            str(fp32),
+            str(int8),
+            "--batch",
+            "1,4",
+            "--iterations",
+            "6",
+            "--warmup",
+            "1",
+            "--threads",
+            "1",
+            "--provider",
+            "cpu",
+            "--name",
+            "fp32",
+            "--name",
+            "int8",
+            "--json-out",
+            str(out_json),
+            "--csv",
+            str(out_csv),
+            "--plot",
+            str(out_png),
+            "-q",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "p50 ms" in result.output and "p99 ms" in result.output and "speedup" in result.output
     data = json.loads(out_json.read_text())
@@ -89,9 +116,9 @@ def test_bench_onnx_without_torch(tiny_models, tmp_path):
     code = textwrap.dedent(f"""
         import json, sys
         sys.modules["torch"] = None
-        from edge_unlearn.export.bench import BenchConfig, bench_artefacts
-        from edge_unlearn import cli_report
-        import edge_unlearn.export.rundir, edge_unlearn.export.report
+        from edge_unlearn.deploy.bench import BenchConfig, bench_artefacts
+        from edge_unlearn.cli import report as cli_report
+        import edge_unlearn.deploy.rundir, edge_unlearn.deploy.report
         report = bench_artefacts([{str(tiny_models[0])!r}], BenchConfig(batches=(1,), warmup=0, iterations=3))
         loaded = [m for m in sys.modules if (m == "torch" or m.startswith("torch.")) and sys.modules[m] is not None]
         print(json.dumps({{"rows": len(report.rows), "torch": loaded}}))
@@ -121,15 +148,17 @@ def test_bench_torch_checkpoint_eager(tmp_path):
     report = bench_artefacts([path], BenchConfig(batches=(1, 5), warmup=1, iterations=4, threads=1), provider="cpu")
     assert torch.get_num_threads() == threads  # restored
     assert [(r.runtime, r.provider, r.precision, r.batch) for r in report.rows] == [
-        ("torch", "cpu", "fp32", 1), ("torch", "cpu", "fp32", 5)]
+        ("torch", "cpu", "fp32", 1),
+        ("torch", "cpu", "fp32", 5),
+    ]
     assert all(r.p50_ms <= r.p99_ms for r in report.rows) and "torch" in report.environment["versions"]
 
     # the fused masked head runner (Triton on CUDA; here its PyTorch reference path) keeps the runner contract
     import numpy as np
 
+    from edge_unlearn.deploy.bench import open_bench_runner
+    from edge_unlearn.deploy.runners import TorchRunner, fused_head_runner
     from edge_unlearn.errors import DependencyError
-    from edge_unlearn.export.bench import open_bench_runner
-    from edge_unlearn.export.runners import TorchRunner, fused_head_runner
 
     x = np.random.default_rng(0).standard_normal((3, 1, 8, 8)).astype(np.float32)
     with TorchRunner(path) as eager, fused_head_runner(path, device="cpu") as fused:
@@ -152,7 +181,11 @@ def test_bench_names_the_quant_layout_of_each_onnx_row(tiny_models, tmp_path):
     onnx.save(model, str(tagged))
     report = bench_artefacts([fp32, tagged], BenchConfig(batches=(1, 2), warmup=0, iterations=2), provider="cpu")
     assert [(r.name, r.quant_layout) for r in report.rows] == [
-        (fp32.name, ""), (fp32.name, ""), ("tagged.int8.onnx", "s8s8-qdq"), ("tagged.int8.onnx", "s8s8-qdq")]
+        (fp32.name, ""),
+        (fp32.name, ""),
+        ("tagged.int8.onnx", "s8s8-qdq"),
+        ("tagged.int8.onnx", "s8s8-qdq"),
+    ]
     table_rows = [line for line in report.table().splitlines() if line.startswith("tagged.int8.onnx")]
     assert len(table_rows) == 2 and all("s8s8-qdq" in line for line in table_rows)
     assert all(r["quant_layout"] == "s8s8-qdq" for r in report.to_json()["results"] if r["name"] == "tagged.int8.onnx")

@@ -5,6 +5,7 @@ capability honestly: ``time_gpu`` times its own compute alone (no input conversi
 ``cuda_graph`` replays the compute into preallocated buffers, the numpy analogue of a captured graph. The
 Jetson power mode comes from a ``nvpmodel`` executable on PATH that prints what ``nvpmodel -q`` prints.
 """
+
 from __future__ import annotations
 
 import csv
@@ -19,10 +20,10 @@ import pytest
 from click.testing import CliRunner
 
 from edge_unlearn.cli import main
+from edge_unlearn.deploy import doctor
+from edge_unlearn.deploy.bench import BenchConfig, BenchReport, bench_artefacts, bench_runner, environment
+from edge_unlearn.deploy.runner import Runner
 from edge_unlearn.errors import UsageError
-from edge_unlearn.export import doctor
-from edge_unlearn.export.bench import BenchConfig, BenchReport, bench_artefacts, bench_runner, environment
-from edge_unlearn.export.runner import Runner
 
 SHAPE = (1, 4, 4)
 CLASSES = 5
@@ -56,12 +57,15 @@ class NumpyLinearRunner(Runner):
         out = np.empty((batch, CLASSES), dtype=np.float32)
         replay = cuda_graph and self.replayable
         if replay:  # fixed buffers replayed: no allocation per call
+
             def run() -> None:
                 np.matmul(flat, self.weight, out=out)
                 np.add(out, self.bias, out=out)
         else:
+
             def run() -> None:
                 flat @ self.weight + self.bias
+
         for _ in range(warmup):
             run()
         times = []
@@ -69,10 +73,16 @@ class NumpyLinearRunner(Runner):
             start = time.perf_counter()
             run()
             times.append((time.perf_counter() - start) * 1e3)
-        self.timing_calls.append({"batch": batch, "iterations": iterations, "warmup": warmup,
-                                  "cuda_graph": cuda_graph, "gpu_ms": times})
-        return {"batch": batch, "iterations": iterations, "cuda_graph": replay, "gpu_ms": times,
-                "median_ms": float(np.median(times))}
+        self.timing_calls.append(
+            {"batch": batch, "iterations": iterations, "warmup": warmup, "cuda_graph": cuda_graph, "gpu_ms": times}
+        )
+        return {
+            "batch": batch,
+            "iterations": iterations,
+            "cuda_graph": replay,
+            "gpu_ms": times,
+            "median_ms": float(np.median(times)),
+        }
 
 
 @pytest.mark.parametrize("cuda_graph", [False, True])
@@ -81,7 +91,9 @@ def test_bench_records_gpu_only_latency_of_capable_runners(tmp_path, cuda_graph)
     config = BenchConfig(batches=(1, 6), warmup=2, iterations=7, cuda_graph=cuda_graph)
     rows = bench_runner(runner, config, input_shape=SHAPE)
     assert [(c["batch"], c["iterations"], c["warmup"], c["cuda_graph"]) for c in runner.timing_calls] == [
-        (1, 7, 2, cuda_graph), (6, 7, 2, cuda_graph)]
+        (1, 7, 2, cuda_graph),
+        (6, 7, 2, cuda_graph),
+    ]
     for row, call in zip(rows, runner.timing_calls):
         ms = np.asarray(call["gpu_ms"])
         assert row.batch == call["batch"] and row.gpu_iterations == 7 and row.cuda_graph is cuda_graph
@@ -116,14 +128,17 @@ def test_row_says_whether_the_graph_was_replayed_not_whether_it_was_asked(tmp_pa
 def test_duration_mode_times_the_gpu_as_often_as_end_to_end(tmp_path):
     runner = NumpyLinearRunner(str(tmp_path / "linear.npz"))
     rows = bench_runner(runner, BenchConfig(batches=(3,), warmup=0, duration=0.02), input_shape=SHAPE)
-    assert rows[0].iterations >= 5 and rows[0].gpu_iterations == rows[0].iterations == runner.timing_calls[0]["iterations"]
+    assert (
+        rows[0].iterations >= 5 and rows[0].gpu_iterations == rows[0].iterations == runner.timing_calls[0]["iterations"]
+    )
     with pytest.raises(UsageError, match="--cuda-graph"):
         BenchConfig(gpu_timing=False, cuda_graph=True)
 
 
 def test_onnxruntime_rows_have_no_gpu_figure(tiny_models, tmp_path):
-    report = bench_artefacts([tiny_models[0]], BenchConfig(batches=(1, 2), warmup=0, iterations=3, cuda_graph=True),
-                             provider="cpu")
+    report = bench_artefacts(
+        [tiny_models[0]], BenchConfig(batches=(1, 2), warmup=0, iterations=3, cuda_graph=True), provider="cpu"
+    )
     for r in report.rows:
         assert r.gpu_p50_ms is None and r.gpu_iterations is None and r.cuda_graph is None
     out = tmp_path / "b.csv"
@@ -144,7 +159,7 @@ def jetson(tmp_path, monkeypatch):
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     exe = bin_dir / "nvpmodel"
-    exe.write_text(f"#!/bin/sh\n[ \"$1\" = \"-q\" ] || exit 1\nprintf '{NVPMODEL_Q.replace(chr(10), chr(92) + 'n')}'\n")
+    exe.write_text(f'#!/bin/sh\n[ "$1" = "-q" ] || exit 1\nprintf \'{NVPMODEL_Q.replace(chr(10), chr(92) + "n")}\'\n')
     exe.chmod(exe.stat().st_mode | stat.S_IXUSR)
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}")
     release, model = tmp_path / "nv_tegra_release", tmp_path / "model"
@@ -163,7 +178,7 @@ def test_power_mode_in_environment_table_json_and_html(jetson, tmp_path):
     assert env["jetson_model"] == "NVIDIA Jetson AGX Orin Developer Kit" and env["jetson_release"]["l4t"] == "36.4.3"
     assert "jetson: NVIDIA Jetson AGX Orin Developer Kit, power mode MAXN (id 0)" in report.table()
 
-    from edge_unlearn.export.report import render_report
+    from edge_unlearn.deploy.report import render_report
 
     run = tmp_path / "run"
     run.mkdir()
@@ -180,20 +195,38 @@ def test_no_power_mode_off_a_jetson_and_html_without_gpu_columns(tiny_models, tm
     monkeypatch.setattr(doctor, "DEVICE_TREE_MODEL", tmp_path / "absent-model")
     env = environment()
     assert "power_mode" not in env and "jetson_model" not in env
-    from edge_unlearn.export.report import render_report
+    from edge_unlearn.deploy.report import render_report
 
     run = tmp_path / "run"
     run.mkdir()
     bench_artefacts([tiny_models[0]], BenchConfig(batches=(1,), warmup=0, iterations=2), provider="cpu").write_json(
-        run / "bench.json")
+        run / "bench.json"
+    )
     html = render_report(run, manifest=False).read_text()
     assert "p50 ms" in html and "GPU-only p50 ms" not in html and "power mode" not in html
 
 
 def test_bench_cli_cuda_graph_flag(tiny_models, tmp_path):
     out = tmp_path / "b.json"
-    result = CliRunner().invoke(main, ["bench", str(tiny_models[0]), "--batch", "1", "--iterations", "2",
-                                       "--warmup", "0", "--provider", "cpu", "--cuda-graph", "--json-out", str(out), "-q"])
+    result = CliRunner().invoke(
+        main,
+        [
+            "bench",
+            str(tiny_models[0]),
+            "--batch",
+            "1",
+            "--iterations",
+            "2",
+            "--warmup",
+            "0",
+            "--provider",
+            "cpu",
+            "--cuda-graph",
+            "--json-out",
+            str(out),
+            "-q",
+        ],
+    )
     assert result.exit_code == 0, result.output
     data = json.loads(out.read_text())
     assert data["config"]["cuda_graph"] is True and data["config"]["gpu_timing"] is True

@@ -1,4 +1,5 @@
 """`edge-unlearn report`: one self-contained HTML file with embedded plots and the verdicts, then a manifest."""
+
 from __future__ import annotations
 
 import base64
@@ -7,7 +8,7 @@ import re
 from click.testing import CliRunner
 
 from edge_unlearn.cli import main
-from edge_unlearn.export.rundir import verify
+from edge_unlearn.deploy.rundir import verify
 
 
 def test_report_html_is_self_contained_with_verdicts(run_folder):
@@ -47,11 +48,11 @@ def test_report_of_demo_json_only_and_empty_folder(tmp_path):
     result = cli.invoke(main, ["report", str(run)])
     assert result.exit_code == 2 and "no run records" in result.output
     data = demo_json()
-    data["deploy"] = {"artifacts": {"fp32": "model.onnx", "int8": "model.int8.onnx"},
-                      "fp32": {"verdict": "pass", "forget_acc": 0.0, "retain_drop": 0.0, "retain_agreement": 1.0,
-                               "failed": []},
-                      "int8": {"verdict": "pass", "forget_acc": 0.0, "retain_drop": 0.004, "retain_agreement": 0.99,
-                               "failed": []}}
+    data["deploy"] = {
+        "artifacts": {"fp32": "model.onnx", "int8": "model.int8.onnx"},
+        "fp32": {"verdict": "pass", "forget_acc": 0.0, "retain_drop": 0.0, "retain_agreement": 1.0, "failed": []},
+        "int8": {"verdict": "pass", "forget_acc": 0.0, "retain_drop": 0.004, "retain_agreement": 0.99, "failed": []},
+    }
     (run / "demo.json").write_text(json.dumps(data))
     assert cli.invoke(main, ["report", str(run), "-o", str(tmp_path / "out.html")]).exit_code == 0
     html = (tmp_path / "out.html").read_text()
@@ -62,11 +63,12 @@ def test_report_of_demo_json_only_and_empty_folder(tmp_path):
 def test_demo_bench_and_report(run_folder):
     """The demo's last step on a demo-like folder: bench (batches 1/8/64), record, report, manifest."""
     from edge_unlearn.demo import demo_bench_and_report
-    from edge_unlearn.export.rundir import read_records
+    from edge_unlearn.deploy.rundir import read_records
 
     lines: list[str] = []
-    out = demo_bench_and_report(run_folder, [run_folder / "model.onnx", run_folder / "model.int8.onnx"],
-                                echo=lines.append, iterations=3)
+    out = demo_bench_and_report(
+        run_folder, [run_folder / "model.onnx", run_folder / "model.int8.onnx"], echo=lines.append, iterations=3
+    )
     assert {"bench", "report", "manifest", "ratios"} <= set(out)
     assert [q["batch"] for q in out["ratios"]] == [1, 8, 64]
     assert any("p99 ms" in line for line in lines)
@@ -80,7 +82,7 @@ def test_report_escapes_every_value(run_folder):
     """The template autoescapes: markup in a recorded value (a model file name) is shown as text, never run."""
     import json
 
-    from edge_unlearn.cli_report import record_to_run_dir
+    from edge_unlearn.cli.report import record_to_run_dir
     from tests.report.conftest import validation_json
 
     hostile = run_folder / "<img src=x onerror=alert(1)>.onnx"

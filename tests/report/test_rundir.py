@@ -1,4 +1,5 @@
 """Run folder: records, manifest, `edge-unlearn verify` (exit 1 on a modified or missing artefact)."""
+
 from __future__ import annotations
 
 import json
@@ -8,10 +9,10 @@ import pytest
 from click.testing import CliRunner
 
 from edge_unlearn.cli import main
-from edge_unlearn.cli_report import record_to_run_dir
+from edge_unlearn.cli.report import record_to_run_dir
+from edge_unlearn.deploy.rundir import read_records, record, verify, write_manifest
 from edge_unlearn.errors import ModelFileError, UsageError
 from edge_unlearn.fileio import sha256_file
-from edge_unlearn.export.rundir import read_records, record, verify, write_manifest
 
 
 def _run(tmp_path, tiny_models):
@@ -76,8 +77,11 @@ def test_manifest_and_verify_catch_modified_and_missing(tmp_path, tiny_models):
     # a refreshed manifest notes artefacts that changed since their record (or the previous manifest) and keeps
     # their recorded hashes: re-running `report` never turns a tampered folder into a pass
     manifest = json.loads(write_manifest(run).read_text())
-    assert {s["path"] for s in manifest["changed_since_recorded"]} == {"model.onnx", str(outside.resolve()),
-                                                                       "sub/notes.txt"}
+    assert {s["path"] for s in manifest["changed_since_recorded"]} == {
+        "model.onnx",
+        str(outside.resolve()),
+        "sub/notes.txt",
+    }
     entry = next(f for f in manifest["files"] if f["path"] == "model.onnx")
     assert entry["sha256"] != sha256_file(model)
     again = verify(run)
@@ -138,8 +142,9 @@ def test_signed_folder_verifies_with_its_key(tmp_path, tiny_models):
     assert result.exit_code == 0 and "signature: valid" in result.output, result.output
 
 
-@pytest.mark.parametrize("tamper", ["flip_artefact", "extra_file", "rehash_manifest", "forged_record",
-                                    "other_key", "no_signature"])
+@pytest.mark.parametrize(
+    "tamper", ["flip_artefact", "extra_file", "rehash_manifest", "forged_record", "other_key", "no_signature"]
+)
 def test_tampered_signed_folder_fails_verify(tmp_path, tiny_models, tamper):
     """Each of issue #13's forgeries: a flipped byte, an added file, a manifest re-hashed together with the file,
     a forged record (validation JSON) with a re-written manifest, a signature by another key, a removed signature."""
@@ -195,13 +200,13 @@ def test_report_refuses_a_signed_folder_and_sign_refuses_a_broken_one(tmp_path, 
 
 
 def test_report_shows_a_red_banner_for_changed_artefacts(tmp_path, tiny_models):
-    from edge_unlearn.export.report import render_report
+    from edge_unlearn.deploy.report import render_report
 
     run, model, _ = _run(tmp_path, tiny_models)
     assert "evidence-banner" not in render_report(run).read_text()
     model.write_bytes(b"tampered")
     page = render_report(run).read_text()
-    banner = page[page.index('id="evidence-banner"'):page.index("</div>", page.index('id="evidence-banner"'))]
+    banner = page[page.index('id="evidence-banner"') : page.index("</div>", page.index('id="evidence-banner"'))]
     assert "EVIDENCE BROKEN" in banner and "model.onnx" in banner and "0001-export.json" in banner
 
 

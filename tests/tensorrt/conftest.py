@@ -4,6 +4,7 @@ Real engine tests are marked ``tensorrt`` and take the :func:`trt_device` fixtur
 reason when TensorRT, pycuda or a CUDA GPU is absent. There is no fake ``tensorrt`` module anywhere: the logic
 around TensorRT is tested through pure functions.
 """
+
 from __future__ import annotations
 
 import json
@@ -14,7 +15,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from edge_unlearn.export.onnx_meta import MASK_VALUE, OnnxMeta, write_meta
+from edge_unlearn.deploy.onnx_meta import MASK_VALUE, OnnxMeta, write_meta
 
 NUM_CLASSES = 10
 FORGOTTEN = (3, 7)
@@ -25,8 +26,10 @@ CHANNELS = 4
 #: Without ``tests/__init__.py`` pytest imports this folder as the top-level package ``tensorrt``, which shadows
 #: NVIDIA TensorRT for the whole session (and ``tests/export`` shadows ``export``). Tests refuse to run like that.
 SHADOWS_TENSORRT = __name__.split(".")[0] == "tensorrt"
-SHADOW_MESSAGE = ("tests/tensorrt was imported as the top-level package 'tensorrt', which shadows NVIDIA TensorRT: "
-                  "add an empty tests/__init__.py so it becomes tests.tensorrt")
+SHADOW_MESSAGE = (
+    "tests/tensorrt was imported as the top-level package 'tensorrt', which shadows NVIDIA TensorRT: "
+    "add an empty tests/__init__.py so it becomes tests.tensorrt"
+)
 
 
 def not_shadowed() -> None:
@@ -35,12 +38,14 @@ def not_shadowed() -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "tensorrt: needs TensorRT, pycuda and a CUDA GPU (skipped with a reason without them)")
+    config.addinivalue_line(
+        "markers", "tensorrt: needs TensorRT, pycuda and a CUDA GPU (skipped with a reason without them)"
+    )
 
 
 def has_tensorrt() -> bool:
     """The real NVIDIA TensorRT is importable (not merely some module named ``tensorrt``)."""
-    from edge_unlearn.export.tensorrt import tensorrt_status
+    from edge_unlearn.deploy.tensorrt import tensorrt_status
 
     return bool(tensorrt_status()["available"])
 
@@ -53,9 +58,18 @@ def _model(nodes, inputs, outputs, initializers, opset: int = 17) -> onnx.ModelP
 
 
 def meta_for(precision: str = "fp32") -> OnnxMeta:
-    return OnnxMeta(num_classes=NUM_CLASSES, class_names=tuple(f"c{i}" for i in range(NUM_CLASSES)),
-                    forgotten_classes=FORGOTTEN, input_shape=IMAGE, normalization={"mean": [0.5], "std": [0.5]},
-                    source_sha256="0" * 64, arch="tiny", dataset="synthetic", precision=precision, version="test")
+    return OnnxMeta(
+        num_classes=NUM_CLASSES,
+        class_names=tuple(f"c{i}" for i in range(NUM_CLASSES)),
+        forgotten_classes=FORGOTTEN,
+        input_shape=IMAGE,
+        normalization={"mean": [0.5], "std": [0.5]},
+        source_sha256="0" * 64,
+        arch="tiny",
+        dataset="synthetic",
+        precision=precision,
+        version="test",
+    )
 
 
 def ours_fp32(seed: int = 0) -> onnx.ModelProto:
@@ -70,19 +84,37 @@ def ours_fp32(seed: int = 0) -> onnx.ModelProto:
     head_b = (0.5 * rng.standard_normal(len(retained))).astype(np.float32)
     index = np.full(NUM_CLASSES, len(retained), dtype=np.int64)
     index[retained] = np.arange(len(retained))
-    inits = [numpy_helper.from_array(a, n) for a, n in (
-        (conv_w, "conv.weight"), (conv_b, "conv.bias"), (head_w, "head.weight"), (head_b, "head.bias"),
-        (np.array([0, 0, 0, 1], np.int64), "edge_unlearn_mask_pads"),
-        (np.array(MASK_VALUE, np.float32), "edge_unlearn_mask_value"), (index, "edge_unlearn_class_index"))]
+    inits = [
+        numpy_helper.from_array(a, n)
+        for a, n in (
+            (conv_w, "conv.weight"),
+            (conv_b, "conv.bias"),
+            (head_w, "head.weight"),
+            (head_b, "head.bias"),
+            (np.array([0, 0, 0, 1], np.int64), "edge_unlearn_mask_pads"),
+            (np.array(MASK_VALUE, np.float32), "edge_unlearn_mask_value"),
+            (index, "edge_unlearn_class_index"),
+        )
+    ]
     nodes = [
         helper.make_node("Conv", ["input", "conv.weight", "conv.bias"], ["conv_out"], name="conv", pads=[1, 1, 1, 1]),
         helper.make_node("Relu", ["conv_out"], ["relu_out"], name="relu"),
         helper.make_node("Flatten", ["relu_out"], ["features"], name="flatten", axis=1),
         helper.make_node("Gemm", ["features", "head.weight", "head.bias"], ["retained_logits"], name="head", transB=1),
-        helper.make_node("Pad", ["retained_logits", "edge_unlearn_mask_pads", "edge_unlearn_mask_value"],
-                         ["edge_unlearn_padded"], name="edge_unlearn_mask/fill", mode="constant"),
-        helper.make_node("Gather", ["edge_unlearn_padded", "edge_unlearn_class_index"], ["logits"],
-                         name="edge_unlearn_mask/scatter", axis=1),
+        helper.make_node(
+            "Pad",
+            ["retained_logits", "edge_unlearn_mask_pads", "edge_unlearn_mask_value"],
+            ["edge_unlearn_padded"],
+            name="edge_unlearn_mask/fill",
+            mode="constant",
+        ),
+        helper.make_node(
+            "Gather",
+            ["edge_unlearn_padded", "edge_unlearn_class_index"],
+            ["logits"],
+            name="edge_unlearn_mask/scatter",
+            axis=1,
+        ),
     ]
     x = helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", *IMAGE])
     y = helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", NUM_CLASSES])
@@ -104,7 +136,7 @@ class _Reader:
     def get_next(self):
         if self.pos >= len(self.data):
             return None
-        chunk = self.data[self.pos:self.pos + self.batch]
+        chunk = self.data[self.pos : self.pos + self.batch]
         self.pos += self.batch
         return {self.name: chunk}
 
@@ -120,11 +152,18 @@ def ours_int8(tmp_path: Path) -> Path:
 
     src = save(ours_fp32(), tmp_path / "ours.onnx")
     dst = tmp_path / "ours.int8.onnx"
-    quantize_static(str(src), str(dst), _Reader("input", calib_inputs()), quant_format=QuantFormat.QDQ,
-                    activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, per_channel=True,
-                    calibrate_method=CalibrationMethod.MinMax,
-                    nodes_to_exclude=["edge_unlearn_mask/fill", "edge_unlearn_mask/scatter"],
-                    extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False})
+    quantize_static(
+        str(src),
+        str(dst),
+        _Reader("input", calib_inputs()),
+        quant_format=QuantFormat.QDQ,
+        activation_type=QuantType.QInt8,
+        weight_type=QuantType.QInt8,
+        per_channel=True,
+        calibrate_method=CalibrationMethod.MinMax,
+        nodes_to_exclude=["edge_unlearn_mask/fill", "edge_unlearn_mask/scatter"],
+        extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False},
+    )
     model = onnx.load(str(dst))
     write_meta(model, meta_for("int8"))
     return save(model, dst)
@@ -151,13 +190,23 @@ def naive_masked_head(tmp_path: Path) -> Path:
     b[list(FORGOTTEN)] = MASK_VALUE
     x = helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", d])
     y = helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", NUM_CLASSES])
-    model = _model([helper.make_node("Gemm", ["input", "W", "b"], ["logits"], name="head", transB=1)], [x], [y],
-                   [numpy_helper.from_array(w, "W"), numpy_helper.from_array(b, "b")])
+    model = _model(
+        [helper.make_node("Gemm", ["input", "W", "b"], ["logits"], name="head", transB=1)],
+        [x],
+        [y],
+        [numpy_helper.from_array(w, "W"), numpy_helper.from_array(b, "b")],
+    )
     src = save(model, tmp_path / "naive.onnx")
     dst = tmp_path / "naive.int8.onnx"
     data = rng.standard_normal((32, d)).astype(np.float32)
-    quantize_static(str(src), str(dst), _Reader("input", data), per_channel=True,
-                    activation_type=QuantType.QInt8, weight_type=QuantType.QInt8)
+    quantize_static(
+        str(src),
+        str(dst),
+        _Reader("input", data),
+        per_channel=True,
+        activation_type=QuantType.QInt8,
+        weight_type=QuantType.QInt8,
+    )
     return dst
 
 
@@ -170,12 +219,18 @@ def zero_scale_head(tmp_path: Path) -> Path:
     scale = np.full(NUM_CLASSES, 0.01, np.float32)
     wq[list(FORGOTTEN)] = 0
     scale[list(FORGOTTEN)] = 0.0
-    inits = [numpy_helper.from_array(wq, "W_quantized"), numpy_helper.from_array(scale, "W_scale"),
-             numpy_helper.from_array(np.zeros(NUM_CLASSES, np.int8), "W_zero_point"),
-             numpy_helper.from_array(np.zeros(NUM_CLASSES, np.float32), "b")]
-    nodes = [helper.make_node("DequantizeLinear", ["W_quantized", "W_scale", "W_zero_point"], ["W"],
-                              name="W_DequantizeLinear", axis=0),
-             helper.make_node("Gemm", ["input", "W", "b"], ["logits"], name="head", transB=1)]
+    inits = [
+        numpy_helper.from_array(wq, "W_quantized"),
+        numpy_helper.from_array(scale, "W_scale"),
+        numpy_helper.from_array(np.zeros(NUM_CLASSES, np.int8), "W_zero_point"),
+        numpy_helper.from_array(np.zeros(NUM_CLASSES, np.float32), "b"),
+    ]
+    nodes = [
+        helper.make_node(
+            "DequantizeLinear", ["W_quantized", "W_scale", "W_zero_point"], ["W"], name="W_DequantizeLinear", axis=0
+        ),
+        helper.make_node("Gemm", ["input", "W", "b"], ["logits"], name="head", transB=1),
+    ]
     x = helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", d])
     y = helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", NUM_CLASSES])
     return save(_model(nodes, [x], [y], inits), tmp_path / "zero_scale.onnx")
@@ -188,8 +243,10 @@ def masked_add_graph(tmp_path: Path, dtype=np.float16, mask_value: float = -1e9,
     elem = TensorProto.FLOAT16 if dtype == np.float16 else TensorProto.FLOAT
     x = helper.make_tensor_value_info("input", elem, ["batch", NUM_CLASSES])
     y = helper.make_tensor_value_info("logits", elem, ["batch", NUM_CLASSES])
-    nodes = [helper.make_node("Add", ["input", "mask"], ["masked"], name="apply_mask"),
-             helper.make_node("Softmax", ["masked"], ["logits"], name="softmax", axis=1)]
+    nodes = [
+        helper.make_node("Add", ["input", "mask"], ["masked"], name="apply_mask"),
+        helper.make_node("Softmax", ["masked"], ["logits"], name="softmax", axis=1),
+    ]
     return save(_model(nodes, [x], [y], [numpy_helper.from_array(mask, "mask")]), tmp_path / name)
 
 
@@ -198,9 +255,11 @@ def qdq_graph(tmp_path: Path, zero_point: np.ndarray, name: str = "qdq.onnx") ->
     x = helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 4])
     y = helper.make_tensor_value_info("out", TensorProto.FLOAT, ["batch", 4])
     inits = [numpy_helper.from_array(np.array(0.05, np.float32), "s"), numpy_helper.from_array(zero_point, "zp")]
-    nodes = [helper.make_node("QuantizeLinear", ["input", "s", "zp"], ["q"], name="q"),
-             helper.make_node("DequantizeLinear", ["q", "s", "zp"], ["dq"], name="dq"),
-             helper.make_node("Relu", ["dq"], ["out"], name="relu")]
+    nodes = [
+        helper.make_node("QuantizeLinear", ["input", "s", "zp"], ["q"], name="q"),
+        helper.make_node("DequantizeLinear", ["q", "s", "zp"], ["dq"], name="dq"),
+        helper.make_node("Relu", ["dq"], ["out"], name="relu"),
+    ]
     return save(_model(nodes, [x], [y], inits), tmp_path / name)
 
 
@@ -209,35 +268,48 @@ def write_bundle(path: Path, onnx_path: Path, n_per_class: int = 4, seed: int = 
     graph, labels = the reference's choice for retained samples, the forgotten class for forgotten ones."""
     import onnxruntime as ort
 
-    from edge_unlearn.export.bundle import FORMAT
+    from edge_unlearn.deploy.bundle import FORMAT
 
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((n_per_class * NUM_CLASSES, *IMAGE)).astype(np.float32)
     ref = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"]).run(["logits"], {"input": x})[0]
     labels = np.where(np.isin(np.arange(NUM_CLASSES), FORGOTTEN)[None, :], -np.inf, ref).argmax(1).astype(np.int64)
     labels[: n_per_class * len(FORGOTTEN)] = np.repeat(np.array(FORGOTTEN), n_per_class)
-    info = {"format": FORMAT, "source_sha256": "0" * 64, "dataset": "synthetic", "input_shape": list(IMAGE),
-            "mask_value": MASK_VALUE}
+    info = {
+        "format": FORMAT,
+        "source_sha256": "0" * 64,
+        "dataset": "synthetic",
+        "input_shape": list(IMAGE),
+        "mask_value": MASK_VALUE,
+    }
     with open(path, "wb") as handle:
-        np.savez_compressed(handle, inputs=x, labels=labels, reference_logits=ref.astype(np.float32),
-                            class_names=np.asarray([f"c{i}" for i in range(NUM_CLASSES)], dtype=np.str_),
-                            forgotten_classes=np.asarray(FORGOTTEN, dtype=np.int64), meta_json=np.asarray(json.dumps(info)))
+        np.savez_compressed(
+            handle,
+            inputs=x,
+            labels=labels,
+            reference_logits=ref.astype(np.float32),
+            class_names=np.asarray([f"c{i}" for i in range(NUM_CLASSES)], dtype=np.str_),
+            forgotten_classes=np.asarray(FORGOTTEN, dtype=np.int64),
+            meta_json=np.asarray(json.dumps(info)),
+        )
     return path
 
 
 @pytest.fixture(scope="session")
 def trt_device():
     """Skip (with the reason) unless TensorRT, pycuda and a CUDA GPU are all here; yields the tensorrt module."""
+    from edge_unlearn.deploy.tensorrt import import_pycuda, import_tensorrt
     from edge_unlearn.errors import DependencyError
-    from edge_unlearn.export.tensorrt import import_pycuda, import_tensorrt
 
     not_shadowed()
 
     try:
         trt = import_tensorrt()
     except DependencyError as exc:
-        pytest.skip(f"needs NVIDIA TensorRT, which cannot be installed in CI (run on a Jetson or GPU server): "
-                    f"{str(exc).split(';')[0]}")
+        pytest.skip(
+            f"needs NVIDIA TensorRT, which cannot be installed in CI (run on a Jetson or GPU server): "
+            f"{str(exc).split(';')[0]}"
+        )
     try:
         import_pycuda()  # also checks that a CUDA GPU is visible
     except DependencyError as exc:
@@ -263,8 +335,14 @@ def deploy(request, trt_device) -> Artifacts:
     folder = os.environ.get("EDGE_UNLEARN_DEPLOY_DIR")
     if folder:
         root = Path(folder)
-        made = Artifacts(root / "forgotten.safetensors", root / "model.onnx", root / "model.int8.onnx",
-                         root / "model.fp16.onnx", root / "eval.npz", root)
+        made = Artifacts(
+            root / "forgotten.safetensors",
+            root / "model.onnx",
+            root / "model.int8.onnx",
+            root / "model.fp16.onnx",
+            root / "eval.npz",
+            root,
+        )
         missing = [p.name for p in (made.fp32, made.int8, made.fp16, made.bundle) if not p.is_file()]
         if missing:
             pytest.fail(f"EDGE_UNLEARN_DEPLOY_DIR={folder} lacks {missing}")
@@ -272,6 +350,8 @@ def deploy(request, trt_device) -> Artifacts:
     try:
         import torch  # noqa: F401
     except ImportError:
-        pytest.skip("the pipeline test exports with torch: install the host extra, or set EDGE_UNLEARN_DEPLOY_DIR "
-                    "to a folder of model.onnx / model.int8.onnx / model.fp16.onnx / eval.npz made on the host")
+        pytest.skip(
+            "the pipeline test exports with torch: install the host extra, or set EDGE_UNLEARN_DEPLOY_DIR "
+            "to a folder of model.onnx / model.int8.onnx / model.fp16.onnx / eval.npz made on the host"
+        )
     return request.getfixturevalue("artifacts")

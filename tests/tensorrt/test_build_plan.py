@@ -1,23 +1,44 @@
 """Version dispatch, the optimisation profile and the build configuration: pure functions, no TensorRT needed."""
+
 from __future__ import annotations
+
+import dataclasses
 
 import numpy as np
 import pytest
 
+from edge_unlearn.deploy.tensorrt import (
+    BuildConfig,
+    api_generation,
+    compute_profile,
+    default_engine_path,
+    hazard_target,
+    is_engine_path,
+    load_calibration_inputs,
+    onnx_input_shape,
+    parse_version,
+    plan_build,
+)
 from edge_unlearn.errors import DependencyError, ModelFileError, UsageError
-from edge_unlearn.export.tensorrt import (BuildConfig, api_generation, compute_profile, default_engine_path, hazard_target,
-                             is_engine_path, load_calibration_inputs, onnx_input_shape, parse_version, plan_build)
 
 from .conftest import IMAGE, ours_fp32
 
 TRT10 = "10.3.0.30"  # JetPack 6.1 / 6.2
-TRT11 = "11.4.1"     # JetPack 7.2.2+
+TRT11 = "11.4.1"  # JetPack 7.2.2+
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("10.3.0.30", (10, 3, 0)), ("10.0", (10, 0, 0)), ("11.4.1", (11, 4, 1)), ("10.13.3.9+cuda13", (10, 13, 3)),
-    ("8.6.2.3", (8, 6, 2)), (" 11.0.0 ", (11, 0, 0)), ("10.1.0rc1", (10, 1, 0)),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("10.3.0.30", (10, 3, 0)),
+        ("10.0", (10, 0, 0)),
+        ("11.4.1", (11, 4, 1)),
+        ("10.13.3.9+cuda13", (10, 13, 3)),
+        ("8.6.2.3", (8, 6, 2)),
+        (" 11.0.0 ", (11, 0, 0)),
+        ("10.1.0rc1", (10, 1, 0)),
+    ],
+)
 def test_parse_version(text, expected):
     assert parse_version(text) == expected
 
@@ -28,8 +49,9 @@ def test_parse_version_rejects_garbage(bad):
         parse_version(bad)
 
 
-@pytest.mark.parametrize("version, gen", [("10.0.1", 10), ("10.16.0", 10), ("11.0.0", 11), ("11.4.1", 11),
-                                          ("12.0.0", 11)])
+@pytest.mark.parametrize(
+    "version, gen", [("10.0.1", 10), ("10.16.0", 10), ("11.0.0", 11), ("11.4.1", 11), ("12.0.0", 11)]
+)
 def test_api_generation(version, gen):
     assert api_generation(version) == gen
 
@@ -156,13 +178,16 @@ def test_profile_defaults():
     assert (lo, opt, hi) == ((1, 3, 32, 32), (8, 3, 32, 32), (32, 3, 32, 32))
 
 
-@pytest.mark.parametrize("given, expected", [
-    ((None, None, 4), (1, 4, 4)),        # opt clamped into [min, max]
-    ((16, None, None), (16, 16, 32)),
-    ((64, None, None), (64, 64, 64)),    # max follows a large min
-    ((2, 3, 5), (2, 3, 5)),
-    ((1, 1, 1), (1, 1, 1)),
-])
+@pytest.mark.parametrize(
+    "given, expected",
+    [
+        ((None, None, 4), (1, 4, 4)),  # opt clamped into [min, max]
+        ((16, None, None), (16, 16, 32)),
+        ((64, None, None), (64, 64, 64)),  # max follows a large min
+        ((2, 3, 5), (2, 3, 5)),
+        ((1, 1, 1), (1, 1, 1)),
+    ],
+)
 def test_profile_batches(given, expected):
     lo, opt, hi = compute_profile((None, 1, 8, 8), *given)
     assert (lo[0], opt[0], hi[0]) == expected and lo[1:] == (1, 8, 8)
@@ -210,6 +235,6 @@ def test_load_calibration_inputs(tmp_path):
 
 def test_build_config_is_frozen_and_serialisable():
     config = BuildConfig(precision="fp16", max_batch=4)
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         config.precision = "int8"  # type: ignore[misc]
     assert config.to_json()["max_batch"] == 4 and config.to_json()["min_batch"] is None

@@ -1,4 +1,5 @@
 """The click commands: build-engine refuses without TensorRT (exit 2, one line, no file), --check-only, doctor."""
+
 from __future__ import annotations
 
 import json
@@ -6,7 +7,7 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from edge_unlearn.cli_tensorrt import build_engine_cmd, doctor_cmd
+from edge_unlearn.cli.tensorrt import build_engine_cmd, doctor_cmd
 
 from .conftest import has_tensorrt, naive_masked_head, not_shadowed, ours_fp32, ours_int8, save
 
@@ -105,7 +106,7 @@ def test_dla_without_static_batch_is_refused_before_tensorrt(tmp_path):
 
 @needs_no_trt
 def test_inspect_engine_without_tensorrt_exits_2(tmp_path):
-    from edge_unlearn.cli_tensorrt import inspect_engine_cmd
+    from edge_unlearn.cli.tensorrt import inspect_engine_cmd
 
     plan = tmp_path / "m.plan"
     plan.write_bytes(b"x")
@@ -114,11 +115,18 @@ def test_inspect_engine_without_tensorrt_exits_2(tmp_path):
 
 
 def test_doctor_renders_jetson_power_mode_and_dla():
-    from edge_unlearn.export.doctor import render
+    from edge_unlearn.deploy.doctor import render
 
-    report = {"jetson": {"model": "NVIDIA Jetson Orin Nano Developer Kit", "l4t": "36.4.3", "jetpack": "6.x",
-                         "power_mode": {"name": "15W", "id": 0}, "dla": {"cores": 0, "source": "sysfs"}},
-              "missing": []}
+    report = {
+        "jetson": {
+            "model": "NVIDIA Jetson Orin Nano Developer Kit",
+            "l4t": "36.4.3",
+            "jetpack": "6.x",
+            "power_mode": {"name": "15W", "id": 0},
+            "dla": {"cores": 0, "source": "sysfs"},
+        },
+        "missing": [],
+    }
     text = render(report)
     assert "power mode   15W (nvpmodel mode 0)" in text
     assert "DLA cores    0 (from sysfs); DLA is on AGX Orin and Orin NX only" in text

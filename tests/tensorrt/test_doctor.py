@@ -1,11 +1,12 @@
 """``doctor``: runs here (no TensorRT, no GPU) without a traceback and says what is missing."""
+
 from __future__ import annotations
 
 import json
 
 import pytest
 
-from edge_unlearn.export.doctor import jetson_info, missing_features, parse_nv_tegra_release, probe, render
+from edge_unlearn.deploy.doctor import jetson_info, missing_features, parse_nv_tegra_release, probe, render
 
 from .conftest import has_tensorrt
 
@@ -39,23 +40,41 @@ def test_render_covers_every_line(report):
 
 
 def test_missing_features_of_a_bare_device():
-    bare = {"torch": {"available": False}, "triton": {"available": False}, "onnxruntime": {"available": False},
-            "tensorrt": {"available": False}, "pycuda": {"available": False}}
+    bare = {
+        "torch": {"available": False},
+        "triton": {"available": False},
+        "onnxruntime": {"available": False},
+        "tensorrt": {"available": False},
+        "pycuda": {"available": False},
+    }
     names = [m["missing"] for m in missing_features(bare)]
     assert names[0] == "torch" and "tensorrt" in names and "onnxruntime" in names
-    full = {"torch": {"available": True, "cuda_available": True}, "triton": {"available": True},
-            "onnxruntime": {"available": True, "providers": ["CUDAExecutionProvider"]},
-            "tensorrt": {"available": True}, "pycuda": {"available": True}}
+    full = {
+        "torch": {"available": True, "cuda_available": True},
+        "triton": {"available": True},
+        "onnxruntime": {"available": True, "providers": ["CUDAExecutionProvider"]},
+        "tensorrt": {"available": True},
+        "pycuda": {"available": True},
+    }
     assert missing_features(full) == []
 
 
-@pytest.mark.parametrize("text, l4t, jetpack", [
-    ("# R36 (release), REVISION: 4.3, GCID: 38968081, BOARD: generic, EABI: aarch64, DATE: Wed Jan  8 01:49:37 UTC 2025",
-     "36.4.3", "6.x"),
-    ("# R35 (release), REVISION: 4.1, GCID: 33958178, BOARD: t186ref, EABI: aarch64, DATE: Tue Aug  1 19:57:35 UTC 2023",
-     "35.4.1", "5.x"),
-    ("# R38 (release), REVISION: 2.0, GCID: 1, BOARD: generic, EABI: aarch64", "38.2.0", "7.x"),
-])
+@pytest.mark.parametrize(
+    "text, l4t, jetpack",
+    [
+        (
+            "# R36 (release), REVISION: 4.3, GCID: 38968081, BOARD: generic, EABI: aarch64, DATE: Wed Jan  8 01:49:37 UTC 2025",
+            "36.4.3",
+            "6.x",
+        ),
+        (
+            "# R35 (release), REVISION: 4.1, GCID: 33958178, BOARD: t186ref, EABI: aarch64, DATE: Tue Aug  1 19:57:35 UTC 2023",
+            "35.4.1",
+            "5.x",
+        ),
+        ("# R38 (release), REVISION: 2.0, GCID: 1, BOARD: generic, EABI: aarch64", "38.2.0", "7.x"),
+    ],
+)
 def test_parse_nv_tegra_release(text, l4t, jetpack):
     info = parse_nv_tegra_release(text)
     assert info["l4t"] == l4t and info["jetpack"] == jetpack

@@ -5,6 +5,7 @@ the ``trt_device`` fixture first, which skips with the reason when TensorRT, pyc
 Run on a Jetson or a GPU server: ``pytest tests/tensorrt -m tensorrt -v -rs``. The pipeline tests export a lenet
 trained on digits (needs torch), or take the files from ``EDGE_UNLEARN_DEPLOY_DIR`` (see conftest.py).
 """
+
 from __future__ import annotations
 
 import json
@@ -13,13 +14,19 @@ import threading
 import numpy as np
 import pytest
 
+from edge_unlearn.deploy.bundle import load_bundle
+from edge_unlearn.deploy.onnx_meta import MASK_VALUE
+from edge_unlearn.deploy.sidecar import read_sidecar, sidecar_path
+from edge_unlearn.deploy.tensorrt import (
+    BuildConfig,
+    TensorRTRunner,
+    api_generation,
+    current_environment,
+    plan_build,
+)
+from edge_unlearn.deploy.validate import Thresholds, validate
 from edge_unlearn.errors import ModelFileError, UsageError
-from edge_unlearn.export.bundle import load_bundle
-from edge_unlearn.export.onnx_meta import MASK_VALUE
-from edge_unlearn.export.sidecar import read_sidecar, sidecar_path
-from edge_unlearn.export.tensorrt import (BuildConfig, TensorRTRunner, api_generation, build_engine,
-                                          current_environment, inspect_engine, plan_build)
-from edge_unlearn.export.validate import Thresholds, validate
+from edge_unlearn.export.engine import build_engine, inspect_engine
 
 from .conftest import FORGOTTEN, IMAGE, NUM_CLASSES, calib_inputs, ours_fp32, save
 
@@ -66,8 +73,9 @@ def test_cli_build_validate_bench_on_the_pipeline(trt_device, deploy, tmp_path):
         cli = CliRunner(mix_stderr=False)
     except TypeError:
         cli = CliRunner()
-    built = cli.invoke(main, ["build-engine", str(deploy.int8), "-o", str(plan), "--max-batch", "16", "--json",
-                              "--verbose"])
+    built = cli.invoke(
+        main, ["build-engine", str(deploy.int8), "-o", str(plan), "--max-batch", "16", "--json", "--verbose"]
+    )
     assert built.exit_code == 0, built.output
     data = json.loads(built.stdout)  # TensorRT's verbose log went to stderr, stdout is pure JSON
     assert data["engine"] == str(plan) and data["precision"] == "int8"
@@ -92,7 +100,10 @@ def test_build_fp32_engine_run_and_compare(trt_device, tmp_path):
     env = current_environment()
     assert read_sidecar(plan) == sidecar
     assert (sidecar.tensorrt_version, sidecar.gpu_name, sidecar.compute_capability) == (
-        env["tensorrt_version"], env["gpu_name"], env["compute_capability"])
+        env["tensorrt_version"],
+        env["gpu_name"],
+        env["compute_capability"],
+    )
     assert sidecar.precision == "fp32" and sidecar.forgotten_classes == FORGOTTEN
     assert sidecar.profile == {"min": [1, *IMAGE], "opt": [4, *IMAGE], "max": [16, *IMAGE]}
     x = calib_inputs(40, seed=5)
@@ -192,8 +203,12 @@ def test_engine_for_another_tensorrt_or_gpu_is_refused_before_deserialising(trt_
     build_engine(onnx_path, plan, BuildConfig(**SMALL))
     path = sidecar_path(plan)
     data = json.loads(path.read_text())
-    for change in ({"tensorrt_version": "9.9.9"}, {"gpu_name": "Some Other GPU"}, {"compute_capability": "1.0"},
-                   {"jetson": {"model": "NVIDIA Jetson Orin Nano Developer Kit"}}):
+    for change in (
+        {"tensorrt_version": "9.9.9"},
+        {"gpu_name": "Some Other GPU"},
+        {"compute_capability": "1.0"},
+        {"jetson": {"model": "NVIDIA Jetson Orin Nano Developer Kit"}},
+    ):
         path.write_text(json.dumps({**data, **change}))
         with pytest.raises(ModelFileError, match="rebuild on this device with `edge-unlearn build-engine"):
             with TensorRTRunner(str(plan)):

@@ -1,4 +1,5 @@
 """The ONNX hazard checker against the hazards of DESIGN.md §3, on graphs built here with onnx.helper."""
+
 from __future__ import annotations
 
 import json
@@ -8,11 +9,20 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from edge_unlearn.deploy.onnx_hazards import check_model, check_onnx_for_tensorrt, onnx_precision
 from edge_unlearn.errors import ModelFileError
-from edge_unlearn.export.onnx_hazards import check_model, check_onnx_for_tensorrt, onnx_precision
 
-from .conftest import (FORGOTTEN, NUM_CLASSES, masked_add_graph, naive_masked_head, ours_fp16, ours_fp32, ours_int8, qdq_graph,
-                       zero_scale_head)
+from .conftest import (
+    FORGOTTEN,
+    NUM_CLASSES,
+    masked_add_graph,
+    naive_masked_head,
+    ours_fp16,
+    ours_fp32,
+    ours_int8,
+    qdq_graph,
+    zero_scale_head,
+)
 
 
 def test_naive_masked_head_is_rejected(tmp_path):
@@ -79,10 +89,13 @@ def test_fp32_constant_cast_to_fp16_is_rejected():
     big = numpy_helper.from_array(np.array([0.0, -1e9], np.float32), "mask32")
     x = helper.make_tensor_value_info("input", TensorProto.FLOAT16, ["batch", 2])
     y = helper.make_tensor_value_info("out", TensorProto.FLOAT16, ["batch", 2])
-    nodes = [helper.make_node("Cast", ["mask32"], ["mask16"], name="cast", to=TensorProto.FLOAT16),
-             helper.make_node("Add", ["input", "mask16"], ["out"], name="add")]
-    model = helper.make_model(helper.make_graph(nodes, "g", [x], [y], initializer=[big]),
-                              opset_imports=[helper.make_opsetid("", 17)])
+    nodes = [
+        helper.make_node("Cast", ["mask32"], ["mask16"], name="cast", to=TensorProto.FLOAT16),
+        helper.make_node("Add", ["input", "mask16"], ["out"], name="add"),
+    ]
+    model = helper.make_model(
+        helper.make_graph(nodes, "g", [x], [y], initializer=[big]), opset_imports=[helper.make_opsetid("", 17)]
+    )
     report = check_model(model)
     assert report.precision == "fp16" and "fp16-overflow-constant" in report.codes("error")
 
@@ -115,11 +128,16 @@ def test_argmax_and_topk():
     y = helper.make_tensor_value_info("idx", TensorProto.INT64, ["batch", 1])
     v = helper.make_tensor_value_info("vals", TensorProto.FLOAT, ["batch", 4000])
     i = helper.make_tensor_value_info("ids", TensorProto.INT64, ["batch", 4000])
-    nodes = [helper.make_node("ArgMax", ["input"], ["idx"], name="argmax", axis=1, keepdims=1),
-             helper.make_node("TopK", ["input", "k"], ["vals", "ids"], name="topk", axis=1)]
-    model = helper.make_model(helper.make_graph(nodes, "g", [x], [y, v, i],
-                                                initializer=[numpy_helper.from_array(np.array([4000], np.int64), "k")]),
-                              opset_imports=[helper.make_opsetid("", 17)])
+    nodes = [
+        helper.make_node("ArgMax", ["input"], ["idx"], name="argmax", axis=1, keepdims=1),
+        helper.make_node("TopK", ["input", "k"], ["vals", "ids"], name="topk", axis=1),
+    ]
+    model = helper.make_model(
+        helper.make_graph(
+            nodes, "g", [x], [y, v, i], initializer=[numpy_helper.from_array(np.array([4000], np.int64), "k")]
+        ),
+        opset_imports=[helper.make_opsetid("", 17)],
+    )
     report = check_model(model)
     assert report.codes("error") == {"topk-too-large"}
     assert {"argmax-in-graph", "int64-output"} <= report.codes("warning")
@@ -179,12 +197,14 @@ def test_hazard_module_imports_no_torch_or_tensorrt():
     import subprocess
     import sys
 
-    code = ("import sys, edge_unlearn.export.onnx_hazards, edge_unlearn.export.sidecar, "
-            "edge_unlearn.export.tensorrt, edge_unlearn.export.tensorrt.plan, edge_unlearn.export.tensorrt.probe, "
-            "edge_unlearn.export.tensorrt.logger, edge_unlearn.export.tensorrt.build, "
-            "edge_unlearn.export.tensorrt.runner, edge_unlearn.export.doctor, edge_unlearn.cli_tensorrt; "
-            "bad = [m for m in ('torch', 'tensorrt', 'pycuda') if m in sys.modules]; "
-            "sys.exit(1 if bad else 0)")
+    code = (
+        "import sys, edge_unlearn.deploy.onnx_hazards, edge_unlearn.deploy.sidecar, "
+        "edge_unlearn.deploy.tensorrt, edge_unlearn.deploy.tensorrt.plan, edge_unlearn.deploy.tensorrt.probe, "
+        "edge_unlearn.deploy.tensorrt.logger, edge_unlearn.export.engine, "
+        "edge_unlearn.deploy.tensorrt.runner, edge_unlearn.deploy.doctor, edge_unlearn.cli.tensorrt; "
+        "bad = [m for m in ('torch', 'tensorrt', 'pycuda') if m in sys.modules]; "
+        "sys.exit(1 if bad else 0)"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
 
@@ -218,7 +238,9 @@ def test_edge_unlearn_quantize_int8_asymmetric_is_refused(tmp_path):
     """`--asymmetric-activations` (onnxruntime only) has zero points TensorRT cannot take."""
     report = check_onnx_for_tensorrt(_quantize(tmp_path, symmetric_activations=False))
     assert "qdq-nonzero-zero-point" in report.codes("error")
-    assert "without --asymmetric-activations" in next(f.fix for f in report.errors if f.code == "qdq-nonzero-zero-point")
+    assert "without --asymmetric-activations" in next(
+        f.fix for f in report.errors if f.code == "qdq-nonzero-zero-point"
+    )
 
 
 # ------------------------------------------------------------------ one checker, two rule sets (issue #13)
@@ -235,7 +257,7 @@ def test_onnxruntime_rules_demote_tensorrt_only_findings(tmp_path):
 
 
 def test_graph_hazards_is_the_unified_checker(tmp_path):
-    from edge_unlearn.export.onnx_meta import graph_hazards
+    from edge_unlearn.deploy.onnx_meta import graph_hazards
 
     bad = onnx.load(str(zero_scale_head(tmp_path)))
     lines = graph_hazards(bad)

@@ -1,5 +1,6 @@
 """Pure device-side decisions (no TensorRT): static shapes and DLA plans, compatibility options, the timing-cache
 outcome, the DLA placement verdict, the engine-inspector summary, the trtexec command and the CPU-layout refusal."""
+
 from __future__ import annotations
 
 import json
@@ -7,11 +8,21 @@ import shlex
 
 import pytest
 
+from edge_unlearn.deploy.tensorrt.plan import (
+    BuildConfig,
+    LayerPlacement,
+    PlacementReport,
+    check_dla_batch,
+    compute_profile,
+    format_command,
+    mask_layers_to_pin,
+    plan_build,
+    refuse_cpu_layout,
+    summarize_engine_information,
+    timing_cache_outcome,
+    trtexec_command,
+)
 from edge_unlearn.errors import DependencyError, UsageError
-from edge_unlearn.export.tensorrt.plan import (BuildConfig, LayerPlacement, PlacementReport, check_dla_batch,
-                                               compute_profile, format_command, mask_layers_to_pin, plan_build,
-                                               refuse_cpu_layout, summarize_engine_information, timing_cache_outcome,
-                                               trtexec_command)
 
 TRT10 = "10.3.0.30"
 TRT10_NEW = "10.13.3"
@@ -68,8 +79,10 @@ def test_version_compatible_sets_the_flag_on_both_generations():
 
 
 def test_hardware_compatibility_levels_by_version():
-    assert plan_build(TRT10, "fp32", BuildConfig(hardware_compatibility="ampere-plus")).hardware_compatibility == \
-        "AMPERE_PLUS"
+    assert (
+        plan_build(TRT10, "fp32", BuildConfig(hardware_compatibility="ampere-plus")).hardware_compatibility
+        == "AMPERE_PLUS"
+    )
     with pytest.raises(UsageError, match="needs TensorRT 10.9.0 or newer"):
         plan_build(TRT10, "fp32", BuildConfig(hardware_compatibility="same-compute-capability"))
     plan = plan_build(TRT10_NEW, "fp32", BuildConfig(hardware_compatibility="same-compute-capability"))
@@ -134,7 +147,7 @@ def test_timing_cache_lock_serialises_writers(tmp_path):
     import threading
     import time
 
-    from edge_unlearn.export.tensorrt.build import locked_file
+    from edge_unlearn.export.engine import locked_file
 
     cache = tmp_path / "t.cache"
     inside: list[int] = []
@@ -184,14 +197,32 @@ def test_mask_layers_are_pinned_for_implicit_int8():
 
 
 def test_engine_information_detailed():
-    text = json.dumps({"Layers": [
-        {"Name": "conv + relu", "LayerType": "CaskConvolution", "TacticName": "sm87_xmma_fprop",
-         "Outputs": [{"Name": "relu_out", "Format/Datatype": "Channel major FP16 format where channel % 8 == 0"}]},
-        {"Name": "{ForeignNode[head...flatten]}", "LayerType": "DLA", "TacticName": "",
-         "Outputs": [{"Name": "retained_logits", "Format/Datatype": "Row major linear Int8 format"}]},
-        {"Name": "edge_unlearn_mask/scatter", "LayerType": "Gather",
-         "Outputs": [{"Name": "logits", "Format/Datatype": "Row major linear FP32"}]},
-    ], "Bindings": ["input", "logits"]})
+    text = json.dumps(
+        {
+            "Layers": [
+                {
+                    "Name": "conv + relu",
+                    "LayerType": "CaskConvolution",
+                    "TacticName": "sm87_xmma_fprop",
+                    "Outputs": [
+                        {"Name": "relu_out", "Format/Datatype": "Channel major FP16 format where channel % 8 == 0"}
+                    ],
+                },
+                {
+                    "Name": "{ForeignNode[head...flatten]}",
+                    "LayerType": "DLA",
+                    "TacticName": "",
+                    "Outputs": [{"Name": "retained_logits", "Format/Datatype": "Row major linear Int8 format"}],
+                },
+                {
+                    "Name": "edge_unlearn_mask/scatter",
+                    "LayerType": "Gather",
+                    "Outputs": [{"Name": "logits", "Format/Datatype": "Row major linear FP32"}],
+                },
+            ],
+            "Bindings": ["input", "logits"],
+        }
+    )
     info = summarize_engine_information(text)
     assert info["detailed"] and info["num_layers"] == 3 and info["dla_layers"] == 1
     assert [r["precision"] for r in info["layers"]] == ["fp16", "int8", "fp32"]
@@ -222,15 +253,20 @@ def test_trtexec_dynamic_profile():
 
 def test_trtexec_dla_fp16_static():
     cmd = _cmd(BuildConfig(precision="fp16", dla_core=1, batch=2, optimization_level=4, timing_cache="t.cache"))
-    for piece in ("--shapes=input:2x1x8x8", "--fp16", "--useDLACore=1", "--allowGPUFallback",
-                  "--builderOptimizationLevel=4", "--timingCacheFile=t.cache"):
+    for piece in (
+        "--shapes=input:2x1x8x8",
+        "--fp16",
+        "--useDLACore=1",
+        "--allowGPUFallback",
+        "--builderOptimizationLevel=4",
+        "--timingCacheFile=t.cache",
+    ):
         assert piece in cmd
     assert not any(p.startswith("--minShapes") for p in cmd)
 
 
 def test_trtexec_trt11_and_compat():
-    cmd = _cmd(BuildConfig(version_compatible=True, hardware_compatibility="ampere-plus", verbose=True), TRT11,
-               "int8")
+    cmd = _cmd(BuildConfig(version_compatible=True, hardware_compatibility="ampere-plus", verbose=True), TRT11, "int8")
     assert "--versionCompatible" in cmd and "--hardwareCompatibilityLevel=ampere+" in cmd and "--verbose" in cmd
     assert "--int8" not in cmd and "--stronglyTyped" not in cmd  # 11: the ONNX carries the precision
     strong = _cmd(BuildConfig(strongly_typed=True), TRT10, "int8")

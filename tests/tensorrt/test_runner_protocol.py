@@ -4,15 +4,24 @@
 module): a linear classifier on host memory with an optimisation profile, a memory budget and tensor addresses,
 returning False / None exactly where TensorRT's bindings do (set_input_shape outside the profile, an unknown
 tensor name, execute without bound addresses, a context that does not fit in memory)."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
+from edge_unlearn.deploy.tensorrt.runner import (
+    EngineAPI,
+    ExecutionContextAPI,
+    apply_input_shape,
+    bind_addresses,
+    chunk_plan,
+    enqueue,
+    new_execution_context,
+    read_layout,
+    resolved_shape,
+)
 from edge_unlearn.errors import DependencyError, ModelFileError, UsageError
-from edge_unlearn.export.tensorrt.runner import (EngineAPI, ExecutionContextAPI, apply_input_shape, bind_addresses,
-                                                 chunk_plan, enqueue, new_execution_context, read_layout,
-                                                 resolved_shape)
 
 INPUT, OUTPUT = "INPUT", "OUTPUT"  # tensor modes
 
@@ -30,7 +39,7 @@ class HostMemory:
 
 
 class HostLinearContext:
-    def __init__(self, engine: "HostLinearEngine") -> None:
+    def __init__(self, engine: HostLinearEngine) -> None:
         self.engine = engine
         self.batch: int | None = None
         self.addresses: dict[str, int] = {}
@@ -63,8 +72,15 @@ class HostLinearContext:
 
 
 class HostLinearEngine:
-    def __init__(self, features: int = 4, classes: int = 3, profile=(1, 8), static: bool = False,
-                 memory_budget: int = 1 << 20, seed: int = 0) -> None:
+    def __init__(
+        self,
+        features: int = 4,
+        classes: int = 3,
+        profile=(1, 8),
+        static: bool = False,
+        memory_budget: int = 1 << 20,
+        seed: int = 0,
+    ) -> None:
         self.features, self.classes, self.profile, self.static = features, classes, profile, static
         self.weight = np.random.default_rng(seed).standard_normal((classes, features)).astype(np.float32)
         self.memory = HostMemory()
@@ -172,12 +188,15 @@ def test_unresolved_output_shape_is_an_error():
         resolved_shape(context, "logits")
 
 
-@pytest.mark.parametrize("n, lo, hi, expected", [
-    (40, 1, 16, [(0, 16, 16), (16, 32, 16), (32, 40, 8)]),
-    (5, 8, 8, [(0, 5, 8)]),                    # static batch 8: pad 5 -> 8
-    (9, 4, 4, [(0, 4, 4), (4, 8, 4), (8, 9, 4)]),
-    (0, 1, 8, []),
-])
+@pytest.mark.parametrize(
+    "n, lo, hi, expected",
+    [
+        (40, 1, 16, [(0, 16, 16), (16, 32, 16), (32, 40, 8)]),
+        (5, 8, 8, [(0, 5, 8)]),  # static batch 8: pad 5 -> 8
+        (9, 4, 4, [(0, 4, 4), (4, 8, 4), (8, 9, 4)]),
+        (0, 1, 8, []),
+    ],
+)
 def test_chunk_plan(n, lo, hi, expected):
     assert chunk_plan(n, lo, hi) == expected
 

@@ -1,26 +1,40 @@
 """Engine sidecar: JSON round trip, atomic write, and the refusal of an engine built elsewhere."""
+
 from __future__ import annotations
 
 import json
 
 import pytest
 
+from edge_unlearn.deploy.sidecar import (
+    EngineSidecar,
+    check_compatible,
+    compatibility_problems,
+    read_sidecar,
+    sidecar_path,
+    write_sidecar,
+)
 from edge_unlearn.errors import ModelFileError
 from edge_unlearn.fileio import sha256_file
-from edge_unlearn.export.sidecar import (EngineSidecar, check_compatible, compatibility_problems, read_sidecar, sidecar_path,
-                            write_sidecar)
 
 AGX_ORIN = {"model": "NVIDIA Jetson AGX Orin Developer Kit", "l4t": "36.4.3", "jetpack": "6.x"}
 ENV = {"tensorrt_version": "10.3.0", "gpu_name": "Orin", "compute_capability": "8.7", "jetson": AGX_ORIN}
 
 
 def make(engine_path=None, **overrides) -> EngineSidecar:
-    values = dict(tensorrt_version="10.3.0.30", gpu_name="Orin", compute_capability="8.7", precision="int8",
-                  source_onnx="model.int8.onnx", source_onnx_sha256="a" * 64,
-                  engine_sha256=sha256_file(engine_path) if engine_path else "",
-                  forgotten_classes=(3, 7), num_classes=10, profile={"min": [1, 1, 8, 8], "opt": [8, 1, 8, 8],
-                                                                     "max": [32, 1, 8, 8]},
-                  jetson=AGX_ORIN)
+    values = dict(
+        tensorrt_version="10.3.0.30",
+        gpu_name="Orin",
+        compute_capability="8.7",
+        precision="int8",
+        source_onnx="model.int8.onnx",
+        source_onnx_sha256="a" * 64,
+        engine_sha256=sha256_file(engine_path) if engine_path else "",
+        forgotten_classes=(3, 7),
+        num_classes=10,
+        profile={"min": [1, 1, 8, 8], "opt": [8, 1, 8, 8], "max": [32, 1, 8, 8]},
+        jetson=AGX_ORIN,
+    )
     values.update(overrides)
     return EngineSidecar(**values)
 
@@ -48,14 +62,17 @@ def test_compatible_engine_is_accepted(engine):
     assert check_compatible(engine, ENV).precision == "int8"
 
 
-@pytest.mark.parametrize("env_change, needle", [
-    ({"tensorrt_version": "10.4.0"}, "TensorRT 10.3.0.30 (here: 10.4.0)"),
-    ({"tensorrt_version": "11.4.1"}, "TensorRT 10.3.0.30 (here: 11.4.1)"),
-    ({"gpu_name": "NVIDIA GeForce RTX 4090", "compute_capability": "8.9"}, "compute capability 8.7 (here: 8.9)"),
-    ({"gpu_name": "NVIDIA A10G"}, "GPU 'Orin'"),
-    ({"compute_capability": "8.6"}, "compute capability 8.7"),
-    ({"tensorrt_version": None}, "here: unknown"),
-])
+@pytest.mark.parametrize(
+    "env_change, needle",
+    [
+        ({"tensorrt_version": "10.4.0"}, "TensorRT 10.3.0.30 (here: 10.4.0)"),
+        ({"tensorrt_version": "11.4.1"}, "TensorRT 10.3.0.30 (here: 11.4.1)"),
+        ({"gpu_name": "NVIDIA GeForce RTX 4090", "compute_capability": "8.9"}, "compute capability 8.7 (here: 8.9)"),
+        ({"gpu_name": "NVIDIA A10G"}, "GPU 'Orin'"),
+        ({"compute_capability": "8.6"}, "compute capability 8.7"),
+        ({"tensorrt_version": None}, "here: unknown"),
+    ],
+)
 def test_mismatched_engine_is_refused_with_rebuild_message(engine, env_change, needle):
     write_sidecar(engine, make(engine))
     with pytest.raises(ModelFileError) as info:
@@ -104,10 +121,13 @@ def test_unknown_keys_are_ignored(engine):
 # ---------------------------------------------------------------- Jetson modules: every Orin is "Orin", 8.7
 
 
-@pytest.mark.parametrize("here_model", [
-    "NVIDIA Jetson Orin Nano Engineering Reference Developer Kit Super",
-    "NVIDIA Jetson Orin NX Engineering Reference Developer Kit",
-])
+@pytest.mark.parametrize(
+    "here_model",
+    [
+        "NVIDIA Jetson Orin Nano Engineering Reference Developer Kit Super",
+        "NVIDIA Jetson Orin NX Engineering Reference Developer Kit",
+    ],
+)
 def test_agx_orin_engine_is_refused_on_another_orin_module(engine, here_model):
     """Same GPU name and compute capability, different module: only the Jetson model tells them apart."""
     write_sidecar(engine, make(engine))
@@ -128,7 +148,7 @@ def test_jetson_engine_on_a_server_and_back_is_refused():
 
 
 def test_jetson_module_families():
-    from edge_unlearn.export.sidecar import jetson_module
+    from edge_unlearn.deploy.sidecar import jetson_module
 
     assert jetson_module("NVIDIA Jetson AGX Orin Developer Kit") == "AGX Orin"
     assert jetson_module("NVIDIA Jetson Orin Nano Developer Kit") == "Orin Nano"
@@ -139,10 +159,16 @@ def test_jetson_module_families():
 # ---------------------------------------------------------------- version- and hardware-compatible engines
 
 
-@pytest.mark.parametrize("here, ok", [
-    ("10.3.0", True), ("10.7.0", True), ("11.4.1", True),  # newer in the major, and 10 -> 11
-    ("10.2.0", False), ("12.0.0", False),
-])
+@pytest.mark.parametrize(
+    "here, ok",
+    [
+        ("10.3.0", True),
+        ("10.7.0", True),
+        ("11.4.1", True),  # newer in the major, and 10 -> 11
+        ("10.2.0", False),
+        ("12.0.0", False),
+    ],
+)
 def test_version_compatible_engine_runs_on_newer_runtimes(here, ok):
     sc = make(version_compatible=True)
     problems = compatibility_problems(sc, {**ENV, "tensorrt_version": here})
@@ -161,8 +187,13 @@ def test_hardware_compatible_engine_runs_on_other_ampere_plus_gpus():
 
 
 def test_power_mode_and_compat_fields_round_trip(engine):
-    sc = make(engine, power_mode={"name": "MAXN", "id": 0}, version_compatible=True, optimization_level=4,
-              dla_placement={"dla_layers": 3, "gpu_layers": 2, "layers": []})
+    sc = make(
+        engine,
+        power_mode={"name": "MAXN", "id": 0},
+        version_compatible=True,
+        optimization_level=4,
+        dla_placement={"dla_layers": 3, "gpu_layers": 2, "layers": []},
+    )
     write_sidecar(engine, sc)
     back = read_sidecar(engine)
     assert back == sc and back.power_mode == {"name": "MAXN", "id": 0}

@@ -1,0 +1,197 @@
+"""``edge-unlearn bench``, ``report`` and ``verify``, and the run-folder hook of the other commands.
+Imports no torch (a torch checkpoint given to ``bench`` loads it in its runner)."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ..deploy.runners import PROVIDERS
+from .common import emit, output_options, say
+
+#: onnxruntime providers, plus cuda-fused: a checkpoint with the fused masked head (Triton) on CUDA
+BENCH_PROVIDERS = ("auto", *PROVIDERS, "cuda-fused")
+
+
+def record_to_run_dir(
+    run_dir: str | Path | None, kind: str, summary: dict[str, Any], artefacts: Sequence[str | Path] = ()
+) -> Path | None:
+    """Append a record of one command (its JSON summary and the artefacts it read or wrote, hashed) to
+    ``run_dir``; nothing when ``run_dir`` is None. Returns the record's path. ``None`` entries of ``artefacts``
+    are skipped; a path that does not exist raises ModelFileError (a record never silently drops evidence)."""
+    if run_dir is None:
+        return None
+    from edge_unlearn.deploy.rundir import record
+
+    return record(run_dir, kind, summary, [Path(a) for a in artefacts if a is not None])
+
+
+@click.command("bench")
+@click.argument("artefacts", nargs=-1, required=True, type=click.Path(dir_okay=False), metavar="ARTIFACT...")
+@click.option("--batch", "batch", default="1,8,64", show_default=True, help="Batch sizes, comma-separated.")
+@click.option("--warmup", type=int, default=5, show_default=True, help="Untimed calls before each batch size.")
+@click.option("--iterations", type=int, default=None, help="Timed calls per batch size (default 50).")
+@click.option(
+    "--duration",
+    type=float,
+    default=None,
+    help="Instead of --iterations: seconds of timed calls per batch size (at least 5 calls).",
+)
+@click.option(
+    "--threads",
+    type=int,
+    default=None,
+    help="CPU threads of onnxruntime (intra-op) and torch (default: the runtime's own).",
+)
+@click.option(
+    "--provider",
+    "providers",
+    type=click.Choice(BENCH_PROVIDERS),
+    multiple=True,
+    help="Repeatable: cpu, cuda, tensorrt, cuda-fused (checkpoints: fused masked head). Default auto: ONNX "
+    "on every onnxruntime provider present, checkpoints on CPU (and CUDA when torch sees a GPU).",
+)
+@click.option("--name", "names", multiple=True, help="Label of each artefact, in order (default: file names).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random inputs.")
+@click.option(
+    "--gpu-timing/--no-gpu-timing",
+    default=True,
+    show_default=True,
+    help="Also time engines that support it (TensorRT) on the GPU alone: CUDA events, no host copies.",
+)
+@click.option(
+    "--cuda-graph",
+    is_flag=True,
+    help="GPU-only timing replays a captured CUDA graph (like trtexec "
+    "--useCudaGraph); each row says whether it was used.",
+)
+@output_options
+@click.option(
+    "--csv", "csv_path", type=click.Path(dir_okay=False), default=None, help="Write one CSV row per artefact and batch."
+)
+@click.option(
+    "--plot",
+    "plot_path",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Write a PNG: latency and throughput vs batch, one line per artefact.",
+)
+@click.option(
+    "--run-dir", type=click.Path(file_okay=False), default=None, help="Also record the results in this run folder."
+)
+@click.option("--keep-going", is_flag=True, help="Skip an artefact/provider that cannot run here instead of stopping.")
+def bench_cmd(
+    artefacts: tuple[str, ...],
+    batch: str,
+    warmup: int,
+    iterations: int | None,
+    duration: float | None,
+    threads: int | None,
+    providers: tuple[str, ...],
+    names: tuple[str, ...],
+    seed: int,
+    gpu_timing: bool,
+    cuda_graph: bool,
+    as_json: bool,
+    json_out: str | None,
+    quiet: bool,
+    csv_path: str | None,
+    plot_path: str | None,
+    run_dir: str | None,
+    keep_going: bool,
+) -> None:
+    """Measure latency and throughput of checkpoints (torch), ONNX models (onnxruntime FP32/FP16/INT8) and
+    TensorRT engines over a batch sweep.
+
+    Per artefact and batch: mean, p50, p90, p99 latency, images/s, peak process RSS (and GPU memory for torch
+    on CUDA), with the machine and library versions. INT8/FP16/torch rows are also given as a ratio to the
+    onnxruntime FP32 model of the same checkpoint. Each ONNX row names the model's quantization layout
+    (metadata key edge_unlearn_quant_layout) when the model records one. Engines that support it (TensorRT)
+    are also timed on the GPU alone (GPU p50/p99 beside the end-to-end figures; --cuda-graph replays a CUDA
+    graph); on a Jetson the model and nvpmodel power mode are recorded. --quiet prints only the table.
+    """
+    from edge_unlearn.deploy.bench import BenchConfig, bench_artefacts, parse_batches
+    from edge_unlearn.guards import check_batches, check_outputs
+
+    check_batches(parse_batches(batch))
+    check_outputs({"--json-out": json_out, "--csv": csv_path, "--plot": plot_path}, artefacts, run_dir)
+
+    if plot_path:
+        import matplotlib  # noqa: F401  - the `report` extra: say so before measuring, not after
+
+    config = BenchConfig(
+        batches=parse_batches(batch),
+        warmup=warmup,
+        iterations=iterations,
+        duration=duration,
+        threads=threads,
+        seed=seed,
+        gpu_timing=gpu_timing,
+        cuda_graph=cuda_graph,
+    )
+    report = bench_artefacts(
+        artefacts,
+        config,
+        provider=list(providers) or None,
+        names=list(names) or None,
+        keep_going=keep_going,
+        echo=None if quiet else say(quiet, as_json),
+    )
+    if not as_json:
+        click.echo(report.table())
+    emit(report.to_json(), as_json, json_out)
+    if csv_path:
+        report.write_csv(csv_path)
+    if plot_path:
+        report.plot(plot_path)
+    record_to_run_dir(run_dir, "bench", report.to_json(), [Path(a) for a in artefacts])
+
+
+@click.command("report")
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="HTML file to write (default RUN_DIR/report.html).",
+)
+@output_options
+def report_cmd(run_dir: str, output: str | None, as_json: bool, json_out: str | None, quiet: bool) -> None:
+    """Render a run folder as one self-contained HTML file (plots embedded): lineage with checkpoint hashes,
+    unlearning figures against the original and the retrained model, per-class accuracy, validation verdicts
+    per backend and precision, latency. Then write RUN_DIR/manifest.json with the sha256 of every file."""
+    from edge_unlearn.deploy.report import render_report
+
+    path = render_report(run_dir, output)
+    emit({"report": str(path), "manifest": str(Path(run_dir) / "manifest.json")}, as_json, json_out)
+    say(quiet, as_json)(f"wrote {path} and {Path(run_dir) / 'manifest.json'}")
+
+
+@click.command("verify")
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option(
+    "--key",
+    "key",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Ed25519 public key (PEM): also check RUN_DIR/manifest.sig (see `edge-unlearn sign`).",
+)
+@output_options
+def verify_cmd(run_dir: str, key: str | None, as_json: bool, json_out: str | None, quiet: bool) -> None:
+    """Re-hash every file listed in RUN_DIR/manifest.json and every recorded artefact; with --key check the
+    signature. Exit 0: all present and unchanged, nothing unlisted, signature valid; 1: any of those fails;
+    2: no readable manifest or key."""
+    from edge_unlearn.deploy.rundir import verify
+
+    result = verify(run_dir, public_key=key)
+    emit(result.to_json(), as_json, json_out)
+    if quiet:
+        click.echo(f"{'OK' if result else 'CHANGED'} {run_dir}")
+    elif not as_json:
+        click.echo(result.summary())
+    sys.exit(0 if result else 1)

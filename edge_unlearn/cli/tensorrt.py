@@ -1,0 +1,242 @@
+"""``edge-unlearn build-engine`` and ``edge-unlearn doctor``: thin click commands (no torch, no TensorRT at import).
+
+Registered in the ``edge-unlearn`` group by edge_unlearn/cli.py: build-engine, inspect-engine, doctor.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from .common import echo_json, handle_errors
+
+
+def _err(message: str) -> None:
+    click.echo(message, err=True)
+
+
+@click.command("build-engine")
+@click.argument("onnx_path", metavar="MODEL.onnx", type=click.Path(dir_okay=False))
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Engine file to write (.plan or .engine); default: MODEL.plan beside the ONNX. "
+    "Its sidecar MODEL.plan.json (and the layer report MODEL.plan.layers.json) is written beside it.",
+)
+@click.option(
+    "--precision",
+    type=click.Choice(["fp32", "fp16", "int8"]),
+    default=None,
+    help="Default: the ONNX's own (FP32, the FP16 ONNX, the Q/DQ INT8 ONNX). 'fp16' on an FP32 ONNX "
+    "uses TensorRT 10's FP16 builder flag; TensorRT 11 takes precision from the ONNX only.",
+)
+@click.option(
+    "--batch",
+    type=int,
+    default=None,
+    help="Static batch (min = opt = max), like trtexec --shapes; required with --dla-core.",
+)
+@click.option("--min-batch", type=int, default=None, help="Smallest batch of the optimisation profile (default 1).")
+@click.option("--opt-batch", type=int, default=None, help="Batch TensorRT tunes for (default 8, within min..max).")
+@click.option("--max-batch", type=int, default=None, help="Largest batch of the optimisation profile (default 32).")
+@click.option("--workspace-mib", type=int, default=None, help="Builder workspace limit in MiB (default 1024).")
+@click.option(
+    "--timing-cache",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Timing cache file: read if present (a cache from another TensorRT/GPU is replaced), written "
+    "back after the build; locked while in use.",
+)
+@click.option(
+    "--builder-optimization-level",
+    "optimization_level",
+    type=click.IntRange(0, 5),
+    default=None,
+    help="0-5 (TensorRT default 3): higher searches longer for faster kernels.",
+)
+@click.option(
+    "--version-compatible",
+    is_flag=True,
+    help="Build a version-compatible engine (runs on newer TensorRT of the same major, TensorRT 10 "
+    "engines also on 11); may be slower.",
+)
+@click.option(
+    "--hardware-compatibility",
+    type=click.Choice(["ampere-plus", "same-compute-capability"]),
+    default=None,
+    help="Engine runs on other discrete GPUs of this level (not on Jetson or DLA).",
+)
+@click.option(
+    "--dla-core",
+    type=int,
+    default=None,
+    help="Build for this DLA core (Jetson AGX Orin / Orin NX): static --batch, FP16 on TensorRT 10; "
+    "fails when no layer can run on the DLA.",
+)
+@click.option(
+    "--no-gpu-fallback",
+    is_flag=True,
+    help="With --dla-core: fail the build instead of running unsupported layers on the GPU.",
+)
+@click.option(
+    "--int8-calibration",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="DEPRECATED implicit INT8 calibration of an FP32 ONNX (TensorRT 10 only) from a .npy/.npz of "
+    "preprocessed retained-class inputs; prefer the Q/DQ ONNX from `edge-unlearn quantize`.",
+)
+@click.option(
+    "--strongly-typed/--weakly-typed",
+    "strongly_typed",
+    default=None,
+    help="TensorRT 10 only: build a strongly typed network (precision from the ONNX). TensorRT 11 is "
+    "always strongly typed.",
+)
+@click.option(
+    "--range-limit",
+    type=float,
+    default=None,
+    help="Widest INT8 activation range accepted before it counts as set by a mask value (default 1000).",
+)
+@click.option(
+    "--check-only", is_flag=True, help="Only check the ONNX for deployment hazards (no TensorRT needed); exit 1 if any."
+)
+@click.option("--verbose", is_flag=True, help="TensorRT's verbose log (stderr) and the equivalent trtexec command.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result (sidecar or hazard report) as JSON.")
+@click.option("--json-out", type=click.Path(dir_okay=False), default=None, help="Also write that JSON to a file.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress messages.")
+@handle_errors
+def build_engine_cmd(
+    onnx_path: str,
+    output: str | None,
+    precision: str | None,
+    batch: int | None,
+    min_batch: int | None,
+    opt_batch: int | None,
+    max_batch: int | None,
+    workspace_mib: int | None,
+    timing_cache: str | None,
+    optimization_level: int | None,
+    version_compatible: bool,
+    hardware_compatibility: str | None,
+    dla_core: int | None,
+    no_gpu_fallback: bool,
+    int8_calibration: str | None,
+    strongly_typed: bool | None,
+    range_limit: float | None,
+    check_only: bool,
+    verbose: bool,
+    as_json: bool,
+    json_out: str | None,
+    quiet: bool,
+) -> None:
+    """Build a TensorRT engine for THIS device from an edge-unlearn ONNX.
+
+    The ONNX is first checked for the deployment hazards of a masked head (zero per-channel Q/DQ scales,
+    non-zero zero points, a mask value that sets an INT8 range, constants that overflow FP16); any one refuses
+    the build, as does an ONNX quantized for the CPU. TensorRT 10 and 11 are both supported, chosen by the
+    version installed. The engine only runs on the TensorRT version and GPU (and Jetson module) it was built
+    with: build it on the device.
+    """
+    from edge_unlearn.deploy.onnx_hazards import DEFAULT_RANGE_LIMIT, check_model, load_onnx, onnx_precision
+    from edge_unlearn.deploy.tensorrt.plan import BuildConfig, default_engine_path, hazard_target, refuse_cpu_layout
+    from edge_unlearn.export.engine import build_engine
+
+    config = BuildConfig(
+        precision=precision,
+        batch=batch,
+        min_batch=min_batch,
+        opt_batch=opt_batch,
+        max_batch=max_batch,
+        workspace_mib=workspace_mib,
+        timing_cache=timing_cache,
+        dla_core=dla_core,
+        gpu_fallback=not no_gpu_fallback,
+        int8_calibration=int8_calibration,
+        strongly_typed=strongly_typed,
+        optimization_level=optimization_level,
+        version_compatible=version_compatible,
+        hardware_compatibility=hardware_compatibility,
+        range_limit=DEFAULT_RANGE_LIMIT if range_limit is None else range_limit,
+        verbose=verbose,
+    )
+    if check_only:
+        model = load_onnx(onnx_path)
+        refuse_cpu_layout({p.key: p.value for p in model.metadata_props}, onnx_path)
+        report = check_model(
+            model,
+            path=onnx_path,
+            target_precision=hazard_target(onnx_precision(model), config),
+            range_limit=config.range_limit,
+        )
+        _emit(report.to_dict(), as_json, json_out)
+        if not as_json:
+            click.echo(report.summary())
+            for finding in report.findings:
+                click.echo(f"  {finding.severity}: {finding.line()}")
+        sys.exit(0 if report.ok else 1)
+    out = output or str(default_engine_path(onnx_path))
+    echo = (lambda _m: None) if quiet else (_err if as_json else click.echo)
+    sidecar = build_engine(onnx_path, out, config, echo=echo)
+    _emit({"engine": out, **sidecar.to_dict()}, as_json, json_out)
+
+
+def _emit(data: dict, as_json: bool, json_out: str | None) -> None:
+    if as_json:
+        echo_json(data)
+    if json_out:
+        from edge_unlearn.fileio import atomic_output
+
+        from .common import to_json_text
+
+        with atomic_output(json_out) as tmp:
+            tmp.write_text(to_json_text(data) + "\n", encoding="utf-8")
+
+
+@click.command("inspect-engine")
+@click.argument("engine_path", metavar="MODEL.plan", type=click.Path(dir_okay=False))
+@click.option("--layers", "show_layers", is_flag=True, help="List every layer (name, type, precision, device).")
+@click.option("--json", "as_json", is_flag=True, help="Print the inspection as JSON.")
+@click.option("--json-out", type=click.Path(dir_okay=False), default=None, help="Also write that JSON to a file.")
+@click.option("-q", "--quiet", is_flag=True, help="Only the summary line.")
+@handle_errors
+def inspect_engine_cmd(engine_path: str, show_layers: bool, as_json: bool, json_out: str | None, quiet: bool) -> None:
+    """Per-layer precision and device of a built engine, from TensorRT's engine inspector (detailed for engines
+    built by `build-engine`, which uses detailed profiling verbosity), like trtexec --dumpLayerInfo."""
+    from edge_unlearn.export.engine import inspect_engine
+
+    info = inspect_engine(engine_path)
+    _emit(info, as_json, json_out)
+    if as_json:
+        return
+    counts = ", ".join(f"{k} {v}" for k, v in sorted(info["precision_counts"].items())) or "unknown"
+    click.echo(
+        f"{engine_path}: {info['num_layers']} layers; output precision: {counts}; "
+        f"on DLA: {info['dla_layers']}"
+        + ("" if info["detailed"] else " (layer names only: rebuild with build-engine for details)")
+    )
+    if show_layers and not quiet:
+        for row in info["layers"]:
+            click.echo(
+                f"  {row['device'] or '?':3}  {row['precision'] or '?':5}  {row['type'] or '?':16} {row['name']}"
+            )
+
+
+@click.command("doctor")
+@click.option("--json", "as_json", is_flag=True, help="Print the probe as JSON.")
+@click.option("--json-out", type=click.Path(dir_okay=False), default=None, help="Also write that JSON to a file.")
+@click.option("-q", "--quiet", is_flag=True, help="Print nothing but the JSON (if asked).")
+@handle_errors
+def doctor_cmd(as_json: bool, json_out: str | None, quiet: bool) -> None:
+    """What this machine offers: torch and CUDA, Triton, onnxruntime providers, TensorRT, pycuda, the GPU and its
+    compute capability, the Jetson model, JetPack release, power mode and DLA cores -- and what each missing
+    piece disables."""
+    from edge_unlearn.deploy.doctor import probe, render
+
+    report = probe()
+    _emit(report, as_json, json_out)
+    if not as_json and not quiet:
+        click.echo(render(report))

@@ -1,0 +1,159 @@
+"""The evaluation bundle: a torch-free .npz that lets a device validate a model without the dataset or torch.
+
+Arrays (``np.load(allow_pickle=False)`` reads them all): ``inputs`` float32 [N, C, H, W] (preprocessed test
+images), ``labels`` int64 [N], ``reference_logits`` float32 [N, num_classes] (the FP32 checkpoint's logits,
+forgotten classes = MASK_VALUE), ``class_names`` str [num_classes], ``forgotten_classes`` int64 [K] and
+``meta_json`` (one JSON string: format, source sha256, dataset, normalisation, input shape, mask value).
+Optional ``audit_*`` arrays (``bundle --audit``): the feature-level audit's probe, forget samples and FP32
+figures (:mod:`edge_unlearn.deploy.audit`, docs/audit.md).
+
+This module reads bundles (device side); :mod:`edge_unlearn.export.bundle` writes them from a checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge_unlearn.errors import ModelFileError
+from edge_unlearn.fileio import sha256_file
+
+from .audit import AuditData, read_audit
+
+FORMAT = "edge-unlearn.bundle/1"
+ARRAYS = ("inputs", "labels", "reference_logits", "class_names", "forgotten_classes", "meta_json")
+
+
+@dataclass(frozen=True)
+class Bundle:
+    inputs: np.ndarray
+    labels: np.ndarray
+    reference_logits: np.ndarray
+    class_names: tuple[str, ...]
+    forgotten_classes: tuple[int, ...]
+    meta: dict[str, Any] = field(default_factory=dict)
+    path: str = ""
+    sha256: str = ""
+    #: the feature-level audit's data (``bundle --audit``); None without
+    audit: AuditData | None = None
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def retained_classes(self) -> list[int]:
+        gone = set(self.forgotten_classes)
+        return [c for c in range(self.num_classes) if c not in gone]
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "sha256": self.sha256,
+            "samples": int(len(self.labels)),
+            "num_classes": self.num_classes,
+            "forgotten_classes": list(self.forgotten_classes),
+            "source_sha256": self.meta.get("source_sha256"),
+            "dataset": self.meta.get("dataset"),
+            "audit": self.audit is not None,
+        }
+
+
+def _check_arrays(data: dict[str, np.ndarray], path: Path) -> None:
+    """Ranks and kinds of the arrays (a fuzzed bundle must fail in one line, not deep in numpy)."""
+    expect = {
+        "inputs": (4, "fiu"),
+        "labels": (1, "iu"),
+        "reference_logits": (2, "fiu"),
+        "class_names": (1, "U"),
+        "forgotten_classes": (1, "iu"),
+        "meta_json": (0, "U"),
+    }
+    for name, (ndim, kinds) in expect.items():
+        array = data[name]
+        if array.ndim != ndim or array.dtype.kind not in kinds:
+            raise ModelFileError(
+                f"{path}: array {name} is {array.dtype} of shape {list(array.shape)}, expected a "
+                f"{ndim}-D {'text' if kinds == 'U' else 'numeric'} array; re-create the bundle with "
+                "`edge-unlearn bundle`"
+            )
+    c = len(data["class_names"])
+    forgotten = data["forgotten_classes"]
+    if forgotten.size and (
+        forgotten.min() < 0 or forgotten.max() >= c or len(set(forgotten.tolist())) != forgotten.size
+    ):
+        raise ModelFileError(
+            f"{path}: forgotten_classes {forgotten.tolist()} are not distinct classes of 0..{c - 1}; "
+            "re-create the bundle"
+        )
+
+
+def load_bundle(path: str | Path) -> Bundle:
+    """Read and check a bundle (no torch). ModelFileError with a one-line fix when it is not one of ours."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(
+            f"bundle {path} not found; make one with `edge-unlearn bundle CHECKPOINT --dataset SPEC -o {path.name}`"
+        )
+    if not zipfile.is_zipfile(path):  # else numpy's own message suggests unpickling the file
+        raise ModelFileError(
+            f"{path} is not a readable .npz bundle (not a zip archive: another kind of file?); "
+            "make one with `edge-unlearn bundle`"
+        )
+    try:
+        with np.load(path, allow_pickle=False) as arrays:
+            missing = [k for k in ARRAYS if k not in arrays.files]
+            if missing:
+                raise ModelFileError(
+                    f"{path} is not an edge-unlearn evaluation bundle (lacks {', '.join(missing)}); "
+                    "make one with `edge-unlearn bundle`"
+                )
+            data = {k: arrays[k] for k in ARRAYS}
+            audit_arrays = {k: arrays[k] for k in arrays.files if k.startswith("audit_")}
+        meta = json.loads(str(data["meta_json"]))
+    except ModelFileError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - numpy raises OSError, EOFError, BadZipFile, TokenError... on damage
+        raise ModelFileError(
+            f"{path} is not a readable .npz bundle ({exc}); re-create it with `edge-unlearn bundle`"
+        ) from exc
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise ModelFileError(
+            f"{path}: bundle format {meta.get('format') if isinstance(meta, dict) else meta!r} is not {FORMAT}; re-create it with `edge-unlearn bundle`"
+        )
+    _check_arrays(data, path)
+    bundle = Bundle(
+        inputs=np.ascontiguousarray(data["inputs"], dtype=np.float32),
+        labels=np.asarray(data["labels"], dtype=np.int64),
+        reference_logits=np.asarray(data["reference_logits"], dtype=np.float32),
+        class_names=tuple(str(n) for n in data["class_names"]),
+        forgotten_classes=tuple(int(c) for c in data["forgotten_classes"]),
+        meta=meta,
+        path=str(path),
+        sha256=sha256_file(path),
+    )
+    n, c = len(bundle.labels), bundle.num_classes
+    if n == 0 or c == 0:
+        raise ModelFileError(
+            f"{path} holds no samples (or no classes); re-create it with `edge-unlearn bundle` from a "
+            "dataset whose test split is not empty"
+        )
+    if bundle.inputs.ndim != 4 or len(bundle.inputs) != n or bundle.reference_logits.shape != (n, c):
+        raise ModelFileError(
+            f"{path}: array shapes disagree (inputs {bundle.inputs.shape}, labels {n}, "
+            f"reference_logits {bundle.reference_logits.shape}, {c} classes); re-create the bundle"
+        )
+    if n and (bundle.labels.min() < 0 or bundle.labels.max() >= c):
+        raise ModelFileError(f"{path}: labels outside 0..{c - 1}; re-create the bundle")
+    if audit_arrays:
+        from dataclasses import replace
+
+        bundle = replace(
+            bundle, audit=read_audit(audit_arrays, str(path), c, bundle.forgotten_classes, n, bundle.inputs.shape[1:])
+        )
+    return bundle
