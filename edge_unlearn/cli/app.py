@@ -8,7 +8,6 @@ from typing import Any
 import click
 
 from .. import __version__, torch_runners  # noqa: F401  (registers the torch runners; imports no torch)
-from .importer import import_cmd
 from .common import (
     DEVICES,
     EdgeUnlearnGroup,
@@ -21,6 +20,7 @@ from .common import (
 )
 from .evidence import keygen_cmd, sign_cmd
 from .export import bundle_cmd, export_cmd, quantize_cmd, validate_cmd
+from .importer import import_cmd
 from .report import bench_cmd, report_cmd, verify_cmd
 from .tensorrt import build_engine_cmd, doctor_cmd, inspect_engine_cmd
 
@@ -475,8 +475,8 @@ def evaluate(
 @output_options
 def models(as_json, json_out, quiet):
     """List the model registry."""
-    from ..models import MODELS
     from ..byom import importable_models  # what `edge-unlearn import --arch` accepts besides the names above
+    from ..models import MODELS
 
     importable = importable_models()
     emit(

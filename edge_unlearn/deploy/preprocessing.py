@@ -10,7 +10,7 @@ The resize is PIL's separable resampling, which torchvision's ``antialias=True``
 (bilinear) or Keys cubic (a = -0.5, bicubic) filter stretched by the scale factor when shrinking, applied
 horizontally then vertically, each pass rounded to uint8; ``nearest`` picks ``floor(i * in / out)``.
 Both passes use torch's fixed-point uint8 arithmetic (int16 weights, round half up), so the result is
-bit-identical to torchvision's native uint8 CPU resize (x86 AVX2/AVX-512; tests/export/test_preprocessing.py);
+bit-identical to torchvision's native uint8 CPU resize (x86 AVX2/AVX-512; tests/deploy/test_preprocessing.py);
 where torchvision resizes in float instead (bicubic/bilinear without that path, e.g. some ARM builds), pixels
 differ by at most :data:`GEOMETRY_TOLERANCE` grey level (rounding).
 """

@@ -15,10 +15,11 @@ from onnx import numpy_helper
 
 from edge_unlearn.deploy.bundle import load_bundle
 from edge_unlearn.deploy.onnx_meta import MASK_VALUE, OUTPUT_NAME, graph_hazards, read_meta
-from edge_unlearn.deploy.runners import OnnxRuntimeRunner, TorchRunner, open_runner
+from edge_unlearn.deploy.runners import OnnxRuntimeRunner, open_runner
 from edge_unlearn.deploy.validate import Thresholds, validate, validate_model
 from edge_unlearn.errors import ModelFileError, UsageError
 from edge_unlearn.export.quantize import QuantizeConfig, quantize_model
+from edge_unlearn.torch_runners import TorchRunner
 
 FORGET = (3,)  # the class the session fixture masks (conftest.py)
 

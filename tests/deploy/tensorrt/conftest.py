@@ -27,8 +27,8 @@ CHANNELS = 4
 #: NVIDIA TensorRT for the whole session (and ``tests/export`` shadows ``export``). Tests refuse to run like that.
 SHADOWS_TENSORRT = __name__.split(".")[0] == "tensorrt"
 SHADOW_MESSAGE = (
-    "tests/tensorrt was imported as the top-level package 'tensorrt', which shadows NVIDIA TensorRT: "
-    "add an empty tests/__init__.py so it becomes tests.tensorrt"
+    "tests/deploy/tensorrt was imported as the top-level package 'tensorrt', which shadows NVIDIA TensorRT: "
+    "add an empty tests/__init__.py so it becomes tests.deploy.tensorrt"
 )
 
 
@@ -319,11 +319,11 @@ def trt_device():
 
 # ---------------------------------------------------------------- the real pipeline, for the device tests
 #
-# export -> quantize (our INT8 and FP16) -> bundle, trained once per session by tests/export/conftest.py's
+# export -> quantize (our INT8 and FP16) -> bundle, trained once per session by tests/conftest.py's
 # fixtures (lenet on scikit-learn's digits, class 3 masked). They need torch (the host extra). On a device without
 # torch, build them on the host with the same fixtures (or `edge-unlearn export/quantize/bundle`) and point
 # EDGE_UNLEARN_DEPLOY_DIR at a folder holding model.onnx, model.int8.onnx, model.fp16.onnx and eval.npz.
-from tests.export.conftest import Artifacts, artifacts, digits, trained  # noqa: E402,F401 - fixtures, re-used
+from tests.conftest import Artifacts  # noqa: E402
 
 
 @pytest.fixture(scope="session")

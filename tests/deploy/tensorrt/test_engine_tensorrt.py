@@ -2,7 +2,7 @@
 the ``trt_device`` fixture first, which skips with the reason when TensorRT, pycuda or a CUDA GPU is absent
 (always in CI). NONE of these has run yet: TensorRT cannot be installed where this was written.
 
-Run on a Jetson or a GPU server: ``pytest tests/tensorrt -m tensorrt -v -rs``. The pipeline tests export a lenet
+Run on a Jetson or a GPU server: ``pytest tests/deploy/tensorrt -m tensorrt -v -rs``. The pipeline tests export a lenet
 trained on digits (needs torch), or take the files from ``EDGE_UNLEARN_DEPLOY_DIR`` (see conftest.py).
 """
 

@@ -40,7 +40,7 @@ def test_report_html_is_self_contained_with_verdicts(run_folder):
 def test_report_of_demo_json_only_and_empty_folder(tmp_path):
     import json
 
-    from tests.report.conftest import demo_json
+    from tests.deploy.conftest import demo_json
 
     run = tmp_path / "r"
     run.mkdir()
@@ -83,7 +83,7 @@ def test_report_escapes_every_value(run_folder):
     import json
 
     from edge_unlearn.cli.report import record_to_run_dir
-    from tests.report.conftest import validation_json
+    from tests.deploy.conftest import validation_json
 
     hostile = run_folder / "<img src=x onerror=alert(1)>.onnx"
     hostile.write_bytes((run_folder / "model.onnx").read_bytes())

@@ -157,8 +157,8 @@ def test_bench_torch_checkpoint_eager(tmp_path):
     import numpy as np
 
     from edge_unlearn.deploy.bench import open_bench_runner
-    from edge_unlearn.deploy.runners import TorchRunner, fused_head_runner
     from edge_unlearn.errors import DependencyError
+    from edge_unlearn.torch_runners import TorchRunner, fused_head_runner
 
     x = np.random.default_rng(0).standard_normal((3, 1, 8, 8)).astype(np.float32)
     with TorchRunner(path) as eager, fused_head_runner(path, device="cpu") as fused:
