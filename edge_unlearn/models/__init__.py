@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import UsageError
+from ..errors import UsageError
 
 HEAD_IMPLS = ("auto", "eager", "fused")
 
@@ -264,7 +264,7 @@ class UnlearnableClassifier(nn.Module):
 
     def compact_head(self):
         """The kept rows of the head and their class ids, built once and cached until the head or mask changes."""
-        from .kernels import CompactHead
+        from ..kernels import CompactHead
 
         key = (
             self.head.weight.data_ptr(),

@@ -25,9 +25,9 @@ import numpy as np
 import torch
 import torch.utils.data
 
-from .core.preprocessing import PreprocessingRecord
-from .errors import DataError, UsageError
-from .guards import check_labels
+from ..core.preprocessing import PreprocessingRecord
+from ..errors import DataError, UsageError
+from ..guards import check_labels
 
 TORCHVISION_DATASETS = ("mnist", "fashion_mnist", "cifar10", "cifar100", "svhn")
 DATASET_CHOICES = ("digits", *TORCHVISION_DATASETS, "npz:PATH", "folder:PATH")
