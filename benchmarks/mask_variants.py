@@ -1,5 +1,5 @@
 """The graph designs the compact mask of ``edge_unlearn.export.onnx_export`` was measured against
-(docs/deployment.md, DESIGN.md §3). Research only: the library exports :data:`~edge_unlearn.export.onnx_export.COMPACT`;
+(docs/design.md §4). Research only: the library exports :data:`~edge_unlearn.export.onnx_export.COMPACT`;
 these plug into ``export_onnx(..., design=...)`` for ``benchmarks/quantized_forgetting.py --variants`` and for the
 tests that show the hazards a naive graph carries.
 

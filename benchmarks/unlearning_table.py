@@ -1,4 +1,4 @@
-"""NHLE side by side with the field: methods × datasets × forget classes × seeds, every DESIGN.md §2 figure.
+"""NHLE side by side with the field: methods × datasets × forget classes × seeds, every docs/design.md §3 figure.
 
 For each (dataset, seed) the original model is trained once and reused; for each forget class every method
 unlearns a copy of it (single-class forgetting: each entry of ``--forget-classes`` is one run). Writes

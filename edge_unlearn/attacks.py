@@ -1,4 +1,4 @@
-"""Privacy and relearning attacks on an unlearned model (DESIGN.md §2), each with its convention stated.
+"""Privacy and relearning attacks on an unlearned model (docs/design.md §3), each with its convention stated.
 
 - :func:`mia_entropy` — membership inference from the entropy of the softmax, logistic regression, as in the
   SSD code (Foster et al.; from Chundawat et al.): fraction of forget samples judged "member"; lower is better.
@@ -221,7 +221,7 @@ def prototype_relearn_attack(
     lift_mask: bool = False,
     seed: int = 0,
 ) -> RelearnAttackResult:
-    """Prototypical relearning attack (Ha, Park, Yoon, arXiv 2506.01318), DESIGN.md §2 convention.
+    """Prototypical relearning attack (Ha, Park, Yoon, arXiv 2506.01318), docs/design.md §3 convention.
 
     The attacker has ``k`` training samples of each forgotten class c and the weights. p_c = mean penultimate
     feature of those samples, L2-normalised and rescaled to the mean L2 norm of the retained classes' head rows

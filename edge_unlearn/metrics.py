@@ -1,4 +1,4 @@
-"""Forgetting figures (DESIGN.md §2): accuracy with and without the mask, retained drop, linear probe."""
+"""Forgetting figures (docs/design.md §3): accuracy with and without the mask, retained drop, linear probe."""
 
 from __future__ import annotations
 
@@ -99,7 +99,7 @@ def _probe_train_indices(data: Dataset, train_size: int, seed: int) -> torch.Ten
 def probe_forget_accuracy(
     model: UnlearnableClassifier, data: Dataset, forget_classes: Sequence[int], train_size: int = 5000, seed: int = 0
 ) -> float:
-    """probe_forget_acc (DESIGN.md §2): can a linear read-out recover the forgotten classes? Fits
+    """probe_forget_acc (docs/design.md §3): can a linear read-out recover the forgotten classes? Fits
     :func:`linear_probe_accuracy` on penultimate features of up to ``train_size`` labelled training images of
     *all* classes (random draw, ``seed``) and returns its accuracy on the forgotten classes' test images. The
     mask plays no part (features only). Compare with ``retrain``, never with chance. It is scored on every

@@ -673,7 +673,7 @@ def quantize_model(
 
 def fp16_plain_cast(proto):
     """FP16 conversion *without* the converter's clamping to ±1e4 (what a plain ``.half()`` does): a -1e9
-    constant becomes -inf. For measuring the hazard of DESIGN.md §3 only; never used for deployment."""
+    constant becomes -inf. For measuring the hazard of docs/design.md §4 only; never used for deployment."""
     from onnx import TensorProto, numpy_helper
     from onnxruntime.transformers.float16 import convert_float_to_float16
 

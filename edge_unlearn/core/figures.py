@@ -1,4 +1,4 @@
-"""The one definition of the forgetting figures every part of the project reports (DESIGN.md §2), in numpy.
+"""The one definition of the forgetting figures every part of the project reports (docs/design.md §3), in numpy.
 
 - accuracy: the fraction of samples whose prediction equals the label, optionally over the samples of some
   classes only; None when there is no such sample (a figure that cannot be measured is never a number).

@@ -7,7 +7,7 @@ rows and the FP32 reference figures -- computed on the host by the very function
 export (``edge-unlearn export --audit``, quantized or not) returns logits *and* features; :func:`audit_checks`
 applies the same measurements to them and judges them against thresholds and against the FP32 figures.
 
-Three measurements (DESIGN.md §2, conventions of :mod:`edge_unlearn.attacks`):
+Three measurements (docs/design.md §3, conventions of :mod:`edge_unlearn.attacks`):
 
 - **probe**: accuracy on the forgotten classes' bundle images of the stored probe applied to the model's features
   (:func:`edge_unlearn.metrics.probe_forget_accuracy`, same training draw and same scikit-learn pipeline).

@@ -1,4 +1,4 @@
-"""Check an ONNX file for the deployment hazards of DESIGN.md §3 before TensorRT sees it. Pure onnx + numpy.
+"""Check an ONNX file for the deployment hazards of docs/design.md §4 before TensorRT sees it. Pure onnx + numpy.
 
 No torch, no TensorRT: the same checks serve ``build-engine`` (which refuses on any error) and the validators
 (which can attach the report to theirs). Every finding names the node and tensor, says what goes wrong on the
@@ -581,7 +581,7 @@ def check_onnx_for_tensorrt(
     range_limit: float = DEFAULT_RANGE_LIMIT,
     structure: bool | str = True,
 ) -> HazardReport:
-    """Load ``path`` and check it for the DESIGN.md §3 hazards; see :func:`check_model`."""
+    """Load ``path`` and check it for the docs/design.md §4 hazards; see :func:`check_model`."""
     model = load_onnx(path)
     return check_model(
         model, path=os.fspath(path), target_precision=target_precision, range_limit=range_limit, structure=structure

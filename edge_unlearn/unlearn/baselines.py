@@ -10,7 +10,7 @@ method's docstring says so. ``needs`` in the registry states what data a method 
 
 Baselines are registered with ``masks=False`` (they are compared as the field runs them: no class weight
 masking after unlearning), except ``retrain``, which masks the forgotten classes from the start exactly like
-:func:`edge_unlearn.training.train_model` with ``forget_classes`` — the gold standard of DESIGN.md §2 — so the
+:func:`edge_unlearn.training.train_model` with ``forget_classes`` — the gold standard of docs/design.md §3 — so the
 registry's ``retrain`` and the one the benchmark trains are the same model contract.
 """
 

@@ -1,6 +1,6 @@
 """NHLE: negative-hot label encoding fine-tuning + class weight masking (Wang, Bie, Jing, Zhi, 2026).
 
-Only the paper's abstract is public; this is our reading of it (../shared/DESIGN.md §1), with every guessed
+Only the paper's abstract is public; this is our reading of it (docs/design.md §2), with every guessed
 detail a parameter whose default was chosen by measurement (docs/nhle.md has the table). Three steps, all
 from a few forget samples and no retained data:
 

@@ -1,4 +1,4 @@
-"""The validators on hand-made logits (pure numpy, no model): each hazard of DESIGN.md §3 fails a check."""
+"""The validators on hand-made logits (pure numpy, no model): each hazard of docs/design.md §4 fails a check."""
 
 from __future__ import annotations
 

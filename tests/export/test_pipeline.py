@@ -88,7 +88,7 @@ def test_int8_keeps_mask_in_float(artifacts):
 
 
 def test_int8_is_tensorrt_shaped(artifacts):
-    """Q/DQ as TensorRT wants it (DESIGN.md §4): signed INT8, zero point 0, no int32 (bias) DequantizeLinear."""
+    """Q/DQ as TensorRT wants it (docs/design.md §5): signed INT8, zero point 0, no int32 (bias) DequantizeLinear."""
     from onnx import TensorProto
 
     proto = onnx.load(str(artifacts.int8))
@@ -126,7 +126,7 @@ def test_every_precision_passes(artifacts, which):
 
 
 def test_naive_masked_head_int8_is_rejected(trained, artifacts, tmp_path):
-    """DESIGN.md §3: zero rows + -1e4 bias under onnxruntime's default static QDQ must fail validation."""
+    """docs/design.md §4: zero rows + -1e4 bias under onnxruntime's default static QDQ must fail validation."""
     from benchmarks.mask_variants import DESIGNS
     from edge_unlearn.export.onnx_export import export_from_model
 
@@ -146,7 +146,7 @@ def test_naive_masked_head_int8_is_rejected(trained, artifacts, tmp_path):
 
 
 def test_naive_1e9_fp16_cast_is_rejected(trained, artifacts, tmp_path):
-    """A -1e9 bias cast to FP16 without clamping becomes -inf (DESIGN.md §3); the validator must catch it."""
+    """A -1e9 bias cast to FP16 without clamping becomes -inf (docs/design.md §4); the validator must catch it."""
     from benchmarks.mask_variants import DESIGNS
     from edge_unlearn.deploy.onnx_meta import write_meta
     from edge_unlearn.export.onnx_export import export_from_model

@@ -49,7 +49,7 @@ HARDWARE_COMPAT = {
     "ampere-plus": ("AMPERE_PLUS", (10, 0, 0), "ampere+"),
     "same-compute-capability": ("SAME_COMPUTE_CAPABILITY", (10, 9, 0), "sameComputeCapability"),
 }
-#: The ONNX metadata key saying for which runtime ``quantize`` laid the file out (see DESIGN.md; set by quantize)
+#: The ONNX metadata key saying for which runtime ``quantize`` laid the file out (docs/design.md §5; set by quantize)
 QUANT_TARGET_KEY = "edge_unlearn_quant_target"
 
 INSTALL_TENSORRT = (

@@ -147,7 +147,7 @@ def calib_inputs(n: int = 32, seed: int = 1) -> np.ndarray:
 
 def ours_int8(tmp_path: Path) -> Path:
     """Our graph quantized the way TensorRT needs it: static QDQ, signed symmetric INT8, per-channel weights, bias
-    kept in float, the mask nodes excluded (what DESIGN.md §3 and the issue prescribe)."""
+    kept in float, the mask nodes excluded (what docs/design.md §4 and the issue prescribe)."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     src = save(ours_fp32(), tmp_path / "ours.onnx")
@@ -178,7 +178,7 @@ def ours_fp16(tmp_path: Path) -> Path:
 
 
 def naive_masked_head(tmp_path: Path) -> Path:
-    """DESIGN.md §3's naive masked head: the full head with the forgotten rows zeroed and their bias -1e4, quantized
+    """docs/design.md §4's naive masked head: the full head with forgotten rows zeroed and their bias -1e4, quantized
     with onnxruntime's quantize_static defaults, per-channel S8S8 (no symmetric activations, bias quantized)."""
     from onnxruntime.quantization import QuantType, quantize_static
 

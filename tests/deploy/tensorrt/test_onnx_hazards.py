@@ -1,4 +1,4 @@
-"""The ONNX hazard checker against the hazards of DESIGN.md §3, on graphs built here with onnx.helper."""
+"""The ONNX hazard checker against the hazards of docs/design.md §4, on graphs built here with onnx.helper."""
 
 from __future__ import annotations
 
