@@ -77,18 +77,25 @@ def _split(data: Dataset, forget_classes: Sequence[int]) -> tuple[torch.Tensor, 
 # membership inference
 
 
+def _mia_feature(probs: torch.Tensor, feature: str) -> np.ndarray:
+    """The attacker's one-number view of a softmax: its entropy, or its top probability (``confidence``)."""
+    value = entropy(probs) if feature == "entropy" else probs.max(1).values
+    return value.numpy().reshape(-1, 1)
+
+
 def mia_entropy_from_probs(
-    member_probs: torch.Tensor, nonmember_probs: torch.Tensor, target_probs: torch.Tensor
+    member_probs: torch.Tensor, nonmember_probs: torch.Tensor, target_probs: torch.Tensor, feature: str = "entropy"
 ) -> float:
-    """SSD convention: fit ``LogisticRegression(class_weight="balanced")`` on the entropy of member (label 1)
-    and non-member (label 0) softmax outputs; return the fraction of ``target_probs`` predicted "member"."""
+    """SSD convention: fit ``LogisticRegression(class_weight="balanced")`` on the entropy (or, ``feature=
+    "confidence"``, the top probability) of member (label 1) and non-member (label 0) softmax outputs; return the
+    fraction of ``target_probs`` predicted "member"."""
     from sklearn.linear_model import LogisticRegression
 
-    x = torch.cat([entropy(member_probs), entropy(nonmember_probs)]).numpy().reshape(-1, 1)
+    x = np.concatenate([_mia_feature(member_probs, feature), _mia_feature(nonmember_probs, feature)])
     y = np.concatenate([np.ones(len(member_probs)), np.zeros(len(nonmember_probs))])
     clf = LogisticRegression(class_weight="balanced", solver="lbfgs")
     clf.fit(x, y)
-    return float(clf.predict(entropy(target_probs).numpy().reshape(-1, 1)).mean())
+    return float(clf.predict(_mia_feature(target_probs, feature)).mean())
 
 
 def mia_entropy(
@@ -98,13 +105,15 @@ def mia_entropy(
     max_samples: int | None = 5000,
     seed: int = 0,
     masked: bool = True,
+    feature: str = "entropy",
 ) -> float:
     """Entropy membership inference, SSD convention (``get_membership_attack_prob`` of the SSD code).
 
     Members = retained-class training samples, non-members = the whole test split (all classes, as SSD's
     ``valid_dl``), target = the forgotten classes' training samples. Returns the fraction of targets judged
     "member": lower is better; a retrained model gives the reference (not 0). ``max_samples`` caps each of
-    the three sets (random subset, ``seed``); ``masked`` uses the deployed (masked) softmax."""
+    the three sets (random subset, ``seed``); ``masked`` uses the deployed (masked) softmax; ``feature=
+    "confidence"`` attacks with the top probability instead of the entropy."""
     gen = torch.Generator().manual_seed(seed)
     forget_idx, retain_idx = _split(data, forget_classes)
     members = retain_idx[_pick(len(retain_idx), max_samples, gen)]
@@ -114,6 +123,7 @@ def mia_entropy(
         _probs(model, data.x_train, data, masked, members),
         _probs(model, data.x_test, data, masked, nonmembers),
         _probs(model, data.x_train, data, masked, targets),
+        feature,
     )
 
 
@@ -432,7 +442,9 @@ class ForgettingAudit:
     ``probe_by_depth``: linear-probe accuracy on the forgotten classes after every block and at the
     penultimate features (:func:`edge_unlearn.metrics.probe_forget_accuracy_by_depth`), None when not asked;
     ``attack_masked`` / ``attack_unmasked``: :func:`prototype_relearn_attack` as deployed / with the mask
-    lifted; ``mia_entropy``: :func:`mia_entropy` (masked); ``relearn``: :func:`relearn_time` against
+    lifted; ``mia_entropy`` / ``mia_confidence``: :func:`mia_entropy` (masked) with the entropy / top-probability
+    attacker; ``outputs``: :func:`edge_unlearn.output_audit.output_figures` against the retrained references
+    (entropy and confidence alone without them); ``relearn``: :func:`relearn_time` against
     ``relearn_target`` (how it was chosen: ``relearn_target_source``). Attack fields are None when attacks
     were not asked. Every figure is lower = more forgotten except relearn steps (higher = harder to relearn);
     judge them beside the retrained model's, never against 0."""
@@ -443,6 +455,8 @@ class ForgettingAudit:
     attack_masked: dict[str, Any] | None = None
     attack_unmasked: dict[str, Any] | None = None
     mia_entropy: float | None = None
+    mia_confidence: float | None = None
+    outputs: dict[str, float] | None = None
     relearn: dict[str, Any] | None = None
     relearn_target: float | None = None
     relearn_target_source: str | None = None
@@ -475,6 +489,10 @@ class ForgettingAudit:
             out["proto_attack_unmasked"] = self.attack_unmasked["forget_acc"]
         if self.mia_entropy is not None:
             out["mia_entropy"] = self.mia_entropy
+        if self.mia_confidence is not None:
+            out["mia_confidence"] = self.mia_confidence
+        for name, value in (self.outputs or {}).items():
+            out[f"out_{name}"] = value
         if self.relearn is not None:
             steps = self.relearn["steps"]
             out["relearn_steps"] = steps if steps is not None else self.relearn["max_steps"]
@@ -513,11 +531,13 @@ def forgetting_audit(
     relearn_target: float | None = None,
     relearn_target_source: str | None = None,
     config: AuditConfig = AuditConfig(),
+    references: Sequence[UnlearnableClassifier] = (),
 ) -> ForgettingAudit:
     """Audit how forgotten ``forget_classes`` are in ``model``: the probe at every depth (``depth``) and the
     attacks (``attacks``: prototype attack as deployed and with the mask lifted, entropy MIA, relearn time).
     ``relearn_target``: default :func:`default_relearn_target` without an original — pass the same target
-    (from the original) to every model you compare. The model is not changed."""
+    (from the original) to every model you compare. ``references``: retrained models the outputs are compared
+    with (:mod:`edge_unlearn.output_audit`; with ``attacks``). The model is not changed."""
     import time
 
     forget = sorted(set(int(c) for c in forget_classes))
@@ -545,6 +565,12 @@ def forgetting_audit(
                 max_retain_drop=config.max_retain_drop,
             ).to_json()
         fields["mia_entropy"] = mia_entropy(model, data, forget, max_samples=config.mia_max_samples, seed=config.seed)
+        fields["mia_confidence"] = mia_entropy(
+            model, data, forget, max_samples=config.mia_max_samples, seed=config.seed, feature="confidence"
+        )
+        from .output_audit import output_figures
+
+        fields["outputs"] = output_figures(model, data, forget, references, seed=config.seed)
         if relearn_target is None:
             relearn_target, relearn_target_source = default_relearn_target(model, data, forget)
         fields["relearn"] = relearn_time(

@@ -160,12 +160,16 @@ def retrain_checkpoint(
     progress: bool = True,
     config: TrainConfig | None = None,
     run: TrainRun | None = None,
+    seed: int | None = None,
 ) -> dict[str, Any]:
-    """The gold standard: the original's arch and recipe, trained on the retained classes only."""
+    """The gold standard: the original's arch and recipe, trained on the retained classes only. ``seed``
+    replaces the recipe's seed (None: the original's), so several retrained models show the seed spread."""
     run = run or TrainRun(progress=progress)
     _check_state_path(run, out)
     ck = load_checkpoint(original)
     recipe = config or TrainConfig.from_json(ck.meta.train_recipe)
+    if seed is not None:
+        recipe = replace(recipe, seed=seed)
     with process_group(recipe.device) as procs:
         data = dataset_for(ck, dataset, data_dir, download)
         classes = resolve_classes(forget_classes, ck.meta.class_names)
@@ -248,7 +252,7 @@ def _forget_set(req: ForgetRequest, ck: Checkpoint, data: Dataset | None, classe
             if name is None:
                 if len(classes) != 1:
                     raise UsageError(
-                        f"--forget-samples {req.forget_samples_dir} has images directly in the folder while "
+                        f"--forget-images {req.forget_samples_dir} has images directly in the folder while "
                         "several classes are forgotten; put each class's images in a subfolder named "
                         "after the class"
                     )
@@ -259,13 +263,13 @@ def _forget_set(req: ForgetRequest, ck: Checkpoint, data: Dataset | None, classe
                 labels.append(int(name))
             else:
                 raise UsageError(
-                    f"--forget-samples subfolder {name!r} matches no class of the model; name it after a "
+                    f"--forget-images subfolder {name!r} matches no class of the model; name it after a "
                     f"forgotten class ({', '.join(ck.meta.class_names[c] for c in classes)})"
                 )
         bad = sorted({ck.meta.class_names[y] for y in labels if y not in classes})
         if bad:
             raise UsageError(
-                f"--forget-samples holds images of classes {bad} that are not being forgotten; "
+                f"--forget-images holds images of classes {bad} that are not being forgotten; "
                 "remove them or add those classes to --forget"
             )
         return ForgetSet(preprocess(torch.from_numpy(images), norm), torch.tensor(labels), tuple(classes))
@@ -448,7 +452,9 @@ def _audits(
     seed: int,
     audit_config: Any,
 ) -> dict[str, Any]:
-    """{"model", "reference", "retrained": forgetting-audit JSON} for the checkpoints given, one relearn target."""
+    """{"model", "reference", "retrained": forgetting-audit JSON} for the checkpoints given, one relearn target;
+    with a retrained model the other two's outputs are compared with its outputs (``out_tv``, ``out_kl``,
+    ``out_auc``)."""
     from .attacks import AuditConfig, default_relearn_target, forgetting_audit
 
     config = audit_config if audit_config is not None else AuditConfig(seed=seed)
@@ -467,6 +473,7 @@ def _audits(
                 relearn_target=target,
                 relearn_target_source=source,
                 config=config,
+                references=[gold.model] if gold is not None and role != "retrained" else [],
             ).to_json()
     return out
 
