@@ -88,6 +88,8 @@ def render_command(name: str, command: click.Command, parent: click.Context) -> 
         lines += ["| option | takes | default | what it does |", "|---|---|---|---|"]
         lines += [f"| {' | '.join(_cell(cell) for cell in row)} |" for row in rows]
         lines.append("")
+    if command.epilog:
+        lines += [_help_text(command.epilog), ""]
     return "\n".join(lines)
 
 
