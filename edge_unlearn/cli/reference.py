@@ -43,7 +43,7 @@ def _type(param: click.Parameter) -> str:
     if isinstance(kind, click.Choice):
         return " | ".join(f"`{choice}`" for choice in kind.choices)
     if isinstance(kind, click.types._NumberRangeBase):
-        return _cell(kind._describe_range()) + f" ({kind.name})"
+        return f"{'integer' if isinstance(kind, click.IntRange) else 'float'}, {kind._describe_range()}"
     return kind.name
 
 
@@ -81,7 +81,7 @@ def render_command(name: str, command: click.Command, parent: click.Context) -> 
         help_text = param.help or ""
         if param.required:
             help_text = f"required. {help_text}".strip()
-        if param.multiple:
+        if param.multiple and "repeatable" not in help_text:
             help_text = f"{help_text} (repeatable)".strip()
         rows.append((names, _type(param), _default(param, ctx), help_text))
     if rows:
