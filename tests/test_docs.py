@@ -77,6 +77,17 @@ def test_every_relative_link_resolves_inside_the_repository(doc):
 
 
 @pytest.mark.parametrize("doc", DOCS, ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_repository_file_named_in_the_text_exists(doc):
+    """Paths written as text (``benchmarks/forgetting_depth.py``, ``tests/test_layout.py``) move with the code."""
+    named = re.findall(
+        r"(?<![\w/.-])((?:edge_unlearn|export|kernels|tests|benchmarks|docs)/[\w./-]+\.(?:py|md|json|png|csv))",
+        doc.read_text(),
+    )
+    missing = sorted({path for path in named if not (ROOT / path).exists()})
+    assert not missing, f"{doc.relative_to(ROOT)} names files that are not in the repository: {missing}"
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=lambda p: str(p.relative_to(ROOT)))
 def test_no_text_points_outside_the_repository(doc):
     hits = [
         f"line {n}: {line.strip()[:100]}"
