@@ -50,12 +50,18 @@ def train(
 
 
 def retrain(
-    original: str | Path, classes: Sequence[str | int], out: str | Path, *, dataset: str | None = None
+    original: str | Path,
+    classes: Sequence[str | int],
+    out: str | Path,
+    *,
+    dataset: str | None = None,
+    seed: int | None = None,
 ) -> dict[str, Any]:
-    """The gold standard: ``original``'s architecture and recorded recipe, trained without ``classes``."""
+    """The gold standard: ``original``'s architecture and recorded recipe, trained without ``classes``
+    (``seed``: another training seed than the recorded one, for the gold standard's own spread)."""
     from .workflows import retrain_checkpoint
 
-    return retrain_checkpoint(original, classes, out, dataset=dataset, progress=False)
+    return retrain_checkpoint(original, classes, out, dataset=dataset, progress=False, seed=seed)
 
 
 def forget(
