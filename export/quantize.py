@@ -478,6 +478,30 @@ def quantize_int8_proto(
         )
 
 
+def keep_head_output_float(proto, retained_name: str) -> list[str]:
+    """Drop the Q/DQ pair the quantizer put on the head's output ``retained_name``: the mask reads the head's float
+    output directly. Why: OpenVINO's low-precision transformations move a DequantizeLinear that feeds the mask
+    through it into the quantized domain and fail on the fill (-1e4 does not fit in u8/i8); with no
+    DequantizeLinear before the mask, every runtime keeps it in float (tests/deploy/test_openvino.py compiles it).
+    The head's input and weights keep their Q/DQ. Returns the removed nodes' names."""
+    quantize = [n for n in proto.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == retained_name]
+    q_outputs = {o for n in quantize for o in n.output}
+    dequantize = [n for n in proto.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in q_outputs]
+    float_of = {n.output[0]: retained_name for n in dequantize}
+    if any(o.name in q_outputs or o.name in float_of for o in proto.graph.output):
+        return []  # a quantized tensor is itself an output: leave the graph as the quantizer wrote it
+    for node in proto.graph.node:
+        node.input[:] = [float_of.get(name, name) for name in node.input]
+    removed = quantize + dequantize
+    for node in removed:
+        proto.graph.node.remove(node)
+    params = {name for n in removed for name in n.input[1:]}  # the pair's scale and zero point
+    used = {name for n in proto.graph.node for name in n.input}
+    for tensor in [t for t in proto.graph.initializer if t.name in params and t.name not in used]:
+        proto.graph.initializer.remove(tensor)
+    return [n.name for n in removed]
+
+
 #: entropy (KL) calibration histogram: TensorRT's entropy calibrator's 2048 bins searched for the best 128-bin
 #: (8-bit) range. onnxruntime's default for quantize_static is 128 bins for 128 quantized bins, where the search
 #: has a single candidate, the whole range: its "entropy" ranges equal MinMax's bit for bit (measured,
@@ -651,6 +675,7 @@ def quantize_model(
         if config.precision == "int8":
             quantize_int8_proto(model_path, tmp, inputs, meta.input_name, config, exclude, layout)
             out_proto = onnx.load(str(tmp))
+            keep_head_output_float(out_proto, meta.retained_name)
         else:
             from onnxruntime.transformers.float16 import convert_float_to_float16
 
