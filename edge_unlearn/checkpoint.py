@@ -168,6 +168,20 @@ def _open(path: Path, tensors: bool = True) -> tuple[CheckpointMeta, dict[str, t
     return meta, loaded
 
 
+def check_tensor_kinds(tensors: dict[str, torch.Tensor], model: torch.nn.Module, path: Path) -> None:
+    """``load_state_dict`` casts silently: int64 head weights would load as float32 (issue 30). A tensor whose kind
+    (floating point or not) differs from the model's is refused; a floating tensor of another width (FP16, BF16,
+    FP64) is cast to the model's float32 on purpose: the arithmetic is the model's, and FP16/BF16 widen exactly."""
+    expected = model.state_dict()
+    for name, tensor in tensors.items():
+        want = expected.get(name)
+        if want is not None and want.is_floating_point() != tensor.is_floating_point():
+            raise CheckpointError(
+                f"{path}: tensor {name!r} is {str(tensor.dtype).removeprefix('torch.')} where the model holds "
+                f"{str(want.dtype).removeprefix('torch.')}; the file was edited: re-create it with `edge-unlearn train`"
+            )
+
+
 def load_checkpoint(path: str | Path, model: UnlearnableClassifier | None = None) -> Checkpoint:
     """Rebuild the model from its architecture record (registry, torchvision or timm: no code from the file)
     and load the tensors (strict). ``model``: a skeleton to load into instead, for checkpoints of a user's
@@ -179,6 +193,7 @@ def load_checkpoint(path: str | Path, model: UnlearnableClassifier | None = None
             model = build_from_spec(meta.arch_spec, meta.num_classes, meta.input_shape)
         except UsageError as exc:
             raise CheckpointError(f"{path}: {exc}") from exc
+    check_tensor_kinds(tensors, model, path)  # type: ignore[arg-type]
     try:
         model.load_state_dict(tensors, strict=True)  # type: ignore[arg-type]
     except RuntimeError as exc:

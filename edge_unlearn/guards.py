@@ -157,6 +157,7 @@ def check_labels(spec: str, y_train: Any, y_test: Any) -> None:
             raise DataError(f"{spec}: {name} holds negative labels; labels must lie in 0..classes-1")
     if np.asarray(y_test).size == 0:
         raise DataError(f"{spec}: the test split is empty; give x_test/y_test with at least one image per class")
+    check_class_count(spec, y_train, y_test)  # issue 30: before anything is sized by the largest label
 
 
 def check_every_class_present(dataset: Any) -> None:
@@ -224,3 +225,27 @@ def check_outputs(outputs: Mapping[str, Any], inputs: Iterable[Any] = (), run_di
             probe = probe.parent
         if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
             raise UsageError(f"--run-dir {root} cannot be created or written ({probe} is not a writable folder)")
+
+
+#: the most classes a dataset may have (ImageNet-21k has 21,841): a larger label is a corrupt file, and the class
+#: names, the head and the per-class tables sized by it would exhaust memory (one label of 10**9 made `train`
+#: allocate 23.6 GB until the kernel killed it)
+MAX_CLASSES = 100_000
+
+
+def check_class_count(spec: str, y_train: Any, y_test: Any) -> None:
+    """Labels lie in 0..C-1 with C <= :data:`MAX_CLASSES`, checked on the raw arrays before anything is allocated
+    from the largest label (its class count)."""
+    import numpy as np
+
+    from .errors import DataError
+
+    for name, labels in (("y_train", y_train), ("y_test", y_test)):
+        array = np.asarray(labels)
+        top = array.max() if array.size and array.dtype.kind in "iuf" else 0
+        if top >= MAX_CLASSES:
+            shown = int(top) if top < 1e15 else f"{float(top):g}"
+            raise DataError(
+                f"{spec}: {name} holds label {shown}; labels must be 0..C-1 with at most "
+                f"{MAX_CLASSES:,} classes: renumber the classes 0..C-1"
+            )

@@ -26,7 +26,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .data import Dataset, preprocess
-from .errors import CheckpointError, UsageError
+from .errors import CheckpointError, DataError, UsageError
+from .guards import MAX_CLASSES
 from .models import DEPTH_STATS_MAX_FLOATS, UnlearnableClassifier, build_model
 
 #: version of the recipe record; records without one (edge-unlearn before issue #12) are version 1:
@@ -449,6 +450,10 @@ def train_model(
         raise UsageError(f"--workers must be 0 or more, got {workers}")
     if save_every < 0:
         raise UsageError(f"--save-every must be 0 (never) or a number of steps, got {save_every}")
+    if data.num_classes > MAX_CLASSES:  # before the head and per-class tables are sized by it
+        raise DataError(
+            f"{data.spec}: {data.num_classes:,} classes; labels must be 0..C-1 with at most {MAX_CLASSES:,} classes"
+        )
     retained = None
     if forget_classes:
         retained = [c for c in range(data.num_classes) if c not in set(forget_classes)]

@@ -51,6 +51,7 @@ from edge_unlearn.deploy.tensorrt.plan import (
     timing_cache_outcome,
     trtexec_command,
 )
+from edge_unlearn.deploy.tensorrt.preflight import check_onnx_loads
 from edge_unlearn.deploy.tensorrt.probe import current_environment, import_pycuda, import_tensorrt
 from edge_unlearn.deploy.tensorrt.runner import PrimaryContext, cuda_errors
 from edge_unlearn.errors import DependencyError, ModelFileError, UsageError
@@ -138,6 +139,7 @@ def read_onnx_for_build(onnx_path: Path, config: BuildConfig) -> dict[str, Any]:
     hazard report, our metadata, the input and its profile."""
     from edge_unlearn.deploy.onnx_meta import OnnxMeta
 
+    check_onnx_loads(onnx_path)
     model = load_onnx(onnx_path)
     props = {p.key: p.value for p in model.metadata_props}
     refuse_cpu_layout(props, str(onnx_path))

@@ -25,9 +25,10 @@ Imports no torch itself; loading a calibration dataset by spec goes through ``ed
 
 from __future__ import annotations
 
+import contextlib
 import platform
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -44,7 +45,8 @@ from edge_unlearn.deploy.onnx_meta import (
     topological_sort,
     write_meta,
 )
-from edge_unlearn.errors import ModelFileError, UsageError
+from edge_unlearn.deploy.tensorrt.preflight import check_onnx_loads
+from edge_unlearn.errors import EdgeUnlearnError, ModelFileError, UsageError
 from edge_unlearn.fileio import atomic_output, sha256_file
 
 QUANT_PRECISIONS = ("int8", "fp16")
@@ -420,6 +422,52 @@ def _calibrate_method(name: str):
     return table[name]
 
 
+def check_quantizable(proto, meta: OnnxMeta, path: Path) -> None:
+    """What the quantizers assume and do not check: one graph input, the image input the metadata names (a second
+    input has no calibration data), and finite float weights (a NaN weight breaks the scale computation)."""
+    from onnx import numpy_helper
+
+    weights = {t.name for t in proto.graph.initializer}
+    inputs = [i.name for i in proto.graph.input if i.name not in weights]
+    if inputs != [meta.input_name]:
+        raise ModelFileError(
+            f"{path} has graph inputs {inputs}; edge-unlearn models take one, the image batch {meta.input_name!r}: "
+            "re-export it with `edge-unlearn export`"
+        )
+    for tensor in proto.graph.initializer:
+        values = numpy_helper.to_array(tensor)
+        if values.dtype.kind == "f" and not np.all(np.isfinite(values)):
+            raise ModelFileError(
+                f"{path}: weight {tensor.name!r} holds NaN/Inf; nothing can be quantized from it: re-export the "
+                "model from a finite checkpoint"
+            )
+
+
+@contextlib.contextmanager
+def onnxruntime_step(model_path: Path, precision: str) -> Iterator[None]:
+    """Run onnxruntime's quantizer or converter inside a temporary working folder (its symbolic shape inference
+    writes ``sym_shape_infer_temp.onnx`` and ``<uuid>.data`` to the working folder when it fails, and its
+    calibrator ``augmented_model.onnx`` to the temporary folder), deleted afterwards, success or failure; its
+    exceptions become one line (exit 2). Paths given to it must be absolute."""
+    from edge_unlearn.deploy.tensorrt.preflight import error_line
+
+    with tempfile.TemporaryDirectory(prefix="edge-unlearn-quantize.") as folder:
+        before = tempfile.tempdir
+        tempfile.tempdir = folder
+        try:
+            with contextlib.chdir(folder):
+                yield
+        except EdgeUnlearnError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - onnxruntime/onnx raise bare Exception, AssertionError, Fail...
+            raise ModelFileError(
+                f"onnxruntime could not make the {precision} model from {model_path}: {error_line(exc)}; "
+                "check the graph with `edge-unlearn build-engine --check-only` and re-export it"
+            ) from exc
+        finally:
+            tempfile.tempdir = before
+
+
 def quantize_int8_proto(
     src: Path,
     dst: Path,
@@ -624,6 +672,8 @@ def quantize_model(
         raise UsageError(
             f"{model_path} is already {meta.precision}; quantize the FP32 model from `edge-unlearn export`"
         )
+    check_onnx_loads(model_path)
+    check_quantizable(proto, meta, model_path)
     exclude = mask_node_names(proto) if config.exclude_mask_nodes and not config.ort_defaults else []
     float_first = layout.float_first_layer if config.float_first_layer is None else config.float_first_layer
     if float_first and not config.ort_defaults:
@@ -671,9 +721,10 @@ def quantize_model(
             )
     new_meta = replace(meta, precision=config.precision, quantization=info)
     output = Path(output)
-    with atomic_output(output) as tmp:
+    source = model_path.absolute()  # onnxruntime_step works in a temporary folder: every path it sees is absolute
+    with atomic_output(output.absolute()) as tmp, onnxruntime_step(model_path, config.precision):
         if config.precision == "int8":
-            quantize_int8_proto(model_path, tmp, inputs, meta.input_name, config, exclude, layout)
+            quantize_int8_proto(source, tmp, inputs, meta.input_name, config, exclude, layout)
             out_proto = onnx.load(str(tmp))
             keep_head_output_float(out_proto, meta.retained_name)
         else:

@@ -143,6 +143,7 @@ def build_engine_cmd(
     """
     from edge_unlearn.deploy.onnx_hazards import DEFAULT_RANGE_LIMIT, check_model, load_onnx, onnx_precision
     from edge_unlearn.deploy.tensorrt.plan import BuildConfig, default_engine_path, hazard_target, refuse_cpu_layout
+    from edge_unlearn.deploy.tensorrt.preflight import check_onnx_loads
     from edge_unlearn.export.engine import build_engine
 
     config = BuildConfig(
@@ -164,6 +165,7 @@ def build_engine_cmd(
         verbose=verbose,
     )
     if check_only:
+        check_onnx_loads(onnx_path)  # issue 30: an empty file or one onnxruntime cannot load is refused (exit 2)
         model = load_onnx(onnx_path)
         refuse_cpu_layout({p.key: p.value for p in model.metadata_props}, onnx_path)
         report = check_model(

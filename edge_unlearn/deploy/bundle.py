@@ -64,6 +64,10 @@ class Bundle:
         }
 
 
+#: preprocessed inputs beyond this are no image (raw 0..255 pixels are far inside; issue 30: 1e300 was exit 1)
+INPUT_LIMIT = 1e6
+
+
 def _check_arrays(data: dict[str, np.ndarray], path: Path) -> None:
     """Ranks and kinds of the arrays (a fuzzed bundle must fail in one line, not deep in numpy)."""
     expect = {
@@ -80,6 +84,12 @@ def _check_arrays(data: dict[str, np.ndarray], path: Path) -> None:
             raise ModelFileError(
                 f"{path}: array {name} is {array.dtype} of shape {list(array.shape)}, expected a "
                 f"{ndim}-D {'text' if kinds == 'U' else 'numeric'} array; re-create the bundle with "
+                "`edge-unlearn bundle`"
+            )
+    for name, limit in (("inputs", INPUT_LIMIT), ("reference_logits", float(np.finfo(np.float32).max))):
+        if data[name].size and not np.abs(data[name].astype(np.float64)).max() <= limit:  # NaN fails too (issue 30)
+            raise ModelFileError(
+                f"{path}: array {name} holds NaN, Inf or values beyond {limit:.3g}; re-create the bundle with "
                 "`edge-unlearn bundle`"
             )
     c = len(data["class_names"])

@@ -80,8 +80,7 @@ def _resolve(entry: str, root: Path) -> Path:
 
 
 def _ignored(rel: str) -> bool:
-    name = rel.rsplit("/", 1)[-1]
-    return rel in (MANIFEST, SIGNATURE) or (name.startswith(".") and name.endswith(".tmp"))
+    return rel in (MANIFEST, SIGNATURE)  # issue 30: a `.*.tmp` file is listed or unlisted like any other
 
 
 def record(
