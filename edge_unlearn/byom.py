@@ -39,11 +39,11 @@ from .models import (
     TORCHVISION_IGNORED_PREFIXES,
     ArchSpec,
     UnlearnableClassifier,
-    _family,
     build_model,
     build_original,
     head_path,
     is_depth_stats_key,
+    model_family,
     split_classifier,
 )
 
@@ -197,7 +197,7 @@ def _stem_hint(spec: ArchSpec, key: str) -> str:
         spec.source == "torchvision"
         and key.startswith("conv1.")
         and not dict(spec.adapt).get("cifar_stem")
-        and _family(spec.name, ("resnet", "resnext", "wide_resnet"))
+        and model_family(spec.name, ("resnet", "resnext", "wide_resnet"))
     ):
         return "; if the training script replaced the stem with a 3×3 conv and no max-pool (CIFAR), pass --cifar-stem"
     return ""
@@ -233,7 +233,7 @@ def load_user_model(
     skeleton = _skeleton(spec)
     path = head_path(spec, skeleton)
     key = f"{path}.weight"
-    family = _family(spec.name, TORCHVISION_IGNORED_PREFIXES) if spec.source == "torchvision" else None
+    family = model_family(spec.name, TORCHVISION_IGNORED_PREFIXES) if spec.source == "torchvision" else None
     if family:
         state = {k: v for k, v in state.items() if not k.startswith(TORCHVISION_IGNORED_PREFIXES[family])}
     if key not in state:
@@ -481,7 +481,7 @@ def importable_models() -> list[tuple[str, str]]:
     names = torchvision_classifiers()
     out = []
     for prefixes, path in TORCHVISION_HEADS:
-        family = [n for n in names if _family(n, prefixes)]
+        family = [n for n in names if model_family(n, prefixes)]
         if family:
             out.append((f"torchvision:{{{','.join(family)}}}", f"head {path}"))
     for prefix, why in TORCHVISION_UNSPLITTABLE.items():

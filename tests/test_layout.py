@@ -22,6 +22,8 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = (
     "edge_unlearn",
     "edge_unlearn.core",
+    "edge_unlearn.data",
+    "edge_unlearn.models",
     "edge_unlearn.unlearn",
     "edge_unlearn.cli",
     "edge_unlearn.deploy",

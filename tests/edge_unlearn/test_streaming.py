@@ -11,6 +11,8 @@ import torch
 from PIL import Image
 
 import edge_unlearn.data as data_module
+import edge_unlearn.data.preprocessing as preprocessing_module
+import edge_unlearn.data.sources as sources_module
 from edge_unlearn.data import ArrayImages, FolderImages, Normalization, Preprocessing, load_dataset, load_image_folder
 from edge_unlearn.errors import DataError
 from tests.conftest import invoke_cli, one_line_error
@@ -40,13 +42,13 @@ def _digit_folder(root, digits, per_class: int = 4, classes=range(10), seed: int
 def decodes(monkeypatch):
     """Counts image decodes."""
     count = {"n": 0}
-    real = data_module._decode
+    real = sources_module.decode_image
 
     def counting(path):
         count["n"] += 1
         return real(path)
 
-    monkeypatch.setattr(data_module, "_decode", counting)
+    monkeypatch.setattr(sources_module, "decode_image", counting)
     return count
 
 
@@ -67,7 +69,7 @@ def test_folder_dataset_decodes_nothing_until_read(tmp_path, digits, decodes):
 
 def test_normalization_of_a_folder_reads_a_bounded_sample(tmp_path, digits, decodes, monkeypatch):
     _digit_folder(tmp_path, digits)
-    monkeypatch.setattr(data_module, "NORMALIZATION_SAMPLE", 7)
+    monkeypatch.setattr(preprocessing_module, "NORMALIZATION_SAMPLE", 7)
     data = load_dataset(f"folder:{tmp_path}", image_size=8)
     assert decodes["n"] == 7
     # the same as the statistics of those 7 images, read directly
@@ -204,7 +206,7 @@ def test_unreadable_image_and_bad_workers_are_one_line_exit_2(tmp_path, digits, 
 
 
 def test_forget_samples_get_the_checkpoints_full_preprocessing(tmp_path, digits, digits_checkpoint):
-    """The #11 bug: --forget-samples ignored the checkpoint's resize/crop."""
+    """The #11 bug: --forget-images ignored the checkpoint's resize/crop."""
     from edge_unlearn.checkpoint import load_checkpoint, save_checkpoint
     from edge_unlearn.workflows import ForgetRequest, _forget_set
 
@@ -236,7 +238,7 @@ def test_forget_samples_get_the_checkpoints_full_preprocessing(tmp_path, digits,
             imported,
             "--forget",
             "3",
-            "--forget-samples",
+            "--forget-images",
             folder,
             "--no-eval",
             "-q",
