@@ -8,27 +8,25 @@ accuracy with and without the mask, retained accuracy) and :func:`edge_unlearn.a
 (linear probe after every block and at the penultimate features, prototype attack as deployed and with the
 mask lifted, entropy MIA, relearn steps to 0.9 × the original's forget accuracy). Trained models are cached
 under ``--out-dir`` (gitignored) keyed by a hash of the recipe (arch, dataset content, training config,
-forgotten classes), so a retrain that costs an hour on CPU runs once. Writes ``table.md`` and
-``forgetting_depth_<preset>.json`` (every row and the mean ± sample std over runs) into ``--results-dir``.
+forgotten classes; :func:`benchmarks.harness.cached_train`), so a retrain that costs an hour on CPU runs once.
+Writes ``forgetting_depth_<preset>.{json,md}`` (every row and the mean ± sample std over runs) into
+``--results-dir`` (default ``benchmarks/results/forgetting_depth/``).
 
 Examples::
 
-    python benchmarks/forgetting_depth.py --quick                       # lenet + digits, minutes on 2 cores
-    python benchmarks/forgetting_depth.py --preset lenet-digits         # the demo, 3 classes × 2 seeds
-    python benchmarks/forgetting_depth.py --preset lenet-mnist          # 3 classes × 2 seeds
-    python benchmarks/forgetting_depth.py --preset resnet18-fashion
-    python benchmarks/forgetting_depth.py --quick --variants '[{"feature_target": "retained_mean"}]'
-    nohup python benchmarks/forgetting_depth.py --preset cifar-resnet18 > bench_out/cifar.log 2>&1 &   # hours on CPU
-    python benchmarks/forgetting_depth.py --combine part_c3/….json part_c5/….json   # one experiment run in parts
+    python -m benchmarks.forgetting_depth --quick                       # lenet + digits, minutes on 2 cores
+    python -m benchmarks.forgetting_depth --preset lenet-digits         # the demo, 3 classes × 2 seeds
+    python -m benchmarks.forgetting_depth --preset lenet-mnist          # 3 classes × 2 seeds
+    python -m benchmarks.forgetting_depth --preset resnet18-fashion
+    python -m benchmarks.forgetting_depth --quick --variants '[{"feature_target": "retained_mean"}]'
+    nohup python -m benchmarks.forgetting_depth --preset cifar-resnet18 > bench_out/cifar.log 2>&1 &   # hours on CPU
+    python -m benchmarks.forgetting_depth --combine part_c3/….json part_c5/….json   # one experiment run in parts
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
-import os
-import platform
 import sys
 import time
 from dataclasses import dataclass, replace
@@ -36,21 +34,29 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
-from edge_unlearn import __version__
+from benchmarks.harness import (
+    SCRATCH,
+    SHARED_DATA,
+    cache_key,
+    cached_train,
+    data_digest,
+    provenance,
+    recipe_json,
+    results_dir,
+    use_threads,
+)
+from benchmarks.harness import (
+    write_results as write_files,
+)
 from edge_unlearn.attacks import AuditConfig, default_relearn_target, forgetting_audit
-from edge_unlearn.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
+from edge_unlearn.checkpoint import load_checkpoint, save_checkpoint
 from edge_unlearn.core.figures import retain_drop
-from edge_unlearn.core.jsontext import to_json_text
-from edge_unlearn.data import Dataset, ImageSource, load_dataset, preprocess, take_samples
+from edge_unlearn.data import Dataset, load_dataset, preprocess, take_samples
 from edge_unlearn.metrics import evaluate_model
 from edge_unlearn.models import UnlearnableClassifier
-from edge_unlearn.training import TrainConfig, train_model
+from edge_unlearn.training import TrainConfig
 from edge_unlearn.unlearn import ForgetSet, forget, method_config
-
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "data"
 
 
 def variant_name(overrides: dict[str, Any]) -> str:
@@ -92,58 +98,10 @@ PRESETS = {
     "quick": Preset("lenet", "digits", (3, 5), (0, 1), epochs=1, min_steps=150),
     # the demo's setting with the default recipe (the quick preset's models are trained 1/3 as long)
     "lenet-digits": Preset("lenet", "digits", (3, 5, 7), (0, 1)),
-    "lenet-mnist": Preset("lenet", f"npz:{SHARED / 'mnist.npz'}", (0, 3, 7), (0, 1)),
-    "resnet18-fashion": Preset("resnet18", f"npz:{SHARED / 'fashion_mnist.npz'}", (0, 3, 7), (0, 1)),
-    "cifar-resnet18": Preset("cifar_resnet18", f"npz:{SHARED / 'cifar10.npz'}", (3, 5), (0, 1)),
+    "lenet-mnist": Preset("lenet", f"npz:{SHARED_DATA / 'mnist.npz'}", (0, 3, 7), (0, 1)),
+    "resnet18-fashion": Preset("resnet18", f"npz:{SHARED_DATA / 'fashion_mnist.npz'}", (0, 3, 7), (0, 1)),
+    "cifar-resnet18": Preset("cifar_resnet18", f"npz:{SHARED_DATA / 'cifar10.npz'}", (3, 5), (0, 1)),
 }
-
-
-def use_bench_threads() -> None:
-    """Intra-op threads for a benchmark run: ``BENCH_THREADS`` (default 2), at most the machine's cores."""
-    torch.set_num_threads(max(1, min(os.cpu_count() or 1, int(os.environ.get("BENCH_THREADS", "2")))))
-
-
-def data_digest(data: Dataset) -> str:
-    """SHA-256 of the dataset's content (images and labels of both splits): the cache key's data part."""
-    h = hashlib.sha256()
-    for t in (data.x_train, data.y_train, data.x_test, data.y_test):
-        chunks = t.batches(4096) if isinstance(t, ImageSource) else (t,)  # images stream; labels are tensors
-        for chunk in chunks:
-            h.update(chunk.contiguous().numpy().tobytes())
-    return h.hexdigest()
-
-
-def cached_train(
-    cache: Path, arch: str, data: Dataset, digest: str, recipe: TrainConfig, forget_classes: tuple[int, ...] = ()
-) -> tuple[UnlearnableClassifier, float, str]:
-    """Train (or load the model cached under the recipe's hash): (model, training seconds, key).
-
-    The recorded seconds are those of the run that trained it."""
-    recipe_json = {k: v for k, v in recipe.to_json().items() if k != "device"}  # the device does not change the recipe
-    key = hashlib.sha256(
-        json.dumps(
-            {"arch": arch, "data": digest, "recipe": recipe_json, "forget": sorted(forget_classes)}, sort_keys=True
-        ).encode()
-    ).hexdigest()[:16]
-    path, info = cache / f"{arch}_{key}.safetensors", cache / f"{arch}_{key}.json"
-    if path.exists() and info.exists():
-        return load_checkpoint(path).model, json.loads(info.read_text())["seconds"], key
-    result = train_model(arch, data, recipe, forget_classes=list(forget_classes), progress=False)
-    meta = CheckpointMeta(
-        arch,
-        data.num_classes,
-        data.class_names,
-        data.input_shape,
-        data.normalization,
-        data.spec,
-        train_recipe=recipe.to_json(),
-    )
-    cache.mkdir(parents=True, exist_ok=True)
-    save_checkpoint(path, result.model, meta)
-    info.write_text(
-        json.dumps({"seconds": result.seconds, "arch": arch, "recipe": recipe_json, "forget": sorted(forget_classes)})
-    )
-    return result.model, result.seconds, key
 
 
 def adopt_original(
@@ -168,15 +126,18 @@ def adopt_original(
         )
     if problems:
         raise SystemExit(f"--original {checkpoint} is not this preset's original: " + "; ".join(problems))
-    recipe_json = {k: v for k, v in recipe.to_json().items() if k != "device"}
-    key = hashlib.sha256(
-        json.dumps({"arch": arch, "data": digest, "recipe": recipe_json, "forget": []}, sort_keys=True).encode()
-    ).hexdigest()[:16]
+    key = cache_key(arch, digest, recipe)
     cache.mkdir(parents=True, exist_ok=True)
     save_checkpoint(cache / f"{arch}_{key}.safetensors", loaded.model, meta)
     (cache / f"{arch}_{key}.json").write_text(
         json.dumps(
-            {"seconds": seconds, "arch": arch, "recipe": recipe_json, "forget": [], "adopted_from": str(checkpoint)}
+            {
+                "seconds": seconds,
+                "arch": arch,
+                "recipe": recipe_json(recipe),
+                "forget": [],
+                "adopted_from": str(checkpoint),
+            }
         )
     )
     return key
@@ -275,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--device", default="auto", help="training/unlearning device (auto, cpu, cuda)")
     parser.add_argument(
-        "--out-dir", type=Path, default=ROOT / "bench_out" / "forgetting_depth", help="trained-model cache (gitignored)"
+        "--out-dir", type=Path, default=SCRATCH / "forgetting_depth", help="trained-model cache (gitignored)"
     )
     parser.add_argument(
         "--original",
@@ -290,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="the training seconds of --original (its train --json-out 'seconds')",
     )
-    parser.add_argument("--results-dir", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument("--results-dir", type=Path, default=results_dir("forgetting_depth"))
     parser.add_argument(
         "--combine",
         nargs="+",
@@ -321,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     if (preset.epochs, preset.min_steps) != (PRESETS[name].epochs, PRESETS[name].min_steps):
         name = f"{name}-{preset.epochs}ep-{preset.min_steps}steps"
-    use_bench_threads()
+    use_threads()
     data = load_dataset(preset.dataset)
     digest = data_digest(data)
     cache = args.out_dir / "models"
@@ -398,14 +359,7 @@ def main(argv: list[str] | None = None) -> int:
         "audit_config": audit_config.to_json(),
         "rows": rows,
         "seconds": time.perf_counter() - t_start,
-        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
-        "environment": {
-            "edge_unlearn": __version__,
-            "torch": torch.__version__,
-            "python": platform.python_version(),
-            "machine": platform.machine(),
-            "threads": torch.get_num_threads(),
-        },
+        **provenance("benchmarks.forgetting_depth", argv),
     }
     write_results(report, args.results_dir)
     return 0
@@ -457,8 +411,8 @@ def combine(paths: list[Path]) -> dict[str, Any]:
     }
 
 
-def write_results(report: dict[str, Any], results_dir: Path) -> None:
-    """Summary (mean ± sample std over runs), table, ``forgetting_depth_<preset>.{json,md}`` in ``results_dir``."""
+def write_results(report: dict[str, Any], folder: Path) -> None:
+    """Summary (mean ± sample std over runs), table, ``forgetting_depth_<preset>.{json,md}`` in ``folder``."""
     report["summary"] = summarise(report["rows"])
     runs = {(r["seed"], r["forget_class"]) for r in report["rows"]}
     recipe = report["recipe"]
@@ -469,11 +423,8 @@ def write_results(report: dict[str, Any], results_dir: Path) -> None:
     )
     text = table(report["summary"], title)
     print(text)
-    results_dir.mkdir(parents=True, exist_ok=True)
-    name = report["preset"]
-    (results_dir / f"forgetting_depth_{name}.json").write_text(to_json_text(report) + "\n")
-    (results_dir / f"forgetting_depth_{name}.md").write_text(text + "\n")
-    print(f"wrote {results_dir / f'forgetting_depth_{name}.json'}", flush=True)
+    stem = folder / f"forgetting_depth_{report['preset']}"
+    write_files(report, stem.with_suffix(".json"), text, stem.with_suffix(".md"))
 
 
 if __name__ == "__main__":

@@ -90,7 +90,7 @@ def fit_linear_probe(train_features: np.ndarray, train_labels: np.ndarray, seed:
     return probe
 
 
-def _probe_train_indices(data: Dataset, train_size: int, seed: int) -> torch.Tensor:
+def probe_train_indices(data: Dataset, train_size: int, seed: int) -> torch.Tensor:
     """The probe's training draw: up to ``train_size`` random training images of all classes (``seed``)."""
     gen = torch.Generator().manual_seed(seed)
     return torch.randperm(len(data.y_train), generator=gen)[:train_size]
@@ -116,7 +116,7 @@ def probe_forget_accuracy(
 
 def fit_forget_probe(model: UnlearnableClassifier, data: Dataset, train_size: int = 5000, seed: int = 0):
     """The probe of :func:`probe_forget_accuracy`, fitted on the penultimate features of its training draw."""
-    idx = _probe_train_indices(data, train_size, seed)
+    idx = probe_train_indices(data, train_size, seed)
     train_feats, _ = model_outputs(model, data.x_train, data, indices=idx)
     return fit_linear_probe(train_feats.numpy(), data.y_train[idx].numpy(), seed)
 
@@ -254,7 +254,7 @@ def probe_forget_accuracy_by_depth(
     images keeps it too."""
     forget = sorted(set(int(c) for c in forget_classes))
     blocks = probe_blocks(model, data.input_shape) if blocks is None else blocks
-    idx = _probe_train_indices(data, train_size, seed)
+    idx = probe_train_indices(data, train_size, seed)
     test_idx = probe_test_indices(data, forget, seed)
     train = depth_features(model, data.x_train, data, blocks, indices=idx)
     test = depth_features(model, data.x_test, data, blocks, indices=test_idx)

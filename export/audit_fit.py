@@ -33,7 +33,7 @@ from edge_unlearn.deploy.audit import (
 )
 from edge_unlearn.deploy.onnx_meta import MASK_VALUE
 from edge_unlearn.errors import UsageError
-from edge_unlearn.metrics import _probe_train_indices, fit_linear_probe, model_outputs
+from edge_unlearn.metrics import fit_linear_probe, model_outputs, probe_train_indices
 
 
 @torch.no_grad()
@@ -46,7 +46,7 @@ def fit_probes(model, data: Dataset, config: AuditConfig, columns: list[int]) ->
     """:func:`edge_unlearn.metrics.fit_linear_probe` (StandardScaler + LogisticRegression(max_iter=500, C=1)) on
     the FP32 penultimate features of the probe's training draw (all classes: retained and forgotten), and on
     their logits ``columns`` (the retained classes; no output probe without any), exported as arrays."""
-    idx = _probe_train_indices(data, config.probe_train_size, config.seed)
+    idx = probe_train_indices(data, config.probe_train_size, config.seed)
     feats, _ = model_outputs(model, data.x_train[idx], data)
     labels = data.y_train[idx].numpy()
     probe = _as_arrays(fit_linear_probe(feats.numpy(), labels, config.seed))

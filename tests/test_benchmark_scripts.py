@@ -92,7 +92,7 @@ def test_table_says_over_how_many_runs_each_model_is_taken():
 
 
 def test_probe_gap_refuses_a_missing_checkpoint_in_one_line(tmp_path, capsys):
-    from benchmarks.probe_gap import main as probe_gap
+    from benchmarks.research.probe_gap import main as probe_gap
 
     code = probe_gap(["--checkpoint", str(tmp_path / "none.safetensors"), "--dataset", "digits", "--forget-class", "3"])
     err = capsys.readouterr().err.strip().splitlines()
@@ -102,7 +102,7 @@ def test_probe_gap_refuses_a_missing_checkpoint_in_one_line(tmp_path, capsys):
 def test_probe_gap_refuses_more_forget_samples_than_the_class_has(tmp_path, capsys, digits):
     """``--finetune-samples`` past the class's training images, or an unknown ``--rows`` group: one line naming
     the limit, exit 2, no results file."""
-    from benchmarks.probe_gap import main as probe_gap
+    from benchmarks.research.probe_gap import main as probe_gap
     from edge_unlearn.checkpoint import CheckpointMeta, save_checkpoint
     from edge_unlearn.data import preprocess
     from edge_unlearn.models import build_model
@@ -156,7 +156,7 @@ def test_probe_gap_refuses_more_forget_samples_than_the_class_has(tmp_path, caps
 
 
 def test_block_stats_shift_refuses_a_missing_checkpoint_in_one_line(tmp_path, capsys):
-    from benchmarks.block_stats_shift import main as block_stats_shift
+    from benchmarks.research.block_stats_shift import main as block_stats_shift
 
     code = block_stats_shift(
         [
@@ -175,7 +175,7 @@ def test_block_stats_shift_refuses_a_missing_checkpoint_in_one_line(tmp_path, ca
 
 
 def test_stage_retrain_oracle_refuses_a_model_without_layer4_in_one_line(tmp_path, capsys, digits_checkpoint):
-    from benchmarks.stage_retrain_oracle import main as stage_retrain_oracle
+    from benchmarks.research.stage_retrain_oracle import main as stage_retrain_oracle
 
     code = stage_retrain_oracle(
         [
@@ -196,7 +196,7 @@ def test_stage_retrain_oracle_refuses_a_model_without_layer4_in_one_line(tmp_pat
 def test_stage_retrain_oracle_reproduces_the_original_then_retrains_the_stages_it_names(tmp_path, digits):
     """The "original" row is the checkpoint's own retained accuracy (so the cached stage inputs and the rebuilt tail
     compute what the backbone computes), and only the stages from ``--from-stage`` on are retrained."""
-    from benchmarks.stage_retrain_oracle import main as stage_retrain_oracle
+    from benchmarks.research.stage_retrain_oracle import main as stage_retrain_oracle
     from edge_unlearn.checkpoint import CheckpointMeta, save_checkpoint
     from edge_unlearn.data import preprocess
     from edge_unlearn.models import build_model
@@ -252,8 +252,8 @@ def test_stage_retrain_oracle_reproduces_the_original_then_retrains_the_stages_i
 def test_retrain_spread_audits_each_retrained_seed_beside_the_original(tmp_path):
     """One row per model (the original, then one retrained model per seed, each trained once and cached under
     forgetting_depth's key), and a summary over the retrained seeds."""
-    from benchmarks.forgetting_depth import cached_train, data_digest
-    from benchmarks.retrain_spread import main as retrain_spread
+    from benchmarks.harness import cached_train, data_digest
+    from benchmarks.research.retrain_spread import main as retrain_spread
     from edge_unlearn.data import load_dataset
     from edge_unlearn.training import TrainConfig
 
@@ -310,7 +310,7 @@ def test_retrain_spread_audits_each_retrained_seed_beside_the_original(tmp_path)
 
 
 def test_retrain_spread_refuses_bad_seeds_in_one_line(tmp_path, capsys):
-    from benchmarks.retrain_spread import main as retrain_spread
+    from benchmarks.research.retrain_spread import main as retrain_spread
 
     code = retrain_spread(
         [
@@ -332,11 +332,11 @@ def test_retrain_spread_refuses_bad_seeds_in_one_line(tmp_path, capsys):
 
 
 def test_probe_size_cells_are_the_depth_probe_at_that_size_and_draw(digits, digits_checkpoint, tmp_path, capsys):
-    """Each cell of benchmarks/probe_size.py is evaluate --depth's probe (penultimate and retained logits) fitted
+    """Each cell of benchmarks/research/probe_size.py is evaluate --depth's probe (penultimate and retained logits) fitted
     on the training draw of that size and seed, on features computed once; a retrained model that forgot another
     class is refused in one line."""
-    from benchmarks.probe_size import main as probe_size
-    from benchmarks.probe_size import probe_cell, readouts
+    from benchmarks.research.probe_size import main as probe_size
+    from benchmarks.research.probe_size import probe_cell, readouts
     from edge_unlearn.checkpoint import load_checkpoint
     from edge_unlearn.metrics import PENULTIMATE, RETAINED_LOGITS, probe_forget_accuracy_by_depth, probe_test_indices
 

@@ -9,7 +9,7 @@ left as they were (``stale``) and as NHLE leaves them (``shifted``).
 
 Example::
 
-    python benchmarks/block_stats_shift.py --checkpoint cifar_resnet18.safetensors \\
+    python -m benchmarks.research.block_stats_shift --checkpoint cifar_resnet18.safetensors \\
         --dataset npz:../shared/data/cifar10.npz --forget-class 5 --json out.json
 """
 
@@ -23,15 +23,11 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.harness import provenance, run_reporting_errors, use_threads, write_results
 from edge_unlearn.checkpoint import load_checkpoint
 from edge_unlearn.data import load_dataset, preprocess, take_samples
 from edge_unlearn.unlearn import ForgetSet, forget, method_config
 from edge_unlearn.unlearn.anchored import last_residual_block
-
-try:  # run as a script (python benchmarks/...) or imported as benchmarks.block_stats_shift
-    from probe_gap import results_provenance, run_reporting_errors, write_results
-except ImportError:  # imported as part of the benchmarks package (the tests)
-    from benchmarks.probe_gap import results_provenance, run_reporting_errors, write_results
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -50,7 +46,7 @@ def _relative_errors(recorded: torch.Tensor, truth: torch.Tensor) -> list[float]
 
 
 def run(args: argparse.Namespace) -> int:
-    torch.set_num_threads(1)
+    use_threads(default=1)
     t0 = time.perf_counter()
     data = load_dataset(args.dataset)
     original = load_checkpoint(args.checkpoint).model.eval()
@@ -89,9 +85,9 @@ def run(args: argparse.Namespace) -> int:
         "classes": keep,
         "stale": stale,
         "shifted": shifted,
-        **results_provenance(t0),
+        **provenance("benchmarks.research.block_stats_shift", started=t0),
     }
-    write_results(report, "", args.json, None)
+    write_results(report, args.json)
     return 0
 
 

@@ -7,7 +7,7 @@ layout, and prints, per variant: top-1 agreement with the FP32 reference on the 
 median FP32 top-1/top-2 logit margin of the samples that flip vs of all samples. A sensitivity pass keeps one
 layer at a time in float (the few largest) to show which layers lose most.
 
-    python benchmarks/byom_int8.py --model WORK/resnet18.deploy --calib npz:WORK/subset.npz \\
+    python -m benchmarks.research.byom_int8 --model WORK/resnet18.deploy --calib npz:WORK/subset.npz \\
         --json benchmarks/results/byom_int8.json
 """
 

@@ -4,7 +4,7 @@ Trains (or loads with --original) one model, then for each variant and forget cl
 --samples forget samples and reports forget_acc_unmasked, retain_drop, probe_forget_acc and seconds,
 averaged over the classes. Prints a markdown table and writes JSON.
 
-    python benchmarks/nhle_variants.py --dataset npz:../shared/data/mnist.npz --classes 3,5,8 \\
+    python -m benchmarks.research.nhle_variants --dataset npz:../shared/data/mnist.npz --classes 3,5,8 \\
         --variants '[{}, {"project": false}, {"orthogonalize": false}, {"scope": "edit_layer", "lr": 0.001}]'
 """
 

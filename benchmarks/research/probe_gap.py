@@ -36,15 +36,13 @@ and the prototype attack with the mask lifted. ``--retrained`` adds the gold sta
 
 Example::
 
-    python benchmarks/probe_gap.py --checkpoint ck.safetensors --retrained retrain.safetensors \\
+    python -m benchmarks.research.probe_gap --checkpoint ck.safetensors --retrained retrain.safetensors \\
         --dataset npz:../shared/data/cifar10.npz --forget-class 3
 """
 
 from __future__ import annotations
 
 import argparse
-import math
-import platform
 import sys
 import time
 from collections.abc import Callable
@@ -55,13 +53,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edge_unlearn import __version__
+from benchmarks.harness import provenance, run_reporting_errors, use_threads, wilson, write_results
 from edge_unlearn.attacks import prototype_attack_on_features
 from edge_unlearn.checkpoint import load_checkpoint
-from edge_unlearn.core.jsontext import to_json_text
 from edge_unlearn.data import load_dataset, preprocess, sample_indices, take_samples
-from edge_unlearn.errors import EdgeUnlearnError, UsageError
-from edge_unlearn.metrics import _probe_train_indices, fit_linear_probe, model_outputs, tensor_accuracy
+from edge_unlearn.errors import UsageError
+from edge_unlearn.metrics import fit_linear_probe, model_outputs, probe_train_indices, tensor_accuracy
 from edge_unlearn.models import UnlearnableClassifier
 from edge_unlearn.unlearn import ForgetSet, forget, method_config
 from edge_unlearn.unlearn.anchored import finetune_block, last_residual_block, pooled_block, synthesize_block_inputs
@@ -130,52 +127,6 @@ def block_output(
     return torch.relu(batchnorm(z, block.bn2, mean=bn2_mean) + skip).mean((2, 3))
 
 
-def wilson(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """95 % Wilson score interval of a proportion."""
-    if n == 0:
-        return float("nan"), float("nan")
-    p = successes / n
-    centre, half = (
-        (p + z * z / (2 * n)) / (1 + z * z / n),
-        z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n),
-    )
-    return centre - half, centre + half
-
-
-def run_reporting_errors(job: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
-    """``job(args)``, a bad checkpoint, dataset or model kind reported in one line with exit code 2 (the
-    benchmark scripts built on this one share it)."""
-    try:
-        return job(args)
-    except EdgeUnlearnError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-
-
-def results_provenance(started: float) -> dict[str, Any]:
-    """What a results file records of how it was made: seconds since ``started`` (``time.perf_counter``), the
-    command line, and the software and machine."""
-    return {
-        "seconds": time.perf_counter() - started,
-        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
-        "environment": {
-            "edge_unlearn": __version__,
-            "torch": torch.__version__,
-            "python": platform.python_version(),
-            "machine": platform.machine(),
-            "threads": torch.get_num_threads(),
-        },
-    }
-
-
-def write_results(report: dict[str, Any], text: str, json_path: Path | None, md_path: Path | None) -> None:
-    """The report as JSON and the table as markdown, each where a path is given (folders made)."""
-    for path, content in ((json_path, to_json_text(report) + "\n"), (md_path, text + "\n")):
-        if path:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(content)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", type=Path, required=True, help="the original model (edge-unlearn checkpoint)")
@@ -208,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    torch.set_num_threads(1)
+    use_threads(default=1)
     t0 = time.perf_counter()
     data = load_dataset(args.dataset)
     original = load_checkpoint(args.checkpoint).model.eval()
@@ -227,7 +178,7 @@ def run(args: argparse.Namespace) -> int:
             f"--finetune-samples: class {cls} has {available} training images; ask for 1..{available} or 'all'"
         )
     x_proto, y_proto = take_samples(data, [cls], 5, seed=args.seed)
-    probe_idx = _probe_train_indices(data, args.probe_train_size, args.seed)
+    probe_idx = probe_train_indices(data, args.probe_train_size, args.seed)
     y_probe, y_test = data.y_train[probe_idx], data.y_test
     norm = data.normalization
     act = {
@@ -468,9 +419,9 @@ def run(args: argparse.Namespace) -> int:
         "seed": args.seed,
         "rows": rows,
         "anchor_synthesis_seconds": synthesis_seconds,
-        **results_provenance(t0),
+        **provenance("benchmarks.research.probe_gap", started=t0),
     }
-    write_results(report, text, args.json, args.md)
+    write_results(report, args.json, text, args.md)
     return 0
 
 

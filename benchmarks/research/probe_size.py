@@ -2,7 +2,7 @@
 on the penultimate features and on the retained logits, for the original, the retrained model and NHLE's default,
 at several probe training sizes and draws.
 
-``forgetting_depth.py`` fits its probe on ``--probe-train-size`` training images (the CIFAR-10 runs used 2 000 of
+``benchmarks/forgetting_depth.py`` fits its probe on ``--probe-train-size`` training images (the CIFAR-10 runs used 2 000 of
 4 660 to save time), ``bundle --audit`` on up to 5 000 (every CIFAR-10 image here). A probe with more data is the
 stronger auditor, and the gap between NHLE and the retrained model need not be the same at every size: this
 script measures it side by side, on the same features (each model's features are computed once; each cell is one
@@ -11,7 +11,7 @@ probe fit, exactly the probe of :func:`edge_unlearn.metrics.probe_forget_accurac
 
 Example::
 
-    python benchmarks/probe_size.py --checkpoint cifar_resnet18.safetensors --retrained retrain_c5.safetensors \\
+    python -m benchmarks.research.probe_size --checkpoint cifar_resnet18.safetensors --retrained retrain_c5.safetensors \\
         --dataset npz:../shared/data/cifar10.npz --forget-class 5 --sizes 1000,2000,all --probe-seeds 0,1,2
 """
 
@@ -24,27 +24,22 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
+from benchmarks.harness import provenance, run_reporting_errors, use_threads, wilson, write_results
 from edge_unlearn.checkpoint import load_checkpoint
 from edge_unlearn.data import Dataset, load_dataset, preprocess, take_samples
 from edge_unlearn.errors import UsageError
 from edge_unlearn.metrics import (
     PENULTIMATE,
     RETAINED_LOGITS,
-    _probe_train_indices,
     fit_linear_probe,
     model_outputs,
     probe_test_indices,
+    probe_train_indices,
     retained_logit_columns,
 )
 from edge_unlearn.models import UnlearnableClassifier
 from edge_unlearn.unlearn import ForgetSet, forget
-
-try:  # run as a script (python benchmarks/...) or imported as benchmarks.probe_size
-    from probe_gap import results_provenance, run_reporting_errors, wilson, write_results
-except ImportError:  # imported as part of the benchmarks package (the tests)
-    from benchmarks.probe_gap import results_provenance, run_reporting_errors, wilson, write_results
 
 
 def readouts(model: UnlearnableClassifier, data: Dataset, cls: int) -> dict[str, dict[str, np.ndarray]]:
@@ -62,7 +57,7 @@ def probe_cell(
     reads: dict[str, dict[str, np.ndarray]], data: Dataset, cls: int, depth: str, size: int, seed: int
 ) -> int:
     """Hits of the probe fitted on the training draw of ``size`` (``seed``) on the class's test images."""
-    idx = _probe_train_indices(data, size, seed).numpy()
+    idx = probe_train_indices(data, size, seed).numpy()
     probe = fit_linear_probe(reads["train"][depth][idx], data.y_train.numpy()[idx], seed)
     return int((probe.predict(reads["test"][depth]) == cls).sum())
 
@@ -155,12 +150,12 @@ def run(args: argparse.Namespace) -> int:
         "probe_seeds": seeds,
         "test_images": n_test,
         "cells": cells,
-        **results_provenance(t0),
+        **provenance("benchmarks.research.probe_size", started=t0),
     }
-    write_results(report, text, args.json, args.md)
+    write_results(report, args.json, text, args.md)
     return 0
 
 
 if __name__ == "__main__":
-    torch.set_num_threads(1)
+    use_threads(default=1)
     sys.exit(main())

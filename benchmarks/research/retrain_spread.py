@@ -1,6 +1,6 @@
 """How much the gold standard itself varies (issue #15): retrained models of one class under several seeds.
 
-``forgetting_depth.py`` judges NHLE against one retrained model per (seed, class). Where a figure rests on ~85
+``benchmarks/forgetting_depth.py`` judges NHLE against one retrained model per (seed, class). Where a figure rests on ~85
 test images and one training run, the retrained model's own seed-to-seed spread says how far a target such as
 "probe ≤ retrain + 0.02" can be read. This script trains (or loads from forgetting_depth's cache: the same
 recipe hash, so nothing is trained twice) the model retrained without ``--forget-class`` under each of
@@ -9,7 +9,7 @@ recipe hash, so nothing is trained twice) the model retrained without ``--forget
 
 Example::
 
-    python benchmarks/retrain_spread.py --preset cifar-resnet18 --forget-class 5 --retrain-seeds 0,1 \\
+    python -m benchmarks.research.retrain_spread --preset cifar-resnet18 --forget-class 5 --retrain-seeds 0,1 \\
         --original cifar_resnet18.safetensors --probe-train-size 2000 --relearn-max-steps 20 --json out.json
 """
 
@@ -21,39 +21,22 @@ import time
 from pathlib import Path
 from typing import Any
 
+from benchmarks.forgetting_depth import PRESETS, adopt_original, measure, summarise, table
+from benchmarks.harness import (
+    SCRATCH,
+    cached_train,
+    data_digest,
+    provenance,
+    run_reporting_errors,
+    use_threads,
+    write_results,
+)
 from edge_unlearn.attacks import AuditConfig, default_relearn_target
 from edge_unlearn.data import load_dataset
 from edge_unlearn.errors import UsageError
 from edge_unlearn.metrics import evaluate_model
 from edge_unlearn.models import UnlearnableClassifier
 from edge_unlearn.training import TrainConfig
-
-try:  # run as a script (python benchmarks/...) or imported as benchmarks.retrain_spread
-    from forgetting_depth import (
-        PRESETS,
-        adopt_original,
-        cached_train,
-        data_digest,
-        measure,
-        summarise,
-        table,
-        use_bench_threads,
-    )
-    from probe_gap import results_provenance, run_reporting_errors, write_results
-except ImportError:  # imported as part of the benchmarks package (the tests)
-    from benchmarks.forgetting_depth import (
-        PRESETS,
-        adopt_original,
-        cached_train,
-        data_digest,
-        measure,
-        summarise,
-        table,
-        use_bench_threads,
-    )
-    from benchmarks.probe_gap import results_provenance, run_reporting_errors, write_results
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -69,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--out-dir",
         type=Path,
-        default=ROOT / "bench_out" / "forgetting_depth",
+        default=SCRATCH / "forgetting_depth",
         help="the trained-model cache (forgetting_depth's)",
     )
     parser.add_argument("--json", type=Path)
@@ -78,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    use_bench_threads()
+    use_threads()
     try:
         seeds = [int(s) for s in args.retrain_seeds.split(",") if s.strip()]
     except ValueError:
@@ -141,9 +124,9 @@ def run(args: argparse.Namespace) -> int:
         "audit_config": audit_config.to_json(),
         "rows": rows,
         "summary": summary,
-        **results_provenance(t0),
+        **provenance("benchmarks.research.retrain_spread", started=t0),
     }
-    write_results(report, text, args.json, args.md)
+    write_results(report, args.json, text, args.md)
     return 0
 
 

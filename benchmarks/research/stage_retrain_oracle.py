@@ -10,7 +10,7 @@ retrained model's, the forgotten class is still readable from the frozen earlier
 
 Example::
 
-    python benchmarks/stage_retrain_oracle.py --checkpoint cifar_resnet18.safetensors \\
+    python -m benchmarks.research.stage_retrain_oracle --checkpoint cifar_resnet18.safetensors \\
         --dataset npz:../shared/data/cifar10.npz --forget-class 5 --from-stage layer3 --json out.json --md out.md
 """
 
@@ -27,16 +27,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from benchmarks.harness import provenance, run_reporting_errors, use_threads, wilson, write_results
 from edge_unlearn.checkpoint import load_checkpoint
 from edge_unlearn.data import load_dataset, preprocess
 from edge_unlearn.errors import UsageError
-from edge_unlearn.metrics import _probe_train_indices, fit_linear_probe
-
-try:  # run as a script (python benchmarks/...) or imported as benchmarks.stage_retrain_oracle
-    from probe_gap import results_provenance, run_reporting_errors, wilson, write_results
-except ImportError:  # imported as part of the benchmarks package (the tests)
-    from benchmarks.probe_gap import results_provenance, run_reporting_errors, wilson, write_results
-
+from edge_unlearn.metrics import fit_linear_probe, probe_train_indices
 
 STAGES = ("layer1", "layer2", "layer3", "layer4")
 
@@ -75,7 +70,7 @@ def stage_inputs(model, stage: nn.Module, images: torch.Tensor, normalization) -
 
 
 def run(args: argparse.Namespace) -> int:
-    torch.set_num_threads(1)
+    use_threads(default=1)
     torch.manual_seed(args.seed)
     t0 = time.perf_counter()
     data = load_dataset(args.dataset)
@@ -98,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
                 "(a layer between or after the stages?)"
             )
     print(f"cached the stage's inputs: {tuple(train_in.shape)} in {time.perf_counter() - t0:.0f} s", flush=True)
-    probe_idx = _probe_train_indices(data, args.probe_train_size, args.seed)
+    probe_idx = probe_train_indices(data, args.probe_train_size, args.seed)
     y_train, y_test = data.y_train, data.y_test
     rows: list[dict[str, Any]] = []
 
@@ -187,9 +182,9 @@ def run(args: argparse.Namespace) -> int:
         "probe_train_size": args.probe_train_size,
         "seed": args.seed,
         "rows": rows,
-        **results_provenance(t0),
+        **provenance("benchmarks.research.stage_retrain_oracle", started=t0),
     }
-    write_results(report, text, args.json, args.md)
+    write_results(report, args.json, text, args.md)
     return 0
 
 

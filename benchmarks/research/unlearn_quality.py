@@ -4,7 +4,7 @@ For each dataset: train the original once (lenet by default), then for each forg
 from scratch without it (the gold standard, timed), unlearn it with NHLE from --samples forget samples
 (timed), and evaluate both with the same figures. Prints a table and writes JSON.
 
-    python benchmarks/unlearn_quality.py --dataset npz:../shared/data/mnist.npz --json bench_out/mnist.json
+    python -m benchmarks.research.unlearn_quality --dataset npz:../shared/data/mnist.npz --json bench_out/mnist.json
 """
 
 from __future__ import annotations

@@ -15,12 +15,12 @@ from edge_unlearn.errors import UsageError
 from edge_unlearn.metrics import (
     PENULTIMATE,
     RETAINED_LOGITS,
-    _probe_train_indices,
     fit_linear_probe,
     probe_blocks,
     probe_forget_accuracy,
     probe_forget_accuracy_by_depth,
     probe_test_indices,
+    probe_train_indices,
 )
 from edge_unlearn.models import build_model
 
@@ -67,7 +67,7 @@ def _probe_on_logits(model, data, classes, kept, seed=1, train_size=600) -> floa
     """The forgotten classes' probe accuracy fitted on ``model.logits``'s columns ``kept``, computed directly."""
     from edge_unlearn.data import preprocess
 
-    idx, test_idx = _probe_train_indices(data, train_size, seed), probe_test_indices(data, classes, seed)
+    idx, test_idx = probe_train_indices(data, train_size, seed), probe_test_indices(data, classes, seed)
     with torch.no_grad():
         train_z = model.logits(preprocess(data.x_train[idx], data.normalization), masked=False)[:, kept]
         test_z = model.logits(preprocess(data.x_test[test_idx], data.normalization), masked=False)[:, kept]

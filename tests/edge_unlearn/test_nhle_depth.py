@@ -239,9 +239,9 @@ def test_config_record_is_versioned():
 
 @pytest.mark.parametrize("arch", ["cifar_resnet18", "resnet18"])
 def test_probe_gap_recomputes_the_last_block_as_the_backbone_does(arch):
-    """benchmarks/probe_gap.py simulates edits of the last BasicBlock on cached activations: its recomputed
+    """benchmarks/research/probe_gap.py simulates edits of the last BasicBlock on cached activations: its recomputed
     output must be the backbone's, unedited, with conv2 / bn2 edited, and with the skip path recomputed."""
-    from benchmarks.probe_gap import block_activations, block_output, last_basic_block
+    from benchmarks.research.probe_gap import block_activations, block_output, last_basic_block
 
     torch.manual_seed(0)
     model = build_model(arch, 10, (3, 32, 32)).eval()
@@ -268,7 +268,7 @@ def test_probe_gap_recomputes_the_last_block_as_the_backbone_does(arch):
 
 
 def test_probe_gap_refuses_a_model_without_a_last_basic_block():
-    from benchmarks.probe_gap import last_basic_block
+    from benchmarks.research.probe_gap import last_basic_block
 
     with pytest.raises(UsageError, match="BasicBlock"):
         last_basic_block(build_model("lenet", 10, (1, 28, 28)))

@@ -1,0 +1,1 @@
+"""One-off experiments behind the method's design (docs/nhle.md): ``python -m benchmarks.research.<name>``."""
