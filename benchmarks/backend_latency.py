@@ -6,10 +6,12 @@ For each model: train briefly (latency does not depend on how well the weights a
 QDQ, calibrated on retained classes), then bench all three with ``edge_unlearn.deploy.bench`` — the same loop as
 ``edge-unlearn bench``. Writes the table (stdout), JSON, CSV and a latency plot.
 
-    python benchmarks/backend_latency.py --out-dir bench_out/backend_latency            # the full run
-    python benchmarks/backend_latency.py --quick --out-dir /tmp/backend_latency_quick   # smoke test, ~2 min
+    python -m benchmarks.backend_latency                            # the full run, into bench_out/backend_latency
+    python -m benchmarks.backend_latency --quick --out-dir /tmp/bl  # smoke test, ~1 min
 
-Equivalent CLI for one model: ``edge-unlearn bench ckpt.safetensors model.onnx model.int8.onnx --batch 1,8,64
+The JSON of a full run is committed as ``benchmarks/results/backend_latency/backend_latency.json``.
+
+Equivalent CLI for one model: ``edge-unlearn bench ckpt.safetensors model.onnx model.int8.onnx --batches 1,8,64
 --provider cpu --json-out out.json``.
 """
 
@@ -23,9 +25,8 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from benchmarks.harness import SCRATCH, SHARED_DATA, provenance, use_threads
 
-DATA = Path("/work/shared/data")
 #: arch, dataset file, training images (None: all), epochs
 PLAN = [("lenet", "mnist.npz", None, 1), ("resnet18", "fashion_mnist.npz", 5120, 1)]
 FORGET = (3,)
@@ -43,7 +44,7 @@ def prepare(
     from edge_unlearn.export.quantize import QuantizeConfig, quantize_model
     from edge_unlearn.training import TrainConfig, train_model
 
-    spec = f"npz:{DATA / dataset_file}"
+    spec = f"npz:{SHARED_DATA / dataset_file}"
     data = load_dataset(spec)
     if train_samples is not None and train_samples < len(data.y_train):
         idx = torch.randperm(len(data.y_train), generator=torch.Generator().manual_seed(0))[:train_samples]
@@ -73,8 +74,8 @@ def prepare(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out-dir", type=Path, default=ROOT / "bench_out" / "backend_latency")
-    parser.add_argument("--batch", default="1,8,64")
+    parser.add_argument("--out-dir", type=Path, default=SCRATCH / "backend_latency")
+    parser.add_argument("--batches", "--batch", default="1,8,64", help="comma-separated batch sizes")
     parser.add_argument("--iterations", type=int, default=None, help="Timed calls per batch (default 100; quick 5).")
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument(
@@ -90,10 +91,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
 
+    if args.threads is not None:
+        use_threads(args.threads)
+    from edge_unlearn import torch_runners  # noqa: F401  (registers the torch runner the eager rows use)
     from edge_unlearn.deploy.bench import BenchConfig, BenchReport, bench_artefacts, parse_batches, plot_latency
 
     quick = args.quick
-    batches = parse_batches("1,8" if quick and args.batch == "1,8,64" else args.batch)
+    batches = parse_batches("1,8" if quick and args.batches == "1,8,64" else args.batches)
     iterations = args.iterations or (5 if quick else 100)
     config = BenchConfig(
         batches=batches, warmup=2 if quick else args.warmup, iterations=iterations, threads=args.threads
@@ -127,6 +131,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"throughput x{q['throughput_ratio']:.2f}"
             )
     data = merged.to_json()
+    made = provenance("benchmarks.backend_latency", argv)
+    data["command"], data["environment"] = made["command"], {**made["environment"], **data["environment"]}
     data["quick"] = quick
     data["models"] = {
         arch: {"dataset": ds, "train_samples": 512 if quick else n, "epochs": ep}
