@@ -40,13 +40,17 @@ from edge_unlearn.deploy.tensorrt.plan import (
     PlacementReport,
     check_dla_batch,
     compute_profile,
+    dla_input_shape,
     format_command,
     hazard_target,
     load_calibration_inputs,
     mask_layers_to_pin,
+    needs_optimization_profile,
     onnx_input_shape,
     plan_build,
     refuse_cpu_layout,
+    refuse_no_gpu_fallback,
+    require_dla_engine,
     summarize_engine_information,
     timing_cache_outcome,
     trtexec_command,
@@ -124,8 +128,9 @@ def _make_calibrator(trt: Any, cuda: Any, data: np.ndarray, batch: int) -> Any:
     return _Calibrator()
 
 
-def dla_placement(trt: Any, network: Any, builder_config: Any) -> PlacementReport:
-    """Which network layers the DLA can take (``IBuilderConfig.can_run_on_DLA``); the rest fall back to the GPU."""
+def dla_placement(network: Any, builder_config: Any) -> PlacementReport:
+    """Which network layers the DLA can take (``IBuilderConfig.can_run_on_DLA``); the rest fall back to the GPU.
+    Asked after the network input has its static shape (:func:`plan.dla_input_shape`)."""
     layers = []
     for i in range(network.num_layers):
         layer = network.get_layer(i)
@@ -148,6 +153,7 @@ def read_onnx_for_build(onnx_path: Path, config: BuildConfig) -> dict[str, Any]:
         model, path=str(onnx_path), target_precision=hazard_target(onnx_prec, config), range_limit=config.range_limit
     )
     report.raise_for_errors()
+    refuse_no_gpu_fallback(((n.name, n.op_type) for n in model.graph.node), config)
     meta = OnnxMeta.from_props(props, str(onnx_path))
     input_name, shape = onnx_input_shape(model)
     profile = compute_profile(
@@ -224,25 +230,21 @@ def build_engine(
             stack.callback(primary.release)
             stack.enter_context(primary.active())
         stack.enter_context(cache_lock)
-        built = _build(trt, logger, onnx_path, plan, config, src, workspace, calib_inputs, cuda, stack, say)
-    serialized, placement, cache_blob, layer_info = built
-    inspected = summarize_engine_information(layer_info) if layer_info is not None else None
-    if inspected is not None and inspected["detailed"]:
-        counts = ", ".join(f"{k} {v}" for k, v in sorted(inspected["precision_counts"].items())) or "unknown"
-        say(
-            f"engine inspector: {inspected['num_layers']} layers, output precision {counts}"
-            + (f", {inspected['dla_layers']} on the DLA" if plan.dla_core is not None else "")
+        serialized, placement = _build(
+            trt, logger, onnx_path, plan, config, src, workspace, calib_inputs, cuda, stack, say
         )
-        if plan.dla_core is not None and inspected["dla_layers"] == 0:
-            say(
-                "warning: the engine inspector names no DLA layer although the plan placed "
-                f"{len(placement.on_dla) if placement else 0} there; check `edge-unlearn inspect-engine "
-                f"{out_path} --layers`"
+        blob = memoryview(serialized).cast("B")
+        engine_sha = hashlib.sha256(blob).hexdigest()
+        with atomic_output(out_path) as tmp:
+            tmp.write_bytes(blob.tobytes())
+            # the inspector reads the engine as written (deserialised from the file), and a DLA engine with no DLA
+            # subgraph fails here, before the file is moved into place
+            layer_info = (
+                _engine_information(trt, logger, tmp.read_bytes(), plan.dla_core, config.version_compatible)
+                if config.detailed_profiling
+                else None
             )
-    blob = memoryview(serialized).cast("B")
-    engine_sha = hashlib.sha256(blob).hexdigest()
-    with atomic_output(out_path) as tmp:
-        tmp.write_bytes(blob.tobytes())
+            inspected = _inspect_built(layer_info, plan.dla_core, say)
 
     from edge_unlearn import __version__
 
@@ -276,6 +278,8 @@ def build_engine(
             if placement is not None
             else None
         ),
+        gpu_sm_count=env.get("gpu_sm_count"),
+        gpu_memory_mib=env.get("gpu_memory_mib"),
         created_utc=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         edge_unlearn_version=__version__,
     )
@@ -299,7 +303,7 @@ def _build(
     cuda: Any,
     stack: contextlib.ExitStack,
     say: Callable[[str], None],
-) -> tuple[Any, PlacementReport | None, bytes | None, str | None]:
+) -> tuple[Any, PlacementReport | None]:
     version = str(trt.__version__)
     lo, opt, hi = src["profile"]
     builder = trt.Builder(logger)
@@ -328,9 +332,16 @@ def _build(
         builder_config.hardware_compatibility_level = _flag(
             trt.HardwareCompatibilityLevel, plan.hardware_compatibility, version
         )
-    profile = builder.create_optimization_profile()
-    profile.set_shape(src["input_name"], lo, opt, hi)
-    builder_config.add_optimization_profile(profile)
+    for name in plan.cleared_flags:  # TF32 for FP32 engines (plan.flags_to_clear); absent flags need no clearing
+        if hasattr(trt.BuilderFlag, name):
+            builder_config.clear_flag(getattr(trt.BuilderFlag, name))
+    network_input = network.get_input(0)
+    if plan.dla_core is not None:  # before can_run_on_DLA: the parser leaves the batch at -1, which DLA refuses
+        network_input.shape = dla_input_shape(tuple(network_input.shape), src["profile"])
+    if needs_optimization_profile(tuple(network_input.shape)):
+        profile = builder.create_optimization_profile()
+        profile.set_shape(src["input_name"], lo, opt, hi)
+        builder_config.add_optimization_profile(profile)
 
     cache = None
     if config.timing_cache:
@@ -362,9 +373,11 @@ def _build(
         check_dla_batch(hi[0], int(getattr(builder, "max_DLA_batch_size", 0)))
         builder_config.default_device_type = trt.DeviceType.DLA
         builder_config.DLA_core = plan.dla_core
-        placement = dla_placement(trt, network, builder_config)
+        placement = dla_placement(network, builder_config)
         say(placement.summary())
         placement.require_dla(plan.dla_core)
+        if not config.gpu_fallback:
+            placement.require_no_fallback(plan.dla_core)
 
     if plan.calibrate:
         pinned = mask_layers_to_pin(network.get_layer(i).name for i in range(network.num_layers))
@@ -397,15 +410,39 @@ def _build(
             f"TensorRT {version} could not build an engine from {onnx_path}: {reason} (often: too "
             "little workspace, raise --workspace-mib)"
         )
-    cache_blob = None
     if cache is not None and config.timing_cache:
         cache_blob = memoryview(builder_config.get_timing_cache().serialize()).cast("B").tobytes()
         with atomic_output(config.timing_cache) as tmp:
             tmp.write_bytes(cache_blob)
-    layer_info = None
-    if config.detailed_profiling:
-        layer_info = _engine_information(trt, logger, serialized, plan.dla_core, config.version_compatible)
-    return serialized, placement, cache_blob, layer_info
+    return serialized, placement
+
+
+def _inspect_built(layer_info: str | None, dla_core: int | None, say: Callable[[str], None]) -> dict[str, Any] | None:
+    """Summarise the written engine's inspector JSON and say it in one line; a DLA build whose engine has no DLA
+    subgraph (or none the inspector can show) fails (:func:`plan.require_dla_engine`). For a GPU engine an
+    unreadable JSON is only a warning: the engine itself is fine."""
+    if layer_info is None:
+        if dla_core is not None:
+            raise ModelFileError(
+                f"--dla-core {dla_core}: the engine inspector could not read the built engine, so its DLA placement "
+                "cannot be checked; nothing written"
+            )
+        return None
+    try:
+        inspected = summarize_engine_information(layer_info)
+    except ModelFileError as exc:
+        if dla_core is not None:
+            raise
+        say(f"warning: {exc}; the layer report is left out")
+        return None
+    if inspected["detailed"]:
+        counts = ", ".join(f"{k} {v}" for k, v in sorted(inspected["precision_counts"].items())) or "unknown"
+        say(
+            f"engine inspector: {inspected['num_layers']} layers, output precision {counts}"
+            + (f", {inspected['dla_layers']} DLA subgraph(s)" if dla_core is not None else "")
+        )
+    require_dla_engine(inspected, dla_core)
+    return inspected
 
 
 def _engine_information(

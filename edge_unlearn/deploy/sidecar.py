@@ -60,6 +60,9 @@ class EngineSidecar:
     hardware_compatibility: str | None = None
     optimization_level: int | None = None
     dla_placement: dict[str, Any] | None = None
+    #: the exact GPU: streaming multiprocessors and total memory (a Jetson family spans modules that differ in both)
+    gpu_sm_count: int | None = None
+    gpu_memory_mib: int | None = None
     created_utc: str = ""
     edge_unlearn_version: str = ""
     format: str = FORMAT
@@ -180,8 +183,8 @@ def _capability(text: Any) -> tuple[int, int] | None:
 def compatibility_problems(sidecar: EngineSidecar, env: dict[str, Any]) -> list[str]:
     """What differs between where the engine was built and ``env`` (keys ``tensorrt_version``, ``gpu_name``,
     ``compute_capability``, ``jetson``); empty when it may be loaded. A value missing from ``env`` counts as a
-    mismatch (fail closed). An engine built on a Jetson needs the same Jetson model (AGX Orin vs Orin Nano report
-    the same GPU name and compute capability)."""
+    mismatch (fail closed). An engine built on a Jetson needs the same Jetson module (AGX Orin vs Orin Nano report
+    the same GPU name and compute capability; :func:`module_problems` tells the memory sizes of a family apart)."""
     problems: list[str] = []
     version_problem = _version_problem(
         sidecar.tensorrt_version, env.get("tensorrt_version"), sidecar.version_compatible
@@ -206,6 +209,34 @@ def compatibility_problems(sidecar: EngineSidecar, env: dict[str, Any]) -> list[
         problems.append(
             f"Jetson model {built_model or 'none (not a Jetson)'!r} (here: {here_model or 'none (not a Jetson)'!r})"
         )
+    if level is None:
+        problems += module_problems(sidecar, env, jetson=bool(built_model or here_model))
+    return problems
+
+
+#: total memory within this fraction counts as the same module (firmware carve-outs move it by a few per cent;
+#: the modules of one family differ by a factor of two: Orin Nano 4/8 GB, Orin NX 8/16 GB, AGX Orin 32/64 GB)
+MEMORY_TOLERANCE = 0.10
+
+
+def same_memory_class(built_mib: int, here_mib: int) -> bool:
+    """Whether two total-memory figures are the same module size (within :data:`MEMORY_TOLERANCE`)."""
+    return abs(built_mib - here_mib) <= MEMORY_TOLERANCE * max(built_mib, here_mib)
+
+
+def module_problems(sidecar: EngineSidecar, env: dict[str, Any], jetson: bool) -> list[str]:
+    """The exact module, not only its family: every Orin reports GPU "Orin" and compute capability 8.7, and the
+    device-tree model names the carrier ("Jetson AGX Orin Developer Kit" for the 32 and the 64 GB module), so the
+    streaming-multiprocessor count (AGX Orin 64 GB: 16, 32 GB: 14; Orin Nano 8 GB: 8, 4 GB: 4) and, on a Jetson, the
+    total memory (Orin NX 8 vs 16 GB share 8 SMs) decide. Values the sidecar lacks (older engines) are not compared;
+    a value missing here is a mismatch (fail closed)."""
+    problems: list[str] = []
+    built_sm, here_sm = sidecar.gpu_sm_count, env.get("gpu_sm_count")
+    if built_sm is not None and (here_sm is None or int(here_sm) != int(built_sm)):
+        problems.append(f"a GPU with {built_sm} streaming multiprocessors (here: {here_sm or 'unknown'})")
+    built_mem, here_mem = sidecar.gpu_memory_mib, env.get("gpu_memory_mib")
+    if jetson and built_mem is not None and (here_mem is None or not same_memory_class(int(built_mem), int(here_mem))):
+        problems.append(f"a module with {built_mem} MiB of memory (here: {here_mem or 'unknown'} MiB)")
     return problems
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from edge_unlearn.errors import DependencyError
 
-from .plan import INSTALL_TENSORRT, api_generation
+from .plan import INSTALL_TENSORRT, api_generation, numpy_tensorrt_problem
 
 INSTALL_PYCUDA = (
     "install pycuda>=2025.1.2 on the device (numpy 2 needs 2024.1.1, CUDA 13 needs 2025.1.2): "
@@ -29,9 +29,14 @@ DLA_SYSFS = Path("/sys/bus/platform/devices")
 
 def import_tensorrt() -> Any:
     """``import tensorrt`` or :class:`DependencyError` with the install line."""
+    import numpy
+
     try:
         import tensorrt  # noqa: PLC0415 - lazily, by design
     except ImportError as exc:  # also OSError-derived failures of its shared libraries surface as ImportError
+        numpy_problem = numpy_tensorrt_problem(numpy.__version__, None, str(exc))
+        if numpy_problem:
+            raise DependencyError(numpy_problem) from exc
         raise DependencyError(f"TensorRT is not available ({str(exc).splitlines()[0]}); {INSTALL_TENSORRT}") from exc
     if not (hasattr(tensorrt, "Builder") and hasattr(tensorrt, "Runtime") and hasattr(tensorrt, "__version__")):
         where = getattr(tensorrt, "__file__", None) or list(getattr(tensorrt, "__path__", []))
@@ -74,6 +79,11 @@ def tensorrt_status() -> dict[str, Any]:
         return status
     version = str(getattr(trt, "__version__", "unknown"))
     status.update(available=True, version=version)
+    import numpy
+
+    numpy_problem = numpy_tensorrt_problem(numpy.__version__, version)
+    if numpy_problem:
+        status["warning"] = numpy_problem
     try:
         gen = api_generation(version)
         status["api"] = (
@@ -113,6 +123,7 @@ def _gpu_info_pycuda(device: int = 0) -> dict[str, Any]:
             "name": str(dev.name()),
             "compute_capability": f"{major}.{minor}",
             "total_memory_mib": int(dev.total_memory()) >> 20,
+            "sm_count": int(dev.get_attribute(cuda.device_attribute.MULTIPROCESSOR_COUNT)),
             "driver_cuda_version": _cuda_version_text(cuda.get_driver_version()),
         }
     except cuda.Error as exc:
@@ -192,6 +203,8 @@ def current_environment(device: int = 0) -> dict[str, Any]:
         "tensorrt_version": str(trt.__version__),
         "gpu_name": gpu["name"],
         "compute_capability": gpu["compute_capability"],
+        "gpu_sm_count": gpu["sm_count"],
+        "gpu_memory_mib": gpu["total_memory_mib"],
         "jetson": jetson,
     }
     if jetson is not None:

@@ -110,7 +110,8 @@ def test_trt10_dla_builds_fp16():
     plan = plan_build(TRT10, "fp32", BuildConfig(dla_core=0, precision="fp16", batch=1))
     assert plan.dla_core == 0 and plan.precision == "fp16" and plan.builder_flags == ("FP16", "GPU_FALLBACK")
     assert plan_build(TRT10, "fp16", BuildConfig(dla_core=1)).builder_flags == ("FP16", "GPU_FALLBACK")
-    assert plan_build(TRT10, "fp16", BuildConfig(dla_core=0, gpu_fallback=False)).builder_flags == ("FP16",)
+    # trtexec without --allowGPUFallback: DIRECT_IO, so no I/O reformat lands on the GPU (sampleEngines.cpp)
+    assert plan_build(TRT10, "fp16", BuildConfig(dla_core=0, gpu_fallback=False)).builder_flags == ("FP16", "DIRECT_IO")
     with pytest.raises(UsageError, match="DLA runs FP16 or INT8"):
         plan_build(TRT10, "fp32", BuildConfig(dla_core=0))
     with pytest.raises(UsageError, match="--dla-core"):
