@@ -8,11 +8,13 @@ at batch 1 and 64, 1 thread, measured in *interleaved rounds*: every round times
 order, so a neighbour's load on the shared CPU hits all of them alike. Reported: the median over all timed runs,
 the per-round ratio to FP32 (median and its min-max spread over rounds), and the layout next to every latency.
 
-    python benchmarks/quantized_forgetting.py --variants           # ~8 min with the cached models (the first
-                                                                   # resnet18 training: ~35 min on 2 busy cores)
-    python benchmarks/quantized_forgetting.py --quick              # lenet only, few rounds
+    python -m benchmarks.quantized_forgetting --variants   # ~8 min with the cached models (the first
+                                                           # resnet18 training: ~35 min on 2 busy cores)
+    python -m benchmarks.quantized_forgetting --quick      # lenet on digits, short recipe, 3 rounds: ~1 min
 
-Writes ``benchmarks/results/quantized_forgetting.{json,md}`` (``--json`` / ``--table`` to change).
+Writes ``benchmarks/results/quantized_forgetting/quantized_forgetting.{json,md}`` (``--quick``: into
+``--out-dir``; ``--json`` / ``--table`` to change). Trained models are cached by recipe
+(:func:`benchmarks.harness.cached_train`) under ``--out-dir``/models.
 """
 
 from __future__ import annotations
@@ -22,16 +24,23 @@ import contextlib
 import copy
 import dataclasses
 import io
-import json
-import platform
+import os
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-DATA = Path("/work/shared/data")
+from benchmarks.harness import (
+    SCRATCH,
+    SHARED_DATA,
+    cached_train,
+    data_digest,
+    provenance,
+    results_dir,
+    use_threads,
+    write_results,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,6 +60,8 @@ PLAN = (
     Case("lenet", "mnist.npz", None, 2, 500, (0, 3, 7)),
     Case("resnet18", "fashion_mnist.npz", 64, 3, 0, (1, 4, 9)),
 )
+#: ``--quick``: the built-in digits (no shared data needed) and the test fixture's short recipe
+QUICK_PLAN = (Case("lenet", "digits", None, 1, 150, (0, 3, 7)),)
 
 
 def _quiet():
@@ -58,8 +69,11 @@ def _quiet():
 
 
 def dataset_spec(case: Case, out: Path) -> str:
-    """The dataset spec of ``case``; an upscaled copy (bilinear, uint8) is written once under ``out``."""
-    src = DATA / case.file
+    """The dataset spec of ``case`` (a built-in dataset by name; an .npz under the shared data, of which an
+    upscaled copy (bilinear, uint8) is written once under ``out``)."""
+    if not case.file.endswith(".npz"):
+        return case.file
+    src = SHARED_DATA / case.file
     if case.size is None:
         return f"npz:{src}"
     dst = out / f"{src.stem}_{case.size}.npz"
@@ -78,33 +92,14 @@ def dataset_spec(case: Case, out: Path) -> str:
     return f"npz:{dst}"
 
 
-def base_model(case: Case, spec: str, data, out: Path):
-    """Train ``case.arch`` on ``data`` once; later runs load the cached checkpoint."""
-    from edge_unlearn.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
-    from edge_unlearn.training import TrainConfig, train_model
+def base_model(case: Case, data, out: Path):
+    """Train ``case.arch`` on ``data`` once (cached by recipe under ``out``/models)."""
+    from edge_unlearn.training import TrainConfig
 
     config = TrainConfig(epochs=case.epochs, min_steps=case.min_steps, device="cpu")
-    size = f"_{case.size}" if case.size else ""
-    cached = out / f"base_{case.arch}_{Path(case.file).stem}{size}_e{case.epochs}_s{case.min_steps}.safetensors"
-    if cached.exists():
-        print(f"loaded {cached}", flush=True)
-        return load_checkpoint(cached).model, config
-    t = time.perf_counter()
-    base = train_model(case.arch, data, config, progress=False).model
-    save_checkpoint(
-        cached,
-        base,
-        CheckpointMeta(
-            arch=case.arch,
-            num_classes=data.num_classes,
-            class_names=data.class_names,
-            input_shape=data.input_shape,
-            normalization=data.normalization,
-            dataset=spec,
-        ),
-    )
-    print(f"trained {case.arch} on {Path(spec[4:]).name} in {time.perf_counter() - t:.0f}s", flush=True)
-    return base, config
+    model, seconds, key = cached_train(out / "models", case.arch, data, data_digest(data), config)
+    print(f"{case.arch} on {data.spec}: model {key} (trained in {seconds:.0f} s)", flush=True)
+    return model, config
 
 
 def measure_variants(checkpoint: Path, spec: str, bundle: Path, folder: Path) -> list[dict]:
@@ -112,9 +107,9 @@ def measure_variants(checkpoint: Path, spec: str, bundle: Path, folder: Path) ->
 
     Every variant is exported from the same checkpoint *file* (re-saving a model gives another sha256)."""
     import onnx
-    from mask_variants import DESIGNS  # benchmarks/, beside this script
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
+    from benchmarks.mask_variants import DESIGNS
     from edge_unlearn.deploy.onnx_meta import read_meta, topological_sort, write_meta
     from edge_unlearn.deploy.validate import validate_model
     from edge_unlearn.export.onnx_export import export_onnx
@@ -321,7 +316,7 @@ def run_case(case: Case, out: Path, args) -> dict:
 
     spec = dataset_spec(case, out)
     data = load_dataset(spec)
-    base, train_config = base_model(case, spec, data, out)
+    base, train_config = base_model(case, data, out)
     t0 = time.perf_counter()
     model, method = forgotten_model(case, data, base, args.method, args.forget_samples)
     sub = out / f"{case.arch}_forget{'_'.join(map(str, case.forget))}"
@@ -350,7 +345,7 @@ def run_case(case: Case, out: Path, args) -> dict:
     make_bundle(ckpt, spec, sub / "eval.npz", per_class=args.per_class)
     row = {
         "arch": case.arch,
-        "dataset": Path(spec[4:]).name,
+        "dataset": Path(spec.removeprefix("npz:")).name,
         "input_shape": list(data.input_shape),
         "forget": list(case.forget),
         "method": method,
@@ -428,10 +423,12 @@ def acceptance(rows: list[dict]) -> list[dict]:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out-dir", default="bench_out/quantized_forgetting", help="models and cache (gitignored)")
-    parser.add_argument("--json", default=str(ROOT / "benchmarks/results/quantized_forgetting.json"))
-    parser.add_argument("--table", default=str(ROOT / "benchmarks/results/quantized_forgetting.md"))
-    parser.add_argument("--quick", action="store_true", help="lenet only, 3 rounds")
+    parser.add_argument(
+        "--out-dir", type=Path, default=SCRATCH / "quantized_forgetting", help="models and cache (gitignored)"
+    )
+    parser.add_argument("--json", type=Path, default=None, help="results JSON (default: see above)")
+    parser.add_argument("--table", type=Path, default=None, help="results table, markdown (default: see above)")
+    parser.add_argument("--quick", action="store_true", help="lenet on digits, short recipe, 3 rounds")
     parser.add_argument("--train-only", action="store_true", help="only prepare the data and train the cached models")
     parser.add_argument("--variants", action="store_true", help="also measure the graph designs (docs/deployment.md)")
     parser.add_argument("--per-class", type=int, default=200, help="bundle test images per class")
@@ -440,28 +437,31 @@ def main(argv=None) -> int:
     parser.add_argument("--rounds", type=int, default=12, help="interleaved timing rounds")
     parser.add_argument("--iters-b1", type=int, default=20, help="timed runs per model per round at batch 1")
     parser.add_argument("--iters-b64", type=int, default=2, help="timed runs per model per round at batch 64")
-    parser.add_argument("--threads", type=int, default=1, help="torch and onnxruntime threads")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch and onnxruntime threads (default: BENCH_THREADS, else 1)"
+    )
     args = parser.parse_args(argv)
 
     import onnxruntime
-    import torch
 
     from edge_unlearn.data import load_dataset
     from edge_unlearn.export.quantize import read_cpu_features
 
-    torch.set_num_threads(args.threads)
-    if not DATA.is_dir():
-        print(f"skipped: {DATA} is absent (the real datasets live there)")
+    args.threads = use_threads(args.threads, default=1)
+    plan = QUICK_PLAN if args.quick else PLAN
+    if not args.quick and not SHARED_DATA.is_dir():
+        print(f"skipped: {SHARED_DATA} is absent (the real datasets live there)")
         return 0
-    out = Path(args.out_dir)
+    out = args.out_dir
     out.mkdir(parents=True, exist_ok=True)
-    plan = PLAN[:1] if args.quick else PLAN
+    folder = out if args.quick else results_dir("quantized_forgetting")
+    json_path = args.json or folder / "quantized_forgetting.json"
+    table_path = args.table or folder / "quantized_forgetting.md"
     if args.quick:
         args.rounds = min(args.rounds, 3)
     if args.train_only:
         for case in plan:
-            spec = dataset_spec(case, out)
-            base_model(case, spec, load_dataset(spec), out)
+            base_model(case, load_dataset(dataset_spec(case, out)), out)
         return 0
     started = time.perf_counter()
     rows = [run_case(case, out, args) for case in plan]
@@ -479,16 +479,14 @@ def main(argv=None) -> int:
             "threads": args.threads,
             "interleaved": True,
         },
-        "environment": {
-            "python": platform.python_version(),
-            "machine": platform.machine(),
-            "cpu": cpu.summary(),
-            "native_fp16": cpu.native_fp16,
-            "torch": torch.__version__,
-            "onnxruntime": onnxruntime.__version__,
-            "threads": args.threads,
-            "load_avg": list(__import__("os").getloadavg()),
-        },
+        **provenance(
+            "benchmarks.quantized_forgetting",
+            argv,
+            cpu=cpu.summary(),
+            native_fp16=cpu.native_fp16,
+            onnxruntime=onnxruntime.__version__,
+            load_avg=list(os.getloadavg()),
+        ),
     }
     text = table(rows)
     print("\n" + text)
@@ -504,14 +502,12 @@ def main(argv=None) -> int:
             + (f", latency {'ok' if item['latency_ok'] else 'FAILED'}" if "latency_ok" in item else "")
             + f" (b1 {_f(item['ratio_b1'], 2)}×, b64 {_f(item['ratio_b64'], 2)}× FP32)"
         )
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(result, indent=2, default=str) + "\n")
-    Path(args.table).write_text(
+    heading = (
         f"# quantized_forgetting ({result['environment']['cpu']}, onnxruntime "
         f"{onnxruntime.__version__}, {args.threads} thread, {args.rounds} interleaved rounds)"
-        "\n\n" + text + "\n"
     )
-    print(f"wrote {args.json} and {args.table} ({result['seconds']:.0f}s)")
+    write_results(result, json_path, heading + "\n\n" + text, table_path)
+
     ok = all(i["forgetting_ok"] and i.get("latency_ok", True) for i in result["acceptance"])
     return 0 if ok else 1
 

@@ -579,7 +579,7 @@ def train_model(
     bar.close()
     if math.isnan(loss_value) and step > resumed_from:
         loss_value = loss.item()
-    record_class_stats(model, split, norm, procs, device, workers)  # part of the recipe: retraining pays it too
+    record_training_stats(model, split, norm, procs, workers)  # part of the recipe: retraining pays it too
     if device.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
@@ -596,12 +596,11 @@ def train_model(
     )
 
 
-def record_class_stats(
+def record_training_stats(
     model: UnlearnableClassifier,
     split: torch.utils.data.Dataset,
     norm,
     procs: Processes,
-    device: torch.device,
     workers: int = 0,
     batch_size: int = 512,
 ) -> None:

@@ -9,14 +9,12 @@ The package, one concern a module (this file names the public API):
 - :mod:`.preprocessing` -- :class:`Normalization`, :class:`Preprocessing`, :func:`preprocess` (the model's input);
 - :mod:`.sources` -- image sources read lazily (arrays, memory maps, image files) and the ``--workers`` default;
 - :mod:`.imagefiles` -- image files: listing, decoding, headers; :mod:`.allocator` -- glibc's mmap threshold;
-- :mod:`.dataset` -- :class:`Dataset` and what is asked of one (splits, class subsets, forget samples);
+- :mod:`.dataset` -- :class:`Dataset` and what is asked of one (splits, forget classes and samples);
 - :mod:`.loaders` -- :func:`load_dataset` by spec string (``--dataset``), one loader per kind.
 """
 
-from .dataset import Dataset, SplitItems, prepare_dataset, resolve_classes, sample_indices, take_samples
+from .dataset import Dataset, prepare_dataset, resolve_classes, sample_indices, take_samples
 from .loaders import (
-    DATASET_CHOICES,
-    TORCHVISION_DATASETS,
     load_dataset,
     load_dataset_at,
     load_image_folder,
@@ -27,25 +25,20 @@ from .sources import (
     ArrayImages,
     FolderImages,
     ImageSource,
-    as_source,
     default_workers,
     image_batches,
     set_default_workers,
 )
 
 __all__ = [
-    "DATASET_CHOICES",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
-    "TORCHVISION_DATASETS",
     "ArrayImages",
     "Dataset",
     "FolderImages",
     "ImageSource",
     "Normalization",
     "Preprocessing",
-    "SplitItems",
-    "as_source",
     "default_workers",
     "image_batches",
     "load_dataset",

@@ -1,6 +1,6 @@
 """A dataset's two splits (:class:`Dataset`: lazy images, labels in memory) and what is asked of one: the split
-as a ``torch.utils.data.Dataset``, a class subset, the model's preprocessing, forget classes by name or index and
-random samples of them."""
+as a ``torch.utils.data.Dataset`` (optionally of some classes), the model's preprocessing, forget classes by name or
+index and random samples of them."""
 
 from __future__ import annotations
 
@@ -57,19 +57,6 @@ class Dataset:
             x, y = x.subset(keep), y[keep]
         return SplitItems(x, y)
 
-    def subset_classes(self, classes: Sequence[int]) -> Dataset:
-        """The same dataset restricted to ``classes`` (labels unchanged; images stay lazy)."""
-        keep = torch.tensor(sorted(set(int(c) for c in classes)))
-        train = torch.isin(self.y_train, keep)
-        test = torch.isin(self.y_test, keep)
-        return dataclasses.replace(
-            self,
-            x_train=self.x_train.subset(train),
-            y_train=self.y_train[train],
-            x_test=self.x_test.subset(test),
-            y_test=self.y_test[test],
-        )
-
     def with_workers(self, workers: int | None) -> Dataset:
         """The same dataset read with ``workers`` loader processes."""
         return dataclasses.replace(
@@ -88,11 +75,6 @@ class SplitItems(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         return self.images[int(i)], self.labels[int(i)]
-
-    @property
-    def tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Every image and label at once (``TensorDataset``'s face): for small sets only."""
-        return self.images[:], self.labels
 
 
 def prepare_dataset(data: Dataset, prep: Preprocessing) -> Dataset:
@@ -137,7 +119,7 @@ def resolve_classes(requested: Sequence[str | int], class_names: Sequence[str]) 
 
 
 def take_samples(
-    data: Dataset, classes: Sequence[int], per_class: int, seed: int = 0, exclude: torch.Tensor | None = None
+    data: Dataset, classes: Sequence[int], per_class: int, seed: int = 0
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``per_class`` random training images of each class in ``classes`` (uint8 images, labels): the images
     of :func:`sample_indices`, read."""

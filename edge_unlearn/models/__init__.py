@@ -25,8 +25,8 @@ from .adapters import (
     torchvision_head_path,
     wrap,
 )
-from .classifier import HEAD_IMPLS, UnlearnableClassifier
-from .registry import MODELS, ModelSpec, build_from_spec, build_model, register_model
+from .classifier import UnlearnableClassifier
+from .registry import MODELS, build_from_spec, build_model, register_model
 from .stats import (
     DEPTH_STATS_COUNT,
     DEPTH_STATS_MAX_FLOATS,
@@ -39,13 +39,11 @@ from .stats import (
 __all__ = [
     "DEPTH_STATS_COUNT",
     "DEPTH_STATS_MAX_FLOATS",
-    "HEAD_IMPLS",
     "MODELS",
     "TORCHVISION_HEADS",
     "TORCHVISION_IGNORED_PREFIXES",
     "TORCHVISION_UNSPLITTABLE",
     "ArchSpec",
-    "ModelSpec",
     "UnlearnableClassifier",
     "build_from_spec",
     "build_model",

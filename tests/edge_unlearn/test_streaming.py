@@ -63,8 +63,8 @@ def test_folder_dataset_decodes_nothing_until_read(tmp_path, digits, decodes):
     batch = data.x_test[torch.tensor([5, 1])]
     assert batch.shape == (2, 1, 8, 8) and batch.dtype == torch.uint8 and decodes["n"] == 2
     assert torch.equal(batch[1], data.x_test[1]) and decodes["n"] == 3
-    sub = data.subset_classes([2])
-    assert decodes["n"] == 3 and len(sub.x_train) == 4 and set(sub.y_train.tolist()) == {2}
+    sub = data.split("train", classes=[2])
+    assert decodes["n"] == 3 and len(sub) == 4 and set(sub.labels.tolist()) == {2}
 
 
 def test_normalization_of_a_folder_reads_a_bounded_sample(tmp_path, digits, decodes, monkeypatch):

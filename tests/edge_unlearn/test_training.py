@@ -20,7 +20,7 @@ from edge_unlearn.training import (
     WarmupCosine,
     augment_batch,
     load_train_state,
-    record_class_stats,
+    record_training_stats,
     train_model,
 )
 from tests.conftest import invoke_cli, one_line_error, one_thread
@@ -110,15 +110,11 @@ def _twin_lenets(digits):
 def test_class_statistics_stream_to_the_same_means(digits):
     model, whole = _twin_lenets(digits)
     whole.record_class_stats(preprocess(digits.x_train, digits.normalization), digits.y_train)
-    record_class_stats(
-        model, digits.split("train"), digits.normalization, Processes(), torch.device("cpu"), batch_size=512
-    )
+    record_training_stats(model, digits.split("train"), digits.normalization, Processes(), batch_size=512)
     assert torch.equal(model.class_stats, whole.class_stats) and model.class_stats.abs().sum() > 0
     assert torch.equal(model.class_stats_count, whole.class_stats_count)
     retained = [c for c in range(10) if c != 4]
-    record_class_stats(
-        model, digits.split("train", classes=retained), digits.normalization, Processes(), torch.device("cpu")
-    )
+    record_training_stats(model, digits.split("train", classes=retained), digits.normalization, Processes())
     assert model.class_stats_count[4] == 0 and model.class_stats_count[3] < whole.class_stats_count[3] + 1
     assert torch.equal(model.class_stats[3], whole.class_stats[3])  # the same images of class 3
 
@@ -131,9 +127,7 @@ def test_training_records_the_statistics_at_every_depth_unless_they_are_too_larg
 
     model, whole = _twin_lenets(digits)
     whole.record_depth_stats(preprocess(digits.x_train, digits.normalization), digits.y_train)
-    record_class_stats(
-        model, digits.split("train"), digits.normalization, Processes(), torch.device("cpu"), batch_size=300
-    )
+    record_training_stats(model, digits.split("train"), digits.normalization, Processes(), batch_size=300)
     assert model.has_depth_stats and model.depth_stats().keys() == whole.depth_stats().keys()
     for name, means in whole.depth_stats().items():
         assert torch.allclose(model.depth_stats()[name], means, atol=1e-5) and means.abs().sum() > 0, name
@@ -141,7 +135,7 @@ def test_training_records_the_statistics_at_every_depth_unless_they_are_too_larg
 
     monkeypatch.setattr(training, "DEPTH_STATS_MAX_FLOATS", model.depth_stats_size() - 1)
     small = build_model("lenet", digits.num_classes, digits.input_shape)
-    record_class_stats(small, digits.split("train"), digits.normalization, Processes(), torch.device("cpu"))
+    record_training_stats(small, digits.split("train"), digits.normalization, Processes())
     assert small.has_class_stats and not small.has_depth_stats
 
 
