@@ -233,3 +233,33 @@ def test_bench_cli_cuda_graph_flag(tiny_models, tmp_path):
     assert data["results"][0]["gpu_p50_ms"] is None
     result = CliRunner().invoke(main, ["bench", str(tiny_models[0]), "--no-gpu-timing", "--cuda-graph"])
     assert result.exit_code == 2 and "--cuda-graph" in result.output
+
+
+class ProfiledRunner(NumpyLinearRunner):
+    """Like an engine: takes only batches ``min_batch..max_batch`` in ``time_gpu`` (the TensorRT runner raises for
+    any other) and reports its range in ``describe``."""
+
+    def __init__(self, path: str, min_batch: int, max_batch: int) -> None:
+        super().__init__(path)
+        self.min_batch, self.max_batch = min_batch, max_batch
+
+    def describe_impl(self) -> dict[str, Any]:
+        return {**super().describe_impl(), "min_batch": self.min_batch, "max_batch": self.max_batch}
+
+    def time_gpu(self, batch: int, iterations: int = 100, warmup: int = 10, cuda_graph: bool = False) -> dict[str, Any]:
+        if not self.min_batch <= batch <= self.max_batch:
+            raise UsageError(f"batch {batch} is outside the engine's profile {self.min_batch}..{self.max_batch}")
+        return super().time_gpu(batch, iterations, warmup, cuda_graph)
+
+
+@pytest.mark.parametrize(
+    "profile, benched", [((1, 32), [1, 8, 32]), ((4, 4), [4]), ((1, 64), [1, 8, 64])], ids=["default", "static", "64"]
+)
+def test_default_batches_are_clipped_to_the_engine_profile(tmp_path, profile, benched):
+    """Issue 30: `bench model.plan` failed with its default batches, 64 being outside the default profile."""
+    runner = ProfiledRunner(str(tmp_path / "model.plan"), *profile)
+    said: list[str] = []
+    rows = bench_runner(runner, BenchConfig(warmup=0, iterations=2), input_shape=SHAPE, echo=said.append)
+    assert [row.batch for row in rows] == [c["batch"] for c in runner.timing_calls] == benched
+    notes = [line for line in said if "the engine's profile takes" in line]
+    assert len(notes) == (benched != [1, 8, 64])

@@ -37,6 +37,7 @@ from edge_unlearn.errors import DependencyError, EdgeUnlearnError, ModelFileErro
 
 from ..runner import Runner
 from ..runners import fused_head_runner, open_runner, torch_cuda_available
+from ..tensorrt.plan import clip_batches
 from .results import BenchReport
 
 DEFAULT_BATCHES = (1, 8, 64)
@@ -375,7 +376,12 @@ def bench_runner(
         if gpu_memory is None and hasattr(runner, "gpu_memory_hook"):
             gpu_memory = runner.gpu_memory_hook()  # torch on CUDA: its peak allocation
         gpu_timed = config.gpu_timing and supports_gpu_timing(runner)
-        for batch in config.batches:
+        batches = tuple(config.batches)
+        if info.get("min_batch") is not None and info.get("max_batch") is not None:  # an engine: its profile
+            batches, note = clip_batches(batches, int(info["min_batch"]), int(info["max_batch"]))
+            if note and echo is not None:
+                echo(f"  {runner.name}: {note}")
+        for batch in batches:
             inputs = rng.standard_normal((int(batch), *shape)).astype(np.float32)
             out = runner.infer(inputs)  # also checks the batch is accepted before timing
             if len(out) != batch:

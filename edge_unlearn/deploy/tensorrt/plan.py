@@ -115,6 +115,8 @@ class BuildPlan:
     notes: tuple[str, ...] = ()
     optimization_level: int | None = None
     hardware_compatibility: str | None = None  # the TensorRT enum member name, e.g. "AMPERE_PLUS"
+    #: builder flags to clear (``IBuilderConfig.clear_flag``): TF32 for FP32 engines, see :func:`flags_to_clear`
+    cleared_flags: tuple[str, ...] = ()
 
 
 # ------------------------------------------------------------------------------------ version dispatch
@@ -154,6 +156,36 @@ def api_generation(version: str) -> int:
             "(JetPack 6.1 or newer on a Jetson); " + INSTALL_TENSORRT
         )
     return 10 if major == 10 else 11
+
+
+#: JetPack 6's TensorRT 10.3 Python bindings (python3-libnvinfer) were built against NumPy 1.x; see docs/jetson.md
+NUMPY1_TENSORRT_BELOW = (10, 4, 0)
+
+
+def numpy_tensorrt_problem(numpy_version: str, tensorrt_version: str | None, error: str = "") -> str | None:
+    """Why TensorRT's bindings and this NumPy may not work together, or None. NumPy 2 changed its C ABI; bindings
+    compiled against NumPy 1.x fail to import ("compiled using NumPy 1.x cannot be run in NumPy 2", "_ARRAY_API not
+    found", "numpy.core.multiarray failed to import"). JetPack 6's TensorRT 10.3 is such a build, so the tensorrt
+    extra pins numpy<2 on aarch64 (pyproject.toml) and this names the fix when the pin was bypassed."""
+    try:
+        numpy_major = int(str(numpy_version).split(".")[0])
+    except ValueError:
+        return None
+    if numpy_major < 2:
+        return None
+    text = error.lower()
+    abi_error = "numpy" in text and ("1.x" in text or "_array_api" in text or "multiarray" in text)
+    try:
+        old_bindings = tensorrt_version is not None and parse_version(tensorrt_version) < NUMPY1_TENSORRT_BELOW
+    except ValueError:
+        old_bindings = False
+    if not (abi_error or old_bindings):
+        return None
+    return (
+        f"numpy {numpy_version} is installed beside TensorRT {tensorrt_version or '(its bindings)'}, whose Python "
+        "bindings were built against NumPy 1.x (JetPack 6): `pip install 'numpy<2'` in this environment "
+        "(see docs/jetson.md)"
+    )
 
 
 def precision_flags_deprecated(version: str) -> bool:
@@ -237,9 +269,20 @@ def plan_build(version: str, onnx_prec: str, config: BuildConfig) -> BuildPlan:
                 "--precision fp16`) or the Q/DQ INT8 ONNX"
             )
         notes.append("strongly typed: precision comes from the ONNX")
-        flags = (["GPU_FALLBACK"] if dla and config.gpu_fallback else []) + extra_flags
+        flags = dla_fallback_flags(dla, config.gpu_fallback) + extra_flags
         # STRONGLY_TYPED is the default and deprecated in 11.x: pass no network flag
-        return BuildPlan(gen, precision, True, (), tuple(flags), False, config.dla_core, tuple(notes), **common)
+        return BuildPlan(
+            gen,
+            precision,
+            True,
+            (),
+            tuple(flags),
+            False,
+            config.dla_core,
+            tuple(notes + tf32_note(precision)),
+            cleared_flags=flags_to_clear(precision),
+            **common,
+        )
 
     # TensorRT 10.x. From 10.12, where the FP16/INT8 flags are deprecated, an ONNX that carries its own reduced
     # precision (FP16, Q/DQ INT8) is built strongly typed unless --weakly-typed says otherwise (not for DLA).
@@ -321,8 +364,7 @@ def plan_build(version: str, onnx_prec: str, config: BuildConfig) -> BuildPlan:
     if dla:
         if precision == "fp32":
             raise UsageError("DLA runs FP16 or INT8 only; add --precision fp16 (TensorRT 10 builds DLA in FP16)")
-        if config.gpu_fallback:
-            builder.append("GPU_FALLBACK")
+        builder += dla_fallback_flags(dla, config.gpu_fallback)
     if ("FP16" in builder or "INT8" in builder) and precision_flags_deprecated(version):
         notes.append(
             f"BuilderFlag.FP16/INT8 are deprecated in TensorRT {version}; the strongly typed FP16/Q/DQ "
@@ -339,8 +381,33 @@ def plan_build(version: str, onnx_prec: str, config: BuildConfig) -> BuildPlan:
         tuple(builder + extra_flags),
         calibrate,
         config.dla_core,
-        tuple(notes),
+        tuple(notes + tf32_note(precision)),
+        cleared_flags=flags_to_clear(precision),
         **common,
+    )
+
+
+def dla_fallback_flags(dla: bool, gpu_fallback: bool) -> list[str]:
+    """trtexec's DLA set-up (samples/common/sampleEngines.cpp, ``setupNetworkAndConfig``): ``GPU_FALLBACK`` with
+    ``--allowGPUFallback``; without it ``DIRECT_IO`` ("Reformatting runs on GPU, so avoid I/O reformatting"), so
+    no reformat layer lands on the GPU either. Whether the network can run without fallback at all is decided
+    before the build (:func:`refuse_no_gpu_fallback`, :meth:`PlacementReport.require_no_fallback`)."""
+    if not dla:
+        return []
+    return ["GPU_FALLBACK"] if gpu_fallback else ["DIRECT_IO"]
+
+
+def flags_to_clear(precision: str) -> tuple[str, ...]:
+    """``BuilderFlag.TF32`` is *set* by default (pyCoreDoc.h: "TF32 ... Enabled by default"): on Ampere and Orin
+    an FP32 engine may then compute its convolutions and matrix products with 10-bit mantissas, about 1e-3
+    relative error, which is exactly the device tests' FP32 parity tolerance. An FP32 engine is asked for FP32
+    arithmetic, so TF32 is cleared (trtexec ``--noTF32``); FP16/INT8 engines keep the default."""
+    return ("TF32",) if precision == "fp32" else ()
+
+
+def tf32_note(precision: str) -> list[str]:
+    return ["FP32 engine: TF32 disabled (FP32 arithmetic, parity with onnxruntime FP32 at 1e-3)"] * (
+        precision == "fp32"
     )
 
 
@@ -433,6 +500,45 @@ def check_dla_batch(batch: int, max_dla_batch: int) -> None:
         raise UsageError(
             f"--batch {batch} exceeds the DLA's maximum batch of {max_dla_batch}; use --batch {max_dla_batch} or less"
         )
+
+
+def dla_input_shape(network_shape: Sequence[int], profile: tuple[Shape, Shape, Shape]) -> Shape:
+    """The static input shape a DLA build sets on the network input (``ITensor.shape``) *before* asking
+    ``IBuilderConfig.can_run_on_DLA``: the ONNX parser leaves the batch axis at -1, and the DLA refuses any
+    dynamic dimension, so every layer would be judged "cannot run on DLA". The profile must be static (DLA
+    builds are: :func:`compute_profile` with ``require_static``) and agree with the parsed non-batch axes."""
+    lo, _opt, hi = profile
+    if lo != hi:
+        raise UsageError("DLA needs a static input shape: add --batch-size N (e.g. --batch-size 1 for a camera stream)")
+    dims = tuple(int(d) for d in network_shape)
+    if len(dims) != len(lo) or any(d not in (-1, want) for d, want in zip(dims, lo)):
+        raise ModelFileError(
+            f"the parsed network input {list(dims)} does not match the profile {list(lo)}; re-export the ONNX "
+            "with a fixed image size"
+        )
+    return tuple(int(d) for d in lo)
+
+
+def needs_optimization_profile(network_shape: Sequence[int]) -> bool:
+    """A profile is needed (and only valid) while the network input has a dynamic (-1) dimension."""
+    return any(int(d) < 0 for d in network_shape)
+
+
+def clip_batches(batches: Sequence[int], min_batch: int, max_batch: int) -> tuple[tuple[int, ...], str | None]:
+    """Bench batches clipped into an engine's profile ``min_batch..max_batch`` (a static or DLA engine: one batch),
+    duplicates dropped, with the one line that says so (None when nothing changed). GPU-only timing can only run
+    batches the profile takes; the default sweep 1, 8, 64 exceeds the default profile maximum of 32."""
+    if min_batch < 1 or max_batch < min_batch:
+        raise ModelFileError(f"the engine reports a batch range {min_batch}..{max_batch}; rebuild it")
+    asked = tuple(int(b) for b in batches)
+    clipped = tuple(dict.fromkeys(min(max(b, min_batch), max_batch) for b in asked))
+    if clipped == asked:
+        return clipped, None
+    allowed = f"batch {min_batch}" if min_batch == max_batch else f"batches {min_batch}..{max_batch}"
+    return clipped, (
+        f"the engine's profile takes {allowed}: benching batch {', '.join(map(str, clipped))} instead of "
+        f"{', '.join(map(str, asked))} (rebuild with --max-batch to bench larger batches)"
+    )
 
 
 def load_calibration_inputs(path: str | os.PathLike, input_shape: Sequence[int]) -> np.ndarray:
@@ -558,6 +664,16 @@ class PlacementReport:
             "layers": [asdict(layer) for layer in self.layers],
         }
 
+    def require_no_fallback(self, dla_core: int) -> None:
+        """Without GPU fallback every layer must run on the DLA (``can_run_on_DLA`` on the static-shape network)."""
+        gpu = self.on_gpu
+        if gpu:
+            names = ", ".join(f"{layer.name} ({layer.layer_type})" for layer in gpu[:4])
+            more = f" +{len(gpu) - 4} more" if len(gpu) > 4 else ""
+            raise UsageError(
+                f"--dla-core {dla_core} --no-gpu-fallback: the DLA cannot run {names}{more}; drop --no-gpu-fallback"
+            )
+
     def require_dla(self, dla_core: int) -> None:
         """Fail when nothing runs on the DLA (GPU fallback would otherwise hide it behind ``dla_core=N``)."""
         if self.layers and not self.on_dla:
@@ -566,6 +682,45 @@ class PlacementReport:
                 "fall back to the GPU; build without --dla-core (on TensorRT 10 use --precision fp16 "
                 "from the FP32 ONNX)"
             )
+
+
+#: ONNX operators TensorRT's DLA cannot run (its supported layers: convolution, deconvolution, fully connected,
+#: activation, pooling, LRN, scale, element-wise, concatenation, resize, unary, shuffle, 4-D slice, softmax, reduce,
+#: comparison -- TensorRT developer guide, "DLA Supported Layers and Restrictions"): the class mask's Gather and
+#: its constant-fill Pad (parsed as a fill-mode slice), and the selection and indexing operators
+DLA_UNSUPPORTED_OPS = frozenset(
+    {
+        "Gather",
+        "GatherElements",
+        "GatherND",
+        "ScatterND",
+        "ScatterElements",
+        "Where",
+        "Pad",
+        "NonZero",
+        "TopK",
+        "ArgMax",
+        "ArgMin",
+        "Cast",
+        "Range",
+        "Expand",
+    }
+)
+
+
+def refuse_no_gpu_fallback(nodes: Iterable[tuple[str, str]], config: BuildConfig) -> None:
+    """``--no-gpu-fallback`` (``DIRECT_IO`` instead of ``GPU_FALLBACK``) builds only when every layer runs on the
+    DLA; ``nodes`` are the ONNX (name, op_type) pairs. Our class mask always needs the GPU, so the refusal says
+    so before TensorRT is touched."""
+    if config.dla_core is None or config.gpu_fallback:
+        return
+    blocking = [f"{name or '?'} ({op})" for name, op in nodes if op in DLA_UNSUPPORTED_OPS]
+    if blocking:
+        more = f" +{len(blocking) - 4} more" if len(blocking) > 4 else ""
+        raise UsageError(
+            f"--no-gpu-fallback: the DLA cannot run {', '.join(blocking[:4])}{more} (the class mask needs the GPU); "
+            "drop --no-gpu-fallback so these layers fall back to the GPU"
+        )
 
 
 # ------------------------------------------------------------------------------------ trtexec
@@ -603,6 +758,10 @@ def trtexec_command(
         cmd.append(f"--useDLACore={plan.dla_core}")
         if "GPU_FALLBACK" in plan.builder_flags:
             cmd.append("--allowGPUFallback")
+        if "DIRECT_IO" in plan.builder_flags:
+            cmd.append("--directIO")
+    if "TF32" in plan.cleared_flags:
+        cmd.append("--noTF32")
     if plan.optimization_level is not None:
         cmd.append(f"--builderOptimizationLevel={plan.optimization_level}")
     if config.hardware_compatibility:
@@ -664,13 +823,35 @@ def _tensor_precision(tensor: Any) -> str | None:
     return None
 
 
+#: the name TensorRT gives a subgraph it hands to another compiler: the DLA's loadable, or Myelin on the GPU
+FOREIGN_NODE_PREFIX = "{ForeignNode["
+#: the layers that move a DLA subgraph's inputs and outputs to and from its memory ("input to nvm",
+#: "logits from nvm", "... copy finish"): present only in engines with a DLA subgraph
+_NVM_SUFFIXES = (" to nvm", " from nvm")
+
+
+def layer_device(layer: Any, names_only_dla: bool = False) -> str:
+    """ "DLA" for a layer the DLA runs, else "GPU". TensorRT folds each DLA subgraph into one layer named
+    ``{ForeignNode[first...last]}``; with detailed verbosity its ``LayerType`` (or ``TacticName`` / ``Origin``) says
+    DLA, whereas a Myelin subgraph on the GPU carries the same kind of name with ``LayerType`` "Myelin". With
+    names only, a foreign node is the DLA's when the engine has the DLA's nvm transfer layers
+    (``names_only_dla``)."""
+    if isinstance(layer, str):
+        return "DLA" if names_only_dla and layer.startswith(FOREIGN_NODE_PREFIX) else "GPU"
+    if not isinstance(layer, dict) or not str(layer.get("Name", "")).startswith(FOREIGN_NODE_PREFIX):
+        return "GPU"
+    runner = " ".join(str(layer.get(key, "")) for key in ("LayerType", "TacticName", "Origin")).upper()
+    return "DLA" if "DLA" in runner and "MYELIN" not in runner else "GPU"
+
+
 def summarize_engine_information(text: str) -> dict[str, Any]:
     """Per-layer type, output precision and device from ``IEngineInspector.get_engine_information(JSON)``.
 
     With ``ProfilingVerbosity.DETAILED`` each layer is an object with ``Name``, ``LayerType``, ``Inputs`` /
     ``Outputs`` (tensors with ``Format/Datatype``) and ``TacticName``; with the default LAYER_NAMES_ONLY only
-    names (pyCoreDoc.h RuntimeInspectorDoc; the field names as trtexec's ``--exportLayerInfo`` writes them). A
-    layer counts as DLA when its type or tactic names the DLA (TensorRT folds a DLA subgraph into one layer)."""
+    names (pyCoreDoc.h RuntimeInspectorDoc; the field names as trtexec's ``--exportLayerInfo`` writes them). The
+    device of each layer is :func:`layer_device`; ``dla_decidable`` is False when names alone cannot tell a DLA
+    foreign node from a Myelin one."""
     import json
 
     try:
@@ -678,11 +859,16 @@ def summarize_engine_information(text: str) -> dict[str, Any]:
     except json.JSONDecodeError as exc:
         raise ModelFileError(f"the engine inspector returned unreadable JSON ({exc})") from exc
     layers = data.get("Layers", []) if isinstance(data, dict) else data
+    layers = layers if isinstance(layers, list) else []
+    names = [layer if isinstance(layer, str) else str(layer.get("Name", "")) for layer in layers if layer]
+    has_nvm = any(name.endswith(_NVM_SUFFIXES) for name in names)
     rows: list[dict[str, Any]] = []
     detailed = False
-    for layer in layers if isinstance(layers, list) else []:
+    ambiguous = False
+    for layer in layers:
         if isinstance(layer, str):
-            rows.append({"name": layer, "type": None, "precision": None, "device": None})
+            ambiguous |= layer.startswith(FOREIGN_NODE_PREFIX) and not has_nvm
+            rows.append({"name": layer, "type": None, "precision": None, "device": layer_device(layer, has_nvm)})
             continue
         if not isinstance(layer, dict):
             continue
@@ -691,13 +877,12 @@ def summarize_engine_information(text: str) -> dict[str, Any]:
         tactic = str(layer.get("TacticName", ""))
         outputs = layer.get("Outputs") if isinstance(layer.get("Outputs"), list) else []
         precisions = [p for p in (_tensor_precision(t) for t in outputs) if p]
-        device = "DLA" if "DLA" in kind.upper() or "DLA" in tactic.upper() else "GPU"
         rows.append(
             {
                 "name": str(layer.get("Name", "")),
                 "type": kind or None,
                 "precision": precisions[0] if precisions else None,
-                "device": device,
+                "device": layer_device(layer),
                 "tactic": tactic or None,
             }
         )
@@ -710,5 +895,24 @@ def summarize_engine_information(text: str) -> dict[str, Any]:
         "num_layers": len(rows),
         "precision_counts": counts,
         "dla_layers": sum(1 for r in rows if r["device"] == "DLA"),
+        "dla_decidable": not ambiguous,
         "layers": rows,
     }
+
+
+def require_dla_engine(summary: dict[str, Any], dla_core: int | None) -> None:
+    """A ``--dla-core`` engine whose inspector shows no DLA subgraph runs entirely on the GPU: fail (it used to
+    warn), and fail as well when the inspector cannot tell (names only, no nvm transfer layer)."""
+    if dla_core is None:
+        return
+    if not summary.get("dla_decidable", True):
+        raise ModelFileError(
+            f"--dla-core {dla_core}: the engine inspector lists only layer names, which cannot tell a DLA subgraph "
+            "from a GPU one; build with detailed profiling verbosity (the default) to check the placement"
+        )
+    if not summary.get("dla_layers"):
+        raise ModelFileError(
+            f"--dla-core {dla_core}: the built engine has no DLA subgraph, so it would run entirely on the GPU; "
+            "nothing written. Build the DLA engine in FP16 (TensorRT 10: --precision fp16) with --batch-size N, "
+            "or build without --dla-core"
+        )
