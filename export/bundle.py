@@ -1,19 +1,36 @@
 """Writes the evaluation bundle (format: :mod:`edge_unlearn.deploy.bundle`) from a checkpoint and a dataset:
-preprocessed test images and the checkpoint's FP32 logits. Host side: runs the checkpoint in torch."""
+preprocessed test images and the checkpoint's FP32 logits, with their provenance (dataset sha256, the drawn
+test-split rows, the checkpoint's sha256) and a digest over all of it. Host side: runs the checkpoint in torch."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 from edge_unlearn import __version__
-from edge_unlearn.deploy.bundle import FORMAT, Bundle, load_bundle
+from edge_unlearn.deploy.bundle import FORMAT, Bundle, load_bundle, write_bundle
 from edge_unlearn.deploy.onnx_meta import MASK_VALUE, check_output_path
 from edge_unlearn.errors import UsageError
-from edge_unlearn.fileio import atomic_output
+from edge_unlearn.fileio import atomic_output, sha256_file
+
+#: what ``dataset_sha256`` is the sha256 of, by kind of dataset spec
+NPZ_FILE = "the .npz file"
+TEST_SPLIT = "the test split: int64 labels, then uint8 images [N, C, H, W] at the model's input size, in order"
+
+
+def dataset_sha256(spec: str, data, batch_size: int = 256) -> tuple[str, str]:
+    """(sha256, what it is the sha256 of) identifying the dataset the bundle's samples were drawn from: the file
+    of an ``npz:`` spec, else the test split as the model reads it (labels and images)."""
+    import hashlib
+
+    if spec.strip().startswith("npz:"):
+        return sha256_file(spec.strip()[4:]), NPZ_FILE
+    digest = hashlib.sha256(np.ascontiguousarray(data.y_test.numpy(), dtype="<i8").tobytes())
+    for batch in data.x_test.batches(batch_size):
+        digest.update(np.ascontiguousarray(batch.numpy(), dtype=np.uint8).tobytes())
+    return digest.hexdigest(), TEST_SPLIT
 
 
 def make_bundle(
@@ -77,6 +94,7 @@ def make_bundle(
             logit_parts.append(model.logits(parts[-1], masked=False))
         x, logits = torch.cat(parts), torch.cat(logit_parts)
         logits = logits.masked_fill(~model.class_mask, MASK_VALUE)
+    data_sha, data_sha_of = dataset_sha256(dataset, data, batch_size)
     info = {
         "format": FORMAT,
         "source_sha256": ckpt.sha256,
@@ -90,20 +108,27 @@ def make_bundle(
         "per_class": per_class,
         "seed": seed,
         "version": __version__,
+        "provenance": {
+            "dataset": dataset,
+            "dataset_sha256": data_sha,
+            "dataset_sha256_of": data_sha_of,
+            "split": "test",
+            "indices": "the array indices: the test-split rows bundled, in order",
+            "checkpoint_sha256": ckpt.sha256,
+        },
     }
     extra = audit(ckpt, data, x, labels[idx], logits.numpy().astype(np.float32)) if audit is not None else {}
     output = Path(output)
     with atomic_output(output) as tmp:
         with open(tmp, "wb") as handle:  # np.savez_compressed adds .npz to a str path; a handle keeps ours
-            np.savez_compressed(
-                handle,
-                inputs=x.numpy().astype(np.float32),
-                labels=labels[idx].astype(np.int64),
-                reference_logits=logits.numpy().astype(np.float32),
-                class_names=np.asarray(meta.class_names, dtype=np.str_),
-                forgotten_classes=np.asarray(model.forgotten_classes, dtype=np.int64),
-                meta_json=np.asarray(json.dumps(info)),
-                **extra,
-            )
+            arrays = {
+                "inputs": x.numpy().astype(np.float32),
+                "labels": labels[idx].astype(np.int64),
+                "reference_logits": logits.numpy().astype(np.float32),
+                "class_names": np.asarray(meta.class_names, dtype=np.str_),
+                "forgotten_classes": np.asarray(model.forgotten_classes, dtype=np.int64),
+                "indices": idx.astype(np.int64),
+            }
+            write_bundle(handle, {**arrays, **extra}, info)
         load_bundle(tmp)  # the same checks a reader makes, before the file takes its name
     return load_bundle(output)

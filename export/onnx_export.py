@@ -21,12 +21,12 @@ from edge_unlearn import __version__
 from edge_unlearn.deploy.onnx_meta import (
     FEATURES_NAME,
     INPUT_NAME,
-    MASK_NODE_PREFIX,
     MASK_VALUE,
     OUTPUT_NAME,
     RETAINED_NAME,
     OnnxMeta,
     check_output_path,
+    mask_graph,
     write_meta,
 )
 from edge_unlearn.errors import ModelFileError, UsageError
@@ -162,46 +162,21 @@ def retained_classes(model) -> list[int]:
 
 
 class CompactMask(MaskDesign):
-    """Ours: the head holds the retained rows only (forgotten rows are absent from the file); a float Pad adds one
-    MASK_VALUE column and a Gather scatters every class from it, after the last quantized tensor."""
+    """Ours: the head holds the retained rows only (forgotten rows are absent from the file); a float floor keeps every
+    retained logit above the fill, a float Pad adds one MASK_VALUE column and a Gather scatters every class from it,
+    after the last quantized tensor (:func:`edge_unlearn.deploy.onnx_meta.mask_graph`)."""
 
     def deploy_module(self, model):
         retained = retained_classes(model)
         return deploy_module_with_rows(model, retained), retained
 
     def append_mask(self, graph_model, retained: list[int], num_classes: int) -> None:
-        from onnx import helper, numpy_helper
-
         graph = graph_model.graph
         check_single_io(graph)
         rename_io(graph, RETAINED_NAME)
-        index = np.full(num_classes, len(retained), dtype=np.int64)  # forgotten -> the pad column
-        index[retained] = np.arange(len(retained), dtype=np.int64)
-        graph.initializer.extend(
-            [
-                numpy_helper.from_array(np.array([0, 0, 0, 1], dtype=np.int64), "edge_unlearn_mask_pads"),
-                numpy_helper.from_array(np.array(MASK_VALUE, dtype=np.float32), "edge_unlearn_mask_value"),
-                numpy_helper.from_array(index, "edge_unlearn_class_index"),
-            ]
-        )
-        graph.node.extend(
-            [
-                helper.make_node(
-                    "Pad",
-                    [RETAINED_NAME, "edge_unlearn_mask_pads", "edge_unlearn_mask_value"],
-                    ["edge_unlearn_padded"],
-                    name=MASK_NODE_PREFIX + "fill",
-                    mode="constant",
-                ),
-                helper.make_node(
-                    "Gather",
-                    ["edge_unlearn_padded", "edge_unlearn_class_index"],
-                    [OUTPUT_NAME],
-                    name=MASK_NODE_PREFIX + "scatter",
-                    axis=1,
-                ),
-            ]
-        )
+        initializers, nodes = mask_graph(retained, num_classes)
+        graph.initializer.extend(initializers)
+        graph.node.extend(nodes)
         set_output(graph, num_classes)
 
 

@@ -3,9 +3,17 @@
 Arrays (``np.load(allow_pickle=False)`` reads them all): ``inputs`` float32 [N, C, H, W] (preprocessed test
 images), ``labels`` int64 [N], ``reference_logits`` float32 [N, num_classes] (the FP32 checkpoint's logits,
 forgotten classes = MASK_VALUE), ``class_names`` str [num_classes], ``forgotten_classes`` int64 [K] and
-``meta_json`` (one JSON string: format, source sha256, dataset, normalisation, input shape, mask value).
+``indices`` int64 [N] (the test-split rows drawn) and ``meta_json`` (one JSON string: format, source sha256,
+dataset, normalisation, input shape, mask value, ``provenance`` and ``digest``).
 Optional ``audit_*`` arrays (``bundle --audit``): the feature-level audit's probe, forget samples and FP32
-figures (:mod:`edge_unlearn.deploy.audit`, docs/audit.md).
+figures (:mod:`edge_unlearn.deploy.audit`, docs/audit.md), each with its own digest in ``audit_json``.
+
+Format 2 puts the bundle inside the evidence: ``provenance`` names the dataset (spec and sha256), the split, the
+drawn ``indices`` and the sha256 of the checkpoint that made the reference logits; ``digest`` is the sha256 of
+every core array and of the metadata (provenance included). :func:`load_bundle` refuses a bundle whose digest does
+not match (its samples, labels or reference logits were replaced after ``edge-unlearn bundle`` wrote it) or whose
+provenance names another checkpoint than ``source_sha256``. Format 1 (no digest) is refused, not read with a
+warning: a gate that still reads it would let anyone pass off edited samples as an old bundle.
 
 This module reads bundles (device side); :mod:`edge_unlearn.export.bundle` writes them from a checkpoint.
 """
@@ -23,10 +31,17 @@ import numpy as np
 from edge_unlearn.errors import ModelFileError
 from edge_unlearn.fileio import sha256_file
 
-from .audit import AuditData, read_audit
+from .audit import AuditData, array_digest, read_audit
 
-FORMAT = "edge-unlearn.bundle/1"
+FORMAT = "edge-unlearn.bundle/2"
+#: formats refused with how to remake the bundle (no digest: nothing binds their arrays to their provenance)
+OLD_FORMATS = ("edge-unlearn.bundle/1",)
 ARRAYS = ("inputs", "labels", "reference_logits", "class_names", "forgotten_classes", "meta_json")
+#: the arrays the digest covers (the audit arrays carry their own digests in ``audit_json``)
+DIGESTED = ("inputs", "labels", "reference_logits", "class_names", "forgotten_classes", "indices")
+#: what ``provenance`` must name
+PROVENANCE = ("dataset", "dataset_sha256", "split", "checkpoint_sha256")
+REMAKE = "remake it with `edge-unlearn bundle CHECKPOINT --dataset SPEC -o BUNDLE.npz`"
 
 
 @dataclass(frozen=True)
@@ -41,6 +56,9 @@ class Bundle:
     sha256: str = ""
     #: the feature-level audit's data (``bundle --audit``); None without
     audit: AuditData | None = None
+    #: the test-split rows drawn (provenance) and the digest over the arrays and the metadata
+    indices: np.ndarray | None = None
+    digest: str = ""
 
     @property
     def num_classes(self) -> int:
@@ -61,7 +79,57 @@ class Bundle:
             "source_sha256": self.meta.get("source_sha256"),
             "dataset": self.meta.get("dataset"),
             "audit": self.audit is not None,
+            "format": self.meta.get("format"),
+            "digest": self.digest,
+            "provenance": self.meta.get("provenance"),
         }
+
+
+def bundle_digest(arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> str:
+    """sha256 over the digested arrays (dtype, shape, bytes) and the metadata without its ``digest`` entry."""
+    import hashlib
+
+    record = {
+        "arrays": {name: array_digest(np.asarray(arrays[name])) for name in DIGESTED},
+        "meta": {k: v for k, v in meta.items() if k != "digest"},
+    }
+    text = json.dumps(record, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def write_bundle(handle: Any, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
+    """Write a format-2 bundle to an open binary ``handle``: ``arrays`` (the core ones, ``indices`` and any
+    ``audit_*``) and ``meta`` (with ``provenance``), the digest added here."""
+    meta = {**meta, "format": FORMAT}
+    meta["digest"] = bundle_digest(arrays, meta)
+    np.savez_compressed(handle, **arrays, meta_json=np.asarray(json.dumps(meta)))
+
+
+def _check_evidence(data: dict[str, np.ndarray], meta: dict[str, Any], path: Path) -> str:
+    """The digest matches and the provenance names the checkpoint of the reference logits; returns the digest."""
+    provenance = meta.get("provenance")
+    if "indices" not in data or not isinstance(provenance, dict) or any(k not in provenance for k in PROVENANCE):
+        raise ModelFileError(f"{path}: the bundle lacks its provenance (indices, dataset, checkpoint); {REMAKE}")
+    indices = data["indices"]
+    if indices.ndim != 1 or indices.dtype.kind not in "iu" or len(indices) != len(data["labels"]):
+        raise ModelFileError(f"{path}: array indices does not list one test-split row per sample; {REMAKE}")
+    recorded = meta.get("digest")
+    try:
+        actual = bundle_digest(data, meta)
+    except ValueError as exc:  # a NaN or infinity in the metadata: not what `bundle` writes
+        raise ModelFileError(f"{path}: the bundle's metadata is not plain JSON ({exc}); {REMAKE}") from exc
+    if recorded != actual:
+        raise ModelFileError(
+            f"{path}: the bundle's arrays or provenance changed after the bundle was written (digest "
+            f"{str(recorded)[:16]}… recorded, {actual[:16]}… now: samples, labels or reference logits replaced?); "
+            f"{REMAKE}"
+        )
+    if provenance.get("checkpoint_sha256") != meta.get("source_sha256"):
+        raise ModelFileError(
+            f"{path}: the reference logits were made by checkpoint {str(provenance.get('checkpoint_sha256'))[:12]}… "
+            f"but the bundle names {str(meta.get('source_sha256'))[:12]}…; {REMAKE}"
+        )
+    return actual
 
 
 #: preprocessed inputs beyond this are no image (raw 0..255 pixels are far inside; issue 30: 1e300 was exit 1)
@@ -124,6 +192,8 @@ def load_bundle(path: str | Path) -> Bundle:
                     "make one with `edge-unlearn bundle`"
                 )
             data = {k: arrays[k] for k in ARRAYS}
+            if "indices" in arrays.files:
+                data["indices"] = arrays["indices"]
             audit_arrays = {k: arrays[k] for k in arrays.files if k.startswith("audit_")}
         meta = json.loads(str(data["meta_json"]))
     except ModelFileError:
@@ -132,6 +202,11 @@ def load_bundle(path: str | Path) -> Bundle:
         raise ModelFileError(
             f"{path} is not a readable .npz bundle ({exc}); re-create it with `edge-unlearn bundle`"
         ) from exc
+    if isinstance(meta, dict) and meta.get("format") in OLD_FORMATS:
+        raise ModelFileError(
+            f"{path}: bundle format {meta['format']} carries no digest, so nothing shows that its samples and "
+            f"reference logits are the ones `edge-unlearn bundle` wrote; {REMAKE}"
+        )
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise ModelFileError(
             f"{path}: bundle format {meta.get('format') if isinstance(meta, dict) else meta!r} is not {FORMAT}; re-create it with `edge-unlearn bundle`"
@@ -160,9 +235,11 @@ def load_bundle(path: str | Path) -> Bundle:
         )
     if n and (bundle.labels.min() < 0 or bundle.labels.max() >= c):
         raise ModelFileError(f"{path}: labels outside 0..{c - 1}; re-create the bundle")
-    if audit_arrays:
-        from dataclasses import replace
+    digest = _check_evidence(data, meta, path)
+    from dataclasses import replace
 
+    bundle = replace(bundle, indices=np.asarray(data["indices"], dtype=np.int64), digest=digest)
+    if audit_arrays:
         bundle = replace(
             bundle, audit=read_audit(audit_arrays, str(path), c, bundle.forgotten_classes, n, bundle.inputs.shape[1:])
         )

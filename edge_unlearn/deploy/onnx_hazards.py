@@ -22,11 +22,13 @@ What is checked (codes in brackets):
 - Non-finite FP32 constants [``nonfinite-constant``] (a warning; an error when the target is FP16 or INT8).
 - ArgMax / TopK / INT64 outputs in the graph [``argmax-in-graph``, ``topk-too-large``, ``int64-output``]:
   TensorRT lowers ArgMax to TopK (K <= 3840) and casts INT64 to INT32; prefer raw logits and argmax on the host.
-- The structure of the mask [``structure-<check>``, see :mod:`edge_unlearn.deploy.structure`]: the head has
-  C - k rows, the index map sends every retained class to its own column and every forgotten one to the fill,
-  the fill equals the declared mask value, and on stress inputs the forgotten columns are exactly the fill and
-  below every retained logit (the margin is in :attr:`HazardReport.structure`). A graph with edge-unlearn
-  metadata whose mask cannot be analysed is an error; one without metadata gets a ``structure-not-checked``
+- The structure of the mask [``structure-<check>``, see :mod:`edge_unlearn.deploy.structure`]: proven from the
+  graph for every input -- every path from the input passes through the head, which has C - k rows; a floor
+  keeps every retained logit (NaN included) above the fill; the index map sends every retained class to its own
+  column and every forgotten one to the fill; the fill equals the declared mask value; every mask constant and
+  quantization parameter is input-free and not overridable. On stress inputs the forgotten columns are also
+  measured (the margin is in :attr:`HazardReport.structure`). A graph with edge-unlearn metadata whose mask
+  cannot be proven is an error ("cannot prove ..."); one without metadata gets a ``structure-not-checked``
   warning.
 
 This is the one hazard checker of the project: ``runtime="tensorrt"`` (``build-engine``) makes the TensorRT-only
@@ -146,11 +148,11 @@ class HazardReport:
         """One line: the verdict and the first error (what the CLI prints)."""
         if self.ok:
             extra = f" ({len(self.warnings)} warning(s))" if self.warnings else ""
-            margin = next((c.value for c in self.structure if c.name == "fill_margin"), None)
+            floor = next((c.value for c in self.structure if c.name == "retained_floor"), None)
             proved = (
-                f"; mask structure verified (head {self._figure('head_rows'):.0f} rows, fill margin "
-                f"{margin:.4g} on stress inputs)"
-                if self.structure and margin is not None
+                f"; mask proven for every input (head {self._figure('head_rows'):.0f} rows, retained floor "
+                f"{floor:.4g} above the fill, fill margin {self._figure('fill_margin'):.4g} on stress inputs)"
+                if self.structure and floor is not None
                 else ""
             )
             return f"{self.path}: no TensorRT deployment hazards{proved}{extra}"

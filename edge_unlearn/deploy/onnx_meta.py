@@ -7,10 +7,14 @@ The deployed graph (see docs/deployment.md for why this design):
     input [B, C, H, W] float32
       -> backbone -> compact head Linear(D, R), R = retained classes only   (quantizable)
       -> "retained_logits" [B, R]
+      -> Where(Greater(r, RETAINED_FLOOR), r, RETAINED_FLOOR)                 (the floor; kept in float)
       -> Pad(+1 column = MASK_VALUE) -> Gather(axis=1, index map [C])        (kept in float)
       -> "logits" [B, C]: retained classes in their original positions, forgotten ones = MASK_VALUE
 
-The forgotten rows of the head are not in the file at all; the mask is the constant index map.
+The forgotten rows of the head are not in the file at all; the mask is the constant index map. The floor makes
+every retained logit at least RETAINED_FLOOR > MASK_VALUE for *every* input (NaN included: NaN > x is false, so a
+NaN becomes the floor), so no input can make a forgotten class the argmax (:mod:`edge_unlearn.deploy.structure`
+proves it from the graph).
 """
 
 from __future__ import annotations
@@ -31,6 +35,9 @@ FORMAT = "edge-unlearn.onnx/1"
 PREFIX = "edge_unlearn."
 #: Value of a forgotten class's logit: finite in FP16 (max 65504), far below any trained logit.
 MASK_VALUE = -1.0e4
+#: Lowest value a retained logit can take in the deployed graph (the floor node): above MASK_VALUE in FP32 and FP16,
+#: far below any trained logit (export parity shows it never binds on ordinary inputs).
+RETAINED_FLOOR = -5.0e3
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
 RETAINED_NAME = "retained_logits"
@@ -201,6 +208,55 @@ def write_meta(model, meta: OnnxMeta) -> None:
     for key, value in keep + sorted(meta.to_props().items()):
         entry = model.metadata_props.add()
         entry.key, entry.value = key, value
+
+
+def mask_graph(
+    retained: list[int], num_classes: int, retained_name: str = RETAINED_NAME, output_name: str = OUTPUT_NAME
+) -> tuple[list[Any], list[Any]]:
+    """(initializers, nodes) of the deployed mask: the floor on the retained logits, then Pad + Gather.
+
+    ``retained_name`` [B, R] -> floor -> Pad(+1 column = MASK_VALUE) -> Gather(index map) -> ``output_name`` [B, C];
+    the one definition the exporter and the tests share (:mod:`edge_unlearn.deploy.structure` reads it back)."""
+    import numpy as np
+    from onnx import helper, numpy_helper
+
+    index = np.full(num_classes, len(retained), dtype=np.int64)  # forgotten -> the pad column
+    index[list(retained)] = np.arange(len(retained), dtype=np.int64)
+    initializers = [
+        numpy_helper.from_array(np.array(RETAINED_FLOOR, dtype=np.float32), "edge_unlearn_retained_floor"),
+        numpy_helper.from_array(np.array([0, 0, 0, 1], dtype=np.int64), "edge_unlearn_mask_pads"),
+        numpy_helper.from_array(np.array(MASK_VALUE, dtype=np.float32), "edge_unlearn_mask_value"),
+        numpy_helper.from_array(index, "edge_unlearn_class_index"),
+    ]
+    nodes = [
+        helper.make_node(
+            "Greater",
+            [retained_name, "edge_unlearn_retained_floor"],
+            ["edge_unlearn_above_floor"],
+            name=MASK_NODE_PREFIX + "above_floor",
+        ),
+        helper.make_node(
+            "Where",
+            ["edge_unlearn_above_floor", retained_name, "edge_unlearn_retained_floor"],
+            ["edge_unlearn_floored"],
+            name=MASK_NODE_PREFIX + "floor",
+        ),
+        helper.make_node(
+            "Pad",
+            ["edge_unlearn_floored", "edge_unlearn_mask_pads", "edge_unlearn_mask_value"],
+            ["edge_unlearn_padded"],
+            name=MASK_NODE_PREFIX + "fill",
+            mode="constant",
+        ),
+        helper.make_node(
+            "Gather",
+            ["edge_unlearn_padded", "edge_unlearn_class_index"],
+            [output_name],
+            name=MASK_NODE_PREFIX + "scatter",
+            axis=1,
+        ),
+    ]
+    return initializers, nodes
 
 
 def mask_node_names(model) -> list[str]:

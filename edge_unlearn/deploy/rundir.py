@@ -13,7 +13,9 @@ Layout of a run folder (``--run-dir``)::
 Evidence rules (issue #13): a manifest never blesses a changed artefact -- a file whose sha256 differs from
 its record, or from the previous manifest, keeps the recorded hash and is listed under
 ``changed_since_recorded``, so ``verify`` fails until the run is redone. ``verify`` fails on a modified,
-missing or unlisted file, on a change since a record, and (with ``--key``) on a signature that does not verify.
+missing or unlisted file, on a change since a record, on a ``validate`` record whose bundle digest (the digest over
+the bundle's arrays and provenance, issue #30) no ``bundle`` record of the folder wrote, and (with ``--key``) on a
+signature that does not verify.
 Without a key, verify proves only internal consistency: anyone can recompute sha256; the signature is what
 binds the folder to the holder of the private key.
 
@@ -339,6 +341,8 @@ class VerifyReport:
     missing: list[str] = field(default_factory=list)
     unlisted: list[str] = field(default_factory=list)
     changed_since_recorded: list[dict[str, Any]] = field(default_factory=list)
+    #: validate records that judged a bundle none of the folder's bundle records wrote: {"record", "digest"}
+    foreign_bundles: list[dict[str, str]] = field(default_factory=list)
     signature: dict[str, Any] = field(default_factory=lambda: {"status": "not checked"})
     manifest_created: str = ""
 
@@ -350,6 +354,7 @@ class VerifyReport:
             and not self.missing
             and not self.unlisted
             and not self.changed_since_recorded
+            and not self.foreign_bundles
             and self.signature.get("status") in ("valid", "not checked")
         )
 
@@ -368,6 +373,11 @@ class VerifyReport:
             f"CHANGED  {c['path']} since {c['record']} (recorded {str(c['recorded'])[:16]}…)"
             for c in self.changed_since_recorded
         ]
+        lines += [
+            f"BUNDLE   {b['record']} validated bundle digest {b['digest'][:16]}…, which no bundle record of this "
+            "folder wrote"
+            for b in self.foreign_bundles
+        ]
         if self.signature.get("status") not in ("valid", "not checked"):
             lines.append(f"SIGNATURE {self.signature['status']}: {self.signature.get('detail', '')}")
         return lines
@@ -381,6 +391,7 @@ class VerifyReport:
             "missing": self.missing,
             "unlisted": self.unlisted,
             "changed_since_recorded": self.changed_since_recorded,
+            "foreign_bundles": self.foreign_bundles,
             "signature": self.signature,
             "manifest_created": self.manifest_created,
         }
@@ -436,11 +447,35 @@ def verify(run_dir: str | Path, public_key: str | Path | None = None) -> VerifyR
     for change in _changes_against_records(root):
         if (change["record"], change["path"]) not in seen:
             report.changed_since_recorded.append(change)
+    report.foreign_bundles = foreign_bundles(read_records(root))
     if key is not None:
         report.signature = check_signature(root, key)
     elif (root / SIGNATURE).exists():
         report.signature = {"status": "not checked", "detail": f"{SIGNATURE} present; pass --key PUB to check it"}
     return report
+
+
+def _digest_of(payload: Any) -> str | None:
+    """The bundle digest a bundle record (its payload) or a validate record (``payload.bundle``) names."""
+    if not isinstance(payload, dict):
+        return None
+    digest = payload.get("digest")
+    if digest is None and isinstance(payload.get("bundle"), dict):
+        digest = payload["bundle"].get("digest")
+    return digest if isinstance(digest, str) and digest else None
+
+
+def foreign_bundles(records: list[dict[str, Any]]) -> list[dict[str, str]]:
+    """Validate records whose bundle digest is not that of any bundle record, where the folder has bundle records
+    with digests (a device may validate against a bundle made elsewhere: then there is nothing to compare)."""
+    written = {d for r in records if r.get("kind") == "bundle" and (d := _digest_of(r.get("payload")))}
+    if not written:
+        return []
+    return [
+        {"record": r["_file"], "digest": digest}
+        for r in records
+        if r.get("kind") == "validate" and (digest := _digest_of(r.get("payload"))) and digest not in written
+    ]
 
 
 def _changes_against_records(root: Path) -> list[dict[str, Any]]:

@@ -1,23 +1,38 @@
 """Structural proof that an exported graph forgets: what ``validate`` and ``build-engine --check-only`` check
 beyond accuracy on natural images. Pure onnx + numpy (+ onnxruntime for the stress run); no torch.
 
-A model that reads the right metadata and scores 0 on the bundle's forgotten images can still know the class
-(issue #13: a fill of 0 or -5, or the *original* model relabelled through its metadata). So the gate also checks
-the graph itself, where an edge-unlearn export has a fixed shape (see :mod:`edge_unlearn.deploy.onnx_meta`)::
+An edge-unlearn export has a fixed shape (:func:`edge_unlearn.deploy.onnx_meta.mask_graph`)::
 
-    ... -> head (Gemm/MatMul, R = C - k output columns) -> [Q/DQ, bias, scale] -> Pad(+1 column = fill)
-        -> Gather(axis=1, index map [C]) -> [Cast] -> output
+    input -> backbone -> head (Gemm/MatMul, R = C - k columns) -> [Q/DQ, cast, constant bias/scale]
+        -> floor: Where(Greater(r, L), r, L) -> Pad(+1 column = fill) -> Gather(axis=1, index map [C])
+        -> [Cast to float] -> output
+
+What is *proven* from the graph, for every input (no input is tried): every retained output column is
+>= L (a NaN retained logit becomes L, since NaN > L is false under IEEE-754), every forgotten column is the
+constant fill, and L > fill in every float type on the way to the output; so a forgotten class is never the
+argmax, ties and NaN included. The proof needs, and :func:`analyse_mask` refuses (``StructureError``, "cannot
+prove ...") any graph without:
+
+- one graph input (the image) and no initializer that is also a graph input (onnxruntime lets a caller override
+  such an initializer at run time), no control-flow subgraphs;
+- the chain above, every operand of it other than the chain itself (fill, index map, pads, L, bias, scales, zero
+  points, the head's weight) free of the input: computed from initializers and Constant nodes only (a taint
+  walk from the graph input and from every random op); the one exception is the dynamic-INT8 head, whose activation scale and zero point
+  come from the DynamicQuantizeLinear that quantizes the head's own input (part of the head);
+- every path from the graph input to the output passing through the head: nothing joins the chain after the head;
+- every Quantize/DequantizeLinear of the graph with a constant scale and zero point.
 
 Checks (each one is a :class:`Check`, named so a failure says which):
 
-- ``mask_structure``: the output is exactly that chain; a graph that cannot be analysed fails (fail closed).
-- ``head_rows``: the head's weight has R = C - k output columns, so the forgotten rows are not in the file.
+- ``mask_structure``: the chain above, proven (an unprovable graph raises instead; ``validate`` exits 2).
+- ``head_rows``: the head's weight has R = C - k output columns, and no other linear layer with a constant
+  C-column weight (the original head) feeds the output.
 - ``index_map``: retained class i-th in order reads column i; every forgotten class reads the fill column.
 - ``fill_value``: the graph's fill constant is finite and equals the declared ``mask_value``.
-- ``forgotten_columns_constant``: on the bundle and on stress inputs (random, extreme-valued, constant images)
-  every forgotten output column equals the fill value exactly (input-independent).
-- ``fill_margin``: the fill value is below every retained logit on those inputs; the value is the margin
-  min(retained logit) - fill, which must be positive.
+- ``retained_floor``: L - fill at the output's type, must be > 0 (the proof's last step).
+- ``forgotten_columns_constant`` / ``fill_margin`` (measured): on the bundle and on stress inputs every forgotten
+  output column equals the fill and the fill is below every retained logit; implied by the proof, kept as a
+  check of the runtime that executes the graph.
 """
 
 from __future__ import annotations
@@ -31,11 +46,11 @@ import numpy as np
 
 from edge_unlearn.errors import ModelFileError
 
-#: ops that carry a tensor's columns unchanged between the head and the mask
+#: ops that carry a tensor's columns unchanged between the head and the floor
 _PASSTHROUGH = ("Identity", "Cast", "QuantizeLinear", "DequantizeLinear")
 #: elementwise ops whose second operand is a bias, a scale or a dynamic-quantization scale
 _ELEMENTWISE = ("Add", "Mul", "Sub", "Div")
-#: linear ops that can be the head: op -> (index of the weight input, default column axis rule)
+#: linear ops that can be the head: op -> index of the weight input (the activation is input 0)
 _LINEAR = {
     "Gemm": 1,
     "MatMul": 1,
@@ -46,6 +61,12 @@ _LINEAR = {
     "MatMulIntegerToFloat": 1,
     "DynamicQuantizeMatMul": 1,
 }
+#: ops that only reshape or relabel a constant or a dynamic-quantization parameter
+_SIDE_OPS = ("Mul", "Cast", "Identity", "Reshape", "Unsqueeze", "Squeeze")
+#: ops whose outputs change from run to run: treated like the input (never a constant)
+_RANDOM_OPS = ("RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli")
+#: float element types a Cast may produce on the way to the output: ONNX TensorProto code -> numpy type
+_FLOAT_CASTS = {1: np.float32, 10: np.float16, 11: np.float64}
 #: stress batch: how many images of each random kind
 STRESS_RANDOM = 8
 #: name of the check recorded when CPU onnxruntime cannot run the graph (a warning, not a failure, in check-only)
@@ -93,10 +114,10 @@ class Check:
 
 
 class StructureError(Exception):
-    """The graph is not the edge-unlearn mask chain; ``check`` names the failed check."""
+    """The graph is not a provable edge-unlearn mask chain; ``check`` names the check, the message says why."""
 
     def __init__(self, check: str, message: str) -> None:
-        super().__init__(message)
+        super().__init__(message if message.startswith("cannot prove") else f"cannot prove the mask: {message}")
         self.check = check
 
 
@@ -110,14 +131,23 @@ class MaskStructure:
     index_map: tuple[int, ...]
     pad_node: str
     gather_node: str
+    #: the floor L on the retained logits, and L and the fill at the output's element type
+    floor_value: float = float("nan")
+    floor_at_output: float = float("nan")
+    fill_at_output: float = float("nan")
+    #: other linear layers feeding the output whose constant weight has as many columns as the model has classes
+    full_width_layers: tuple[str, ...] = ()
 
 
 def _constants(model: Any) -> dict[str, np.ndarray]:
+    """Initializers that no caller can override (not also graph inputs) and Constant node outputs."""
     from onnx import numpy_helper
 
+    inputs = {i.name for i in model.graph.input}
     out: dict[str, np.ndarray] = {}
     for init in model.graph.initializer:
-        out[init.name] = numpy_helper.to_array(init)
+        if init.name not in inputs:
+            out[init.name] = numpy_helper.to_array(init)
     for node in model.graph.node:
         if node.op_type == "Constant" and node.output:
             for attr in node.attribute:
@@ -125,6 +155,8 @@ def _constants(model: Any) -> dict[str, np.ndarray]:
                     out[node.output[0]] = numpy_helper.to_array(attr.t)
                 elif attr.name in ("value_float", "value_int"):
                     out[node.output[0]] = np.asarray(attr.f if attr.name == "value_float" else attr.i)
+                elif attr.name in ("value_floats", "value_ints"):
+                    out[node.output[0]] = np.asarray(list(attr.floats if attr.name == "value_floats" else attr.ints))
     return out
 
 
@@ -137,84 +169,193 @@ def _attr(node: Any, name: str, default: Any = None) -> Any:
     return default
 
 
+def _label(node: Any) -> str:
+    return f"{node.op_type} {node.name or node.output[0]!r}"
+
+
 class _Graph:
-    def __init__(self, model: Any) -> None:
+    """The graph's producers, constants and the tensors that depend on the graph input (the taint)."""
+
+    def __init__(self, model: Any, input_name: str) -> None:
+        graph = model.graph
+        initializers = {t.name for t in graph.initializer}
+        overridable = sorted(initializers & {i.name for i in graph.input})
+        if overridable:
+            raise StructureError(
+                "mask_structure",
+                f"cannot prove the mask: initializer {overridable[0]!r} is also a graph input, so a caller can "
+                "override it at run time (onnxruntime does); re-export the model with `edge-unlearn export`",
+            )
+        inputs = [i.name for i in graph.input]
+        if inputs != [input_name]:
+            raise StructureError(
+                "mask_structure",
+                f"cannot prove the mask: the graph's inputs are {inputs}, not the one image input {input_name!r}",
+            )
         self.consts = _constants(model)
-        self.producers = {o: n for n in model.graph.node for o in n.output if o}
-        self.outputs = [o.name for o in model.graph.output]
+        self.producers: dict[str, Any] = {}
+        for node in graph.node:
+            if any(a.type in (a.GRAPH, a.GRAPHS) for a in node.attribute):
+                raise StructureError(
+                    "mask_structure", f"cannot prove the mask: {_label(node)} holds a subgraph (control flow)"
+                )
+            for out in node.output:
+                if out and (out in self.producers or out in initializers or out == input_name):
+                    raise StructureError("mask_structure", f"cannot prove the mask: tensor {out!r} is written twice")
+                if out:
+                    self.producers[out] = node
+        self.tainted: set[str] = {input_name}  # plus every output of a random op: not a constant either
+        self.tainted.update(o for n in graph.node if n.op_type in _RANDOM_OPS for o in n.output if o)
+        defined = set(initializers) | {input_name, ""}
+        pending = list(graph.node)
+        while pending:  # in dependency order (onnxruntime runs a graph whose nodes are listed out of order)
+            waiting = []
+            for node in pending:
+                if all(i in defined for i in node.input):
+                    defined.update(node.output)
+                    if any(i in self.tainted for i in node.input):
+                        self.tainted.update(o for o in node.output if o)
+                else:
+                    waiting.append(node)
+            if len(waiting) == len(pending):
+                missing = next(i for i in waiting[0].input if i not in defined)
+                raise StructureError(
+                    "mask_structure",
+                    f"cannot prove the mask: {_label(waiting[0])} reads {missing!r}, which nothing computes "
+                    "(an undefined tensor or a cycle)",
+                )
+            pending = waiting
+        self.outputs = [o.name for o in graph.output]
 
     def const(self, name: str) -> np.ndarray | None:
-        """The value of ``name`` when it is a constant, seen through Identity/Cast/DequantizeLinear/Transpose."""
+        """The value of ``name`` when it is input-free, seen through Identity/Cast/DequantizeLinear/Transpose
+        (values change there, the shape does not: only shapes are read through them)."""
+        if name in self.tainted:
+            return None
         if name in self.consts:
             return self.consts[name]
         node = self.producers.get(name)
         if node is None or node.op_type == "Constant":
             return None
         if node.op_type in ("Identity", "Cast", "DequantizeLinear"):
-            return self.const(node.input[0])  # values change, the shape does not: only shapes are read here
+            return self.const(node.input[0])
         if node.op_type == "Transpose":
             inner = self.const(node.input[0])
             return None if inner is None else np.transpose(inner, _attr(node, "perm"))
         return None
 
-    def is_side(self, name: str, depth: int = 0) -> bool:
-        """A bias/scale operand: a constant, a dynamic-quantization scale, or a product of those."""
-        if depth > 8:
-            return False
-        if self.const(name) is not None:
+    def value(self, name: str) -> np.ndarray | None:
+        """The exact value of an input-free initializer or Constant (through Identity only)."""
+        node = self.producers.get(name)
+        while node is not None and node.op_type == "Identity" and name not in self.consts:
+            name = node.input[0]
+            node = self.producers.get(name)
+        return None if name in self.tainted else self.consts.get(name)
+
+    def side_ok(self, name: str, quantizer: Any, depth: int = 0) -> bool:
+        """An operand that may join the chain after the head: input-free, or the scale / zero point of the
+        head's own input quantizer (dynamic INT8), or a product / reshape of those."""
+        if not name:
+            return True
+        if name not in self.tainted:
             return True
         node = self.producers.get(name)
-        if node is None:
+        if node is None or depth > 8:
             return False
-        if node.op_type == "DynamicQuantizeLinear":
+        if quantizer is not None and node is quantizer:
             return list(node.output).index(name) >= 1
-        if node.op_type in ("Mul", "Cast", "Identity", "Reshape", "Unsqueeze", "Squeeze"):
-            return all(self.is_side(i, depth + 1) for i in node.input if i)
+        if node.op_type in _SIDE_OPS:
+            return all(self.side_ok(i, quantizer, depth + 1) for i in node.input)
         return False
 
+    def ancestors(self, name: str) -> set[str]:
+        """The first output names of every node the tensor ``name`` depends on."""
+        seen: set[str] = set()
+        stack = [name]
+        while stack:
+            node = self.producers.get(stack.pop())
+            if node is None or node.output[0] in seen:
+                continue
+            seen.add(node.output[0])
+            stack.extend(node.input)
+        return seen
 
-def _head_width(node: Any, graph: _Graph) -> int:
-    weight_name = node.input[_LINEAR[node.op_type]] if len(node.input) > _LINEAR[node.op_type] else ""
+
+def _head_width(node: Any, graph: _Graph) -> int | None:
+    index = _LINEAR[node.op_type]
+    weight_name = node.input[index] if len(node.input) > index else ""
     weight = graph.const(weight_name)
     if weight is None or weight.ndim != 2:
-        raise StructureError(
-            "mask_structure",
-            f"the weight {weight_name!r} of head node {node.name!r} "
-            "is not a constant 2-D tensor; cannot read the head's width",
-        )
+        return None
     trans = bool(_attr(node, "transB", 0)) if node.op_type in ("Gemm", "QGemm", "FusedMatMul") else False
     return int(weight.shape[0] if trans else weight.shape[1])
 
 
-def analyse_mask(model: Any, output_name: str) -> MaskStructure:
-    """Read the mask chain from the graph; :class:`StructureError` when it is not there."""
-    graph = _Graph(model)
+def _skip(graph: _Graph, name: str, casts: list[type]) -> tuple[Any, str]:
+    """The first producer of ``name`` that is not an Identity or a float Cast (recording the casts' types)."""
+    node = graph.producers.get(name)
+    while node is not None and node.op_type in ("Identity", "Cast"):
+        if node.op_type == "Cast":
+            to = _FLOAT_CASTS.get(int(_attr(node, "to", 0)))
+            if to is None:
+                raise StructureError(
+                    "mask_structure", f"cannot prove the mask: {_label(node)} casts the logits to a non-float type"
+                )
+            casts.append(to)
+        name = node.input[0]
+        node = graph.producers.get(name)
+    return node, name
+
+
+def _through(value: float, start: type, casts: list[type]) -> float:
+    """``value`` held in ``start``, then cast through ``casts`` (innermost first), as a float."""
+    out = np.asarray(value).astype(start)
+    for to in casts:
+        out = out.astype(to)
+    return float(out)
+
+
+def _check_qdq_constant(graph: _Graph, model: Any) -> None:
+    for node in model.graph.node:
+        if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            for name in node.input[1:]:
+                if name and name in graph.tainted:
+                    raise StructureError(
+                        "mask_structure",
+                        f"cannot prove the mask: the scale or zero point {name!r} of {_label(node)} is computed "
+                        "from the input",
+                    )
+
+
+def analyse_mask(
+    model: Any, output_name: str, input_name: str = "input", num_classes: int | None = None
+) -> MaskStructure:
+    """Prove the mask chain from the graph (see the module docstring); :class:`StructureError` when it cannot."""
+    graph = _Graph(model, input_name)
     if output_name not in graph.outputs:
         raise StructureError("mask_structure", f"the graph has no output {output_name!r} (outputs: {graph.outputs})")
-    name = output_name
-    node = graph.producers.get(name)
-    while node is not None and node.op_type in ("Cast", "Identity"):
-        node = graph.producers.get(node.input[0])
-    if node is None or node.op_type != "Gather":
+    _check_qdq_constant(graph, model)
+    out_casts: list[type] = []
+    gather, _ = _skip(graph, output_name, out_casts)
+    if gather is None or gather.op_type != "Gather":
         raise StructureError(
             "mask_structure",
             f"output {output_name!r} is not produced by the class-index Gather "
-            f"(found {node.op_type if node else 'a graph input'})",
+            f"(found {gather.op_type if gather else 'a graph input'})",
         )
-    gather = node
-    index = graph.consts.get(gather.input[1]) if len(gather.input) > 1 else None
+    index = graph.value(gather.input[1]) if len(gather.input) > 1 else None
     if index is None or index.ndim != 1 or index.dtype.kind not in "iu":
-        raise StructureError("mask_structure", f"Gather {gather.name!r} does not read a constant 1-D index map")
+        raise StructureError(
+            "index_map", f"Gather {gather.name!r} does not read a constant 1-D index map that no caller can override"
+        )
     if int(_attr(gather, "axis", 0)) not in (1, -1):
         raise StructureError("mask_structure", f"Gather {gather.name!r} is not along the class axis (axis 1)")
-    node = graph.producers.get(gather.input[0])
-    while node is not None and node.op_type in ("Cast", "Identity"):
-        node = graph.producers.get(node.input[0])
-    if node is None or node.op_type != "Pad":
+    pad_casts: list[type] = []
+    pad, _ = _skip(graph, gather.input[0], pad_casts)
+    if pad is None or pad.op_type != "Pad":
         raise StructureError("mask_structure", f"the Gather {gather.name!r} does not read a Pad of the head's logits")
-    pad = node
     mode = _attr(pad, "mode", b"constant")
-    pads = graph.consts.get(pad.input[1]) if len(pad.input) > 1 else None
+    pads = graph.value(pad.input[1]) if len(pad.input) > 1 else None
     if (
         mode not in (b"constant", "constant")
         or pads is None
@@ -226,71 +367,184 @@ def analyse_mask(model: Any, output_name: str) -> MaskStructure:
             f"Pad {pad.name!r} is not a constant pad of one column "
             f"(pads {None if pads is None else np.ravel(pads).tolist()})",
         )
-    fill = graph.consts.get(pad.input[2]) if len(pad.input) > 2 and pad.input[2] else np.zeros((), np.float32)
-    if fill is None or fill.size != 1:
-        raise StructureError("fill_value", f"Pad {pad.name!r} has no constant scalar fill value")
-    name = pad.input[0]
+    fill = graph.value(pad.input[2]) if len(pad.input) > 2 and pad.input[2] else np.zeros((), np.float32)
+    if fill is None or fill.size != 1 or fill.dtype.kind != "f":
+        raise StructureError(
+            "fill_value", f"Pad {pad.name!r} has no constant scalar float fill value that no caller can override"
+        )
+    floor_casts: list[type] = []
+    where, retained = _skip(graph, pad.input[0], floor_casts)
+    floor = _floor(graph, where)
+    fill_type, floor_type = fill.dtype.type, floor.dtype.type
+    fill_out = _through(float(fill.ravel()[0]), fill_type, pad_casts[::-1] + out_casts[::-1])
+    floor_out = _through(
+        float(floor.ravel()[0]), floor_type, floor_casts[::-1] + [fill_type] + pad_casts[::-1] + out_casts[::-1]
+    )
+    head, quantizer = _walk_to_head(graph, where.input[1])
+    width = _head_width(head, graph)
+    if width is None:
+        raise StructureError(
+            "mask_structure",
+            f"the weight of head {_label(head)} is not a constant 2-D tensor (or is computed from the input); "
+            "cannot read the head's width",
+        )
+    others: list[str] = []
+    if num_classes is not None:
+        ancestors = graph.ancestors(output_name)
+        others = [
+            _label(n)
+            for n in model.graph.node
+            if n.output[0] != head.output[0]
+            and n.op_type in _LINEAR
+            and n.output[0] in ancestors
+            and _head_width(n, graph) == num_classes
+        ]
+    return MaskStructure(
+        head.name or head.op_type,
+        width,
+        float(np.float32(fill.ravel()[0])),
+        tuple(int(v) for v in index),
+        pad.name,
+        gather.name,
+        float(floor.ravel()[0]),
+        floor_out,
+        fill_out,
+        tuple(others),
+    )
+
+
+def _floor(graph: _Graph, where: Any) -> np.ndarray:
+    """L of the floor node ``Where(Greater(r, L), r, L)``; StructureError when ``where`` is not that."""
+    if where is None or where.op_type != "Where" or len(where.input) != 3:
+        found = "a graph input" if where is None else _label(where)
+        raise StructureError(
+            "mask_structure",
+            f"cannot prove the mask: the Pad does not read the floor Where(Greater(r, L), r, L) on the retained "
+            f"logits (found {found}); without it an input could push every retained logit below the fill or to "
+            "NaN. Re-export the model with this version of `edge-unlearn export` (then quantize it again)",
+        )
+    test = graph.producers.get(where.input[0])
+    floor = graph.value(where.input[2])
+    bound = graph.value(test.input[1]) if test is not None and len(test.input) == 2 else None
+    if (
+        test is None
+        or test.op_type != "Greater"
+        or test.input[0] != where.input[1]
+        or floor is None
+        or bound is None
+        or floor.size != 1
+        or bound.size != 1
+        or floor.dtype.kind != "f"
+        or not np.isfinite(floor).all()
+        or float(bound.ravel()[0]) != float(floor.ravel()[0])
+        or bound.dtype != floor.dtype
+    ):
+        raise StructureError(
+            "mask_structure",
+            f"cannot prove the mask: {_label(where)} is not the floor Where(Greater(r, L), r, L) with one finite "
+            "constant L that no caller can override",
+        )
+    return floor
+
+
+def _walk_to_head(graph: _Graph, name: str) -> tuple[Any, Any]:
+    """From the floor's input back to the head; every operand that joins on the way must be input-free (or the
+    head's own dynamic quantization parameters). Returns (head node, its input's DynamicQuantizeLinear or None)."""
+    joined: list[tuple[str, Any]] = []
     for _ in range(64):
         node = graph.producers.get(name)
         if node is None:
-            raise StructureError("mask_structure", f"no head layer between the graph input and Pad {pad.name!r}")
+            raise StructureError("mask_structure", "no head layer between the graph input and the floor")
         if node.op_type in _LINEAR:
-            width = _head_width(node, graph)
-            return MaskStructure(
-                node.name or node.op_type,
-                width,
-                float(np.float32(fill.ravel()[0])),
-                tuple(int(v) for v in index),
-                pad.name,
-                gather.name,
-            )
+            head = node
+            activation = head.input[0]
+            if activation not in graph.tainted:
+                raise StructureError("mask_structure", f"the head {_label(head)} does not read the backbone")
+            source = graph.producers.get(activation)
+            quantizer = source if source is not None and source.op_type == "DynamicQuantizeLinear" else None
+            weight_index = _LINEAR[head.op_type]
+            for i, operand in enumerate(head.input[1:], 1):
+                if i == weight_index or not graph.side_ok(operand, quantizer):
+                    if operand and operand in graph.tainted:
+                        raise StructureError(
+                            "mask_structure",
+                            f"cannot prove the mask: operand {operand!r} of head {_label(head)} is computed from the "
+                            "input (only the head's activation may be)",
+                        )
+            for operand, at in joined:
+                if not graph.side_ok(operand, quantizer):
+                    raise StructureError(
+                        "mask_structure",
+                        f"cannot prove the mask: {_label(at)} after the head joins {operand!r}, which is computed "
+                        "from the input: a branch that bypasses the head re-enters after it",
+                    )
+            return head, quantizer
         if node.op_type in _PASSTHROUGH:
+            joined.extend((i, node) for i in node.input[1:])
             name = node.input[0]
-        elif node.op_type in _ELEMENTWISE:
-            main = [i for i in node.input if i and not graph.is_side(i)]
-            if len(main) != 1:
+        elif node.op_type in _ELEMENTWISE and len(node.input) == 2:
+            first, second = node.input
+            main = first if first in graph.tainted else second
+            other = second if main == first else first
+            if node.op_type in ("Sub", "Div") and main != first:
                 raise StructureError(
-                    "mask_structure",
-                    f"{node.op_type} {node.name!r} between the head and the mask "
-                    "mixes two computed tensors; cannot tell the head",
+                    "mask_structure", f"cannot prove the mask: {_label(node)} after the head inverts the logits"
                 )
-            name = main[0]
+            joined.append((other, node))
+            name = main
         else:
             raise StructureError(
                 "mask_structure",
-                f"{node.op_type} {node.name!r} sits between the head and the mask; "
-                "cannot analyse the head (re-export with `edge-unlearn export`)",
+                f"{_label(node)} sits between the head and the floor; cannot analyse the head "
+                "(re-export with `edge-unlearn export`)",
             )
     raise StructureError("mask_structure", "the chain from the mask back to the head is too long to analyse")
 
 
 def static_checks(model: Any, meta: Any) -> tuple[list[Check], MaskStructure | None]:
-    """``mask_structure``, ``head_rows``, ``index_map``, ``fill_value`` from the graph against ``meta``."""
+    """``mask_structure``, ``head_rows``, ``index_map``, ``fill_value``, ``retained_floor`` from the graph against
+    ``meta``. An unprovable graph gives one failed check (its name from the :class:`StructureError`)."""
+    try:
+        found = prove_mask(model, meta)
+    except StructureError as exc:
+        return [Check(exc.check, None, "==", 1.0, str(exc))], None
+    return proof_checks(found, meta), found
+
+
+def prove_mask(model: Any, meta: Any) -> MaskStructure:
+    """:func:`analyse_mask` with the metadata's input, output and class count."""
+    return analyse_mask(model, meta.output_name, meta.input_name, meta.num_classes)
+
+
+def proof_checks(found: MaskStructure, meta: Any) -> list[Check]:
+    """The checks of a proven mask chain against the metadata (what the graph must say)."""
     retained = list(meta.retained_classes)
     forgotten = sorted(set(meta.forgotten_classes))
-    try:
-        found = analyse_mask(model, meta.output_name)
-    except StructureError as exc:
-        return [
-            Check(exc.check if exc.check != "mask_structure" else "mask_structure", None, "==", 1.0, str(exc))
-        ], None
     checks = [
         Check(
             "mask_structure",
             1.0,
             "==",
             1.0,
-            f"{found.head_node} -> {found.pad_node} -> {found.gather_node} -> {meta.output_name}",
+            f"{found.head_node} -> floor {found.floor_value:g} -> {found.pad_node} -> {found.gather_node} -> "
+            f"{meta.output_name}; every path from the input passes through the head",
         )
     ]
+    widths_ok = found.head_width == len(retained) and not found.full_width_layers
     checks.append(
         Check(
             "head_rows",
-            float(found.head_width),
+            float(found.head_width) if widths_ok or found.head_width != len(retained) else float(meta.num_classes),
             "==",
             float(len(retained)),
             f"head {found.head_node!r} has {found.head_width} output columns; {meta.num_classes} classes "
-            f"- {len(forgotten)} forgotten = {len(retained)} (forgotten rows must not be in the file)",
+            f"- {len(forgotten)} forgotten = {len(retained)} (forgotten rows must not be in the file)"
+            + (
+                f"; also feeding the output with {meta.num_classes} columns (the original head?): "
+                f"{', '.join(found.full_width_layers[:3])}"
+                if found.full_width_layers
+                else ""
+            ),
         )
     )
     expected = [0] * meta.num_classes
@@ -321,7 +575,18 @@ def static_checks(model: Any, meta: Any) -> tuple[list[Check], MaskStructure | N
             + ("" if fill_ok else " (the fill was edited, or the metadata was)"),
         )
     )
-    return checks, found
+    gap = found.floor_at_output - found.fill_at_output
+    checks.append(
+        Check(
+            "retained_floor",
+            gap if math.isfinite(gap) else None,
+            ">",
+            0.0,
+            f"floor {found.floor_at_output:g} minus fill {found.fill_at_output:g} at the output's type: every "
+            "retained logit is >= the floor for every input (NaN included), so a forgotten class never wins",
+        )
+    )
+    return checks
 
 
 def stress_inputs(input_shape: Sequence[int], normalization: dict[str, Any] | None, seed: int = 0) -> np.ndarray:

@@ -7,8 +7,11 @@ forgotten classes of the model, ...) is a failed check, never a pass.
 
 Beyond accuracy on the bundle's natural images (which a model that still knows a class can pass, issue #13), every
 runner is also run on stress inputs, and ``forgotten_columns_constant`` / ``fill_margin`` judge the outputs; for
-ONNX the graph itself is read (``mask_structure``, ``head_rows``, ``index_map``, ``fill_value``; see
-:mod:`edge_unlearn.deploy.structure` and docs/threat-model.md).
+ONNX the graph itself is read and the mask proven for every input (``mask_structure``, ``head_rows``,
+``index_map``, ``fill_value``, ``retained_floor``; see :mod:`edge_unlearn.deploy.structure` and
+docs/threat-model.md): a graph it cannot prove is refused (ModelFileError, exit 2, "cannot prove ...").
+The bundle is read by :func:`edge_unlearn.deploy.bundle.load_bundle`, which refuses one whose digest does not
+match; its digest and provenance are in the report (``bundle``), hence in the run folder's validate record.
 
 ``audit`` (``validate --audit``, an audit export and a ``bundle --audit``) adds the feature-level checks of
 :mod:`edge_unlearn.deploy.audit`: the stored probe and the prototype attack on the deployed model's own features.
@@ -433,7 +436,7 @@ def validate_model(
     if Path(model).suffix.lower() == ".onnx":
         from .onnx_hazards import check_model
         from .onnx_meta import load_onnx, read_meta
-        from .structure import static_checks
+        from .structure import StructureError, proof_checks, prove_mask
 
         proto = load_onnx(model)
         _check_io(proto, read_meta(proto), loaded, model)
@@ -447,7 +450,14 @@ def validate_model(
                 "; ".join(hazards[:3]) if hazards else "no zero Q/DQ scales, no non-finite constants",
             )
         )
-        extra.extend(static_checks(proto, read_meta(proto))[0])
+        meta = read_meta(proto)
+        try:
+            found = prove_mask(proto, meta)
+        except StructureError as exc:
+            raise ModelFileError(
+                f"{model}: {exc}; deploy only a model written by `edge-unlearn export`/`quantize`"
+            ) from exc
+        extra.extend(proof_checks(found, meta))
     report = validate(runner, loaded, thresholds, batch_size, extra, audit)
     if echo is not None:
         echo(report.summary())

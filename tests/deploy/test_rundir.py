@@ -249,3 +249,52 @@ def test_report_refuses_a_record_that_climbs_out_before_writing(tmp_path, tiny_m
     result = CliRunner().invoke(main, ["report", str(run), "-o", str(tmp_path / "r.html")])
     assert result.exit_code == 2 and "climbs out" in result.stderr
     assert not (tmp_path / "r.html").exists() and not (run / "manifest.json").exists()
+
+
+def test_verify_fails_when_a_validate_record_judged_a_bundle_no_bundle_record_wrote(tmp_path, tiny_models):
+    run, _, _ = _run(tmp_path, tiny_models)
+    record(run, "bundle", {"digest": "a" * 64})
+    record(run, "validate", {"verdict": "pass", "bundle": {"digest": "a" * 64}})
+    write_manifest(run)
+    assert verify(run)
+    record(run, "validate", {"verdict": "pass", "bundle": {"digest": "b" * 64}})
+    write_manifest(run)
+    report = verify(run)
+    assert not report and report.foreign_bundles == [{"record": "0005-validate.json", "digest": "b" * 64}]
+    assert any(line.startswith("BUNDLE   0005-validate.json") for line in report.problems)
+
+
+def test_the_validate_record_carries_the_bundle_digest_and_provenance(artifacts, tmp_path):
+    """bundle + validate into one run folder: the validate record names the digest and provenance the bundle record
+    wrote, so the signed folder covers them; validating a re-digested copy of the bundle breaks verify."""
+    from tests.deploy.test_gate_attacks import rewrite_bundle
+
+    run = tmp_path / "run"
+    cli = CliRunner()
+    bundle = run / "eval.npz"
+    run.mkdir()
+    made = cli.invoke(
+        main, ["bundle", str(artifacts.checkpoint), "--dataset", "digits", "-o", str(bundle), "--run-dir", str(run)]
+    )
+    assert made.exit_code == 0, made.output
+    checked = cli.invoke(main, ["validate", str(artifacts.fp32), "--bundle", str(bundle), "--run-dir", str(run), "-q"])
+    assert checked.exit_code == 0, checked.output
+    bundle_record, validate_record = read_records(run, "bundle")[-1], read_records(run, "validate")[-1]
+    digest = bundle_record["payload"]["digest"]
+    assert len(digest) == 64 and validate_record["payload"]["bundle"]["digest"] == digest
+    provenance = validate_record["payload"]["bundle"]["provenance"]
+    assert provenance["checkpoint_sha256"] == sha256_file(artifacts.checkpoint) and provenance["dataset"] == "digits"
+    write_manifest(run)
+    assert verify(run)
+
+    def resealed(arrays, info):  # the same arrays under another digest: a bundle the folder never wrote
+        info["seed"] = 1
+
+    rewrite_bundle(bundle, tmp_path / "other.npz", resealed)
+    checked = cli.invoke(
+        main, ["validate", str(artifacts.fp32), "--bundle", str(tmp_path / "other.npz"), "--run-dir", str(run), "-q"]
+    )
+    assert checked.exit_code == 0, checked.output
+    write_manifest(run)
+    result = cli.invoke(main, ["verify", str(run)])
+    assert result.exit_code == 1 and "BUNDLE" in result.output, result.output

@@ -3,7 +3,6 @@ corrupt. Nothing is trained: the checkpoint is an untrained lenet with class 3 m
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,10 +28,10 @@ def base(tmp_path_factory) -> Base:
 
     from edge_unlearn.checkpoint import CheckpointMeta, save_checkpoint
     from edge_unlearn.data import Normalization
-    from edge_unlearn.deploy.bundle import FORMAT
+    from edge_unlearn.deploy.bundle import write_bundle
     from edge_unlearn.models import build_model
 
-    from ..tensorrt.conftest import FORGOTTEN, IMAGE, NUM_CLASSES, ours_fp32
+    from ..deploy.tensorrt.conftest import FORGOTTEN, IMAGE, NUM_CLASSES, ours_fp32
 
     folder = tmp_path_factory.mktemp("fuzz-base")
     model = ours_fp32()
@@ -43,22 +42,23 @@ def base(tmp_path_factory) -> Base:
     logits = session.run(["logits"], {"input": x})[0]
     labels = np.arange(40, dtype=np.int64) % NUM_CLASSES
     meta = {
-        "format": FORMAT,
         "source_sha256": "0" * 64,
         "dataset": "synthetic",
         "input_shape": list(IMAGE),
         "normalization": {"mean": [0.5], "std": [0.5]},
         "mask_value": -1e4,
+        "provenance": {"dataset": "synthetic", "dataset_sha256": "", "split": "test", "checkpoint_sha256": "0" * 64},
     }
-    np.savez(
-        folder / "eval.npz",
-        inputs=x,
-        labels=labels,
-        reference_logits=logits,
-        class_names=np.array([f"c{i}" for i in range(NUM_CLASSES)]),
-        forgotten_classes=np.array(FORGOTTEN, np.int64),
-        meta_json=np.asarray(json.dumps(meta)),
-    )
+    arrays = {
+        "inputs": x,
+        "labels": labels,
+        "reference_logits": logits,
+        "class_names": np.array([f"c{i}" for i in range(NUM_CLASSES)]),
+        "forgotten_classes": np.array(FORGOTTEN, np.int64),
+        "indices": np.arange(len(x), dtype=np.int64),
+    }
+    with open(folder / "eval.npz", "wb") as handle:
+        write_bundle(handle, arrays, meta)
     net = build_model("lenet", 10, (1, 8, 8))
     net.mask_classes(FORGET)
     ckpt_meta = CheckpointMeta(

@@ -7,7 +7,6 @@ around TensorRT is tested through pure functions.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +14,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from edge_unlearn.deploy.onnx_meta import MASK_VALUE, OnnxMeta, write_meta
+from edge_unlearn.deploy.onnx_meta import MASK_VALUE, OnnxMeta, mask_graph, mask_node_names, write_meta
 
 NUM_CLASSES = 10
 FORGOTTEN = (3, 7)
@@ -82,8 +81,7 @@ def ours_fp32(seed: int = 0) -> onnx.ModelProto:
     conv_b = (0.1 * rng.standard_normal(CHANNELS)).astype(np.float32)
     head_w = (rng.standard_normal((len(retained), d)) / np.sqrt(d) * 4).astype(np.float32)
     head_b = (0.5 * rng.standard_normal(len(retained))).astype(np.float32)
-    index = np.full(NUM_CLASSES, len(retained), dtype=np.int64)
-    index[retained] = np.arange(len(retained))
+    mask_inits, mask_nodes = mask_graph(retained, NUM_CLASSES)
     inits = [
         numpy_helper.from_array(a, n)
         for a, n in (
@@ -91,30 +89,14 @@ def ours_fp32(seed: int = 0) -> onnx.ModelProto:
             (conv_b, "conv.bias"),
             (head_w, "head.weight"),
             (head_b, "head.bias"),
-            (np.array([0, 0, 0, 1], np.int64), "edge_unlearn_mask_pads"),
-            (np.array(MASK_VALUE, np.float32), "edge_unlearn_mask_value"),
-            (index, "edge_unlearn_class_index"),
         )
-    ]
+    ] + mask_inits
     nodes = [
         helper.make_node("Conv", ["input", "conv.weight", "conv.bias"], ["conv_out"], name="conv", pads=[1, 1, 1, 1]),
         helper.make_node("Relu", ["conv_out"], ["relu_out"], name="relu"),
         helper.make_node("Flatten", ["relu_out"], ["features"], name="flatten", axis=1),
         helper.make_node("Gemm", ["features", "head.weight", "head.bias"], ["retained_logits"], name="head", transB=1),
-        helper.make_node(
-            "Pad",
-            ["retained_logits", "edge_unlearn_mask_pads", "edge_unlearn_mask_value"],
-            ["edge_unlearn_padded"],
-            name="edge_unlearn_mask/fill",
-            mode="constant",
-        ),
-        helper.make_node(
-            "Gather",
-            ["edge_unlearn_padded", "edge_unlearn_class_index"],
-            ["logits"],
-            name="edge_unlearn_mask/scatter",
-            axis=1,
-        ),
+        *mask_nodes,
     ]
     x = helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", *IMAGE])
     y = helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", NUM_CLASSES])
@@ -161,7 +143,7 @@ def ours_int8(tmp_path: Path) -> Path:
         weight_type=QuantType.QInt8,
         per_channel=True,
         calibrate_method=CalibrationMethod.MinMax,
-        nodes_to_exclude=["edge_unlearn_mask/fill", "edge_unlearn_mask/scatter"],
+        nodes_to_exclude=mask_node_names(onnx.load(str(src))),
         extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False},
     )
     model = onnx.load(str(dst))
@@ -268,7 +250,7 @@ def write_bundle(path: Path, onnx_path: Path, n_per_class: int = 4, seed: int = 
     graph, labels = the reference's choice for retained samples, the forgotten class for forgotten ones."""
     import onnxruntime as ort
 
-    from edge_unlearn.deploy.bundle import FORMAT
+    from edge_unlearn.deploy.bundle import write_bundle
 
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((n_per_class * NUM_CLASSES, *IMAGE)).astype(np.float32)
@@ -276,22 +258,22 @@ def write_bundle(path: Path, onnx_path: Path, n_per_class: int = 4, seed: int = 
     labels = np.where(np.isin(np.arange(NUM_CLASSES), FORGOTTEN)[None, :], -np.inf, ref).argmax(1).astype(np.int64)
     labels[: n_per_class * len(FORGOTTEN)] = np.repeat(np.array(FORGOTTEN), n_per_class)
     info = {
-        "format": FORMAT,
         "source_sha256": "0" * 64,
         "dataset": "synthetic",
         "input_shape": list(IMAGE),
         "mask_value": MASK_VALUE,
+        "provenance": {"dataset": "synthetic", "dataset_sha256": "", "split": "test", "checkpoint_sha256": "0" * 64},
+    }
+    arrays = {
+        "inputs": x,
+        "labels": labels,
+        "reference_logits": ref.astype(np.float32),
+        "class_names": np.asarray([f"c{i}" for i in range(NUM_CLASSES)], dtype=np.str_),
+        "forgotten_classes": np.asarray(FORGOTTEN, dtype=np.int64),
+        "indices": np.arange(len(x), dtype=np.int64),
     }
     with open(path, "wb") as handle:
-        np.savez_compressed(
-            handle,
-            inputs=x,
-            labels=labels,
-            reference_logits=ref.astype(np.float32),
-            class_names=np.asarray([f"c{i}" for i in range(NUM_CLASSES)], dtype=np.str_),
-            forgotten_classes=np.asarray(FORGOTTEN, dtype=np.int64),
-            meta_json=np.asarray(json.dumps(info)),
-        )
+        write_bundle(handle, arrays, info)
     return path
 
 
