@@ -85,6 +85,8 @@ def test_cli_build_validate_bench_on_the_pipeline(trt_device, deploy, tmp_path):
     assert validated.exit_code == 0, validated.output
     bench = cli.invoke(main, ["bench", str(plan)])
     assert bench.exit_code == 0, bench.output
+    said = bench.output + (bench.stderr if bench.stderr_bytes is not None else "")
+    assert "benching batch 1, 8, 16 instead of 1, 8, 64" in said  # clipped to the --max-batch 16 profile
     inspected = cli.invoke(main, ["inspect-engine", str(plan), "--json"])
     assert inspected.exit_code == 0 and json.loads(inspected.stdout)["num_layers"] > 0
 
@@ -229,5 +231,6 @@ def test_dla_core_static_fp16_with_placement(trt_device, deploy, tmp_path):
     plan = tmp_path / "dla.plan"
     sidecar = build_engine(src, plan, config)
     assert sidecar.dla_core == 0 and sidecar.dla_placement["dla_layers"] > 0
+    assert sidecar.dla_placement["inspector_dla_layers"] >= 1  # a {ForeignNode[...]} the DLA runs
     report = validate(TensorRTRunner(str(plan)), load_bundle(deploy.bundle), Thresholds(), batch_size=1)
     assert report, report.summary()
