@@ -273,22 +273,6 @@ def replace_first_conv(conv: nn.Conv2d, channels: int, **overrides) -> nn.Conv2d
     return nn.Conv2d(channels, conv.out_channels, **kwargs)
 
 
-def split_torchvision(model: nn.Module) -> UnlearnableClassifier:
-    """Split a torchvision classifier into backbone + Linear head (resnet ``fc``, vgg/mobilenet
-    ``classifier[-1]``, vit ``heads.head``)."""
-    if isinstance(getattr(model, "fc", None), nn.Linear):
-        head, model.fc = model.fc, nn.Identity()
-    elif isinstance(getattr(model, "classifier", None), nn.Sequential) and isinstance(model.classifier[-1], nn.Linear):
-        head, model.classifier[-1] = model.classifier[-1], nn.Identity()
-    elif hasattr(model, "heads") and isinstance(getattr(model.heads, "head", None), nn.Linear):
-        head, model.heads.head = model.heads.head, nn.Identity()
-    else:
-        raise UsageError(
-            f"cannot find the Linear head of {type(model).__name__}; add an adapter in edge_unlearn.models.adapters"
-        )
-    return UnlearnableClassifier(model, head)
-
-
 def wrap(
     module: nn.Module, head: str | nn.Linear, example_input: torch.Tensor | None = None, head_impl: str = "auto"
 ) -> UnlearnableClassifier:

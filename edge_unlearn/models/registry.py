@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from ..errors import UsageError
-from .adapters import ArchSpec, build_original, replace_first_conv, split_classifier, split_torchvision
+from .adapters import ArchSpec, build_original, replace_first_conv, split_classifier
 from .classifier import UnlearnableClassifier
 
 
@@ -75,6 +75,11 @@ def build_from_spec(spec: ArchSpec, num_classes: int, input_shape: Sequence[int]
 # Built-in models
 
 
+def _split_torchvision(name: str, net: nn.Module) -> UnlearnableClassifier:
+    """A torchvision ``name`` network adapted here, split where its family's head lives (:data:`TORCHVISION_HEADS`)."""
+    return split_classifier(ArchSpec("torchvision", name), net)
+
+
 @register_model("lenet", "small CNN (2 conv + BN blocks, 128-d features) for 28×28 and 8×8 grey or colour images")
 def lenet(num_classes: int, input_shape: tuple[int, int, int]) -> UnlearnableClassifier:
     channels, height, width = input_shape
@@ -104,7 +109,7 @@ def cifar_resnet18(num_classes: int, input_shape: tuple[int, int, int]) -> Unlea
     net = resnet18(weights=None, num_classes=num_classes)
     net.conv1 = replace_first_conv(net.conv1, input_shape[0], kernel_size=3, stride=1, padding=1)
     net.maxpool = nn.Identity()
-    return split_torchvision(net)
+    return _split_torchvision("resnet18", net)
 
 
 @register_model("resnet18", "torchvision ResNet-18 adapted to the input channels and classes", min_size=16)
@@ -113,7 +118,7 @@ def resnet18(num_classes: int, input_shape: tuple[int, int, int]) -> Unlearnable
 
     net = tv_resnet18(weights=None, num_classes=num_classes)
     net.conv1 = replace_first_conv(net.conv1, input_shape[0])
-    return split_torchvision(net)
+    return _split_torchvision("resnet18", net)
 
 
 @register_model("resnet50", "torchvision ResNet-50 adapted to the input channels and classes", min_size=16)
@@ -122,7 +127,7 @@ def resnet50(num_classes: int, input_shape: tuple[int, int, int]) -> Unlearnable
 
     net = tv_resnet50(weights=None, num_classes=num_classes)
     net.conv1 = replace_first_conv(net.conv1, input_shape[0])
-    return split_torchvision(net)
+    return _split_torchvision("resnet50", net)
 
 
 @register_model(
@@ -133,7 +138,7 @@ def mobilenet_v3_small(num_classes: int, input_shape: tuple[int, int, int]) -> U
 
     net = tv_mobilenet(weights=None, num_classes=num_classes)
     net.features[0][0] = replace_first_conv(net.features[0][0], input_shape[0])
-    return split_torchvision(net)
+    return _split_torchvision("mobilenet_v3_small", net)
 
 
 @register_model(
@@ -157,4 +162,4 @@ def vgg11_bn(num_classes: int, input_shape: tuple[int, int, int]) -> Unlearnable
     net.features = nn.Sequential(*layers)
     net.avgpool = nn.AdaptiveAvgPool2d((1, 1))
     net.classifier[0] = nn.Linear(512, 4096)
-    return split_torchvision(net)
+    return _split_torchvision("vgg11_bn", net)
