@@ -8,10 +8,10 @@ archive into a cache folder, then for N = 2k, 8k, 32k builds an ImageFolder whos
 from wall time and from the evaluation time the command reports. Peak RSS must stay flat (within 10 %)
 as N grows ×16: images are decoded batch by batch, never held.
 
-    nice -n 5 python benchmarks/data_scale.py                      # 2k, 8k, 32k; ~25 min on 2 busy cores
-    python benchmarks/data_scale.py --sizes 500,2000 --rounds 1    # smoke run
+    nice -n 5 python -m benchmarks.data_scale      # 2k, 8k, 32k; ~25 min on 2 busy cores
+    python -m benchmarks.data_scale --quick        # smoke run: N = 500, 2000, one round, into --cache
 
-Writes benchmarks/results/data_scale.json and .md (the table also printed).
+Writes benchmarks/results/data_scale/data_scale.json and .md (the table also printed).
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -28,9 +27,10 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "data" / "cifar10.npz"
-RESULTS = ROOT / "benchmarks" / "results"
+from benchmarks.harness import SCRATCH, SHARED_DATA, provenance, results_dir
+from benchmarks.harness import write_results as write_files
+
+SHARED = SHARED_DATA / "cifar10.npz"
 EXE = Path(sys.executable).with_name("edge-unlearn")
 TRAIN_IMAGES = 2000
 
@@ -96,7 +96,7 @@ def run_child(args: list[str], env: dict[str, str]) -> tuple[float, int, str]:
     return wall, int(usage.ru_maxrss) * 1024, stdout
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="2000,8000,32000", help="Test-split sizes N (comma-separated).")
     parser.add_argument("--rounds", type=int, default=2, help="Interleaved rounds (median reported).")
@@ -104,12 +104,19 @@ def main() -> None:
     parser.add_argument(
         "--cache",
         type=Path,
-        default=ROOT / "benchmarks" / ".cache" / "data_scale",
+        default=SCRATCH / "data_scale",
         help="Where the generated images and checkpoints stay between runs (gitignored).",
     )
     parser.add_argument("--threads", type=int, default=1, help="OMP/torch threads of the child (1: fair under load).")
-    parser.add_argument("--out", type=Path, default=RESULTS / "data_scale.json")
-    args = parser.parse_args()
+    parser.add_argument("--out", type=Path, default=None, help="Results JSON (the table beside it, .md).")
+    parser.add_argument("--quick", action="store_true", help="Smoke run: N = 500, 2000, one round, into --cache.")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.sizes, args.rounds = "500,2000", 1
+    args.out = args.out or (
+        args.cache / "data_scale_quick.json" if args.quick else results_dir("data_scale") / "data_scale.json"
+    )
+    args.argv = argv
     if not SHARED.is_file():
         raise SystemExit(f"{SHARED} is absent: the benchmark builds its images from the shared CIFAR-10 archive")
     sizes = [int(s) for s in args.sizes.split(",") if s]
@@ -176,6 +183,7 @@ def main() -> None:
             print(f"  round {r + 1}: N={n}: {wall:.1f} s, peak RSS {rss / 2**20:.0f} MiB", flush=True)
             done = sorted(m for m in sizes if samples[m])
             write_results(args, done, samples, generate_s)  # after every run: a long run leaves its figures
+    return 0
 
 
 def write_results(args, sizes: list[int], samples: dict[int, list[dict]], generate_s: float) -> None:
@@ -204,19 +212,15 @@ def write_results(args, sizes: list[int], samples: dict[int, list[dict]], genera
     rounds = len(samples[sizes[0]])
     result = {
         "benchmark": "data_scale",
-        "command": "edge-unlearn evaluate CKPT --dataset folder:DIR",
+        "measured": "edge-unlearn evaluate CKPT --dataset folder:DIR",
         "workers": args.workers,
         "threads": args.threads,
         "rounds": rounds,
         "train_images": TRAIN_IMAGES,
         "generate_seconds": generate_s,
-        "machine": {
-            "cpu": platform.processor() or platform.machine(),
-            "cores": os.cpu_count(),
-            "load": os.getloadavg(),
-        },
         "rss_flat_within_10pct": flat,
         "rows": rows,
+        **provenance("benchmarks.data_scale", args.argv, load=os.getloadavg()),
     }
     lines = [
         f"`edge-unlearn evaluate` (probe included: {TRAIN_IMAGES} training images decoded per run) on a folder "
@@ -235,10 +239,8 @@ def write_results(args, sizes: list[int], samples: dict[int, list[dict]], genera
     lines += ["", f"Peak RSS flat within 10 % over ×{max(sizes) // min(sizes)} images: {'yes' if flat else 'NO'}."]
     table = "\n".join(lines)
     print(table)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    args.out.with_suffix(".md").write_text(table + "\n")
+    write_files(result, args.out, table, args.out.with_suffix(".md"))
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

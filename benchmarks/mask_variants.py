@@ -1,7 +1,8 @@
 """The graph designs the compact mask of ``edge_unlearn.export.onnx_export`` was measured against
 (docs/design.md §4). Research only: the library exports :data:`~edge_unlearn.export.onnx_export.COMPACT`;
-these plug into ``export_onnx(..., design=...)`` for ``benchmarks/quantized_forgetting.py --variants`` and for the
-tests that show the hazards a naive graph carries.
+these plug into ``export_onnx(..., design=...)`` for ``python -m benchmarks.quantized_forgetting --variants`` and
+for the tests that show the hazards a naive graph carries. A module, not a benchmark: import it as
+``benchmarks.mask_variants``.
 
 - ``where``: the full head as trained (raw logits [B, C]), then a float ``Where(class_mask, logits, -1e4)``;
 - ``naive``: the full head with the forgotten rows zeroed and their bias set to -1e4 (no mask node: the mask
