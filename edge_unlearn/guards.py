@@ -15,8 +15,6 @@ from typing import Any
 
 from .errors import CheckpointError, UsageError
 
-#: --device values a command accepts
-DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?|mps)$")
 #: method parameters that only make sense above zero
 POSITIVE_PARAM = re.compile(r"(^|_)(lr|steps|epochs|batch_size|samples|temperature|iterations)($|_)")
 #: largest batch a benchmark or validation is asked to run in one call
@@ -45,22 +43,6 @@ def check_number(
         raise UsageError(f"{option} must be {bound}, got {value!r}")
     if maximum is not None and value > maximum:
         raise UsageError(f"{option} must be at most {maximum:g}, got {value!r}")
-
-
-def check_device(value: str | None, option: str = "--device") -> None:
-    if value is not None and not DEVICE_RE.match(str(value)):
-        raise UsageError(f"{option} must be auto, cpu, cuda, cuda:N or mps, got {value!r}")
-
-
-def check_train_options(
-    *, epochs: Any = None, min_steps: Any = None, batch_size: Any = None, lr: Any = None, device: str | None = None
-) -> None:
-    """`train`'s numeric options: epochs/steps >= 0, batch size >= 1, 0 < lr <= 10, a known device."""
-    check_number("--epochs", epochs, minimum=0, integer=True)
-    check_number("--min-steps", min_steps, minimum=0, integer=True)
-    check_number("--batch-size", batch_size, minimum=1, maximum=1 << 20, integer=True)
-    check_number("--lr", lr, minimum=0, maximum=10, min_open=True)
-    check_device(device)
 
 
 #: largest image a model may declare (elements of one [C, H, W] input)
@@ -101,11 +83,6 @@ def check_checkpoint_meta(meta: Any, where: str) -> None:
             f"{where}: header is inconsistent ({n!r} classes, {len(meta.class_names)} class names, "
             f"forgotten {forgotten}); the file was edited: re-create it with `edge-unlearn train`"
         )
-
-
-def check_batches(batches: Iterable[int], option: str = "--batch") -> None:
-    for batch in batches:
-        check_number(option, batch, minimum=1, maximum=MAX_BATCH, integer=True)
 
 
 def _field_kind(field: dataclasses.Field) -> str:
@@ -197,34 +174,42 @@ def check_finite_tensors(tensors: Mapping[str, Any], where: str, writing: bool =
             )
 
 
-def check_demo_options(forget_class: str, out_dir: Any) -> None:
-    """`demo`: the class is a digit name 0..9 and the output folder can be written -- before anything trains."""
-    if str(forget_class).strip() not in {str(d) for d in range(10)}:
-        raise UsageError(f"--forget must be one digit class 0..9 of the digits dataset, got {forget_class!r}")
-    check_outputs({}, run_dir=out_dir)
-
-
 def check_outputs(outputs: Mapping[str, Any], inputs: Iterable[Any] = (), run_dir: Any = None) -> None:
     """Before any work: every output path (option -> path; None skipped) is writable and no input; ``run_dir`` is
     a folder (or can be made) and writable."""
-    import os
-    from pathlib import Path
-
     from .fileio import check_output_path
 
     inputs = [i for i in inputs if i is not None]
     for option, path in outputs.items():
         if path is not None and path != "-":
             check_output_path(path, inputs, option)
-    if run_dir is not None:
-        root = Path(run_dir)
-        if root.exists() and not root.is_dir():
-            raise UsageError(f"--run-dir {root} is a file; give a folder")
-        probe = root
-        while not probe.exists() and probe != probe.parent:
-            probe = probe.parent
-        if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
-            raise UsageError(f"--run-dir {root} cannot be created or written ({probe} is not a writable folder)")
+    check_run_dir(run_dir)
+
+
+def check_run_dir(run_dir: Any) -> None:
+    """``--run-dir`` is a folder (or can be made) and writable; None passes."""
+    import os
+    from pathlib import Path
+
+    if run_dir is None:
+        return
+    root = Path(run_dir)
+    if root.exists() and not root.is_dir():
+        raise UsageError(f"--run-dir {root} is a file; give a folder")
+    probe = root
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+        raise UsageError(f"--run-dir {root} cannot be created or written ({probe} is not a writable folder)")
+
+
+def check_needs_flag(flag: str, on: bool, given: Mapping[str, Any]) -> None:
+    """Options that only apply with ``flag`` (e.g. the ``--audit-*`` thresholds without ``--audit``) are refused
+    when ``flag`` is off, naming them and the flag to add."""
+    named = [option for option, value in given.items() if value is not None and value is not False]
+    if named and not on:
+        verb, pronoun = ("belongs", "it") if len(named) == 1 else ("belong", "them")
+        raise UsageError(f"{', '.join(named)} {verb} to {flag}: add {flag} or drop {pronoun}")
 
 
 #: the most classes a dataset may have (ImageNet-21k has 21,841): a larger label is a corrupt file, and the class

@@ -209,7 +209,7 @@ def retrain_checkpoint(
                 "parent_sha256": ck.sha256,
             }
             meta = ck.meta.with_forgetting(classes, step, ck.sha256)
-            meta = replace(meta, dataset=dataset or ck.meta.dataset)
+            meta = replace(meta, dataset=dataset or ck.meta.dataset, train_recipe=recipe.to_json())
             summary["sha256"] = save_checkpoint(out, result.model, meta)
             summary.update(retain_acc=report.retain_acc, forget_acc=report.forget_acc)
         procs.barrier()
@@ -371,6 +371,7 @@ def evaluate_checkpoint(
     attacks: bool = False,
     retrained: str | Path | None = None,
     audit_config: Any = None,
+    download: bool = False,
 ) -> dict[str, Any]:
     """Figures of one checkpoint; with ``reference`` (the original) also retain_drop against it.
 
@@ -378,7 +379,7 @@ def evaluate_checkpoint(
     the entropy MIA and relearn time (issue #15) under ``audit`` — each for the checkpoint, the ``reference``
     and the ``retrained`` gold standard where given (same measures, same relearn target)."""
     ck = load_checkpoint(checkpoint)
-    data = dataset_for(ck, dataset, data_dir)
+    data = dataset_for(ck, dataset, data_dir, download)
     classes = (
         resolve_classes(forget_classes, ck.meta.class_names) if forget_classes else list(ck.meta.forgotten_classes)
     )

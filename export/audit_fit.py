@@ -110,7 +110,7 @@ def audit_builder(
     """The ``audit`` hook of :func:`edge_unlearn.export.bundle.make_bundle`: (checkpoint, dataset, bundle
     inputs, labels, reference logits) -> the bundle's audit arrays."""
     if config.k < 1:
-        raise UsageError(f"--audit-k must be at least 1, got {config.k}")
+        raise UsageError(f"--audit-samples must be at least 1, got {config.k}")
     gold = load_checkpoint(retrained) if retrained else None
     original = load_checkpoint(reference) if reference else None
 

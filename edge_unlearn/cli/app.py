@@ -2,32 +2,33 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
 
 from .. import __version__, torch_runners  # noqa: F401  (registers the torch runners; imports no torch)
-from .common import (
-    DEVICES,
-    EdgeUnlearnGroup,
-    emit,
-    output_options,
-    parse_key_values,
-    progress_enabled,
-    say,
-    workers_option,
-)
+from .common import EdgeUnlearnGroup, parse_key_values
 from .evidence import keygen_cmd, sign_cmd
 from .export import bundle_cmd, export_cmd, quantize_cmd, validate_cmd
 from .importer import import_cmd
+from .options import (
+    DATASET_HELP,
+    DEVICE,
+    OUTPUT,
+    RECIPE,
+    RUN_DIR,
+    TRAIN_STATE,
+    DataGroup,
+    DataSource,
+    Output,
+    OutputPath,
+    RunFolder,
+    TrainState,
+)
 from .report import bench_cmd, report_cmd, verify_cmd
 from .tensorrt import build_engine_cmd, doctor_cmd, inspect_engine_cmd
-
-DATASET_HELP = (
-    "digits (offline default), mnist, fashion_mnist, cifar10, cifar100, svhn (torchvision, from "
-    "--data-dir), npz:PATH or folder:PATH"
-)
 
 
 def _parse_params(items: tuple[str, ...]) -> tuple[tuple[str, Any], ...]:
@@ -49,113 +50,27 @@ def main() -> None:
     and prove on the target device that it stayed forgotten.
 
     Errors print one line and exit 2 (a missing extra names the `pip install 'edge-unlearn[...]'` to run); a
-    failed validation exits 1. Every command takes --json (print the result as JSON on stdout), --json-out PATH
-    (also write it to a file) and -q/--quiet.
+    failed validation exits 1; Ctrl-C exits 130. Every command takes --json (print the result as JSON on stdout),
+    --json-out PATH (also write it to a file) and -q/--quiet. Renamed options keep their old spelling for one
+    release (a warning on stderr).
     """
 
 
-data_options = [
-    click.option(
-        "--data-dir",
-        type=click.Path(file_okay=False),
-        default=None,
-        help="Folder of torchvision datasets (default ./data).",
-    ),
-    click.option("--download", is_flag=True, help="Download torchvision datasets (needs internet)."),
-]
-
-
-#: training choices (the same as edge_unlearn.training's; kept here so the command line imports no torch)
-AUGMENTS = ("auto", "none", "crop", "crop-flip")
-SCHEDULES = ("onecycle", "cosine")
-AMP_MODES = ("off", "bf16", "fp16")
-
-
-def with_data_options(fn):
-    for option in reversed(data_options):
-        fn = option(fn)
-    return workers_option(fn)
-
-
-run_options = [
-    click.option(
-        "--save-every",
-        type=click.IntRange(min=0),
-        default=0,
-        show_default=True,
-        help="Write the training state (weights, optimiser, schedule, RNG, step) every N steps to "
-        "OUTPUT.state.pt (0: never), to continue an interrupted training with --resume.",
-    ),
-    click.option(
-        "--resume",
-        type=click.Path(dir_okay=False),
-        default=None,
-        help="Continue from a training-state file written with --save-every (same recipe, arch and "
-        "number of processes); the result equals an uninterrupted run.",
-    ),
-]
-
-
-def with_run_options(fn):
-    for option in reversed(run_options):
-        fn = option(fn)
-    return fn
-
-
-def _train_run(save_every: int, resume: str | None, quiet: bool, as_json: bool):
-    from ..data import default_workers
-    from ..workflows import TrainRun
-
-    progress = progress_enabled(quiet, as_json)
-    log = None if quiet or as_json or progress else (lambda line: click.echo(line, err=True))  # a log: a line per 5 %
-    return TrainRun(workers=default_workers(), save_every=save_every, resume=resume, progress=progress, log=log)
-
-
-def _emit_main(summary: dict[str, Any], as_json: bool, json_out: str | None, quiet: bool, line: str) -> None:
-    """Only the first process of a torchrun launch reports (the others' work is in the same checkpoint)."""
+def _emit_main(summary: dict[str, Any], out: Output, run: RunFolder, kind: str, artefacts: list, line: str) -> None:
+    """Only the first process of a torchrun launch reports and records (the others' work is in the same
+    checkpoint)."""
     if summary.get("rank", 0) == 0:
-        emit(summary, as_json, json_out, quiet, line)
+        run.record(kind, summary, artefacts)
+        out.emit(summary, line)
+
+
+def _output_option(help: str = "Checkpoint to write (.safetensors).") -> Callable:
+    return click.option("-o", "--output", required=True, type=OutputPath(), help=help)
 
 
 @main.command()
-@click.option("--dataset", default="digits", show_default=True, help=DATASET_HELP)
+@RECIPE
 @click.option("--arch", default="lenet", show_default=True, help="Model from the registry (see `edge-unlearn models`).")
-@click.option("--epochs", type=int, default=None, help="Epochs (default 3, more if needed to reach --min-steps).")
-@click.option("--min-steps", type=int, default=None, help="At least this many optimiser steps (default 500).")
-@click.option(
-    "--batch-size",
-    type=int,
-    default=None,
-    help="Global batch size (default 128; under torchrun split among the processes).",
-)
-@click.option("--lr", type=float, default=None, help="Peak learning rate of the AdamW schedule (default 2e-3).")
-@click.option(
-    "--schedule",
-    type=click.Choice(SCHEDULES),
-    default="onecycle",
-    show_default=True,
-    help="Learning-rate schedule: one-cycle, or cosine with a 5 % linear warm-up.",
-)
-@click.option(
-    "--augment",
-    type=click.Choice(AUGMENTS),
-    default="auto",
-    show_default=True,
-    help="auto: random crop (4 px padding at 32 px, in proportion) + horizontal flip for colour "
-    "images, none for grey ones (digits, fashion items); the checkpoint records the choice.",
-)
-@click.option("--label-smoothing", type=float, default=0.0, show_default=True, help="Label smoothing in [0, 1).")
-@click.option(
-    "--amp",
-    type=click.Choice(AMP_MODES),
-    default="off",
-    is_flag=False,
-    flag_value="bf16",
-    show_default=True,
-    help="Mixed precision on CUDA (--amp alone: bf16); refused on CPU.",
-)
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
 @click.option(
     "--image-size",
     type=click.IntRange(1, 4096),
@@ -163,73 +78,29 @@ def _emit_main(summary: dict[str, Any], as_json: bool, json_out: str | None, qui
     help="Resize (shorter side) and centre-crop every image to this size; needed for a folder of "
     "mixed sizes. Recorded in the checkpoint, so every later command reads the data the same way.",
 )
-@with_run_options
-@with_data_options
-@click.option(
-    "-o", "--output", required=True, type=click.Path(dir_okay=False), help="Checkpoint to write (.safetensors)."
-)
-@output_options
-def train(
-    dataset,
-    arch,
-    epochs,
-    min_steps,
-    batch_size,
-    lr,
-    schedule,
-    augment,
-    label_smoothing,
-    amp,
-    seed,
-    device,
-    image_size,
-    save_every,
-    resume,
-    data_dir,
-    download,
-    output,
-    as_json,
-    json_out,
-    quiet,
-):
+@TRAIN_STATE
+@DataGroup(default="digits", help=DATASET_HELP)
+@_output_option()
+@OUTPUT
+@RUN_DIR
+def train(recipe, arch, image_size, state: TrainState, data: DataSource, output, out: Output, run: RunFolder):
     """Train the original classifier and write its checkpoint.
 
     Several processes: `torchrun --nproc-per-node N --no-python edge-unlearn train ...` (see docs/training.md)."""
-    from ..guards import check_outputs, check_train_options
-    from ..training import TrainConfig
+    from ..guards import check_outputs
     from ..workflows import train_checkpoint
 
-    check_train_options(epochs=epochs, min_steps=min_steps, batch_size=batch_size, lr=lr, device=device)
-    check_outputs({"-o": output})
-
-    overrides = {
-        k: v for k, v in dict(epochs=epochs, min_steps=min_steps, batch_size=batch_size, lr=lr).items() if v is not None
-    }
-    config = TrainConfig(
-        seed=seed,
-        device=device,
-        schedule=schedule,
-        augment=augment,
-        label_smoothing=label_smoothing,
-        amp=amp,
-        **overrides,
-    )
+    check_outputs({"-o": output, "--json-out": out.json_out}, run_dir=run.path)
     summary = train_checkpoint(
-        dataset,
-        arch,
-        output,
-        config,
-        data_dir,
-        download,
-        run=_train_run(save_every, resume, quiet, as_json),
-        image_size=image_size,
+        data.dataset, arch, output, recipe, data.data_dir, data.download, run=state.run(out), image_size=image_size
     )
     _emit_main(
         summary,
-        as_json,
-        json_out,
-        quiet,
-        f"trained {arch} on {dataset} in {summary['seconds']:.1f} s: test accuracy "
+        out,
+        run,
+        "train",
+        [output],
+        f"trained {arch} on {data.dataset} in {summary['seconds']:.1f} s: test accuracy "
         f"{summary.get('test_accuracy', float('nan')):.4f} -> {output}",
     )
 
@@ -243,32 +114,41 @@ def train(
     required=True,
     help="Class index or name to leave out (repeatable, or comma-separated).",
 )
-@click.option("--dataset", default=None, help="Default: the dataset recorded in the checkpoint. " + DATASET_HELP)
-@with_run_options
-@with_data_options
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False))
-@output_options
-def retrain(
-    original, forget_classes, dataset, save_every, resume, data_dir, download, output, as_json, json_out, quiet
-):
+@click.option(
+    "--seed",
+    type=int,
+    default=None,
+    help="Seed of the initial weights and the data order (default: the seed recorded in ORIGINAL's recipe); "
+    "recorded in the retrained checkpoint's recipe.",
+)
+@DataGroup()
+@TRAIN_STATE
+@_output_option()
+@OUTPUT
+@RUN_DIR
+def retrain(original, forget_classes, seed, data: DataSource, state: TrainState, output, out: Output, run: RunFolder):
     """Retrain from scratch without the forgotten classes: the gold standard every unlearning run is
     compared with (same arch and recipe as ORIGINAL, read from its checkpoint)."""
+    from ..guards import check_outputs
     from ..workflows import retrain_checkpoint
 
+    check_outputs({"-o": output, "--json-out": out.json_out}, [original], run.path)
     summary = retrain_checkpoint(
         original,
         forget_classes,
         output,
-        dataset,
-        data_dir,
-        download,
-        run=_train_run(save_every, resume, quiet, as_json),
+        data.dataset,
+        data.data_dir,
+        data.download,
+        run=state.run(out),
+        seed=seed,
     )
     _emit_main(
         summary,
-        as_json,
-        json_out,
-        quiet,
+        out,
+        run,
+        "retrain",
+        [original, output],
         f"retrained without {summary['forget_classes']} in {summary['seconds']:.1f} s: retained accuracy "
         f"{summary.get('retain_acc', float('nan')):.4f} -> {output}",
     )
@@ -300,7 +180,7 @@ def print_forget_summary(s: dict[str, Any]) -> None:
             click.echo(f"  feature step: {s['feature_step']} ({s.get('feature_directions', 0)} direction(s) removed)")
 
 
-@main.command("forget")
+@main.command("forget", renamed={"--forget-samples": "--forget-images"})
 @click.argument("checkpoint", type=click.Path(dir_okay=False))
 @click.option(
     "--forget",
@@ -311,17 +191,17 @@ def print_forget_summary(s: dict[str, Any]) -> None:
 )
 @click.option(
     "--samples",
-    type=int,
+    type=click.IntRange(min=1),
     default=32,
     show_default=True,
-    help="Forget samples per class, taken from the dataset's training split.",
+    help="Forget samples: images per forgotten class, taken from the dataset's training split.",
 )
 @click.option(
-    "--forget-samples",
-    "forget_samples_dir",
+    "--forget-images",
+    "forget_images",
     type=click.Path(file_okay=False),
     default=None,
-    help="Folder of images of the forgotten classes instead (class sub-folders optional).",
+    help="Folder of images of the forgotten classes to use as forget samples instead (class sub-folders optional).",
 )
 @click.option("--method", default="nhle", show_default=True, help="Unlearning method (see `edge-unlearn methods`).")
 @click.option(
@@ -331,75 +211,60 @@ def print_forget_summary(s: dict[str, Any]) -> None:
     metavar="KEY=VALUE",
     help="Method parameter, e.g. --set steps=20 (see `edge-unlearn methods`).",
 )
-@click.option("--dataset", default=None, help="Default: the dataset recorded in the checkpoint. " + DATASET_HELP)
-@with_data_options
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
+@DataGroup()
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the forget-sample draw and the method.")
+@DEVICE
 @click.option(
-    "--no-eval", is_flag=True, help="Skip the before/after evaluation (no dataset needed with --forget-samples)."
+    "--no-eval", is_flag=True, help="Skip the before/after evaluation (no dataset needed with --forget-images)."
 )
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False))
-@output_options
-@click.option(
-    "--run-dir",
-    type=click.Path(file_okay=False),
-    default=None,
-    help="Record this run in a folder for `edge-unlearn report`.",
-)
+@_output_option("Unlearned checkpoint to write (.safetensors).")
+@OUTPUT
+@RUN_DIR
 def forget_cmd(
     checkpoint,
     forget_classes,
     samples,
-    forget_samples_dir,
+    forget_images,
     method,
     params,
-    dataset,
-    data_dir,
-    download,
+    data: DataSource,
     seed,
     device,
     no_eval,
     output,
-    as_json,
-    json_out,
-    quiet,
-    run_dir,
+    out: Output,
+    run: RunFolder,
 ):
     """Make CHECKPOINT forget classes and write the unlearned checkpoint (masks accumulate over runs)."""
-    from ..guards import check_device, check_outputs
+    from ..guards import check_outputs
     from ..workflows import ForgetRequest, forget_checkpoint
 
-    check_device(device)
-    check_outputs({"-o": output}, [checkpoint], run_dir)
-
+    check_outputs({"-o": output, "--json-out": out.json_out}, [checkpoint], run.path)
     req = ForgetRequest(
         checkpoint=checkpoint,
         forget=tuple(forget_classes),
         out=output,
         method=method,
         samples=samples,
-        forget_samples_dir=forget_samples_dir,
+        forget_samples_dir=forget_images,
         params=_parse_params(params),
-        dataset=dataset,
-        data_dir=data_dir,
-        download=download,
+        dataset=data.dataset,
+        data_dir=data.data_dir,
+        download=data.download,
         seed=seed,
         device=device,
         evaluate=not no_eval,
     )
-    summary = forget_checkpoint(req, progress=progress_enabled(quiet, as_json))
-    if run_dir:
-        from .report import record_to_run_dir
-
-        record_to_run_dir(run_dir, "forget", summary, [Path(checkpoint), Path(output)])
-    emit(summary, as_json, json_out)
-    if not (as_json or quiet):
+    summary = forget_checkpoint(req, progress=out.progress)
+    run.record("forget", summary, [checkpoint, output])
+    out.emit(summary)
+    if not (out.as_json or out.quiet):
         print_forget_summary(summary)
 
 
 @main.command()
 @click.argument("checkpoint", type=click.Path(dir_okay=False))
-@click.option("--dataset", default=None, help="Default: the dataset recorded in the checkpoint. " + DATASET_HELP)
+@DataGroup()
 @click.option(
     "--forget", "forget_classes", multiple=True, help="Classes judged as forgotten (default: the checkpoint's)."
 )
@@ -422,12 +287,11 @@ def forget_cmd(
 @click.option(
     "--seed", type=int, default=0, show_default=True, help="Seed of the probe's draw and the attacks' samples."
 )
-@click.option("--data-dir", type=click.Path(file_okay=False), default=None)
-@workers_option
-@output_options
+@OUTPUT
+@RUN_DIR
 def evaluate(
     checkpoint,
-    dataset,
+    data: DataSource,
     forget_classes,
     reference,
     no_probe,
@@ -435,30 +299,32 @@ def evaluate(
     attacks,
     retrained,
     seed,
-    data_dir,
-    as_json,
-    json_out,
-    quiet,
+    out: Output,
+    run: RunFolder,
 ):
     """Accuracy overall and per class, forget_acc with and without the mask, retained accuracy, and the
     linear-probe accuracy on the forgotten classes; --depth / --attacks add the forgetting audit, beside
     --reference (the original) and --retrained (the gold standard) when given."""
+    from ..guards import check_outputs
     from ..workflows import audit_table, evaluate_checkpoint
 
+    check_outputs({"--json-out": out.json_out}, [checkpoint, reference, retrained], run.path)
     s = evaluate_checkpoint(
         checkpoint,
-        dataset,
+        data.dataset,
         forget_classes,
         reference,
         probe=not no_probe,
-        data_dir=data_dir,
+        data_dir=data.data_dir,
+        download=data.download,
         seed=seed,
         depth=depth,
         attacks=attacks,
         retrained=retrained,
     )
-    emit(s, as_json, json_out)
-    if as_json or quiet:
+    run.record("evaluate", s, [checkpoint, reference, retrained])
+    out.emit(s)
+    if out.as_json or out.quiet:
         return
     click.echo(f"{checkpoint}: accuracy {s['accuracy']:.4f}, forgotten {s['forget_classes']}")
     for key in ("forget_acc", "forget_acc_unmasked", "retain_acc", "retain_drop", "probe_forget_acc"):
@@ -472,30 +338,28 @@ def evaluate(
 
 
 @main.command()
-@output_options
-def models(as_json, json_out, quiet):
+@OUTPUT
+def models(out: Output):
     """List the model registry."""
     from ..byom import importable_models  # what `edge-unlearn import --arch` accepts besides the names above
     from ..models import MODELS
 
     importable = importable_models()
-    emit(
+    out.emit(
         {
             "registry": [{"name": spec.name, "description": spec.description} for spec in MODELS.values()],
             "importable": [{"arch": w, "how": h} for w, h in importable],
-        },
-        as_json,
-        json_out,
+        }
     )
-    if not (as_json or quiet):
+    if not (out.as_json or out.quiet):
         for spec in MODELS.values():
             click.echo(f"{spec.name:20s} {spec.description}")
         click.echo("\nimport --arch (bring your own model):\n" + "\n".join(f"  {w}\n      {h}" for w, h in importable))
 
 
 @main.command()
-@output_options
-def methods(as_json, json_out, quiet):
+@OUTPUT
+def methods(out: Output):
     """List the unlearning methods, the data each needs and their parameters."""
     import dataclasses
 
@@ -510,8 +374,8 @@ def methods(as_json, json_out, quiet):
         }
         for name in list_methods()
     ]
-    emit(listing, as_json, json_out)
-    if not (as_json or quiet):
+    out.emit(listing)
+    if not (out.as_json or out.quiet):
         for item in listing:
             params = ", ".join(f"{k}={v!r}" for k, v in item["parameters"].items())
             click.echo(
@@ -521,24 +385,25 @@ def methods(as_json, json_out, quiet):
 
 @main.command()
 @click.option("--out-dir", type=click.Path(file_okay=False), default="runs/demo", show_default=True)
-@click.option("--forget", "forget_class", default="3", show_default=True, help="Digit to forget.")
+@click.option(
+    "--forget",
+    "forget_class",
+    type=click.Choice([str(d) for d in range(10)]),
+    default="3",
+    show_default=True,
+    help="Digit to forget.",
+)
 @click.option("--skip-deploy", is_flag=True, help="Stop after evaluation (no ONNX export / INT8 / validation).")
-@output_options
-def demo(out_dir, forget_class, skip_deploy, as_json, json_out, quiet):
+@OUTPUT
+def demo(out_dir, forget_class, skip_deploy, out: Output):
     """The whole job on scikit-learn's bundled digits, offline: train -> forget -> compare with retraining
     -> export to ONNX -> INT8 -> validate -> bench -> report (every figure in OUT_DIR/demo.json)."""
     from ..demo import run_demo
-    from ..guards import check_demo_options
+    from ..guards import check_outputs
 
-    check_demo_options(forget_class, out_dir)
-    result = run_demo(
-        Path(out_dir),
-        forget_class,
-        deploy=not skip_deploy,
-        echo=say(quiet, as_json),
-        progress=progress_enabled(quiet, as_json),
-    )
-    emit(result, as_json, json_out)
+    check_outputs({"--json-out": out.json_out}, run_dir=out_dir)
+    result = run_demo(Path(out_dir), forget_class, deploy=not skip_deploy, echo=out.say, progress=out.progress)
+    out.emit(result)
 
 
 main.add_command(export_cmd)

@@ -1,5 +1,6 @@
-"""Shared pieces of the click commands: the group with the one error handler, the options every command takes
-(``--json``, ``--json-out``, ``-q/--quiet``), closed-set choices and JSON output. Imports no torch.
+"""Shared pieces of the click commands: the group with the one error handler, the command class that keeps renamed
+options' old spellings, closed-set choices and JSON output (the option groups are in :mod:`.options`). Imports no
+torch.
 
 Library modules never import this module (an import-linter contract in pyproject.toml); they take what they need
 from :mod:`edge_unlearn.core`.
@@ -10,7 +11,7 @@ from __future__ import annotations
 import functools
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -71,9 +72,63 @@ class EdgeUnlearnGroup(click.Group):
                 raise
             ctx.exit(code)
         except (KeyboardInterrupt, click.exceptions.Abort):
-            # click would print "Aborted!" with exit 1, which a pipeline reads as a failed validation
-            click.echo("error: interrupted (Ctrl-C); no output was written (temporary files are removed)", err=True)
-            ctx.exit(2)
+            interrupted()
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().main(*args, **kwargs)
+        except KeyboardInterrupt:  # while parsing, or outside invoke: the same one line
+            interrupted()
+
+
+class Command(click.Command):
+    """A command whose renamed options keep their old spelling for one release: ``renamed`` maps an old
+    spelling to the new one; the old one still works and prints one warning line on stderr."""
+
+    def __init__(self, *args: Any, renamed: Mapping[str, str] | None = None, **kwargs: Any) -> None:
+        self.renamed = dict(renamed or {})
+        if self.renamed:
+            note = "; ".join(f"{old} (now {new})" for old, new in self.renamed.items())
+            epilog = f"Deprecated spellings, kept for one release: {note}."
+            kwargs["epilog"] = f"{kwargs['epilog']}\n\n{epilog}" if kwargs.get("epilog") else epilog
+        super().__init__(*args, **kwargs)
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        return super().parse_args(ctx, rename_args(args, self.renamed))
+
+
+EdgeUnlearnGroup.command_class = Command
+
+
+def rename_args(args: Sequence[str], renamed: Mapping[str, str]) -> list[str]:
+    """``args`` with each deprecated spelling (``--old`` or ``--old=VALUE``, before a ``--``) replaced by its new
+    name, warning once per spelling."""
+    out: list[str] = []
+    warned: set[str] = set()
+    for i, arg in enumerate(args):
+        if arg == "--":
+            out.extend(args[i:])
+            break
+        name, eq, value = arg.partition("=")
+        new = renamed.get(name)
+        if new is not None:
+            if name not in warned:
+                click.echo(f"warning: {name} is deprecated; use {new}", err=True)
+                warned.add(name)
+            arg = new + eq + value
+        out.append(arg)
+    return out
+
+
+#: the exit status of a program stopped by Ctrl-C (128 + SIGINT), as shells report it
+INTERRUPTED = 130
+
+
+def interrupted() -> None:
+    """Ctrl-C: one line and exit 130 (never click's "Aborted!" with exit 1, which a gate reads as a failed
+    validation, nor a traceback)."""
+    click.echo("error: interrupted (Ctrl-C); no output was written (temporary files are removed)", err=True)
+    sys.exit(INTERRUPTED)
 
 
 def handle_errors(fn: Callable) -> Callable:
@@ -91,43 +146,6 @@ def handle_errors(fn: Callable) -> Callable:
             sys.exit(code)
 
     return wrapper
-
-
-def output_options(fn: Callable) -> Callable:
-    """``--json`` (print the result as JSON on stdout, nothing else), ``--json-out PATH`` (also write it to a
-    file) and ``-q/--quiet`` (print nothing but errors and the verdict): the same three on every command."""
-    fn = click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors (and a verdict line).")(fn)
-    fn = click.option(
-        "--json-out",
-        "json_out",
-        type=click.Path(dir_okay=False),
-        default=None,
-        help="Also write the result as JSON to this file.",
-    )(fn)
-    return click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout (only that).")(fn)
-
-
-def _set_workers(_ctx: click.Context, _param: click.Parameter, value: int) -> int:
-    """Every dataset this command reads is loaded through ``value`` worker processes (torch imported only when
-    data is read: a default of 0 leaves a torch-free command torch-free)."""
-    if value or "edge_unlearn.data" in sys.modules:
-        from edge_unlearn.data import set_default_workers
-
-        set_default_workers(value)
-    return value
-
-
-def workers_option(fn: Callable) -> Callable:
-    """``--workers N``: image-decoding processes of the data loaders (issue #12)."""
-    return click.option(
-        "--workers",
-        type=click.IntRange(min=0),
-        default=0,
-        show_default=True,
-        expose_value=False,
-        callback=_set_workers,
-        help="Processes decoding images for the data loaders (0: in this process; worth it for image folders).",
-    )(fn)
 
 
 def echo_json(data: Any) -> None:

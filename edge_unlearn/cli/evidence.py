@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import click
 
-from .common import emit, output_options
+from .common import Command
+from .options import OUTPUT, Output, OutputPath
 
 
-@click.command("sign")
+@click.command("sign", cls=Command)
 @click.argument("run_dir", type=click.Path(file_okay=False))
 @click.option(
     "--key",
@@ -21,8 +22,8 @@ from .common import emit, output_options
     type=click.Path(dir_okay=False),
     help="Ed25519 private key (PEM) from `edge-unlearn keygen` or `openssl genpkey -algorithm ed25519`.",
 )
-@output_options
-def sign_cmd(run_dir: str, key: str, as_json: bool, json_out: str | None, quiet: bool) -> None:
+@OUTPUT
+def sign_cmd(run_dir: str, key: str, out: Output) -> None:
     """Sign RUN_DIR/manifest.json (written by `edge-unlearn report`) into RUN_DIR/manifest.sig.
 
     Refuses a folder that does not verify. Sign last: a later `report` into the folder would change the manifest
@@ -33,37 +34,29 @@ def sign_cmd(run_dir: str, key: str, as_json: bool, json_out: str | None, quiet:
 
     path = sign(run_dir, key)
     data = json.loads(path.read_text())
-    emit(
+    out.emit(
         {"signature": str(path), "key_id": data["key_id"], "manifest_sha256": data["manifest_sha256"]},
-        as_json,
-        json_out,
-        quiet,
         f"signed {run_dir}/manifest.json with key {data['key_id']} -> {path}; check it "
         f"with `edge-unlearn verify {run_dir} --key PUBLIC_KEY`",
     )
 
 
-@click.command("keygen")
+@click.command("keygen", cls=Command)
 @click.option(
     "-o",
     "--output",
     required=True,
-    type=click.Path(dir_okay=False),
+    type=OutputPath(),
     help="Private key file to create (PEM, mode 0600); the public key goes to OUTPUT.pub.",
 )
-@click.option(
-    "--public", "public", type=click.Path(dir_okay=False), default=None, help="Public key file (default OUTPUT.pub)."
-)
-@output_options
-def keygen_cmd(output: str, public: str | None, as_json: bool, json_out: str | None, quiet: bool) -> None:
+@click.option("--public", "public", type=OutputPath(), default=None, help="Public key file (default OUTPUT.pub).")
+@OUTPUT
+def keygen_cmd(output: str, public: str | None, out: Output) -> None:
     """Make an Ed25519 key pair for `sign` (keep the private key off the device) and `verify --key`."""
     from edge_unlearn.deploy.rundir import keygen
 
     private, pub = keygen(output, public)
-    emit(
+    out.emit(
         {"private_key": str(private), "public_key": str(pub)},
-        as_json,
-        json_out,
-        quiet,
         f"wrote private key {private} (keep it secret) and public key {pub}",
     )

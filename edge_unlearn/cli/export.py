@@ -9,16 +9,17 @@ from __future__ import annotations
 import contextlib
 import io
 import sys
-from collections.abc import Iterator
-from pathlib import Path
+from collections.abc import Callable, Iterator
 
 import click
 
-from ..deploy.runners import PROVIDERS
+from ..deploy.runners import PROVIDERS, RUNTIME_PROVIDERS
 from ..export.quantize import CALIB_METHODS, QUANT_PRECISIONS
-from .common import emit, output_options, say, workers_option
+from ..guards import MAX_BATCH
+from .common import Command
+from .options import GATE, OUTPUT, RUN_DIR, DataGroup, DataSource, Gate, Output, OutputPath, RunFolder, workers_option
 
-ONNX_PROVIDERS = ("auto", *PROVIDERS)
+ONNX_PROVIDERS = ("auto", *PROVIDERS, *RUNTIME_PROVIDERS)
 
 
 @contextlib.contextmanager
@@ -31,18 +32,14 @@ def _quiet_stdout(quiet: bool) -> Iterator[None]:
         yield
 
 
-def _record(run_dir: str | None, kind: str, payload: dict, artefacts: list[str]) -> None:
-    """Append this run to ``--run-dir`` (nothing when it is not given)."""
-    if run_dir:
-        from .report import record_to_run_dir
-
-        record_to_run_dir(run_dir, kind, payload, [Path(a) for a in artefacts])
+def _output_option(help: str) -> Callable:
+    return click.option("-o", "--output", required=True, type=OutputPath(), help=help)
 
 
-@click.command("export")
+@click.command("export", cls=Command)
 @click.argument("checkpoint", type=click.Path(dir_okay=False))
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="ONNX file to write.")
-@click.option("--opset", type=int, default=None, help="ONNX opset (>= 17; default 18).")
+@_output_option("ONNX file to write.")
+@click.option("--opset", type=click.IntRange(min=17), default=None, help="ONNX opset (>= 17; default 18).")
 @click.option(
     "--audit",
     is_flag=True,
@@ -50,23 +47,9 @@ def _record(run_dir: str | None, kind: str, payload: dict, artefacts: list[str])
     "('features') for `validate --audit`. A sibling of the deployed file, not the file to deploy "
     "(docs/audit.md).",
 )
-@output_options
-@click.option(
-    "--run-dir",
-    type=click.Path(file_okay=False),
-    default=None,
-    help="Record this run in a folder for `edge-unlearn report`.",
-)
-def export_cmd(
-    checkpoint: str,
-    output: str,
-    opset: int | None,
-    audit: bool,
-    as_json: bool,
-    json_out: str | None,
-    quiet: bool,
-    run_dir: str | None,
-) -> None:
+@OUTPUT
+@RUN_DIR
+def export_cmd(checkpoint: str, output: str, opset: int | None, audit: bool, out: Output, run: RunFolder) -> None:
     """Export a checkpoint to ONNX with the class mask in the graph.
 
     The graph takes float32 [B, C, H, W] (dynamic batch) and returns logits [B, classes]; forgotten classes
@@ -77,18 +60,18 @@ def export_cmd(
     from edge_unlearn.export.onnx_export import ExportConfig, export_onnx
     from edge_unlearn.guards import check_outputs
 
-    check_outputs({"-o": output, "--json-out": json_out}, [checkpoint], run_dir)
-
+    check_outputs({"-o": output, "--json-out": out.json_out}, [checkpoint], run.path)
     config = ExportConfig(**({"opset": opset} if opset is not None else {}), audit=audit)
-    echo = say(quiet, as_json)
-    with _quiet_stdout(quiet or as_json):
-        result = export_onnx(checkpoint, output, config, echo=echo)
-    _record(run_dir, "export", result.to_json(), [checkpoint, output])
-    emit(result.to_json(), as_json, json_out)
-    echo(f"wrote {result.path} (forgotten classes {list(result.meta.forgotten_classes)}, sha256 {result.sha256[:12]}…)")
+    with _quiet_stdout(out.quiet or out.as_json):
+        result = export_onnx(checkpoint, output, config, echo=out.say)
+    run.record("export", result.to_json(), [checkpoint, output])
+    out.emit(result.to_json())
+    out.say(
+        f"wrote {result.path} (forgotten classes {list(result.meta.forgotten_classes)}, sha256 {result.sha256[:12]}…)"
+    )
 
 
-@click.command("quantize")
+@click.command("quantize", cls=Command)
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option(
     "--precision",
@@ -117,7 +100,12 @@ def export_cmd(
     help="Calibration dataset spec for INT8 (e.g. npz:data.npz, digits); "
     "only its retained-class training images are used.",
 )
-@click.option("--calib-samples", type=int, default=None, help="Calibration images (default 256).")
+@click.option(
+    "--calib-samples",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Calibration samples: retained-class images in all (default 256).",
+)
 @click.option(
     "--calib-method", type=click.Choice(CALIB_METHODS), default=None, help="Calibration method (default minmax)."
 )
@@ -134,15 +122,10 @@ def export_cmd(
     help="Quantize the first layer too, or keep it in float. Default: float for tensorrt (with symmetric "
     "activations the largest INT8 error source), quantized for the cpu layouts (uint8 activations).",
 )
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="ONNX file to write.")
+@_output_option("ONNX file to write.")
 @workers_option
-@output_options
-@click.option(
-    "--run-dir",
-    type=click.Path(file_okay=False),
-    default=None,
-    help="Record this run in a folder for `edge-unlearn report`.",
-)
+@OUTPUT
+@RUN_DIR
 def quantize_cmd(
     model: str,
     precision: str,
@@ -155,10 +138,8 @@ def quantize_cmd(
     per_tensor: bool,
     quantize_first_layer: bool | None,
     output: str,
-    as_json: bool,
-    json_out: str | None,
-    quiet: bool,
-    run_dir: str | None,
+    out: Output,
+    run: RunFolder,
 ) -> None:
     """Make an INT8 or FP16 version of an exported FP32 model; the mask survives.
 
@@ -171,7 +152,7 @@ def quantize_cmd(
     from edge_unlearn.export.quantize import QuantizeConfig, quantize_model
     from edge_unlearn.guards import check_outputs
 
-    check_outputs({"-o": output, "--json-out": json_out}, [model], run_dir)
+    check_outputs({"-o": output, "--json-out": out.json_out}, [model], run.path)
     values = {"precision": precision.lower(), "calib_samples": calib_samples, "calib_method": calib_method}
     config = QuantizeConfig(
         **{k: v for k, v in values.items() if v is not None},
@@ -181,26 +162,30 @@ def quantize_cmd(
         per_channel=not per_tensor,
         float_first_layer=None if quantize_first_layer is None else not quantize_first_layer,
     )
-    echo = say(quiet, as_json)
-    with _quiet_stdout(quiet or as_json):
-        result = quantize_model(model, output, config, calib=calib, echo=echo)
-    _record(run_dir, "quantize", result.to_json(), [model, output])
-    emit(result.to_json(), as_json, json_out)
+    with _quiet_stdout(out.quiet or out.as_json):
+        result = quantize_model(model, output, config, calib=calib, echo=out.say)
+    run.record("quantize", result.to_json(), [model, output])
+    out.emit(result.to_json())
     layout = f", layout {result.layout.name} for {result.layout.target}" if result.layout else ""
-    echo(f"wrote {result.path} ({result.meta.precision}{layout}, sha256 {result.sha256[:12]}…)")
+    out.say(f"wrote {result.path} ({result.meta.precision}{layout}, sha256 {result.sha256[:12]}…)")
 
 
-@click.command("bundle")
+@click.command("bundle", cls=Command, renamed={"--audit-k": "--audit-samples"})
 @click.argument("checkpoint", type=click.Path(dir_okay=False))
-@click.option(
-    "--dataset",
-    default=None,
-    help="Dataset spec whose test split is bundled (e.g. npz:data.npz, digits); "
-    "default: the dataset recorded in the checkpoint.",
+@DataGroup(
+    help="Dataset spec whose test split is bundled (e.g. npz:data.npz, digits); default: the dataset recorded in "
+    "the checkpoint.",
+    data_dir=False,
+    download=False,
 )
-@click.option("--per-class", type=int, default=None, help="At most this many test images per class (default: all).")
+@click.option(
+    "--per-class",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Test images per class kept in the bundle, at most (default: all).",
+)
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the --per-class draw.")
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help=".npz bundle to write.")
+@_output_option(".npz bundle to write.")
 @click.option(
     "--audit",
     is_flag=True,
@@ -222,69 +207,70 @@ def quantize_cmd(
     help="With --audit: the original checkpoint; reports whether the unlearning edits exceed the INT8/FP16 "
     "quantization step.",
 )
-@click.option("--audit-k", type=int, default=None, help="Forget samples per class of the prototype attack (default 5).")
+@click.option(
+    "--audit-samples",
+    type=click.IntRange(min=1),
+    default=None,
+    help="With --audit: forget samples of the prototype attack, images per forgotten class (default 5).",
+)
 @click.option(
     "--audit-probe-samples",
-    type=int,
+    type=click.IntRange(min=1),
     default=None,
-    help="Training images the probes are fitted on (default 5000, all classes).",
+    help="With --audit: training images the probes are fitted on, in all (default 5000, every class).",
 )
-@workers_option
-@output_options
+@OUTPUT
+@RUN_DIR
 def bundle_cmd(
     checkpoint: str,
-    dataset: str | None,
+    data: DataSource,
     per_class: int | None,
     seed: int,
     output: str,
     audit: bool,
     retrained: str | None,
     reference: str | None,
-    audit_k: int | None,
+    audit_samples: int | None,
     audit_probe_samples: int | None,
-    as_json: bool,
-    json_out: str | None,
-    quiet: bool,
+    out: Output,
+    run: RunFolder,
 ) -> None:
     """Write a torch-free evaluation bundle: preprocessed test inputs, labels, class names, forgotten
     classes and the checkpoint's FP32 reference logits, so a device without torch can validate."""
-    from edge_unlearn.errors import UsageError
     from edge_unlearn.export.bundle import make_bundle
-    from edge_unlearn.guards import check_outputs
+    from edge_unlearn.guards import check_needs_flag, check_outputs
 
-    check_outputs({"-o": output, "--json-out": json_out}, [checkpoint] + [p for p in (retrained, reference) if p])
+    check_outputs({"-o": output, "--json-out": out.json_out}, [checkpoint, retrained, reference], run.path)
+    check_needs_flag(
+        "--audit",
+        audit,
+        {
+            "--retrained": retrained,
+            "--reference": reference,
+            "--audit-samples": audit_samples,
+            "--audit-probe-samples": audit_probe_samples,
+        },
+    )
     builder = None
     if audit:
         from edge_unlearn.deploy.audit import AuditConfig
         from edge_unlearn.export.audit_fit import audit_builder
 
-        values = {"k": audit_k, "probe_train_size": audit_probe_samples}
-        for option, value in (("--audit-k", audit_k), ("--audit-probe-samples", audit_probe_samples)):
-            if value is not None and value < 1:
-                raise UsageError(f"{option} must be at least 1, got {value}")
+        values = {"k": audit_samples, "probe_train_size": audit_probe_samples}
         builder = audit_builder(
             AuditConfig(**{k: v for k, v in values.items() if v is not None}, seed=seed),
             retrained=retrained,
             reference=reference,
         )
-    elif retrained or reference or audit_k is not None or audit_probe_samples is not None:
-        raise UsageError(
-            "--retrained, --reference, --audit-k and --audit-probe-samples belong to the audit: add --audit"
-        )
-    bundle = make_bundle(checkpoint, dataset, output, per_class=per_class, seed=seed, audit=builder)
+    bundle = make_bundle(checkpoint, data.dataset, output, per_class=per_class, seed=seed, audit=builder)
     info = bundle.audit.info if bundle.audit is not None else None
-    emit(
-        {
-            **bundle.describe(),
-            **(
-                {"audit": {k: info.get(k) for k in ("fp32", "retrained", "thresholds", "weight_steps")}} if info else {}
-            ),
-        },
-        as_json,
-        json_out,
-    )
-    echo = say(quiet, as_json)
-    echo(
+    summary = {
+        **bundle.describe(),
+        **({"audit": {k: info.get(k) for k in ("fp32", "retrained", "thresholds", "weight_steps")}} if info else {}),
+    }
+    run.record("bundle", summary, [checkpoint, retrained, reference, output])
+    out.emit(summary)
+    out.say(
         f"wrote {output}: {len(bundle.labels)} samples, {bundle.num_classes} classes, "
         f"forgotten {list(bundle.forgotten_classes)}"
     )
@@ -292,10 +278,10 @@ def bundle_cmd(
         from edge_unlearn.deploy.audit import audit_lines
 
         for line in audit_lines({"device": {}, **info}):
-            echo(line)
+            out.say(line)
 
 
-@click.command("validate")
+@click.command("validate", cls=Command)
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option(
     "--bundle",
@@ -304,27 +290,7 @@ def bundle_cmd(
     type=click.Path(dir_okay=False),
     help="Evaluation bundle from `edge-unlearn bundle`.",
 )
-@click.option(
-    "--max-forget-acc",
-    type=float,
-    default=0.01,
-    show_default=True,
-    help="Highest accepted accuracy on forgotten classes.",
-)
-@click.option(
-    "--max-retain-drop",
-    type=float,
-    default=0.01,
-    show_default=True,
-    help="Highest accepted retained-accuracy drop against the bundle's FP32 reference.",
-)
-@click.option(
-    "--min-agreement",
-    type=float,
-    default=0.99,
-    show_default=True,
-    help="Lowest accepted argmax agreement with the FP32 reference on retained classes.",
-)
+@GATE
 @click.option(
     "--provider",
     type=click.Choice(ONNX_PROVIDERS),
@@ -332,105 +298,40 @@ def bundle_cmd(
     show_default=True,
     help="onnxruntime provider (auto: CUDA when onnxruntime has it, else CPU).",
 )
-@click.option("--batch-size", type=int, default=64, show_default=True)
 @click.option(
-    "--audit",
-    is_flag=True,
-    help="Also the feature-level audit: the bundle's probe and the prototype attack "
-    "on MODEL's own features (MODEL: an `export --audit` file, quantized or not; the bundle from "
-    "`bundle --audit`).",
+    "--batch-size",
+    type=click.IntRange(1, MAX_BATCH),
+    default=64,
+    show_default=True,
+    help="Images per inference call.",
 )
-@click.option(
-    "--audit-max-probe",
-    type=float,
-    default=None,
-    help="Highest accepted probe accuracy on forgotten classes (default: the bundle's, from --retrained).",
-)
-@click.option(
-    "--audit-max-prototype",
-    type=float,
-    default=None,
-    help="Highest accepted prototype-attack recovery (default: the bundle's, from --retrained, else 0.10).",
-)
-@click.option(
-    "--audit-max-logit-probe",
-    type=float,
-    default=None,
-    help="Highest accepted accuracy on forgotten classes of the output probe (the bundle's probe on "
-    "MODEL's retained logits; default: the bundle's, from --retrained).",
-)
-@click.option(
-    "--audit-tolerance",
-    type=float,
-    default=None,
-    help="How far this model's audit figures may sit above the FP32 ones (default 0.05).",
-)
-@output_options
-@click.option(
-    "--run-dir",
-    type=click.Path(file_okay=False),
-    default=None,
-    help="Record this run in a folder for `edge-unlearn report`.",
-)
+@OUTPUT
+@RUN_DIR
 def validate_cmd(
-    model: str,
-    bundle_path: str,
-    max_forget_acc: float,
-    max_retain_drop: float,
-    min_agreement: float,
-    provider: str,
-    batch_size: int,
-    audit: bool,
-    audit_max_probe: float | None,
-    audit_max_prototype: float | None,
-    audit_max_logit_probe: float | None,
-    audit_tolerance: float | None,
-    as_json: bool,
-    json_out: str | None,
-    quiet: bool,
-    run_dir: str | None,
+    model: str, bundle_path: str, gate: Gate, provider: str, batch_size: int, out: Output, run: RunFolder
 ) -> None:
     """Check on this runtime that the forgotten classes stay forgotten and the retained ones still work.
 
     MODEL is an .onnx (onnxruntime) or a .safetensors checkpoint (torch). Exit 0: every check passed;
     1: a check failed (or a figure could not be measured); 2: bad input.
     """
-    from edge_unlearn.deploy.validate import Thresholds, validate_model
-    from edge_unlearn.guards import check_number, check_outputs
+    from edge_unlearn.deploy.validate import validate_model
+    from edge_unlearn.guards import check_outputs
 
-    check_number("--batch-size", batch_size, minimum=1, maximum=8192, integer=True)
-    check_outputs({"--json-out": json_out}, [model, bundle_path], run_dir)
-    thresholds = Thresholds(max_forget_acc, max_retain_drop, min_agreement)
-    audit_thresholds = None
-    if audit:
-        from edge_unlearn.deploy.audit import DEFAULT_TOLERANCE, AuditThresholds
-
-        audit_thresholds = AuditThresholds(
-            audit_max_probe,
-            audit_max_prototype,
-            DEFAULT_TOLERANCE if audit_tolerance is None else audit_tolerance,
-            audit_max_logit_probe,
-        )
-    elif any(v is not None for v in (audit_max_probe, audit_max_prototype, audit_max_logit_probe, audit_tolerance)):
-        from edge_unlearn.errors import UsageError
-
-        raise UsageError(
-            "--audit-max-probe, --audit-max-prototype, --audit-max-logit-probe and --audit-tolerance "
-            "belong to the audit: add --audit"
-        )
+    check_outputs({"--json-out": out.json_out}, [model, bundle_path], run.path)
     report = validate_model(
         model,
         bundle_path,
-        thresholds,
+        gate.thresholds,
         provider=None if provider == "auto" else provider,
         batch_size=batch_size,
-        audit=audit_thresholds,
+        audit=gate.audit,
     )
-    _record(run_dir, "validate", report.to_json(), [model, bundle_path])
-    emit(report.to_json(), as_json, json_out)
-    if as_json:
+    run.record("validate", report.to_json(), [model, bundle_path])
+    out.emit(report.to_json())
+    if out.as_json:
         pass
-    elif quiet:
+    elif out.quiet:
         click.echo(f"{'PASS' if report else 'FAIL'} {model}")
     else:
         click.echo(report.summary())

@@ -8,7 +8,8 @@ from typing import Any
 import click
 
 from ..errors import UsageError
-from .common import emit, output_options, parse_key_values
+from .common import Command, parse_key_values
+from .options import OUTPUT, Output, OutputPath
 
 
 def _floats(text: str | None, option: str) -> tuple[float, ...] | None:
@@ -40,7 +41,7 @@ def _kwargs(items: tuple[str, ...], option: str = "--arch-arg") -> tuple[tuple[s
     return parse_key_values(items, option)
 
 
-@click.command("import")
+@click.command("import", cls=Command)
 @click.option(
     "--arch",
     required=True,
@@ -54,7 +55,9 @@ def _kwargs(items: tuple[str, ...], option: str = "--arch-arg") -> tuple[tuple[s
     help="The trained weights: a state dict .pth/.pt (loaded with weights_only=True) or .safetensors; "
     "{'state_dict': …}/{'model': …} wrappers and module. prefixes are accepted.",
 )
-@click.option("--num-classes", type=int, default=None, help="Expected class count (checked against the head).")
+@click.option(
+    "--num-classes", type=click.IntRange(min=1), default=None, help="Expected class count (checked against the head)."
+)
 @click.option(
     "--classes",
     "classes_file",
@@ -109,7 +112,13 @@ def _kwargs(items: tuple[str, ...], option: str = "--arch-arg") -> tuple[tuple[s
     help="Labelled dataset for the per-class statistics NHLE's feature step "
     "uses (without it NHLE uses a data-free estimate).",
 )
-@click.option("--stats-samples", type=int, default=100, show_default=True, help="Training images per class for them.")
+@click.option(
+    "--stats-samples",
+    type=click.IntRange(min=1),
+    default=100,
+    show_default=True,
+    help="Statistics samples: training images per class of --stats-from.",
+)
 @click.option(
     "--recipe",
     "recipe",
@@ -120,10 +129,8 @@ def _kwargs(items: tuple[str, ...], option: str = "--arch-arg") -> tuple[tuple[s
 )
 @click.option("--data-dir", type=click.Path(file_okay=False), default=None, help="Folder of torchvision datasets.")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option(
-    "-o", "--output", required=True, type=click.Path(dir_okay=False), help="Checkpoint to write (.safetensors)."
-)
-@output_options
+@click.option("-o", "--output", required=True, type=OutputPath(), help="Checkpoint to write (.safetensors).")
+@OUTPUT
 def import_cmd(
     arch,
     weights,
@@ -144,9 +151,7 @@ def import_cmd(
     data_dir,
     seed,
     output,
-    as_json,
-    json_out,
-    quiet,
+    out: Output,
 ):
     """Write an edge-unlearn checkpoint from a classifier trained elsewhere (bring your own model).
 
@@ -179,8 +184,8 @@ def import_cmd(
         train_recipe=_kwargs(recipe, "--recipe"),
     )
     summary = import_checkpoint(req)
-    emit(summary, as_json, json_out)
-    if not (as_json or quiet):
+    out.emit(summary)
+    if not (out.as_json or out.quiet):
         prep = summary["preprocessing"]
         click.echo(
             f"imported {summary['arch']} ({summary['num_classes']} classes, {summary['feature_dim']}-d features, "

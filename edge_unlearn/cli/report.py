@@ -10,11 +10,12 @@ from typing import Any
 
 import click
 
-from ..deploy.runners import PROVIDERS
-from .common import emit, output_options, say
+from ..deploy.runners import PROVIDERS, RUNTIME_PROVIDERS
+from .common import Command
+from .options import OUTPUT, RUN_DIR, BatchList, Output, OutputPath, RunFolder
 
 #: onnxruntime providers, plus cuda-fused: a checkpoint with the fused masked head (Triton) on CUDA
-BENCH_PROVIDERS = ("auto", *PROVIDERS, "cuda-fused")
+BENCH_PROVIDERS = ("auto", *PROVIDERS, *RUNTIME_PROVIDERS, "cuda-fused")
 
 
 def record_to_run_dir(
@@ -23,27 +24,31 @@ def record_to_run_dir(
     """Append a record of one command (its JSON summary and the artefacts it read or wrote, hashed) to
     ``run_dir``; nothing when ``run_dir`` is None. Returns the record's path. ``None`` entries of ``artefacts``
     are skipped; a path that does not exist raises ModelFileError (a record never silently drops evidence)."""
-    if run_dir is None:
-        return None
-    from edge_unlearn.deploy.rundir import record
-
-    return record(run_dir, kind, summary, [Path(a) for a in artefacts if a is not None])
+    return RunFolder(None if run_dir is None else str(run_dir)).record(kind, summary, artefacts)
 
 
-@click.command("bench")
+@click.command("bench", cls=Command, renamed={"--batch": "--batches"})
 @click.argument("artefacts", nargs=-1, required=True, type=click.Path(dir_okay=False), metavar="ARTIFACT...")
-@click.option("--batch", "batch", default="1,8,64", show_default=True, help="Batch sizes, comma-separated.")
-@click.option("--warmup", type=int, default=5, show_default=True, help="Untimed calls before each batch size.")
-@click.option("--iterations", type=int, default=None, help="Timed calls per batch size (default 50).")
+@click.option(
+    "--batches",
+    type=BatchList(),
+    default="1,8,64",
+    show_default=True,
+    help="The batch-size sweep, comma-separated (each run on every artefact).",
+)
+@click.option(
+    "--warmup", type=click.IntRange(min=0), default=5, show_default=True, help="Untimed calls before each batch size."
+)
+@click.option("--iterations", type=click.IntRange(min=1), default=None, help="Timed calls per batch size (default 50).")
 @click.option(
     "--duration",
-    type=float,
+    type=click.FloatRange(0, min_open=True),
     default=None,
     help="Instead of --iterations: seconds of timed calls per batch size (at least 5 calls).",
 )
 @click.option(
     "--threads",
-    type=int,
+    type=click.IntRange(min=1),
     default=None,
     help="CPU threads of onnxruntime (intra-op) and torch (default: the runtime's own).",
 )
@@ -69,24 +74,20 @@ def record_to_run_dir(
     help="GPU-only timing replays a captured CUDA graph (like trtexec "
     "--useCudaGraph); each row says whether it was used.",
 )
-@output_options
-@click.option(
-    "--csv", "csv_path", type=click.Path(dir_okay=False), default=None, help="Write one CSV row per artefact and batch."
-)
+@OUTPUT
+@click.option("--csv", "csv_path", type=OutputPath(), default=None, help="Write one CSV row per artefact and batch.")
 @click.option(
     "--plot",
     "plot_path",
-    type=click.Path(dir_okay=False),
+    type=OutputPath(),
     default=None,
     help="Write a PNG: latency and throughput vs batch, one line per artefact.",
 )
-@click.option(
-    "--run-dir", type=click.Path(file_okay=False), default=None, help="Also record the results in this run folder."
-)
+@RUN_DIR
 @click.option("--keep-going", is_flag=True, help="Skip an artefact/provider that cannot run here instead of stopping.")
 def bench_cmd(
     artefacts: tuple[str, ...],
-    batch: str,
+    batches: tuple[int, ...],
     warmup: int,
     iterations: int | None,
     duration: float | None,
@@ -96,12 +97,10 @@ def bench_cmd(
     seed: int,
     gpu_timing: bool,
     cuda_graph: bool,
-    as_json: bool,
-    json_out: str | None,
-    quiet: bool,
+    out: Output,
     csv_path: str | None,
     plot_path: str | None,
-    run_dir: str | None,
+    run: RunFolder,
     keep_going: bool,
 ) -> None:
     """Measure latency and throughput of checkpoints (torch), ONNX models (onnxruntime FP32/FP16/INT8) and
@@ -114,17 +113,16 @@ def bench_cmd(
     are also timed on the GPU alone (GPU p50/p99 beside the end-to-end figures; --cuda-graph replays a CUDA
     graph); on a Jetson the model and nvpmodel power mode are recorded. --quiet prints only the table.
     """
-    from edge_unlearn.deploy.bench import BenchConfig, bench_artefacts, parse_batches
-    from edge_unlearn.guards import check_batches, check_outputs
+    from edge_unlearn.deploy.bench import BenchConfig, bench_artefacts
+    from edge_unlearn.guards import check_outputs
 
-    check_batches(parse_batches(batch))
-    check_outputs({"--json-out": json_out, "--csv": csv_path, "--plot": plot_path}, artefacts, run_dir)
+    check_outputs({"--json-out": out.json_out, "--csv": csv_path, "--plot": plot_path}, artefacts, run.path)
 
     if plot_path:
         import matplotlib  # noqa: F401  - the `report` extra: say so before measuring, not after
 
     config = BenchConfig(
-        batches=parse_batches(batch),
+        batches=batches,
         warmup=warmup,
         iterations=iterations,
         duration=duration,
@@ -139,40 +137,36 @@ def bench_cmd(
         provider=list(providers) or None,
         names=list(names) or None,
         keep_going=keep_going,
-        echo=None if quiet else say(quiet, as_json),
+        echo=None if out.quiet else out.say,
     )
-    if not as_json:
+    if not out.as_json:
         click.echo(report.table())
-    emit(report.to_json(), as_json, json_out)
+    out.emit(report.to_json())
     if csv_path:
         report.write_csv(csv_path)
     if plot_path:
         report.plot(plot_path)
-    record_to_run_dir(run_dir, "bench", report.to_json(), [Path(a) for a in artefacts])
+    run.record("bench", report.to_json(), artefacts)
 
 
-@click.command("report")
+@click.command("report", cls=Command)
 @click.argument("run_dir", type=click.Path(file_okay=False))
 @click.option(
-    "-o",
-    "--output",
-    type=click.Path(dir_okay=False),
-    default=None,
-    help="HTML file to write (default RUN_DIR/report.html).",
+    "-o", "--output", type=OutputPath(), default=None, help="HTML file to write (default RUN_DIR/report.html)."
 )
-@output_options
-def report_cmd(run_dir: str, output: str | None, as_json: bool, json_out: str | None, quiet: bool) -> None:
+@OUTPUT
+def report_cmd(run_dir: str, output: str | None, out: Output) -> None:
     """Render a run folder as one self-contained HTML file (plots embedded): lineage with checkpoint hashes,
     unlearning figures against the original and the retrained model, per-class accuracy, validation verdicts
     per backend and precision, latency. Then write RUN_DIR/manifest.json with the sha256 of every file."""
     from edge_unlearn.deploy.report import render_report
 
     path = render_report(run_dir, output)
-    emit({"report": str(path), "manifest": str(Path(run_dir) / "manifest.json")}, as_json, json_out)
-    say(quiet, as_json)(f"wrote {path} and {Path(run_dir) / 'manifest.json'}")
+    out.emit({"report": str(path), "manifest": str(Path(run_dir) / "manifest.json")})
+    out.say(f"wrote {path} and {Path(run_dir) / 'manifest.json'}")
 
 
-@click.command("verify")
+@click.command("verify", cls=Command)
 @click.argument("run_dir", type=click.Path(file_okay=False))
 @click.option(
     "--key",
@@ -181,17 +175,17 @@ def report_cmd(run_dir: str, output: str | None, as_json: bool, json_out: str | 
     default=None,
     help="Ed25519 public key (PEM): also check RUN_DIR/manifest.sig (see `edge-unlearn sign`).",
 )
-@output_options
-def verify_cmd(run_dir: str, key: str | None, as_json: bool, json_out: str | None, quiet: bool) -> None:
+@OUTPUT
+def verify_cmd(run_dir: str, key: str | None, out: Output) -> None:
     """Re-hash every file listed in RUN_DIR/manifest.json and every recorded artefact; with --key check the
     signature. Exit 0: all present and unchanged, nothing unlisted, signature valid; 1: any of those fails;
     2: no readable manifest or key."""
     from edge_unlearn.deploy.rundir import verify
 
     result = verify(run_dir, public_key=key)
-    emit(result.to_json(), as_json, json_out)
-    if quiet:
+    out.emit(result.to_json())
+    if out.quiet:
         click.echo(f"{'OK' if result else 'CHANGED'} {run_dir}")
-    elif not as_json:
+    elif not out.as_json:
         click.echo(result.summary())
     sys.exit(0 if result else 1)

@@ -1,6 +1,7 @@
 """``edge-unlearn build-engine`` and ``edge-unlearn doctor``: thin click commands (no torch, no TensorRT at import).
 
-Registered in the ``edge-unlearn`` group by edge_unlearn/cli.py: build-engine, inspect-engine, doctor.
+Registered in the ``edge-unlearn`` group by :mod:`.app`: build-engine, inspect-engine, doctor (each also runs on its
+own, with the group's error handling through ``handle_errors``).
 """
 
 from __future__ import annotations
@@ -9,19 +10,19 @@ import sys
 
 import click
 
-from .common import echo_json, handle_errors
+from ..guards import MAX_BATCH
+from .common import Command, handle_errors
+from .options import Output, OutputGroup, OutputPath
+
+OUTPUT = OutputGroup(quiet_help="No progress messages.")
 
 
-def _err(message: str) -> None:
-    click.echo(message, err=True)
-
-
-@click.command("build-engine")
+@click.command("build-engine", cls=Command, renamed={"--batch": "--batch-size"})
 @click.argument("onnx_path", metavar="MODEL.onnx", type=click.Path(dir_okay=False))
 @click.option(
     "-o",
     "--output",
-    type=click.Path(dir_okay=False),
+    type=OutputPath(),
     default=None,
     help="Engine file to write (.plan or .engine); default: MODEL.plan beside the ONNX. "
     "Its sidecar MODEL.plan.json (and the layer report MODEL.plan.layers.json) is written beside it.",
@@ -34,18 +35,29 @@ def _err(message: str) -> None:
     "uses TensorRT 10's FP16 builder flag; TensorRT 11 takes precision from the ONNX only.",
 )
 @click.option(
-    "--batch",
-    type=int,
+    "--batch-size",
+    type=click.IntRange(1, MAX_BATCH),
     default=None,
-    help="Static batch (min = opt = max), like trtexec --shapes; required with --dla-core.",
+    help="One static batch size (min = opt = max), like trtexec --shapes; required with --dla-core.",
 )
-@click.option("--min-batch", type=int, default=None, help="Smallest batch of the optimisation profile (default 1).")
-@click.option("--opt-batch", type=int, default=None, help="Batch TensorRT tunes for (default 8, within min..max).")
-@click.option("--max-batch", type=int, default=None, help="Largest batch of the optimisation profile (default 32).")
-@click.option("--workspace-mib", type=int, default=None, help="Builder workspace limit in MiB (default 1024).")
+@click.option(
+    "--min-batch", type=click.IntRange(1, MAX_BATCH), default=None, help="Smallest batch of the profile (default 1)."
+)
+@click.option(
+    "--opt-batch",
+    type=click.IntRange(1, MAX_BATCH),
+    default=None,
+    help="Batch TensorRT tunes for (default 8, within min..max).",
+)
+@click.option(
+    "--max-batch", type=click.IntRange(1, MAX_BATCH), default=None, help="Largest batch of the profile (default 32)."
+)
+@click.option(
+    "--workspace-mib", type=click.IntRange(min=1), default=None, help="Builder workspace limit in MiB (default 1024)."
+)
 @click.option(
     "--timing-cache",
-    type=click.Path(dir_okay=False),
+    type=OutputPath(),
     default=None,
     help="Timing cache file: read if present (a cache from another TensorRT/GPU is replaced), written "
     "back after the build; locked while in use.",
@@ -71,9 +83,9 @@ def _err(message: str) -> None:
 )
 @click.option(
     "--dla-core",
-    type=int,
+    type=click.IntRange(min=0),
     default=None,
-    help="Build for this DLA core (Jetson AGX Orin / Orin NX): static --batch, FP16 on TensorRT 10; "
+    help="Build for this DLA core (Jetson AGX Orin / Orin NX): static --batch-size, FP16 on TensorRT 10; "
     "fails when no layer can run on the DLA.",
 )
 @click.option(
@@ -97,7 +109,7 @@ def _err(message: str) -> None:
 )
 @click.option(
     "--range-limit",
-    type=float,
+    type=click.FloatRange(0, min_open=True),
     default=None,
     help="Widest INT8 activation range accepted before it counts as set by a mask value (default 1000).",
 )
@@ -105,15 +117,13 @@ def _err(message: str) -> None:
     "--check-only", is_flag=True, help="Only check the ONNX for deployment hazards (no TensorRT needed); exit 1 if any."
 )
 @click.option("--verbose", is_flag=True, help="TensorRT's verbose log (stderr) and the equivalent trtexec command.")
-@click.option("--json", "as_json", is_flag=True, help="Print the result (sidecar or hazard report) as JSON.")
-@click.option("--json-out", type=click.Path(dir_okay=False), default=None, help="Also write that JSON to a file.")
-@click.option("-q", "--quiet", is_flag=True, help="No progress messages.")
+@OUTPUT
 @handle_errors
 def build_engine_cmd(
     onnx_path: str,
     output: str | None,
     precision: str | None,
-    batch: int | None,
+    batch_size: int | None,
     min_batch: int | None,
     opt_batch: int | None,
     max_batch: int | None,
@@ -129,9 +139,7 @@ def build_engine_cmd(
     range_limit: float | None,
     check_only: bool,
     verbose: bool,
-    as_json: bool,
-    json_out: str | None,
-    quiet: bool,
+    out: Output,
 ) -> None:
     """Build a TensorRT engine for THIS device from an edge-unlearn ONNX.
 
@@ -148,7 +156,7 @@ def build_engine_cmd(
 
     config = BuildConfig(
         precision=precision,
-        batch=batch,
+        batch=batch_size,
         min_batch=min_batch,
         opt_batch=opt_batch,
         max_batch=max_batch,
@@ -174,45 +182,30 @@ def build_engine_cmd(
             target_precision=hazard_target(onnx_precision(model), config),
             range_limit=config.range_limit,
         )
-        _emit(report.to_dict(), as_json, json_out)
-        if not as_json:
+        out.emit(report.to_dict())
+        if not out.as_json:
             click.echo(report.summary())
             for finding in report.findings:
                 click.echo(f"  {finding.severity}: {finding.line()}")
         sys.exit(0 if report.ok else 1)
-    out = output or str(default_engine_path(onnx_path))
-    echo = (lambda _m: None) if quiet else (_err if as_json else click.echo)
-    sidecar = build_engine(onnx_path, out, config, echo=echo)
-    _emit({"engine": out, **sidecar.to_dict()}, as_json, json_out)
+    engine = output or str(default_engine_path(onnx_path))
+    sidecar = build_engine(onnx_path, engine, config, echo=out.say)
+    out.emit({"engine": engine, **sidecar.to_dict()})
 
 
-def _emit(data: dict, as_json: bool, json_out: str | None) -> None:
-    if as_json:
-        echo_json(data)
-    if json_out:
-        from edge_unlearn.fileio import atomic_output
-
-        from .common import to_json_text
-
-        with atomic_output(json_out) as tmp:
-            tmp.write_text(to_json_text(data) + "\n", encoding="utf-8")
-
-
-@click.command("inspect-engine")
+@click.command("inspect-engine", cls=Command)
 @click.argument("engine_path", metavar="MODEL.plan", type=click.Path(dir_okay=False))
 @click.option("--layers", "show_layers", is_flag=True, help="List every layer (name, type, precision, device).")
-@click.option("--json", "as_json", is_flag=True, help="Print the inspection as JSON.")
-@click.option("--json-out", type=click.Path(dir_okay=False), default=None, help="Also write that JSON to a file.")
-@click.option("-q", "--quiet", is_flag=True, help="Only the summary line.")
+@OutputGroup(quiet_help="Only the summary line.")
 @handle_errors
-def inspect_engine_cmd(engine_path: str, show_layers: bool, as_json: bool, json_out: str | None, quiet: bool) -> None:
+def inspect_engine_cmd(engine_path: str, show_layers: bool, out: Output) -> None:
     """Per-layer precision and device of a built engine, from TensorRT's engine inspector (detailed for engines
     built by `build-engine`, which uses detailed profiling verbosity), like trtexec --dumpLayerInfo."""
     from edge_unlearn.export.engine import inspect_engine
 
     info = inspect_engine(engine_path)
-    _emit(info, as_json, json_out)
-    if as_json:
+    out.emit(info)
+    if out.as_json:
         return
     counts = ", ".join(f"{k} {v}" for k, v in sorted(info["precision_counts"].items())) or "unknown"
     click.echo(
@@ -220,25 +213,23 @@ def inspect_engine_cmd(engine_path: str, show_layers: bool, as_json: bool, json_
         f"on DLA: {info['dla_layers']}"
         + ("" if info["detailed"] else " (layer names only: rebuild with build-engine for details)")
     )
-    if show_layers and not quiet:
+    if show_layers and not out.quiet:
         for row in info["layers"]:
             click.echo(
                 f"  {row['device'] or '?':3}  {row['precision'] or '?':5}  {row['type'] or '?':16} {row['name']}"
             )
 
 
-@click.command("doctor")
-@click.option("--json", "as_json", is_flag=True, help="Print the probe as JSON.")
-@click.option("--json-out", type=click.Path(dir_okay=False), default=None, help="Also write that JSON to a file.")
-@click.option("-q", "--quiet", is_flag=True, help="Print nothing but the JSON (if asked).")
+@click.command("doctor", cls=Command)
+@OutputGroup(quiet_help="Print nothing but the JSON (if asked).")
 @handle_errors
-def doctor_cmd(as_json: bool, json_out: str | None, quiet: bool) -> None:
+def doctor_cmd(out: Output) -> None:
     """What this machine offers: torch and CUDA, Triton, onnxruntime providers, TensorRT, pycuda, the GPU and its
     compute capability, the Jetson model, JetPack release, power mode and DLA cores -- and what each missing
     piece disables."""
     from edge_unlearn.deploy.doctor import probe, render
 
     report = probe()
-    _emit(report, as_json, json_out)
-    if not as_json and not quiet:
+    out.emit(report)
+    if not out.as_json and not out.quiet:
         click.echo(render(report))

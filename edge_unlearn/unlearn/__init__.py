@@ -131,7 +131,7 @@ def forget(
     if not remaining:
         raise UsageError("that would forget every class; keep at least one class")
     if len(forget_set.inputs) == 0:
-        raise UsageError("no forget samples were given; pass --samples N or --forget-samples DIR")
+        raise UsageError("no forget samples were given; pass --samples N or --forget-images DIR")
     if spec.needs != "forget" and retain is None:
         raise UsageError(
             f"method {method} needs retained training data ({spec.needs}); it runs only where the "

@@ -106,7 +106,7 @@ def test_device_commands_run_on_the_base_install(base_venv, artifacts, tmp_path)
             "bench",
             artifacts.fp32,
             artifacts.int8,
-            "--batch",
+            "--batches",
             "1,4",
             "--iterations",
             "3",
@@ -129,13 +129,13 @@ def test_device_commands_run_on_the_base_install(base_venv, artifacts, tmp_path)
     assert [(r["precision"], r["batch"]) for r in rows] == [("fp32", 1), ("fp32", 4), ("int8", 1), ("int8", 4)]
 
     # a torch checkpoint cannot be benched here: one line naming the fix, exit 2
-    torch_bench = _run([cli, "bench", artifacts.checkpoint, "--iterations", "1", "--batch", "1"], cwd=tmp_path)
+    torch_bench = _run([cli, "bench", artifacts.checkpoint, "--iterations", "1", "--batches", "1"], cwd=tmp_path)
     assert torch_bench.returncode == 2 and torch_bench.stderr.count("\n") == 1, torch_bench.stderr
     assert "edge-unlearn[host]" in torch_bench.stderr
 
     # a plot needs the report extra: one line naming it
     plot = _run(
-        [cli, "bench", artifacts.fp32, "--iterations", "1", "--batch", "1", "--plot", tmp_path / "p.png"], cwd=tmp_path
+        [cli, "bench", artifacts.fp32, "--iterations", "1", "--batches", "1", "--plot", tmp_path / "p.png"], cwd=tmp_path
     )
     assert plot.returncode == 2 and "edge-unlearn[report]" in plot.stderr and not (tmp_path / "p.png").exists()
 

@@ -69,7 +69,7 @@ def test_bench_cli_writes_table_json_csv_plot(tiny_models, tmp_path):
             "bench",
             str(fp32),
             str(int8),
-            "--batch",
+            "--batches",
             "1,4",
             "--iterations",
             "6",

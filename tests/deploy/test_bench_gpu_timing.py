@@ -213,7 +213,7 @@ def test_bench_cli_cuda_graph_flag(tiny_models, tmp_path):
         [
             "bench",
             str(tiny_models[0]),
-            "--batch",
+            "--batches",
             "1",
             "--iterations",
             "2",

@@ -133,7 +133,7 @@ def test_unwritable_run_dir_is_checked_before_export(digits_checkpoint, tmp_path
 def test_bench_batch_is_range_checked(tmp_path, batch):
     model = tmp_path / "m.onnx"
     model.write_bytes(b"unused: refused before it is read")
-    one_line_error(invoke_cli(["bench", model, "--batch", batch]), "--batch")
+    one_line_error(invoke_cli(["bench", model, "--batches", batch]), "--batches")
 
 
 @pytest.mark.parametrize("content", [b"", b"PK\x03\x04broken", b"\x93NUMPY garbage"])
@@ -236,7 +236,7 @@ def test_forget_samples_subfolder_matching_no_class_is_refused(digits_checkpoint
     _digit_pngs(tmp_path / "samples" / "cats")
     out = tmp_path / "f.safetensors"
     result = invoke_cli(
-        ["forget", digits_checkpoint, "--forget", "3", "--forget-samples", tmp_path / "samples", "--no-eval", "-o", out]
+        ["forget", digits_checkpoint, "--forget", "3", "--forget-images", tmp_path / "samples", "--no-eval", "-o", out]
     )
     one_line_error(result, "'cats'", "matches no class")
     assert not out.exists()
@@ -253,7 +253,7 @@ def test_forget_samples_loose_images_need_subfolders_when_several_classes_are_fo
             "3",
             "--forget",
             "5",
-            "--forget-samples",
+            "--forget-images",
             tmp_path / "samples",
             "--no-eval",
             "-o",

@@ -75,7 +75,7 @@ def test_forget_from_image_folder(digits_checkpoint, digits, tmp_path):
         digits_checkpoint,
         "--forget",
         "3",
-        "--forget-samples",
+        "--forget-images",
         tmp_path / "samples",
         "-o",
         out,

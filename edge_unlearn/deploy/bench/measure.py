@@ -68,7 +68,7 @@ class BenchConfig:
 
     def __post_init__(self) -> None:
         if not self.batches or any(int(b) < 1 for b in self.batches):
-            raise UsageError(f"--batch takes positive batch sizes, e.g. 1,8,64; got {list(self.batches)}")
+            raise UsageError(f"--batches takes positive batch sizes, e.g. 1,8,64; got {list(self.batches)}")
         if self.iterations is not None and self.duration is not None:
             raise UsageError("give --iterations or --duration, not both")
         if self.iterations is not None and self.iterations < 1:
@@ -96,9 +96,9 @@ def parse_batches(text: str) -> tuple[int, ...]:
     try:
         values = tuple(int(v) for v in str(text).replace(" ", "").split(",") if v)
     except ValueError:
-        raise UsageError(f"--batch takes comma-separated integers such as 1,8,64; got {text!r}") from None
+        raise UsageError(f"--batches takes comma-separated integers such as 1,8,64; got {text!r}") from None
     if not values or any(v < 1 for v in values):
-        raise UsageError(f"--batch takes positive integers such as 1,8,64; got {text!r}")
+        raise UsageError(f"--batches takes positive integers such as 1,8,64; got {text!r}")
     return tuple(dict.fromkeys(values))
 
 

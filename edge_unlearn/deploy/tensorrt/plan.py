@@ -460,7 +460,7 @@ def compute_profile(
             )
         rest.append(dim)
     for flag, value in (
-        ("--batch", batch),
+        ("--batch-size", batch),
         ("--min-batch", min_batch),
         ("--opt-batch", opt_batch),
         ("--max-batch", max_batch),
@@ -468,7 +468,7 @@ def compute_profile(
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise UsageError(f"{flag} must be a positive integer, got {value!r}")
     if batch is not None and any(v is not None for v in (min_batch, opt_batch, max_batch)):
-        raise UsageError("--batch builds a static shape; drop --min-batch / --opt-batch / --max-batch")
+        raise UsageError("--batch-size builds a static shape; drop --min-batch / --opt-batch / --max-batch")
     fixed = shape[0] if isinstance(shape[0], int) and shape[0] > 0 else None
     if fixed is not None:
         asked = {v for v in (batch, min_batch, opt_batch, max_batch) if v is not None}
@@ -482,7 +482,9 @@ def compute_profile(
         lo = opt = hi = batch
     else:
         if require_static:
-            raise UsageError("DLA needs a static input shape: add --batch N (e.g. --batch 1 for a camera stream)")
+            raise UsageError(
+                "DLA needs a static input shape: add --batch-size N (e.g. --batch-size 1 for a camera stream)"
+            )
         lo = min_batch if min_batch is not None else DEFAULT_MIN_BATCH
         hi = max_batch if max_batch is not None else max(DEFAULT_MAX_BATCH, lo)
         opt = opt_batch if opt_batch is not None else min(max(DEFAULT_OPT_BATCH, lo), hi)
@@ -498,7 +500,7 @@ def check_dla_batch(batch: int, max_dla_batch: int) -> None:
     """``Builder.max_DLA_batch_size`` is "the maximum batch size DLA can support" (pyCoreDoc.h, BuilderDoc)."""
     if max_dla_batch > 0 and batch > max_dla_batch:
         raise UsageError(
-            f"--batch {batch} exceeds the DLA's maximum batch of {max_dla_batch}; use --batch {max_dla_batch} or less"
+            f"--batch-size {batch} exceeds the DLA's maximum batch of {max_dla_batch}; use --batch-size {max_dla_batch} or less"
         )
 
 

@@ -46,7 +46,7 @@ from .logger import make_logger
 from .probe import current_environment, import_pycuda, import_tensorrt
 
 OUT_OF_MEMORY_HINT = (
-    "close other GPU programs, or rebuild with a smaller --max-batch / --batch (on a Jetson the GPU "
+    "close other GPU programs, or rebuild with a smaller --max-batch / --batch-size (on a Jetson the GPU "
     "shares the 8-64 GB of system memory: check `tegrastats`)"
 )
 
@@ -119,7 +119,7 @@ def read_layout(engine: EngineAPI, input_mode: Any, wanted_output: str, where: s
     if in_shape[0] < 0:
         lo, _opt, hi = engine.get_tensor_profile_shape(in_name, 0)
         min_batch, max_batch = int(lo[0]), int(hi[0])
-    else:  # a static batch (e.g. a DLA engine built with --batch N)
+    else:  # a static batch (e.g. a DLA engine built with --batch-size N)
         min_batch = max_batch = in_shape[0]
     return EngineLayout(in_name, out_name, tuple(outputs), in_shape, min_batch, max_batch)
 
@@ -145,7 +145,7 @@ def apply_input_shape(context: ExecutionContextAPI, layout: EngineLayout, shape:
         )
         raise UsageError(
             f"the engine refused input shape {tuple(shape)} for {layout.input_name}; it was built for "
-            f"{batches} of {list(layout.sample_shape)}: rebuild with a matching --batch/--max-batch"
+            f"{batches} of {list(layout.sample_shape)}: rebuild with a matching --batch-size/--max-batch"
         )
 
 

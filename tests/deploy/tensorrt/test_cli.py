@@ -94,14 +94,14 @@ def test_cpu_quantized_onnx_is_refused_in_one_line(tmp_path, extra):
 
 def test_static_batch_and_dynamic_range_conflict_is_refused_before_tensorrt(tmp_path):
     onnx_path = save(ours_fp32(), tmp_path / "model.onnx")
-    result = _runner().invoke(build_engine_cmd, [str(onnx_path), "--batch", "4", "--max-batch", "16"])
-    assert result.exit_code == 2 and "--batch builds a static shape" in result.stderr
+    result = _runner().invoke(build_engine_cmd, [str(onnx_path), "--batch-size", "4", "--max-batch", "16"])
+    assert result.exit_code == 2 and "--batch-size builds a static shape" in result.stderr
 
 
 def test_dla_without_static_batch_is_refused_before_tensorrt(tmp_path):
     onnx_path = save(ours_fp32(), tmp_path / "model.onnx")
     result = _runner().invoke(build_engine_cmd, [str(onnx_path), "--dla-core", "0", "--precision", "fp16"])
-    assert result.exit_code == 2 and "DLA needs a static input shape: add --batch N" in result.stderr
+    assert result.exit_code == 2 and "DLA needs a static input shape: add --batch-size N" in result.stderr
 
 
 @needs_no_trt

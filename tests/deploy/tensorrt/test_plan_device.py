@@ -38,18 +38,18 @@ def test_static_batch_is_min_opt_max():
 
 
 def test_static_batch_excludes_a_range():
-    with pytest.raises(UsageError, match="--batch builds a static shape"):
+    with pytest.raises(UsageError, match="--batch-size builds a static shape"):
         compute_profile(IMG, max_batch=16, batch=4)
 
 
 @pytest.mark.parametrize("bad", [0, -2, True])
 def test_static_batch_must_be_positive(bad):
-    with pytest.raises(UsageError, match="--batch must be a positive integer"):
+    with pytest.raises(UsageError, match="--batch-size must be a positive integer"):
         compute_profile(IMG, batch=bad)
 
 
 def test_dla_needs_a_static_shape():
-    with pytest.raises(UsageError, match="DLA needs a static input shape: add --batch N"):
+    with pytest.raises(UsageError, match="DLA needs a static input shape: add --batch-size N"):
         compute_profile(IMG, require_static=True)
     assert compute_profile(IMG, batch=2, require_static=True)[0][0] == 2
     assert compute_profile((4, 1, 8, 8), require_static=True) == ((4, 1, 8, 8),) * 3  # fixed in the ONNX
