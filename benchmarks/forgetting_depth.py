@@ -18,7 +18,7 @@ Examples::
     python -m benchmarks.forgetting_depth --preset lenet-digits         # the demo, 3 classes × 2 seeds
     python -m benchmarks.forgetting_depth --preset lenet-mnist          # 3 classes × 2 seeds
     python -m benchmarks.forgetting_depth --preset resnet18-fashion
-    python -m benchmarks.forgetting_depth --quick --variants '[{"feature_target": "retained_mean"}]'
+    python -m benchmarks.forgetting_depth --quick --variants '[{"target_scale": 0.5}]'
     nohup python -m benchmarks.forgetting_depth --preset cifar-resnet18 > bench_out/cifar.log 2>&1 &   # hours on CPU
     python -m benchmarks.forgetting_depth --combine part_c3/….json part_c5/….json   # one experiment run in parts
 """
@@ -71,9 +71,7 @@ def parse_variants(text: str | None) -> list[dict[str, Any]]:
     try:
         variants = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise SystemExit(
-            f'--variants is not JSON ({exc}); pass a list like \'[{{"feature_depth": "every_layer"}}]\''
-        ) from None
+        raise SystemExit(f"--variants is not JSON ({exc}); pass a list like '[{{\"target_scale\": 0.5}}]'") from None
     if not isinstance(variants, list) or not all(isinstance(v, dict) and v for v in variants):
         raise SystemExit("--variants must be a JSON list of non-empty objects of NHLE parameters")
     for v in variants:
@@ -151,11 +149,18 @@ def measure(
     target: float,
     source: str,
     audit_config: AuditConfig,
+    references: list[UnlearnableClassifier],
 ) -> dict[str, Any]:
-    """Every figure of one model for one forgotten class."""
+    """Every figure of one model for one forgotten class; its outputs compared with ``references`` (retrained)."""
     report = evaluate_model(model, data, [cls], probe=False)
     audit = forgetting_audit(
-        model, data, [cls], relearn_target=target, relearn_target_source=source, config=audit_config
+        model,
+        data,
+        [cls],
+        relearn_target=target,
+        relearn_target_source=source,
+        config=audit_config,
+        references=references,
     )
     row = {
         "forget_acc": report.forget_acc,
@@ -225,14 +230,19 @@ def main(argv: list[str] | None = None) -> int:
         help="training recipe: minimum optimiser steps (default: the preset's); a recipe other than "
         "the preset's is named in the results file (e.g. resnet18-fashion-3ep-0steps)",
     )
+    parser.add_argument(
+        "--retrain-seeds",
+        default="0,1",
+        help="comma-separated seeds of the retrained band (≥ 2: their spread and retrain-vs-retrain distances are "
+        "the floor every figure is judged against); the retrain of the original's own seed is the reference",
+    )
     parser.add_argument("--samples", type=int, default=32, help="NHLE forget samples per class (the CLI default)")
     parser.add_argument("--probe-train-size", type=int, default=5000)
     parser.add_argument("--relearn-max-steps", type=int, default=50)
     parser.add_argument(
         "--variants",
         default=None,
-        help="JSON list of NHLE parameter overrides, one extra row each "
-        '(e.g. \'[{"feature_target": "retained_mean"}]\')',
+        help="JSON list of NHLE parameter overrides, one extra row each (e.g. '[{\"target_scale\": 0.5}]')",
     )
     parser.add_argument("--device", default="auto", help="training/unlearning device (auto, cpu, cuda)")
     parser.add_argument(
@@ -282,6 +292,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     if (preset.epochs, preset.min_steps) != (PRESETS[name].epochs, PRESETS[name].min_steps):
         name = f"{name}-{preset.epochs}ep-{preset.min_steps}steps"
+    retrain_seeds = tuple(int(s) for s in args.retrain_seeds.split(","))
+    if len(retrain_seeds) < 2 or len(set(retrain_seeds)) != len(retrain_seeds):
+        print("error: --retrain-seeds needs at least two different seeds (the retrained band)", file=sys.stderr)
+        return 2
     use_threads()
     data = load_dataset(preset.dataset)
     digest = data_digest(data)
@@ -304,7 +318,9 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
         for cls in preset.classes:
-            retrained, retrain_s, retrain_key = cached_train(cache, preset.arch, data, digest, recipe, (cls,))
+            # the retrained band: the original's own seed first (the reference), then the others
+            band_seeds = sorted(retrain_seeds, key=lambda s: s != seed)
+            band = [cached_train(cache, preset.arch, data, digest, replace(recipe, seed=s), (cls,)) for s in band_seeds]
             x, y = take_samples(data, [cls], args.samples, seed=seed)
             forget_set = ForgetSet(preprocess(x, data.normalization), y, (cls,))
             if not rows:  # warm-up: the first call in a process pays one-off costs (lazy imports, allocator)
@@ -318,12 +334,18 @@ def main(argv: list[str] | None = None) -> int:
             ]
             target, source = default_relearn_target(original, data, [cls], original)
             original_retain = evaluate_model(original, data, [cls], probe=False).retain_acc
-            for model_name, model, seconds, key, details in (
-                ("original", original, original_s, original_key, None),
-                ("retrain", retrained, retrain_s, retrain_key, None),
-                *((n, r.model, r.seconds, None, r.details) for n, r in unlearned),
+            reference = band[0][0]
+            others = [model for model, _, _ in band[1:]]
+            for model_name, model, seconds, key, details, references in (
+                ("original", original, original_s, original_key, None, [reference]),
+                ("retrain", reference, band[0][1], band[0][2], {"seed": band_seeds[0]}, others),
+                *(
+                    ("retrain_other", m, s, k, {"seed": band_seeds[i + 1]}, [reference])
+                    for i, (m, s, k) in enumerate(band[1:])
+                ),
+                *((n, r.model, r.seconds, None, r.details, [reference]) for n, r in unlearned),
             ):
-                m = measure(model, data, cls, original_retain, target, source, audit_config)
+                m = measure(model, data, cls, original_retain, target, source, audit_config, references)
                 m["figures"]["seconds"] = seconds
                 rows.append(
                     {
@@ -341,7 +363,8 @@ def main(argv: list[str] | None = None) -> int:
                     f"retain {f['retain_acc']:.3f} probe "
                     + " ".join(f"{v:.3f}" for k, v in f.items() if k.startswith("probe@"))
                     + f" attack {f['proto_attack_masked']:.3f}/{f['proto_attack_unmasked']:.3f} "
-                    f"mia {f['mia_entropy']:.3f} relearn {f['relearn_steps']} "
+                    f"mia {f['mia_entropy']:.3f} entropy {f['out_entropy']:.3f} tv {f.get('out_tv', float('nan')):.3f} "
+                    f"auc {f.get('out_auc', float('nan')):.3f} relearn {f['relearn_steps']} "
                     f"({'trained elsewhere' if seconds is None else f'{seconds:.3g} s'})",
                     flush=True,
                 )
@@ -355,6 +378,7 @@ def main(argv: list[str] | None = None) -> int:
         "classes": list(preset.classes),
         "seeds": list(preset.seeds),
         "nhle_samples": args.samples,
+        "retrain_seeds": list(retrain_seeds),
         "variants": variants,
         "audit_config": audit_config.to_json(),
         "rows": rows,
@@ -367,7 +391,7 @@ def main(argv: list[str] | None = None) -> int:
 
 #: What must agree for runs to be merged by ``--combine`` (one experiment, run in parts); the variants may
 #: differ (each model's summary says over how many runs it is taken).
-SAME_EXPERIMENT = ("preset", "arch", "dataset", "recipe", "nhle_samples", "audit_config")
+SAME_EXPERIMENT = ("preset", "arch", "dataset", "recipe", "nhle_samples", "retrain_seeds", "audit_config")
 
 
 class CombineError(ValueError):
@@ -411,6 +435,101 @@ def combine(paths: list[Path]) -> dict[str, Any]:
     }
 
 
+#: relative margin on the retrained band's entropy, absolute margins on the other figures (issue #28)
+ENTROPY_MARGIN, MIA_MARGIN, PROBE_MARGIN, TV_MARGIN, RETAIN_DROP_MAX, UNMASKED_MAX = 0.05, 0.05, 0.02, 0.05, 0.01, 0.02
+
+
+def run_checks(rows: list[dict[str, Any]], model: str) -> dict[str, tuple[bool, float, str]]:
+    """{check: (passed, value, bound)} for ``model`` in one run (seed, class), against that run's retrained band
+    (the ``retrain`` and ``retrain_other`` rows: their spread, and their distances to each other as the floor)."""
+    band = [r["figures"] for r in rows if r["model"] in ("retrain", "retrain_other")]
+    f = next(r["figures"] for r in rows if r["model"] == model)
+    lo, hi = (lambda k: min(b[k] for b in band)), (lambda k: max(b[k] for b in band))
+    out: dict[str, tuple[bool, float, str]] = {
+        "forget_acc = 0": (f["forget_acc"] == 0, f["forget_acc"], "0"),
+        f"forget_acc_unmasked ≤ {UNMASKED_MAX}": (
+            f["forget_acc_unmasked"] <= UNMASKED_MAX,
+            f["forget_acc_unmasked"],
+            str(UNMASKED_MAX),
+        ),
+        f"retain_drop ≤ {RETAIN_DROP_MAX}": (
+            f["retain_drop"] <= RETAIN_DROP_MAX,
+            f["retain_drop"],
+            str(RETAIN_DROP_MAX),
+        ),
+    }
+    for key in [k for k in f if k.startswith("probe@")]:
+        bound = hi(key) + PROBE_MARGIN
+        out[f"{key} ≤ band max + {PROBE_MARGIN}"] = (f[key] <= bound, f[key], f"{bound:.3f}")
+    bound = hi("proto_attack_unmasked")
+    out["proto_attack_unmasked ≤ band max"] = (
+        f["proto_attack_unmasked"] <= bound,
+        f["proto_attack_unmasked"],
+        f"{bound:.3f}",
+    )
+    floor = float(np.mean([b["out_tv"] for b in band]))
+    out[f"out_tv ≤ floor + {TV_MARGIN}"] = (f["out_tv"] <= floor + TV_MARGIN, f["out_tv"], f"{floor + TV_MARGIN:.3f}")
+    mean = float(np.mean([b["out_entropy"] for b in band]))
+    elo, ehi = lo("out_entropy") - ENTROPY_MARGIN * mean, hi("out_entropy") + ENTROPY_MARGIN * mean
+    out["out_entropy in band ± 5 %"] = (elo <= f["out_entropy"] <= ehi, f["out_entropy"], f"[{elo:.3f}, {ehi:.3f}]")
+    mlo, mhi = lo("mia_entropy") - MIA_MARGIN, hi("mia_entropy") + MIA_MARGIN
+    out[f"mia_entropy in band ± {MIA_MARGIN}"] = (
+        mlo <= f["mia_entropy"] <= mhi,
+        f["mia_entropy"],
+        f"[{mlo:.3f}, {mhi:.3f}]",
+    )
+    auc_floor = float(np.mean([b["out_auc"] for b in band]))
+    out["out_auc (reported; floor = retrain vs retrain)"] = (True, f["out_auc"], f"floor {auc_floor:.3f}")
+    if f.get("seconds") is not None and band[0].get("seconds"):
+        bound = band[0]["seconds"] / 100
+        out["seconds ≤ retrain / 100"] = (f["seconds"] <= bound, f["seconds"], f"{bound:.3g}")
+    return out
+
+
+def acceptance(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Issue #28's checks for every unlearned model (not original, not the band), per run and over runs."""
+    runs = sorted({(r["seed"], r["forget_class"]) for r in rows})
+    models = [m for m in dict.fromkeys(r["model"] for r in rows) if m not in ("original", "retrain", "retrain_other")]
+    if not any(r["model"] == "retrain_other" for r in rows):
+        return {}  # results from before the retrained band: no floor to judge against
+    out: dict[str, dict[str, Any]] = {}
+    for model in models:
+        per_run = {
+            f"seed {s} class {c}": run_checks([r for r in rows if (r["seed"], r["forget_class"]) == (s, c)], model)
+            for s, c in runs
+        }
+        checks = list(dict.fromkeys(k for v in per_run.values() for k in v))
+        out[model] = {
+            check: {
+                "passed": sum(v[check][0] for v in per_run.values() if check in v),
+                "runs": sum(check in v for v in per_run.values()),
+                "values": {run: [v[check][1], v[check][2]] for run, v in per_run.items() if check in v},
+            }
+            for check in checks
+        }
+    return out
+
+
+def acceptance_table(verdicts: dict[str, dict[str, Any]]) -> str:
+    """Markdown: per model and check, runs passed / runs, and each run's value against its bound."""
+    lines = []
+    for model, checks in verdicts.items():
+        lines += [
+            f"#### {model} against the retrained band (issue #28)",
+            "",
+            "| check | passed | value (bound) per run |",
+            "|---|---:|---|",
+        ]
+        for check, v in checks.items():
+            cells = "; ".join(
+                f"{val:.3f} ({bound})" if isinstance(val, float) else f"{val} ({bound})"
+                for val, bound in v["values"].values()
+            )
+            lines.append(f"| {check} | {v['passed']}/{v['runs']} | {cells} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
 def write_results(report: dict[str, Any], folder: Path) -> None:
     """Summary (mean ± sample std over runs), table, ``forgetting_depth_<preset>.{json,md}`` in ``folder``."""
     report["summary"] = summarise(report["rows"])
@@ -421,7 +540,8 @@ def write_results(report: dict[str, Any], folder: Path) -> None:
         f"× seeds {report['seeds']}, recipe {recipe['epochs']} epochs / ≥{recipe['min_steps']} steps "
         f"(mean ± sample std over {len(runs)} runs)"
     )
-    text = table(report["summary"], title)
+    report["acceptance"] = acceptance(report["rows"])
+    text = table(report["summary"], title) + "\n\n" + acceptance_table(report["acceptance"])
     print(text)
     stem = folder / f"forgetting_depth_{report['preset']}"
     write_files(report, stem.with_suffix(".json"), text, stem.with_suffix(".md"))

@@ -371,3 +371,57 @@ def test_probe_size_cells_are_the_depth_probe_at_that_size_and_draw(digits, digi
         err = capsys.readouterr().err.strip().splitlines()
         assert code == 2 and len(err) == 1 and needle in err[0], err
     assert not (tmp_path / "out.json").exists()
+
+
+def _band_rows(nhle_figures: dict) -> list[dict]:
+    """One run: two retrained seeds (the band) and an unlearned model."""
+    base = {
+        "forget_acc": 0.0,
+        "forget_acc_unmasked": 0.0,
+        "retain_drop": 0.0,
+        "probe@penultimate": 0.80,
+        "probe@retained_logits": 0.70,
+        "proto_attack_unmasked": 0.10,
+        "mia_entropy": 0.10,
+        "out_entropy": 0.60,
+        "out_tv": 0.20,
+        "out_auc": 0.90,
+        "seconds": 100.0,
+    }
+    band = [
+        {"model": "retrain", "figures": {**base}},
+        {"model": "retrain_other", "figures": {**base, "out_entropy": 0.70, "out_tv": 0.24, "mia_entropy": 0.20}},
+    ]
+    return [{"seed": 0, "forget_class": 3, **r} for r in band] + [
+        {"seed": 0, "forget_class": 3, "model": "nhle", "figures": {**base, "seconds": 0.5, **nhle_figures}}
+    ]
+
+
+@pytest.mark.parametrize(
+    "figures, failing",
+    [
+        ({}, set()),
+        ({"probe@retained_logits": 0.73}, {"probe@retained_logits ≤ band max + 0.02"}),
+        ({"out_tv": 0.28}, {"out_tv ≤ floor + 0.05"}),  # floor = mean of the band's 0.20 and 0.24
+        ({"out_entropy": 0.75}, {"out_entropy in band ± 5 %"}),  # band 0.60..0.70, ± 0.0325
+        ({"out_entropy": 0.56}, {"out_entropy in band ± 5 %"}),
+        ({"mia_entropy": 0.01}, {"mia_entropy in band ± 0.05"}),
+        ({"proto_attack_unmasked": 0.2}, {"proto_attack_unmasked ≤ band max"}),
+        ({"seconds": 2.0}, {"seconds ≤ retrain / 100"}),
+        ({"forget_acc_unmasked": 0.05, "retain_drop": 0.02}, {"forget_acc_unmasked ≤ 0.02", "retain_drop ≤ 0.01"}),
+    ],
+)
+def test_acceptance_judges_each_figure_against_the_retrained_band(figures, failing):
+    from benchmarks.forgetting_depth import acceptance
+
+    verdict = acceptance(_band_rows(figures))["nhle"]
+    failed = {check for check, v in verdict.items() if v["passed"] < v["runs"]}
+    assert failed == failing
+    assert verdict["out_auc (reported; floor = retrain vs retrain)"]["values"]["seed 0 class 3"][1] == "floor 0.900"
+
+
+def test_acceptance_needs_a_band():
+    from benchmarks.forgetting_depth import acceptance
+
+    rows = [r for r in _band_rows({}) if r["model"] != "retrain_other"]
+    assert acceptance(rows) == {}
