@@ -1,12 +1,13 @@
 """Feature-level audit after quantization (issue #15 part 3): `validate --audit` on the NHLE default, the original
 (masked only) and the retrained model, in FP32, INT8 (cpu and tensorrt layouts) and FP16, with thresholds from the
 retrained model: the prototype attack and the probe on the features, the output probe on the retained logits.
-Prints a table; writes benchmarks/results/audit_quantized_<dataset>_<arch>.json.
+Prints a table; writes benchmarks/results/audit_quantized/audit_quantized_<dataset>_<arch>_c<class>.json.
 
-    python benchmarks/audit_quantized.py --dataset npz:../shared/data/mnist.npz --arch lenet --forget 3
+    python -m benchmarks.audit_quantized --dataset npz:../shared/data/mnist.npz --arch lenet --forget 3
+    python -m benchmarks.audit_quantized --quick    # digits, short recipe, FP32 and INT8 (cpu) only, into --work
 
 Every step is an `edge-unlearn` command (run in a subprocess, exactly as a user would); checkpoints are cached in
---work (default benchmarks/results/audit_work/<dataset>_<arch>) with the command that made them and the NHLE
+--work (default bench_out/audit_quantized/<dataset>_<arch>_c<class>) with the command that made them and the NHLE
 config version, so a re-run only redoes the deployment side.
 """
 
@@ -20,9 +21,9 @@ import sys
 import time
 from pathlib import Path
 
+from benchmarks.harness import SCRATCH, provenance, results_dir, write_results
 from edge_unlearn.unlearn.nhle import NHLE_CONFIG_VERSION
 
-ROOT = Path(__file__).resolve().parents[1]
 CLI = [sys.executable, "-m", "edge_unlearn.cli"]
 
 
@@ -38,7 +39,32 @@ def run(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     return proc
 
 
-def main() -> None:
+#: the step that makes the masked-only original (in this process: no `edge-unlearn` command does only that)
+MASK_ONLY = "mask-only"
+
+
+def mask_only(original: Path, forget: str, out: Path) -> None:
+    """The original with class ``forget`` (index or name) masked and nothing else changed."""
+    from dataclasses import replace
+
+    from edge_unlearn.checkpoint import load_checkpoint, save_checkpoint
+
+    loaded = load_checkpoint(original)
+    cls = int(forget) if forget.isdigit() else loaded.meta.class_names.index(forget)
+    loaded.model.mask_classes([cls])
+    save_checkpoint(out, loaded.model, replace(loaded.meta, forgotten_classes=(cls,)))
+
+
+#: the test fixture's short recipe for ``--quick`` (the default recipe otherwise)
+QUICK_RECIPE = ["--epochs", "1", "--min-steps", "150"]
+PRECISIONS = (
+    ("int8-cpu", ["--precision", "int8", "--target", "cpu"]),
+    ("int8-tensorrt", ["--precision", "int8", "--target", "tensorrt"]),
+    ("fp16", ["--precision", "fp16"]),
+)
+
+
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", default="digits")
     parser.add_argument("--arch", default="lenet")
@@ -56,41 +82,32 @@ def main() -> None:
         default=None,
         help="an existing model retrained without --forget instead of retraining one",
     )
-    args = parser.parse_args()
+    parser.add_argument("--quick", action="store_true", help="digits, short recipe, FP32 and INT8 (cpu) only")
+    parser.add_argument("--out", type=Path, default=None, help="results JSON (default: see above)")
+    args = parser.parse_args(argv)
+    started = time.perf_counter()
+    if args.quick:
+        args.dataset = "digits"
+
     for option, path in (("--original", args.original), ("--retrained", args.retrained)):
         if path is not None and not path.is_file():
             print(f"error: {option} {path} is not a file; give an edge-unlearn checkpoint", file=sys.stderr)
-            sys.exit(2)
+            return 2
     tag = f"{Path(args.dataset.split(':')[-1]).stem}_{args.arch}_c{args.forget}"
-    work = Path(args.work or ROOT / "benchmarks" / "results" / "audit_work" / tag)
+    work = Path(args.work or SCRATCH / "audit_quantized" / (tag + ("_quick" if args.quick else "")))
     work.mkdir(parents=True, exist_ok=True)
     orig, nhle, masked, gold = (work / f"{n}.safetensors" for n in ("original", "nhle", "masked", "retrain"))
     orig, gold = args.original or orig, args.retrained or gold
     seconds: dict[str, float] = {}
     steps = [
-        (orig, ["train", "--dataset", args.dataset, "--arch", args.arch, "--device", "cpu", "-o", orig]),
-        (nhle, ["forget", orig, "--forget", args.forget, "--device", "cpu", "--no-eval", "-o", nhle]),
-        # the original with the class masked and nothing else (NHLE with no projection and a no-op step)
         (
-            masked,
-            [
-                "forget",
-                orig,
-                "--forget",
-                args.forget,
-                "--device",
-                "cpu",
-                "--no-eval",
-                "--set",
-                "steps=1",
-                "--set",
-                "lr=1e-12",
-                "--set",
-                "project=false",
-                "-o",
-                masked,
-            ],
+            orig,
+            ["train", "--dataset", args.dataset, "--arch", args.arch, "--device", "cpu", "-o", orig]
+            + (QUICK_RECIPE if args.quick else []),
         ),
+        (nhle, ["forget", orig, "--forget", args.forget, "--device", "cpu", "--no-eval", "-o", nhle]),
+        # the original with the class masked and nothing else (no CLI method does only that)
+        (masked, [MASK_ONLY, orig, "--forget", args.forget, "-o", masked]),
         (gold, ["retrain", orig, "--forget", args.forget, "-o", gold]),
     ]
     given = {p for p in (args.original, args.retrained) if p is not None}
@@ -101,7 +118,7 @@ def main() -> None:
         sidecar = path.with_suffix(".made_by.json")
         if not (path.is_file() and sidecar.is_file() and json.loads(sidecar.read_text()) == made_by):
             t0 = time.perf_counter()
-            run(*cmd, "-q")
+            mask_only(orig, args.forget, masked) if cmd[0] == MASK_ONLY else run(*cmd, "-q")
             seconds[path.stem] = time.perf_counter() - t0
             sidecar.write_text(json.dumps(made_by))
     rows = []
@@ -113,11 +130,7 @@ def main() -> None:
         fp32 = work / f"{stem}.audit.onnx"
         run("export", ckpt, "--audit", "-o", fp32, "-q")
         models = {"fp32": fp32}
-        for label, opts in (
-            ("int8-cpu", ["--precision", "int8", "--target", "cpu"]),
-            ("int8-tensorrt", ["--precision", "int8", "--target", "tensorrt"]),
-            ("fp16", ["--precision", "fp16"]),
-        ):
+        for label, opts in PRECISIONS[:1] if args.quick else PRECISIONS:
             models[label] = work / f"{stem}.audit.{label}.onnx"
             run("quantize", fp32, *opts, "--calib", args.dataset, "-o", models[label], "-q")
         for label, model in models.items():
@@ -164,25 +177,21 @@ def main() -> None:
             f"NHLE weight edits: {steps_report['changed']} changed; below half an INT8 step "
             f"{steps_report['int8_below_half_step']:.4f}, below half an FP16 step {steps_report['fp16_below_half_step']:.4f}"
         )
-    out = ROOT / "benchmarks" / "results" / f"audit_quantized_{tag}.json"
-    out.write_text(
-        json.dumps(
-            {
-                "dataset": args.dataset,
-                "arch": args.arch,
-                "forget": args.forget,
-                "rows": rows,
-                "seconds": seconds,
-                "original": str(orig),
-                "retrained": str(gold),
-                "command": " ".join(sys.argv),
-            },
-            indent=1,
-        )
-        + "\n"
-    )
-    print(f"wrote {out}")
+    out = args.out or (work if args.quick else results_dir("audit_quantized")) / f"audit_quantized_{tag}.json"
+    report = {
+        "dataset": args.dataset,
+        "arch": args.arch,
+        "forget": args.forget,
+        "rows": rows,
+        "seconds": seconds,  # of each checkpoint made in this run
+        "original": str(orig),
+        "retrained": str(gold),
+        "total_seconds": time.perf_counter() - started,
+        **provenance("benchmarks.audit_quantized", argv),
+    }
+    write_results(report, out)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
