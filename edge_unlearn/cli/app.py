@@ -10,6 +10,7 @@ import click
 
 from .. import __version__, torch_runners  # noqa: F401  (registers the torch runners; imports no torch)
 from .common import EdgeUnlearnGroup, parse_key_values
+from .convert import convert_cmd
 from .evidence import keygen_cmd, sign_cmd
 from .export import bundle_cmd, export_cmd, quantize_cmd, validate_cmd
 from .importer import import_cmd
@@ -416,6 +417,7 @@ main.add_command(doctor_cmd)
 main.add_command(bench_cmd)
 main.add_command(report_cmd)
 main.add_command(verify_cmd)
+main.add_command(convert_cmd)
 main.add_command(sign_cmd)
 main.add_command(keygen_cmd)
 main.add_command(import_cmd)

@@ -130,6 +130,26 @@ def _probe_onnxruntime() -> dict[str, Any]:
     return info
 
 
+#: other edge runtimes: report key -> (import name, distribution, what it enables); found without importing them
+#: (ExecuTorch's import loads torch)
+RUNTIMES = {
+    "openvino": ("openvino", "openvino", "validate/bench .xml IRs and .onnx with --provider openvino"),
+    "litert": ("ai_edge_litert", "ai-edge-litert", "the LiteRT interpreter for .tflite"),
+    "executorch": ("executorch", "executorch", "the ExecuTorch runtime for .pte (host: needs torch)"),
+}
+
+
+def _probe_runtime(extra: str, module: str, distribution: str) -> dict[str, Any]:
+    from importlib import metadata, util
+
+    if util.find_spec(module) is None:
+        return {"available": False, "error": f"pip install 'edge-unlearn[{extra}]'"}
+    try:
+        return {"available": True, "version": metadata.version(distribution)}
+    except metadata.PackageNotFoundError:
+        return {"available": True, "version": None}
+
+
 def probe() -> dict[str, Any]:
     """Everything ``doctor`` reports, as a JSON-ready dict."""
     from .tensorrt import probe as trt_mod
@@ -146,6 +166,7 @@ def probe() -> dict[str, Any]:
         "pycuda": trt_mod.pycuda_status(),
         "jetson": jetson_info(),
         "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+        "runtimes": {key: _probe_runtime(key, module, dist) for key, (module, dist, _) in RUNTIMES.items()},
     }
     if report["jetson"] is not None:
         report["jetson"] = {**report["jetson"], "power_mode": trt_mod.jetson_power_mode(), "dla": trt_mod.dla_cores()}
@@ -242,6 +263,12 @@ def render(report: dict[str, Any]) -> str:
         f"onnxruntime  {_status(ort, ort_extra)}",
         f"tensorrt     {_status(trt, trt_extra)}",
         f"pycuda       {_status(report.get('pycuda'))}",
+        "runtimes     "
+        + "; ".join(
+            f"{key} {_status(report.get('runtimes', {}).get(key))}"
+            + (f": {RUNTIMES[key][2]}" if report.get("runtimes", {}).get(key, {}).get("available") else "")
+            for key in RUNTIMES
+        ),
         "gpu          " + (f"{gpu['name']} (compute capability {gpu['compute_capability']})" if gpu else "none found"),
         "jetson       "
         + (

@@ -24,6 +24,8 @@ from .runner import Runner
 ONNX_SUFFIXES = (".onnx",)
 TORCH_SUFFIXES = (".safetensors",)
 TENSORRT_SUFFIXES = (".plan", ".engine")
+OPENVINO_SUFFIXES = (".xml",)
+LITERT_SUFFIXES = (".tflite",)
 #: ONNX metadata key that names the quantization layout (e.g. "s8s8-qdq", "u8s8-qoperator", "fp16")
 QUANT_LAYOUT_KEY = "edge_unlearn_quant_layout"
 #: --provider choices for onnxruntime (None/"auto": CUDA when onnxruntime has it, else CPU)
@@ -32,6 +34,8 @@ PROVIDERS = {
     "cuda": "CUDAExecutionProvider",
     "tensorrt": "TensorrtExecutionProvider",
 }
+#: --provider choices that run an .onnx file on another runtime than onnxruntime
+RUNTIME_PROVIDERS = ("openvino",)
 
 
 def base_environment() -> dict[str, Any]:
@@ -170,16 +174,33 @@ NEEDS_TORCH = (
 
 
 def open_runner(path: str | Path, provider: str | None = None) -> Runner:
-    """The runner for a model file, chosen by suffix: .onnx -> onnxruntime, .safetensors -> torch,
-    .plan/.engine -> TensorRT. Nothing is loaded until the runner is entered."""
+    """The runner for a model file, chosen by suffix: .onnx -> onnxruntime (or OpenVINO with provider
+    ``openvino``), .xml (OpenVINO IR) -> OpenVINO, .tflite -> LiteRT, .safetensors -> torch, .plan/.engine ->
+    TensorRT. Nothing is compiled until the runner is entered."""
     path = Path(path)
     suffix = path.suffix.lower()
     if not path.is_file():
         raise ModelFileError(
             f"model {path} not found; give an .onnx from `edge-unlearn export`/`quantize`, or a .safetensors checkpoint"
         )
+    if suffix in ONNX_SUFFIXES and provider == "openvino":
+        from .runners_openvino import OpenVinoRunner
+
+        return OpenVinoRunner(path)
     if suffix in ONNX_SUFFIXES:
         return OnnxRuntimeRunner(path, provider=provider)
+    if suffix in OPENVINO_SUFFIXES:
+        if provider not in (None, "auto", "cpu", "openvino"):
+            raise UsageError(f"--provider {provider} does not apply to an OpenVINO IR; it runs on OpenVINO's CPU")
+        from .runners_openvino import OpenVinoRunner
+
+        return OpenVinoRunner(path)
+    if suffix in LITERT_SUFFIXES:
+        if provider not in (None, "auto", "cpu"):
+            raise UsageError(f"--provider {provider} does not apply to a .tflite file; it runs on LiteRT's CPU")
+        from .runners_litert import LiteRtRunner
+
+        return LiteRtRunner(path)
     if suffix in TORCH_SUFFIXES:
         if provider not in (None, "auto", "cpu", "cuda"):
             raise UsageError(f"--provider {provider} does not apply to a torch checkpoint; use cpu or cuda")
@@ -192,5 +213,5 @@ def open_runner(path: str | Path, provider: str | None = None) -> Runner:
         return TensorRTRunner(str(path))
     raise UsageError(
         f"cannot tell the engine of {path.name} from its suffix; use one of "
-        f"{', '.join(ONNX_SUFFIXES + TORCH_SUFFIXES + TENSORRT_SUFFIXES)}"
+        f"{', '.join(ONNX_SUFFIXES + TORCH_SUFFIXES + TENSORRT_SUFFIXES + OPENVINO_SUFFIXES + LITERT_SUFFIXES)}"
     )

@@ -458,6 +458,9 @@ def validate_model(
                 f"{model}: {exc}; deploy only a model written by `edge-unlearn export`/`quantize`"
             ) from exc
         extra.extend(proof_checks(found, meta))
+    runtime_checks = getattr(runner, "static_checks", None)  # the graph of another format (OpenVINO IR)
+    if runtime_checks is not None:
+        extra.extend(runtime_checks())
     report = validate(runner, loaded, thresholds, batch_size, extra, audit)
     if echo is not None:
         echo(report.summary())

@@ -1,0 +1,92 @@
+"""``edge-unlearn convert``: a model to another edge runtime's own format: an exported FP32 ONNX model to an
+OpenVINO IR, or a checkpoint to a LiteRT ``.tflite``."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+
+import click
+
+from .common import Command
+from .options import OUTPUT, RUN_DIR, Output, OutputPath, RunFolder
+
+CONVERT_TARGETS = ("openvino", "litert")
+
+
+@click.command("convert", cls=Command)
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option(
+    "--to",
+    "target",
+    type=click.Choice(CONVERT_TARGETS, case_sensitive=False),
+    default="openvino",
+    show_default=True,
+    help="The runtime's format: openvino = an OpenVINO IR (.xml + .bin) from the exported FP32 .onnx; litert = a "
+    ".tflite from the .safetensors checkpoint (needs litert-torch on the host).",
+)
+@click.option(
+    "--precision",
+    type=click.Choice(("fp32", "fp16", "int8"), case_sensitive=False),
+    default="fp32",
+    show_default=True,
+    help="fp32, fp16 (OpenVINO: compressed weights) or int8 (the runtime's own quantizer: NNCF for OpenVINO, "
+    "ai-edge-quantizer full integer for LiteRT).",
+)
+@click.option(
+    "--calib",
+    default=None,
+    help="Calibration dataset spec for INT8 (e.g. npz:data.npz, digits); only its retained-class training "
+    "images are used.",
+)
+@click.option(
+    "--calib-samples", type=click.IntRange(min=1), default=300, show_default=True, help="INT8 calibration samples."
+)
+@click.option(
+    "-o", "--output", required=True, type=OutputPath(), help="File to write: .xml (its .bin goes beside it) or .tflite."
+)
+@OUTPUT
+@RUN_DIR
+def convert_cmd(
+    model: str,
+    target: str,
+    precision: str,
+    calib: str | None,
+    calib_samples: int,
+    output: str,
+    out: Output,
+    run: RunFolder,
+) -> None:
+    """Convert a model to OpenVINO IR (from the FP32 .onnx) or LiteRT .tflite (from the checkpoint).
+
+    INT8 uses the runtime's own quantizer (NNCF; ai-edge-quantizer), calibrated on retained-class samples only,
+    with the class mask (floor, Pad, Gather) kept in float. The file carries the edge-unlearn metadata, is proven
+    by the gate's structural checks and run once before it is written; `validate`, `bench` and `report` take it.
+    """
+    from pathlib import Path
+
+    from edge_unlearn.errors import UsageError
+    from edge_unlearn.guards import check_outputs
+
+    target, precision = target.lower(), precision.lower()
+    weights = str(Path(output).with_suffix(".bin")) if target == "openvino" else None
+    check_outputs({"-o": output, "-o (weights)": weights, "--json-out": out.json_out}, [model], run.path)
+    quiet = contextlib.redirect_stdout(io.StringIO()) if out.quiet or out.as_json else contextlib.nullcontext()
+    if target == "openvino":
+        from edge_unlearn.export.openvino import convert_openvino
+
+        with quiet:
+            result = convert_openvino(model, output, precision, calib=calib, calib_samples=calib_samples, echo=out.say)
+    else:
+        if Path(model).suffix.lower() != ".safetensors" or precision == "fp16":
+            raise UsageError(
+                "--to litert converts a .safetensors checkpoint (litert-torch lowers the torch model) in fp32 or int8"
+            )
+        from edge_unlearn.export.litert import convert_litert
+
+        with quiet:
+            result = convert_litert(model, output, precision, calib=calib, calib_samples=calib_samples, echo=out.say)
+    run.record("convert", result.to_json(), [model, output, weights])
+    out.emit(result.to_json())
+    beside = f" + {Path(weights).name}" if weights else ""
+    out.say(f"wrote {result.path}{beside} ({target} {result.precision}, sha256 {result.sha256[:12]}…)")

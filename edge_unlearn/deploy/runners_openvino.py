@@ -1,0 +1,148 @@
+"""The OpenVINO runner: an OpenVINO IR (``.xml`` + ``.bin`` from ``edge-unlearn convert --to openvino``) or an
+edge-unlearn ONNX file (``--provider openvino``) compiled for the CPU by ``openvino.Core().compile_model``.
+
+The IR carries the ONNX file's edge-unlearn metadata in its ``rt_info`` (``framework`` section, same keys:
+``openvino.convert_model`` copies them and the converter rewrites them for the IR's precision), so ``validate``,
+``bench`` and ``report`` read it as from an ONNX file. Needs ``pip install 'edge-unlearn[openvino]'``; no torch.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge_unlearn.errors import DependencyError, ModelFileError
+
+from .onnx_meta import OnnxMeta, read_meta
+from .runner import Runner
+
+IR_SUFFIXES = (".xml",)
+#: the rt_info section holding the edge-unlearn metadata (where ``convert_model`` puts an ONNX file's props)
+META_SECTION = "framework"
+NEEDS_OPENVINO = (
+    "this needs OpenVINO, which is not installed here; install it with pip install 'edge-unlearn[openvino]'"
+)
+
+
+def import_openvino() -> Any:
+    try:
+        import openvino
+    except ImportError as exc:
+        raise DependencyError(NEEDS_OPENVINO) from exc
+    return openvino
+
+
+def weights_path(xml: str | Path) -> Path:
+    """The ``.bin`` beside an IR's ``.xml``; ModelFileError naming the fix when it is missing."""
+    xml = Path(xml)
+    weights = xml.with_suffix(".bin")
+    if not weights.is_file():
+        raise ModelFileError(
+            f"OpenVINO IR {xml} has no weights file {weights.name} beside it; copy the .bin written with it "
+            "(an IR is the .xml and the .bin together)"
+        )
+    return weights
+
+
+def read_ir(path: str | Path) -> Any:
+    """The ``openvino.Model`` of an IR; one-line errors for a missing ``.bin`` or an unreadable file."""
+    ov = import_openvino()
+    weights = weights_path(path)
+    try:
+        return ov.Core().read_model(str(path), str(weights))
+    except Exception as exc:  # noqa: BLE001 - OpenVINO raises RuntimeError/generic Exception with C++ traces
+        raise ModelFileError(f"{path} is not a readable OpenVINO IR: {_first_line(exc)}; convert it again") from exc
+
+
+def read_ir_meta(model: Any, where: str) -> OnnxMeta:
+    """The edge-unlearn metadata of an ``openvino.Model`` (its ``rt_info`` ``framework`` section)."""
+    info = model.get_rt_info()
+    section = info[META_SECTION] if META_SECTION in info else {}
+    props = {str(key): section[key].astype(str) for key in section}
+    return OnnxMeta.from_props(props, where)
+
+
+def write_ir_meta(model: Any, meta: OnnxMeta) -> None:
+    """Set the edge-unlearn metadata of an ``openvino.Model`` (before ``openvino.save_model``)."""
+    for key, value in meta.to_props().items():
+        model.set_rt_info(value, [META_SECTION, key])
+
+
+def _first_line(exc: BaseException) -> str:
+    """The message of an OpenVINO exception without its C++ 'Exception from src/...' frames."""
+    lines = [
+        line.strip()
+        for line in str(exc).splitlines()
+        if line.strip() and not line.strip().startswith("Exception from src/")
+    ]
+    return (lines[0] if lines else type(exc).__name__)[:300]
+
+
+class OpenVinoRunner(Runner):
+    """``openvino.Core().compile_model(model, "CPU")`` on an IR or an edge-unlearn ONNX file."""
+
+    runtime = "openvino"
+
+    def __init__(self, path: str | Path, name: str | None = None, threads: int | None = None) -> None:
+        super().__init__(str(path), name)
+        self.threads = threads
+        self.is_ir = Path(path).suffix.lower() in IR_SUFFIXES
+        if self.is_ir:
+            self._model = read_ir(path)  # fails early (one line) for a missing .bin or a foreign model
+            self.meta = read_ir_meta(self._model, str(path))
+        else:
+            import_openvino()
+            self._model = None
+            self.meta = read_meta(path)
+        self._compiled = None
+        self._request = None
+
+    def activate_impl(self) -> None:
+        ov = import_openvino()
+        config = {"INFERENCE_NUM_THREADS": int(self.threads)} if self.threads else {}
+        try:
+            self._compiled = ov.Core().compile_model(self._model or self.path, "CPU", config)
+        except Exception as exc:  # noqa: BLE001 - OpenVINO's errors carry C++ frames
+            raise ModelFileError(f"OpenVINO cannot compile {self.path} for the CPU: {_first_line(exc)}") from exc
+        self._request = self._compiled.create_infer_request()
+
+    def infer_impl(self, inputs: np.ndarray) -> np.ndarray:
+        assert self._request is not None and self._compiled is not None
+        try:
+            result = self._request.infer({0: inputs})
+        except Exception as exc:  # noqa: BLE001 - a wrong input shape is a RuntimeError with C++ frames
+            raise ModelFileError(
+                f"OpenVINO cannot run {self.path} on inputs of shape {list(inputs.shape)} (the model takes "
+                f"[batch, {', '.join(map(str, self.meta.input_shape))}]): {_first_line(exc)}"
+            ) from exc
+        return np.asarray(result[self._compiled.output(self.meta.output_name)], dtype=np.float32)
+
+    def deactivate_impl(self) -> None:
+        self._request = None
+        self._compiled = None
+
+    def static_checks(self) -> list[Any]:
+        """The gate's structural checks of the IR (``validate`` adds them); an ONNX file has its own."""
+        from .structure_openvino import ir_static_checks
+
+        return ir_static_checks(self._model, self.meta, self.path) if self.is_ir else []
+
+    def describe_impl(self) -> dict[str, Any]:
+        from .runners import base_environment
+
+        ov = import_openvino()
+        core = ov.Core()
+        compiled = self._compiled
+        return {
+            "provider": "CPU",
+            "precision": self.meta.precision,
+            "quant_layout": "nncf" if self.is_ir and self.meta.precision == "int8" else "",
+            "inference_precision": str(compiled.get_property("INFERENCE_PRECISION_HINT")) if compiled else None,
+            "device": str(core.get_property("CPU", "FULL_DEVICE_NAME")),
+            "num_classes": self.meta.num_classes,
+            "forgotten_classes": list(self.meta.forgotten_classes),
+            "source_sha256": self.meta.source_sha256,
+            "versions": {**base_environment(), "openvino": ov.__version__},
+        }

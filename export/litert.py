@@ -1,0 +1,204 @@
+"""An unlearned checkpoint -> LiteRT flatbuffer (``.tflite``) in FP32 or INT8 (ai-edge-quantizer, full integer).
+
+``litert_torch.convert`` lowers the deployed module -- backbone, compact head (retained rows only), then the
+same float mask as the ONNX export (floor ``where(r > L, r, L)``, ``pad`` of one fill column, ``index_select`` of
+the class index map) -- at batch 1 (the runner feeds larger batches one image at a time). INT8 is
+ai-edge-quantizer's static int8 weights + activations recipe, restricted by name to the backbone and head
+(:data:`QUANTIZED_SCOPE`), calibrated on *retained-class samples only*: the mask's ops stay float32, so the fill
+never meets an integer type. The edge-unlearn metadata is written into the flatbuffer's metadata table; the file
+is proven by the gate (:mod:`edge_unlearn.deploy.structure_litert`) and run once before it is written.
+Host side: needs torch and ``litert-torch`` (``pip install litert-torch``); the ``.tflite`` then runs torch-free.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge_unlearn.deploy.onnx_meta import MASK_VALUE, RETAINED_FLOOR, OnnxMeta, check_output_path
+from edge_unlearn.deploy.runners_litert import load_tflite, with_tflite_meta
+from edge_unlearn.deploy.structure_litert import tflite_static_checks
+from edge_unlearn.errors import DependencyError, ModelFileError, UsageError
+from edge_unlearn.fileio import atomic_output, sha256_file
+
+LITERT_PRECISIONS = ("fp32", "int8")
+#: tensor-name pattern of the ops ai-edge-quantizer may quantize: those inside the deployed backbone + head module
+#: (the mask's ops are named after :class:`_LiteRtMask` only)
+QUANTIZED_SCOPE = r".*Deploy_deploy.*"
+#: calibration images per signature call (the converted model's batch)
+CALIB_BATCH = 1
+#: the signature litert_torch.convert writes, and its one input
+SIGNATURE, SIGNATURE_INPUT = "serving_default", "args_0"
+
+
+@dataclass(frozen=True)
+class LiteRtResult:
+    path: Path
+    sha256: str
+    precision: str
+    calib_count: int
+    calib_classes: tuple[int, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "path": str(self.path),
+            "sha256": self.sha256,
+            "precision": self.precision,
+            "calib_count": self.calib_count,
+            "calib_classes": list(self.calib_classes),
+        }
+
+
+def _import_litert_torch() -> Any:
+    try:
+        import litert_torch
+    except ImportError as exc:
+        raise DependencyError(
+            "converting to LiteRT needs litert-torch on the host, which is not installed here; "
+            "install it with pip install litert-torch (the .tflite then runs with edge-unlearn[litert])"
+        ) from exc
+    return litert_torch
+
+
+def mask_module(model: Any) -> Any:
+    """The deployed module with the class mask in torch: logits [B, C], forgotten columns = MASK_VALUE."""
+    import torch
+
+    from edge_unlearn.export.onnx_export import deploy_module_with_rows, retained_classes
+
+    retained = retained_classes(model)
+    index = torch.full((model.num_classes,), len(retained), dtype=torch.int64)
+    index[retained] = torch.arange(len(retained))
+    deploy = deploy_module_with_rows(model, retained)
+
+    class _LiteRtMask(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.deploy = deploy
+            self.register_buffer("index", index)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            retained_logits = self.deploy(x)
+            floor = torch.tensor(RETAINED_FLOOR, dtype=retained_logits.dtype)
+            floored = torch.where(retained_logits > floor, retained_logits, floor)
+            padded = torch.nn.functional.pad(floored, (0, 1), value=MASK_VALUE)
+            return torch.index_select(padded, 1, self.index)
+
+    return _LiteRtMask().eval()
+
+
+def convert_litert(
+    checkpoint: str | Path,
+    output: str | Path,
+    precision: str = "fp32",
+    calib: str | None = None,
+    calib_inputs: np.ndarray | None = None,
+    calib_samples: int = 100,
+    seed: int = 0,
+    echo: Callable[[str], None] | None = None,
+) -> LiteRtResult:
+    """Write ``output`` (``.tflite``) from an edge-unlearn checkpoint; INT8 needs ``calib`` or ``calib_inputs``."""
+    import torch
+
+    from edge_unlearn import __version__
+    from edge_unlearn.checkpoint import load_checkpoint
+
+    if precision not in LITERT_PRECISIONS:
+        raise UsageError(f"unsupported precision {precision!r} for LiteRT; choose one of {LITERT_PRECISIONS}")
+    checkpoint, output = Path(checkpoint), Path(output)
+    if output.suffix.lower() != ".tflite":
+        raise UsageError(f"a LiteRT model is a .tflite file; name the output {output.stem}.tflite")
+    check_output_path(output, [checkpoint])
+    ckpt = load_checkpoint(checkpoint)
+    model, cmeta = ckpt.model.eval(), ckpt.meta
+    meta = OnnxMeta(
+        num_classes=cmeta.num_classes,
+        class_names=tuple(cmeta.class_names),
+        forgotten_classes=tuple(model.forgotten_classes),
+        input_shape=tuple(cmeta.input_shape),  # type: ignore[arg-type]
+        normalization=cmeta.normalization.to_json(),
+        source_sha256=ckpt.sha256 or "",
+        arch=cmeta.arch,
+        preprocessing=cmeta.prep.to_json(),
+        dataset=cmeta.dataset,
+        precision=precision,
+        version=__version__,
+    )
+    calib_classes: tuple[int, ...] = ()
+    if precision == "int8" and calib_inputs is None:
+        if not calib:
+            raise UsageError(
+                "INT8 needs calibration data: pass --calib with a dataset spec (e.g. npz:data.npz); "
+                "only its retained classes are used"
+            )
+        from edge_unlearn.export.quantize import calibration_inputs
+
+        calib_inputs, classes = calibration_inputs(calib, replace(meta, precision="fp32"), calib_samples, seed)
+        calib_classes = tuple(classes)
+    litert_torch = _import_litert_torch()
+    module = mask_module(model)
+    example = torch.zeros(1, *cmeta.input_shape)
+    try:
+        data = bytes(litert_torch.convert(module, (example,)).model_content())
+    except Exception as exc:  # noqa: BLE001 - the converter raises many types
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        raise ModelFileError(f"litert_torch.convert failed for arch {cmeta.arch}: {first}") from exc
+    info: dict[str, Any] = {"tool": "litert-torch", "batch": 1}
+    if precision == "int8":
+        assert calib_inputs is not None
+        data = _quantize_int8(data, np.ascontiguousarray(calib_inputs, dtype=np.float32))
+        info.update(
+            tool="ai-edge-quantizer",
+            recipe="static_wi8_ai8",
+            scope=QUANTIZED_SCOPE,
+            calib=calib or "(inputs)",
+            calib_count=len(calib_inputs),
+            calib_classes=list(calib_classes),
+        )
+        if echo:
+            echo(f"INT8 (static, int8 weights and activations) on {len(calib_inputs)} retained-class samples")
+    meta = replace(meta, quantization=info)
+    data = with_tflite_meta(data, meta)
+    with atomic_output(output) as tmp:
+        tmp.write_bytes(data)
+        _self_check(tmp, meta)
+    count = 0 if calib_inputs is None else len(calib_inputs)
+    return LiteRtResult(output, sha256_file(output), precision, count, calib_classes)
+
+
+def _quantize_int8(data: bytes, calib_inputs: np.ndarray) -> bytes:
+    try:
+        from ai_edge_quantizer import qtyping, quantizer, recipe_manager
+    except ImportError as exc:
+        raise DependencyError("LiteRT INT8 needs ai-edge-quantizer; pip install ai-edge-quantizer") from exc
+    manager = recipe_manager.RecipeManager()
+    manager.add_static_config(
+        regex=QUANTIZED_SCOPE,
+        operation_name=qtyping.TFLOperationName.ALL_SUPPORTED,
+        activation_num_bits=8,
+        weight_num_bits=8,
+    )
+    qt = quantizer.Quantizer(bytearray(data))
+    qt.load_quantization_recipe(manager.get_quantization_recipe())
+    samples = [{SIGNATURE_INPUT: calib_inputs[i : i + CALIB_BATCH]} for i in range(0, len(calib_inputs), CALIB_BATCH)]
+    result = qt.calibrate({SIGNATURE: samples})
+    return bytes(qt.quantize(result).quantized_model)
+
+
+def _self_check(path: Path, meta: OnnxMeta) -> None:
+    """The gate proves the written file's mask and, on a few inputs, the forgotten columns are exactly the fill."""
+    from edge_unlearn.deploy.runners_litert import LiteRtRunner
+
+    failed = [c.line() for c in tflite_static_checks(load_tflite(path), meta, str(path)) if not c.passed]
+    if failed:
+        raise ModelFileError(f"the .tflite fails the gate's structural checks, nothing written: {failed[0]}")
+    x = np.random.default_rng(0).standard_normal((2, *meta.input_shape)).astype(np.float32)
+    with LiteRtRunner(path) as runner:
+        out = runner.infer(x)
+    forgotten = list(meta.forgotten_classes)
+    if not np.all(np.isfinite(out)) or (forgotten and not np.all(out[:, forgotten] == np.float32(meta.mask_value))):
+        raise ModelFileError("the .tflite changed the forgotten classes' fill value or produces NaN; nothing written")
