@@ -74,6 +74,7 @@ class ImportRequest:
     stats_from: str | None = None
     stats_samples: int = 100
     data_dir: str | None = None
+    download: bool = False
     seed: int = 0
     train_recipe: tuple[tuple[str, Any], ...] = ()
 
@@ -413,9 +414,15 @@ def import_checkpoint(req: ImportRequest) -> dict[str, Any]:
     if req.classes_file:
         class_names, names_from = read_class_names(req.classes_file), f"--classes {req.classes_file}"
     # nothing measured or decoded here: the preprocessing decides what is read, and how
-    data = load_dataset(req.dataset, data_dir=req.data_dir, measure=False) if req.dataset else None
+    data = (
+        load_dataset(req.dataset, data_dir=req.data_dir, download=req.download, measure=False) if req.dataset else None
+    )
     stats_data = (
-        (data if req.stats_from == req.dataset else load_dataset(req.stats_from, data_dir=req.data_dir, measure=False))
+        (
+            data
+            if req.stats_from == req.dataset
+            else load_dataset(req.stats_from, data_dir=req.data_dir, download=req.download, measure=False)
+        )
         if req.stats_from
         else None
     )

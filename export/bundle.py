@@ -41,11 +41,14 @@ def make_bundle(
     seed: int = 0,
     batch_size: int = 256,
     audit: Callable[..., dict[str, np.ndarray]] | None = None,
+    data_dir: str | None = None,
+    download: bool = False,
 ) -> Bundle:
     """Preprocessed test images of ``dataset`` (None: the one recorded in the checkpoint, like ``evaluate``)
     + the checkpoint's FP32 logits, written atomically.
 
-    ``per_class`` caps the samples of each class (None: the whole test split). ``audit`` (host side,
+    ``per_class`` caps the samples of each class (None: the whole test split); ``data_dir``/``download``: where
+    a torchvision dataset is read from, as in :func:`edge_unlearn.data.load_dataset`. ``audit`` (host side,
     :func:`edge_unlearn.export.audit_fit.audit_builder`) adds the feature-level audit's arrays."""
     import torch
 
@@ -64,7 +67,13 @@ def make_bundle(
     if not dataset:
         raise UsageError(f"{checkpoint} records no dataset; pass --dataset SPEC (the one it was trained on)")
     # through the checkpoint's preprocessing (imported models, train --image-size); images read lazily
-    data = load_dataset(dataset, preprocessing=meta.preprocessing, normalization=meta.normalization)
+    data = load_dataset(
+        dataset,
+        data_dir=data_dir,
+        download=download,
+        preprocessing=meta.preprocessing,
+        normalization=meta.normalization,
+    )
     if data.num_classes > meta.num_classes or tuple(data.input_shape) != tuple(meta.input_shape):
         raise UsageError(
             f"dataset {dataset} ({data.num_classes} classes, images {tuple(data.input_shape)}) does not fit "

@@ -341,18 +341,24 @@ def normalize(images_uint8: np.ndarray, normalization: dict[str, list[float]]) -
     return (x - mean) / std
 
 
-def calibration_inputs(spec: str, meta: OnnxMeta, samples: int, seed: int = 0) -> tuple[np.ndarray, list[int]]:
-    """Preprocessed retained-class training images of dataset ``spec`` (forgotten classes dropped)."""
+def calibration_inputs(
+    spec: str, meta: OnnxMeta, samples: int, seed: int = 0, data_dir: str | None = None, download: bool = False
+) -> tuple[np.ndarray, list[int]]:
+    """Preprocessed retained-class training images of dataset ``spec`` (forgotten classes dropped); ``data_dir`` /
+    ``download``: where a torchvision dataset is read from."""
     from edge_unlearn.data import Normalization, Preprocessing, load_dataset, load_dataset_at
 
     if samples < 1:
         raise UsageError(f"--calib-samples must be at least 1, got {samples}")
     # a folder of any sizes is brought to the model's input; only the drawn images are decoded
     if meta.preprocessing:  # the record brings raw images of any size/channels to the input, as the host does
-        data = load_dataset(spec, preprocessing=Preprocessing.from_json(meta.preprocessing))
+        data = load_dataset(
+            spec, data_dir=data_dir, download=download, preprocessing=Preprocessing.from_json(meta.preprocessing)
+        )
     else:
         folder = spec.strip().startswith("folder:")
-        data = load_dataset_at(spec, meta.input_shape, Normalization.from_json(meta.normalization) if folder else None)
+        norm = Normalization.from_json(meta.normalization) if folder else None
+        data = load_dataset_at(spec, meta.input_shape, norm, data_dir=data_dir, download=download)
     # fewer classes is fine for a subset of the model's own dataset (class count inferred from its labels), not
     # for another dataset: the names it has must be the model's first ones
     another = data.num_classes < meta.num_classes and tuple(data.class_names) != tuple(
@@ -648,11 +654,13 @@ def quantize_model(
     echo: Callable[[str], None] | None = None,
     calib_inputs: np.ndarray | None = None,
     cpu: CpuFeatures | None = None,
+    data_dir: str | None = None,
+    download: bool = False,
 ) -> QuantizeResult:
     """Write an INT8 or FP16 version of an edge-unlearn FP32 ONNX model in the layout for ``config.target``.
 
     ``calib`` is a dataset spec (static INT8 only); ``calib_inputs`` (preprocessed float32, retained classes
-    only) overrides it. ``cpu`` (default: this machine's :func:`read_cpu_features`) decides the cpu layout."""
+    only) overrides it; ``data_dir``/``download``: where a torchvision ``calib`` is read from. ``cpu`` (default: this machine's :func:`read_cpu_features`) decides the cpu layout."""
     import onnx
 
     if config.precision not in QUANT_PRECISIONS:
@@ -693,7 +701,9 @@ def quantize_model(
                     "INT8 needs calibration data: pass --calib with a dataset spec "
                     "(e.g. npz:data.npz); only its retained classes are used"
                 )
-            inputs, classes = calibration_inputs(calib, meta, config.calib_samples, config.seed)
+            inputs, classes = calibration_inputs(
+                calib, meta, config.calib_samples, config.seed, data_dir=data_dir, download=download
+            )
             calib_classes = tuple(classes)
         else:
             inputs = np.ascontiguousarray(calib_inputs, dtype=np.float32)

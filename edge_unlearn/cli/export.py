@@ -17,7 +17,7 @@ from ..deploy.runners import PROVIDERS, RUNTIME_PROVIDERS
 from ..export.quantize import CALIB_METHODS, QUANT_PRECISIONS
 from ..guards import MAX_BATCH
 from .common import Command
-from .options import GATE, OUTPUT, RUN_DIR, DataGroup, DataSource, Gate, Output, OutputPath, RunFolder, workers_option
+from .options import GATE, OUTPUT, RUN_DIR, DataGroup, DataSource, Gate, Output, OutputPath, RunFolder
 
 ONNX_PROVIDERS = ("auto", *PROVIDERS, *RUNTIME_PROVIDERS)
 
@@ -123,7 +123,7 @@ def export_cmd(checkpoint: str, output: str, opset: int | None, audit: bool, out
     "activations the largest INT8 error source), quantized for the cpu layouts (uint8 activations).",
 )
 @_output_option("ONNX file to write.")
-@workers_option
+@DataGroup(dataset=False)
 @OUTPUT
 @RUN_DIR
 def quantize_cmd(
@@ -138,6 +138,7 @@ def quantize_cmd(
     per_tensor: bool,
     quantize_first_layer: bool | None,
     output: str,
+    data: DataSource,
     out: Output,
     run: RunFolder,
 ) -> None:
@@ -163,7 +164,9 @@ def quantize_cmd(
         float_first_layer=None if quantize_first_layer is None else not quantize_first_layer,
     )
     with _quiet_stdout(out.quiet or out.as_json):
-        result = quantize_model(model, output, config, calib=calib, echo=out.say)
+        result = quantize_model(
+            model, output, config, calib=calib, echo=out.say, data_dir=data.data_dir, download=data.download
+        )
     run.record("quantize", result.to_json(), [model, output])
     out.emit(result.to_json())
     layout = f", layout {result.layout.name} for {result.layout.target}" if result.layout else ""
@@ -175,8 +178,6 @@ def quantize_cmd(
 @DataGroup(
     help="Dataset spec whose test split is bundled (e.g. npz:data.npz, digits); default: the dataset recorded in "
     "the checkpoint.",
-    data_dir=False,
-    download=False,
 )
 @click.option(
     "--per-class",
@@ -262,7 +263,16 @@ def bundle_cmd(
             retrained=retrained,
             reference=reference,
         )
-    bundle = make_bundle(checkpoint, data.dataset, output, per_class=per_class, seed=seed, audit=builder)
+    bundle = make_bundle(
+        checkpoint,
+        data.dataset,
+        output,
+        per_class=per_class,
+        seed=seed,
+        audit=builder,
+        data_dir=data.data_dir,
+        download=data.download,
+    )
     info = bundle.audit.info if bundle.audit is not None else None
     summary = {
         **bundle.describe(),

@@ -128,6 +128,7 @@ def _kwargs(items: tuple[str, ...], option: str = "--arch-arg") -> tuple[tuple[s
     "edge-unlearn's recipe: epochs, min_steps, batch_size, lr, weight_decay, seed), e.g. --recipe epochs=30.",
 )
 @click.option("--data-dir", type=click.Path(file_okay=False), default=None, help="Folder of torchvision datasets.")
+@click.option("--download", is_flag=True, help="Download torchvision datasets (needs internet).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("-o", "--output", required=True, type=OutputPath(), help="Checkpoint to write (.safetensors).")
 @OUTPUT
@@ -149,6 +150,7 @@ def import_cmd(
     stats_from,
     stats_samples,
     data_dir,
+    download,
     seed,
     output,
     out: Output,
@@ -180,6 +182,7 @@ def import_cmd(
         stats_from=stats_from,
         stats_samples=stats_samples,
         data_dir=data_dir,
+        download=download,
         seed=seed,
         train_recipe=_kwargs(recipe, "--recipe"),
     )

@@ -187,46 +187,32 @@ def workers_param() -> click.Option:
     )
 
 
-def workers_option(fn: Callable) -> Callable:
-    """``--workers`` alone, for a command that reads a dataset named otherwise (``quantize --calib``)."""
-    fn.__click_params__ = [*getattr(fn, "__click_params__", []), workers_param()]  # type: ignore[attr-defined]
-    return fn
-
-
 class DataGroup(OptionGroup):
-    """``--dataset``, ``--data-dir``, ``--download``, ``--workers`` -> :class:`DataSource`."""
+    """``--dataset``, ``--data-dir``, ``--download``, ``--workers`` -> :class:`DataSource`. ``dataset=False``: a
+    command that names its dataset otherwise (``quantize --calib``) takes the other three."""
 
     dest = "data"
 
-    def __init__(
-        self,
-        default: str | None = None,
-        help: str = RECORDED_DATASET_HELP,
-        data_dir: bool = True,
-        download: bool = True,
-    ) -> None:
-        self.default, self.help, self.data_dir, self.download = default, help, data_dir, download
+    def __init__(self, default: str | None = None, help: str = RECORDED_DATASET_HELP, dataset: bool = True) -> None:
+        self.default, self.help, self.dataset = default, help, dataset
 
     def params(self) -> list[click.Parameter]:
-        params: list[click.Parameter] = [
+        spec = [
             click.Option(["--dataset"], default=self.default, show_default=self.default is not None, help=self.help)
         ]
-        if self.data_dir:
-            params.append(
-                click.Option(
-                    ["--data-dir"],
-                    type=click.Path(file_okay=False),
-                    default=None,
-                    help="Folder of torchvision datasets (default ./data).",
-                )
-            )
-        if self.download:
-            params.append(
-                click.Option(["--download"], is_flag=True, help="Download torchvision datasets (needs internet).")
-            )
-        return [*params, workers_param()]
+        return [
+            *(spec if self.dataset else []),
+            click.Option(
+                ["--data-dir"],
+                type=click.Path(file_okay=False),
+                default=None,
+                help="Folder of torchvision datasets (default ./data).",
+            ),
+            click.Option(["--download"], is_flag=True, help="Download torchvision datasets (needs internet)."),
+            workers_param(),
+        ]
 
-    def build(self, dataset: str | None, data_dir: str | None = None, download: bool = False) -> DataSource:
+    def build(self, data_dir: str | None, download: bool, dataset: str | None = None) -> DataSource:
         return DataSource(dataset, data_dir, download)
 
 

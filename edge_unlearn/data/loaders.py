@@ -389,7 +389,11 @@ def load_dataset(
 
 
 def load_dataset_at(
-    spec: str, input_shape: Sequence[int], normalization: Normalization | None, data_dir: str | None = None
+    spec: str,
+    input_shape: Sequence[int],
+    normalization: Normalization | None,
+    data_dir: str | None = None,
+    download: bool = False,
 ) -> Dataset:
     """``spec`` at a model's input when only its shape and normalisation are known (an exported ONNX model):
     a folder's images are resized (shorter side) and centre-cropped to it, as ``train --image-size`` does;
@@ -406,5 +410,5 @@ def load_dataset_at(
             tuple(normalization.std),
             resize=height if height == width else (height, width),
         )
-        return load_dataset(spec, data_dir=data_dir, preprocessing=prep)
-    return load_dataset(spec, data_dir=data_dir, normalization=normalization)
+        return load_dataset(spec, data_dir=data_dir, download=download, preprocessing=prep)
+    return load_dataset(spec, data_dir=data_dir, download=download, normalization=normalization)
