@@ -12,28 +12,29 @@ epochs (8); the same subset feeds the plain script, the import, the forget sampl
 evaluation. The architectures are torchvision's own, unchanged (stride-32 ImageNet stems: 1×1 final maps at
 32×32); the 3×3 CIFAR stem (``resnet18:cifar_stem``) costs ~10× more per step on a CPU.
 
-    nice -n 5 python benchmarks/byom.py --archs resnet18,mobilenet_v2 --json benchmarks/results/byom.json
-    # or one process per arch side by side, then: python benchmarks/byom.py --combine a.json b.json --json OUT
+    nice -n 5 python -m benchmarks.byom --archs resnet18,mobilenet_v2   # into benchmarks/results/byom/byom.json
+    # or one process per arch side by side, then: python -m benchmarks.byom --combine a.json b.json --json OUT
+    python -m benchmarks.byom --quick   # resnet18, 40 images per class, 1 epoch, into --work
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import platform
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
+from benchmarks.harness import SCRATCH, SHARED_DATA, provenance, results_dir, use_threads, write_results
 from edge_unlearn.byom import ImportRequest, import_checkpoint
 from edge_unlearn.demo import deployment_demo
 
 # imported now, not lazily by deployment_demo: a long run uses the code it started with
-from edge_unlearn.export import bundle, onnx_export, quantize, validate  # noqa: F401,E402
+from edge_unlearn.deploy import validate  # noqa: F401
+from edge_unlearn.export import bundle, onnx_export, quantize  # noqa: F401
 from edge_unlearn.fileio import sha256_file
 from edge_unlearn.training import TrainConfig
 from edge_unlearn.workflows import ForgetRequest, evaluate_checkpoint, forget_checkpoint, retrain_checkpoint
@@ -242,9 +243,9 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default=str(HERE.parents[1] / "shared" / "data" / "cifar10.npz"))
+    parser.add_argument("--data", default=str(SHARED_DATA / "cifar10.npz"))
     parser.add_argument(
         "--archs",
         default="resnet18,mobilenet_v2",
@@ -254,12 +255,18 @@ def main() -> None:
     parser.add_argument("--test-per-class", type=int, default=100, help="test images per class (0: all)")
     parser.add_argument("--size", type=int, default=32)
     parser.add_argument("--epochs", type=int, default=8)
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (the plain script's too)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads, the plain script's too (default: BENCH_THREADS, else 1)",
+    )
     parser.add_argument("--forget", default="3")
     parser.add_argument("--samples", type=int, default=32)
     parser.add_argument("--stats-samples", type=int, default=100)
-    parser.add_argument("--work", default="bench_out/byom")
-    parser.add_argument("--json", default=str(HERE / "results" / "byom.json"))
+    parser.add_argument("--work", type=Path, default=SCRATCH / "byom")
+    parser.add_argument("--json", type=Path, default=None, help="results JSON (default: see above)")
+    parser.add_argument("--quick", action="store_true", help="resnet18, 40 images per class, 1 epoch, into --work")
     parser.add_argument(
         "--combine",
         nargs="+",
@@ -267,20 +274,26 @@ def main() -> None:
         help="no run: merge the rows of these result files (e.g. one run per arch, run side by side) "
         "into --json and print the table",
     )
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.archs, args.per_class, args.test_per_class, args.epochs = "resnet18", 40, 20, 1
+    json_path = args.json or (args.work / "byom_quick.json" if args.quick else results_dir("byom") / "byom.json")
     if args.combine:
         parts = [json.loads(Path(p).read_text()) for p in args.combine]
         merged = {
             "config": [p["config"] for p in parts],
             "rows": [r for p in parts for r in p["rows"]],
             "skipped": [s for p in parts for s in p["skipped"]],
-            "machine": parts[0]["machine"],
+            "parts": [
+                {"command": p.get("command"), "environment": p.get("environment", p.get("machine"))} for p in parts
+            ],
+            **provenance("benchmarks.byom", argv),
         }
-        Path(args.json).write_text(json.dumps(merged, indent=2))
+        write_results(merged, json_path)
         print(table(merged["rows"]))
-        return
-    torch.set_num_threads(args.threads)
-    work = Path(args.work)
+        return 0
+    args.threads = use_threads(args.threads, default=1)
+    work = args.work
     work.mkdir(parents=True, exist_ok=True)
     subset = (
         work
@@ -301,26 +314,14 @@ def main() -> None:
         rows += run_arch(
             arch, subset, spec, work, args.epochs, args.forget, args.samples, args.stats_samples, args.threads
         )
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(
-            json.dumps(
-                {
-                    "config": vars(args),
-                    "rows": rows,
-                    "skipped": skipped,
-                    "machine": {
-                        "cpu_threads": torch.get_num_threads(),
-                        "python": platform.python_version(),
-                        "torch": torch.__version__,
-                    },
-                },
-                indent=2,
-            )
-        )
+        config = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+        report = {"config": config, "rows": rows, "skipped": skipped, **provenance("benchmarks.byom", argv)}
+        write_results(report, json_path)  # after every arch: a long run keeps what it finished
     print(table(rows))
     for s in skipped:
         print(f"skipped {s}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
