@@ -3,7 +3,10 @@
 For each (dataset, seed) the original model is trained once and reused; for each forget class every method
 unlearns a copy of it (single-class forgetting: each entry of ``--forget-classes`` is one run). Writes
 ``rows.csv`` / ``rows.json`` (one row per dataset, seed, forget class, method; the original model is the row
-``original``), ``table.md`` (mean ± std over seeds and forget classes) and PNG plots into ``--out-dir``.
+``original``), ``table.md`` (mean ± std over seeds and forget classes) and PNG plots into ``--out-dir``
+(default ``bench_out/unlearning_table``). The committed table, ``benchmarks/results/unlearning_table/``, is the
+``--combine`` of several runs. Original models are cached by recipe (:func:`benchmarks.harness.cached_train`)
+in ``--cache-dir``.
 
 Data each method gets (its registry ``needs``): ``forget`` methods (nhle, neggrad) get ``--forget-samples``
 training images per forgotten class — the few-sample setting NHLE claims; every other method gets all
@@ -12,9 +15,10 @@ set for everyone), as the papers run them.
 
 Examples::
 
-    python benchmarks/unlearning_table.py --quick
-    python benchmarks/unlearning_table.py --datasets npz:../shared/data/mnist.npz,npz:../shared/data/fashion_mnist.npz \\
+    python -m benchmarks.unlearning_table --quick
+    python -m benchmarks.unlearning_table --datasets npz:../shared/data/mnist.npz,npz:../shared/data/fashion_mnist.npz \\
         --forget-classes 0,3,7 --seeds 0,1,2 --out-dir bench_out/unlearning
+    python -m benchmarks.unlearning_table --combine bench_out/unlearning_* --out-dir benchmarks/results/unlearning_table
 """
 
 from __future__ import annotations
@@ -23,10 +27,6 @@ import argparse
 import csv
 import dataclasses
 import json
-import os
-import platform
-import shlex
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -34,13 +34,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from edge_unlearn import attacks  # noqa: E402
-from edge_unlearn.core.figures import retain_drop  # noqa: E402
-from edge_unlearn.core.jsontext import clean_json  # noqa: E402
-from edge_unlearn.data import Dataset, load_dataset, preprocess, take_samples  # noqa: E402
-from edge_unlearn.metrics import evaluate_model, model_outputs  # noqa: E402
-from edge_unlearn.training import TrainConfig, train_model  # noqa: E402
-from edge_unlearn.unlearn import ForgetSet, RetainSet, forget, get_method, list_methods, method_config  # noqa: E402
+from benchmarks.harness import SCRATCH, cached_train, data_digest, provenance, use_threads, write_results
+from edge_unlearn import attacks
+from edge_unlearn.core.figures import retain_drop
+from edge_unlearn.core.jsontext import clean_json
+from edge_unlearn.data import Dataset, load_dataset, preprocess, take_samples
+from edge_unlearn.metrics import evaluate_model, model_outputs
+from edge_unlearn.training import TrainConfig
+from edge_unlearn.unlearn import ForgetSet, RetainSet, forget, get_method, list_methods, method_config
 
 METRICS = [
     # key, column header, number format
@@ -150,43 +151,19 @@ def _row_figures(model, data: Dataset, c: int, args, original_forget: float | No
     }
 
 
-def _original_model(spec: str, data: Dataset, seed: int, args) -> tuple[Any, float]:
-    """Train the original model, or load it from ``--cache-dir`` (keyed by dataset, arch, epochs, subset, seed)
-    so that runs split over time or processes share one original per (dataset, seed)."""
-    from safetensors.torch import load_file, save_file
-
-    from edge_unlearn.models import build_model
-
-    path = None
-    if args.cache_dir:
-        safe = "".join(ch if ch.isalnum() else "_" for ch in spec)
-        name = f"{safe}_{args.arch}_e{args.epochs}_m{args.min_steps}_n{args.max_train}_s{seed}.safetensors"
-        path = Path(args.cache_dir) / name
-        if path.is_file():
-            from edge_unlearn.core.formats import read_safetensors_metadata
-
-            seconds = float(read_safetensors_metadata(path).get("train_seconds", "nan"))
-            model = build_model(args.arch, data.num_classes, data.input_shape)
-            model.load_state_dict(load_file(str(path)), strict=True)
-            return model.eval(), seconds
+def _original_model(data: Dataset, seed: int, args) -> tuple[Any, float]:
+    """Train the original model, or load it from ``--cache-dir`` (cached by recipe: arch, data content — the
+    subset included —, training config), so that runs split over time or processes share one original per
+    (dataset, seed)."""
     recipe = TrainConfig(epochs=args.epochs, seed=seed, device="cpu")
     if args.min_steps is not None:
         recipe = dataclasses.replace(recipe, min_steps=args.min_steps)
-    trained = train_model(args.arch, data, recipe, progress=False)
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        save_file(
-            {k: v.contiguous() for k, v in trained.model.state_dict().items()},
-            str(tmp),
-            metadata={"train_seconds": str(trained.seconds)},
-        )
-        os.replace(tmp, path)
-    return trained.model, trained.seconds
+    model, seconds, _ = cached_train(Path(args.cache_dir), args.arch, data, data_digest(data), recipe)
+    return model.eval(), float("nan") if seconds is None else seconds
 
 
 def run(args) -> dict[str, Any]:
-    torch.set_num_threads(args.threads)
+    args.threads = use_threads(args.threads, default=1)
     methods = args.methods
     overrides = _overrides(args.set)
     out_dir = Path(args.out_dir)
@@ -214,7 +191,7 @@ def run(args) -> dict[str, Any]:
         data = _subsample(load_dataset(spec, data_dir=args.data_dir), args.max_train, args.max_test)
         x_all = preprocess(data.x_train, data.normalization)
         for seed in args.seeds:
-            original, train_seconds = _original_model(spec, data, seed, args)
+            original, train_seconds = _original_model(data, seed, args)
             print(
                 f"[{time.perf_counter() - t_start:7.1f}s] {spec} seed {seed}: original trained in {train_seconds:.1f}s",
                 flush=True,
@@ -281,32 +258,15 @@ def run(args) -> dict[str, Any]:
                         f"probe {figs['probe_forget_acc']:.3f} {result.seconds:.2f}s",
                         flush=True,
                     )
-    env = {
-        "command": " ".join(shlex.quote(a) for a in sys.argv),
-        "machine": f"{platform.machine()} {platform.processor() or ''} {os.cpu_count()} logical CPUs".strip(),
-        "cpu_model": _cpu_model(),
-        "torch": torch.__version__,
-        "threads": args.threads,
-        "device": "cpu",
-        "python": platform.python_version(),
-        "total_seconds": time.perf_counter() - t_start,
-    }
+    made = provenance("benchmarks.unlearning_table", args.argv)
+    env = {"command": made["command"], **made["environment"], "device": "cpu"}
+    env["total_seconds"] = time.perf_counter() - t_start
     summary = _aggregate(rows)
     report = {"environment": env, "args": {k: v for k, v in vars(args).items()}, "rows": rows, "summary": summary}
     _write(out_dir, rows, report)
     if not args.no_plots:
         _plots(out_dir, rows, models_for_plots, args)
     return report
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def _aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -394,12 +354,11 @@ def _write(out_dir: Path, rows: list[dict[str, Any]], report: dict[str, Any]) ->
         writer.writeheader()
         for row in rows:
             writer.writerow(clean_json(row))
-    (out_dir / "rows.json").write_text(json.dumps(clean_json(report), indent=2, default=str))
     env = report["environment"]
     text = [
         markdown_table(report["summary"]),
         "",
-        f"Machine: {env['cpu_model']} ({env['machine']}), torch {env['torch']} on CPU, {env['threads']} thread(s)"
+        f"Machine: {env.get('cpu', env.get('cpu_model'))} ({env['machine']}), torch {env['torch']} on CPU, {env['threads']} thread(s)"
         + (f"; total {env['total_seconds'] / 60:.1f} min." if env.get("total_seconds") else "."),
         "",
         f"Command: `{env['command']}`",
@@ -408,8 +367,9 @@ def _write(out_dir: Path, rows: list[dict[str, Any]], report: dict[str, Any]) ->
     checks = acceptance(report["summary"])
     if checks:
         text += ["Acceptance checks (NHLE vs retrain):", *checks, ""]
-    (out_dir / "table.md").write_text("\n".join(text))
     print("\n".join(text))
+    plain = json.loads(json.dumps(clean_json(report), default=str))  # paths and tuples of the arguments as text
+    write_results(plain, out_dir / "rows.json", "\n".join(text), out_dir / "table.md")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -583,7 +543,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--relearn-steps", type=int, default=50, help="cap on relearn-time steps (censored beyond)")
     p.add_argument("--relearn-eval", type=int, default=200, help="forget test images checked per relearn step")
     p.add_argument("--tsne-points", type=int, default=800)
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is fastest on a loaded machine)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads (default: BENCH_THREADS, else 1: fastest on a loaded machine)",
+    )
     p.add_argument(
         "--set",
         action="append",
@@ -591,8 +556,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         metavar="METHOD.PARAM=VALUE",
         help="override a method parameter, e.g. --set ssd.alpha=50 (repeatable)",
     )
-    p.add_argument("--out-dir", default="bench_out/unlearning")
-    p.add_argument("--cache-dir", default=None, help="keep/reuse the original models here (safetensors)")
+    p.add_argument("--out-dir", default=str(SCRATCH / "unlearning_table"))
+    p.add_argument(
+        "--cache-dir",
+        default=str(SCRATCH / "unlearning_table" / "models"),
+        help="the original models, cached by recipe",
+    )
     p.add_argument(
         "--combine",
         nargs="+",
@@ -610,6 +579,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "--quick", action="store_true", help="smoke run: digits, class 3, seed 0, 3 epochs, small attack sets"
     )
     args = p.parse_args(argv)
+    args.argv = argv
     if args.combine:
         return combine(args.combine, args.out_dir)
     if args.quick:
