@@ -1,13 +1,30 @@
-"""Logic of the benchmark scripts that decides what a results file says (their runs are too long for CI)."""
+"""The product benchmarks and their harness: what decides what a results file says (forgetting_depth's merging
+and tables), the model cache and provenance every benchmark shares, and the quick modes cheap enough for CI
+(audit_quantized, byom, data_scale and forgetting_depth --quick take minutes: run by hand)."""
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
+import os
+import subprocess
 
 import pytest
 import torch
 
 from benchmarks.forgetting_depth import CombineError, combine, main, table, write_results
+from benchmarks.harness import (
+    ROOT,
+    cache_key,
+    cached_train,
+    data_digest,
+    provenance,
+    results_dir,
+    use_threads,
+)
+from benchmarks.harness import write_results as write_files
+from edge_unlearn.training import TrainConfig
 
 
 def _part(tmp_path, name, classes, dataset="npz:data/cifar10.npz", epochs=3, variants=(), models=("original", "nhle")):
@@ -33,6 +50,7 @@ def _part(tmp_path, name, classes, dataset="npz:data/cifar10.npz", epochs=3, var
         "classes": list(classes),
         "seeds": [0],
         "nhle_samples": 32,
+        "retrain_seeds": [0, 1],
         "variants": list(variants),
         "audit_config": {"probe_train_size": 2000},
         "rows": rows,
@@ -91,288 +109,6 @@ def test_table_says_over_how_many_runs_each_model_is_taken():
     assert lines[4] == "| runs | 2 | 1 |" and lines[5] == "| x | 1.000 ± 0.000 | 0.500 ± 0.100 |"
 
 
-def test_probe_gap_refuses_a_missing_checkpoint_in_one_line(tmp_path, capsys):
-    from benchmarks.research.probe_gap import main as probe_gap
-
-    code = probe_gap(["--checkpoint", str(tmp_path / "none.safetensors"), "--dataset", "digits", "--forget-class", "3"])
-    err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and len(err) == 1 and err[0].startswith("error: ") and "none.safetensors" in err[0]
-
-
-def test_probe_gap_refuses_more_forget_samples_than_the_class_has(tmp_path, capsys, digits):
-    """``--finetune-samples`` past the class's training images, or an unknown ``--rows`` group: one line naming
-    the limit, exit 2, no results file."""
-    from benchmarks.research.probe_gap import main as probe_gap
-    from edge_unlearn.checkpoint import CheckpointMeta, save_checkpoint
-    from edge_unlearn.data import preprocess
-    from edge_unlearn.models import build_model
-
-    torch.manual_seed(0)
-    model = build_model("cifar_resnet18", digits.num_classes, digits.input_shape).eval()
-    model.record_class_stats(preprocess(digits.x_train, digits.normalization), digits.y_train)
-    path = tmp_path / "r.safetensors"
-    save_checkpoint(
-        path,
-        model,
-        CheckpointMeta(
-            "cifar_resnet18", digits.num_classes, digits.class_names, digits.input_shape, digits.normalization, "digits"
-        ),
-    )
-    available = int((digits.y_train == 3).sum())
-    code = probe_gap(
-        [
-            "--checkpoint",
-            str(path),
-            "--dataset",
-            "digits",
-            "--forget-class",
-            "3",
-            "--finetune-samples",
-            f"32,{available + 1}",
-            "--json",
-            str(tmp_path / "out.json"),
-        ]
-    )
-    err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and len(err) == 1 and f"has {available} training images" in err[0], err
-    assert not (tmp_path / "out.json").exists()
-    code = probe_gap(
-        [
-            "--checkpoint",
-            str(path),
-            "--dataset",
-            "digits",
-            "--forget-class",
-            "3",
-            "--rows",
-            "finetune,everything",
-            "--json",
-            str(tmp_path / "out.json"),
-        ]
-    )
-    err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and len(err) == 1 and "--rows: choose among nhle, per-sample" in err[0], err
-    assert not (tmp_path / "out.json").exists()
-
-
-def test_block_stats_shift_refuses_a_missing_checkpoint_in_one_line(tmp_path, capsys):
-    from benchmarks.research.block_stats_shift import main as block_stats_shift
-
-    code = block_stats_shift(
-        [
-            "--checkpoint",
-            str(tmp_path / "none.safetensors"),
-            "--dataset",
-            "digits",
-            "--forget-class",
-            "3",
-            "--json",
-            str(tmp_path / "out.json"),
-        ]
-    )
-    err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and len(err) == 1 and "none.safetensors" in err[0] and not (tmp_path / "out.json").exists()
-
-
-def test_stage_retrain_oracle_refuses_a_model_without_layer4_in_one_line(tmp_path, capsys, digits_checkpoint):
-    from benchmarks.research.stage_retrain_oracle import main as stage_retrain_oracle
-
-    code = stage_retrain_oracle(
-        [
-            "--checkpoint",
-            str(digits_checkpoint),
-            "--dataset",
-            "digits",
-            "--forget-class",
-            "3",
-            "--json",
-            str(tmp_path / "out.json"),
-        ]
-    )
-    err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and len(err) == 1 and "layer4" in err[0] and not (tmp_path / "out.json").exists()
-
-
-def test_stage_retrain_oracle_reproduces_the_original_then_retrains_the_stages_it_names(tmp_path, digits):
-    """The "original" row is the checkpoint's own retained accuracy (so the cached stage inputs and the rebuilt tail
-    compute what the backbone computes), and only the stages from ``--from-stage`` on are retrained."""
-    from benchmarks.research.stage_retrain_oracle import main as stage_retrain_oracle
-    from edge_unlearn.checkpoint import CheckpointMeta, save_checkpoint
-    from edge_unlearn.data import preprocess
-    from edge_unlearn.models import build_model
-
-    from_stage = "layer2"
-    torch.manual_seed(0)
-    model = build_model("cifar_resnet18", digits.num_classes, digits.input_shape).eval()
-    path = tmp_path / "r.safetensors"
-    save_checkpoint(
-        path,
-        model,
-        CheckpointMeta(
-            "cifar_resnet18", digits.num_classes, digits.class_names, digits.input_shape, digits.normalization, "digits"
-        ),
-    )
-    before = torch.get_num_threads()
-    try:
-        code = stage_retrain_oracle(
-            [
-                "--checkpoint",
-                str(path),
-                "--dataset",
-                "digits",
-                "--forget-class",
-                "3",
-                "--from-stage",
-                from_stage,
-                "--epochs",
-                "1",
-                "--probe-train-size",
-                "300",
-                "--json",
-                str(tmp_path / "out.json"),
-            ]
-        )
-    finally:
-        torch.set_num_threads(before)
-    assert code == 0
-    report = json.loads((tmp_path / "out.json").read_text())
-    with torch.no_grad():
-        logits = model(preprocess(digits.x_test, digits.normalization))
-    logits[:, 3] = float("-inf")
-    kept = digits.y_test != 3
-    expected = float((logits.argmax(1) == digits.y_test)[kept].float().mean())
-    assert report["from_stage"] == from_stage and [r["variant"] for r in report["rows"]] == [
-        "original",
-        "layer2–layer4 + head retrained, epoch 1/1",
-    ]
-    assert report["rows"][0]["retain_acc"] == pytest.approx(expected, abs=1e-6)
-    assert report["rows"][1]["retain_acc"] != pytest.approx(expected, abs=1e-6)
-
-
-def test_retrain_spread_audits_each_retrained_seed_beside_the_original(tmp_path):
-    """One row per model (the original, then one retrained model per seed, each trained once and cached under
-    forgetting_depth's key), and a summary over the retrained seeds."""
-    from benchmarks.harness import cached_train, data_digest
-    from benchmarks.research.retrain_spread import main as retrain_spread
-    from edge_unlearn.data import load_dataset
-    from edge_unlearn.training import TrainConfig
-
-    before = torch.get_num_threads()
-    try:
-        code = retrain_spread(
-            [
-                "--preset",
-                "quick",
-                "--forget-class",
-                "3",
-                "--retrain-seeds",
-                "0,1",
-                "--probe-train-size",
-                "300",
-                "--relearn-max-steps",
-                "2",
-                "--device",
-                "cpu",
-                "--out-dir",
-                str(tmp_path / "cache"),
-                "--json",
-                str(tmp_path / "out.json"),
-            ]
-        )
-        assert code == 0
-        report = json.loads((tmp_path / "out.json").read_text())
-        rows = {r["model"]: r for r in report["rows"]}
-        assert list(rows) == ["original", "retrain[seed=0]", "retrain[seed=1]"]
-        assert len({r["cache_key"] for r in rows.values()}) == 3
-        data = load_dataset("digits")
-        _, _, key = cached_train(
-            tmp_path / "cache" / "models",
-            "lenet",
-            data,
-            data_digest(data),
-            TrainConfig(epochs=1, min_steps=150, seed=1, device="cpu"),
-            (3,),
-        )
-    finally:
-        torch.set_num_threads(before)
-    assert key == rows["retrain[seed=1]"]["cache_key"]  # what forgetting_depth would find, not trained again
-    figs = {name: r["figures"] for name, r in rows.items()}
-    assert figs["original"]["forget_acc_unmasked"] > 0.8  # the original learnt class 3, the retrained ones never saw it
-    assert figs["retrain[seed=0]"]["forget_acc_unmasked"] < 0.1 and figs["retrain[seed=1]"]["forget_acc_unmasked"] < 0.1
-    assert (
-        figs["retrain[seed=0]"]["probe@penultimate"] != figs["retrain[seed=1]"]["probe@penultimate"]
-        or figs["retrain[seed=0]"]["retain_acc"] != figs["retrain[seed=1]"]["retain_acc"]
-    )  # two different trainings
-    spread = report["summary"]["retrain (every seed)"]["probe@penultimate"]
-    assert spread["n"] == 2 and spread["mean"] == pytest.approx(
-        (figs["retrain[seed=0]"]["probe@penultimate"] + figs["retrain[seed=1]"]["probe@penultimate"]) / 2
-    )
-
-
-def test_retrain_spread_refuses_bad_seeds_in_one_line(tmp_path, capsys):
-    from benchmarks.research.retrain_spread import main as retrain_spread
-
-    code = retrain_spread(
-        [
-            "--preset",
-            "quick",
-            "--forget-class",
-            "3",
-            "--retrain-seeds",
-            "0,x",
-            "--out-dir",
-            str(tmp_path / "cache"),
-            "--json",
-            str(tmp_path / "out.json"),
-        ]
-    )
-    err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and len(err) == 1 and "--retrain-seeds" in err[0] and not (tmp_path / "out.json").exists()
-    assert not (tmp_path / "cache").exists()
-
-
-def test_probe_size_cells_are_the_depth_probe_at_that_size_and_draw(digits, digits_checkpoint, tmp_path, capsys):
-    """Each cell of benchmarks/research/probe_size.py is evaluate --depth's probe (penultimate and retained logits) fitted
-    on the training draw of that size and seed, on features computed once; a retrained model that forgot another
-    class is refused in one line."""
-    from benchmarks.research.probe_size import main as probe_size
-    from benchmarks.research.probe_size import probe_cell, readouts
-    from edge_unlearn.checkpoint import load_checkpoint
-    from edge_unlearn.metrics import PENULTIMATE, RETAINED_LOGITS, probe_forget_accuracy_by_depth, probe_test_indices
-
-    model = load_checkpoint(digits_checkpoint).model.eval()
-    model.mask_classes([7])  # a masked class is not among the logits the output probe reads
-    cls, n_test = 3, len(probe_test_indices(digits, [3]))
-    reads = readouts(model, digits, cls)
-    assert reads["test"][RETAINED_LOGITS].shape == (n_test, 8)
-    for size, seed in ((300, 0), (900, 2)):
-        expected = probe_forget_accuracy_by_depth(model, digits, [cls], train_size=size, seed=seed, blocks=[])
-        for depth in (PENULTIMATE, RETAINED_LOGITS):
-            assert probe_cell(reads, digits, cls, depth, size, seed) / n_test == pytest.approx(
-                expected[depth], abs=1e-12
-            )
-    common = [
-        "--checkpoint",
-        str(digits_checkpoint),
-        "--retrained",
-        str(digits_checkpoint),
-        "--dataset",
-        "digits",
-        "--forget-class",
-        "3",
-        "--json",
-        str(tmp_path / "out.json"),
-    ]
-    for extra, needle in (
-        (["--sizes", "300,all"], "--retrained forgot []"),
-        (["--sizes", "300,5000"], f"between 20 and {len(digits.y_train)}"),
-    ):
-        code = probe_size(common + extra)
-        err = capsys.readouterr().err.strip().splitlines()
-        assert code == 2 and len(err) == 1 and needle in err[0], err
-    assert not (tmp_path / "out.json").exists()
-
-
 def _band_rows(nhle_figures: dict) -> list[dict]:
     """One run: two retrained seeds (the band) and an unlearned model."""
     base = {
@@ -425,3 +161,101 @@ def test_acceptance_needs_a_band():
 
     rows = [r for r in _band_rows({}) if r["model"] != "retrain_other"]
     assert acceptance(rows) == {}
+
+
+@pytest.fixture
+def torch_threads():
+    """The benchmarks set torch's threads for their process: put them back after a test that runs one."""
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+def test_cache_key_is_the_hash_that_forgetting_depths_caches_were_filled_with(digits):
+    """16 hex digits of the SHA-256 of {"arch", "data", "recipe" (the device left out), "forget"} as sorted-key
+    JSON: models trained for hours under this name are found again, whatever device trains the next run."""
+    digest = data_digest(digits)
+    recipe = TrainConfig(epochs=3, min_steps=500, seed=1, device="cpu")
+    spelled = {k: v for k, v in recipe.to_json().items() if k != "device"}
+    payload = json.dumps(
+        {"arch": "cifar_resnet18", "data": digest, "recipe": spelled, "forget": [3, 5]}, sort_keys=True
+    )
+    key = cache_key("cifar_resnet18", digest, recipe, (5, 3))
+    assert key == hashlib.sha256(payload.encode()).hexdigest()[:16]
+    assert key == cache_key("cifar_resnet18", digest, dataclasses.replace(recipe, device="cuda"), (3, 5))
+    assert key != cache_key("cifar_resnet18", digest, dataclasses.replace(recipe, seed=0), (3, 5))
+    assert key != cache_key("cifar_resnet18", digest, recipe, (3,))
+
+
+def test_cached_train_trains_once_then_loads_what_it_saved(digits, tmp_path, torch_threads):
+    recipe = TrainConfig(epochs=1, min_steps=20, seed=0, device="cpu")
+    model, seconds, key = cached_train(tmp_path, "lenet", digits, data_digest(digits), recipe, (3,))
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"lenet_{key}.json", f"lenet_{key}.safetensors"]
+    again, again_seconds, again_key = cached_train(tmp_path, "lenet", digits, data_digest(digits), recipe, (3,))
+    assert (again_key, again_seconds) == (key, seconds)  # the seconds of the run that trained it, not a new run
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, again.state_dict()[name]), name
+
+
+def test_provenance_names_the_command_that_reruns_it_and_the_commit(monkeypatch, torch_threads):
+    monkeypatch.setenv("BENCH_THREADS", "1")
+    assert use_threads() == 1 == torch.get_num_threads()
+    assert use_threads(2) == min(2, os.cpu_count() or 1)  # an explicit --threads wins over the environment
+    made = provenance("benchmarks.data_scale", ["--sizes", "500,2000", "--cache", "a dir"], onnxruntime="1.0")
+    assert made["command"] == "python -m benchmarks.data_scale --sizes 500,2000 --cache 'a dir'"
+    env = made["environment"]
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    assert env["git_commit"].startswith(head) and env["threads"] == torch.get_num_threads()
+    assert env["onnxruntime"] == "1.0" and env["torch"] == torch.__version__
+
+
+def test_write_results_writes_strict_json_and_the_table_or_nothing(tmp_path):
+    write_files({"x": float("nan"), "n": 1}, tmp_path / "a" / "r.json", "| t |", tmp_path / "a" / "r.md")
+    assert json.loads((tmp_path / "a" / "r.json").read_text()) == {"x": None, "n": 1}
+    assert (tmp_path / "a" / "r.md").read_text() == "| t |\n"
+    with pytest.raises(TypeError):
+        write_files({"x": object()}, tmp_path / "b.json")
+    assert not (tmp_path / "b.json").exists()
+
+
+def test_quantized_forgetting_quick_survives_every_precision_into_its_own_folder(tmp_path, torch_threads):
+    """--quick (lenet on digits, short recipe): every precision validated on the bundle, the INT8 cpu model
+    keeps the classes forgotten, and the results go to --out-dir, not over the committed ones."""
+    from benchmarks.quantized_forgetting import main as quantized_forgetting
+
+    committed = (results_dir("quantized_forgetting") / "quantized_forgetting.json").read_bytes()
+    assert quantized_forgetting(["--quick", "--rounds", "1", "--iters-b1", "2", "--out-dir", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "quantized_forgetting.json").read_text())
+    models = report["rows"][0]["models"]
+    assert {"fp32", "int8 tensorrt", "int8 cpu", "int8 dynamic", "fp16 cpu"} <= set(models)
+    assert models["fp32"]["verdict"] == "pass" and models["fp32"]["forget_acc"] == 0.0
+    assert report["acceptance"][0]["forgetting_ok"] and report["rows"][0]["forget"] == [0, 3, 7]
+    assert report["command"].startswith("python -m benchmarks.quantized_forgetting --quick")
+    assert (results_dir("quantized_forgetting") / "quantized_forgetting.json").read_bytes() == committed
+
+
+def test_unlearning_table_quick_forgets_with_nhle_beside_retrain(tmp_path, torch_threads):
+    from benchmarks.unlearning_table import main as unlearning_table
+
+    argv = ["--quick", "--no-plots", "--methods", "retrain,nhle", "--out-dir", str(tmp_path / "out")]
+    report = unlearning_table([*argv, "--cache-dir", str(tmp_path / "models")])
+    rows = {r["method"]: r for r in report["rows"]}
+    assert list(rows) == ["original", "retrain", "nhle"]
+    assert rows["original"]["forget_acc"] > 0.8 and rows["nhle"]["forget_acc"] == 0.0
+    assert rows["retrain"]["forget_acc"] == 0.0 and len(list((tmp_path / "models").glob("lenet_*.safetensors"))) == 1
+    assert json.loads((tmp_path / "out" / "rows.json").read_text())["environment"]["command"].endswith(
+        f"--cache-dir {tmp_path / 'models'}"
+    )
+    assert "| digits | nhle | forget |" in (tmp_path / "out" / "table.md").read_text()
+
+
+def test_backend_latency_quick_times_every_backend_at_every_batch(tmp_path, torch_threads):
+    from benchmarks.backend_latency import main as backend_latency
+
+    argv = ["--quick", "--archs", "lenet", "--iterations", "2", "--threads", "1", "--out-dir", str(tmp_path)]
+    assert backend_latency(argv) == 0
+    report = json.loads((tmp_path / "backend_latency.json").read_text())
+    timed = {(r["name"], r["batch"]) for r in report["results"] if r.get("p50_ms")}
+    names = ("lenet torch eager", "lenet onnx fp32", "lenet onnx int8")
+    assert timed == {(n, b) for n in names for b in (1, 8)} and not report["errors"]
+    assert report["command"].startswith("python -m benchmarks.backend_latency --quick")

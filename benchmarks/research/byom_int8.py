@@ -1,6 +1,6 @@
 """Why INT8 of a weak imported model agrees less with FP32 (issue #11): quantization variants side by side.
 
-For each FP32 ONNX model and its evaluation bundle (what ``benchmarks/byom.py`` leaves in ``WORK/NAME.deploy``),
+For each FP32 ONNX model and its evaluation bundle (what ``python -m benchmarks.byom`` leaves in ``WORK/NAME.deploy``),
 quantizes with variants of the cpu layout (the default ``quantize`` output on this CPU) and of the tensorrt
 layout, and prints, per variant: top-1 agreement with the FP32 reference on the bundle's retained-class samples
 (validate's ``retain_agreement``, gate 0.99), retained accuracy drop, and where the disagreements sit: the
@@ -8,7 +8,7 @@ median FP32 top-1/top-2 logit margin of the samples that flip vs of all samples.
 layer at a time in float (the few largest) to show which layers lose most.
 
     python -m benchmarks.research.byom_int8 --model WORK/resnet18.deploy --calib npz:WORK/subset.npz \\
-        --json benchmarks/results/byom_int8.json
+        --json bench_out/byom_int8.json
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.harness import provenance, write_results
 from edge_unlearn.deploy.bundle import load_bundle
 from edge_unlearn.deploy.onnx_meta import load_onnx, mask_node_names, read_meta
 from edge_unlearn.export.quantize import (
@@ -71,13 +72,13 @@ def figures(logits: np.ndarray, bundle, ref_pred: np.ndarray, margin: np.ndarray
     }
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", action="append", required=True, help="a deploy folder (model.onnx + eval.npz)")
     parser.add_argument("--calib", action="append", required=True, help="calibration dataset spec, one per --model")
     parser.add_argument("--sensitivity", type=int, default=6, help="layers kept in float one at a time (0: skip)")
     parser.add_argument("--json", default=None)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     cpu = read_cpu_features()
     results = []
     for folder, calib in zip(args.model, args.calib):
@@ -166,8 +167,9 @@ def main() -> None:
                     print(f"{folder.name:28s} float {name:52s} {json.dumps(row['sensitivity'][name])}", flush=True)
         results.append(row)
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps({"cpu": cpu.summary(), "rows": results}, indent=2))
+        write_results(
+            {"rows": results, **provenance("benchmarks.research.byom_int8", argv, cpu=cpu.summary())}, Path(args.json)
+        )
 
 
 if __name__ == "__main__":

@@ -1,11 +1,11 @@
 """NHLE parameter variants side by side (the evidence behind NHLE's defaults, docs/nhle.md).
 
-Trains (or loads with --original) one model, then for each variant and forget class runs NHLE from
+Trains (cached by recipe under --cache-dir) or loads with --original one model, then for each variant and forget class runs NHLE from
 --samples forget samples and reports forget_acc_unmasked, retain_drop, probe_forget_acc and seconds,
 averaged over the classes. Prints a markdown table and writes JSON.
 
     python -m benchmarks.research.nhle_variants --dataset npz:../shared/data/mnist.npz --classes 3,5,8 \\
-        --variants '[{}, {"project": false}, {"orthogonalize": false}, {"scope": "edit_layer", "lr": 0.001}]'
+        --variants '[{}, {"target_scale": 1.0}, {"steps": 5}]'
 """
 
 from __future__ import annotations
@@ -13,63 +13,46 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import time
 from pathlib import Path
 
-import torch
+from benchmarks.harness import SCRATCH, SHARED_DATA, cached_train, data_digest, provenance, use_threads, write_results
+from edge_unlearn.checkpoint import load_checkpoint
+from edge_unlearn.data import load_dataset, preprocess, take_samples
+from edge_unlearn.metrics import evaluate_model
+from edge_unlearn.training import TrainConfig
+from edge_unlearn.unlearn import ForgetSet, forget, method_config
 
-from edge_unlearn.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint  # noqa: E402
-from edge_unlearn.data import load_dataset, preprocess, take_samples  # noqa: E402
-from edge_unlearn.metrics import evaluate_model  # noqa: E402
-from edge_unlearn.training import TrainConfig, train_model  # noqa: E402
-from edge_unlearn.unlearn import ForgetSet, forget, method_config  # noqa: E402
-
+#: NHLE version 4's parameters around its defaults (the earlier versions' parameters are gone: docs/nhle.md)
 DEFAULT_VARIANTS = [
     {},
-    {"project": False},
-    {"feature_target": "nearest_class"},
-    {"feature_target": "retained_mean"},  # version 1's default
-    {"feature_target": "retained_mean", "orthogonalize": False},
-    {"feature_metric": "forget_variance"},
-    {"alpha": 0.5},
-    {"retain_target": "uniform"},
+    {"target_scale": 0.25},  # version 3's
+    {"target_scale": 1.0},  # the nearest retained class mean itself (versions 1 and 2)
     {"steps": 5},
-    {"scope": "head"},
-    {"scope": "edit_layer", "lr": 0.001},
+    {"steps": 40},
+    {"lr": 0.01},
+    {"data_free": "none"},
 ]
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    shared = Path(__file__).resolve().parents[2] / "shared" / "data"
-    parser.add_argument("--dataset", default=f"npz:{shared / 'mnist.npz'}")
+    parser.add_argument("--dataset", default=f"npz:{SHARED_DATA / 'mnist.npz'}")
     parser.add_argument("--arch", default="lenet")
     parser.add_argument("--original", type=Path, help="use this checkpoint instead of training one")
-    parser.add_argument("--save-original", type=Path, help="write the trained original here for reuse")
+    parser.add_argument("--cache-dir", type=Path, default=SCRATCH / "nhle_variants", help="trained originals")
     parser.add_argument("--classes", default="3,5,8")
     parser.add_argument("--samples", type=int, default=32)
     parser.add_argument("--variants", default=None, help="JSON list of parameter overrides")
     parser.add_argument("--json", type=Path)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    use_threads()
+    started = time.perf_counter()
     data = load_dataset(args.dataset)
     if args.original:
         original = load_checkpoint(args.original).model
     else:
-        recipe = TrainConfig()
-        original = train_model(args.arch, data, recipe, progress=False).model
-        if args.save_original:
-            save_checkpoint(
-                args.save_original,
-                original,
-                CheckpointMeta(
-                    args.arch,
-                    data.num_classes,
-                    data.class_names,
-                    data.input_shape,
-                    data.normalization,
-                    args.dataset,
-                    train_recipe=recipe.to_json(),
-                ),
-            )
+        original, _, _ = cached_train(args.cache_dir, args.arch, data, data_digest(data), TrainConfig())
     classes = [int(c) for c in args.classes.split(",")]
     variants = json.loads(args.variants) if args.variants else DEFAULT_VARIANTS
     base = {c: evaluate_model(original, data, [c]) for c in classes}
@@ -110,21 +93,15 @@ def main() -> int:
             f"{m['probe_forget_acc']:.3f} | {m['seconds']:.3f} |"
         )
     print("\n".join(lines))
+    report = {
+        "dataset": args.dataset,
+        "classes": classes,
+        "probe_original": probe_before,
+        "rows": rows,
+        **provenance("benchmarks.research.nhle_variants", argv, started),
+    }
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(
-            json.dumps(
-                {
-                    "dataset": args.dataset,
-                    "classes": classes,
-                    "probe_original": probe_before,
-                    "threads": torch.get_num_threads(),
-                    "rows": rows,
-                },
-                indent=2,
-            )
-        )
-        args.json.with_suffix(".md").write_text("\n".join(lines) + "\n")
+        write_results(report, args.json, "\n".join(lines), args.json.with_suffix(".md"))
     return 0
 
 

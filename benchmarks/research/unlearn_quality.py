@@ -2,26 +2,26 @@
 
 For each dataset: train the original once (lenet by default), then for each forget class: retrain
 from scratch without it (the gold standard, timed), unlearn it with NHLE from --samples forget samples
-(timed), and evaluate both with the same figures. Prints a table and writes JSON.
+(timed), and evaluate both with the same figures. Prints a table and writes JSON. Superseded by
+``benchmarks/forgetting_depth.py`` (every audit measure, several seeds); kept for the figures of docs/nhle.md.
 
     python -m benchmarks.research.unlearn_quality --dataset npz:../shared/data/mnist.npz --json bench_out/mnist.json
+
+Trained models are cached by recipe (:func:`benchmarks.harness.cached_train`) under --cache-dir.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 from pathlib import Path
 
-import torch
-
-from edge_unlearn.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint  # noqa: E402
-from edge_unlearn.data import load_dataset, preprocess, take_samples  # noqa: E402
-from edge_unlearn.metrics import evaluate_model  # noqa: E402
-from edge_unlearn.training import TrainConfig, train_model  # noqa: E402
-from edge_unlearn.unlearn import ForgetSet, forget, method_config  # noqa: E402
+from benchmarks.harness import SCRATCH, SHARED_DATA, cached_train, data_digest, provenance, use_threads, write_results
+from edge_unlearn.data import load_dataset, preprocess, take_samples
+from edge_unlearn.metrics import evaluate_model
+from edge_unlearn.training import TrainConfig
+from edge_unlearn.unlearn import ForgetSet, forget, method_config
 
 
 def parse_params(items: list[str]) -> dict:
@@ -35,47 +35,7 @@ def parse_params(items: list[str]) -> dict:
     return out
 
 
-def machine_info() -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "cpu": cpu,
-        "threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-    }
-
-
-def cached_train(cache: Path | None, name: str, arch: str, data, recipe: TrainConfig, forget_classes=()):
-    """Train (or load a cached model: then the recorded seconds are from the run that trained it)."""
-    if cache is not None and (cache / f"{name}.safetensors").exists():
-        ck = load_checkpoint(cache / f"{name}.safetensors")
-        return ck.model, json.loads((cache / f"{name}.json").read_text())["seconds"]
-    result = train_model(arch, data, recipe, forget_classes=forget_classes, progress=False)
-    if cache is not None:
-        cache.mkdir(parents=True, exist_ok=True)
-        meta = CheckpointMeta(
-            arch,
-            data.num_classes,
-            data.class_names,
-            data.input_shape,
-            data.normalization,
-            data.spec,
-            train_recipe=recipe.to_json(),
-        )
-        save_checkpoint(cache / f"{name}.safetensors", result.model, meta)
-        (cache / f"{name}.json").write_text(json.dumps({"seconds": result.seconds}))
-    return result.model, result.seconds
-
-
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", action="append", help="dataset spec (repeatable); default: both shared npz sets")
     parser.add_argument("--arch", default="lenet")
@@ -85,19 +45,17 @@ def main() -> int:
     parser.add_argument("--method", default="nhle")
     parser.add_argument("--param", action="append", default=[], help="method parameter key=value (repeatable)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--cache-dir", type=Path, help="reuse trained originals/retrains (development only)")
+    parser.add_argument("--cache-dir", type=Path, default=SCRATCH / "unlearn_quality", help="trained models")
     parser.add_argument("--json", type=Path, help="write results here")
     parser.add_argument("--threads", type=int, default=None)
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    shared = Path(__file__).resolve().parents[2] / "shared" / "data"
-    datasets = args.dataset or [f"npz:{shared / 'mnist.npz'}", f"npz:{shared / 'fashion_mnist.npz'}"]
+    args = parser.parse_args(argv)
+    use_threads(args.threads)
+    datasets = args.dataset or [f"npz:{SHARED_DATA / 'mnist.npz'}", f"npz:{SHARED_DATA / 'fashion_mnist.npz'}"]
     classes = [int(c) for c in args.classes.split(",")]
     config = method_config(args.method, parse_params(args.param))
     recipe = TrainConfig(epochs=args.epochs, seed=args.seed)
     results = {
-        "machine": machine_info(),
+        **provenance("benchmarks.research.unlearn_quality", argv),
         "method": args.method,
         "params": config.__dict__,
         "recipe": recipe.to_json(),
@@ -107,11 +65,11 @@ def main() -> int:
     for spec in datasets:
         data = load_dataset(spec)
         tag = Path(spec.split(":", 1)[-1]).stem
-        cache = args.cache_dir / f"{tag}_{args.arch}_e{args.epochs}_s{args.seed}" if args.cache_dir else None
-        original, train_seconds = cached_train(cache, "original", args.arch, data, recipe)
+        digest = data_digest(data)
+        original, train_seconds, _ = cached_train(args.cache_dir, args.arch, data, digest, recipe)
         rows = []
         for c in classes:
-            retrained, retrain_seconds = cached_train(cache, f"retrain_{c}", args.arch, data, recipe, [c])
+            retrained, retrain_seconds, _ = cached_train(args.cache_dir, args.arch, data, digest, recipe, (c,))
             xs, ys = take_samples(data, [c], args.samples, seed=args.seed)
             fs = ForgetSet(preprocess(xs, data.normalization), ys, (c,))
             forget(original, fs, method=args.method, config=config)  # warm-up: first-call allocator/autograd costs
@@ -145,11 +103,8 @@ def main() -> int:
 
 
 def write(results: dict, path: Path | None) -> None:
-    if path is None:
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(results, indent=2))
-    path.with_suffix(".md").write_text(render_table(results) + "\n")
+    if path is not None:
+        write_results(results, path, render_table(results), path.with_suffix(".md"))
 
 
 def render_table(results: dict) -> str:
