@@ -266,6 +266,6 @@ def test_an_old_checkpoint_retrains_with_the_plain_recipe(digits, tmp_path):
 
 def test_cli_choices_match_the_library():
     from edge_unlearn import training
-    from edge_unlearn.cli import app as cli
+    from edge_unlearn.cli import options as cli
 
     assert (cli.AUGMENTS, cli.SCHEDULES, cli.AMP_MODES) == (training.AUGMENTS, training.SCHEDULES, training.AMP_MODES)
