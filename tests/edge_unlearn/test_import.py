@@ -412,9 +412,9 @@ def test_import_with_stats_records_them_and_upscales_digits(tmp_path, digits):
     assert len(json.loads(result.output)["per_class_accuracy"]) == 10
 
 
-def test_an_imported_resnet_with_stats_takes_nhle_s_backbone_step(tmp_path, digits):
-    """Import records the statistics at every depth, so `forget --set backbone_step=last_block` runs on a
-    user's ResNet straight away and changes only its last block."""
+def test_an_imported_resnet_with_stats_takes_nhle_s_feature_step(tmp_path, digits):
+    """Import records the class statistics, so NHLE's feature step runs on a user's ResNet straight away
+    (``feature_step: class_stats``) and edits only the edit layer (the last block's last conv, its BatchNorm)."""
     torch.manual_seed(0)
     net = build_original(ArchSpec("torchvision", "resnet18"), 10).eval()
     torch.save(net.state_dict(), tmp_path / "r.pth")
@@ -443,23 +443,16 @@ def test_an_imported_resnet_with_stats_takes_nhle_s_backbone_step(tmp_path, digi
             "-o",
             str(forgot),
             "--json",
-            "--set",
-            "backbone_step=last_block",
-            "--set",
-            "anchors_per_class=1",
-            "--set",
-            "anchor_steps=2",
-            "--set",
-            "backbone_steps=2",
         ]
     )
     assert result.exit_code == 0, result.output
+    assert '"feature_step": "class_stats"' in result.output
     before, after = (
         load_checkpoint(out).model.backbone.state_dict(),
         load_checkpoint(forgot).model.backbone.state_dict(),
     )
     changed = {k for k in before if not torch.equal(before[k], after[k])}
-    assert any(k.startswith("layer4.1.conv1") for k in changed) and all(k.startswith("layer4.1.") for k in changed)
+    assert any(k.startswith("layer4.1.conv2") for k in changed) and all(k.startswith("layer4.1.") for k in changed)
 
 
 def test_models_lists_what_can_be_imported():
