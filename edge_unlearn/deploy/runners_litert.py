@@ -44,12 +44,26 @@ def load_tflite(path: str | Path) -> Any:
     try:
         if len(data) < 8 or not fb.Model.ModelBufferHasIdentifier(data, 0):
             raise ValueError("no TFL3 identifier")
-        return fb.ModelT.InitFromPackedBuf(data, 0)
+        return inline_buffers(fb.ModelT.InitFromPackedBuf(data, 0), data)
     except Exception as exc:  # noqa: BLE001 - a truncated flatbuffer raises IndexError/struct.error/ValueError
         raise ModelFileError(
             f"{path} is not a readable .tflite file ({type(exc).__name__}: {str(exc)[:120]}); it may be truncated: "
             "copy it again or convert it again"
         ) from exc
+
+
+def inline_buffers(model: Any, data: bytes) -> Any:
+    """Move buffers stored after the flatbuffer (``offset``/``size``: what ai-edge-quantizer writes for larger
+    models) into the tables, so the gate reads every constant and the model can be packed again."""
+    for buffer in model.buffers:
+        if buffer.offset > 1 and buffer.size:
+            if buffer.offset + buffer.size > len(data):
+                raise ValueError(
+                    f"a constant buffer lies past the end of the file ({buffer.offset + buffer.size} bytes)"
+                )
+            buffer.data = np.frombuffer(data[buffer.offset : buffer.offset + buffer.size], np.uint8)
+            buffer.offset = buffer.size = 0
+    return model
 
 
 def read_tflite_meta(model: Any, where: str) -> OnnxMeta:
@@ -69,7 +83,7 @@ def with_tflite_meta(data: bytes, meta: OnnxMeta) -> bytes:
     import flatbuffers
 
     fb = schema()
-    model = fb.ModelT.InitFromPackedBuf(data, 0)
+    model = inline_buffers(fb.ModelT.InitFromPackedBuf(data, 0), data)
     model.metadata = [m for m in (model.metadata or []) if (m.name or b"").decode() != META_NAME]
     buffer = fb.BufferT()
     buffer.data = np.frombuffer(json.dumps(meta.to_props(), sort_keys=True).encode(), np.uint8)
