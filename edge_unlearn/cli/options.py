@@ -19,6 +19,7 @@ per class or in all); ``--per-class`` the test images per class that a bundle ke
 from __future__ import annotations
 
 import functools
+import math
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -66,8 +67,18 @@ class BatchList(click.ParamType):
         return tuple(dict.fromkeys(sizes))
 
 
+class FiniteRange(click.FloatRange):
+    """A float within bounds that is also finite (click's FloatRange lets NaN through: it compares false)."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param)
+        return number
+
+
 #: a fraction in [0, 1] (accuracies, agreement, drops)
-FRACTION = click.FloatRange(0.0, 1.0)
+FRACTION = FiniteRange(0.0, 1.0)
 
 
 # ------------------------------------------------------------------------------------------------ option groups
@@ -310,7 +321,7 @@ class RecipeGroup(OptionGroup):
             ),
             click.Option(
                 ["--lr"],
-                type=click.FloatRange(0, 10, min_open=True),
+                type=FiniteRange(0, 10, min_open=True),
                 default=None,
                 help="Peak learning rate of the AdamW schedule (default 2e-3).",
             ),
@@ -331,7 +342,7 @@ class RecipeGroup(OptionGroup):
             ),
             click.Option(
                 ["--label-smoothing"],
-                type=click.FloatRange(0, 1, max_open=True),
+                type=FiniteRange(0, 1, max_open=True),
                 default=0.0,
                 show_default=True,
                 help="Label smoothing in [0, 1).",

@@ -12,7 +12,7 @@ import click
 
 from ..deploy.runners import PROVIDERS, RUNTIME_PROVIDERS
 from .common import Command
-from .options import OUTPUT, RUN_DIR, BatchList, Output, OutputPath, RunFolder
+from .options import OUTPUT, RUN_DIR, BatchList, FiniteRange, Output, OutputPath, RunFolder
 
 #: onnxruntime providers, plus cuda-fused: a checkpoint with the fused masked head (Triton) on CUDA
 BENCH_PROVIDERS = ("auto", *PROVIDERS, *RUNTIME_PROVIDERS, "cuda-fused")
@@ -42,7 +42,7 @@ def record_to_run_dir(
 @click.option("--iterations", type=click.IntRange(min=1), default=None, help="Timed calls per batch size (default 50).")
 @click.option(
     "--duration",
-    type=click.FloatRange(0, min_open=True),
+    type=FiniteRange(0, min_open=True),
     default=None,
     help="Instead of --iterations: seconds of timed calls per batch size (at least 5 calls).",
 )

