@@ -87,8 +87,14 @@ def run(args: argparse.Namespace) -> int:
     original_retain = evaluate_model(original, data, [cls], probe=False).retain_acc
     rows: list[dict[str, Any]] = []
 
-    def audit(name: str, model: UnlearnableClassifier, seconds: float | None, key: str) -> None:
-        m = measure(model, data, cls, original_retain, target, source, audit_config)
+    def audit(
+        name: str,
+        model: UnlearnableClassifier,
+        seconds: float | None,
+        key: str,
+        references: list[UnlearnableClassifier],
+    ) -> None:
+        m = measure(model, data, cls, original_retain, target, source, audit_config, references)
         m["figures"]["seconds"] = seconds
         rows.append({"model": name, "cache_key": key, **m})
         f = m["figures"]
@@ -100,9 +106,12 @@ def run(args: argparse.Namespace) -> int:
         )
 
     retrained = [cached_train(cache, preset.arch, data, digest, recipe(seed), (cls,)) for seed in seeds]  # train first
-    audit("original", original, original_s, original_key)
-    for seed, (model, seconds, key) in zip(seeds, retrained):
-        audit(f"retrain[seed={seed}]", model, seconds, key)
+    # outputs compared as forgetting_depth compares them: with the first seed's retrained model, and each retrained
+    # model with the others
+    audit("original", original, original_s, original_key, [retrained[0][0]])
+    for i, (seed, (model, seconds, key)) in enumerate(zip(seeds, retrained)):
+        others = [m for j, (m, _, _) in enumerate(retrained) if j != i]
+        audit(f"retrain[seed={seed}]", model, seconds, key, others)
     retrain_rows = [{**r, "model": "retrain (every seed)"} for r in rows if r["model"] != "original"]
     summary = summarise(rows + retrain_rows)
     text = table(
