@@ -54,6 +54,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from benchmarks.harness import provenance, run_reporting_errors, use_threads, wilson, write_results
+from benchmarks.research.anchored import finetune_block, last_residual_block, pooled_block, synthesize_block_inputs
 from edge_unlearn.attacks import prototype_attack_on_features
 from edge_unlearn.checkpoint import load_checkpoint
 from edge_unlearn.data import load_dataset, preprocess, sample_indices, take_samples
@@ -61,7 +62,6 @@ from edge_unlearn.errors import UsageError
 from edge_unlearn.metrics import fit_linear_probe, model_outputs, probe_train_indices, tensor_accuracy
 from edge_unlearn.models import UnlearnableClassifier
 from edge_unlearn.unlearn import ForgetSet, forget, method_config
-from edge_unlearn.unlearn.anchored import finetune_block, last_residual_block, pooled_block, synthesize_block_inputs
 
 ROW_GROUPS = ("nhle", "per-sample", "silence", "finetune", "directions")
 Activations = tuple[torch.Tensor, torch.Tensor]  # (block input = skip path [N, C, H, W], conv2 input [N, C, H, W])

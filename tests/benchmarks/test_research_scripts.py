@@ -73,25 +73,6 @@ def test_probe_gap_refuses_more_forget_samples_than_the_class_has(tmp_path, caps
     assert not (tmp_path / "out.json").exists()
 
 
-def test_block_stats_shift_refuses_a_missing_checkpoint_in_one_line(tmp_path, capsys):
-    from benchmarks.research.block_stats_shift import main as block_stats_shift
-
-    code = block_stats_shift(
-        [
-            "--checkpoint",
-            str(tmp_path / "none.safetensors"),
-            "--dataset",
-            "digits",
-            "--forget-class",
-            "3",
-            "--json",
-            str(tmp_path / "out.json"),
-        ]
-    )
-    err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and len(err) == 1 and "none.safetensors" in err[0] and not (tmp_path / "out.json").exists()
-
-
 def test_stage_retrain_oracle_refuses_a_model_without_layer4_in_one_line(tmp_path, capsys, digits_checkpoint):
     from benchmarks.research.stage_retrain_oracle import main as stage_retrain_oracle
 

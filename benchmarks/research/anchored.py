@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import UsageError
+from edge_unlearn.errors import UsageError
 
 BACKBONE_OBJECTIVES = ("nhle", "adversarial", "prototype")
 
@@ -130,7 +130,7 @@ def finetune_block(
         raise UsageError(f"backbone objective must be one of {', '.join(BACKBONE_OBJECTIVES)}, got {objective!r}")
     if objective in ("adversarial", "prototype") and (anchors is None or anchor_labels is None):
         raise UsageError(f"the {objective} objective needs labelled anchors")
-    from .nhle import _nhle_loss  # NHLE's own loss (nhle imports this module, hence here)
+    from edge_unlearn.unlearn.nhle import _nhle_loss  # NHLE's own loss
 
     tuned = copy.deepcopy(block).eval()
     for p in tuned.parameters():
@@ -151,7 +151,7 @@ def finetune_block(
     for step in range(steps):
         feats = tuned(forget_inputs).mean((2, 3))
         if objective == "nhle":
-            loss = _nhle_loss(feats @ head_weight.T + head_bias, keep, forget_classes, own, neg_value=1.0)
+            loss = _nhle_loss(feats @ head_weight.T + head_bias, keep, forget_classes, own)
         elif objective == "prototype":
             loss = ((feats - goal) ** 2).sum(1).mean() / goal_energy
         else:
