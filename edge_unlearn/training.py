@@ -607,8 +607,8 @@ def record_training_stats(
     """The model's per-class statistics over the (unaugmented) training split, streamed in batches; under
     torchrun every process sums its own share and the sums are all-reduced, so every process (and the
     checkpoint) holds the mean over the whole split. The per-class means at every depth too
-    (:meth:`~edge_unlearn.models.UnlearnableClassifier.record_depth_stats`: the depth audit and the research scripts
-    needs) where they fit :data:`~edge_unlearn.models.DEPTH_STATS_MAX_FLOATS`."""
+    (:meth:`~edge_unlearn.models.UnlearnableClassifier.record_depth_stats`: the research scripts
+    use them) where they fit :data:`~edge_unlearn.models.DEPTH_STATS_MAX_FLOATS`."""
     shard = torch.utils.data.Subset(split, range(procs.rank, len(split), procs.world_size))
 
     def loader():
