@@ -135,7 +135,8 @@ def test_device_commands_run_on_the_base_install(base_venv, artifacts, tmp_path)
 
     # a plot needs the report extra: one line naming it
     plot = _run(
-        [cli, "bench", artifacts.fp32, "--iterations", "1", "--batches", "1", "--plot", tmp_path / "p.png"], cwd=tmp_path
+        [cli, "bench", artifacts.fp32, "--iterations", "1", "--batches", "1", "--plot", tmp_path / "p.png"],
+        cwd=tmp_path,
     )
     assert plot.returncode == 2 and "edge-unlearn[report]" in plot.stderr and not (tmp_path / "p.png").exists()
 
