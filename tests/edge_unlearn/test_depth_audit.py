@@ -138,6 +138,9 @@ def test_audit_round_trips_through_json(trained, digits):
         "proto_attack_masked",
         "proto_attack_unmasked",
         "mia_entropy",
+        "mia_confidence",
+        "out_entropy",
+        "out_confidence",
         "relearn_steps",
     ]
     # the original still knows class 3: the attack keeps it (mask on and off agree), it needs no relearning
@@ -202,3 +205,29 @@ def test_evaluate_bad_combinations_exit_2(digits_checkpoint, args, message):
     assert result.exit_code == 2
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and message in lines[0], result.output
+
+
+def test_output_figures_against_a_reference(trained, digits):
+    """Against itself a model's outputs are indistinguishable (TV 0, KL 0, AUC near 0.5); against the same model
+    with the forgotten class masked they differ, and a masked copy's entropy is that of its retained softmax."""
+    import copy
+
+    import numpy as np
+
+    from edge_unlearn.output_audit import compare_outputs, distinguisher_auc, forget_test_log_softmax, output_figures
+
+    same = output_figures(trained, digits, [3], [trained])
+    assert same["tv"] == pytest.approx(0.0, abs=1e-9) and same["kl"] == pytest.approx(0.0, abs=1e-9)
+    assert 0.3 <= same["auc"] <= 0.7
+    sharp = copy.deepcopy(trained)
+    with torch.no_grad():
+        sharp.head.weight.mul_(3.0)
+        sharp.head.bias.mul_(3.0)
+    lp, lq = forget_test_log_softmax(trained, digits, [3]), forget_test_log_softmax(sharp, digits, [3])
+    other = compare_outputs(lp, [lq])
+    assert other["tv"] > 0.05 and other["kl"] > 0.01 and other["auc"] > 0.9
+    assert compare_outputs(lq, [])["entropy"] < other["entropy"]  # sharper logits, lower entropy
+    rng = np.random.default_rng(0)
+    noise = rng.normal(size=(40, 9))
+    assert distinguisher_auc(noise, noise + 3.0) > 0.95
+    assert 0.3 < distinguisher_auc(noise, rng.normal(size=(40, 9))) < 0.75
