@@ -312,7 +312,8 @@ def run_case(case: Case, out: Path, args) -> dict:
     from edge_unlearn.data import load_dataset
     from edge_unlearn.export.bundle import make_bundle
     from edge_unlearn.export.onnx_export import export_onnx
-    from edge_unlearn.export.quantize import QuantizeConfig, quantize_model, read_layout
+    from edge_unlearn.export.quant_layout import read_layout
+    from edge_unlearn.export.quantize import QuantizeConfig, quantize_model
 
     spec = dataset_spec(case, out)
     data = load_dataset(spec)
@@ -445,7 +446,7 @@ def main(argv=None) -> int:
     import onnxruntime
 
     from edge_unlearn.data import load_dataset
-    from edge_unlearn.export.quantize import read_cpu_features
+    from edge_unlearn.export.quant_layout import read_cpu_features
 
     args.threads = use_threads(args.threads, default=1)
     plan = QUICK_PLAN if args.quick else PLAN

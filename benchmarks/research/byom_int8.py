@@ -26,15 +26,8 @@ import numpy as np
 from benchmarks.harness import provenance, write_results
 from edge_unlearn.deploy.bundle import load_bundle
 from edge_unlearn.deploy.onnx_meta import load_onnx, mask_node_names, read_meta
-from edge_unlearn.export.quantize import (
-    CpuFeatures,
-    QuantizeConfig,
-    calibration_inputs,
-    choose_layout,
-    quantize_int8_proto,
-    quantize_model,
-    read_cpu_features,
-)
+from edge_unlearn.export.quant_layout import CpuFeatures, choose_layout, read_cpu_features
+from edge_unlearn.export.quantize import QuantizeConfig, calibration_inputs, quantize_int8_proto, quantize_model
 
 VNNI = CpuFeatures("x86_64", frozenset({"avx2", "avx512f", "avx512_vnni"}))
 

@@ -104,6 +104,6 @@ def test_deployment_demo(artifacts, tmp_path):
     assert result["passed"], lines
     assert result["int8"]["verdict"] == "pass" and result["int8"]["forget_acc"] == 0.0
     assert any(line.startswith("validate int8: PASS") for line in lines)
-    from edge_unlearn.export.quantize import read_layout  # the demo runs on this CPU: the CPU layout, like the CLI
+    from edge_unlearn.export.quant_layout import read_layout  # the demo runs on this CPU: the CPU layout, like the CLI
 
     assert read_layout(result["artifacts"]["int8"])["target"] == "cpu"

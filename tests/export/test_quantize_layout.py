@@ -13,19 +13,18 @@ from onnx import TensorProto, numpy_helper
 
 from edge_unlearn.deploy.onnx_meta import MASK_VALUE, mask_node_names, read_meta
 from edge_unlearn.errors import UsageError
-from edge_unlearn.export.quantize import (
+from edge_unlearn.export.quant_layout import (
     LAYOUT_KEY,
     REASON_KEY,
     TARGET_KEY,
     CpuFeatures,
-    QuantizeConfig,
     choose_layout,
-    quantize_model,
     read_cpu_features,
     read_layout,
     require_tensorrt_layout,
     resolve_target,
 )
+from edge_unlearn.export.quantize import QuantizeConfig, quantize_model
 
 AVX2 = CpuFeatures("x86_64", frozenset({"sse4_2", "avx", "avx2", "fma", "f16c"}))  # this project's AMD EPYC
 AVX512_VNNI = CpuFeatures("x86_64", frozenset({"avx2", "avx512f", "avx512bw", "avx512_vnni"}))
