@@ -21,6 +21,7 @@ Examples::
     python -m benchmarks.forgetting_depth --quick --variants '[{"target_scale": 0.5}]'
     nohup python -m benchmarks.forgetting_depth --preset cifar-resnet18 > bench_out/cifar.log 2>&1 &   # hours on CPU
     python -m benchmarks.forgetting_depth --combine part_c3/….json part_c5/….json   # one experiment run in parts
+Longer than 500 lines because the experiment, its combination of parts and its acceptance checks write one results format.
 """
 
 from __future__ import annotations

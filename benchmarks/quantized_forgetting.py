@@ -15,6 +15,7 @@ the per-round ratio to FP32 (median and its min-max spread over rounds), and the
 Writes ``benchmarks/results/quantized_forgetting/quantized_forgetting.{json,md}`` (``--quick``: into
 ``--out-dir``; ``--json`` / ``--table`` to change). Trained models are cached by recipe
 (:func:`benchmarks.harness.cached_train`) under ``--out-dir``/models.
+Longer than 500 lines because the experiment over mask designs, precisions and layouts writes one results format.
 """
 
 from __future__ import annotations

@@ -19,6 +19,7 @@ Examples::
     python -m benchmarks.unlearning_table --datasets npz:../shared/data/mnist.npz,npz:../shared/data/fashion_mnist.npz \\
         --forget-classes 0,3,7 --seeds 0,1,2 --out-dir bench_out/unlearning
     python -m benchmarks.unlearning_table --combine bench_out/unlearning_* --out-dir benchmarks/results/unlearning_table
+Longer than 500 lines because the experiment, its figures and its plots write one results format.
 """
 
 from __future__ import annotations

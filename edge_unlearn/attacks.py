@@ -13,6 +13,7 @@
 
 Every figure is computed on the model as deployed (class mask applied) unless the function says the mask is
 lifted; "lifting the mask" means the attacker holds the weights and deletes the mask for the forgotten classes.
+Longer than 500 lines because the attacks share their conventions and helpers (softmax as deployed, sample draws), which must not drift apart.
 """
 
 from __future__ import annotations

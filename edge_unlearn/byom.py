@@ -7,6 +7,7 @@ weights strictly, splits the model into backbone + Linear head (checking the log
 how inputs are preprocessed and, given labelled data, the per-class statistics NHLE's feature step uses.
 The checkpoint records the architecture as (source, name, constructor arguments, adaptations), so loading
 it rebuilds the model from those libraries and runs no code from any file.
+Longer than 500 lines because the import pipeline (architecture, weights, preprocessing record, statistics) is one sequential job with one request type.
 """
 
 from __future__ import annotations

@@ -5,6 +5,7 @@ the augmentation it chose for the dataset), so `retrain` repeats it exactly. Dat
 ``Dataset.split(...)`` and a ``torch.utils.data.DataLoader``; under ``torchrun`` the same code runs as
 DistributedDataParallel (one process per GPU or CPU slot, a DistributedSampler per process). A long training
 writes its state every ``save_every`` steps and can resume from it.
+Longer than 500 lines because the training loop, DDP, resume, mixed precision and the statistics recorded at the end share one state.
 """
 
 from __future__ import annotations

@@ -2,6 +2,7 @@
 
 Each takes paths and plain values, does the work and returns a JSON-able summary, so the click commands
 stay thin and Python users get the same behaviour.
+Longer than 500 lines because one function per CLI job (train, retrain, forget, evaluate) with the dataset checks they share; the jobs are defined in one place.
 """
 
 from __future__ import annotations

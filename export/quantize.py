@@ -21,6 +21,7 @@ FP16: onnxruntime's maintained converter (``onnxruntime.transformers.float16``) 
 layout line says whether this CPU has native FP16 arithmetic (without it onnxruntime's CPU kernels do not gain).
 
 Imports no torch itself; loading a calibration dataset by spec goes through ``edge_unlearn.data`` (host side).
+Longer than 500 lines because static and dynamic INT8 and FP16 share the calibration readers, the onnxruntime step and the self-check.
 """
 
 from __future__ import annotations

@@ -32,6 +32,7 @@ NaN, top-k ranks NaN above every number, and a row with a NaN kept logit has NaN
 ``plan_launches`` describes every launch of a call (kernel, grid, constexprs, integers, buffers) without any
 tensor; ``masked_head_triton`` executes the plan, and ``edge_unlearn.kernels.aot`` compiles the same plans
 ahead of time for real GPUs on a CPU-only machine.
+Longer than 500 lines because the kernels, their constexpr sentinels and their launch configuration must be read together.
 """
 
 from __future__ import annotations

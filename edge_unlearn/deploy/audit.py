@@ -20,6 +20,7 @@ Three measurements (docs/design.md §3, conventions of :mod:`edge_unlearn.attack
   forgotten row (stored in the bundle: the deployed file does not hold it); a the largest of ``alphas`` whose
   retained accuracy drops by at most ``max_retain_drop``; the figure is the forgotten classes' accuracy. The
   retained classes' logits are the model's own outputs (its head, in its precision).
+Longer than 500 lines because the host and the device compute the audit figures with these same functions: the format, its reader, the figures and the checks must stay one file to stay identical.
 """
 
 from __future__ import annotations

@@ -34,6 +34,7 @@ What is checked (codes in brackets):
 This is the one hazard checker of the project: ``runtime="tensorrt"`` (``build-engine``) makes the TensorRT-only
 findings errors; ``runtime="onnxruntime"`` (``validate``, ``quantize``) reports them as info, since onnxruntime
 runs UINT8/asymmetric/dynamic INT8 correctly (the CPU layouts of ``edge_unlearn_quant_target = cpu``).
+Longer than 500 lines because the hazard rules and their messages are one table read by quantize, build-engine and validate.
 """
 
 from __future__ import annotations

@@ -18,6 +18,7 @@ Contracts used below, read in the TensorRT sources (github.com/NVIDIA/TensorRT, 
   --hardwareCompatibilityLevel=none|ampere+|sameComputeCapability --versionCompatible
   --profilingVerbosity=detailed --exportLayerInfo --verbose``) from samples/common/sampleOptions.cpp (v10.3.0
   and main).
+Longer than 500 lines because every pure TensorRT decision (version dispatch, profiles, DLA, timing cache, inspector summary, trtexec line), tested without TensorRT; the builder and the runner read one plan.
 """
 
 from __future__ import annotations

@@ -23,6 +23,7 @@ github.com/inducer/pycuda src/cpp/cuda.hpp and doc/driver.rst):
   (samples/common/sampleInference.cpp: enqueue once *before* capture "to avoid capturing initialization calls";
   a capture whose enqueue returns False is abandoned and the engine runs without a graph; sampleDevice.h:
   ``cudaStreamCaptureModeThreadLocal``).
+Longer than 500 lines because the runner, its GPU-only timing and CUDA-graph replay share one CUDA context and one set of device buffers.
 """
 
 from __future__ import annotations
