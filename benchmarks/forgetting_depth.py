@@ -50,7 +50,7 @@ from benchmarks.harness import (
 from benchmarks.harness import (
     write_results as write_files,
 )
-from edge_unlearn.attacks import AuditConfig, default_relearn_target, forgetting_audit
+from edge_unlearn.attacks import ForgettingAuditConfig, default_relearn_target, forgetting_audit
 from edge_unlearn.checkpoint import load_checkpoint, save_checkpoint
 from edge_unlearn.core.figures import retain_drop
 from edge_unlearn.data import Dataset, load_dataset, preprocess, take_samples
@@ -149,7 +149,7 @@ def measure(
     original_retain: float | None,
     target: float,
     source: str,
-    audit_config: AuditConfig,
+    audit_config: ForgettingAuditConfig,
     references: list[UnlearnableClassifier],
 ) -> dict[str, Any]:
     """Every figure of one model for one forgotten class; its outputs compared with ``references`` (retrained)."""
@@ -301,7 +301,9 @@ def main(argv: list[str] | None = None) -> int:
     data = load_dataset(preset.dataset)
     digest = data_digest(data)
     cache = args.out_dir / "models"
-    audit_config = AuditConfig(probe_train_size=args.probe_train_size, relearn_max_steps=args.relearn_max_steps)
+    audit_config = ForgettingAuditConfig(
+        probe_train_size=args.probe_train_size, relearn_max_steps=args.relearn_max_steps
+    )
     rows: list[dict[str, Any]] = []
     t_start = time.perf_counter()
     for seed in preset.seeds:

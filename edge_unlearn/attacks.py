@@ -415,7 +415,7 @@ RELEARN_TARGET_FRACTION = 0.9
 
 
 @dataclass(frozen=True)
-class AuditConfig:
+class ForgettingAuditConfig:
     """Settings of :func:`forgetting_audit` (recorded in the report so two audits can be compared)."""
 
     probe_train_size: int = 5000
@@ -432,7 +432,7 @@ class AuditConfig:
         return asdict(self)
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> AuditConfig:
+    def from_json(cls, data: dict[str, Any]) -> ForgettingAuditConfig:
         return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
 
 
@@ -531,7 +531,7 @@ def forgetting_audit(
     attacks: bool = True,
     relearn_target: float | None = None,
     relearn_target_source: str | None = None,
-    config: AuditConfig = AuditConfig(),
+    config: ForgettingAuditConfig = ForgettingAuditConfig(),
     references: Sequence[UnlearnableClassifier] = (),
 ) -> ForgettingAudit:
     """Audit how forgotten ``forget_classes`` are in ``model``: the probe at every depth (``depth``) and the

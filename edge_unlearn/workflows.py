@@ -457,9 +457,9 @@ def _audits(
     """{"model", "reference", "retrained": forgetting-audit JSON} for the checkpoints given, one relearn target;
     with a retrained model the other two's outputs are compared with its outputs (``out_tv``, ``out_kl``,
     ``out_auc``)."""
-    from .attacks import AuditConfig, default_relearn_target, forgetting_audit
+    from .attacks import ForgettingAuditConfig, default_relearn_target, forgetting_audit
 
-    config = audit_config if audit_config is not None else AuditConfig(seed=seed)
+    config = audit_config if audit_config is not None else ForgettingAuditConfig(seed=seed)
     target = source = None
     if attacks:
         target, source = default_relearn_target(ck.model, data, classes, ref.model if ref is not None else None)

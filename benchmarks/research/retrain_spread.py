@@ -31,7 +31,7 @@ from benchmarks.harness import (
     use_threads,
     write_results,
 )
-from edge_unlearn.attacks import AuditConfig, default_relearn_target
+from edge_unlearn.attacks import ForgettingAuditConfig, default_relearn_target
 from edge_unlearn.data import load_dataset
 from edge_unlearn.errors import UsageError
 from edge_unlearn.metrics import evaluate_model
@@ -75,7 +75,9 @@ def run(args: argparse.Namespace) -> int:
     if not 0 <= cls < data.num_classes:
         raise UsageError(f"--forget-class {cls} is out of range; {data.spec} has classes 0..{data.num_classes - 1}")
     digest, cache = data_digest(data), args.out_dir / "models"
-    audit_config = AuditConfig(probe_train_size=args.probe_train_size, relearn_max_steps=args.relearn_max_steps)
+    audit_config = ForgettingAuditConfig(
+        probe_train_size=args.probe_train_size, relearn_max_steps=args.relearn_max_steps
+    )
 
     def recipe(seed: int) -> TrainConfig:
         return TrainConfig(epochs=preset.epochs, min_steps=preset.min_steps, seed=seed, device=args.device)

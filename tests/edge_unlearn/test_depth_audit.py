@@ -8,7 +8,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from edge_unlearn.attacks import AuditConfig, ForgettingAudit, forgetting_audit
+from edge_unlearn.attacks import ForgettingAudit, ForgettingAuditConfig, forgetting_audit
 from edge_unlearn.checkpoint import load_checkpoint
 from edge_unlearn.cli import main
 from edge_unlearn.errors import UsageError
@@ -24,7 +24,7 @@ from edge_unlearn.metrics import (
 )
 from edge_unlearn.models import build_model
 
-FAST = AuditConfig(probe_train_size=600, relearn_max_steps=5, relearn_eval_samples=100, mia_max_samples=500)
+FAST = ForgettingAuditConfig(probe_train_size=600, relearn_max_steps=5, relearn_eval_samples=100, mia_max_samples=500)
 
 
 @pytest.fixture(scope="module")
