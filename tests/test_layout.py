@@ -28,6 +28,7 @@ PACKAGES = (
     "edge_unlearn.cli",
     "edge_unlearn.deploy",
     "edge_unlearn.deploy.bench",
+    "edge_unlearn.deploy.rundir",
     "edge_unlearn.deploy.tensorrt",
     "edge_unlearn.export",
     "edge_unlearn.kernels",
