@@ -307,7 +307,7 @@ def _skip(graph: _Graph, name: str, casts: list[type]) -> tuple[Any, str]:
     return node, name
 
 
-def _through(value: float, start: type, casts: list[type]) -> float:
+def cast_through(value: float, start: type, casts: list[type]) -> float:
     """``value`` held in ``start``, then cast through ``casts`` (innermost first), as a float."""
     out = np.asarray(value).astype(start)
     for to in casts:
@@ -376,8 +376,8 @@ def analyse_mask(
     where, retained = _skip(graph, pad.input[0], floor_casts)
     floor = _floor(graph, where)
     fill_type, floor_type = fill.dtype.type, floor.dtype.type
-    fill_out = _through(float(fill.ravel()[0]), fill_type, pad_casts[::-1] + out_casts[::-1])
-    floor_out = _through(
+    fill_out = cast_through(float(fill.ravel()[0]), fill_type, pad_casts[::-1] + out_casts[::-1])
+    floor_out = cast_through(
         float(floor.ravel()[0]), floor_type, floor_casts[::-1] + [fill_type] + pad_casts[::-1] + out_casts[::-1]
     )
     head, quantizer = _walk_to_head(graph, where.input[1])

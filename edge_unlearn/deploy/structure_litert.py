@@ -21,7 +21,7 @@ import numpy as np
 
 from edge_unlearn.errors import ModelFileError
 
-from .structure import Check, MaskStructure, StructureError, proof_checks
+from .structure import Check, MaskStructure, StructureError, cast_through, proof_checks
 
 #: TFLite TensorType code -> numpy type (the codes of schema.fbs)
 _TYPES = {0: np.float32, 1: np.float16, 2: np.int32, 3: np.uint8, 4: np.int64, 7: np.int16, 9: np.int8, 10: np.float64}
@@ -102,13 +102,6 @@ class _Tflite:
         return op
 
 
-def _through(value: float, start: type, casts: list[type]) -> float:
-    out = np.asarray(value).astype(start)
-    for to in casts:
-        out = out.astype(to)
-    return float(out)
-
-
 def analyse_tflite(model: Any, meta: Any) -> MaskStructure:
     """Prove the mask chain of a ``ModelT`` against ``meta``; StructureError when it cannot."""
     g = _Tflite(model)
@@ -159,8 +152,8 @@ def analyse_tflite(model: Any, meta: Any) -> MaskStructure:
         g.label(pad),
         g.label(gather),
         float(floor.ravel()[0]),
-        _through(float(floor.ravel()[0]), floor.dtype.type, floor_casts[::-1] + [fill_type] + tail),
-        _through(float(fill.ravel()[0]), fill_type, tail),
+        cast_through(float(floor.ravel()[0]), floor.dtype.type, floor_casts[::-1] + [fill_type] + tail),
+        cast_through(float(fill.ravel()[0]), fill_type, tail),
         others,
     )
 

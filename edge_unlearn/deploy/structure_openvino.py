@@ -23,7 +23,7 @@ import numpy as np
 
 from edge_unlearn.errors import ModelFileError
 
-from .structure import Check, MaskStructure, StructureError, proof_checks
+from .structure import Check, MaskStructure, StructureError, cast_through, proof_checks
 
 #: OpenVINO element types a Convert may produce on the chain -> numpy type
 _FLOAT_TYPES = {"f32": np.float32, "f16": np.float16, "f64": np.float64}
@@ -103,13 +103,6 @@ def _skip_converts(node: Any, casts: list[type]) -> Any:
     return node
 
 
-def _through(value: float, start: type, casts: list[type]) -> float:
-    out = np.asarray(value).astype(start)
-    for to in casts:
-        out = out.astype(to)
-    return float(out)
-
-
 def _result(model: Any, output_name: str) -> Any:
     for result in model.get_results():
         if output_name in result.input(0).get_source_output().get_names():
@@ -186,8 +179,8 @@ def analyse_ir(model: Any, meta: Any) -> IrMask:
         pad.get_friendly_name(),
         gather.get_friendly_name(),
         float(floor.ravel()[0]),
-        _through(float(floor.ravel()[0]), floor.dtype.type, floor_casts[::-1] + [fill_type] + tail),
-        _through(float(fill.ravel()[0]), fill_type, tail),
+        cast_through(float(floor.ravel()[0]), floor.dtype.type, floor_casts[::-1] + [fill_type] + tail),
+        cast_through(float(fill.ravel()[0]), fill_type, tail),
         others,
     )
     after_head = [*chain, select, _source(select, 0), pad, gather]
