@@ -111,8 +111,8 @@ def measure_variants(checkpoint: Path, spec: str, bundle: Path, folder: Path) ->
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
     from benchmarks.mask_variants import DESIGNS
-    from edge_unlearn.deploy.onnx_meta import read_meta, topological_sort, write_meta
     from edge_unlearn.deploy.bundle import load_bundle
+    from edge_unlearn.deploy.onnx_meta import read_meta, topological_sort, write_meta
     from edge_unlearn.deploy.runners import open_runner
     from edge_unlearn.deploy.validate import validate
     from edge_unlearn.export.onnx_export import export_onnx
