@@ -41,10 +41,16 @@ def missing_extra_message(exc: ModuleNotFoundError) -> str | None:
     return f"this command needs {top}, which is not installed here; install it with pip install 'edge-unlearn[{extra}]'"
 
 
+def one_line(text: str) -> str:
+    """``text`` on one line whatever it quotes: every character that ends a line (``str.splitlines``: \\n, \\r,
+    \\x85, \\u2028, ...) and every other non-printable one is written as its escape."""
+    return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in text)
+
+
 def report_error(exc: BaseException) -> int | None:
     """Print the one line for a user-fixable error and return its exit code; None when ``exc`` is a bug."""
     if isinstance(exc, EdgeUnlearnError):
-        click.echo(f"error: {exc}", err=True)
+        click.echo(f"error: {one_line(str(exc))}", err=True)
         return exc.exit_code
     if isinstance(exc, ModuleNotFoundError):
         message = missing_extra_message(exc)
@@ -64,7 +70,7 @@ class EdgeUnlearnGroup(click.Group):
             return super().invoke(ctx)
         except click.UsageError as exc:
             command = (exc.ctx or ctx).command_path
-            click.echo(f"error: {exc.format_message()} (see `{command} --help`)", err=True)
+            click.echo(f"error: {one_line(exc.format_message())} (see `{command} --help`)", err=True)
             ctx.exit(2)
         except (EdgeUnlearnError, ModuleNotFoundError) as exc:
             code = report_error(exc)
