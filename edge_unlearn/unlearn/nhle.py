@@ -255,9 +255,8 @@ class _Captured(Exception):
 
 
 @torch.no_grad()
-def _layer_input_map(model: UnlearnableClassifier, layer: nn.Module, inputs: torch.Tensor, fix: str) -> torch.Tensor:
-    """``layer``'s input for ``inputs``, as it receives it (the forward pass stops at the layer); ``fix`` ends
-    the error when the backbone never runs the layer."""
+def _layer_input(model: UnlearnableClassifier, layer: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
+    """``layer``'s pooled input [N, D] for ``inputs`` (the forward pass stops at the layer)."""
     captured: list[torch.Tensor] = []
 
     def grab(_m, args):
@@ -272,13 +271,11 @@ def _layer_input_map(model: UnlearnableClassifier, layer: nn.Module, inputs: tor
     finally:
         handle.remove()
     if not captured:
-        raise UsageError(f"the backbone never runs {type(layer).__name__} on these inputs; {fix}")
-    return captured[0]
-
-
-def _layer_input(model: UnlearnableClassifier, layer: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
-    """``layer``'s pooled input [N, D] for ``inputs``."""
-    return pool_edit_input(_layer_input_map(model, layer, inputs, "use feature_depth=edit_layer").float(), layer)
+        raise UsageError(
+            f"the backbone never runs its edit layer ({type(layer).__name__}) on these inputs; NHLE's feature step "
+            "needs a backbone whose last learnable layer runs on every input"
+        )
+    return pool_edit_input(captured[0].float(), layer)
 
 
 @torch.no_grad()
