@@ -25,11 +25,10 @@ def _run(args: list[str], cwd: Path, timeout: int = 300) -> subprocess.Completed
     return subprocess.run([str(a) for a in args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
 
 
-@pytest.fixture(scope="module")
-def base_venv(tmp_path_factory) -> Path:
-    """bin/ folder of a fresh venv with `pip install edge-unlearn` (base install) and nothing else."""
-    work = tmp_path_factory.mktemp("base-install")
-    # build from a clean copy of the sources (a stale build/ folder in the checkout would leak into the wheel)
+def fresh_venv(work: Path, extras: str = "", timeout: int = 600) -> Path:
+    """bin/ folder of a new venv (no system site-packages) with the project's wheel installed, ``extras`` (e.g.
+    ``"[openvino,litert]"``) included; skips with pip's reason when the wheel, the venv or the install fails. The
+    wheel is built from a clean copy of the sources (a stale build/ folder in the checkout would leak into it)."""
     source = work / "src"
     source.mkdir()
     for name in ("pyproject.toml", "README.md", "LICENSE"):
@@ -49,13 +48,19 @@ def base_venv(tmp_path_factory) -> Path:
         pytest.skip(f"cannot create a venv: {(made.stderr or made.stdout).strip().splitlines()[-1:]}")
     bin_dir = work / "venv" / "bin"
     wheel = next(wheel_dir.glob("edge_unlearn-*.whl"))
-    installed = _run([bin_dir / "python", "-m", "pip", "install", "-q", wheel], cwd=work, timeout=600)
+    installed = _run([bin_dir / "python", "-m", "pip", "install", "-q", f"{wheel}{extras}"], cwd=work, timeout=timeout)
     if installed.returncode != 0:
         pytest.skip(
-            f"cannot install the base dependencies (package index unreachable?): "
+            f"cannot install the wheel{extras} (package index unreachable?): "
             f"{(installed.stderr or installed.stdout).strip().splitlines()[-1:]}"
         )
     return bin_dir
+
+
+@pytest.fixture(scope="module")
+def base_venv(tmp_path_factory) -> Path:
+    """bin/ folder of a fresh venv with `pip install edge-unlearn` (base install) and nothing else."""
+    return fresh_venv(tmp_path_factory.mktemp("base-install"))
 
 
 def test_device_commands_run_on_the_base_install(base_venv, artifacts, tmp_path):

@@ -10,41 +10,18 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import shutil
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.deploy.test_base_install import ROOT, _run
+from tests.deploy.test_base_install import _run, fresh_venv
 
 pytest.importorskip("openvino", reason="OpenVINO is not installed here (the host makes the IR)")
 
 
 @pytest.fixture(scope="module")
 def runtime_venv(tmp_path_factory) -> Path:
-    work = tmp_path_factory.mktemp("runtime-install")
-    source = work / "src"
-    source.mkdir()
-    for name in ("pyproject.toml", "README.md", "LICENSE"):
-        if (ROOT / name).is_file():
-            shutil.copy2(ROOT / name, source / name)
-    for name in ("edge_unlearn", "export", "kernels"):
-        shutil.copytree(ROOT / name, source / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-    built = _run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", work, source], work
-    )
-    if built.returncode != 0:
-        pytest.skip(f"cannot build the wheel: {(built.stderr or built.stdout).strip().splitlines()[-1:]}")
-    made = _run([sys.executable, "-m", "venv", work / "venv"], work)
-    if made.returncode != 0:
-        pytest.skip(f"cannot create a venv: {(made.stderr or made.stdout).strip().splitlines()[-1:]}")
-    bin_dir = work / "venv" / "bin"
-    wheel = next(work.glob("edge_unlearn-*.whl"))
-    installed = _run([bin_dir / "python", "-m", "pip", "install", "-q", f"{wheel}[openvino,litert]"], work, 900)
-    if installed.returncode != 0:
-        pytest.skip(f"cannot install the extras: {(installed.stderr or installed.stdout).strip().splitlines()[-1:]}")
-    return bin_dir
+    return fresh_venv(tmp_path_factory.mktemp("runtime-install"), "[openvino,litert]", timeout=900)
 
 
 def test_validate_and_bench_an_ir_without_torch(runtime_venv, artifacts, tmp_path):
