@@ -11,7 +11,7 @@ With a retrained model (``--retrained``) the thresholds are its figures plus a m
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,7 @@ from edge_unlearn.deploy.audit import (
     LinearProbe,
     audit_arrays,
     audit_figures,
+    retained_log_softmax,
     weight_step_report,
 )
 from edge_unlearn.deploy.onnx_meta import MASK_VALUE
@@ -105,13 +106,21 @@ def model_audit(
 
 
 def audit_builder(
-    config: AuditConfig = AuditConfig(), retrained: str | Path | None = None, reference: str | Path | None = None
+    config: AuditConfig = AuditConfig(),
+    retrained: str | Path | Sequence[str | Path] | None = None,
+    reference: str | Path | None = None,
 ) -> Callable[..., dict[str, np.ndarray]]:
     """The ``audit`` hook of :func:`edge_unlearn.export.bundle.make_bundle`: (checkpoint, dataset, bundle
-    inputs, labels, reference logits) -> the bundle's audit arrays."""
+    inputs, labels, reference logits) -> the bundle's audit arrays. ``retrained``: one or more models retrained
+    without the forgotten classes (different seeds: the retrained band); the probe thresholds are the band's
+    highest figure + a margin, and their answers on the forgotten classes' images are stored for the output
+    checks (:func:`edge_unlearn.deploy.audit.output_band_checks`)."""
     if config.k < 1:
         raise UsageError(f"--audit-samples must be at least 1, got {config.k}")
-    gold = load_checkpoint(retrained) if retrained else None
+    paths = [retrained] if isinstance(retrained, (str, Path)) else list(retrained or [])
+    golds = [load_checkpoint(p) for p in paths]
+    if len({g.sha256 for g in golds}) != len(golds):
+        raise UsageError("--retrained names the same model twice; give retrained models of different seeds")
     original = load_checkpoint(reference) if reference else None
 
     def build(
@@ -119,7 +128,7 @@ def audit_builder(
     ) -> dict[str, np.ndarray]:
         model = ckpt.model.eval()
         forgotten = sorted(model.forgotten_classes)
-        for other, option in ((gold, "--retrained"), (original, "--reference")):
+        for other, option in (*((g, "--retrained") for g in golds), (original, "--reference")):
             if other is not None and (
                 other.meta.num_classes != ckpt.meta.num_classes
                 or tuple(other.meta.input_shape) != tuple(ckpt.meta.input_shape)
@@ -130,11 +139,12 @@ def audit_builder(
                     f"{tuple(other.meta.input_shape)}; the checkpoint is a {ckpt.meta.arch} with "
                     f"{ckpt.meta.num_classes} classes: give the same architecture and dataset"
                 )
-        if gold is not None and sorted(gold.model.forgotten_classes) != forgotten:
-            raise UsageError(
-                f"--retrained forgot classes {sorted(gold.model.forgotten_classes)} but the checkpoint "
-                f"forgot {forgotten}; retrain without the same classes (`edge-unlearn retrain`)"
-            )
+        for gold in golds:
+            if sorted(gold.model.forgotten_classes) != forgotten:
+                raise UsageError(
+                    f"--retrained forgot classes {sorted(gold.model.forgotten_classes)} but the checkpoint "
+                    f"forgot {forgotten}; retrain without the same classes (`edge-unlearn retrain`)"
+                )
         if original is not None and original.sha256 not in _lineage(ckpt):
             raise UsageError(
                 "--reference is not an ancestor of the checkpoint (its sha256 is not in the "
@@ -148,26 +158,42 @@ def audit_builder(
                 "the bundle's reference logits do not match the checkpoint's features; re-create the bundle"
             )
         info: dict[str, Any] = {**audit.info, "fp32": _plain(fp32), "thresholds": {"sources": {}}}
-        if gold is not None:
-            _, gold_figs = model_audit(gold.model.eval(), data, x, labels, config, proto_x, proto_y.numpy())
-            info["retrained"] = {"sha256": gold.sha256, "checkpoint": str(retrained), **_plain(gold_figs)}
+        band = None
+        if golds:
+            figs = [model_audit(g.model.eval(), data, x, labels, config, proto_x, proto_y.numpy())[1] for g in golds]
+            info["retrained"] = {"sha256": golds[0].sha256, "checkpoint": str(paths[0]), **_plain(figs[0])}
+            if len(golds) > 1:
+                info["retrained_band"] = [
+                    {"sha256": g.sha256, "checkpoint": str(p), **_plain(f)} for g, p, f in zip(golds, paths, figs)
+                ]
             for name, key, margin in (
                 ("max_probe", "probe_forget_acc", PROBE_MARGIN),
                 ("max_prototype", "prototype_forget_acc", PROTOTYPE_MARGIN),
                 ("max_logit_probe", "logit_probe_forget_acc", PROBE_MARGIN),
             ):
-                if gold_figs.get(key) is not None:
-                    info["thresholds"][name] = min(1.0, float(gold_figs[key]) + margin)
-                    info["thresholds"]["sources"][name] = (
-                        f"retrained model {gold.sha256[:12]}…: {gold_figs[key]:.4f} + {margin}"
-                    )
+                values = [(float(f[key]), g.sha256) for f, g in zip(figs, golds) if f.get(key) is not None]
+                if values:
+                    top, sha = max(values)
+                    info["thresholds"][name] = min(1.0, top + margin)
+                    info["thresholds"]["sources"][name] = f"retrained model {sha[:12]}…: {top:.4f} + {margin}"
+            if audit.logit_columns is not None:
+                rows = np.isin(labels, forgotten)
+                band = np.stack([_retained_answers(g.model.eval(), x[torch.from_numpy(rows)], audit) for g in golds])
+                info["output_band"] = {"images": int(rows.sum()), "retrained_sha256": [g.sha256 for g in golds]}
         if original is not None:
             info["weight_steps"] = weight_step_report(
                 _state(original.model), _state(model), _head_rows(model), forgotten
             )
-        return audit_arrays(replace(audit, info=info))
+        return audit_arrays(replace(audit, info=info, retrained_log_softmax=band))
 
     return build
+
+
+def _retained_answers(model, x: torch.Tensor, audit: AuditData) -> np.ndarray:
+    """A model's log-softmax over the retained classes on ``x`` (float32, as stored in the bundle)."""
+    with torch.no_grad():
+        logits = model.head(torch.from_numpy(_features(model, x))).numpy()
+    return retained_log_softmax(logits, audit.logit_columns).astype(np.float32)
 
 
 def _lineage(ckpt: Checkpoint) -> set[str]:

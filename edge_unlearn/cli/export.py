@@ -197,9 +197,10 @@ def quantize_cmd(
 @click.option(
     "--retrained",
     type=click.Path(dir_okay=False),
-    default=None,
-    help="With --audit: the model retrained without the forgotten classes; the audit's thresholds become "
-    "its figures + a margin (else documented defaults).",
+    multiple=True,
+    help="With --audit: a model retrained without the forgotten classes; the audit's thresholds become "
+    "its figures + a margin (else documented defaults), and validate --audit compares the deployed answers on "
+    "the forgotten classes with its. Give it twice (two seeds) for the TV check against their seed-to-seed floor.",
 )
 @click.option(
     "--reference",
@@ -229,7 +230,7 @@ def bundle_cmd(
     seed: int,
     output: str,
     audit: bool,
-    retrained: str | None,
+    retrained: tuple[str, ...],
     reference: str | None,
     audit_samples: int | None,
     audit_probe_samples: int | None,
@@ -241,12 +242,12 @@ def bundle_cmd(
     from edge_unlearn.export.bundle import make_bundle
     from edge_unlearn.guards import check_needs_flag, check_outputs
 
-    check_outputs({"-o": output, "--json-out": out.json_out}, [checkpoint, retrained, reference], run.path)
+    check_outputs({"-o": output, "--json-out": out.json_out}, [checkpoint, *retrained, reference], run.path)
     check_needs_flag(
         "--audit",
         audit,
         {
-            "--retrained": retrained,
+            "--retrained": retrained or None,
             "--reference": reference,
             "--audit-samples": audit_samples,
             "--audit-probe-samples": audit_probe_samples,
@@ -276,9 +277,13 @@ def bundle_cmd(
     info = bundle.audit.info if bundle.audit is not None else None
     summary = {
         **bundle.describe(),
-        **({"audit": {k: info.get(k) for k in ("fp32", "retrained", "thresholds", "weight_steps")}} if info else {}),
+        **(
+            {"audit": {k: info.get(k) for k in ("fp32", "retrained", "retrained_band", "thresholds", "weight_steps")}}
+            if info
+            else {}
+        ),
     }
-    run.record("bundle", summary, [checkpoint, retrained, reference, output])
+    run.record("bundle", summary, [checkpoint, *retrained, reference, output])
     out.emit(summary)
     out.say(
         f"wrote {output}: {len(bundle.labels)} samples, {bundle.num_classes} classes, "

@@ -65,6 +65,9 @@ LOGIT_PROBE_ARRAYS = (
     "audit_logit_probe_classes",
     "audit_logit_columns",
 )
+#: the retrained band's answers (``bundle --audit --retrained``, once per retrained model): their log-softmax over
+#: the retained classes on the bundle's forgotten-class images [M, N_forgotten, R], in bundle order
+OUTPUT_BAND_ARRAY = "audit_retrained_log_softmax"
 AUDIT_JSON = "audit_json"
 ALPHA_GRID = (0.2, 0.4, 0.6, 0.8)
 #: margins over a retrained model's figures (bundle --retrained): the probe's is issue #15's acceptance (+0.02);
@@ -77,6 +80,10 @@ PROTOTYPE_MARGIN = 0.05
 #: class still separates it as "none of the above" (retrained probes 0.89-0.98), so it is judged only against a
 #: reference (--retrained at bundle time, or --audit-max-probe)
 DEFAULT_MAX_PROTOTYPE = 0.10
+#: issue #28's output criteria: TV to the retrained models at most their own seed-to-seed TV + 0.05 (needs two
+#: retrained models), mean entropy inside the retrained models' range widened by 5 % of it on each side
+OUTPUT_TV_MARGIN = 0.05
+OUTPUT_ENTROPY_MARGIN = 0.05
 #: how far the deployed model's figures may sit above the FP32 ones (forgetting must survive quantization), and
 #: how far the probe's accuracy on the retained classes may fall below FP32 (the features and the probe are real)
 DEFAULT_TOLERANCE = 0.05
@@ -147,6 +154,8 @@ class AuditData:
     info: dict[str, Any] = field(default_factory=dict)
     logit_probe: LinearProbe | None = None
     logit_columns: np.ndarray | None = None
+    #: the retrained models' log-softmax on the forgotten-class images [M, N_forgotten, R]; None without
+    retrained_log_softmax: np.ndarray | None = None
 
     @property
     def has_output_probe(self) -> bool:
@@ -199,6 +208,8 @@ def audit_arrays(data: AuditData) -> dict[str, np.ndarray]:
                 "audit_logit_columns": data.logit_columns,
             }
         )
+    if data.retrained_log_softmax is not None:
+        arrays[OUTPUT_BAND_ARRAY] = data.retrained_log_softmax
     info = {
         **data.info,
         "format": AUDIT_FORMAT if data.has_output_probe else AUDIT_FORMAT_V1,  # none: no class retained
@@ -244,7 +255,7 @@ def read_audit(
     """The audit part of a bundle's arrays; None when the bundle has none; ModelFileError when it is damaged or
     changed after it was written (an array's digest differs from the one recorded). Format-1 bundles (no
     output probe) are read with ``logit_probe`` None."""
-    present = [k for k in (*AUDIT_ARRAYS, *LOGIT_PROBE_ARRAYS, AUDIT_JSON) if k in arrays]
+    present = [k for k in (*AUDIT_ARRAYS, *LOGIT_PROBE_ARRAYS, OUTPUT_BAND_ARRAY, AUDIT_JSON) if k in arrays]
     if not present:
         return None
     fix = "re-create the bundle with `edge-unlearn bundle CHECKPOINT --audit`"
@@ -257,12 +268,14 @@ def read_audit(
     if not isinstance(info, dict) or info.get("format") not in (AUDIT_FORMAT, AUDIT_FORMAT_V1):
         raise ModelFileError(f"{where}: audit data format is not {AUDIT_FORMAT}; {fix}")
     names = AUDIT_ARRAYS + (LOGIT_PROBE_ARRAYS if info["format"] == AUDIT_FORMAT else ())
+    if info["format"] == AUDIT_FORMAT and "output_band" in info:
+        names += (OUTPUT_BAND_ARRAY,)
     missing = [k for k in names if k not in arrays]
     if missing:
         raise ModelFileError(f"{where}: the audit data is incomplete (lacks {', '.join(missing)}); {fix}")
     digests = info.get("digests") or {}
     changed = [k for k in names if digests.get(k) != array_digest(arrays[k])]
-    stray = [k for k in LOGIT_PROBE_ARRAYS if k in arrays and k not in names]
+    stray = [k for k in (*LOGIT_PROBE_ARRAYS, OUTPUT_BAND_ARRAY) if k in arrays and k not in names]
     if changed or stray:
         raise ModelFileError(
             f"{where}: the audit arrays {', '.join(changed + stray)} changed after the bundle was "
@@ -296,6 +309,15 @@ def read_audit(
             and _probe_ok(a, "audit_logit_probe", len(columns), num_classes)
         )
         logit_probe = _probe(a, "audit_logit_probe")
+    band = a.get(OUTPUT_BAND_ARRAY)
+    if shapes_ok and band is not None:
+        n_forgotten = int(info["output_band"].get("images", -1))
+        shapes_ok = (
+            band.ndim == 3
+            and band.shape[0] == len(info["output_band"].get("retrained_sha256", ()))
+            and band.shape[1:] == (n_forgotten, len(columns))
+            and band.dtype.kind == "f"
+        )
     if not shapes_ok:
         raise ModelFileError(f"{where}: the audit arrays have inconsistent shapes or values; {fix}")
     return AuditData(
@@ -309,6 +331,7 @@ def read_audit(
         info,
         logit_probe,
         None if columns is None else columns.astype(np.int64),
+        None if band is None else band.astype(np.float64),
     )
 
 
@@ -414,6 +437,81 @@ def audit_figures(
         outputs = np.asarray(logits)[:, data.logit_columns]
         out.update({f"logit_{k}": v for k, v in probe_figures(data.logit_probe, outputs, labels, forgotten).items()})
     return out
+
+
+def retained_log_softmax(logits: np.ndarray, columns: np.ndarray) -> np.ndarray:
+    """Log-softmax over the retained classes' logits ``columns`` (float64): what a caller of the deployed model
+    reads as its answer."""
+    z = np.asarray(logits, np.float64)[:, columns]
+    z = z - z.max(axis=1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+
+
+def _entropy(log_p: np.ndarray) -> np.ndarray:
+    return -(np.exp(log_p) * log_p).sum(axis=1)
+
+
+def _tv(log_p: np.ndarray, log_q: np.ndarray) -> float:
+    """Mean over rows of 0.5 · ‖p − q‖₁."""
+    return float(0.5 * np.abs(np.exp(log_p) - np.exp(log_q)).sum(axis=1).mean())
+
+
+def output_band_limits(band: np.ndarray) -> dict[str, Any]:
+    """From the retrained models' log-softmax [M, N, R]: their mean entropies, the entropy range widened by
+    :data:`OUTPUT_ENTROPY_MARGIN` of its mean on each side, and (M ≥ 2) the seed-to-seed TV floor (mean over
+    pairs) with the highest accepted TV, floor + :data:`OUTPUT_TV_MARGIN`."""
+    entropies = [float(_entropy(b).mean()) for b in band]
+    widen = OUTPUT_ENTROPY_MARGIN * float(np.mean(entropies))
+    pairs = [_tv(band[i], band[j]) for i in range(len(band)) for j in range(i + 1, len(band))]
+    floor = float(np.mean(pairs)) if pairs else None
+    return {
+        "retrained_entropy": entropies,
+        "entropy_low": min(entropies) - widen,
+        "entropy_high": max(entropies) + widen,
+        "floor_tv": floor,
+        "max_tv": None if floor is None else floor + OUTPUT_TV_MARGIN,
+    }
+
+
+def output_band_figures(log_p: np.ndarray, band: np.ndarray) -> dict[str, float]:
+    """One model's answers ``log_p`` [N, R] on the forgotten-class images against the retrained band [M, N, R]:
+    mean entropy, mean top probability, and the TV to the retrained models (mean over them)."""
+    return {
+        "out_entropy": float(_entropy(log_p).mean()),
+        "out_confidence": float(np.exp(log_p).max(axis=1).mean()),
+        "out_tv": float(np.mean([_tv(log_p, b) for b in band])),
+    }
+
+
+def output_band_checks(log_p: np.ndarray, band: np.ndarray) -> tuple[list[Check], dict[str, Any]]:
+    """Issue #28's output checks: entropy inside the retrained range (± 5 %), TV to the retrained models within
+    their seed-to-seed floor + 0.05 (only with two or more retrained models: one has no floor)."""
+    limits = output_band_limits(band)
+    figures = output_band_figures(log_p, band)
+    low, high, h = limits["entropy_low"], limits["entropy_high"], figures["out_entropy"]
+    checks = [
+        Check(
+            "audit_output_entropy",
+            max(low - h, h - high, 0.0),
+            "<=",
+            0.0,
+            f"mean entropy {h:.4f} nats on the forgotten classes' images vs the retrained models' "
+            f"{', '.join(f'{e:.4f}' for e in limits['retrained_entropy'])} (accepted [{low:.4f}, {high:.4f}]); "
+            "the value is the distance outside that range",
+        )
+    ]
+    if limits["max_tv"] is not None:
+        checks.append(
+            Check(
+                "audit_output_tv",
+                figures["out_tv"],
+                "<=",
+                limits["max_tv"],
+                f"TV between this model's and the retrained models' answers on the forgotten classes' images; "
+                f"retrained vs retrained {limits['floor_tv']:.4f} + {OUTPUT_TV_MARGIN}",
+            )
+        )
+    return checks, {**figures, **limits}
 
 
 # ------------------------------------------------------------------------------------------------ the verdict
@@ -586,6 +684,14 @@ def audit_checks(
             f"{_fmt(device['probe_retain_acc'])} (the features and the probe are the real ones)",
         )
     )
+    outputs = None
+    if data.retrained_log_softmax is not None and data.logit_columns is not None:
+        rows = np.isin(labels, sorted(set(int(c) for c in forgotten)))
+        band = data.retrained_log_softmax
+        output_checks, outputs = output_band_checks(retained_log_softmax(logits[rows], data.logit_columns), band)
+        fp32_outputs = output_band_figures(retained_log_softmax(reference_logits[rows], data.logit_columns), band)
+        outputs["fp32"] = fp32_outputs
+        checks.extend(output_checks)
     diff = np.asarray(features, np.float64) - data.features
     rel = float(np.linalg.norm(diff) / max(float(np.linalg.norm(data.features)), 1e-12))
     figures = {
@@ -596,6 +702,7 @@ def audit_checks(
         "feature_relative_error": rel,
         "weight_steps": data.info.get("weight_steps"),
         "config": data.config.to_json(),
+        "outputs": outputs,
     }
     return checks, figures
 
@@ -755,6 +862,17 @@ def audit_lines(figures: dict[str, Any]) -> list[str]:
         lines.append(
             f"  {label:<26} {_fmt(device.get(key)) if device else '':>10} {_fmt(fp32.get(key)):>8} "
             f"{_fmt(gold.get(key)) if gold else '-':>9}"
+        )
+    outputs = figures.get("outputs")
+    if outputs:
+        band = outputs["retrained_entropy"]
+        lines.append(
+            f"  {'output entropy (nats)':<26} {_fmt(outputs['out_entropy']):>10} "
+            f"{_fmt(outputs['fp32']['out_entropy']):>8} {' / '.join(f'{e:.4f}' for e in band):>9}"
+        )
+        lines.append(
+            f"  {'output TV to retrained':<26} {_fmt(outputs['out_tv']):>10} {_fmt(outputs['fp32']['out_tv']):>8} "
+            f"{_fmt(outputs['floor_tv']) if outputs['floor_tv'] is not None else 'one model':>9}"
         )
     if device:
         lines.append(f"  features vs FP32: relative error {figures.get('feature_relative_error', float('nan')):.4f}")

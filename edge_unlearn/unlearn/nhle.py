@@ -72,13 +72,17 @@ class NHLEConfig:
     """NHLE's parameters (version 4). ``steps`` Adam steps at ``lr`` train the forgotten classes' head rows on
     the negative-hot targets; ``target_scale`` is where the feature step sends the forget samples' mean: that
     fraction of the nearest retained class's recorded mean (1: onto the class mean — confident; smaller: less
-    confident); ``data_free``: the estimate used when the model has no class statistics (``none``: skip the
-    feature step). Defaults measured against retrained models (docs/nhle.md)."""
+    confident); ``entropy_ratio`` (opt-in) sets that fraction per request instead: the one at which the forget
+    samples' mean entropy over the retained classes is this ratio of the masked original's (0.7: a retrained
+    model's sharpness on digits; fashion measured mixed, docs/nhle.md); ``data_free``: the estimate used when the
+    model has no class statistics (``none``: skip the feature step). Defaults measured against retrained models
+    (docs/nhle.md)."""
 
     steps: int = 20
     lr: float = 0.05
     target_scale: float = 0.35
     data_free: str = "batchnorm"
+    entropy_ratio: float | None = None
     version: int = NHLE_CONFIG_VERSION
 
     def __post_init__(self) -> None:
@@ -91,6 +95,11 @@ class NHLEConfig:
             raise UsageError(f"nhle data_free must be one of {', '.join(DATA_FREE)}, got {self.data_free!r}")
         if self.steps < 0 or not self.lr > 0:
             raise UsageError(f"nhle needs steps >= 0 and lr > 0, got steps={self.steps}, lr={self.lr}")
+        if self.entropy_ratio is not None and not 0 < self.entropy_ratio <= 2:
+            raise UsageError(
+                f"nhle entropy_ratio must be in (0, 2] (of the masked original's entropy on the forget samples), "
+                f"got {self.entropy_ratio}"
+            )
         if not 0 < self.target_scale <= 1:
             raise UsageError(
                 f"nhle target_scale must be in (0, 1] (1: the nearest class mean itself), got {self.target_scale}"
@@ -341,6 +350,7 @@ def retarget_forget_features(
     forget_labels: torch.Tensor,
     forget_classes: list[int],
     target_scale: float,
+    entropy_ratio: float | None = None,
 ) -> dict[str, object]:
     """Step 1 with class statistics: for each forgotten class, :func:`retarget_layer` sends its samples' mean
     input of the edit layer to ``target_scale`` × the nearest retained class's recorded mean. Returns what
@@ -351,6 +361,7 @@ def retarget_forget_features(
     retained = model.class_stats[keep].float()
     labels = forget_labels.to(forget_inputs.device)
     targets: dict[int, int] = {}
+    scales: dict[int, float] = {}
     edited = 0
     for c in forget_classes:
         x = forget_inputs[labels == c]
@@ -358,9 +369,65 @@ def retarget_forget_features(
             continue
         act = _layer_input(model, layer, x).mean(0)
         targets[c] = nearest_retained_classes(model, act, keep)[0]
-        target = model.class_stats[targets[c]].float() * target_scale
-        edited += retarget_layer(model, layer, act, target, retained)
-    return {"layers_edited": edited, "target_classes": targets}
+        direction = model.class_stats[targets[c]].float()
+        if entropy_ratio is not None:
+            scales[c] = _scale_for_entropy(model, layer, x, act, direction, retained, ~keep, entropy_ratio)
+        edited += retarget_layer(model, layer, act, direction * scales.get(c, target_scale), retained)
+    return {"layers_edited": edited, "target_classes": targets, **({"target_scales": scales} if scales else {})}
+
+
+@torch.no_grad()
+def _retained_entropy(model: UnlearnableClassifier, x: torch.Tensor, masked: torch.Tensor) -> float:
+    """Mean entropy (nats) of the softmax over the classes not in ``masked`` on ``x``."""
+    logp = torch.log_softmax(model.head(model.features(x)).float().masked_fill(masked, float("-inf")), dim=1)
+    return float(-(logp.exp() * logp.masked_fill(masked, 0)).sum(1).mean())
+
+
+@torch.no_grad()
+def _scale_for_entropy(
+    model: UnlearnableClassifier,
+    layer: nn.Module,
+    x: torch.Tensor,
+    forget_mean: torch.Tensor,
+    direction: torch.Tensor,
+    retained_means: torch.Tensor,
+    masked: torch.Tensor,
+    ratio: float,
+    lo: float = 0.05,
+    hi: float = 2.0,
+    iterations: int = 12,
+) -> float:
+    """The target scale at which the edited model's mean entropy over the retained classes on the forget
+    samples ``x`` is ``ratio`` × the unedited model's (the masked original's): bisection on a log scale
+    (entropy falls as the target moves out along ``direction``). The layer is left unedited."""
+    goal = ratio * _retained_entropy(model, x, masked)
+    saved = {k: v.clone() for k, v in _edit_state(model, layer).items()}
+
+    def entropy_at(scale: float) -> float:
+        retarget_layer(model, layer, forget_mean, direction * scale, retained_means)
+        try:
+            return _retained_entropy(model, x, masked)
+        finally:
+            for k, v in _edit_state(model, layer).items():
+                v.copy_(saved[k])
+
+    if entropy_at(hi) >= goal:
+        return hi
+    if entropy_at(lo) <= goal:
+        return lo
+    for _ in range(iterations):
+        mid = (lo * hi) ** 0.5
+        lo, hi = (mid, hi) if entropy_at(mid) > goal else (lo, mid)
+    return (lo * hi) ** 0.5
+
+
+def _edit_state(model: UnlearnableClassifier, layer: nn.Module) -> dict[str, torch.Tensor]:
+    """The tensors :func:`retarget_layer` may change: the layer's, and the running mean of the BatchNorm after it."""
+    out = {f"layer.{n}": t for n, t in layer.named_parameters()}
+    bn = _following_batchnorm(model, layer)
+    if bn is not None and bn.running_mean is not None:
+        out["bn.running_mean"] = bn.running_mean
+    return out
 
 
 def _nhle_loss(logits: torch.Tensor, keep: torch.Tensor, forget: list[int], targets: torch.Tensor) -> torch.Tensor:
@@ -432,7 +499,9 @@ def run_nhle(
     details: dict[str, object] = {}
     if model.has_class_stats:
         step = "class_stats"
-        report = retarget_forget_features(model, x, forget_set.labels, forget, config.target_scale)
+        report = retarget_forget_features(
+            model, x, forget_set.labels, forget, config.target_scale, config.entropy_ratio
+        )
         edited = int(report.pop("layers_edited"))
         details.update(report)
     elif config.data_free == "batchnorm" and (estimate := batchnorm_feature_mean(model, x)) is not None:

@@ -452,3 +452,132 @@ def test_validate_audit_without_torch(deployed):
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == {"verdict": True, "audit": True, "loaded": []}
+
+
+def test_output_band_limits_and_figures_are_the_documented_formulas():
+    """Entropy range ± 5 % of its mean, TV floor = mean pairwise TV of the retrained models, TV = mean over them."""
+    from edge_unlearn.deploy.audit import output_band_checks, output_band_figures, output_band_limits
+
+    p = np.array([[0.7, 0.2, 0.1], [0.5, 0.5, 0.0 + 1e-12]])
+    q = np.array([[0.6, 0.3, 0.1], [0.4, 0.4, 0.2]])
+    r = np.array([[0.1, 0.8, 0.1], [0.3, 0.3, 0.4]])
+    band = np.log(np.stack([q, r]))
+
+    def entropy(m):
+        return float(np.mean(-(m * np.log(m)).sum(1)))
+
+    def tv(a, b):
+        return float(np.mean(0.5 * np.abs(a - b).sum(1)))
+
+    limits = output_band_limits(band)
+    hq, hr = entropy(q), entropy(r)
+    widen = 0.05 * (hq + hr) / 2
+    assert limits["retrained_entropy"] == pytest.approx([hq, hr])
+    assert limits["entropy_low"] == pytest.approx(min(hq, hr) - widen)
+    assert limits["entropy_high"] == pytest.approx(max(hq, hr) + widen)
+    assert limits["floor_tv"] == pytest.approx(tv(q, r)) and limits["max_tv"] == pytest.approx(tv(q, r) + 0.05)
+    figures = output_band_figures(np.log(p), band)
+    assert figures["out_tv"] == pytest.approx((tv(p, q) + tv(p, r)) / 2)
+    assert figures["out_entropy"] == pytest.approx(entropy(p), abs=1e-9)
+    assert figures["out_confidence"] == pytest.approx((0.7 + 0.5) / 2)
+    # the first retrained model itself: inside the range, at half the floor; a sharp one-hot answer: outside
+    checks, _ = output_band_checks(np.log(q), band)
+    assert [c.passed for c in checks] == [True, True]
+    sharp = np.log(np.array([[1 - 2e-9, 1e-9, 1e-9], [1e-9, 1 - 2e-9, 1e-9]]))
+    checks, _ = output_band_checks(sharp, band)
+    assert checks[0].name == "audit_output_entropy" and not checks[0].passed
+    assert checks[0].value == pytest.approx(limits["entropy_low"] - output_band_figures(sharp, band)["out_entropy"])
+    # one retrained model: no floor, so no TV check (an entropy check only)
+    checks, figures = output_band_checks(np.log(q), band[:1])
+    assert [c.name for c in checks] == ["audit_output_entropy"] and figures["floor_tv"] is None
+
+
+@pytest.fixture(scope="module")
+def second_retrain(models) -> Path:
+    import torch
+
+    from edge_unlearn.workflows import retrain_checkpoint
+
+    out = models.folder / "retrain_seed1.safetensors"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        retrain_checkpoint(models.original, [str(FORGET)], out, progress=False, seed=1)
+    finally:
+        torch.set_num_threads(threads)
+    return out
+
+
+def test_validate_audit_judges_the_deployed_answers_against_two_retrained_seeds(
+    models, second_retrain, digits, tmp_path
+):
+    """`bundle --audit --retrained A --retrained B` stores both retrained models' answers on the forgotten class's
+    images; `validate --audit` measures the deployed model's answers against them with the host's own measures
+    (edge_unlearn.output_audit), checks entropy and TV, and refuses a band edited after the bundle was written."""
+    import torch
+
+    from edge_unlearn.checkpoint import load_checkpoint
+    from edge_unlearn.deploy.audit import AUDIT_JSON, OUTPUT_BAND_ARRAY
+    from edge_unlearn.output_audit import compare_outputs, forget_test_log_softmax
+
+    bundle = tmp_path / "masked.band.npz"
+    made = invoke_cli(
+        ["bundle", models.masked, "--audit", "--retrained", models.retrained, "--retrained", second_retrain,
+         "--json", "-o", bundle]
+    )  # fmt: skip
+    assert made.exit_code == 0, made.output
+    assert len(json.loads(made.stdout)["audit"]["retrained_band"]) == 2
+    fp32 = _export(models.masked, tmp_path / "masked.audit.onnx", int8_target=None)
+    run = invoke_cli(["validate", fp32, "--bundle", bundle, "--audit", "--json"])
+    assert run.exit_code in (0, 1), run.output
+    report = json.loads(run.stdout)
+    checks = {c["name"]: c for c in report["checks"]}
+    assert {"audit_output_entropy", "audit_output_tv"} <= set(checks)
+    outputs = report["audit"]["outputs"]
+    # the host's figures on the same images (the bundle holds the whole test split): the device's equal them
+    golds = [load_checkpoint(p).model.eval() for p in (models.retrained, second_retrain)]
+    log_p = forget_test_log_softmax(load_checkpoint(models.masked).model.eval(), digits, [FORGET])
+    refs = [forget_test_log_softmax(g, digits, [FORGET]) for g in golds]
+    host = compare_outputs(log_p, refs)
+    assert outputs["out_entropy"] == pytest.approx(host["entropy"], abs=1e-4)
+    assert outputs["out_tv"] == pytest.approx(host["tv"], abs=1e-4)
+    floor = float(compare_outputs(refs[0], refs[1:])["tv"])
+    assert outputs["floor_tv"] == pytest.approx(floor, abs=1e-4)
+    assert checks["audit_output_tv"]["threshold"] == pytest.approx(floor + 0.05, abs=1e-4)
+    assert checks["audit_output_tv"]["passed"] == (host["tv"] <= floor + 0.05)
+    with torch.no_grad():
+        entropies = [float(-(r.exp() * r).sum(1).mean()) for r in refs]
+    assert outputs["retrained_entropy"] == pytest.approx(entropies, abs=1e-4)
+    # the first retrained seed deployed against the same band: its own answers sit inside it
+    own = tmp_path / "retrained.band.npz"
+    made = invoke_cli(
+        ["bundle", models.retrained, "--audit", "--retrained", models.retrained, "--retrained", second_retrain,
+         "-q", "-o", own]
+    )  # fmt: skip
+    assert made.exit_code == 0, made.output
+    gold_onnx = _export(models.retrained, tmp_path / "retrained.audit.onnx", int8_target=None)
+    mine = json.loads(invoke_cli(["validate", gold_onnx, "--bundle", own, "--audit", "--json"]).stdout)
+    mine_checks = {c["name"]: c for c in mine["checks"]}
+    assert mine_checks["audit_output_entropy"]["passed"] and mine_checks["audit_output_tv"]["passed"]
+    assert mine["audit"]["outputs"]["out_tv"] == pytest.approx(floor / 2, abs=1e-4)
+
+    def flatten(data):  # a forger moves the retrained answers toward the deployed model's
+        data[OUTPUT_BAND_ARRAY] = np.repeat(data[OUTPUT_BAND_ARRAY].mean(axis=0, keepdims=True), 2, axis=0)
+
+    def unrecorded(data):  # a band the audit data never recorded
+        info = json.loads(str(data[AUDIT_JSON]))
+        del info["output_band"]
+        data[AUDIT_JSON] = np.asarray(json.dumps(info))
+
+    _rewrite(bundle, tmp_path / "forged.npz", flatten)
+    one_line_error(
+        invoke_cli(["validate", fp32, "--bundle", tmp_path / "forged.npz", "--audit"]),
+        OUTPUT_BAND_ARRAY,
+        "changed after the bundle was written",
+    )
+    _rewrite(bundle, tmp_path / "unrecorded.npz", unrecorded)
+    one_line_error(
+        invoke_cli(["validate", fp32, "--bundle", tmp_path / "unrecorded.npz", "--audit"]),
+        OUTPUT_BAND_ARRAY,
+        "changed after the bundle was written",
+    )

@@ -126,6 +126,28 @@ def test_target_scale_sets_the_confidence_of_the_answers_on_forget_samples(origi
     assert mia_entropy(onto, digits, [3]) > mia_entropy(forget(original, fs).model, digits, [3])
 
 
+def test_entropy_ratio_finds_the_scale_that_gives_that_share_of_the_masked_originals_entropy(original, digits):
+    """The per-request rule: the chosen scale puts the forget samples' mean entropy over the retained classes at
+    the asked share of the masked original's (to the bisection's precision), a smaller share means a larger
+    scale, and the retained classes' recorded means still map exactly as before (retained accuracy holds)."""
+    from edge_unlearn.unlearn.nhle import _retained_entropy
+
+    fs = _forget_set(digits, [3])
+    masked = torch.zeros(10, dtype=torch.bool)
+    masked[3] = True
+    before = _retained_entropy(original.eval(), fs.inputs, masked)
+    scales = {}
+    for ratio in (0.6, 0.9):
+        result = forget(copy.deepcopy(original), fs, config=NHLEConfig(entropy_ratio=ratio))
+        scales[ratio] = result.details["target_scales"][3]
+        after = _retained_entropy(result.model.eval(), fs.inputs, masked)
+        assert 0.05 < scales[ratio] < 2.0 and after == pytest.approx(ratio * before, rel=0.02), (ratio, after, before)
+        report = evaluate_model(result.model, digits, [3], probe=False)
+        assert report.forget_acc == 0 and report.forget_acc_unmasked == 0
+    assert scales[0.6] > scales[0.9]
+    assert "target_scales" not in forget(copy.deepcopy(original), fs).details  # the fixed scale by default
+
+
 def test_depth_statistics_survive_a_checkpoint_and_old_checkpoints_still_load(
     with_depth_stats, digits_checkpoint, tmp_path
 ):
@@ -147,6 +169,8 @@ def test_depth_statistics_survive_a_checkpoint_and_old_checkpoints_still_load(
     [
         ({"target_scale": 0.0}, "target_scale"),
         ({"target_scale": 1.5}, "target_scale"),
+        ({"entropy_ratio": 0.0}, "entropy_ratio"),
+        ({"entropy_ratio": 3.0}, "entropy_ratio"),
         ({"data_free": "magic"}, "data_free"),
         ({"steps": -1}, "steps"),
         ({"feature_target": "nearest_pair"}, "feature_target"),
