@@ -1,7 +1,8 @@
 """Feature-level audit after quantization (issue #15 part 3): `validate --audit` on the NHLE default, the original
 (masked only) and the retrained model, in FP32, INT8 (cpu and tensorrt layouts) and FP16, with thresholds from the
-retrained model: the prototype attack and the probe on the features, the output probe on the retained logits.
-Prints a table; writes benchmarks/results/audit_quantized/audit_quantized_<dataset>_<arch>_c<class>.json.
+retrained model: the prototype attack and the probe on the features, the output probe on the retained logits, and
+(issue #28) the deployed answers on the forgotten class against the retrained models' (entropy range; TV within
+their seed-to-seed floor + 0.05 when two or more are given: ``--retrained A B``). Prints a table; writes benchmarks/results/audit_quantized/audit_quantized_<dataset>_<arch>_c<class>.json.
 
     python -m benchmarks.audit_quantized --dataset npz:../shared/data/mnist.npz --arch lenet --forget 3
     python -m benchmarks.audit_quantized --quick    # digits, short recipe, FP32 and INT8 (cpu) only, into --work
@@ -64,6 +65,10 @@ PRECISIONS = (
 )
 
 
+def _f(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", default="digits")
@@ -79,8 +84,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--retrained",
         type=Path,
+        nargs="+",
         default=None,
-        help="an existing model retrained without --forget instead of retraining one",
+        help="existing models retrained without --forget (different seeds) instead of retraining one; the first "
+        "is audited as 'retrain', all of them form the band of the output checks",
+    )
+    parser.add_argument(
+        "--set",
+        dest="nhle_set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="NHLE parameter for the 'nhle' model (repeatable), e.g. --set entropy_ratio=0.7",
     )
     parser.add_argument("--quick", action="store_true", help="digits, short recipe, FP32 and INT8 (cpu) only")
     parser.add_argument("--out", type=Path, default=None, help="results JSON (default: see above)")
@@ -89,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.dataset = "digits"
 
-    for option, path in (("--original", args.original), ("--retrained", args.retrained)):
+    for option, path in (("--original", args.original), *(("--retrained", r) for r in args.retrained or ())):
         if path is not None and not path.is_file():
             print(f"error: {option} {path} is not a file; give an edge-unlearn checkpoint", file=sys.stderr)
             return 2
@@ -97,7 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(args.work or SCRATCH / "audit_quantized" / (tag + ("_quick" if args.quick else "")))
     work.mkdir(parents=True, exist_ok=True)
     orig, nhle, masked, gold = (work / f"{n}.safetensors" for n in ("original", "nhle", "masked", "retrain"))
-    orig, gold = args.original or orig, args.retrained or gold
+    orig, gold = args.original or orig, (args.retrained or [gold])[0]
+    band = args.retrained or [gold]
     seconds: dict[str, float] = {}
     steps = [
         (
@@ -105,12 +121,16 @@ def main(argv: list[str] | None = None) -> int:
             ["train", "--dataset", args.dataset, "--arch", args.arch, "--device", "cpu", "-o", orig]
             + (QUICK_RECIPE if args.quick else []),
         ),
-        (nhle, ["forget", orig, "--forget", args.forget, "--device", "cpu", "--no-eval", "-o", nhle]),
+        (
+            nhle,
+            ["forget", orig, "--forget", args.forget, "--device", "cpu", "--no-eval", "-o", nhle]
+            + [a for kv in args.nhle_set for a in ("--set", kv)],
+        ),
         # the original with the class masked and nothing else (no CLI method does only that)
         (masked, [MASK_ONLY, orig, "--forget", args.forget, "-o", masked]),
         (gold, ["retrain", orig, "--forget", args.forget, "-o", gold]),
     ]
-    given = {p for p in (args.original, args.retrained) if p is not None}
+    given = {p for p in (args.original, *(args.retrained or ())) if p is not None}
     for path, cmd in [(path, cmd) for path, cmd in steps if path not in given]:
         # a cached checkpoint is reused only if the same command made it with the same NHLE config version
         # (a v1-era nhle.safetensors must not stand in for the current default)
@@ -126,7 +146,8 @@ def main(argv: list[str] | None = None) -> int:
         stem = ckpt.stem
         bundle = work / f"{stem}.audit.npz"
         extra = ["--reference", orig] if stem == "nhle" else []
-        run("bundle", ckpt, "--audit", "--retrained", gold, *extra, "-o", bundle, "-q")
+        retrained = [a for r in band for a in ("--retrained", r)]
+        run("bundle", ckpt, "--audit", *retrained, *extra, "-o", bundle, "-q")
         fp32 = work / f"{stem}.audit.onnx"
         run("export", ckpt, "--audit", "-o", fp32, "-q")
         models = {"fp32": fp32}
@@ -140,6 +161,7 @@ def main(argv: list[str] | None = None) -> int:
             report = json.loads(proc.stdout)
             audit = report["audit"]
             failed = [c["name"] for c in report["checks"] if not c["passed"]]
+            outputs = audit.get("outputs") or {}
             rows.append(
                 {
                     "model": name,
@@ -156,20 +178,27 @@ def main(argv: list[str] | None = None) -> int:
                     "max_probe": audit["thresholds"]["max_probe"],
                     "max_prototype": audit["thresholds"]["max_prototype"],
                     "feature_rel_error": audit["feature_relative_error"],
+                    "out_entropy": outputs.get("out_entropy"),
+                    "out_entropy_band": [outputs.get("entropy_low"), outputs.get("entropy_high")],
+                    "out_tv": outputs.get("out_tv"),
+                    "max_out_tv": outputs.get("max_tv"),
                     "failed": failed,
                     "weight_steps": audit.get("weight_steps") if label == "fp32" else None,
                 }
             )
     print(
         f"{'model':<18} {'precision':<14} {'exit':>4} {'probe':>7} {'proto':>7} {'fp32':>7} {'retrain':>7} "
-        f"{'max':>6} {'out probe':>9} {'fp32':>7} {'retrain':>7} {'max':>6} {'feat err':>8}  failed"
+        f"{'max':>6} {'out probe':>9} {'fp32':>7} {'retrain':>7} {'max':>6} {'feat err':>8} {'entropy':>7} "
+        f"{'band':>13} {'tv':>6} {'max':>6}  failed"
     )
     for r in rows:
         print(
             f"{r['model']:<18} {r['precision']:<14} {r['exit']:>4} {r['probe_forget']:>7.4f} {r['prototype']:>7.4f} "
             f"{r['fp32_prototype']:>7.4f} {r['retrain_prototype']:>7.4f} {r['max_prototype']:>6.3f} "
             f"{r['logit_probe_forget']:>9.4f} {r['fp32_logit_probe']:>7.4f} {r['retrain_logit_probe']:>7.4f} "
-            f"{r['max_logit_probe']:>6.3f} {r['feature_rel_error']:>8.4f}  {', '.join(r['failed']) or '-'}"
+            f"{r['max_logit_probe']:>6.3f} {r['feature_rel_error']:>8.4f} {_f(r['out_entropy']):>7} "
+            f"{_f(r['out_entropy_band'][0]) + '-' + _f(r['out_entropy_band'][1]):>13} {_f(r['out_tv']):>6} "
+            f"{_f(r['max_out_tv']):>6}  {', '.join(r['failed']) or '-'}"
         )
     steps_report = next((r["weight_steps"] for r in rows if r["weight_steps"]), None)
     if steps_report:
@@ -185,7 +214,8 @@ def main(argv: list[str] | None = None) -> int:
         "rows": rows,
         "seconds": seconds,  # of each checkpoint made in this run
         "original": str(orig),
-        "retrained": str(gold),
+        "retrained": [str(r) for r in band],
+        "nhle_set": args.nhle_set,
         "total_seconds": time.perf_counter() - started,
         **provenance("benchmarks.audit_quantized", argv),
     }

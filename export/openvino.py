@@ -6,6 +6,9 @@ samples only* (as ``edge-unlearn quantize``), with every op of the class mask af
 Gather -- in NNCF's ignored scope, so the fill never enters a quantized range. The IR is then proven by the gate
 (:mod:`edge_unlearn.deploy.structure_openvino`) and run once (the forgotten columns must be the fill) before
 anything is written; both files are written atomically (the ``.bin`` first, the ``.xml`` naming it last).
+An audit export (``export --audit``) converts to an audit IR: its second output ``features`` keeps its name and
+``edge_unlearn.features_name`` travels in the ``rt_info``; in INT8 the features Result reads the (quantized)
+backbone's float output, beside the FakeQuantize NNCF puts on the head's input. The self-check runs both outputs.
 Host side (the INT8 calibration set is loaded through ``edge_unlearn.data``); the IR then runs torch-free.
 """
 
@@ -38,6 +41,8 @@ class OpenVinoResult:
     ignored_ops: tuple[str, ...]
     calib_count: int
     calib_classes: tuple[int, ...]
+    #: the IR's outputs by name: the logits, and for an audit IR the features
+    outputs: tuple[str, ...] = ("logits",)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -48,6 +53,7 @@ class OpenVinoResult:
             "ignored_ops": list(self.ignored_ops),
             "calib_count": self.calib_count,
             "calib_classes": list(self.calib_classes),
+            "outputs": list(self.outputs),
         }
 
 
@@ -137,7 +143,8 @@ def convert_openvino(
             bin_tmp.write_bytes(staged.with_suffix(".bin").read_bytes())
             xml_tmp.write_bytes(staged.read_bytes())
     count = 0 if calib_inputs is None else len(calib_inputs)
-    return OpenVinoResult(output, sha256_file(output), precision, ignored, count, calib_classes)
+    outputs = (meta.output_name, *((meta.features_name,) if meta.features_name else ()))
+    return OpenVinoResult(output, sha256_file(output), precision, ignored, count, calib_classes, outputs)
 
 
 def _self_check(ov: Any, xml: Path, meta: Any) -> None:
@@ -149,9 +156,26 @@ def _self_check(ov: Any, xml: Path, meta: Any) -> None:
     if failed:
         raise ModelFileError(f"the OpenVINO IR fails the gate's structural checks, nothing written: {failed[0]}")
     x = np.random.default_rng(0).standard_normal((4, *meta.input_shape)).astype(np.float32)
-    out = ov.Core().compile_model(model, "CPU")(x)[0]
+    compiled = ov.Core().compile_model(model, "CPU")
+    result = compiled(x)
+    out = np.asarray(result[compiled.output(meta.output_name)])
     forgotten = list(meta.forgotten_classes)
     if not np.all(np.isfinite(out)) or (forgotten and not np.all(out[:, forgotten] == np.float32(meta.mask_value))):
         raise ModelFileError(
             "the OpenVINO IR changed the forgotten classes' fill value or produces NaN; nothing written"
         )
+    if meta.features_name:  # an audit export: its features output must survive the conversion, by name, in float
+        names = [sorted(o.get_names()) for o in compiled.outputs]
+        if not any(meta.features_name in o.get_names() for o in compiled.outputs):
+            raise ModelFileError(
+                f"the OpenVINO IR lost the audit export's {meta.features_name!r} output (outputs: {names}); "
+                "nothing written"
+            )
+        features = np.asarray(result[compiled.output(meta.features_name)])
+        if features.dtype.kind != "f" or features.ndim != 2 or len(features) != len(x):
+            raise ModelFileError(
+                f"the OpenVINO IR's {meta.features_name!r} output is {features.dtype} {list(features.shape)}, not "
+                "float [batch, D]; nothing written"
+            )
+        if not np.all(np.isfinite(features)):
+            raise ModelFileError(f"the OpenVINO IR's {meta.features_name!r} output produces NaN; nothing written")

@@ -85,6 +85,13 @@ def record_to_run_dir(
 )
 @RUN_DIR
 @click.option("--keep-going", is_flag=True, help="Skip an artefact/provider that cannot run here instead of stopping.")
+@click.option(
+    "--bundle",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Also validate every artefact against this bundle (validate's default thresholds) and name the fastest "
+    "runtime and precision that passes, per batch size.",
+)
 def bench_cmd(
     artefacts: tuple[str, ...],
     batches: tuple[int, ...],
@@ -102,6 +109,7 @@ def bench_cmd(
     plot_path: str | None,
     run: RunFolder,
     keep_going: bool,
+    bundle: str | None,
 ) -> None:
     """Measure latency and throughput of checkpoints (torch), ONNX models (onnxruntime FP32/FP16/INT8) and
     TensorRT engines over a batch sweep.
@@ -138,6 +146,7 @@ def bench_cmd(
         names=list(names) or None,
         keep_going=keep_going,
         echo=None if out.quiet else out.say,
+        bundle=bundle,
     )
     if not out.as_json:
         click.echo(report.table())

@@ -3,7 +3,9 @@ edge-unlearn ONNX file (``--provider openvino``) compiled for the CPU by ``openv
 
 The IR carries the ONNX file's edge-unlearn metadata in its ``rt_info`` (``framework`` section, same keys:
 ``openvino.convert_model`` copies them and the converter rewrites them for the IR's precision), so ``validate``,
-``bench`` and ``report`` read it as from an ONNX file. Needs ``pip install 'edge-unlearn[openvino]'``; no torch.
+``bench`` and ``report`` read it as from an ONNX file. An IR converted from an audit export (``export --audit``)
+keeps its second output ``features`` (named by ``edge_unlearn.features_name`` in the ``rt_info``), which
+``infer_features`` reads by name for ``validate --audit``. Needs ``pip install 'edge-unlearn[openvino]'``; no torch.
 """
 
 from __future__ import annotations
@@ -109,15 +111,57 @@ class OpenVinoRunner(Runner):
         self._request = self._compiled.create_infer_request()
 
     def infer_impl(self, inputs: np.ndarray) -> np.ndarray:
+        result = self._run(inputs)
+        return np.asarray(result[self._output(self.meta.output_name)], dtype=np.float32)
+
+    @property
+    def has_features(self) -> bool:
+        """Whether the model is an audit file: its metadata names a features output and the model has it."""
+        name = self.meta.features_name
+        if not name:
+            return False
+        if self._model is None:  # an ONNX file on OpenVINO: the graph's own output names
+            from .onnx_meta import load_onnx
+
+            return name in {o.name for o in load_onnx(self.path, load_weights=False).graph.output}
+        return any(name in output.get_names() for output in self._model.outputs)
+
+    def infer_features(self, inputs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(logits, penultimate features) of one run, both float32, each output found by its name (an IR converted
+        from an audit export: ``edge-unlearn export --audit`` then ``edge-unlearn convert --to openvino``)."""
+        if not self.is_active:
+            raise RuntimeError(f"runner {self.name} is not active; use it inside a `with` block")
+        if not self.meta.features_name:
+            raise ModelFileError(
+                f"{self.path} has no features output; convert an audit export (`edge-unlearn export CHECKPOINT "
+                "--audit`) with `edge-unlearn convert MODEL.audit.onnx --to openvino`"
+            )
+        result = self._run(np.ascontiguousarray(inputs, dtype=np.float32))
+        return (
+            np.asarray(result[self._output(self.meta.output_name)], dtype=np.float32),
+            np.asarray(result[self._output(self.meta.features_name)], dtype=np.float32),
+        )
+
+    def _run(self, inputs: np.ndarray) -> Any:
         assert self._request is not None and self._compiled is not None
         try:
-            result = self._request.infer({0: inputs})
+            return self._request.infer({0: inputs})
         except Exception as exc:  # noqa: BLE001 - a wrong input shape is a RuntimeError with C++ frames
             raise ModelFileError(
                 f"OpenVINO cannot run {self.path} on inputs of shape {list(inputs.shape)} (the model takes "
                 f"[batch, {', '.join(map(str, self.meta.input_shape))}]): {_first_line(exc)}"
             ) from exc
-        return np.asarray(result[self._compiled.output(self.meta.output_name)], dtype=np.float32)
+
+    def _output(self, name: str) -> Any:
+        """The compiled model's output called ``name``; ModelFileError naming the outputs it has otherwise."""
+        assert self._compiled is not None
+        try:
+            return self._compiled.output(name)
+        except Exception as exc:  # noqa: BLE001 - OpenVINO raises RuntimeError with C++ frames
+            names = [sorted(o.get_names()) for o in self._compiled.outputs]
+            raise ModelFileError(
+                f"{self.path} has no output {name!r} (outputs: {names}); the metadata was edited: convert it again"
+            ) from exc
 
     def deactivate_impl(self) -> None:
         self._request = None

@@ -13,7 +13,15 @@ import pytest
 from click.testing import CliRunner
 
 from edge_unlearn.cli import main
-from edge_unlearn.deploy.bench import BenchConfig, bench_artefacts, input_shape_of, parse_batches, summarize
+from edge_unlearn.deploy.bench import (
+    BenchConfig,
+    BenchReport,
+    BenchRow,
+    bench_artefacts,
+    input_shape_of,
+    parse_batches,
+    summarize,
+)
 from edge_unlearn.errors import UsageError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -189,3 +197,54 @@ def test_bench_names_the_quant_layout_of_each_onnx_row(tiny_models, tmp_path):
     table_rows = [line for line in report.table().splitlines() if line.startswith("tagged.int8.onnx")]
     assert len(table_rows) == 2 and all("s8s8-qdq" in line for line in table_rows)
     assert all(r["quant_layout"] == "s8s8-qdq" for r in report.to_json()["results"] if r["name"] == "tagged.int8.onnx")
+
+
+def _row(name: str, batch: int, p50: float, precision: str = "fp32") -> BenchRow:
+    return BenchRow(
+        name, f"/m/{name}", "onnxruntime", "cpu", precision, batch, 5, p50, p50, p50, p50, p50, p50, 0.0,
+        batch / p50 * 1e3, None, None, 1,
+    )  # fmt: skip
+
+
+def test_fastest_passing_picks_the_lowest_p50_among_artefacts_that_pass_per_batch():
+    rows = [_row("a", 1, 2.0), _row("a", 8, 9.0), _row("b", 1, 1.0, "int8"), _row("b", 8, 10.0, "int8")]
+    rows.append(_row("c", 1, 0.5))  # fastest of all, but it fails validate
+    verdicts = {
+        "/m/a": {"passed": True, "failed": [], "error": None},
+        "/m/b": {"passed": True, "failed": [], "error": None},
+        "/m/c": {"passed": False, "failed": ["forget_acc"], "error": None},
+    }
+    report = BenchReport(rows, BenchConfig(iterations=5), {}, [], verdicts, "eval.npz")
+    assert [(f["batch"], f["name"], f["precision"]) for f in report.fastest_passing()] == [
+        (1, "b", "int8"),
+        (8, "a", "fp32"),
+    ]
+    assert report.to_json()["fastest_passing"][0]["p50_ms"] == 1.0
+    assert "fastest that passes validate, batch 1: b" in report.table() and "c.onnx" not in report.table()
+    none = BenchReport(
+        rows, BenchConfig(iterations=5), {}, [], {k: {**v, "passed": False} for k, v in verdicts.items()}, "e.npz"
+    )
+    assert none.fastest_passing() == [] and "no artefact passes validate" in none.table()
+    assert "fastest_passing" not in BenchReport(rows, BenchConfig(iterations=5), {}).to_json()
+
+
+def test_bench_bundle_validates_every_artefact_and_names_the_fastest_that_passes(artifacts, tiny_models, tmp_path):
+    """Real files: the digits export in FP32 and INT8 pass validate against their bundle; a graph that is not an
+    edge-unlearn export cannot be judged (error) and is never named, however fast."""
+    out = tmp_path / "bench.json"
+    args = [str(artifacts.fp32), str(artifacts.int8), str(tiny_models[0]), "--batches", "1", "--iterations", "5"]
+    result = CliRunner().invoke(
+        main,
+        ["bench", *args, "--warmup", "1", "--threads", "1", "--bundle", str(artifacts.bundle), "--json-out", str(out)],
+    )
+    assert result.exit_code == 0, result.output
+    data = json.loads(out.read_text())
+    verdicts = data["validation"]
+    assert verdicts[str(artifacts.fp32)]["passed"] and verdicts[str(artifacts.int8)]["passed"]
+    assert not verdicts[str(tiny_models[0])]["passed"] and verdicts[str(tiny_models[0])]["error"]
+    passing = [r for r in data["results"] if r["path"] in (str(artifacts.fp32), str(artifacts.int8))]
+    fastest = min(passing, key=lambda r: r["p50_ms"])
+    assert data["fastest_passing"] == [
+        {k: fastest[k] for k in ("batch", "name", "path", "runtime", "provider", "precision", "p50_ms")}
+    ]
+    assert f"fastest that passes validate, batch 1: {fastest['name']}" in result.output

@@ -526,9 +526,12 @@ def bench_artefacts(
     names: Sequence[str] | None = None,
     keep_going: bool = False,
     echo: Callable[[str], None] | None = None,
+    bundle: str | Path | None = None,
 ) -> BenchReport:
     """Bench every artefact on every provider of :func:`plan_runs`. With ``keep_going`` an artefact whose
-    runtime is missing here (e.g. CUDA provider) is listed in ``errors`` instead of stopping the sweep."""
+    runtime is missing here (e.g. CUDA provider) is listed in ``errors`` instead of stopping the sweep. With
+    ``bundle`` every artefact is also validated against it (the default thresholds of ``validate``), so the
+    report can name the fastest one that passes (:meth:`BenchReport.fastest_passing`)."""
     paths = [Path(p) for p in paths]
     if not paths:
         raise UsageError("give at least one artefact: a .safetensors checkpoint, an .onnx model or an engine")
@@ -554,4 +557,18 @@ def bench_artefacts(
                 if not keep_going:
                     raise
                 errors.append({"artefact": str(path), "provider": str(prov), "error": str(exc)})
-    return BenchReport(rows, config, environment(config.threads), errors)
+    verdicts = {str(path): validation_verdict(path, bundle) for path in paths} if bundle is not None else {}
+    return BenchReport(
+        rows, config, environment(config.threads), errors, verdicts, None if bundle is None else str(bundle)
+    )
+
+
+def validation_verdict(path: str | Path, bundle: str | Path) -> dict[str, Any]:
+    """``validate``'s verdict on one artefact: {passed, failed (check names), error (a file it cannot judge)}."""
+    from ..validate import validate_model
+
+    try:
+        report = validate_model(path, bundle)
+    except EdgeUnlearnError as exc:
+        return {"passed": False, "failed": [], "error": str(exc)}
+    return {"passed": bool(report), "failed": [c.name for c in report.checks if not c.passed], "error": None}

@@ -63,6 +63,31 @@ class BenchReport:
     config: BenchConfig
     environment: dict[str, Any]
     errors: list[dict[str, str]] = field(default_factory=list)
+    #: ``validate``'s verdict per artefact path against ``bundle`` (bench --bundle); empty without one
+    verdicts: dict[str, dict[str, Any]] = field(default_factory=dict)
+    bundle: str | None = None
+
+    def fastest_passing(self) -> list[dict[str, Any]]:
+        """Per batch size, the row with the lowest p50 among the artefacts that pass ``validate`` (bench
+        --bundle): which runtime and precision to ship on this machine. Batches where none passes are absent."""
+        best: dict[int, BenchRow] = {}
+        for r in self.rows:
+            if (self.verdicts.get(r.path) or {}).get("passed") and (
+                r.batch not in best or r.p50_ms < best[r.batch].p50_ms
+            ):
+                best[r.batch] = r
+        return [
+            {
+                "batch": b,
+                "name": r.name,
+                "path": r.path,
+                "runtime": r.runtime,
+                "provider": r.provider,
+                "precision": r.precision,
+                "p50_ms": r.p50_ms,
+            }
+            for b, r in sorted(best.items())
+        ]
 
     def ratios(self) -> list[dict[str, Any]]:
         """Each row that is not onnxruntime FP32 against the onnxruntime FP32 row of the same source checkpoint,
@@ -108,6 +133,11 @@ class BenchReport:
             "results": [r.to_json() for r in self.rows],
             "ratios_vs_onnx_fp32": self.ratios(),
             "errors": self.errors,
+            **(
+                {"bundle": self.bundle, "validation": self.verdicts, "fastest_passing": self.fastest_passing()}
+                if self.bundle is not None
+                else {}
+            ),
         }
 
     def table(self) -> str:
@@ -142,6 +172,19 @@ class BenchReport:
                     f"  {q['name'][:24]:<24} {q['runtime']}/{q['precision']} batch {q['batch']:>3}: "
                     f"p50 x{q['p50_ratio']:.2f}  p99 x{q['p99_ratio']:.2f}  speedup {q['speedup']:.2f}"
                 )
+        if self.bundle is not None:
+            lines.append(f"validate against {self.bundle} (default thresholds):")
+            for path, v in self.verdicts.items():
+                why = v["error"] or ", ".join(v["failed"])
+                lines.append(f"  {Path(path).name}: {'PASS' if v['passed'] else 'FAIL'}" + (f" ({why})" if why else ""))
+            fastest = self.fastest_passing()
+            for f in fastest:
+                lines.append(
+                    f"fastest that passes validate, batch {f['batch']}: {f['name']} "
+                    f"[{f['runtime']}/{f['provider']}/{f['precision']}] p50 {f['p50_ms']:.3f} ms"
+                )
+            if not fastest:
+                lines.append("no artefact passes validate: none to ship")
         env = self.environment
         lines.append(
             f"machine: {env.get('cpu')} ({env.get('cpus_usable')} usable CPUs, threads {env.get('threads')}, "
