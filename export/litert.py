@@ -7,6 +7,9 @@ ai-edge-quantizer's static int8 weights + activations recipe, restricted by name
 (:data:`QUANTIZED_SCOPE`), calibrated on *retained-class samples only*: the mask's ops stay float32, so the fill
 never meets an integer type. The edge-unlearn metadata is written into the flatbuffer's metadata table; the file
 is proven by the gate (:mod:`edge_unlearn.deploy.structure_litert`) and run once before it is written.
+``audit=True`` (``convert --to litert --audit``) writes the audit sibling for ``validate --audit`` (docs/audit.md):
+the module returns ``{"logits": ..., "features": ...}``, so the signature names both outputs, and the metadata
+records ``features_name``; the deployed file stays the one without it.
 Host side: needs torch and ``litert-torch`` (``pip install litert-torch``); the ``.tflite`` then runs torch-free.
 """
 
@@ -19,8 +22,15 @@ from typing import Any
 
 import numpy as np
 
-from edge_unlearn.deploy.onnx_meta import MASK_VALUE, RETAINED_FLOOR, OnnxMeta, check_output_path
-from edge_unlearn.deploy.runners_litert import load_tflite, with_tflite_meta
+from edge_unlearn.deploy.onnx_meta import (
+    FEATURES_NAME,
+    MASK_VALUE,
+    OUTPUT_NAME,
+    RETAINED_FLOOR,
+    OnnxMeta,
+    check_output_path,
+)
+from edge_unlearn.deploy.runners_litert import load_tflite, logits_view, output_tensor, with_tflite_meta
 from edge_unlearn.deploy.structure_litert import tflite_static_checks
 from edge_unlearn.errors import DependencyError, ModelFileError, UsageError
 from edge_unlearn.fileio import atomic_output, sha256_file
@@ -42,6 +52,8 @@ class LiteRtResult:
     precision: str
     calib_count: int
     calib_classes: tuple[int, ...]
+    #: the file's outputs by name: the logits, and for an audit file the features
+    outputs: tuple[str, ...] = (OUTPUT_NAME,)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -50,6 +62,7 @@ class LiteRtResult:
             "precision": self.precision,
             "calib_count": self.calib_count,
             "calib_classes": list(self.calib_classes),
+            "outputs": list(self.outputs),
         }
 
 
@@ -64,16 +77,20 @@ def _import_litert_torch() -> Any:
     return litert_torch
 
 
-def mask_module(model: Any) -> Any:
-    """The deployed module with the class mask in torch: logits [B, C], forgotten columns = MASK_VALUE."""
+def mask_module(model: Any, audit: bool = False) -> Any:
+    """The deployed module with the class mask in torch: logits [B, C], forgotten columns = MASK_VALUE. ``audit``:
+    it returns ``{"logits": logits, "features": penultimate features [B, D]}`` (the dict's keys name the
+    signature's outputs); the backbone and head stay inside the module :data:`QUANTIZED_SCOPE` matches."""
     import torch
 
-    from edge_unlearn.export.onnx_export import deploy_module_with_rows, retained_classes
+    from edge_unlearn.export.onnx_export import audit_module, deploy_module_with_rows, retained_classes
 
     retained = retained_classes(model)
     index = torch.full((model.num_classes,), len(retained), dtype=torch.int64)
     index[retained] = torch.arange(len(retained))
     deploy = deploy_module_with_rows(model, retained)
+    if audit:
+        deploy = audit_module(deploy)  # (retained logits, features); its class name still matches QUANTIZED_SCOPE
 
     class _LiteRtMask(torch.nn.Module):
         def __init__(self) -> None:
@@ -81,12 +98,14 @@ def mask_module(model: Any) -> Any:
             self.deploy = deploy
             self.register_buffer("index", index)
 
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            retained_logits = self.deploy(x)
+        def forward(self, x: torch.Tensor) -> Any:
+            out = self.deploy(x)
+            retained_logits, features = out if audit else (out, None)
             floor = torch.tensor(RETAINED_FLOOR, dtype=retained_logits.dtype)
             floored = torch.where(retained_logits > floor, retained_logits, floor)
             padded = torch.nn.functional.pad(floored, (0, 1), value=MASK_VALUE)
-            return torch.index_select(padded, 1, self.index)
+            logits = torch.index_select(padded, 1, self.index)
+            return {OUTPUT_NAME: logits, FEATURES_NAME: features} if audit else logits
 
     return _LiteRtMask().eval()
 
@@ -100,8 +119,10 @@ def convert_litert(
     calib_samples: int = 100,
     seed: int = 0,
     echo: Callable[[str], None] | None = None,
+    audit: bool = False,
 ) -> LiteRtResult:
-    """Write ``output`` (``.tflite``) from an edge-unlearn checkpoint; INT8 needs ``calib`` or ``calib_inputs``."""
+    """Write ``output`` (``.tflite``) from an edge-unlearn checkpoint; INT8 needs ``calib`` or ``calib_inputs``.
+    ``audit``: the audit sibling (a second output ``features``, for ``validate --audit``)."""
     import torch
 
     from edge_unlearn import __version__
@@ -126,6 +147,7 @@ def convert_litert(
         preprocessing=cmeta.prep.to_json(),
         dataset=cmeta.dataset,
         precision=precision,
+        features_name=FEATURES_NAME if audit else "",
         version=__version__,
     )
     calib_classes: tuple[int, ...] = ()
@@ -140,7 +162,7 @@ def convert_litert(
         calib_inputs, classes = calibration_inputs(calib, replace(meta, precision="fp32"), calib_samples, seed)
         calib_classes = tuple(classes)
     litert_torch = _import_litert_torch()
-    module = mask_module(model)
+    module = mask_module(model, audit=audit)
     example = torch.zeros(1, *cmeta.input_shape)
     try:
         data = bytes(litert_torch.convert(module, (example,)).model_content())
@@ -167,7 +189,8 @@ def convert_litert(
         tmp.write_bytes(data)
         _self_check(tmp, meta)
     count = 0 if calib_inputs is None else len(calib_inputs)
-    return LiteRtResult(output, sha256_file(output), precision, count, calib_classes)
+    outputs = (meta.output_name, *((meta.features_name,) if meta.features_name else ()))
+    return LiteRtResult(output, sha256_file(output), precision, count, calib_classes, outputs)
 
 
 def _quantize_int8(data: bytes, calib_inputs: np.ndarray) -> bytes:
@@ -193,12 +216,25 @@ def _self_check(path: Path, meta: OnnxMeta) -> None:
     """The gate proves the written file's mask and, on a few inputs, the forgotten columns are exactly the fill."""
     from edge_unlearn.deploy.runners_litert import LiteRtRunner
 
-    failed = [c.line() for c in tflite_static_checks(load_tflite(path), meta, str(path)) if not c.passed]
+    model = load_tflite(path)
+    if meta.features_name:
+        for name in (meta.output_name, meta.features_name):
+            if output_tensor(model, name) is None:
+                raise ModelFileError(
+                    f"the audit .tflite has no output named {name!r} in its signature; nothing written"
+                )
+    failed = [c.line() for c in tflite_static_checks(logits_view(model, meta), meta, str(path)) if not c.passed]
     if failed:
         raise ModelFileError(f"the .tflite fails the gate's structural checks, nothing written: {failed[0]}")
     x = np.random.default_rng(0).standard_normal((2, *meta.input_shape)).astype(np.float32)
     with LiteRtRunner(path) as runner:
         out = runner.infer(x)
+        features = runner.infer_features(x)[1] if meta.features_name else None
     forgotten = list(meta.forgotten_classes)
     if not np.all(np.isfinite(out)) or (forgotten and not np.all(out[:, forgotten] == np.float32(meta.mask_value))):
         raise ModelFileError("the .tflite changed the forgotten classes' fill value or produces NaN; nothing written")
+    if features is not None and (features.ndim != 2 or len(features) != len(x) or not np.all(np.isfinite(features))):
+        raise ModelFileError(
+            f"the audit .tflite's features output is {list(features.shape)} or not finite, not float [batch, D]; "
+            "nothing written"
+        )

@@ -43,6 +43,13 @@ CONVERT_TARGETS = ("openvino", "litert")
     "--calib-samples", type=click.IntRange(min=1), default=300, show_default=True, help="INT8 calibration samples."
 )
 @click.option(
+    "--audit",
+    is_flag=True,
+    help="The audit sibling for `validate --audit` (a second output 'features'; not the file to deploy). "
+    "openvino: MODEL must be an audit export (`edge-unlearn export CHECKPOINT --audit`), whose features output "
+    "every conversion keeps; litert: the checkpoint is lowered with the features output.",
+)
+@click.option(
     "-o", "--output", required=True, type=OutputPath(), help="File to write: .xml (its .bin goes beside it) or .tflite."
 )
 @OUTPUT
@@ -53,6 +60,7 @@ def convert_cmd(
     precision: str,
     calib: str | None,
     calib_samples: int,
+    audit: bool,
     output: str,
     out: Output,
     run: RunFolder,
@@ -62,6 +70,8 @@ def convert_cmd(
     INT8 uses the runtime's own quantizer (NNCF; ai-edge-quantizer), calibrated on retained-class samples only,
     with the class mask (floor, Pad, Gather) kept in float. The file carries the edge-unlearn metadata, is proven
     by the gate's structural checks and run once before it is written; `validate`, `bench` and `report` take it.
+    An audit export (`export --audit`) converts to an audit IR (its features output kept); --audit with
+    --to litert writes the audit .tflite; `validate --audit` runs on either.
     """
     from pathlib import Path
 
@@ -75,18 +85,43 @@ def convert_cmd(
     if target == "openvino":
         from edge_unlearn.export.openvino import convert_openvino
 
+        if audit:
+            _require_audit_export(model)
         with quiet:
             result = convert_openvino(model, output, precision, calib=calib, calib_samples=calib_samples, echo=out.say)
     else:
         if Path(model).suffix.lower() != ".safetensors" or precision == "fp16":
             raise UsageError(
                 "--to litert converts a .safetensors checkpoint (litert-torch lowers the torch model) in fp32 or int8"
+                + (
+                    "; for the audit file convert the checkpoint with --audit: "
+                    f"`edge-unlearn convert CHECKPOINT --to litert --audit -o {Path(output).stem}.tflite`"
+                    if audit or Path(model).suffix.lower() == ".onnx"
+                    else ""
+                )
             )
         from edge_unlearn.export.litert import convert_litert
 
         with quiet:
-            result = convert_litert(model, output, precision, calib=calib, calib_samples=calib_samples, echo=out.say)
+            result = convert_litert(
+                model, output, precision, calib=calib, calib_samples=calib_samples, echo=out.say, audit=audit
+            )
     run.record("convert", result.to_json(), [model, output, weights])
     out.emit(result.to_json())
     beside = f" + {Path(weights).name}" if weights else ""
-    out.say(f"wrote {result.path}{beside} ({target} {result.precision}, sha256 {result.sha256[:12]}…)")
+    kept = ", audit file: outputs " + " + ".join(result.outputs) if len(result.outputs) > 1 else ""
+    out.say(f"wrote {result.path}{beside} ({target} {result.precision}{kept}, sha256 {result.sha256[:12]}…)")
+
+
+def _require_audit_export(model: str) -> None:
+    """--audit --to openvino: MODEL must be an audit export (the IR keeps the ONNX file's outputs)."""
+    from pathlib import Path
+
+    from edge_unlearn.deploy.onnx_meta import read_meta
+    from edge_unlearn.errors import UsageError
+
+    if Path(model).suffix.lower() == ".onnx" and not read_meta(model).features_name:
+        raise UsageError(
+            f"{model} is not an audit export (no features output); export one with `edge-unlearn export CHECKPOINT "
+            "--audit -o model.audit.onnx` and convert that"
+        )

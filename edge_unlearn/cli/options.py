@@ -471,8 +471,9 @@ class GateGroup(OptionGroup):
                 ["--audit"],
                 is_flag=True,
                 help="Also the feature-level audit: the bundle's probe and the prototype attack "
-                "on MODEL's own features (MODEL: an `export --audit` file, quantized or not; the bundle from "
-                "`bundle --audit`).",
+                "on MODEL's own features, and its answers on the forgotten classes against the retrained models "
+                "(MODEL: an `export --audit` file, quantized or not, or its `convert --audit` OpenVINO/LiteRT "
+                "file; the bundle from `bundle --audit`).",
             ),
             click.Option(
                 ["--audit-max-probe"],

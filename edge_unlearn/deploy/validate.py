@@ -401,6 +401,19 @@ def _same_value(a: Any, b: Any) -> bool:
     return a == b
 
 
+def _audit_fix(model: str | Path, runner: Runner) -> str:
+    """What ``validate --audit`` runs on, for this kind of file: how to make the audit sibling of ``model``."""
+    runtime = getattr(runner, "runtime", "")
+    export = "`edge-unlearn export CHECKPOINT --audit -o model.audit.onnx`"
+    if runtime == "openvino" and Path(model).suffix.lower() != ".onnx":
+        return f"an audit IR: {export}, then `edge-unlearn convert model.audit.onnx --to openvino` (same --precision)"
+    if runtime == "litert":
+        return "an audit .tflite: `edge-unlearn convert CHECKPOINT --to litert --audit` (same --precision)"
+    if runtime in ("onnxruntime", "openvino"):
+        return f"an audit export: {export}, quantized like the deployed model"
+    return f"an audit export ({export}) on onnxruntime, OpenVINO or LiteRT; not wired to {runtime or 'this runtime'}"
+
+
 def validate_model(
     model: str | Path,
     bundle: str | Path,
@@ -411,27 +424,31 @@ def validate_model(
     audit: AuditThresholds | None = None,
 ) -> ValidationReport:
     """Open the model's runner by suffix, load the bundle, validate; for ONNX add the static graph checks.
-    ``audit``: also the feature-level audit (an audit export of ``edge-unlearn export --audit``, quantized or not,
-    and a bundle from ``bundle --audit``); UsageError naming the fix when either is missing."""
+    ``audit``: also the feature-level audit (an audit export of ``edge-unlearn export --audit``, quantized or not, or
+    the OpenVINO IR / LiteRT ``.tflite`` converted with its features output, and a bundle from ``bundle --audit``);
+    UsageError naming the fix when either is missing."""
     from .runners import open_runner
 
     runner = open_runner(model, provider=provider)
     loaded = load_bundle(bundle)
     if audit is not None:
         from .audit import AuditRunner
+        from .runners import OnnxRuntimeRunner
 
         if loaded.audit is None:
             raise UsageError(
                 f"bundle {bundle} has no audit data; make it with `edge-unlearn bundle CHECKPOINT --audit "
                 f"[--retrained RETRAINED] -o {Path(bundle).name}`"
             )
-        if Path(model).suffix.lower() != ".onnx" or not getattr(getattr(runner, "meta", None), "features_name", ""):
-            raise UsageError(
-                f"{model} has no features output; validate --audit runs on an audit export: "
-                "`edge-unlearn export CHECKPOINT --audit -o model.audit.onnx`, quantized like the "
-                "deployed model"
-            )
-        runner = AuditRunner(model, provider=provider)
+        onnxruntime = isinstance(runner, OnnxRuntimeRunner)
+        # OpenVINO (.xml, or .onnx on --provider openvino) and LiteRT (.tflite) check the file's outputs by name
+        has_features = bool(getattr(getattr(runner, "meta", None), "features_name", "")) and (
+            onnxruntime or (hasattr(runner, "infer_features") and bool(getattr(runner, "has_features", False)))
+        )
+        if not has_features:
+            raise UsageError(f"{model} has no features output; validate --audit runs on {_audit_fix(model, runner)}")
+        if onnxruntime:
+            runner = AuditRunner(model, provider=provider)
     extra: list[Check] = []
     if Path(model).suffix.lower() == ".onnx":
         from .onnx_hazards import check_model
