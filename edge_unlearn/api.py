@@ -137,7 +137,7 @@ def evaluate(
     checkpoint: str | Path,
     *,
     reference: str | Path | None = None,
-    retrained: str | Path | None = None,
+    retrained: str | Path | Sequence[str | Path] | None = None,
     dataset: str | None = None,
     classes: Sequence[str | int] = (),
     probe: bool = True,
@@ -147,7 +147,7 @@ def evaluate(
 ) -> dict[str, Any]:
     """The figures of `edge-unlearn evaluate --json`: accuracy, forget_acc with and without the mask,
     retain_acc, the linear probe; ``reference`` (the original) adds retain_drop, ``retrained`` the gold
-    standard's figures, ``depth`` / ``attacks`` the forgetting audit. ``classes`` default: the forgotten ones."""
+    standard's figures (several paths: retrained seeds, the band), ``depth`` / ``attacks`` the forgetting audit. ``classes`` default: the forgotten ones."""
     from .workflows import evaluate_checkpoint
 
     return evaluate_checkpoint(

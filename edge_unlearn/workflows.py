@@ -370,7 +370,7 @@ def evaluate_checkpoint(
     seed: int = 0,
     depth: bool = False,
     attacks: bool = False,
-    retrained: str | Path | None = None,
+    retrained: str | Path | Sequence[str | Path] | None = None,
     audit_config: Any = None,
     download: bool = False,
 ) -> dict[str, Any]:
@@ -378,7 +378,9 @@ def evaluate_checkpoint(
 
     ``depth`` adds the linear probe after every block, ``attacks`` the prototype attack (mask on and lifted),
     the entropy MIA and relearn time (issue #15) under ``audit`` — each for the checkpoint, the ``reference``
-    and the ``retrained`` gold standard where given (same measures, same relearn target)."""
+    and the ``retrained`` gold standard where given (same measures, same relearn target). ``retrained`` may name
+    several retrained models (seeds: the retrained band): the output figures of the checkpoint and the reference
+    are then averaged over them, and the first retrained model's are against the others (the seed-to-seed floor)."""
     ck = load_checkpoint(checkpoint)
     data = dataset_for(ck, dataset, data_dir, download)
     classes = (
@@ -389,6 +391,8 @@ def evaluate_checkpoint(
             f"evaluating with all {ck.meta.num_classes} classes forgotten leaves no retained class to "
             "measure; forget fewer classes"
         )
+    golds_paths = [retrained] if isinstance(retrained, (str, Path)) else list(retrained or [])
+    retrained = golds_paths[0] if golds_paths else None
     if (depth or attacks or retrained is not None) and not classes:
         raise UsageError(
             f"{checkpoint} has no forgotten class; pass --forget CLASS to audit (--depth/--attacks/--retrained)"
@@ -405,14 +409,17 @@ def evaluate_checkpoint(
         **report.to_json(),
     }
     ref = _comparison_checkpoint(reference, ck, "--reference", checkpoint) if reference is not None else None
-    gold = _comparison_checkpoint(retrained, ck, "--retrained", checkpoint) if retrained is not None else None
-    if gold is not None:
-        missing = sorted(set(classes) - set(gold.meta.forgotten_classes))
+    golds = [_comparison_checkpoint(g, ck, "--retrained", checkpoint) for g in golds_paths]
+    gold = golds[0] if golds else None
+    for path, other in zip(golds_paths, golds):
+        missing = sorted(set(classes) - set(other.meta.forgotten_classes))
         if missing:
             raise UsageError(
-                f"--retrained {retrained} was not retrained without class(es) {missing}; pass the output "
+                f"--retrained {path} was not retrained without class(es) {missing}; pass the output "
                 "of `edge-unlearn retrain --forget` for the same classes"
             )
+    if len({g.sha256 for g in golds}) != len(golds):
+        raise UsageError("--retrained names the same model twice; give retrained models of different seeds")
     if ref is not None:
         before = evaluate_model(ref.model, data, classes, probe=probe, seed=seed)
         out["retain_acc_before"] = before.retain_acc
@@ -429,7 +436,7 @@ def evaluate_checkpoint(
             },
         }
     if depth or attacks:
-        out["audit"] = _audits(ck, ref, gold, data, classes, depth, attacks, seed, audit_config)
+        out["audit"] = _audits(ck, ref, golds, data, classes, depth, attacks, seed, audit_config)
     out["seconds"] = time.perf_counter() - t0
     out["lineage"] = list(ck.meta.lineage)
     return out
@@ -446,7 +453,7 @@ def _comparison_checkpoint(path: str | Path, ck: Checkpoint, option: str, checkp
 def _audits(
     ck: Checkpoint,
     ref: Checkpoint | None,
-    gold: Checkpoint | None,
+    golds: list[Checkpoint],
     data: Dataset,
     classes: list[int],
     depth: bool,
@@ -455,8 +462,8 @@ def _audits(
     audit_config: Any,
 ) -> dict[str, Any]:
     """{"model", "reference", "retrained": forgetting-audit JSON} for the checkpoints given, one relearn target;
-    with a retrained model the other two's outputs are compared with its outputs (``out_tv``, ``out_kl``,
-    ``out_auc``)."""
+    with retrained models the other two's outputs are compared with theirs (``out_tv``, ``out_kl``, ``out_auc``,
+    averaged over them), and the first retrained model's with the other retrained ones (the floor)."""
     from .attacks import ForgettingAuditConfig, default_relearn_target, forgetting_audit
 
     config = audit_config if audit_config is not None else ForgettingAuditConfig(seed=seed)
@@ -464,8 +471,10 @@ def _audits(
     if attacks:
         target, source = default_relearn_target(ck.model, data, classes, ref.model if ref is not None else None)
     out: dict[str, Any] = {}
+    gold = golds[0] if golds else None
     for role, model_ck in (("model", ck), ("reference", ref), ("retrained", gold)):
         if model_ck is not None:
+            references = [g.model for g in golds] if role != "retrained" else [g.model for g in golds[1:]]
             out[role] = forgetting_audit(
                 model_ck.model,
                 data,
@@ -475,7 +484,7 @@ def _audits(
                 relearn_target=target,
                 relearn_target_source=source,
                 config=config,
-                references=[gold.model] if gold is not None and role != "retrained" else [],
+                references=references,
             ).to_json()
     return out
 

@@ -282,8 +282,10 @@ def forget_cmd(
 @click.option(
     "--retrained",
     type=click.Path(dir_okay=False),
-    default=None,
-    help="The retrained gold standard (`edge-unlearn retrain`), evaluated beside with the same measures.",
+    multiple=True,
+    help="The retrained gold standard (`edge-unlearn retrain`), evaluated beside with the same measures. Give it "
+    "again for other seeds (`retrain --seed`): output distances are then averaged over them, and the first "
+    "retrained model's are to the others (the floor no method can beat).",
 )
 @click.option(
     "--seed", type=int, default=0, show_default=True, help="Seed of the probe's draw and the attacks' samples."
@@ -309,7 +311,7 @@ def evaluate(
     from ..guards import check_outputs
     from ..workflows import audit_table, evaluate_checkpoint
 
-    check_outputs({"--json-out": out.json_out}, [checkpoint, reference, retrained], run.path)
+    check_outputs({"--json-out": out.json_out}, [checkpoint, reference, *retrained], run.path)
     s = evaluate_checkpoint(
         checkpoint,
         data.dataset,
@@ -321,9 +323,9 @@ def evaluate(
         seed=seed,
         depth=depth,
         attacks=attacks,
-        retrained=retrained,
+        retrained=list(retrained),
     )
-    run.record("evaluate", s, [checkpoint, reference, retrained])
+    run.record("evaluate", s, [checkpoint, reference, *retrained])
     out.emit(s)
     if out.as_json or out.quiet:
         return

@@ -231,3 +231,45 @@ def test_output_figures_against_a_reference(trained, digits):
     noise = rng.normal(size=(40, 9))
     assert distinguisher_auc(noise, noise + 3.0) > 0.95
     assert 0.3 < distinguisher_auc(noise, rng.normal(size=(40, 9))) < 0.75
+
+
+def test_evaluate_against_several_retrained_models_averages_and_reports_their_floor(digits_checkpoint, tmp_path):
+    """`evaluate --retrained A --retrained B`: the model's output distances are the mean over A and B, the
+    retrained column's are A's to B (the seed-to-seed floor); naming one model twice is refused. (A and B here are
+    the digits model with class 3 masked, B with its head sharpened: stand-ins whose distances are known.)"""
+    from dataclasses import replace
+
+    from edge_unlearn.checkpoint import load_checkpoint, save_checkpoint
+    from edge_unlearn.data import load_dataset
+    from edge_unlearn.output_audit import compare_outputs, forget_test_log_softmax
+
+    paths = {}
+    for name, gain in (("model", 1.0), ("a", 2.0), ("b", 0.5)):
+        loaded = load_checkpoint(digits_checkpoint)
+        with torch.no_grad():
+            loaded.model.head.weight.mul_(gain)
+            loaded.model.head.bias.mul_(gain)
+        loaded.model.mask_classes([3])
+        paths[name] = tmp_path / f"{name}.safetensors"
+        save_checkpoint(paths[name], loaded.model, replace(loaded.meta, forgotten_classes=(3,)))
+    result = CliRunner().invoke(
+        main,
+        ["evaluate", str(paths["model"]), "--attacks", "--retrained", str(paths["a"]), "--retrained", str(paths["b"]),
+         "--json"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    audit = json.loads(result.output)["audit"]
+    digits = load_dataset("digits")
+    lp = {n: forget_test_log_softmax(load_checkpoint(p).model.eval(), digits, [3]) for n, p in paths.items()}
+    model = compare_outputs(lp["model"], [lp["a"], lp["b"]])
+    floor = compare_outputs(lp["a"], [lp["b"]])
+    assert audit["model"]["outputs"]["tv"] == pytest.approx(model["tv"], abs=1e-9)
+    assert audit["model"]["outputs"]["tv"] == pytest.approx(
+        (compare_outputs(lp["model"], [lp["a"]])["tv"] + compare_outputs(lp["model"], [lp["b"]])["tv"]) / 2, abs=1e-9
+    )
+    assert audit["retrained"]["outputs"]["tv"] == pytest.approx(floor["tv"], abs=1e-9) and floor["tv"] > 0.01
+    twice = CliRunner().invoke(
+        main,
+        ["evaluate", str(paths["model"]), "--depth", "--retrained", str(paths["a"]), "--retrained", str(paths["a"])],
+    )
+    assert twice.exit_code == 2 and "same model twice" in twice.output
