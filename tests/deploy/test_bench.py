@@ -248,3 +248,21 @@ def test_bench_bundle_validates_every_artefact_and_names_the_fastest_that_passes
         {k: fastest[k] for k in ("batch", "name", "path", "runtime", "provider", "precision", "p50_ms")}
     ]
     assert f"fastest that passes validate, batch 1: {fastest['name']}" in result.output
+
+
+def test_ratios_give_each_runtime_int8_against_its_own_fp32():
+    from dataclasses import replace
+
+    rows = [
+        replace(_row("ort", 1, 4.0), source_sha256="s"),
+        replace(_row("ov", 1, 2.0), runtime="openvino", source_sha256="s"),
+        replace(_row("ov8", 1, 1.0, "int8"), runtime="openvino", source_sha256="s"),
+        replace(_row("lite8", 1, 3.0, "int8"), runtime="litert", source_sha256="s"),  # no LiteRT FP32 row
+    ]
+    ratios = {q["name"]: q for q in BenchReport(rows, BenchConfig(iterations=5), {}).ratios()}
+    assert ratios["ov8"]["p50_ratio"] == pytest.approx(0.25) and ratios["ov8"]["p50_ratio_own_fp32"] == pytest.approx(
+        0.5
+    )
+    assert ratios["ov"]["p50_ratio_own_fp32"] == pytest.approx(1.0)
+    assert ratios["lite8"]["p50_ratio"] == pytest.approx(0.75) and ratios["lite8"]["p50_ratio_own_fp32"] is None
+    assert "(x0.50 its own openvino FP32)" in BenchReport(rows, BenchConfig(iterations=5), {}).table()

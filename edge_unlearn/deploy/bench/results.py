@@ -102,6 +102,11 @@ class BenchReport:
             for r in self.rows
             if r.runtime == "onnxruntime" and r.precision == "fp32" and r.source_sha256
         }
+        own = {
+            (r.source_sha256, r.runtime, where(r.provider), r.batch): r
+            for r in self.rows
+            if r.precision == "fp32" and r.source_sha256
+        }
         out = []
         for r in self.rows:
             if not r.source_sha256 or (r.runtime == "onnxruntime" and r.precision == "fp32"):
@@ -109,6 +114,7 @@ class BenchReport:
             ref = base.get((r.source_sha256, where(r.provider), r.batch))
             if ref is None:
                 continue
+            mine = own.get((r.source_sha256, r.runtime, where(r.provider), r.batch))
             out.append(
                 {
                     "name": r.name,
@@ -121,6 +127,8 @@ class BenchReport:
                     "p99_ratio": r.p99_ms / ref.p99_ms,
                     "speedup": ref.p50_ms / r.p50_ms,
                     "throughput_ratio": r.throughput / ref.throughput,
+                    # against the FP32 file of the same checkpoint in this row's own runtime (INT8/FP32 per runtime)
+                    "p50_ratio_own_fp32": None if mine is None else r.p50_ms / mine.p50_ms,
                 }
             )
         return out
@@ -171,6 +179,11 @@ class BenchReport:
                 lines.append(
                     f"  {q['name'][:24]:<24} {q['runtime']}/{q['precision']} batch {q['batch']:>3}: "
                     f"p50 x{q['p50_ratio']:.2f}  p99 x{q['p99_ratio']:.2f}  speedup {q['speedup']:.2f}"
+                    + (
+                        f"  (x{q['p50_ratio_own_fp32']:.2f} its own {q['runtime']} FP32)"
+                        if q["p50_ratio_own_fp32"] is not None and q["runtime"] != "onnxruntime"
+                        else ""
+                    )
                 )
         if self.bundle is not None:
             lines.append(f"validate against {self.bundle} (default thresholds):")
