@@ -143,10 +143,18 @@ def fused_head_runner(path: str | Path, device: str = "cuda") -> Runner:
     return TorchFusedHeadRunner(str(path), device=device)
 
 
+def open_program(path: Path) -> Runner:
+    """The ExecuTorch runner of a ``.pte`` (executorch is imported when it is entered)."""
+    from edge_unlearn.pte.runner import ExecuTorchRunner
+
+    return ExecuTorchRunner(path)
+
+
 register_host_runtime(
     HostRuntime(
         open_checkpoint=lambda path, device: TorchRunner(path, device=device),
         open_fused=fused_head_runner,
         cuda_available=torch_cuda_available,
+        open_program=open_program,
     )
 )

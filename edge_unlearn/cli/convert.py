@@ -1,5 +1,5 @@
 """``edge-unlearn convert``: a model to another edge runtime's own format: an exported FP32 ONNX model to an
-OpenVINO IR, or a checkpoint to a LiteRT ``.tflite``."""
+OpenVINO IR, or a checkpoint to a LiteRT ``.tflite`` or an ExecuTorch ``.pte``."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import click
 from .common import Command
 from .options import OUTPUT, RUN_DIR, Output, OutputPath, RunFolder
 
-CONVERT_TARGETS = ("openvino", "litert")
+CONVERT_TARGETS = ("openvino", "litert", "executorch")
 
 
 @click.command("convert", cls=Command)
@@ -23,7 +23,8 @@ CONVERT_TARGETS = ("openvino", "litert")
     default="openvino",
     show_default=True,
     help="The runtime's format: openvino = an OpenVINO IR (.xml + .bin) from the exported FP32 .onnx; litert = a "
-    ".tflite from the .safetensors checkpoint (needs litert-torch on the host).",
+    ".tflite from the .safetensors checkpoint (needs litert-torch on the host); executorch = a .pte with the XNNPACK "
+    "delegate from the checkpoint (needs edge-unlearn[executorch]; its runtime needs torch: validate on the host).",
 )
 @click.option(
     "--precision",
@@ -31,7 +32,7 @@ CONVERT_TARGETS = ("openvino", "litert")
     default="fp32",
     show_default=True,
     help="fp32, fp16 (OpenVINO: compressed weights) or int8 (the runtime's own quantizer: NNCF for OpenVINO, "
-    "ai-edge-quantizer full integer for LiteRT).",
+    "ai-edge-quantizer full integer for LiteRT, PT2E XNNPACKQuantizer for ExecuTorch).",
 )
 @click.option(
     "--calib",
@@ -50,7 +51,11 @@ CONVERT_TARGETS = ("openvino", "litert")
     "every conversion keeps; litert: the checkpoint is lowered with the features output.",
 )
 @click.option(
-    "-o", "--output", required=True, type=OutputPath(), help="File to write: .xml (its .bin goes beside it) or .tflite."
+    "-o",
+    "--output",
+    required=True,
+    type=OutputPath(),
+    help="File to write: .xml (its .bin goes beside it), .tflite or .pte.",
 )
 @OUTPUT
 @RUN_DIR
@@ -65,7 +70,7 @@ def convert_cmd(
     out: Output,
     run: RunFolder,
 ) -> None:
-    """Convert a model to OpenVINO IR (from the FP32 .onnx) or LiteRT .tflite (from the checkpoint).
+    """Convert a model to OpenVINO IR (from the FP32 .onnx), LiteRT .tflite or ExecuTorch .pte (from the checkpoint).
 
     INT8 uses the runtime's own quantizer (NNCF; ai-edge-quantizer), calibrated on retained-class samples only,
     with the class mask (floor, Pad, Gather) kept in float. The file carries the edge-unlearn metadata, is proven
@@ -89,6 +94,18 @@ def convert_cmd(
             _require_audit_export(model)
         with quiet:
             result = convert_openvino(model, output, precision, calib=calib, calib_samples=calib_samples, echo=out.say)
+    elif target == "executorch":
+        if Path(model).suffix.lower() != ".safetensors" or precision == "fp16" or audit:
+            raise UsageError(
+                "--to executorch converts a .safetensors checkpoint (torch.export lowers the torch model) in fp32 or "
+                "int8, without --audit"
+            )
+        from edge_unlearn.export.executorch import convert_executorch
+
+        with quiet:
+            result = convert_executorch(
+                model, output, precision, calib=calib, calib_samples=calib_samples, echo=out.say
+            )
     else:
         if Path(model).suffix.lower() != ".safetensors" or precision == "fp16":
             raise UsageError(

@@ -26,6 +26,7 @@ TORCH_SUFFIXES = (".safetensors",)
 TENSORRT_SUFFIXES = (".plan", ".engine")
 OPENVINO_SUFFIXES = (".xml",)
 LITERT_SUFFIXES = (".tflite",)
+EXECUTORCH_SUFFIXES = (".pte",)
 #: ONNX metadata key that names the quantization layout (e.g. "s8s8-qdq", "u8s8-qoperator", "fp16")
 QUANT_LAYOUT_KEY = "edge_unlearn_quant_layout"
 #: --provider choices for onnxruntime (None/"auto": CUDA when onnxruntime has it, else CPU)
@@ -139,6 +140,8 @@ class HostRuntime:
     open_checkpoint: Callable[[Path, str | None], Runner]
     open_fused: Callable[[Path, str], Runner]
     cuda_available: Callable[[], bool]
+    #: an ExecuTorch ``.pte`` (its Python runtime needs torch: host side only)
+    open_program: Callable[[Path], Runner] | None = None
 
 
 _host_runtime: HostRuntime | None = None
@@ -167,6 +170,10 @@ def fused_head_runner(path: str | Path, device: str = "cuda") -> Runner:
     return _host_runtime.open_fused(Path(path), device)
 
 
+NEEDS_EXECUTORCH = (
+    "a .pte program runs in ExecuTorch's Python runtime, which needs torch: validate it on the host "
+    "(pip install 'edge-unlearn[executorch]'), then ship it to the device's ExecuTorch runtime unchanged"
+)
 NEEDS_TORCH = (
     "a .safetensors checkpoint runs in PyTorch, which this install does not have; validate the exported "
     ".onnx with onnxruntime instead, or install pip install 'edge-unlearn[host]'"
@@ -175,7 +182,8 @@ NEEDS_TORCH = (
 
 def open_runner(path: str | Path, provider: str | None = None) -> Runner:
     """The runner for a model file, chosen by suffix: .onnx -> onnxruntime (or OpenVINO with provider
-    ``openvino``), .xml (OpenVINO IR) -> OpenVINO, .tflite -> LiteRT, .safetensors -> torch, .plan/.engine ->
+    ``openvino``), .xml (OpenVINO IR) -> OpenVINO, .tflite -> LiteRT, .pte -> ExecuTorch
+    (host: its Python runtime needs torch), .safetensors -> torch, .plan/.engine ->
     TensorRT. Nothing is compiled until the runner is entered."""
     path = Path(path)
     suffix = path.suffix.lower()
@@ -201,6 +209,12 @@ def open_runner(path: str | Path, provider: str | None = None) -> Runner:
         from .runners_litert import LiteRtRunner
 
         return LiteRtRunner(path)
+    if suffix in EXECUTORCH_SUFFIXES:
+        if provider not in (None, "auto", "cpu"):
+            raise UsageError(f"--provider {provider} does not apply to a .pte file; it runs on ExecuTorch's CPU")
+        if _host_runtime is None or _host_runtime.open_program is None:
+            raise DependencyError(NEEDS_EXECUTORCH)
+        return _host_runtime.open_program(path)
     if suffix in TORCH_SUFFIXES:
         if provider not in (None, "auto", "cpu", "cuda"):
             raise UsageError(f"--provider {provider} does not apply to a torch checkpoint; use cpu or cuda")
@@ -213,5 +227,6 @@ def open_runner(path: str | Path, provider: str | None = None) -> Runner:
         return TensorRTRunner(str(path))
     raise UsageError(
         f"cannot tell the engine of {path.name} from its suffix; use one of "
-        f"{', '.join(ONNX_SUFFIXES + TORCH_SUFFIXES + TENSORRT_SUFFIXES + OPENVINO_SUFFIXES + LITERT_SUFFIXES)}"
+        f"{', '.join(ONNX_SUFFIXES + TORCH_SUFFIXES + TENSORRT_SUFFIXES + OPENVINO_SUFFIXES + LITERT_SUFFIXES)}, "
+        f"{', '.join(EXECUTORCH_SUFFIXES)}"
     )

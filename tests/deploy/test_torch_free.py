@@ -57,3 +57,22 @@ def test_torch_runner_reports_missing_torch_cleanly(artifacts):
     """)
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and proc.stdout.split() == ["base", "True", "TorchRunner", "True"], proc.stderr[-2000:]
+
+
+def test_a_pte_program_on_a_torch_free_install_says_to_validate_it_on_the_host(tmp_path):
+    """ExecuTorch's Python runtime needs torch: on the base install a .pte is a one-line DependencyError naming
+    the host extra, before anything is read."""
+    program = tmp_path / "model.pte"
+    program.write_bytes(b"\0" * 64)
+    code = textwrap.dedent(f"""
+        import sys
+        sys.modules["torch"] = None
+        from edge_unlearn.deploy.runners import open_runner
+        from edge_unlearn.errors import DependencyError
+        try:
+            open_runner({str(program)!r})
+        except DependencyError as exc:
+            print("base", "edge-unlearn[executorch]" in str(exc) and "\\n" not in str(exc))
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and proc.stdout.split() == ["base", "True"], proc.stderr[-2000:]
