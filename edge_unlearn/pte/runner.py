@@ -6,7 +6,7 @@ ExecuTorch's Python runtime needs torch, so this runner runs on the host (``pip 
 Nothing here imports torch or executorch at module import (the host side loads this module with the CLI). The file carries the edge-unlearn metadata (the ONNX
 props, as JSON) as the program's constant method :data:`META_METHOD` (a uint8 tensor), so ``validate``, ``bench``
 and ``report`` read it as from an ONNX file; the gate reads the program's kernel calls, constants and the XNNPACK
-delegate's graph (:mod:`edge_unlearn.deploy.structure_executorch`).
+delegate's graph (:mod:`edge_unlearn.pte.structure`).
 """
 
 from __future__ import annotations
