@@ -135,6 +135,8 @@ def convert_executorch(
     calib_samples: int = 100,
     seed: int = 0,
     echo: Callable[[str], None] | None = None,
+    data_dir: str | None = None,
+    download: bool = False,
 ) -> ExecuTorchResult:
     """Write ``output`` (``.pte``) from an edge-unlearn checkpoint; INT8 needs ``calib`` or ``calib_inputs``."""
     import torch
@@ -173,7 +175,9 @@ def convert_executorch(
             )
         from edge_unlearn.export.quantize import calibration_inputs
 
-        calib_inputs, classes = calibration_inputs(calib, replace(meta, precision="fp32"), calib_samples, seed)
+        calib_inputs, classes = calibration_inputs(
+            calib, replace(meta, precision="fp32"), calib_samples, seed, data_dir=data_dir, download=download
+        )
         calib_classes = tuple(classes)
     info: dict[str, Any] = {"tool": "executorch", "delegate": "XnnpackBackend", "batch": 1}
     if precision == "int8":

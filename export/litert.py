@@ -119,6 +119,8 @@ def convert_litert(
     calib_samples: int = 100,
     seed: int = 0,
     echo: Callable[[str], None] | None = None,
+    data_dir: str | None = None,
+    download: bool = False,
     audit: bool = False,
 ) -> LiteRtResult:
     """Write ``output`` (``.tflite``) from an edge-unlearn checkpoint; INT8 needs ``calib`` or ``calib_inputs``.
@@ -159,7 +161,9 @@ def convert_litert(
             )
         from edge_unlearn.export.quantize import calibration_inputs
 
-        calib_inputs, classes = calibration_inputs(calib, replace(meta, precision="fp32"), calib_samples, seed)
+        calib_inputs, classes = calibration_inputs(
+            calib, replace(meta, precision="fp32"), calib_samples, seed, data_dir=data_dir, download=download
+        )
         calib_classes = tuple(classes)
     litert_torch = _import_litert_torch()
     module = mask_module(model, audit=audit)

@@ -76,6 +76,8 @@ def convert_openvino(
     calib_samples: int = 300,
     seed: int = 0,
     echo: Callable[[str], None] | None = None,
+    data_dir: str | None = None,
+    download: bool = False,
 ) -> OpenVinoResult:
     """Write ``output`` (``.xml``, with its ``.bin`` beside it) from an edge-unlearn FP32 ONNX file.
 
@@ -103,7 +105,9 @@ def convert_openvino(
                 )
             from edge_unlearn.export.quantize import calibration_inputs
 
-            calib_inputs, classes = calibration_inputs(calib, meta, calib_samples, seed)
+            calib_inputs, classes = calibration_inputs(
+                calib, meta, calib_samples, seed, data_dir=data_dir, download=download
+            )
             calib_classes = tuple(classes)
         calib_inputs = np.ascontiguousarray(calib_inputs, dtype=np.float32)
     try:

@@ -44,6 +44,13 @@ CONVERT_TARGETS = ("openvino", "litert", "executorch")
     "--calib-samples", type=click.IntRange(min=1), default=300, show_default=True, help="INT8 calibration samples."
 )
 @click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="With --calib: folder of torchvision datasets (default ./data).",
+)
+@click.option("--download", is_flag=True, help="With --calib: download a torchvision dataset (needs internet).")
+@click.option(
     "--audit",
     is_flag=True,
     help="The audit sibling for `validate --audit` (a second output 'features'; not the file to deploy). "
@@ -65,6 +72,8 @@ def convert_cmd(
     precision: str,
     calib: str | None,
     calib_samples: int,
+    data_dir: str | None,
+    download: bool,
     audit: bool,
     output: str,
     out: Output,
@@ -81,9 +90,11 @@ def convert_cmd(
     from pathlib import Path
 
     from edge_unlearn.errors import UsageError
-    from edge_unlearn.guards import check_outputs
+    from edge_unlearn.guards import check_needs_flag, check_outputs
 
+    check_needs_flag("--calib", bool(calib), {"--data-dir": data_dir, "--download": download or None})
     target, precision = target.lower(), precision.lower()
+    where = {"data_dir": data_dir, "download": download}
     weights = str(Path(output).with_suffix(".bin")) if target == "openvino" else None
     check_outputs({"-o": output, "-o (weights)": weights, "--json-out": out.json_out}, [model], run.path)
     quiet = contextlib.redirect_stdout(io.StringIO()) if out.quiet or out.as_json else contextlib.nullcontext()
@@ -93,7 +104,9 @@ def convert_cmd(
         if audit:
             _require_audit_export(model)
         with quiet:
-            result = convert_openvino(model, output, precision, calib=calib, calib_samples=calib_samples, echo=out.say)
+            result = convert_openvino(
+                model, output, precision, calib=calib, calib_samples=calib_samples, echo=out.say, **where
+            )
     elif target == "executorch":
         if Path(model).suffix.lower() != ".safetensors" or precision == "fp16" or audit:
             raise UsageError(
@@ -104,7 +117,7 @@ def convert_cmd(
 
         with quiet:
             result = convert_executorch(
-                model, output, precision, calib=calib, calib_samples=calib_samples, echo=out.say
+                model, output, precision, calib=calib, calib_samples=calib_samples, echo=out.say, **where
             )
     else:
         if Path(model).suffix.lower() != ".safetensors" or precision == "fp16":
@@ -121,7 +134,7 @@ def convert_cmd(
 
         with quiet:
             result = convert_litert(
-                model, output, precision, calib=calib, calib_samples=calib_samples, echo=out.say, audit=audit
+                model, output, precision, calib=calib, calib_samples=calib_samples, echo=out.say, audit=audit, **where
             )
     run.record("convert", result.to_json(), [model, output, weights])
     out.emit(result.to_json())

@@ -30,6 +30,7 @@ def files(digits_checkpoint, tmp_path_factory) -> dict[str, str]:
         "onnx": str(folder / "m.onnx"),
         "empty": str(folder / "empty"),
         "out": str(folder / "out.bin"),
+        "xml": str(folder / "out.xml"),
     }
 
 
@@ -60,6 +61,8 @@ CASES = [
     ("export {ck} --opset 5 -o {out}", "--opset"),
     ("quantize {onnx} --calib-samples 0 -o {out}", "--calib-samples"),
     ("quantize {onnx} --calib svhn --data-dir {empty} -o {out}", "--download"),
+    ("convert {onnx} --to openvino --data-dir {empty} -o {out}", "--calib"),
+    ("convert {onnx} --to openvino --precision int8 --calib svhn --data-dir {empty} -o {xml}", "--download"),
     ("import --arch lenet --weights {ck} --stats-samples 0 -o {out}", "--stats-samples"),
     ("import --arch lenet --weights {ck} --dataset digits --stats-from svhn --data-dir {empty} -o {out}", "--download"),
 ]
