@@ -311,10 +311,13 @@ def read_audit(
         logit_probe = _probe(a, "audit_logit_probe")
     band = a.get(OUTPUT_BAND_ARRAY)
     if shapes_ok and band is not None:
-        n_forgotten = int(info["output_band"].get("images", -1))
+        recorded = info["output_band"] if isinstance(info["output_band"], dict) else {}
+        n_forgotten = recorded.get("images", -1)
         shapes_ok = (
-            band.ndim == 3
-            and band.shape[0] == len(info["output_band"].get("retrained_sha256", ()))
+            isinstance(n_forgotten, int)
+            and isinstance(recorded.get("retrained_sha256"), list)
+            and band.ndim == 3
+            and band.shape[0] == len(recorded["retrained_sha256"])
             and band.shape[1:] == (n_forgotten, len(columns))
             and band.dtype.kind == "f"
         )
@@ -688,6 +691,11 @@ def audit_checks(
     if data.retrained_log_softmax is not None and data.logit_columns is not None:
         rows = np.isin(labels, sorted(set(int(c) for c in forgotten)))
         band = data.retrained_log_softmax
+        if int(rows.sum()) != band.shape[1]:
+            raise ModelFileError(
+                f"the bundle's retrained answers cover {band.shape[1]} images but it holds {int(rows.sum())} of the "
+                "forgotten classes: re-create the bundle with `edge-unlearn bundle CHECKPOINT --audit --retrained …`"
+            )
         output_checks, outputs = output_band_checks(retained_log_softmax(logits[rows], data.logit_columns), band)
         fp32_outputs = output_band_figures(retained_log_softmax(reference_logits[rows], data.logit_columns), band)
         outputs["fp32"] = fp32_outputs
