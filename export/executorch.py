@@ -141,9 +141,9 @@ def convert_executorch(
     """Write ``output`` (``.pte``) from an edge-unlearn checkpoint; INT8 needs ``calib`` or ``calib_inputs``."""
     import torch
 
-    from edge_unlearn import __version__
     from edge_unlearn.checkpoint import load_checkpoint
     from edge_unlearn.export.litert import mask_module
+    from edge_unlearn.export.onnx_export import artefact_meta
 
     if precision not in EXECUTORCH_PRECISIONS:
         raise UsageError(f"unsupported precision {precision!r} for ExecuTorch; choose one of {EXECUTORCH_PRECISIONS}")
@@ -152,20 +152,8 @@ def convert_executorch(
         raise UsageError(f"an ExecuTorch program is a .pte file; name the output {output.stem}.pte")
     check_output_path(output, [checkpoint])
     ckpt = load_checkpoint(checkpoint)
-    model, cmeta = ckpt.model.eval(), ckpt.meta
-    meta = OnnxMeta(
-        num_classes=cmeta.num_classes,
-        class_names=tuple(cmeta.class_names),
-        forgotten_classes=tuple(model.forgotten_classes),
-        input_shape=tuple(cmeta.input_shape),  # type: ignore[arg-type]
-        normalization=cmeta.normalization.to_json(),
-        source_sha256=ckpt.sha256 or "",
-        arch=cmeta.arch,
-        preprocessing=cmeta.prep.to_json(),
-        dataset=cmeta.dataset,
-        precision=precision,
-        version=__version__,
-    )
+    model = ckpt.model.eval()
+    meta = artefact_meta(ckpt, precision)
     calib_classes: tuple[int, ...] = ()
     if precision == "int8" and calib_inputs is None:
         if not calib:
@@ -192,14 +180,14 @@ def convert_executorch(
         )
     meta = replace(meta, quantization=info)
     module = mask_module(model)
-    example = (torch.zeros(1, *cmeta.input_shape),)
+    example = (torch.zeros(1, *meta.input_shape),)
     try:
         data = lower_to_pte(module, example, meta, calib_inputs if precision == "int8" else None)
     except DependencyError:
         raise
     except Exception as exc:  # noqa: BLE001 - torch.export and the lowering raise many types
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
-        raise ModelFileError(f"lowering to ExecuTorch failed for arch {cmeta.arch}: {first}") from exc
+        raise ModelFileError(f"lowering to ExecuTorch failed for arch {meta.arch}: {first}") from exc
     if precision == "int8" and echo:
         echo(
             f"INT8 (PT2E XNNPACK, symmetric per-channel) on {0 if calib_inputs is None else len(calib_inputs)} retained-class samples"

@@ -127,8 +127,8 @@ def convert_litert(
     ``audit``: the audit sibling (a second output ``features``, for ``validate --audit``)."""
     import torch
 
-    from edge_unlearn import __version__
     from edge_unlearn.checkpoint import load_checkpoint
+    from edge_unlearn.export.onnx_export import artefact_meta
 
     if precision not in LITERT_PRECISIONS:
         raise UsageError(f"unsupported precision {precision!r} for LiteRT; choose one of {LITERT_PRECISIONS}")
@@ -137,21 +137,8 @@ def convert_litert(
         raise UsageError(f"a LiteRT model is a .tflite file; name the output {output.stem}.tflite")
     check_output_path(output, [checkpoint])
     ckpt = load_checkpoint(checkpoint)
-    model, cmeta = ckpt.model.eval(), ckpt.meta
-    meta = OnnxMeta(
-        num_classes=cmeta.num_classes,
-        class_names=tuple(cmeta.class_names),
-        forgotten_classes=tuple(model.forgotten_classes),
-        input_shape=tuple(cmeta.input_shape),  # type: ignore[arg-type]
-        normalization=cmeta.normalization.to_json(),
-        source_sha256=ckpt.sha256 or "",
-        arch=cmeta.arch,
-        preprocessing=cmeta.prep.to_json(),
-        dataset=cmeta.dataset,
-        precision=precision,
-        features_name=FEATURES_NAME if audit else "",
-        version=__version__,
-    )
+    model = ckpt.model.eval()
+    meta = artefact_meta(ckpt, precision, FEATURES_NAME if audit else "")
     calib_classes: tuple[int, ...] = ()
     if precision == "int8" and calib_inputs is None:
         if not calib:
@@ -167,12 +154,12 @@ def convert_litert(
         calib_classes = tuple(classes)
     litert_torch = _import_litert_torch()
     module = mask_module(model, audit=audit)
-    example = torch.zeros(1, *cmeta.input_shape)
+    example = torch.zeros(1, *meta.input_shape)
     try:
         data = bytes(litert_torch.convert(module, (example,)).model_content())
     except Exception as exc:  # noqa: BLE001 - the converter raises many types
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
-        raise ModelFileError(f"litert_torch.convert failed for arch {cmeta.arch}: {first}") from exc
+        raise ModelFileError(f"litert_torch.convert failed for arch {meta.arch}: {first}") from exc
     info: dict[str, Any] = {"tool": "litert-torch", "batch": 1}
     if precision == "int8":
         assert calib_inputs is not None

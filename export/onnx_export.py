@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import tempfile
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -31,6 +31,9 @@ from edge_unlearn.deploy.onnx_meta import (
 )
 from edge_unlearn.errors import ModelFileError, UsageError
 from edge_unlearn.fileio import atomic_output, sha256_file
+
+if TYPE_CHECKING:
+    from edge_unlearn.checkpoint import Checkpoint
 
 DEFAULT_OPSET = 18
 #: the node that copies the penultimate features to the audit export's second output
@@ -296,6 +299,27 @@ def _check_parity(
     return Parity(len(x), batches, diff, tol, agree, exact, feat_diff, feat_tol)
 
 
+def artefact_meta(ckpt: Checkpoint, precision: str, features_name: str = "") -> OnnxMeta:
+    """The edge-unlearn metadata every artefact of a checkpoint carries (ONNX props, the LiteRT/ExecuTorch
+    sidecar method): classes, forgotten classes, input and its preprocessing (how raw images become the input:
+    calibration applies it), provenance."""
+    meta = ckpt.meta
+    return OnnxMeta(
+        num_classes=meta.num_classes,
+        class_names=tuple(meta.class_names),
+        forgotten_classes=tuple(ckpt.model.forgotten_classes),
+        input_shape=tuple(meta.input_shape),  # type: ignore[arg-type]
+        normalization=meta.normalization.to_json(),
+        source_sha256=ckpt.sha256 or "",
+        arch=meta.arch,
+        preprocessing=meta.prep.to_json(),
+        dataset=meta.dataset,
+        precision=precision,
+        version=__version__,
+        features_name=features_name,
+    )
+
+
 def export_onnx(
     checkpoint: str | Path,
     output: str | Path,
@@ -345,20 +369,9 @@ def export_onnx(
     design.append_mask(proto, retained, model.num_classes)
     if features is not None:
         attach_features_output(proto.graph, features)
-    onnx_meta = OnnxMeta(
-        num_classes=meta.num_classes,
-        class_names=tuple(meta.class_names),
-        forgotten_classes=tuple(model.forgotten_classes),
-        input_shape=tuple(meta.input_shape),  # type: ignore[arg-type]
-        normalization=meta.normalization.to_json(),
-        source_sha256=ckpt.sha256 or "",
-        arch=meta.arch,
-        preprocessing=meta.prep.to_json(),  # how raw images become the input: quantize calibration applies it
-        dataset=meta.dataset,
-        precision="fp32",
-        version=__version__,
+    onnx_meta = replace(
+        artefact_meta(ckpt, "fp32", FEATURES_NAME if config.audit else ""),
         retained_name=design.retained_name,
-        features_name=FEATURES_NAME if config.audit else "",
         quantization={"graph_variant": design.name} if design.name != COMPACT.name else {},
     )
     write_meta(proto, onnx_meta)
