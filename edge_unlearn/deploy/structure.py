@@ -121,6 +121,20 @@ class StructureError(Exception):
         self.check = check
 
 
+def is_floor_constant(floor: np.ndarray | None, bound: np.ndarray | None) -> bool:
+    """The floor's constants as every gate demands them: one finite float L, and the comparison's bound equal to
+    it (``where(r > L, r, L)``), so no retained logit (NaN included) can fall below L."""
+    return (
+        floor is not None
+        and bound is not None
+        and floor.size == 1
+        and bound.size == 1
+        and floor.dtype.kind == "f"
+        and bool(np.isfinite(floor).all())
+        and float(bound.ravel()[0]) == float(floor.ravel()[0])
+    )
+
+
 @dataclass(frozen=True)
 class MaskStructure:
     """What the graph says, read from the graph (not from the metadata)."""
@@ -430,13 +444,7 @@ def _floor(graph: _Graph, where: Any) -> np.ndarray:
         test is None
         or test.op_type != "Greater"
         or test.input[0] != where.input[1]
-        or floor is None
-        or bound is None
-        or floor.size != 1
-        or bound.size != 1
-        or floor.dtype.kind != "f"
-        or not np.isfinite(floor).all()
-        or float(bound.ravel()[0]) != float(floor.ravel()[0])
+        or not is_floor_constant(floor, bound)
         or bound.dtype != floor.dtype
     ):
         raise StructureError(

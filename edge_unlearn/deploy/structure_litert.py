@@ -21,7 +21,7 @@ import numpy as np
 
 from edge_unlearn.errors import ModelFileError
 
-from .structure import Check, MaskStructure, StructureError, cast_through, proof_checks
+from .structure import Check, MaskStructure, StructureError, cast_through, is_floor_constant, proof_checks
 
 #: TFLite TensorType code -> numpy type (the codes of schema.fbs)
 _TYPES = {0: np.float32, 1: np.float16, 2: np.int32, 3: np.uint8, 4: np.int64, 7: np.int16, 9: np.int8, 10: np.float64}
@@ -209,13 +209,7 @@ def _floor(g: _Tflite, select: Any) -> tuple[np.ndarray, int]:
         test is None
         or g.kind(test) != "GREATER"
         or int(test.inputs[0]) != retained
-        or floor is None
-        or bound is None
-        or floor.size != 1
-        or bound.size != 1
-        or floor.dtype.kind != "f"
-        or not np.isfinite(floor).all()
-        or float(bound.ravel()[0]) != float(floor.ravel()[0])
+        or not is_floor_constant(floor, bound)
     ):
         raise _fail(f"{g.label(select)} is not the floor SELECT(GREATER(r, L), r, L) with one finite constant L")
     return floor, retained

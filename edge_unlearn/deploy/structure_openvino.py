@@ -23,7 +23,7 @@ import numpy as np
 
 from edge_unlearn.errors import ModelFileError
 
-from .structure import Check, MaskStructure, StructureError, cast_through, proof_checks
+from .structure import Check, MaskStructure, StructureError, cast_through, is_floor_constant, proof_checks
 
 #: OpenVINO element types a Convert may produce on the chain -> numpy type
 _FLOAT_TYPES = {"f32": np.float32, "f16": np.float16, "f64": np.float64}
@@ -200,13 +200,7 @@ def _floor(ir: _Ir, select: Any) -> tuple[np.ndarray, Any]:
     if (
         test.get_type_name() != "Greater"
         or test.input(0).get_source_output() != then
-        or floor is None
-        or bound is None
-        or floor.size != 1
-        or bound.size != 1
-        or floor.dtype.kind != "f"
-        or not np.isfinite(floor).all()
-        or float(bound.ravel()[0]) != float(floor.ravel()[0])
+        or not is_floor_constant(floor, bound)
     ):
         raise _fail(f"{_label(select)} is not the floor Select(Greater(r, L), r, L) with one finite constant L")
     return floor, then.get_node()

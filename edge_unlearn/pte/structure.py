@@ -24,7 +24,14 @@ from typing import Any
 
 import numpy as np
 
-from edge_unlearn.deploy.structure import Check, MaskStructure, StructureError, cast_through, proof_checks
+from edge_unlearn.deploy.structure import (
+    Check,
+    MaskStructure,
+    StructureError,
+    cast_through,
+    is_floor_constant,
+    proof_checks,
+)
 from edge_unlearn.errors import ModelFileError
 
 #: ExecuTorch ScalarType code -> numpy type
@@ -166,16 +173,7 @@ def analyse_pte(program: Any, meta: Any) -> MaskStructure:
     floor = p.constant(floor_at)
     test, test_ins = p.op(test_at, "aten::gt")
     bound = p.constant(test_ins[1]) if len(test_ins) == 2 else None
-    if (
-        test_ins[:1] != [retained]
-        or floor is None
-        or bound is None
-        or floor.size != 1
-        or bound.size != 1
-        or floor.dtype.kind != "f"
-        or not np.isfinite(floor).all()
-        or float(bound.ravel()[0]) != float(floor.ravel()[0])
-    ):
+    if test_ins[:1] != [retained] or not is_floor_constant(floor, bound):
         raise _fail(f"{select} is not the floor where(gt(r, L), r, L) with one finite constant L")
     head, width = _head(p, retained)
     others = tuple(
