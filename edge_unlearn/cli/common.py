@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import json
+import signal
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -134,6 +135,10 @@ def interrupted() -> None:
     """Ctrl-C: one line and exit 130 (never click's "Aborted!" with exit 1, which a gate reads as a failed
     validation, nor a traceback)."""
     click.echo("error: interrupted (Ctrl-C); no output was written (temporary files are removed)", err=True)
+    try:  # the interrupt is handled: a second Ctrl-C while the interpreter shuts down must not turn 130 into -2
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    except ValueError:  # not the main thread (an embedding application's worker): it keeps its own handler
+        pass
     sys.exit(INTERRUPTED)
 
 
