@@ -18,14 +18,15 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from edge_unlearn.deploy.onnx_meta import OUTPUT_NAME, OnnxMeta, check_output_path
+from edge_unlearn.deploy.onnx_meta import OnnxMeta, check_output_path
 from edge_unlearn.errors import DependencyError, ModelFileError, UsageError
+from edge_unlearn.export.litert import ConvertResult
 from edge_unlearn.fileio import atomic_output, sha256_file
 from edge_unlearn.pte.runner import META_METHOD, NEEDS_EXECUTORCH
 
@@ -34,26 +35,6 @@ EXECUTORCH_PRECISIONS = ("fp32", "int8")
 QUANTIZED_MODULE = "deploy"
 #: op names of the class mask, kept out of the XNNPACK partitions (walked back from the program's output)
 MASK_OPS = ("index_select", "constant_pad_nd", "where", "gt", "_clone_dim_order", "_to_copy")
-
-
-@dataclass(frozen=True)
-class ExecuTorchResult:
-    path: Path
-    sha256: str
-    precision: str
-    calib_count: int
-    calib_classes: tuple[int, ...]
-    outputs: tuple[str, ...] = (OUTPUT_NAME,)
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "path": str(self.path),
-            "sha256": self.sha256,
-            "precision": self.precision,
-            "calib_count": self.calib_count,
-            "calib_classes": list(self.calib_classes),
-            "outputs": list(self.outputs),
-        }
 
 
 def _scoped_partitioner(inner: Any) -> Any:
@@ -137,7 +118,7 @@ def convert_executorch(
     echo: Callable[[str], None] | None = None,
     data_dir: str | None = None,
     download: bool = False,
-) -> ExecuTorchResult:
+) -> ConvertResult:
     """Write ``output`` (``.pte``) from an edge-unlearn checkpoint; INT8 needs ``calib`` or ``calib_inputs``."""
     import torch
 
@@ -196,7 +177,7 @@ def convert_executorch(
         tmp.write_bytes(data)
         _self_check(tmp, meta)
     count = 0 if calib_inputs is None else len(calib_inputs)
-    return ExecuTorchResult(output, sha256_file(output), precision, count, calib_classes)
+    return ConvertResult(output, sha256_file(output), precision, count, calib_classes)
 
 
 def _self_check(path: Path, meta: OnnxMeta) -> None:

@@ -46,7 +46,9 @@ SIGNATURE, SIGNATURE_INPUT = "serving_default", "args_0"
 
 
 @dataclass(frozen=True)
-class LiteRtResult:
+class ConvertResult:
+    """What `convert` wrote from a checkpoint (LiteRT ``.tflite``, ExecuTorch ``.pte``)."""
+
     path: Path
     sha256: str
     precision: str
@@ -122,7 +124,7 @@ def convert_litert(
     data_dir: str | None = None,
     download: bool = False,
     audit: bool = False,
-) -> LiteRtResult:
+) -> ConvertResult:
     """Write ``output`` (``.tflite``) from an edge-unlearn checkpoint; INT8 needs ``calib`` or ``calib_inputs``.
     ``audit``: the audit sibling (a second output ``features``, for ``validate --audit``)."""
     import torch
@@ -181,7 +183,7 @@ def convert_litert(
         _self_check(tmp, meta)
     count = 0 if calib_inputs is None else len(calib_inputs)
     outputs = (meta.output_name, *((meta.features_name,) if meta.features_name else ()))
-    return LiteRtResult(output, sha256_file(output), precision, count, calib_classes, outputs)
+    return ConvertResult(output, sha256_file(output), precision, count, calib_classes, outputs)
 
 
 def _quantize_int8(data: bytes, calib_inputs: np.ndarray) -> bytes:

@@ -517,7 +517,7 @@ def test_validate_audit_judges_the_deployed_answers_against_two_retrained_seeds(
     import torch
 
     from edge_unlearn.checkpoint import load_checkpoint
-    from edge_unlearn.deploy.audit import AUDIT_JSON, OUTPUT_BAND_ARRAY
+    from edge_unlearn.deploy.audit import AUDIT_JSON, OUTPUT_BAND_ARRAY, array_digest
     from edge_unlearn.output_audit import compare_outputs, forget_test_log_softmax
 
     bundle = tmp_path / "masked.band.npz"
@@ -574,6 +574,20 @@ def test_validate_audit_judges_the_deployed_answers_against_two_retrained_seeds(
         invoke_cli(["validate", fp32, "--bundle", tmp_path / "forged.npz", "--audit"]),
         OUTPUT_BAND_ARRAY,
         "changed after the bundle was written",
+    )
+
+    def shortened(data):  # a forger drops an image from the band and rewrites its record and digest to match
+        info = json.loads(str(data[AUDIT_JSON]))
+        data[OUTPUT_BAND_ARRAY] = data[OUTPUT_BAND_ARRAY][:, 1:]
+        info["output_band"]["images"] -= 1
+        info["digests"][OUTPUT_BAND_ARRAY] = array_digest(data[OUTPUT_BAND_ARRAY])
+        data[AUDIT_JSON] = np.asarray(json.dumps(info))
+
+    _rewrite(bundle, tmp_path / "shortened.npz", shortened)
+    one_line_error(
+        invoke_cli(["validate", fp32, "--bundle", tmp_path / "shortened.npz", "--audit"]),
+        "retrained answers cover",
+        "re-create the bundle",
     )
     _rewrite(bundle, tmp_path / "unrecorded.npz", unrecorded)
     one_line_error(
