@@ -30,7 +30,13 @@ from edge_unlearn.deploy.onnx_meta import (
     OnnxMeta,
     check_output_path,
 )
-from edge_unlearn.deploy.runners_litert import load_tflite, logits_view, output_tensor, with_tflite_meta
+from edge_unlearn.deploy.runners_litert import (
+    inline_buffers,
+    load_tflite,
+    logits_view,
+    output_tensor,
+    with_tflite_meta,
+)
 from edge_unlearn.deploy.structure_litert import tflite_static_checks
 from edge_unlearn.errors import DependencyError, ModelFileError, UsageError
 from edge_unlearn.fileio import atomic_output, sha256_file
@@ -165,7 +171,7 @@ def convert_litert(
     info: dict[str, Any] = {"tool": "litert-torch", "batch": 1}
     if precision == "int8":
         assert calib_inputs is not None
-        data = _quantize_int8(data, np.ascontiguousarray(calib_inputs, dtype=np.float32))
+        data = restore_signature_outputs(_quantize_int8(data, np.ascontiguousarray(calib_inputs, dtype=np.float32)))
         info.update(
             tool="ai-edge-quantizer",
             recipe="static_wi8_ai8",
@@ -203,6 +209,46 @@ def _quantize_int8(data: bytes, calib_inputs: np.ndarray) -> bytes:
     samples = [{SIGNATURE_INPUT: calib_inputs[i : i + CALIB_BATCH]} for i in range(0, len(calib_inputs), CALIB_BATCH)]
     result = qt.calibrate({SIGNATURE: samples})
     return bytes(qt.quantize(result).quantized_model)
+
+
+def restore_signature_outputs(data: bytes) -> bytes:
+    """``data`` with each graph output the quantizer replaced by its quantized copy put back to the float tensor the
+    signature names. ai-edge-quantizer (0.10) rewrites an audit file's float ``features`` output ``t`` as
+    ``QUANTIZE(t) -> t_quantized`` and lists ``t_quantized`` as the graph output while the signature still names
+    ``t``: the file then has no output called ``features`` (the runner finds outputs by the signature's names).
+    ``t`` is still computed (``t_quantized`` feeds the head), so declaring it the output again costs nothing and
+    keeps the features float. A model that needs no repair is returned unchanged."""
+    import flatbuffers
+
+    from edge_unlearn.deploy.runners_litert import schema
+
+    fb = schema()
+    model = inline_buffers(fb.ModelT.InitFromPackedBuf(data, 0), data)
+    if not model.subgraphs or model.subgraphs[0].outputs is None:
+        return data
+    graph = model.subgraphs[0]
+    quantize = {
+        i
+        for i, c in enumerate(model.operatorCodes)
+        if max(c.builtinCode, c.deprecatedBuiltinCode) == fb.BuiltinOperator.QUANTIZE
+    }
+    quantized_copy = {  # QUANTIZE's output -> its float input
+        int(op.outputs[0]): int(op.inputs[0]) for op in graph.operators or [] if op.opcodeIndex in quantize
+    }
+    named = {
+        int(entry.tensorIndex)
+        for signature in model.signatureDefs or []
+        if int(signature.subgraphIndex or 0) == 0
+        for entry in signature.outputs or []
+    }
+    outputs = [int(i) for i in graph.outputs]
+    restored = [quantized_copy[o] if o not in named and quantized_copy.get(o) in named else o for o in outputs]
+    if restored == outputs:
+        return data
+    graph.outputs = np.asarray(restored, dtype=np.int32)
+    builder = flatbuffers.Builder(len(data) + 4096)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    return bytes(builder.Output())
 
 
 def _self_check(path: Path, meta: OnnxMeta) -> None:
