@@ -10,6 +10,11 @@ out of every delegated region (:class:`_ScopedPartitioner`), so they stay ExecuT
 ``deploy`` submodule only and calibrated on *retained-class samples only*; the mask never meets an integer type.
 The edge-unlearn metadata is a constant method (:data:`META_METHOD`, the JSON props as a uint8 tensor). The file is
 proven by the gate (:mod:`edge_unlearn.pte.structure`) and run once before it is written.
+``audit=True`` (``convert --to executorch --audit``) writes the audit sibling for ``validate --audit``
+(docs/audit.md): the module returns ``{"logits": ..., "features": ...}``, which ``torch.export`` flattens in that
+order into the forward method's two outputs, and the metadata records ``features_name``; the features output is
+left out of the mask's walk, so it comes out of the XNNPACK delegate in float. The deployed file stays the one
+without it.
 Host side: needs torch and ``executorch`` (``pip install 'edge-unlearn[executorch]'``); ExecuTorch's Python runtime
 needs torch too, so ``.pte`` files are validated on the host.
 """
@@ -24,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from edge_unlearn.deploy.onnx_meta import OnnxMeta, check_output_path
+from edge_unlearn.deploy.onnx_meta import FEATURES_NAME, OnnxMeta, check_output_path
 from edge_unlearn.errors import DependencyError, ModelFileError, UsageError
 from edge_unlearn.export.litert import ConvertResult
 from edge_unlearn.fileio import atomic_output, sha256_file
@@ -118,8 +123,10 @@ def convert_executorch(
     echo: Callable[[str], None] | None = None,
     data_dir: str | None = None,
     download: bool = False,
+    audit: bool = False,
 ) -> ConvertResult:
-    """Write ``output`` (``.pte``) from an edge-unlearn checkpoint; INT8 needs ``calib`` or ``calib_inputs``."""
+    """Write ``output`` (``.pte``) from an edge-unlearn checkpoint; INT8 needs ``calib`` or ``calib_inputs``.
+    ``audit``: the audit sibling (a second output, the features, for ``validate --audit``)."""
     import torch
 
     from edge_unlearn.checkpoint import load_checkpoint
@@ -134,7 +141,7 @@ def convert_executorch(
     check_output_path(output, [checkpoint])
     ckpt = load_checkpoint(checkpoint)
     model = ckpt.model.eval()
-    meta = artefact_meta(ckpt, precision)
+    meta = artefact_meta(ckpt, precision, FEATURES_NAME if audit else "")
     calib_classes: tuple[int, ...] = ()
     if precision == "int8" and calib_inputs is None:
         if not calib:
@@ -160,7 +167,7 @@ def convert_executorch(
             calib_classes=list(calib_classes),
         )
     meta = replace(meta, quantization=info)
-    module = mask_module(model)
+    module = mask_module(model, audit=audit)
     example = (torch.zeros(1, *meta.input_shape),)
     try:
         data = lower_to_pte(module, example, meta, calib_inputs if precision == "int8" else None)
@@ -177,7 +184,8 @@ def convert_executorch(
         tmp.write_bytes(data)
         _self_check(tmp, meta)
     count = 0 if calib_inputs is None else len(calib_inputs)
-    return ConvertResult(output, sha256_file(output), precision, count, calib_classes)
+    outputs = (meta.output_name, *((meta.features_name,) if meta.features_name else ()))
+    return ConvertResult(output, sha256_file(output), precision, count, calib_classes, outputs)
 
 
 def _self_check(path: Path, meta: OnnxMeta) -> None:
@@ -191,6 +199,12 @@ def _self_check(path: Path, meta: OnnxMeta) -> None:
     x = np.random.default_rng(0).standard_normal((2, *meta.input_shape)).astype(np.float32)
     with runner:
         out = runner.infer(x)
+        features = runner.infer_features(x)[1] if meta.features_name else None
     forgotten = list(meta.forgotten_classes)
     if not np.all(np.isfinite(out)) or (forgotten and not np.all(out[:, forgotten] == np.float32(meta.mask_value))):
         raise ModelFileError("the .pte changed the forgotten classes' fill value or produces NaN; nothing written")
+    if features is not None and (features.ndim != 2 or len(features) != len(x) or not np.all(np.isfinite(features))):
+        raise ModelFileError(
+            f"the audit .pte's features output is {list(features.shape)} or not finite, not float [batch, D]; "
+            "nothing written"
+        )

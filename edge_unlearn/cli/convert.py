@@ -55,7 +55,7 @@ CONVERT_TARGETS = ("openvino", "litert", "executorch")
     is_flag=True,
     help="The audit sibling for `validate --audit` (a second output 'features'; not the file to deploy). "
     "openvino: MODEL must be an audit export (`edge-unlearn export CHECKPOINT --audit`), whose features output "
-    "every conversion keeps; litert: the checkpoint is lowered with the features output.",
+    "every conversion keeps; litert, executorch: the checkpoint is lowered with the features output.",
 )
 @click.option(
     "-o",
@@ -85,7 +85,7 @@ def convert_cmd(
     with the class mask (floor, Pad, Gather) kept in float. The file carries the edge-unlearn metadata, is proven
     by the gate's structural checks and run once before it is written; `validate`, `bench` and `report` take it.
     An audit export (`export --audit`) converts to an audit IR (its features output kept); --audit with
-    --to litert writes the audit .tflite; `validate --audit` runs on either.
+    --to litert or --to executorch writes the audit .tflite or .pte; `validate --audit` runs on each.
     """
     from pathlib import Path
 
@@ -108,16 +108,22 @@ def convert_cmd(
                 model, output, precision, calib=calib, calib_samples=calib_samples, echo=out.say, **where
             )
     elif target == "executorch":
-        if Path(model).suffix.lower() != ".safetensors" or precision == "fp16" or audit:
+        if Path(model).suffix.lower() != ".safetensors" or precision == "fp16":
             raise UsageError(
                 "--to executorch converts a .safetensors checkpoint (torch.export lowers the torch model) in fp32 or "
-                "int8, without --audit"
+                "int8"
+                + (
+                    "; for the audit file convert the checkpoint with --audit: "
+                    f"`edge-unlearn convert CHECKPOINT --to executorch --audit -o {Path(output).stem}.pte`"
+                    if audit or Path(model).suffix.lower() == ".onnx"
+                    else ""
+                )
             )
         from edge_unlearn.export.executorch import convert_executorch
 
         with quiet:
             result = convert_executorch(
-                model, output, precision, calib=calib, calib_samples=calib_samples, echo=out.say, **where
+                model, output, precision, calib=calib, calib_samples=calib_samples, echo=out.say, audit=audit, **where
             )
     else:
         if Path(model).suffix.lower() != ".safetensors" or precision == "fp16":

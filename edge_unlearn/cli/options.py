@@ -472,8 +472,8 @@ class GateGroup(OptionGroup):
                 is_flag=True,
                 help="Also the feature-level audit: the bundle's probe and the prototype attack "
                 "on MODEL's own features, and its answers on the forgotten classes against the retrained models "
-                "(MODEL: an `export --audit` file, quantized or not, or its `convert --audit` OpenVINO/LiteRT "
-                "file; the bundle from `bundle --audit`).",
+                "(MODEL: an `export --audit` file, quantized or not, or its `convert --audit` OpenVINO/LiteRT/"
+                "ExecuTorch file; the bundle from `bundle --audit`).",
             ),
             click.Option(
                 ["--audit-max-probe"],

@@ -409,9 +409,12 @@ def _audit_fix(model: str | Path, runner: Runner) -> str:
         return f"an audit IR: {export}, then `edge-unlearn convert model.audit.onnx --to openvino` (same --precision)"
     if runtime == "litert":
         return "an audit .tflite: `edge-unlearn convert CHECKPOINT --to litert --audit` (same --precision)"
+    if runtime == "executorch":
+        return "an audit .pte: `edge-unlearn convert CHECKPOINT --to executorch --audit` (same --precision)"
     if runtime in ("onnxruntime", "openvino"):
         return f"an audit export: {export}, quantized like the deployed model"
-    return f"an audit export ({export}) on onnxruntime, OpenVINO or LiteRT; not wired to {runtime or 'this runtime'}"
+    where = runtime or "this runtime"
+    return f"an audit export ({export}) on onnxruntime, OpenVINO, LiteRT or ExecuTorch; not wired to {where}"
 
 
 def validate_model(
@@ -425,7 +428,7 @@ def validate_model(
 ) -> ValidationReport:
     """Open the model's runner by suffix, load the bundle, validate; for ONNX add the static graph checks.
     ``audit``: also the feature-level audit (an audit export of ``edge-unlearn export --audit``, quantized or not, or
-    the OpenVINO IR / LiteRT ``.tflite`` converted with its features output, and a bundle from ``bundle --audit``);
+    the OpenVINO IR / LiteRT ``.tflite`` / ExecuTorch ``.pte`` converted with its features output, and a bundle from ``bundle --audit``);
     UsageError naming the fix when either is missing."""
     from .runners import open_runner
 

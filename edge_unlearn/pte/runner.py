@@ -7,10 +7,15 @@ Nothing here imports torch or executorch at module import (the host side loads t
 props, as JSON) as the program's constant method :data:`META_METHOD` (a uint8 tensor), so ``validate``, ``bench``
 and ``report`` read it as from an ONNX file; the gate reads the program's kernel calls, constants and the XNNPACK
 delegate's graph (:mod:`edge_unlearn.pte.structure`).
+
+An audit program (``edge-unlearn convert CHECKPOINT --to executorch --audit``) has two outputs, the logits then the
+penultimate features (the metadata names ``features_name``): :meth:`ExecuTorchRunner.infer` returns the logits,
+:meth:`ExecuTorchRunner.infer_features` both, and the gate proves the mask on the logits output (:func:`logits_view`).
 """
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 from typing import Any
@@ -108,6 +113,20 @@ def read_pte_meta(program: Any, where: str) -> OnnxMeta:
     return OnnxMeta.from_props({str(k): str(v) for k, v in props.items()}, where)
 
 
+def logits_view(program: Any, meta: OnnxMeta) -> Any:
+    """``program`` as the gate reads it: for an audit program (the metadata names a features output and the forward
+    method has two outputs, logits then features) a shallow copy whose forward method declares the logits output
+    only -- the mask's proof is about the logits, and the features are the head's input, upstream of the mask; any
+    other program unchanged (the gate then judges it as it is)."""
+    forward = plan(program, FORWARD)
+    if not meta.features_name or forward is None or len(forward.outputs) != 2:
+        return program
+    view, method = copy.copy(program), copy.copy(forward)
+    method.outputs = [forward.outputs[0]]
+    view.execution_plan = [method if p is forward else p for p in program.execution_plan]
+    return view
+
+
 class ExecuTorchRunner(Runner):
     """``executorch.runtime.Runtime`` on the CPU (XNNPACK delegate); a fixed-batch program is fed in chunks."""
 
@@ -119,8 +138,12 @@ class ExecuTorchRunner(Runner):
         self._program = load_pte(path)  # fails early (one line) for a truncated or foreign file
         self.meta = read_pte_meta(self._program, str(path))
         forward = plan(self._program, FORWARD)
-        if forward is None or len(forward.inputs) != 1 or len(forward.outputs) != 1:
-            raise ModelFileError(f"{path} has no method {FORWARD!r} with one input and one output")
+        outputs = 2 if self.meta.features_name else 1  # an audit program: logits, then features
+        if forward is None or len(forward.inputs) != 1 or len(forward.outputs) != outputs:
+            raise ModelFileError(
+                f"{path} has no method {FORWARD!r} with one input and {outputs} output{'s' if outputs > 1 else ''}"
+                + (" (logits, features) as its metadata declares; convert it again" if outputs > 1 else "")
+            )
         sizes = getattr(forward.values[forward.inputs[0]].val, "sizes", None) or [0]
         self._batch = int(sizes[0])
         self._method: Any = None
@@ -137,22 +160,48 @@ class ExecuTorchRunner(Runner):
             raise ModelFileError(f"ExecuTorch cannot load {self.path}: {first}") from exc
 
     def infer_impl(self, inputs: np.ndarray) -> np.ndarray:
+        if not len(inputs):
+            return np.zeros((0, self.meta.num_classes), np.float32)
+        return self._run(inputs)[0]
+
+    @property
+    def has_features(self) -> bool:
+        """Whether the program is an audit program: its metadata names a features output (the constructor checked
+        that the forward method then has two outputs)."""
+        return bool(self.meta.features_name)
+
+    def infer_features(self, inputs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(logits, penultimate features) of the same executions, both float32 (a program from ``edge-unlearn
+        convert CHECKPOINT --to executorch --audit``)."""
+        if not self.is_active:
+            raise RuntimeError(f"runner {self.name} is not active; use it inside a `with` block")
+        if not self.meta.features_name:
+            raise ModelFileError(
+                f"{self.path} has no features output; convert the checkpoint with "
+                "`edge-unlearn convert CHECKPOINT --to executorch --audit`"
+            )
+        if not len(inputs):
+            return np.zeros((0, self.meta.num_classes), np.float32), np.zeros((0, 0), np.float32)
+        logits, features = self._run(inputs)
+        return logits, features
+
+    def _run(self, inputs: np.ndarray) -> list[np.ndarray]:
+        """Every output of the forward method on ``inputs``, fed in chunks of the program's batch (the last one
+        padded with zeros), as float32."""
         if tuple(inputs.shape[1:]) != tuple(self.meta.input_shape):
             raise ModelFileError(
                 f"{self.path} takes [batch, {', '.join(map(str, self.meta.input_shape))}], got {list(inputs.shape)}"
             )
-        if not len(inputs):
-            return np.zeros((0, self.meta.num_classes), np.float32)
         step = self._batch if self._batch > 0 else len(inputs)
         inputs = np.ascontiguousarray(inputs, dtype=np.float32)
-        outs = []
+        outs: list[list[np.ndarray]] = []
         for start in range(0, len(inputs), step):
             chunk = inputs[start : start + step]
             if len(chunk) < step:
                 chunk = np.concatenate([chunk, np.zeros((step - len(chunk), *chunk.shape[1:]), np.float32)])
-            (out,) = self._method.execute([_as_tensor(chunk.copy())])
-            outs.append(out.detach().numpy().astype(np.float32))
-        return np.concatenate(outs)[: len(inputs)]
+            results = self._method.execute([_as_tensor(chunk.copy())])
+            outs.append([out.detach().numpy().astype(np.float32) for out in results])
+        return [np.concatenate(column)[: len(inputs)] for column in zip(*outs)]
 
     def deactivate_impl(self) -> None:
         self._method = None
@@ -161,7 +210,7 @@ class ExecuTorchRunner(Runner):
         """The gate's structural checks of the program (``validate`` adds them)."""
         from .structure import pte_static_checks
 
-        return pte_static_checks(self._program, self.meta, self.path)
+        return pte_static_checks(logits_view(self._program, self.meta), self.meta, self.path)
 
     def describe_impl(self) -> dict[str, Any]:
         from importlib import metadata

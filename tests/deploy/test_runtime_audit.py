@@ -1,6 +1,7 @@
-"""`validate --audit` on OpenVINO IRs and LiteRT files (issue #29): `convert --to openvino` keeps an audit export's
-second output "features" (FP32 and NNCF INT8), the runners read both outputs by name, and the audit's figures on
-the FP32 IR are the ONNX audit export's; a file without the features output is one line, exit 2, naming the fix.
+"""`validate --audit` on OpenVINO IRs, LiteRT files and ExecuTorch programs (issue #29): `convert --to openvino`
+keeps an audit export's second output "features" (FP32 and NNCF INT8), the runners read both outputs by name, and
+the audit's figures on the FP32 IR are the ONNX audit export's; a file without the features output is one line,
+exit 2, naming the fix. `convert --to executorch --audit` writes a two-output program (skipped without executorch).
 
 One small model for the module: the digits lenet of tests/conftest.py with class 3 masked and nothing else (its
 features still hold the class: the audit fails it on `audit_prototype_recovery`, on every runtime alike). LiteRT
@@ -34,6 +35,10 @@ needs_openvino = pytest.mark.skipif(
 needs_litert = pytest.mark.skipif(
     importlib.util.find_spec("ai_edge_litert") is None,
     reason="LiteRT is not installed (pip install 'edge-unlearn[litert]')",
+)
+needs_executorch = pytest.mark.skipif(
+    importlib.util.find_spec("executorch") is None or importlib.util.find_spec("torchao") is None,
+    reason="ExecuTorch is not installed (pip install 'edge-unlearn[executorch]')",
 )
 needs_litert_torch = pytest.mark.skipif(
     importlib.util.find_spec("ai_edge_litert") is None or importlib.util.find_spec("litert_torch") is None,
@@ -233,6 +238,109 @@ def test_int8_audit_tflite_runs_and_a_plain_tflite_is_refused(audit_set, audit_t
     assert 0.0 <= report["audit"]["device"]["prototype_forget_acc"] <= 1.0
     result = invoke_cli(["validate", audit_tflites["plain"], "--bundle", audit_set.bundle, "--audit"])
     one_line_error(result, "no features output", "--to litert --audit")
+
+
+# ------------------------------------------------------------------------------------------------------ ExecuTorch
+
+
+@pytest.fixture(scope="module")
+def audit_ptes(audit_set) -> dict[str, Path]:
+    """FP32 and INT8 audit .pte programs, and the plain FP32 one, converted from the checkpoint."""
+    pytest.importorskip("executorch")
+    pytest.importorskip("torchao")
+    out = {}
+    for name, precision, audit in (("fp32", "fp32", True), ("int8", "int8", True), ("plain", "fp32", False)):
+        path = audit_set.folder / f"model.{name}.pte"
+        args = ["convert", audit_set.checkpoint, "--to", "executorch", "--precision", precision, "-o", path, "--json"]
+        args += (["--audit"] if audit else []) + (
+            ["--calib", "digits", "--calib-samples", "50"] if name == "int8" else []
+        )
+        result = invoke_cli(args)
+        assert result.exit_code == 0, result.output
+        assert json.loads(result.stdout)["outputs"] == (["logits", "features"] if audit else ["logits"])
+        out[name] = path
+    return out
+
+
+@needs_executorch
+def test_fp32_audit_pte_gives_the_onnx_audit_exports_figures(audit_set, audit_ptes, onnx_audit_report):
+    code, report = _validate_audit(audit_ptes["fp32"], audit_set.bundle)
+    ref_code, ref = onnx_audit_report
+    assert report["environment"]["runtime"] == "executorch" and code == ref_code
+    for figure in FIGURES:
+        assert abs(report["audit"]["device"][figure] - ref["audit"]["device"][figure]) <= FIGURE_TOLERANCE, figure
+    passed = {c["name"]: c["passed"] for c in report["checks"]}
+    assert passed["mask_structure"] and passed["head_rows"] and passed["index_map"]  # proven on the logits output
+
+
+@needs_executorch
+def test_int8_audit_pte_runs_and_a_plain_pte_is_refused(audit_set, audit_ptes):
+    from edge_unlearn.pte.runner import ExecuTorchRunner
+
+    code, report = _validate_audit(audit_ptes["int8"], audit_set.bundle)
+    assert report["precision"] == "int8" and report["verdict"] == ("pass" if code == 0 else "fail")
+    assert 0.0 <= report["audit"]["device"]["prototype_forget_acc"] <= 1.0
+    x = np.load(audit_set.bundle)["inputs"][:4]
+    with ExecuTorchRunner(audit_ptes["int8"]) as runner:
+        logits, features = runner.infer_features(x)
+        assert np.array_equal(runner.infer(x), logits) and np.all(logits[:, FORGET] == np.float32(-1e4))
+    assert features.dtype == np.float32 and features.ndim == 2 and len(features) == 4
+    result = invoke_cli(["validate", audit_ptes["plain"], "--bundle", audit_set.bundle, "--audit"])
+    one_line_error(result, "no features output", "--to executorch --audit")
+
+
+def test_executorch_from_an_onnx_audit_export_is_one_line_naming_the_checkpoint_route(audit_set):
+    result = invoke_cli(["convert", audit_set.audit_onnx, "--to", "executorch", "-o", audit_set.folder / "m.pte"])
+    one_line_error(result, ".safetensors checkpoint", "--to executorch --audit")
+
+
+@needs_litert
+def test_restore_signature_outputs_undoes_the_quantizers_output_swap(tmp_path):
+    """What ai-edge-quantizer does to an audit file's float features output t: QUANTIZE(t) -> t_q, and t_q listed as
+    the graph output while the signature still names t. The runner then finds no 'features' output; the
+    converter's repair lists t again (float features, as computed), and leaves a file without the swap unchanged."""
+    import flatbuffers
+    from ai_edge_litert import schema_py_generated as fb
+
+    from edge_unlearn.deploy.runners_litert import LiteRtRunner, load_tflite
+    from edge_unlearn.export.litert import restore_signature_outputs
+
+    path = tmp_path / "toy.audit.tflite"
+    weights = _toy_tflite(path)
+    model = load_tflite(path)
+    graph = model.subgraphs[0]
+    features = int(graph.outputs[0])  # tensor 5, listed first (see _toy_tflite)
+    quantized = fb.TensorT()
+    quantized.shape, quantized.type, quantized.buffer = graph.tensors[features].shape, fb.TensorType.INT8, 0
+    quantized.name = b"serving_default_features_output_quantized"
+    quantized.quantization = fb.QuantizationParametersT()
+    quantized.quantization.scale, quantized.quantization.zeroPoint = [0.05], [0]
+    graph.tensors.append(quantized)
+    code = fb.OperatorCodeT()
+    code.builtinCode = code.deprecatedBuiltinCode = fb.BuiltinOperator.QUANTIZE
+    code.version = 1
+    model.operatorCodes.append(code)
+    op = fb.OperatorT()
+    op.opcodeIndex, op.inputs, op.outputs = len(model.operatorCodes) - 1, [features], [len(graph.tensors) - 1]
+    graph.operators.append(op)
+    graph.outputs = np.asarray([len(graph.tensors) - 1, int(graph.outputs[1])], np.int32)
+    builder = flatbuffers.Builder(4096)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    swapped = bytes(builder.Output())
+    (tmp_path / "swapped.tflite").write_bytes(swapped)
+    assert not LiteRtRunner(tmp_path / "swapped.tflite").has_features  # the bug: 'features' names no output
+    repaired = tmp_path / "repaired.tflite"
+    repaired.write_bytes(restore_signature_outputs(swapped))
+    assert [int(i) for i in load_tflite(repaired).subgraphs[0].outputs] == [features, int(graph.outputs[1])]
+    x = np.random.default_rng(2).standard_normal((3, 1, 8, 8)).astype(np.float32)
+    with LiteRtRunner(repaired) as runner:
+        assert runner.has_features
+        logits, got = runner.infer_features(x)
+    ref_logits, ref_features = _toy_reference(weights, x)
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(got, ref_features, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(logits, ref_logits, rtol=1e-4, atol=1e-4)
+    assert restore_signature_outputs(path.read_bytes()) == path.read_bytes()
 
 
 def _toy_tflite(path: Path, features_name: str = "features") -> dict[str, np.ndarray]:
