@@ -32,6 +32,23 @@ def build(arch: str, num_classes: int, cifar_stem: bool) -> nn.Module:
     return model
 
 
+def recalibrate_batchnorm(model: nn.Module, inputs: torch.Tensor, batch_size: int) -> None:
+    """Recompute every BatchNorm's running statistics as a plain average over ``inputs`` with the weights frozen: a
+    short training leaves them far behind the final weights (mobilenet_v3's BatchNorm momentum is 0.01), and the
+    model then answers one class in eval mode."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # a cumulative average over the pass
+    model.train()
+    with torch.no_grad():
+        for i in range(0, len(inputs), batch_size):
+            model(inputs[i : i + batch_size])
+    for m, momentum in zip(norms, momenta):
+        m.momentum = momentum
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", required=True, help="torchvision model name, or timm:NAME")
@@ -49,6 +66,11 @@ def main() -> None:
         choices=["none", "state_dict", "module"],
         default="none",
         help="save {'state_dict': …} or with DataParallel's module. prefixes (wrappers users have)",
+    )
+    parser.add_argument(
+        "--recalibrate-bn",
+        action="store_true",
+        help="after training, recompute BatchNorm running statistics on the training images (short trainings)",
     )
     parser.add_argument("-o", "--output", required=True)
     args = parser.parse_args()
@@ -81,6 +103,8 @@ def main() -> None:
             optimizer.step()
             schedule.step()
         print(f"epoch {epoch + 1}/{args.epochs} loss {loss.item():.3f}", flush=True)
+    if args.recalibrate_bn:
+        recalibrate_batchnorm(model, inputs, args.batch_size)
     state = model.state_dict()
     if args.wrap == "module":
         state = {f"module.{k}": v for k, v in state.items()}
