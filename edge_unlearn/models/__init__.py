@@ -30,6 +30,7 @@ from .registry import MODELS, build_from_spec, build_model, register_model
 from .stats import (
     DEPTH_STATS_COUNT,
     DEPTH_STATS_MAX_FLOATS,
+    HEAD_INPUT,
     depth_layers,
     edit_layer,
     is_depth_stats_key,
@@ -39,6 +40,7 @@ from .stats import (
 __all__ = [
     "DEPTH_STATS_COUNT",
     "DEPTH_STATS_MAX_FLOATS",
+    "HEAD_INPUT",
     "MODELS",
     "TORCHVISION_HEADS",
     "TORCHVISION_IGNORED_PREFIXES",

@@ -17,6 +17,9 @@ DEPTH_STATS_MAX_FLOATS = 4 * 1024 * 1024
 
 DEPTH_STATS_PREFIX = "depth_stats__"
 DEPTH_STATS_COUNT = "depth_stats_count"
+#: The depth statistics' name for the head's input (the penultimate features): NHLE's opt-in head step edits the
+#: retained head rows against these means (issue #28).
+HEAD_INPUT = "head_input"
 
 
 def is_depth_stats_key(key: str) -> bool:
@@ -147,7 +150,8 @@ class ClassStatistics(nn.Module):
         transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> None:
         """Record per-class means of the input of every learnable layer of the backbone (:func:`depth_layers`;
-        channel means for a conv), as buffers ``depth_stats__<layer>`` [C, D] and ``depth_stats_count`` [C].
+        channel means for a conv) and of the head (:data:`HEAD_INPUT`: the penultimate features), as buffers
+        ``depth_stats__<layer>`` [C, D] and ``depth_stats_count`` [C].
 
         Aggregates like :meth:`record_class_stats` (whose edit-layer means they extend to every depth), not
         samples: :meth:`depth_stats_size` floats. Checkpoints without them still load
@@ -160,7 +164,7 @@ class ClassStatistics(nn.Module):
         widths = sum(
             m.in_features if isinstance(m, nn.Linear) else m.in_channels for _, m in depth_layers(self.backbone)
         )
-        return self.num_classes * widths
+        return self.num_classes * (widths + self.head.in_features)
 
     @torch.no_grad()
     def depth_stat_sums(
@@ -169,7 +173,8 @@ class ClassStatistics(nn.Module):
         transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """Per-class sums ({layer name: [C, D]}, float64, on the model's device) and counts (float64, CPU) of
-        every :func:`depth_layers` input over ``batches`` of (inputs, labels): a streaming mean whose parts
+        every :func:`depth_layers` input and the head's (:data:`HEAD_INPUT`) over ``batches`` of (inputs,
+        labels): a streaming mean whose parts
         several processes can add up (all-reduce) before :meth:`set_depth_stats`."""
         layers = depth_layers(self.backbone)
         device = self.class_stats.device
@@ -186,7 +191,8 @@ class ClassStatistics(nn.Module):
         try:
             for batch, batch_labels in batches:
                 captured.clear()
-                self.backbone((transform(batch) if transform is not None else batch).to(device))
+                features = self.backbone((transform(batch) if transform is not None else batch).to(device))
+                captured[HEAD_INPUT] = features.flatten(1).to(torch.float64)
                 y = torch.as_tensor(batch_labels).to(device)
                 for name, act in captured.items():
                     if name not in sums:
@@ -211,9 +217,20 @@ class ClassStatistics(nn.Module):
         self.register_buffer(DEPTH_STATS_COUNT, counts.to(self.class_stats_count))
 
     def depth_stats(self) -> dict[str, torch.Tensor]:
-        """{backbone layer name: per-class mean input [C, D]} recorded by :meth:`record_depth_stats`."""
+        """{backbone layer name, or :data:`HEAD_INPUT`: per-class mean input [C, D]} recorded by
+        :meth:`record_depth_stats`."""
         keys = {DEPTH_STATS_PREFIX + _buffer_key(name): name for name, _ in self.backbone.named_modules() if name}
+        keys[DEPTH_STATS_PREFIX + HEAD_INPUT] = HEAD_INPUT
         return {keys[k]: b for k, b in self._buffers.items() if k in keys and b is not None}
+
+    def head_input_stats(self) -> torch.Tensor | None:
+        """Per-class means of the head's input [C, D] where every class the model predicts has them (a
+        checkpoint recorded before they were, or without depth statistics: None)."""
+        counts = getattr(self, DEPTH_STATS_COUNT, None)
+        means = self.depth_stats().get(HEAD_INPUT)
+        if means is None or counts is None or not bool((counts[self.class_mask] > 0).all()):
+            return None
+        return means
 
     @property
     def has_depth_stats(self) -> bool:

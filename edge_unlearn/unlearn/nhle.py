@@ -11,6 +11,10 @@ against retraining: docs/nhle.md). From a few forget samples and no retained dat
    like an unfamiliar image of a similar class, with about a retrained model's confidence. Without class
    statistics (a model imported without data) the data-free estimate runs instead (``data_free="batchnorm"``:
    :func:`batchnorm_feature_mean`, then :func:`project_forget_directions`).
+   Opt-in ``head_scale`` (:func:`retarget_head`): the same rank-one edit on the head, so the forget samples'
+   mean penultimate features get the retained logits of ``head_scale`` × the nearest retained class's recorded
+   penultimate mean, every retained class's recorded mean keeping its logits exactly: the retained logits stop
+   reading the class (the retained-logit probe), at the cost of one target class (docs/nhle.md).
 2. **Negative-hot label encoding.** Each forget sample's target is −1 on the forgotten classes and the model's
    own distribution over the retained classes; the bounded loss ``−Σ t_r log p_r − log(1 − p_forgotten)``
    trains only the forgotten classes' head rows, so no retained logit moves.
@@ -75,14 +79,17 @@ class NHLEConfig:
     confident); ``entropy_ratio`` (opt-in) sets that fraction per request instead: the one at which the forget
     samples' mean entropy over the retained classes is this ratio of the masked original's (0.7: a retrained
     model's sharpness on digits; fashion measured mixed, docs/nhle.md); ``data_free``: the estimate used when the
-    model has no class statistics (``none``: skip the feature step). Defaults measured against retrained models
-    (docs/nhle.md)."""
+    model has no class statistics (``none``: skip the feature step); ``head_scale`` (opt-in) also edits the
+    head: the forget samples' mean penultimate features get the retained logits of that fraction of the nearest
+    retained class's recorded penultimate mean (needs the head's class statistics; measured in docs/nhle.md).
+    Defaults measured against retrained models (docs/nhle.md)."""
 
     steps: int = 20
     lr: float = 0.05
     target_scale: float = 0.35
     data_free: str = "batchnorm"
     entropy_ratio: float | None = None
+    head_scale: float | None = None
     version: int = NHLE_CONFIG_VERSION
 
     def __post_init__(self) -> None:
@@ -99,6 +106,10 @@ class NHLEConfig:
             raise UsageError(
                 f"nhle entropy_ratio must be in (0, 2] (of the masked original's entropy on the forget samples), "
                 f"got {self.entropy_ratio}"
+            )
+        if self.head_scale is not None and not 0 < self.head_scale <= 1:
+            raise UsageError(
+                f"nhle head_scale must be in (0, 1] (1: the nearest class's penultimate mean itself), got {self.head_scale}"
             )
         if not 0 < self.target_scale <= 1:
             raise UsageError(
@@ -377,6 +388,39 @@ def retarget_forget_features(
 
 
 @torch.no_grad()
+def retarget_head(
+    model: UnlearnableClassifier,
+    forget_inputs: torch.Tensor,
+    forget_labels: torch.Tensor,
+    forget_classes: list[int],
+    scale: float,
+) -> dict[str, object]:
+    """The opt-in head step: for each forgotten class, :func:`retarget_layer` on the head sends its samples' mean
+    penultimate features to the logits of ``scale`` × the nearest retained class's recorded penultimate mean
+    (:meth:`~edge_unlearn.models.UnlearnableClassifier.head_input_stats`), while every retained class's recorded
+    mean keeps its logits exactly. A retrained model answers a forgotten class like an unsure image of a similar
+    class; the original's retained head rows, trained against the class, still read it (the retained-logit
+    probe). Returns the target class of each forgotten class, or why the step did not run."""
+    means = model.head_input_stats()
+    if means is None:
+        return {"head_step": "none (no class statistics of the head's input: record them with train or import)"}
+    keep = model.class_mask.clone()
+    keep[forget_classes] = False
+    retained = means[keep].float()
+    kept = torch.nonzero(keep).flatten()
+    labels = forget_labels.to(forget_inputs.device)
+    targets: dict[int, int] = {}
+    for c in forget_classes:
+        x = forget_inputs[labels == c]
+        if len(x) == 0:
+            continue
+        mean = model.features(x).float().flatten(1).mean(0)
+        targets[c] = int(kept[(retained - mean.to(retained)).norm(dim=1).argmin()])
+        retarget_layer(model, model.head, mean, scale * means[targets[c]].float(), retained)
+    return {"head_step": "class_stats", "head_target_classes": targets}
+
+
+@torch.no_grad()
 def _retained_entropy(model: UnlearnableClassifier, x: torch.Tensor, masked: torch.Tensor) -> float:
     """Mean entropy (nats) of the softmax over the classes not in ``masked`` on ``x``."""
     logp = torch.log_softmax(model.head(model.features(x)).float().masked_fill(masked, float("-inf")), dim=1)
@@ -510,6 +554,8 @@ def run_nhle(
     else:
         step = f"none (no class statistics{'; data_free=none' if config.data_free == 'none' else ', no BatchNorm before the edit layer'})"
         edited = 0
+    if config.head_scale is not None:
+        details.update(retarget_head(model, x, forget_set.labels, forget, config.head_scale))
     _train_forgotten_rows(model, x, keep, forget, targets, config, progress)
     model.drop_class_stats(forget)
     return {"feature_step": step, "feature_directions": edited, **details}

@@ -13,7 +13,7 @@ from edge_unlearn.checkpoint import load_checkpoint, save_checkpoint
 from edge_unlearn.data import preprocess
 from edge_unlearn.errors import UsageError
 from edge_unlearn.metrics import evaluate_model
-from edge_unlearn.models import build_model, depth_layers
+from edge_unlearn.models import HEAD_INPUT, build_model, depth_layers
 from edge_unlearn.unlearn import forget, method_config
 from edge_unlearn.unlearn.nhle import NHLEConfig, _layer_input, retarget_layer
 from tests.conftest import forget_set
@@ -148,6 +148,49 @@ def test_entropy_ratio_finds_the_scale_that_gives_that_share_of_the_masked_origi
     assert "target_scales" not in forget(copy.deepcopy(original), fs).details  # the fixed scale by default
 
 
+def test_head_input_statistics_are_the_class_means_of_the_penultimate_features(with_depth_stats, digits):
+    """The head's recorded means are each class's mean penultimate features (what the head step keeps exact)."""
+    x = preprocess(digits.x_train, digits.normalization)
+    with torch.no_grad():
+        feats = with_depth_stats.eval().features(x)
+    means = with_depth_stats.head_input_stats()
+    assert means is not None and means.shape == (10, with_depth_stats.feature_dim)
+    for c in (0, 3, 9):
+        torch.testing.assert_close(means[c], feats[digits.y_train == c].mean(0), rtol=1e-4, atol=1e-5)
+
+
+def test_head_step_moves_the_forget_samples_retained_logits_and_keeps_every_retained_mean(with_depth_stats, digits):
+    """Opt-in ``head_scale``: the forget samples' mean penultimate features get the retained logits of the scaled
+    nearest class mean, every retained class's recorded mean keeps its logits (to float precision), the class's
+    statistics are erased, and without head statistics the step says why it did not run."""
+    fs = _forget_set(digits, [3])
+    means = with_depth_stats.head_input_stats().clone()
+    keep = torch.ones(10, dtype=torch.bool)
+    keep[3] = False
+    plain = forget(copy.deepcopy(with_depth_stats), fs).model
+    result = forget(copy.deepcopy(with_depth_stats), fs, config=NHLEConfig(head_scale=0.8))
+    model = result.model.eval()
+    assert result.details["head_step"] == "class_stats"
+    target = result.details["head_target_classes"][3]
+    assert target != 3 and keep[target]
+    with torch.no_grad():
+        # every retained class's recorded mean: the same retained logits as without the head step
+        torch.testing.assert_close(
+            model.head(means[keep])[:, keep], plain.head(means[keep])[:, keep], rtol=1e-3, atol=1e-3
+        )
+        forget_mean = model.features(fs.inputs).mean(0)
+        got = model.head(forget_mean)[keep]
+        want = plain.head(0.8 * means[target])[keep]
+        torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-3)
+        assert not torch.allclose(plain.head(forget_mean)[keep], want, atol=1e-2)  # the step changed something
+    assert model.head_input_stats() is None or float(model.depth_stats()[HEAD_INPUT][3].abs().sum()) == 0
+    after = evaluate_model(model, digits, [3], probe=False)
+    base = evaluate_model(with_depth_stats, digits, [3], probe=False)
+    assert after.forget_acc == 0 and after.forget_acc_unmasked == 0 and base.retain_acc - after.retain_acc <= 0.01
+    bare = forget(_without_depth_stats(with_depth_stats), fs, config=NHLEConfig(head_scale=0.8))
+    assert bare.details["head_step"].startswith("none")
+
+
 def test_depth_statistics_survive_a_checkpoint_and_old_checkpoints_still_load(
     with_depth_stats, digits_checkpoint, tmp_path
 ):
@@ -155,13 +198,15 @@ def test_depth_statistics_survive_a_checkpoint_and_old_checkpoints_still_load(
     path = tmp_path / "with_depth.safetensors"
     save_checkpoint(path, with_depth_stats, meta)
     loaded = load_checkpoint(path).model
-    assert loaded.has_depth_stats and set(loaded.depth_stats()) == {n for n, _ in depth_layers(loaded.backbone)}
+    assert loaded.has_depth_stats
+    assert set(loaded.depth_stats()) == {n for n, _ in depth_layers(loaded.backbone)} | {HEAD_INPUT}
     for name, value in with_depth_stats.depth_stats().items():
         assert torch.equal(loaded.depth_stats()[name], value)
     old_path = tmp_path / "old.safetensors"
     save_checkpoint(old_path, _without_depth_stats(with_depth_stats), meta)
     old = load_checkpoint(old_path).model  # written without them
     assert not old.has_depth_stats and old.depth_stats() == {} and old.has_class_stats
+    assert old.head_input_stats() is None
 
 
 @pytest.mark.parametrize(
@@ -171,6 +216,8 @@ def test_depth_statistics_survive_a_checkpoint_and_old_checkpoints_still_load(
         ({"target_scale": 1.5}, "target_scale"),
         ({"entropy_ratio": 0.0}, "entropy_ratio"),
         ({"entropy_ratio": 3.0}, "entropy_ratio"),
+        ({"head_scale": 0.0}, "head_scale"),
+        ({"head_scale": 1.5}, "head_scale"),
         ({"data_free": "magic"}, "data_free"),
         ({"steps": -1}, "steps"),
         ({"feature_target": "nearest_pair"}, "feature_target"),
@@ -184,6 +231,8 @@ def test_bad_feature_parameters_are_one_clear_error(overrides, needle):
 def test_config_record_is_versioned_and_old_records_migrate():
     assert NHLEConfig().version == 4 and NHLEConfig().to_json()["version"] == 4
     assert NHLEConfig.from_json(NHLEConfig(target_scale=0.5).to_json()) == NHLEConfig(target_scale=0.5)
+    v4_before_head_step = {k: v for k, v in NHLEConfig().to_json().items() if k != "head_scale"}
+    assert NHLEConfig.from_json(v4_before_head_step) == NHLEConfig()  # head step off
     v3 = {"version": 3, "steps": 10, "lr": 0.1, "feature_target": "nearest_class", "scope": "forgotten_rows"}
     assert NHLEConfig.from_json(v3) == NHLEConfig(steps=10, lr=0.1, target_scale=0.25)  # v3's default scale
     for record, needle in (
