@@ -311,9 +311,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.original is not None and seed == preset.seeds[0]:
             adopt_original(cache, args.original, preset.arch, data, digest, recipe, args.original_seconds)
         original, original_s, original_key = cached_train(cache, preset.arch, data, digest, recipe)
-        if (
-            original.head_input_stats() is None
-        ):  # cached before depth (or head) statistics: record them as training does
+        # a model cached before depth (or head) statistics: record them as training does
+        if original.head_input_stats() is None:
             original.record_depth_stats(
                 data.x_train, data.y_train, transform=lambda images: preprocess(images, data.normalization)
             )
