@@ -53,6 +53,7 @@ from benchmarks.harness import (
     use_threads,
     write_results,
 )
+from edge_unlearn.errors import DataError, UsageError
 
 HERE = Path(__file__).resolve().parent
 MODULE = "benchmarks.runtime_cells"
@@ -138,7 +139,7 @@ def subset(spec: ModelSpec, work: Path, seed: int = 0) -> str:
     if not out.exists():
         source = SHARED_DATA / f"{spec.dataset}.npz"
         if not source.exists():
-            raise FileNotFoundError(f"{source} is missing (the shared datasets); the {spec.name} cells need it")
+            raise DataError(f"{source} is missing (the shared datasets); the {spec.name} cells need it")
         with np.load(source) as a:
             arrays = {k: a[k] for k in a.files}
         rng = np.random.default_rng(seed)
@@ -236,6 +237,7 @@ def imported_checkpoint(spec: ModelSpec, data_spec: str, work: Path) -> tuple[Pa
 
 
 def _float_constant_ir(model: Any, value: float) -> list[Any]:
+    """The IR's one-element Constant ops equal to ``value`` (where the attacker finds the fill)."""
     return [
         op
         for op in model.get_ops()
@@ -403,6 +405,7 @@ def validate(path: Path, bundle: Path, audit: bool = False) -> dict[str, Any]:
 
 
 def convert(runtime: str, precision: str, source: Path, dst: Path, data_spec: str, calib: int, audit: bool) -> None:
+    """`edge-unlearn convert` to ``dst``; INT8 calibrated on ``calib`` images of ``data_spec`` (retained classes)."""
     args = ["convert", source, "--to", runtime, "--precision", precision, "-o", dst, "-q"]
     args += ["--calib", data_spec, "--calib-samples", calib] if precision == "int8" else []
     cli_ok(*args, *(["--audit"] if audit and runtime != "openvino" else []))
@@ -446,6 +449,7 @@ def run_cell(ctx: dict[str, Any], runtime: str, precision: str) -> dict[str, Any
 
 
 def attack_row(make: Callable[[], Path], bundle: Path) -> dict[str, Any]:
+    """`validate` on the tampered file ``make`` writes; an attack the runtime's tools cannot make is reported so."""
     try:
         path = make()
     except Exception as exc:  # noqa: BLE001 - the attacker's tool failed: reported, never counted as a gate result
@@ -558,8 +562,10 @@ def run(args: argparse.Namespace) -> int:
     names = args.models.split(",") if args.models else list(specs)
     unknown = [n for n in names if n not in specs]
     if unknown:
-        raise SystemExit(f"unknown model {unknown[0]!r}; choose from {', '.join(specs)}")
+        raise UsageError(f"unknown model {unknown[0]!r}; choose from {', '.join(specs)}")
     runtimes = args.runtimes.split(",") if args.runtimes else list(RUNTIMES)
+    if set(runtimes) - set(RUNTIMES):
+        raise UsageError(f"unknown runtime in {args.runtimes!r}; choose from {', '.join(RUNTIMES)}")
     work = Path(args.work) if args.work else SCRATCH / ("runtime_cells_quick" if args.quick else "runtime_cells")
     cells, models = [], {}
     for name in names:

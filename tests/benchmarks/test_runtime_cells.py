@@ -52,3 +52,13 @@ def test_audit_runs_and_both_attacks_fail(cells, precision):
     assert not set(GATE_CHECKS) & set(cell["validate"]["failed"])
     row = [line for line in table([cell]).splitlines() if line.startswith("| resnet18-fashion")]
     assert row and row[0].endswith("| FAIL | FAIL |"), row
+
+
+def test_an_unknown_model_or_runtime_is_one_line_and_exit_2(capsys):
+    from benchmarks.runtime_cells import main
+
+    with one_thread():  # main sets torch's threads for its process
+        assert main(["--models", "nope"]) == 2
+        assert main(["--runtimes", "openvino,tflite"]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 2 and lines[0].startswith("error: unknown model 'nope'") and "tflite" in lines[1], lines
