@@ -149,10 +149,26 @@ def calibration_inputs(
 ) -> tuple[np.ndarray, list[int]]:
     """Preprocessed retained-class training images of dataset ``spec`` (forgotten classes dropped); ``data_dir`` /
     ``download``: where a torchvision dataset is read from."""
+    (images,), classes = retained_draws(spec, meta, (samples,), seed, data_dir=data_dir, download=download)
+    return images, classes
+
+
+def retained_draws(
+    spec: str,
+    meta: OnnxMeta,
+    counts: tuple[int, ...],
+    seed: int = 0,
+    data_dir: str | None = None,
+    download: bool = False,
+) -> tuple[list[np.ndarray], list[int]]:
+    """Disjoint draws of preprocessed retained-class training images of ``spec``, ``counts[i]`` images in the i-th
+    (fewer when the split runs out), and the classes of the first draw. The first draw is
+    :func:`calibration_inputs`'s own (one shuffle by ``seed``, cut in order); a later one (e.g. the validation
+    images of accuracy-controlled INT8) never shares an image with it."""
     from edge_unlearn.data import Normalization, Preprocessing, load_dataset, load_dataset_at
 
-    if samples < 1:
-        raise UsageError(f"--calib-samples must be at least 1, got {samples}")
+    if counts[0] < 1:
+        raise UsageError(f"--calib-samples must be at least 1, got {counts[0]}")
     # a folder of any sizes is brought to the model's input; only the drawn images are decoded
     if meta.preprocessing:  # the record brings raw images of any size/channels to the input, as the host does
         data = load_dataset(
@@ -186,11 +202,12 @@ def calibration_inputs(
             f"calibration set {spec} holds only forgotten classes {list(meta.forgotten_classes)}; "
             "calibrate on samples of the retained classes"
         )
-    idx = np.nonzero(keep)[0]
-    rng = np.random.default_rng(seed)
-    idx = np.sort(rng.permutation(idx)[:samples])
-    images = data.x_train[idx].numpy()  # already at the model's input (geometry of its record, on the host)
-    return normalize(images, meta.normalization), sorted(set(int(c) for c in labels[idx]))
+    order = np.random.default_rng(seed).permutation(np.nonzero(keep)[0])
+    ends = np.cumsum(counts)
+    draws = [np.sort(order[end - count : end]) for count, end in zip(counts, ends)]
+    # already at the model's input (geometry of its record, on the host)
+    images = [normalize(data.x_train[idx].numpy(), meta.normalization) for idx in draws]
+    return images, sorted(set(int(c) for c in labels[draws[0]]))
 
 
 def calibration_batch(images_uint8: np.ndarray, meta: OnnxMeta) -> np.ndarray:

@@ -51,6 +51,21 @@ CONVERT_TARGETS = ("openvino", "litert", "executorch")
 )
 @click.option("--download", is_flag=True, help="With --calib: download a torchvision dataset (needs internet).")
 @click.option(
+    "--max-disagreement",
+    type=click.FloatRange(0, 1, max_open=True),
+    default=None,
+    help="OpenVINO INT8 only: accuracy-controlled quantization (nncf.quantize_with_accuracy_control), which keeps "
+    "in float the layers that cost the most agreement until the INT8 model's top-1 class differs from the FP32 "
+    "model's on at most this share of retained-class images (no labels needed; e.g. 0.01).",
+)
+@click.option(
+    "--validation-samples",
+    type=click.IntRange(min=1),
+    default=None,
+    help="With --max-disagreement: the retained-class images of --calib it is measured on, none of them in the "
+    "calibration draw (default 300).",
+)
+@click.option(
     "--audit",
     is_flag=True,
     help="The audit sibling for `validate --audit` (a second output 'features'; not the file to deploy). "
@@ -74,6 +89,8 @@ def convert_cmd(
     calib_samples: int,
     data_dir: str | None,
     download: bool,
+    max_disagreement: float | None,
+    validation_samples: int | None,
     audit: bool,
     output: str,
     out: Output,
@@ -82,8 +99,10 @@ def convert_cmd(
     """Convert a model to OpenVINO IR (from the FP32 .onnx), LiteRT .tflite or ExecuTorch .pte (from the checkpoint).
 
     INT8 uses the runtime's own quantizer (NNCF; ai-edge-quantizer), calibrated on retained-class samples only,
-    with the class mask (floor, Pad, Gather) kept in float. The file carries the edge-unlearn metadata, is proven
-    by the gate's structural checks and run once before it is written; `validate`, `bench` and `report` take it.
+    with the class mask (floor, Pad, Gather) kept in float; OpenVINO INT8 with --max-disagreement is NNCF's
+    accuracy-controlled quantization (the agreement it reaches is recorded in the IR). The file carries the
+    edge-unlearn metadata, is proven by the gate's structural checks and run once before it is written;
+    `validate`, `bench` and `report` take it.
     An audit export (`export --audit`) converts to an audit IR (its features output kept); --audit with
     --to litert or --to executorch writes the audit .tflite or .pte; `validate --audit` runs on each.
     """
@@ -93,7 +112,13 @@ def convert_cmd(
     from edge_unlearn.guards import check_needs_flag, check_outputs
 
     check_needs_flag("--calib", bool(calib), {"--data-dir": data_dir, "--download": download or None})
+    check_needs_flag("--max-disagreement", max_disagreement is not None, {"--validation-samples": validation_samples})
     target, precision = target.lower(), precision.lower()
+    if max_disagreement is not None and (target, precision) != ("openvino", "int8"):
+        raise UsageError(
+            f"--max-disagreement is accuracy-controlled INT8 for OpenVINO (NNCF): it needs --to openvino "
+            f"--precision int8, not --to {target} --precision {precision}"
+        )
     where = {"data_dir": data_dir, "download": download}
     weights = str(Path(output).with_suffix(".bin")) if target == "openvino" else None
     check_outputs({"-o": output, "-o (weights)": weights, "--json-out": out.json_out}, [model], run.path)
@@ -104,8 +129,9 @@ def convert_cmd(
         if audit:
             _require_audit_export(model)
         with quiet:
+            control = {"max_disagreement": max_disagreement, "validation_samples": validation_samples or 300}
             result = convert_openvino(
-                model, output, precision, calib=calib, calib_samples=calib_samples, echo=out.say, **where
+                model, output, precision, calib=calib, calib_samples=calib_samples, echo=out.say, **where, **control
             )
     elif target == "executorch":
         if Path(model).suffix.lower() != ".safetensors" or precision == "fp16":

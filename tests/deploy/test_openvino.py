@@ -1,6 +1,7 @@
 """OpenVINO: our ONNX files (FP32, FP16, INT8 in both layouts) compile and agree with onnxruntime; the IR from
-`edge-unlearn convert` (FP32, FP16, NNCF INT8) validates; the gate's two attacks fail on an IR; bad input is one
-line, exit 2. Real OpenVINO on this CPU, on the session's lenet/digits artefacts (tests/conftest.py)."""
+`edge-unlearn convert` (FP32, FP16, NNCF INT8, accuracy-controlled INT8) validates; the gate's two attacks fail on an
+IR; bad input is one line, exit 2. Real OpenVINO on this CPU, on the session's lenet/digits artefacts
+(tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -212,3 +213,90 @@ def test_doctor_names_the_installed_runtimes():
         assert runtimes[key]["available"] == (util.find_spec(module) is not None)
     text = invoke_cli(["doctor"]).output
     assert f"openvino {metadata.version('openvino')}: validate/bench .xml" in text
+
+
+# ----------------------------------------------------------------------------- accuracy-controlled INT8 (NNCF)
+
+
+def _top1(path_or_model, x: np.ndarray) -> np.ndarray:
+    compiled = ov.Core().compile_model(path_or_model, "CPU")
+    return np.asarray(compiled(x)[compiled.output("logits")]).argmax(1)
+
+
+def _control(xml) -> dict:
+    from edge_unlearn.deploy.runners_openvino import read_ir, read_ir_meta
+
+    return read_ir_meta(read_ir(xml), str(xml)).quantization["accuracy_control"]
+
+
+def test_validation_draw_is_disjoint_from_the_calibration_draw(artifacts):
+    from edge_unlearn.export.quantize import calibration_inputs, retained_draws
+
+    meta = read_meta(artifacts.fp32)
+    calib, classes = calibration_inputs("digits", meta, 200)
+    (first, second), same = retained_draws("digits", meta, (200, 300))
+    assert np.array_equal(first, calib) and same == classes  # the calibration draw is unchanged
+    assert len(second) == 300
+    rows = {row.tobytes() for row in calib.reshape(len(calib), -1)}
+    assert not any(row.tobytes() in rows for row in second.reshape(len(second), -1))
+
+
+def test_accuracy_controlled_ir_validates_and_records_its_agreement(artifacts, tmp_path):
+    """`convert --max-disagreement` on retained digits: the IR passes the gate and records an agreement that a
+    recomputation on the same (disjoint) validation draw reproduces."""
+    pytest.importorskip("nncf", reason="NNCF is not installed (pip install 'edge-unlearn[openvino]')")
+    from edge_unlearn.export.quantize import retained_draws
+
+    xml = tmp_path / "model.ac.int8.xml"
+    args = ["convert", artifacts.fp32, "--to", "openvino", "--precision", "int8", "--calib", "digits"]
+    args += ["--calib-samples", "200", "--max-disagreement", "0.01", "--validation-samples", "150", "-o", xml, "-q"]
+    result = invoke_cli(args)
+    assert result.exit_code == 0, result.output
+    control = _control(xml)
+    assert control["max_drop"] == 0.01 and control["validation_count"] == 150 and control["validation"] == "digits"
+    assert control["agreement"] >= 0.99
+    (_, images), _ = retained_draws("digits", read_meta(artifacts.fp32), (200, 150))
+    fp32 = _top1(ov.convert_model(str(artifacts.fp32)), images)
+    assert float(np.mean(_top1(str(xml), images) == fp32)) == control["agreement"]
+    report = invoke_cli(["validate", xml, "--bundle", artifacts.bundle, "--json"])
+    assert report.exit_code == 0, report.output
+    assert json.loads(report.output)["verdict"] == "pass"
+
+
+def test_accuracy_control_puts_layers_back_in_float_until_the_bound_holds(artifacts, tmp_path):
+    """On inputs where plain INT8 disagrees with FP32 far more than allowed (noise), NNCF must revert layers to
+    float until at most max_disagreement of them disagree; the IR still passes the gate's structural self-check."""
+    pytest.importorskip("nncf", reason="NNCF is not installed (pip install 'edge-unlearn[openvino]')")
+    from edge_unlearn.export.openvino import convert_openvino, float_compute_ops
+    from edge_unlearn.export.quantize import calibration_inputs
+
+    meta = read_meta(artifacts.fp32)
+    calib, _ = calibration_inputs("digits", meta, 200)
+    noise = np.random.default_rng(1).standard_normal((200, *meta.input_shape)).astype(np.float32) * 1.5
+    fp32 = _top1(ov.convert_model(str(artifacts.fp32)), noise)
+    plain, controlled = tmp_path / "plain.xml", tmp_path / "controlled.xml"
+    with contextlib.redirect_stdout(io.StringIO()):
+        convert_openvino(artifacts.fp32, plain, "int8", calib_inputs=calib)
+        convert_openvino(
+            artifacts.fp32, controlled, "int8", calib_inputs=calib, validation_inputs=noise, max_disagreement=0.05
+        )
+    assert float(np.mean(_top1(str(plain), noise) == fp32)) < 0.95  # else this test proves nothing
+    assert float_compute_ops(ov.Core().read_model(str(plain))) == []
+    control = _control(controlled)
+    reached = float(np.mean(_top1(str(controlled), noise) == fp32))
+    assert control["agreement"] == reached >= 0.95 and control["validation"] == "(inputs)"
+    assert control["float_ops"] and control["float_ops"] == float_compute_ops(ov.Core().read_model(str(controlled)))
+
+
+@pytest.mark.parametrize(
+    ("extra", "needle"),
+    [
+        (["--precision", "fp32", "--max-disagreement", "0.01"], "--precision int8"),
+        (["--to", "litert", "--precision", "int8", "--calib", "digits", "--max-disagreement", "0.01"], "--to openvino"),
+        (["--precision", "int8", "--calib", "digits", "--validation-samples", "50"], "--max-disagreement"),
+        (["--precision", "int8", "--calib", "digits", "--max-disagreement", "1.5"], "--max-disagreement"),
+    ],
+)
+def test_max_disagreement_outside_openvino_int8_is_one_line(artifacts, tmp_path, extra, needle):
+    one_line_error(invoke_cli(["convert", artifacts.fp32, *extra, "-o", tmp_path / "m.xml"]), needle)
+    assert not list(tmp_path.iterdir())
