@@ -21,6 +21,9 @@ them; docs/deployment.md). Models, data subsets and artefacts are kept under ``-
 
     nice -n 15 python -m benchmarks.runtime_cells            # all models, into benchmarks/results/runtime_cells/
     nice -n 15 python -m benchmarks.runtime_cells --quick    # lenet/digits only, smaller calibration; bench_out/
+    # plus an OpenVINO INT8 cell through NNCF's accuracy control (`convert --max-disagreement`); bench_out/
+    nice -n 15 python -m benchmarks.runtime_cells --models mobilenet_v3_small-224 --runtimes openvino \
+        --max-disagreement 0.01
 """
 
 from __future__ import annotations
@@ -404,15 +407,37 @@ def validate(path: Path, bundle: Path, audit: bool = False) -> dict[str, Any]:
     return row
 
 
-def convert(runtime: str, precision: str, source: Path, dst: Path, data_spec: str, calib: int, audit: bool) -> None:
-    """`edge-unlearn convert` to ``dst``; INT8 calibrated on ``calib`` images of ``data_spec`` (retained classes)."""
+def convert(
+    runtime: str,
+    precision: str,
+    source: Path,
+    dst: Path,
+    data_spec: str,
+    calib: int,
+    audit: bool,
+    max_disagreement: float | None = None,
+) -> None:
+    """`edge-unlearn convert` to ``dst``; INT8 calibrated on ``calib`` images of ``data_spec`` (retained classes);
+    ``max_disagreement``: OpenVINO INT8 through NNCF's accuracy control (`convert --max-disagreement`)."""
     args = ["convert", source, "--to", runtime, "--precision", precision, "-o", dst, "-q"]
     args += ["--calib", data_spec, "--calib-samples", calib] if precision == "int8" else []
+    args += (
+        ["--max-disagreement", max_disagreement] if accuracy_controlled(runtime, precision, max_disagreement) else []
+    )
     cli_ok(*args, *(["--audit"] if audit and runtime != "openvino" else []))
 
 
-def run_cell(ctx: dict[str, Any], runtime: str, precision: str) -> dict[str, Any]:
-    """One model x runtime x precision: validate, validate --audit, the two attacks."""
+def accuracy_controlled(runtime: str, precision: str, max_disagreement: float | None) -> bool:
+    """Whether the cell's conversion is NNCF's accuracy-controlled INT8 (OpenVINO INT8 with a bound given)."""
+    return max_disagreement is not None and (runtime, precision) == ("openvino", "int8")
+
+
+def run_cell(
+    ctx: dict[str, Any], runtime: str, precision: str, max_disagreement: float | None = None
+) -> dict[str, Any]:
+    """One model x runtime x precision: validate, validate --audit, the two attacks. ``max_disagreement``: the
+    OpenVINO INT8 cell (its deployed and audit IRs) is converted with NNCF's accuracy control; the attacker's
+    relabelled original stays plainly quantized."""
     spec, work, data_spec = ctx["spec"], ctx["work"], ctx["data"]
     ext = {"openvino": ".xml", "litert": ".tflite", "executorch": ".pte"}[runtime]
     cell: dict[str, Any] = {"model": spec.name, "runtime": runtime, "precision": precision}
@@ -420,19 +445,25 @@ def run_cell(ctx: dict[str, Any], runtime: str, precision: str) -> dict[str, Any
     if missing:
         return {**cell, "status": f"not installed ({missing})"}
     started = time.perf_counter()
-    stem = f"{spec.name}.{runtime}.{precision}"
+    controlled = accuracy_controlled(runtime, precision, max_disagreement)
+    stem = f"{spec.name}.{runtime}.{precision}" + (".ac" if controlled else "")
     deployed = work / f"{stem}{ext}"
     source = ctx["onnx"] if runtime == "openvino" else ctx["forgotten"]
+    bound = max_disagreement if controlled else None
     try:
-        convert(runtime, precision, source, deployed, data_spec, spec.calib_samples, audit=False)
+        convert(
+            runtime, precision, source, deployed, data_spec, spec.calib_samples, audit=False, max_disagreement=bound
+        )
     except RuntimeError as exc:
         return {**cell, "status": "convert failed", "error": str(exc)}
     cell["status"] = "ran"
+    if controlled:
+        cell["accuracy_control"] = accuracy_control_record(deployed)
     cell["validate"] = validate(deployed, ctx["bundle"])
     audit_file = work / f"{stem}.audit{ext}"
     try:  # OpenVINO: the audit export converted; LiteRT, ExecuTorch: the checkpoint converted with --audit
         audit_source = ctx["audit_onnx"] if runtime == "openvino" else ctx["forgotten"]
-        convert(runtime, precision, audit_source, audit_file, data_spec, spec.calib_samples, audit=True)
+        convert(runtime, precision, audit_source, audit_file, data_spec, spec.calib_samples, True, bound)
         cell["audit"] = validate(audit_file, ctx["bundle"], audit=True)
     except RuntimeError as exc:
         cell["audit"] = {"verdict": "convert failed", "error": str(exc)}
@@ -446,6 +477,18 @@ def run_cell(ctx: dict[str, Any], runtime: str, precision: str) -> dict[str, Any
     cell["attacks"] = {name: attack_row(make, ctx["bundle"]) for name, make in attacks.items()}
     cell["seconds"] = round(time.perf_counter() - started, 1)
     return cell
+
+
+def accuracy_control_record(xml: Path) -> dict[str, Any]:
+    """What `convert --max-disagreement` recorded in the IR (the agreement it reached, the ops left in float), and
+    the IR's compute ops in float counted on the file itself."""
+    import openvino as ov
+
+    from edge_unlearn.export.openvino import float_compute_ops
+
+    record = dict(_meta("openvino", xml).quantization.get("accuracy_control") or {})
+    record["float_ops_in_ir"] = len(float_compute_ops(ov.Core().read_model(str(xml))))
+    return record
 
 
 def attack_row(make: Callable[[], Path], bundle: Path) -> dict[str, Any]:
@@ -537,7 +580,9 @@ def table(cells: list[dict[str, Any]]) -> str:
     verdict), and each attack's verdict (FAIL: the gate caught it)."""
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     for c in cells:
-        first = f"| {c['model']} | {c['runtime']} | {c['precision']} |"
+        control = c.get("accuracy_control")
+        precision = f"{c['precision']} (accuracy control ≤ {control['max_drop']})" if control else c["precision"]
+        first = f"| {c['model']} | {c['runtime']} | {precision} |"
         if c.get("status") != "ran":
             lines.append(f"{first} {c.get('status')} |" + " — |" * (len(COLUMNS) - 4))
             continue
@@ -578,25 +623,27 @@ def run(args: argparse.Namespace) -> int:
         }
         print(f"{name}: onnxruntime FP32 {json.dumps(ctx['onnxruntime_fp32'])}", flush=True)
         for runtime in runtimes:
-            for precision in PRECISIONS:
-                cell = run_cell(ctx, runtime, precision)
+            controlled = (
+                [("int8", args.max_disagreement)] if accuracy_controlled(runtime, "int8", args.max_disagreement) else []
+            )
+            for precision, bound in [*((p, None) for p in PRECISIONS), *controlled]:
+                cell = run_cell(ctx, runtime, precision, bound)
                 cells.append(cell)
                 print(json.dumps(cell), flush=True)
     text = table(cells)
     print(text)
-    out = (
-        Path(args.out_dir)
-        if args.out_dir
-        else (SCRATCH / "runtime_cells_quick" if args.quick else results_dir("runtime_cells"))
-    )
+    # a run with accuracy control is an experiment beside the committed table: into the scratch unless told
+    scratch = "runtime_cells_quick" if args.quick else "runtime_cells_ac" if args.max_disagreement is not None else None
+    out = Path(args.out_dir) if args.out_dir else SCRATCH / scratch if scratch else results_dir("runtime_cells")
     report = {
         "forgotten_classes": list(FORGET),
         "attack_fill": ATTACK_FILL,
+        "max_disagreement": args.max_disagreement,
         "models": models,
         "cells": cells,
         **provenance(MODULE, started=started, versions=_versions()),
     }
-    stem = "runtime_cells_quick" if args.quick else "runtime_cells"
+    stem = scratch or "runtime_cells"
     write_results(report, out / f"{stem}.json", text, out / f"{stem}.md")
     return 0
 
@@ -628,6 +675,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", default=None, help="models and artefacts (reused); default bench_out/runtime_cells")
     parser.add_argument("--out-dir", default=None, help="where the JSON and table go")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default 1, or BENCH_THREADS)")
+    parser.add_argument(
+        "--max-disagreement",
+        type=float,
+        default=None,
+        help="add an OpenVINO INT8 cell through NNCF's accuracy control (`convert --max-disagreement`), e.g. 0.01; "
+        "results into bench_out/runtime_cells_ac unless --out-dir",
+    )
     return run_reporting_errors(run, parser.parse_args(argv))
 
 

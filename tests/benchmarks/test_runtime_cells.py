@@ -62,3 +62,17 @@ def test_an_unknown_model_or_runtime_is_one_line_and_exit_2(capsys):
         assert main(["--runtimes", "openvino,tflite"]) == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 2 and lines[0].startswith("error: unknown model 'nope'") and "tflite" in lines[1], lines
+
+
+def test_an_accuracy_controlled_cell_is_its_own_row():
+    """`--max-disagreement` adds an OpenVINO INT8 cell through NNCF's accuracy control beside the plain one; only
+    OpenVINO INT8 takes it, and its row says so."""
+    from benchmarks.runtime_cells import accuracy_controlled, table
+
+    assert accuracy_controlled("openvino", "int8", 0.01)
+    assert not accuracy_controlled("openvino", "int8", None)
+    assert not accuracy_controlled("openvino", "fp32", 0.01) and not accuracy_controlled("litert", "int8", 0.01)
+    cell = {"model": "m", "runtime": "openvino", "precision": "int8", "status": "ran", "validate": {"verdict": "pass"}}
+    rows = table([cell, {**cell, "accuracy_control": {"max_drop": 0.01}}]).splitlines()[2:]
+    assert rows[0].startswith("| m | openvino | int8 | PASS |")
+    assert rows[1].startswith("| m | openvino | int8 (accuracy control ≤ 0.01) | PASS |")
