@@ -259,3 +259,13 @@ def test_backend_latency_quick_times_every_backend_at_every_batch(tmp_path, torc
     names = ("lenet torch eager", "lenet onnx fp32", "lenet onnx int8")
     assert timed == {(n, b) for n in names for b in (1, 8)} and not report["errors"]
     assert report["command"].startswith("python -m benchmarks.backend_latency --quick")
+
+
+@pytest.mark.parametrize("models", ["nhle,original", ",", "retrained"])
+def test_audit_quantized_refuses_an_unknown_model_before_any_work(tmp_path, capsys, models):
+    from benchmarks.audit_quantized import main as audit_main
+
+    assert audit_main(["--models", models, "--work", str(tmp_path / "work")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: --models") and "\n" not in err
+    assert not any((tmp_path / "work").glob("*.safetensors"))
