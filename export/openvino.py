@@ -227,6 +227,12 @@ def _quantize_with_accuracy_control(
         ignored_scope=scope,
         advanced_accuracy_restorer_parameters=advanced,
     )
+    if not any(op.get_type_name() == "FakeQuantize" for op in quantized.get_ops()):
+        raise ModelFileError(
+            f"NNCF's accuracy control met --max-disagreement {max_drop} on {len(items)} retained-class images only "
+            "by reverting every quantized op to float: no INT8 op is left; nothing written (convert in fp32, or "
+            "allow more disagreement)"
+        )
     reached, _ = agreement(ov.Core().compile_model(quantized, "CPU"), items)
     if reached < 1 - max_drop - 1e-9:
         raise ModelFileError(

@@ -265,8 +265,10 @@ def test_accuracy_controlled_ir_validates_and_records_its_agreement(artifacts, t
 
 def test_accuracy_control_puts_layers_back_in_float_until_the_bound_holds(artifacts, tmp_path):
     """On inputs where plain INT8 disagrees with FP32 far more than allowed (noise), NNCF must revert layers to
-    float until at most max_disagreement of them disagree; the IR still passes the gate's structural self-check."""
+    float until at most max_disagreement of them disagree; the IR still passes the gate's structural self-check.
+    A bound met only with every layer back in float is refused."""
     pytest.importorskip("nncf", reason="NNCF is not installed (pip install 'edge-unlearn[openvino]')")
+    from edge_unlearn.errors import ModelFileError
     from edge_unlearn.export.openvino import convert_openvino, float_compute_ops
     from edge_unlearn.export.quantize import calibration_inputs
 
@@ -278,14 +280,22 @@ def test_accuracy_control_puts_layers_back_in_float_until_the_bound_holds(artifa
     with contextlib.redirect_stdout(io.StringIO()):
         convert_openvino(artifacts.fp32, plain, "int8", calib_inputs=calib)
         convert_openvino(
-            artifacts.fp32, controlled, "int8", calib_inputs=calib, validation_inputs=noise, max_disagreement=0.05
+            artifacts.fp32, controlled, "int8", calib_inputs=calib, validation_inputs=noise, max_disagreement=0.25
         )
-    assert float(np.mean(_top1(str(plain), noise) == fp32)) < 0.95  # else this test proves nothing
+    assert float(np.mean(_top1(str(plain), noise) == fp32)) < 0.75  # else this test proves nothing
     assert float_compute_ops(ov.Core().read_model(str(plain))) == []
     control = _control(controlled)
     reached = float(np.mean(_top1(str(controlled), noise) == fp32))
-    assert control["agreement"] == reached >= 0.95 and control["validation"] == "(inputs)"
+    assert control["agreement"] == reached >= 0.75 and control["validation"] == "(inputs)"
     assert control["float_ops"] and control["float_ops"] == float_compute_ops(ov.Core().read_model(str(controlled)))
+    assert len(control["float_ops"]) < control["compute_ops"]  # still an INT8 model
+    # a bound only the float model meets: every quantizer reverted is no INT8 model, and nothing is written
+    refused = tmp_path / "all_float.xml"
+    with pytest.raises(ModelFileError, match="no INT8 op is left"), contextlib.redirect_stdout(io.StringIO()):
+        convert_openvino(
+            artifacts.fp32, refused, "int8", calib_inputs=calib, validation_inputs=noise, max_disagreement=0.0
+        )
+    assert not refused.exists() and not refused.with_suffix(".bin").exists()
 
 
 @pytest.mark.parametrize(
