@@ -203,14 +203,12 @@ def test_litert_from_an_onnx_audit_export_is_one_line_naming_the_checkpoint_rout
 # ---------------------------------------------------------------------------------------------------------- LiteRT
 
 
-@pytest.fixture(scope="module")
-def audit_tflites(audit_set) -> dict[str, Path]:
-    """FP32 and INT8 audit .tflite files, and the plain FP32 one, converted from the checkpoint (litert-torch)."""
-    pytest.importorskip("litert_torch")
+def _convert_audit_set(audit_set, to: str, suffix: str) -> dict[str, Path]:
+    """FP32 and INT8 audit files and the plain FP32 one, converted from the checkpoint with ``convert --to``."""
     out = {}
     for name, precision, audit in (("fp32", "fp32", True), ("int8", "int8", True), ("plain", "fp32", False)):
-        path = audit_set.folder / f"model.{name}.tflite"
-        args = ["convert", audit_set.checkpoint, "--to", "litert", "--precision", precision, "-o", path, "--json"]
+        path = audit_set.folder / f"model.{name}{suffix}"
+        args = ["convert", audit_set.checkpoint, "--to", to, "--precision", precision, "-o", path, "--json"]
         args += (["--audit"] if audit else []) + (
             ["--calib", "digits", "--calib-samples", "50"] if name == "int8" else []
         )
@@ -219,6 +217,13 @@ def audit_tflites(audit_set) -> dict[str, Path]:
         assert json.loads(result.stdout)["outputs"] == (["logits", "features"] if audit else ["logits"])
         out[name] = path
     return out
+
+
+@pytest.fixture(scope="module")
+def audit_tflites(audit_set) -> dict[str, Path]:
+    """FP32 and INT8 audit .tflite files, and the plain FP32 one (litert-torch)."""
+    pytest.importorskip("litert_torch")
+    return _convert_audit_set(audit_set, "litert", ".tflite")
 
 
 @needs_litert_torch
@@ -245,21 +250,10 @@ def test_int8_audit_tflite_runs_and_a_plain_tflite_is_refused(audit_set, audit_t
 
 @pytest.fixture(scope="module")
 def audit_ptes(audit_set) -> dict[str, Path]:
-    """FP32 and INT8 audit .pte programs, and the plain FP32 one, converted from the checkpoint."""
+    """FP32 and INT8 audit .pte programs, and the plain FP32 one."""
     pytest.importorskip("executorch")
     pytest.importorskip("torchao")
-    out = {}
-    for name, precision, audit in (("fp32", "fp32", True), ("int8", "int8", True), ("plain", "fp32", False)):
-        path = audit_set.folder / f"model.{name}.pte"
-        args = ["convert", audit_set.checkpoint, "--to", "executorch", "--precision", precision, "-o", path, "--json"]
-        args += (["--audit"] if audit else []) + (
-            ["--calib", "digits", "--calib-samples", "50"] if name == "int8" else []
-        )
-        result = invoke_cli(args)
-        assert result.exit_code == 0, result.output
-        assert json.loads(result.stdout)["outputs"] == (["logits", "features"] if audit else ["logits"])
-        out[name] = path
-    return out
+    return _convert_audit_set(audit_set, "executorch", ".pte")
 
 
 @needs_executorch
