@@ -4,9 +4,10 @@ For torchvision resnet18 and mobilenet_v3_small at 224² (random weights, seed 0
 class mask -- latency does not depend on the weights' values), through the product's own path: `import`
 (torchvision, ImageNet preprocessing), `export` (ONNX FP32 with the mask), `quantize` (onnxruntime INT8 in this
 CPU's layout), `convert --to openvino` (IR FP32, FP16, NNCF INT8; also our INT8 ONNX on OpenVINO) and, where
-litert-torch is installed, `convert --to litert` (FP32, INT8 full integer; batch 1 files, so batch 64 is 64
-invokes). Each artefact runs through the product's runner (`edge_unlearn.deploy.bench.measure.bench_artefacts`),
-so the numbers are what `edge-unlearn bench` reports. Calibration uses random normal inputs (timing only:
+litert-torch is installed, `convert --to litert` (FP32, INT8 full integer) and, where executorch is installed,
+`convert --to executorch` (XNNPACK FP32, PT2E INT8) -- batch 1 files, so batch 64 is 64 invokes. Each artefact
+runs through the product's runner (`edge_unlearn.deploy.bench.measure.bench_artefacts`), so the numbers are what
+`edge-unlearn bench` reports. Calibration uses random normal inputs (timing only:
 accuracy is not measured here). Ratio = p50 / onnxruntime FP32's p50 at the same batch.
 
     python benchmarks/runtimes.py --quick --work-dir /tmp/rt   # 20 iterations at batch 1, 3 at 64
@@ -77,6 +78,7 @@ def make_artefacts(arch: str, folder: Path) -> list[tuple[str, str, Path, str | 
         ("onnxruntime", "int8", int8, "cpu"),
     ]
     runs += _litert_runs(arch, folder, ckpt, calib)
+    runs += _executorch_runs(arch, folder, ckpt, calib)
     try:
         import openvino  # noqa: F401
     except ImportError:
@@ -110,6 +112,26 @@ def _litert_runs(arch: str, folder: Path, ckpt: Path, calib: np.ndarray) -> list
             with contextlib.redirect_stdout(io.StringIO()):
                 convert_litert(ckpt, path, precision, calib_inputs=calib[:32] if precision == "int8" else None)
         runs.append(("litert", precision, path, None))
+    return runs
+
+
+def _executorch_runs(arch: str, folder: Path, ckpt: Path, calib: np.ndarray) -> list[tuple[str, str, Path, None]]:
+    """ExecuTorch FP32 and INT8 (PT2E, XNNPACK) rows, when executorch is installed here."""
+    try:
+        import executorch  # noqa: F401
+    except ImportError:
+        print("executorch not installed: the ExecuTorch rows are left out", file=sys.stderr)
+        return []
+    from edge_unlearn import torch_runners  # noqa: F401  (registers the host's ExecuTorch runner, as the CLI does)
+    from edge_unlearn.export.executorch import convert_executorch
+
+    runs = []
+    for precision in ("fp32", "int8"):
+        path = folder / f"{arch}.{precision}.pte"
+        if not path.is_file():
+            with contextlib.redirect_stdout(io.StringIO()):
+                convert_executorch(ckpt, path, precision, calib_inputs=calib[:32] if precision == "int8" else None)
+        runs.append(("executorch", precision, path, None))
     return runs
 
 
@@ -175,7 +197,16 @@ def _versions() -> dict[str, str]:
     from importlib import metadata
 
     out = {}
-    for dist in ("onnxruntime", "openvino", "nncf", "ai-edge-litert", "litert-torch", "ai-edge-quantizer", "torch"):
+    for dist in (
+        "onnxruntime",
+        "openvino",
+        "nncf",
+        "ai-edge-litert",
+        "litert-torch",
+        "ai-edge-quantizer",
+        "executorch",
+        "torch",
+    ):
         with contextlib.suppress(metadata.PackageNotFoundError):
             out[dist] = metadata.version(dist)
     return out

@@ -218,10 +218,13 @@ def calibration_batch(images_uint8: np.ndarray, meta: OnnxMeta) -> np.ndarray:
 
 
 class _Reader:
-    """onnxruntime CalibrationDataReader over an in-memory array, in batches."""
+    """onnxruntime CalibrationDataReader over an in-memory array, in batches of one size (at most ``batch``, a
+    divisor of the sample count): onnxruntime's histogram calibrators (percentile, distribution) stack the
+    batches' outputs and fail on a shorter last batch."""
 
     def __init__(self, name: str, inputs: np.ndarray, batch: int = 32) -> None:
-        self.name, self.inputs, self.batch, self.pos = name, inputs, batch, 0
+        even = max(d for d in range(1, max(1, min(batch, len(inputs))) + 1) if len(inputs) % d == 0)
+        self.name, self.inputs, self.batch, self.pos = name, inputs, even, 0
 
     def get_next(self):
         if self.pos >= len(self.inputs):

@@ -1,4 +1,4 @@
-"""NHLE: negative-hot label encoding + class weight masking (Wang, Bie, Jing, Zhi, 2026), config version 4.
+"""NHLE: negative-hot label encoding + class weight masking (Wang, Bie, Jing, Zhi, 2026), config version 5.
 
 Only the paper's abstract is public; this is our reading of it (docs/design.md §2; why each choice, measured
 against retraining: docs/nhle.md). From a few forget samples and no retained data, in seconds:
@@ -11,18 +11,21 @@ against retraining: docs/nhle.md). From a few forget samples and no retained dat
    like an unfamiliar image of a similar class, with about a retrained model's confidence. Without class
    statistics (a model imported without data) the data-free estimate runs instead (``data_free="batchnorm"``:
    :func:`batchnorm_feature_mean`, then :func:`project_forget_directions`).
-   Opt-in ``head_scale`` (:func:`retarget_head`): the same rank-one edit on the head, so the forget samples'
-   mean penultimate features get the retained logits of ``head_scale`` × the nearest retained class's recorded
-   penultimate mean, every retained class's recorded mean keeping its logits exactly: the retained logits stop
-   reading the class (the retained-logit probe), at the cost of one target class (docs/nhle.md).
-2. **Negative-hot label encoding.** Each forget sample's target is −1 on the forgotten classes and the model's
+2. **The head step** (:func:`retarget_head`, ``head_scale``; needs the head's input class statistics). The same
+   rank-one edit on the head: the forget samples' mean penultimate features get the retained logits of a point
+   between the retained classes' recorded penultimate means, mixed by the model's own answer on the forget
+   samples, at most ``head_scale`` of the way out and never sharper than the answer before the step; every
+   retained class's recorded mean keeps its logits exactly. The retained logits stop reading the class (the
+   retained-logit probe) and answer it with the model's own confusion, as a retrained model does.
+3. **Negative-hot label encoding.** Each forget sample's target is −1 on the forgotten classes and the model's
    own distribution over the retained classes; the bounded loss ``−Σ t_r log p_r − log(1 − p_forgotten)``
    trains only the forgotten classes' head rows, so no retained logit moves.
-3. **Decision-level class weight masking.** :func:`edge_unlearn.unlearn.forget` sets the class mask: no input can
+4. **Decision-level class weight masking.** :func:`edge_unlearn.unlearn.forget` sets the class mask: no input can
    ever predict a forgotten class. The forgotten classes' statistics are erased from the model.
 
-Versions 1–3 had 23 parameters; the ones that measured no benefit are gone (docs/nhle.md). Their records
-still load: :meth:`NHLEConfig.from_json` migrates a version 1–3 record whose parameters version 4 can honour.
+Versions 1–3 had 23 parameters; the ones that measured no benefit are gone (docs/nhle.md). Older records still
+load: :meth:`NHLEConfig.from_json` migrates a version 1–4 record whose parameters version 5 can honour (version
+4 ran the head step only when asked, toward the nearest class).
 """
 
 from __future__ import annotations
@@ -40,8 +43,12 @@ from ..models import UnlearnableClassifier, pool_edit_input
 from . import ForgetSet, RetainSet, register_method
 
 DATA_FREE = ("batchnorm", "none")
-NHLE_CONFIG_VERSION = 4
-#: version 1–3 parameters and the only value version 4 implements for each (a record with another value
+#: where the head step sends the forget samples' mean penultimate features (a fraction ``head_scale`` of it):
+#: the retained classes' recorded means mixed by the model's own mean answer on the forget samples (a retrained
+#: model's confusion, TREW-like), the nearest retained class's recorded mean (version 4), or no head step
+HEAD_TARGETS = ("mixture", "nearest", "none")
+NHLE_CONFIG_VERSION = 5
+#: version 1–3 parameters and the only value versions 4–5 implement for each (a record with another value
 #: cannot be reproduced by this edge-unlearn: :meth:`NHLEConfig.from_json` says so)
 LEGACY_PARAMETERS: dict[str, Any] = {
     "neg_value": 1.0,
@@ -73,23 +80,25 @@ LEGACY_DEFAULTS: dict[int, dict[str, Any]] = {
 
 @dataclass(frozen=True)
 class NHLEConfig:
-    """NHLE's parameters (version 4). ``steps`` Adam steps at ``lr`` train the forgotten classes' head rows on
+    """NHLE's parameters (version 5). ``steps`` Adam steps at ``lr`` train the forgotten classes' head rows on
     the negative-hot targets; ``target_scale`` is where the feature step sends the forget samples' mean: that
     fraction of the nearest retained class's recorded mean (1: onto the class mean — confident; smaller: less
     confident); ``entropy_ratio`` (opt-in) sets that fraction per request instead: the one at which the forget
     samples' mean entropy over the retained classes is this ratio of the masked original's (0.7: a retrained
     model's sharpness on digits; fashion measured mixed, docs/nhle.md); ``data_free``: the estimate used when the
-    model has no class statistics (``none``: skip the feature step); ``head_scale`` (opt-in) also edits the
-    head: the forget samples' mean penultimate features get the retained logits of that fraction of the nearest
-    retained class's recorded penultimate mean (needs the head's class statistics; measured in docs/nhle.md).
-    Defaults measured against retrained models (docs/nhle.md)."""
+    model has no class statistics (``none``: skip the feature step); ``head_scale``: how far out the head step
+    sends the forget samples' mean penultimate features, as a fraction of its target; ``head_target``: that
+    target, ``mixture`` (the retained classes' penultimate means mixed by the model's own answer, the scale
+    lowered until the answer is no sharper than before the step), ``nearest`` (the nearest retained class's
+    mean, version 4's opt-in) or ``none`` (no head step). Defaults measured against retrained models (docs/nhle.md)."""
 
     steps: int = 20
     lr: float = 0.05
     target_scale: float = 0.35
     data_free: str = "batchnorm"
     entropy_ratio: float | None = None
-    head_scale: float | None = None
+    head_scale: float = 0.9
+    head_target: str = "mixture"
     version: int = NHLE_CONFIG_VERSION
 
     def __post_init__(self) -> None:
@@ -107,10 +116,12 @@ class NHLEConfig:
                 f"nhle entropy_ratio must be in (0, 2] (of the masked original's entropy on the forget samples), "
                 f"got {self.entropy_ratio}"
             )
-        if self.head_scale is not None and not 0 < self.head_scale <= 1:
+        if not 0 < self.head_scale <= 1:
             raise UsageError(
-                f"nhle head_scale must be in (0, 1] (1: the nearest class's penultimate mean itself), got {self.head_scale}"
+                f"nhle head_scale must be in (0, 1] (1: the head step's target itself), got {self.head_scale}"
             )
+        if self.head_target not in HEAD_TARGETS:
+            raise UsageError(f"nhle head_target must be one of {', '.join(HEAD_TARGETS)}, got {self.head_target!r}")
         if not 0 < self.target_scale <= 1:
             raise UsageError(
                 f"nhle target_scale must be in (0, 1] (1: the nearest class mean itself), got {self.target_scale}"
@@ -121,11 +132,17 @@ class NHLEConfig:
 
     @classmethod
     def from_json(cls, record: dict[str, Any]) -> NHLEConfig:
-        """A config from a lineage record of any version: versions 1–3 are migrated when every parameter
-        version 4 dropped holds the value version 4 implements; otherwise one line says which cannot be."""
+        """A config from a lineage record of any version: version 4 keeps its head step (off unless recorded,
+        toward the nearest class); versions 1–3 are migrated when every parameter version 4 dropped holds the
+        value version 4 implements; otherwise one line says which cannot be."""
         version = int(record.get("version", 1))
+        fields = {k: record[k] for k in cls.__dataclass_fields__ if k in record and k != "version"}
         if version == NHLE_CONFIG_VERSION:
-            return cls(**{k: record[k] for k in cls.__dataclass_fields__ if k in record})
+            return cls(**fields)
+        if version == 4:  # its head step: off unless recorded, then toward the nearest class
+            scale = fields.pop("head_scale", None)
+            head = {"head_target": "none"} if scale is None else {"head_target": "nearest", "head_scale": scale}
+            return cls(**{**fields, **head})
         if not 1 <= version < NHLE_CONFIG_VERSION:
             raise UsageError(f"nhle config version {version} is unknown to this edge-unlearn")
         record = {**LEGACY_DEFAULTS[version], **record}
@@ -140,6 +157,7 @@ class NHLEConfig:
             lr=record.get("lr", 0.05),
             target_scale=record["target_scale"],
             data_free=record.get("data_free", "batchnorm"),
+            head_target="none",
         )
 
 
@@ -394,13 +412,17 @@ def retarget_head(
     forget_labels: torch.Tensor,
     forget_classes: list[int],
     scale: float,
+    target: str = "nearest",
 ) -> dict[str, object]:
-    """The opt-in head step: for each forgotten class, :func:`retarget_layer` on the head sends its samples' mean
-    penultimate features to the logits of ``scale`` × the nearest retained class's recorded penultimate mean
-    (:meth:`~edge_unlearn.models.UnlearnableClassifier.head_input_stats`), while every retained class's recorded
-    mean keeps its logits exactly. A retrained model answers a forgotten class like an unsure image of a similar
-    class; the original's retained head rows, trained against the class, still read it (the retained-logit
-    probe). Returns the target class of each forgotten class, or why the step did not run."""
+    """The head step: for each forgotten class, :func:`retarget_layer` on the head sends its samples' mean
+    penultimate features to the logits of ``scale`` × a target built from the retained classes' recorded
+    penultimate means (:meth:`~edge_unlearn.models.UnlearnableClassifier.head_input_stats`), while every retained
+    class's recorded mean keeps its logits exactly. ``target`` (:data:`HEAD_TARGETS`): the means mixed by the
+    model's own mean answer over the retained classes on the class's samples, with ``scale`` lowered until that
+    answer is no sharper than before the step (:func:`_scale_for_entropy`), or the nearest class's mean. A
+    retrained model answers a forgotten class like an unsure image of the similar classes; the original's
+    retained head rows, trained against the class, still read it (the retained-logit probe). Returns the target
+    weights (mixture) or class (nearest) and the scale used for each forgotten class, or why the step did not run."""
     means = model.head_input_stats()
     if means is None:
         return {"head_step": "none (no class statistics of the head's input: record them with train or import)"}
@@ -409,21 +431,38 @@ def retarget_head(
     retained = means[keep].float()
     kept = torch.nonzero(keep).flatten()
     labels = forget_labels.to(forget_inputs.device)
-    targets: dict[int, int] = {}
+    targets: dict[int, Any] = {}
+    scales: dict[int, float] = {}
     for c in forget_classes:
         x = forget_inputs[labels == c]
         if len(x) == 0:
             continue
-        mean = model.features(x).float().flatten(1).mean(0)
-        targets[c] = int(kept[(retained - mean.to(retained)).norm(dim=1).argmin()])
-        retarget_layer(model, model.head, mean, scale * means[targets[c]].float(), retained)
-    return {"head_step": "class_stats", "head_target_classes": targets}
+        feats = model.features(x).float().flatten(1)
+        mean = feats.mean(0)
+        scales[c] = scale
+        if target == "mixture":  # never sharper than the answer before the head step
+            answer = torch.softmax(model.head(feats).float()[:, keep], dim=1).mean(0).to(retained)
+            goal = answer @ retained
+            targets[c] = {int(k): round(float(w), 4) for k, w in zip(kept, answer)}
+            scales[c] = _scale_for_entropy(
+                model, model.head, x, mean, goal, retained, ~keep, 1.0, hi=scale, feats=feats.to(x.dtype)
+            )
+        else:
+            targets[c] = int(kept[(retained - mean.to(retained)).norm(dim=1).argmin()])
+            goal = means[targets[c]].float()
+        retarget_layer(model, model.head, mean, scales[c] * goal, retained)
+    key = "head_target_weights" if target == "mixture" else "head_target_classes"
+    return {"head_step": "class_stats", key: targets, "head_scales": {c: round(s, 4) for c, s in scales.items()}}
 
 
 @torch.no_grad()
-def _retained_entropy(model: UnlearnableClassifier, x: torch.Tensor, masked: torch.Tensor) -> float:
-    """Mean entropy (nats) of the softmax over the classes not in ``masked`` on ``x``."""
-    logp = torch.log_softmax(model.head(model.features(x)).float().masked_fill(masked, float("-inf")), dim=1)
+def _retained_entropy(
+    model: UnlearnableClassifier, x: torch.Tensor, masked: torch.Tensor, feats: torch.Tensor | None = None
+) -> float:
+    """Mean entropy (nats) of the softmax over the classes not in ``masked`` on ``x`` (on its penultimate
+    features ``feats`` where given: only the head is run)."""
+    feats = model.features(x) if feats is None else feats
+    logp = torch.log_softmax(model.head(feats).float().masked_fill(masked, float("-inf")), dim=1)
     return float(-(logp.exp() * logp.masked_fill(masked, 0)).sum(1).mean())
 
 
@@ -440,17 +479,19 @@ def _scale_for_entropy(
     lo: float = 0.05,
     hi: float = 2.0,
     iterations: int = 12,
+    feats: torch.Tensor | None = None,
 ) -> float:
     """The target scale at which the edited model's mean entropy over the retained classes on the forget
     samples ``x`` is ``ratio`` × the unedited model's (the masked original's): bisection on a log scale
-    (entropy falls as the target moves out along ``direction``). The layer is left unedited."""
-    goal = ratio * _retained_entropy(model, x, masked)
+    (entropy falls as the target moves out along ``direction``). The layer is left unedited. ``feats``: the
+    penultimate features of ``x`` when ``layer`` is the head (they do not change; only the head is rerun)."""
+    goal = ratio * _retained_entropy(model, x, masked, feats)
     saved = {k: v.clone() for k, v in _edit_state(model, layer).items()}
 
     def entropy_at(scale: float) -> float:
         retarget_layer(model, layer, forget_mean, direction * scale, retained_means)
         try:
-            return _retained_entropy(model, x, masked)
+            return _retained_entropy(model, x, masked, feats)
         finally:
             for k, v in _edit_state(model, layer).items():
                 v.copy_(saved[k])
@@ -521,8 +562,8 @@ def _train_forgotten_rows(
     "nhle",
     NHLEConfig,
     needs="forget",
-    description="NHLE: feature-level class weight masking + negative-hot label fine-tuning + "
-    "decision-level masking, from a few forget samples, no retained data",
+    description="NHLE: feature-level class weight masking + the head step toward the model's own confusion + "
+    "negative-hot label fine-tuning + decision-level masking, from a few forget samples, no retained data",
 )
 def run_nhle(
     model: UnlearnableClassifier,
@@ -554,8 +595,8 @@ def run_nhle(
     else:
         step = f"none (no class statistics{'; data_free=none' if config.data_free == 'none' else ', no BatchNorm before the edit layer'})"
         edited = 0
-    if config.head_scale is not None:
-        details.update(retarget_head(model, x, forget_set.labels, forget, config.head_scale))
+    if config.head_target != "none":
+        details.update(retarget_head(model, x, forget_set.labels, forget, config.head_scale, config.head_target))
     _train_forgotten_rows(model, x, keep, forget, targets, config, progress)
     model.drop_class_stats(forget)
     return {"feature_step": step, "feature_directions": edited, **details}

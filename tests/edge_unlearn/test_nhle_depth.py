@@ -1,5 +1,6 @@
-"""NHLE's feature step: retargeting onto the nearest retained class (version 4), the class statistics recorded at
-every depth, and the versioned configuration (old records migrated)."""
+"""NHLE's feature step (retargeting onto the nearest retained class), its head step (version 5: the model's own
+answer mixed over the retained classes), the class statistics recorded at every depth, and the versioned
+configuration (old records migrated)."""
 
 from __future__ import annotations
 
@@ -159,16 +160,58 @@ def test_head_input_statistics_are_the_class_means_of_the_penultimate_features(w
         torch.testing.assert_close(means[c], feats[digits.y_train == c].mean(0), rtol=1e-4, atol=1e-5)
 
 
-def test_head_step_moves_the_forget_samples_retained_logits_and_keeps_every_retained_mean(with_depth_stats, digits):
-    """Opt-in ``head_scale``: the forget samples' mean penultimate features get the retained logits of the scaled
-    nearest class mean, every retained class's recorded mean keeps its logits (to float precision), the class's
-    statistics are erased, and without head statistics the step says why it did not run."""
+def _retained_entropy(model, x, keep):
+    with torch.no_grad():
+        log_p = torch.log_softmax(model.head(model.features(x))[:, keep], dim=1)
+    return float(-(log_p.exp() * log_p).sum(1).mean())
+
+
+def test_default_head_step_sends_the_forget_mean_to_the_mixture_no_sharper_and_keeps_every_retained_mean(
+    with_depth_stats, digits
+):
+    """Version 5's head step: the forget samples' mean penultimate features get the retained logits of
+    ``scale`` × the retained classes' recorded means mixed by the model's own answer on the forget samples, the
+    scale (≤ head_scale) such that the answer is no sharper than before the step; every retained class's
+    recorded mean keeps its logits; forgetting and retained accuracy hold."""
     fs = _forget_set(digits, [3])
     means = with_depth_stats.head_input_stats().clone()
     keep = torch.ones(10, dtype=torch.bool)
     keep[3] = False
-    plain = forget(copy.deepcopy(with_depth_stats), fs).model
-    result = forget(copy.deepcopy(with_depth_stats), fs, config=NHLEConfig(head_scale=0.8))
+    plain = forget(copy.deepcopy(with_depth_stats), fs, config=NHLEConfig(head_target="none")).model.eval()
+    result = forget(copy.deepcopy(with_depth_stats), fs)
+    model = result.model.eval()
+    assert result.details["head_step"] == "class_stats"
+    weights, scale = result.details["head_target_weights"][3], result.details["head_scales"][3]
+    assert sorted(weights) == [c for c in range(10) if c != 3] and abs(sum(weights.values()) - 1) < 1e-3
+    assert 0 < scale <= NHLEConfig().head_scale
+    with torch.no_grad():
+        feats = plain.features(fs.inputs)
+        answer = torch.softmax(plain.head(feats)[:, keep], dim=1).mean(0)
+        assert [round(float(w), 4) for w in answer] == [weights[c] for c in range(10) if c != 3]
+        torch.testing.assert_close(
+            model.head(means[keep])[:, keep], plain.head(means[keep])[:, keep], rtol=1e-3, atol=1e-3
+        )
+        got = model.head(feats.mean(0))[keep]
+        want = plain.head(scale * (answer @ means[keep]))[keep]
+        torch.testing.assert_close(got, want, rtol=1e-2, atol=1e-2)
+        assert not torch.allclose(plain.head(feats.mean(0))[keep], want, atol=1e-2)  # the step changed something
+    assert _retained_entropy(model, fs.inputs, keep) >= _retained_entropy(plain, fs.inputs, keep) - 0.02
+    after = evaluate_model(model, digits, [3], probe=False)
+    base = evaluate_model(with_depth_stats, digits, [3], probe=False)
+    assert after.forget_acc == 0 and after.forget_acc_unmasked == 0 and base.retain_acc - after.retain_acc <= 0.01
+
+
+def test_head_step_toward_the_nearest_class_keeps_every_retained_mean(with_depth_stats, digits):
+    """``head_target=nearest`` (version 4's opt-in): the forget samples' mean penultimate features get the
+    retained logits of the scaled nearest class mean, every retained class's recorded mean keeps its logits (to
+    float precision), the class's statistics are erased, and without head statistics the step says why it did
+    not run."""
+    fs = _forget_set(digits, [3])
+    means = with_depth_stats.head_input_stats().clone()
+    keep = torch.ones(10, dtype=torch.bool)
+    keep[3] = False
+    plain = forget(copy.deepcopy(with_depth_stats), fs, config=NHLEConfig(head_target="none")).model
+    result = forget(copy.deepcopy(with_depth_stats), fs, config=NHLEConfig(head_scale=0.8, head_target="nearest"))
     model = result.model.eval()
     assert result.details["head_step"] == "class_stats"
     target = result.details["head_target_classes"][3]
@@ -187,7 +230,7 @@ def test_head_step_moves_the_forget_samples_retained_logits_and_keeps_every_reta
     after = evaluate_model(model, digits, [3], probe=False)
     base = evaluate_model(with_depth_stats, digits, [3], probe=False)
     assert after.forget_acc == 0 and after.forget_acc_unmasked == 0 and base.retain_acc - after.retain_acc <= 0.01
-    bare = forget(_without_depth_stats(with_depth_stats), fs, config=NHLEConfig(head_scale=0.8))
+    bare = forget(_without_depth_stats(with_depth_stats), fs)
     assert bare.details["head_step"].startswith("none")
 
 
@@ -218,6 +261,7 @@ def test_depth_statistics_survive_a_checkpoint_and_old_checkpoints_still_load(
         ({"entropy_ratio": 3.0}, "entropy_ratio"),
         ({"head_scale": 0.0}, "head_scale"),
         ({"head_scale": 1.5}, "head_scale"),
+        ({"head_target": "farthest"}, "head_target"),
         ({"data_free": "magic"}, "data_free"),
         ({"steps": -1}, "steps"),
         ({"feature_target": "nearest_pair"}, "feature_target"),
@@ -229,12 +273,14 @@ def test_bad_feature_parameters_are_one_clear_error(overrides, needle):
 
 
 def test_config_record_is_versioned_and_old_records_migrate():
-    assert NHLEConfig().version == 4 and NHLEConfig().to_json()["version"] == 4
+    assert NHLEConfig().version == 5 and NHLEConfig().to_json()["version"] == 5
     assert NHLEConfig.from_json(NHLEConfig(target_scale=0.5).to_json()) == NHLEConfig(target_scale=0.5)
-    v4_before_head_step = {k: v for k, v in NHLEConfig().to_json().items() if k != "head_scale"}
-    assert NHLEConfig.from_json(v4_before_head_step) == NHLEConfig()  # head step off
+    v4 = {"version": 4, "steps": 20, "lr": 0.05, "target_scale": 0.35, "data_free": "batchnorm", "entropy_ratio": None}
+    assert NHLEConfig.from_json(v4) == NHLEConfig(head_target="none")  # version 4's default: no head step
+    assert NHLEConfig.from_json({**v4, "head_scale": None}) == NHLEConfig(head_target="none")
+    assert NHLEConfig.from_json({**v4, "head_scale": 0.7}) == NHLEConfig(head_scale=0.7, head_target="nearest")
     v3 = {"version": 3, "steps": 10, "lr": 0.1, "feature_target": "nearest_class", "scope": "forgotten_rows"}
-    assert NHLEConfig.from_json(v3) == NHLEConfig(steps=10, lr=0.1, target_scale=0.25)  # v3's default scale
+    assert NHLEConfig.from_json(v3) == NHLEConfig(steps=10, lr=0.1, target_scale=0.25, head_target="none")
     for record, needle in (
         ({"version": 1}, "retained_mean"),
         ({"version": 2}, "nearest_pair"),

@@ -43,3 +43,24 @@ def test_entropy_calibration_is_not_minmax(artifacts, tmp_path):
     assert scales["minmax"].keys() == scales["entropy"].keys() and len(scales["minmax"]) >= 3
     differ = [k for k in scales["minmax"] if not np.isclose(scales["minmax"][k], scales["entropy"][k], rtol=1e-3)]
     assert len(differ) >= len(scales["minmax"]) // 2, (scales, differ)
+
+
+def test_histogram_calibration_takes_a_sample_count_that_is_not_a_multiple_of_the_batch(artifacts, tmp_path):
+    """onnxruntime's percentile calibrator stacks every batch's outputs: a shorter last batch (100 = 3 × 32 + 4)
+    made it fail; the reader's batches now all have one size and every sample is read once."""
+    from edge_unlearn.export.quantize import _Reader
+
+    reader = _Reader("x", np.arange(100, dtype=np.float32)[:, None])
+    batches = list(iter(reader.get_next, None))
+    assert {len(b["x"]) for b in batches} == {25} and np.concatenate(
+        [b["x"] for b in batches]
+    ).ravel().tolist() == list(range(100))
+    out = tmp_path / "percentile.onnx"
+    with contextlib.redirect_stdout(io.StringIO()):
+        quantize_model(
+            artifacts.fp32,
+            out,
+            QuantizeConfig(precision="int8", target="cpu", calib_method="percentile", calib_samples=100),
+            calib="digits",
+        )
+    assert read_meta(out).quantization["calib_method"] == "percentile"
