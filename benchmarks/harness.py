@@ -110,6 +110,33 @@ def environment(**extra: Any) -> dict[str, Any]:
     return env
 
 
+#: the packages of the edge runtimes and their converters, for benchmarks that compare them
+RUNTIME_PACKAGES = (
+    "onnxruntime",
+    "openvino",
+    "nncf",
+    "ai-edge-litert",
+    "litert-torch",
+    "ai-edge-quantizer",
+    "executorch",
+    "torchao",
+    "torch",
+)
+
+
+def runtime_versions() -> dict[str, str]:
+    """The installed version of each of :data:`RUNTIME_PACKAGES` (absent ones left out)."""
+    from importlib import metadata
+
+    out = {}
+    for dist in RUNTIME_PACKAGES:
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+    return out
+
+
 def command_line(module: str, argv: Sequence[str] | None = None) -> str:
     """The command that reruns a benchmark: ``python -m <module> <argv>`` (``argv``: the process's by default)."""
     return shlex.join(["python", "-m", module, *(sys.argv[1:] if argv is None else argv)])

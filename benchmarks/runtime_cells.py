@@ -53,6 +53,7 @@ from benchmarks.harness import (
     provenance,
     results_dir,
     run_reporting_errors,
+    runtime_versions,
     use_threads,
     write_results,
 )
@@ -641,30 +642,11 @@ def run(args: argparse.Namespace) -> int:
         "max_disagreement": args.max_disagreement,
         "models": models,
         "cells": cells,
-        **provenance(MODULE, started=started, versions=_versions()),
+        **provenance(MODULE, started=started, versions=runtime_versions()),
     }
     stem = scratch or "runtime_cells"
     write_results(report, out / f"{stem}.json", text, out / f"{stem}.md")
     return 0
-
-
-def _versions() -> dict[str, str]:
-    from importlib import metadata
-
-    out = {}
-    for dist in (
-        "onnxruntime",
-        "openvino",
-        "nncf",
-        "ai-edge-litert",
-        "litert-torch",
-        "ai-edge-quantizer",
-        "executorch",
-        "torchao",
-    ):
-        with contextlib.suppress(metadata.PackageNotFoundError):
-            out[dist] = metadata.version(dist)
-    return out
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,8 +10,8 @@ runs through the product's runner (`edge_unlearn.deploy.bench.measure.bench_arte
 `edge-unlearn bench` reports. Calibration uses random normal inputs (timing only:
 accuracy is not measured here). Ratio = p50 / onnxruntime FP32's p50 at the same batch.
 
-    python benchmarks/runtimes.py --quick --work-dir /tmp/rt   # 20 iterations at batch 1, 3 at 64
-    python benchmarks/runtimes.py                               # 100 / 10 iterations
+    python -m benchmarks.runtimes --quick --work-dir /tmp/rt   # 20 iterations at batch 1, 3 at 64
+    python -m benchmarks.runtimes                               # 100 / 10 iterations
 
 Writes benchmarks/results/runtimes/runtimes[-quick].json and prints the table.
 """
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
 import io
 import json
 import os
@@ -31,6 +32,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from benchmarks.harness import provenance, runtime_versions
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "results" / "runtimes"
@@ -77,8 +80,7 @@ def make_artefacts(arch: str, folder: Path) -> list[tuple[str, str, Path, str | 
         ("onnxruntime", "fp32", fp32, "cpu"),
         ("onnxruntime", "int8", int8, "cpu"),
     ]
-    runs += _litert_runs(arch, folder, ckpt, calib)
-    runs += _executorch_runs(arch, folder, ckpt, calib)
+    runs += _checkpoint_runs(arch, folder, ckpt, calib)
     try:
         import openvino  # noqa: F401
     except ImportError:
@@ -96,42 +98,32 @@ def make_artefacts(arch: str, folder: Path) -> list[tuple[str, str, Path, str | 
     return runs
 
 
-def _litert_runs(arch: str, folder: Path, ckpt: Path, calib: np.ndarray) -> list[tuple[str, str, Path, None]]:
-    """LiteRT FP32 and INT8 (full integer) rows, when litert-torch (the converter) is installed here."""
-    try:
-        import litert_torch  # noqa: F401
-    except ImportError:
-        print("litert-torch not installed: the LiteRT rows are left out", file=sys.stderr)
-        return []
-    from edge_unlearn.export.litert import convert_litert
-
-    runs = []
-    for precision in ("fp32", "int8"):
-        path = folder / f"{arch}.{precision}.tflite"
-        if not path.is_file():
-            with contextlib.redirect_stdout(io.StringIO()):
-                convert_litert(ckpt, path, precision, calib_inputs=calib[:32] if precision == "int8" else None)
-        runs.append(("litert", precision, path, None))
-    return runs
+#: runtimes converted from the checkpoint: (row name, the converter's package, edge_unlearn.export module and
+#: function, file suffix)
+CHECKPOINT_CONVERTERS = (
+    ("litert", "litert_torch", "litert", "convert_litert", "tflite"),  # FP32, INT8 full integer
+    ("executorch", "executorch", "executorch", "convert_executorch", "pte"),  # XNNPACK FP32, PT2E INT8
+)
 
 
-def _executorch_runs(arch: str, folder: Path, ckpt: Path, calib: np.ndarray) -> list[tuple[str, str, Path, None]]:
-    """ExecuTorch FP32 and INT8 (PT2E, XNNPACK) rows, when executorch is installed here."""
-    try:
-        import executorch  # noqa: F401
-    except ImportError:
-        print("executorch not installed: the ExecuTorch rows are left out", file=sys.stderr)
-        return []
+def _checkpoint_runs(arch: str, folder: Path, ckpt: Path, calib: np.ndarray) -> list[tuple[str, str, Path, None]]:
+    """FP32 and INT8 rows of every :data:`CHECKPOINT_CONVERTERS` runtime whose converter is installed here."""
     from edge_unlearn import torch_runners  # noqa: F401  (registers the host's ExecuTorch runner, as the CLI does)
-    from edge_unlearn.export.executorch import convert_executorch
 
     runs = []
-    for precision in ("fp32", "int8"):
-        path = folder / f"{arch}.{precision}.pte"
-        if not path.is_file():
-            with contextlib.redirect_stdout(io.StringIO()):
-                convert_executorch(ckpt, path, precision, calib_inputs=calib[:32] if precision == "int8" else None)
-        runs.append(("executorch", precision, path, None))
+    for runtime, package, module, function, suffix in CHECKPOINT_CONVERTERS:
+        try:
+            importlib.import_module(package)
+        except ImportError:
+            print(f"{package} not installed: the {runtime} rows are left out", file=sys.stderr)
+            continue
+        convert = getattr(importlib.import_module(f"edge_unlearn.export.{module}"), function)
+        for precision in ("fp32", "int8"):
+            path = folder / f"{arch}.{precision}.{suffix}"
+            if not path.is_file():
+                with contextlib.redirect_stdout(io.StringIO()):
+                    convert(ckpt, path, precision, calib_inputs=calib[:32] if precision == "int8" else None)
+            runs.append((runtime, precision, path, None))
     return runs
 
 
@@ -175,7 +167,7 @@ def main() -> None:
     from edge_unlearn.deploy.bench.measure import cpu_model
 
     result = {
-        "script": "benchmarks/runtimes.py" + (" --quick" if args.quick else ""),
+        **provenance("benchmarks.runtimes"),
         "cpu": cpu_model(),
         "machine": platform.machine(),
         "threads": 1,
@@ -183,7 +175,7 @@ def main() -> None:
         "iterations": iterations,
         "forgotten_classes": list(FORGET),
         "seconds": round(time.time() - started, 1),
-        "versions": _versions(),
+        "versions": runtime_versions(),
         "rows": rows,
     }
     OUT.mkdir(parents=True, exist_ok=True)
@@ -191,25 +183,6 @@ def main() -> None:
     target.write_text(json.dumps(result, indent=2) + "\n")
     print(table(rows, list(iterations)))
     print(f"wrote {target.relative_to(ROOT)}")
-
-
-def _versions() -> dict[str, str]:
-    from importlib import metadata
-
-    out = {}
-    for dist in (
-        "onnxruntime",
-        "openvino",
-        "nncf",
-        "ai-edge-litert",
-        "litert-torch",
-        "ai-edge-quantizer",
-        "executorch",
-        "torch",
-    ):
-        with contextlib.suppress(metadata.PackageNotFoundError):
-            out[dist] = metadata.version(dist)
-    return out
 
 
 def table(rows: list[dict[str, Any]], batches: list[int]) -> str:
