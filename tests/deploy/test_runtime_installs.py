@@ -1,8 +1,10 @@
-"""The device install with another runtime: a fresh venv with the base install + ``[openvino]`` (and ``[litert]``,
-no torch) running validate and bench on an OpenVINO IR (and a .tflite) made here on the host.
+"""The device install with one more runtime, each on its own: a fresh venv with the base install + ``[openvino]``,
+another with the base install + ``[litert]`` (neither has torch), each running validate, bench, report and
+verify on an artefact of its runtime made here on the host.
 
 Same pattern as tests/deploy/test_base_install.py: the project's wheel, a new venv without system site-packages,
-``pip install 'edge_unlearn-*.whl[openvino,litert]'``; skipped with pip's reason when the venv cannot be made.
+``pip install 'edge_unlearn-*.whl[openvino]'`` (or ``[litert]``); skipped with pip's reason when the venv cannot be
+made, and before any install when the host cannot make the artefact (no OpenVINO, no litert-torch).
 """
 
 from __future__ import annotations
@@ -16,40 +18,47 @@ import pytest
 
 from tests.deploy.test_base_install import _run, fresh_venv
 
-pytest.importorskip("openvino", reason="OpenVINO is not installed here (the host makes the IR)")
+#: what each venv must (True) and must not (False) be able to import
+MODULES = ("torch", "openvino", "ai_edge_litert")
 
 
 @pytest.fixture(scope="module")
-def runtime_venv(tmp_path_factory) -> Path:
-    return fresh_venv(tmp_path_factory.mktemp("runtime-install"), "[openvino,litert]", timeout=900)
+def openvino_venv(tmp_path_factory) -> Path:
+    pytest.importorskip("openvino", reason="OpenVINO is not installed here (the host makes the IR)")
+    return fresh_venv(tmp_path_factory.mktemp("openvino-install"), "[openvino]", timeout=900)
 
 
-def test_validate_and_bench_an_ir_without_torch(runtime_venv, artifacts, tmp_path):
-    from edge_unlearn.export.openvino import convert_openvino
+@pytest.fixture(scope="module")
+def litert_venv(tmp_path_factory) -> Path:
+    pytest.importorskip("litert_torch", reason="litert-torch (the host's converter) is not installed")
+    return fresh_venv(tmp_path_factory.mktemp("litert-install"), "[litert]", timeout=900)
 
-    python, cli = runtime_venv / "python", runtime_venv / "edge-unlearn"
+
+def _importable(venv: Path, cwd: Path) -> dict[str, bool]:
     probe = _run(
         [
-            python,
+            venv / "python",
             "-c",
-            "import importlib.util as u, json; print(json.dumps([u.find_spec(m) is not None for m in "
-            "('torch', 'openvino', 'ai_edge_litert')]))",
+            f"import importlib.util as u, json; print(json.dumps([u.find_spec(m) is not None for m in {MODULES!r}]))",
         ],
-        tmp_path,
+        cwd,
     )
-    assert json.loads(probe.stdout) == [False, True, True], probe.stderr
-    ir = tmp_path / "model.int8.xml"
-    with contextlib.redirect_stdout(io.StringIO()):
-        convert_openvino(artifacts.fp32, ir, "int8", calib="digits", calib_samples=100)
-    validate = _run([cli, "validate", ir, "--bundle", artifacts.bundle, "--json"], tmp_path)
+    assert probe.returncode == 0, probe.stderr
+    return dict(zip(MODULES, json.loads(probe.stdout)))
+
+
+def _validate_bench_report(venv: Path, artefact: Path, bundle: Path, runtime: str, cwd: Path) -> None:
+    """validate (pass), bench (two batches), report (rendered with the verdict) and verify, into one run folder."""
+    cli, run = venv / "edge-unlearn", cwd / "run"
+    validate = _run([cli, "validate", artefact, "--bundle", bundle, "--json", "--run-dir", run], cwd)
     assert validate.returncode == 0, validate.stderr
-    report = json.loads(validate.stdout)
-    assert report["verdict"] == "pass" and report["environment"]["runtime"] == "openvino"
+    verdict = json.loads(validate.stdout)
+    assert verdict["verdict"] == "pass" and verdict["environment"]["runtime"] == runtime
     bench = _run(
         [
             cli,
             "bench",
-            ir,
+            artefact,
             "--batches",
             "1,4",
             "--iterations",
@@ -59,31 +68,46 @@ def test_validate_and_bench_an_ir_without_torch(runtime_venv, artifacts, tmp_pat
             "--threads",
             "1",
             "--json-out",
-            tmp_path / "bench.json",
+            cwd / "bench.json",
+            "--run-dir",
+            run,
             "-q",
         ],
-        tmp_path,
+        cwd,
     )
     assert bench.returncode == 0, bench.stderr
-    rows = json.loads((tmp_path / "bench.json").read_text())["results"]
-    assert [(r["runtime"], r["precision"], r["batch"]) for r in rows] == [
-        ("openvino", "int8", 1),
-        ("openvino", "int8", 4),
-    ]
+    rows = json.loads((cwd / "bench.json").read_text())["results"]
+    assert [(r["runtime"], r["batch"]) for r in rows] == [(runtime, 1), (runtime, 4)]
+    report = _run([cli, "report", run], cwd)
+    assert report.returncode == 0, report.stderr
+    html = (run / "report.html").read_text()
+    assert 'data-verdict="pass"' in html and "p50 ms" in html
+    verify = _run([cli, "verify", run, "--json"], cwd)
+    assert verify.returncode == 0 and json.loads(verify.stdout)["verdict"] == "pass", verify.stderr
+
+
+def test_base_plus_openvino_validates_benches_and_reports_an_ir_without_torch(openvino_venv, artifacts, tmp_path):
+    from edge_unlearn.export.openvino import convert_openvino
+
+    assert _importable(openvino_venv, tmp_path) == {"torch": False, "openvino": True, "ai_edge_litert": False}
+    ir = tmp_path / "model.int8.xml"
+    with contextlib.redirect_stdout(io.StringIO()):
+        convert_openvino(artifacts.fp32, ir, "int8", calib="digits", calib_samples=100)
+    _validate_bench_report(openvino_venv, ir, artifacts.bundle, "openvino", tmp_path)
     (tmp_path / "model.int8.bin").unlink()
-    lonely = _run([cli, "validate", ir, "--bundle", artifacts.bundle], tmp_path)
+    lonely = _run([openvino_venv / "edge-unlearn", "validate", ir, "--bundle", artifacts.bundle], tmp_path)
     assert lonely.returncode == 2 and lonely.stderr.count("\n") == 1 and "model.int8.bin" in lonely.stderr
 
 
-def test_validate_a_tflite_without_torch(runtime_venv, artifacts, tmp_path):
-    pytest.importorskip("litert_torch", reason="litert-torch (the host's converter) is not installed")
+def test_base_plus_litert_validates_benches_and_reports_a_tflite_without_torch(litert_venv, artifacts, tmp_path):
     from edge_unlearn.export.litert import convert_litert
 
+    assert _importable(litert_venv, tmp_path) == {"torch": False, "openvino": False, "ai_edge_litert": True}
     tflite = tmp_path / "model.tflite"
     with contextlib.redirect_stdout(io.StringIO()):
         convert_litert(artifacts.checkpoint, tflite)
-    validate = _run(
-        [runtime_venv / "edge-unlearn", "validate", tflite, "--bundle", artifacts.bundle, "--json"], tmp_path
-    )
-    assert validate.returncode == 0, validate.stderr
-    assert json.loads(validate.stdout)["environment"]["runtime"] == "litert"
+    _validate_bench_report(litert_venv, tflite, artifacts.bundle, "litert", tmp_path)
+    cut = tmp_path / "cut.tflite"
+    cut.write_bytes(tflite.read_bytes()[:1000])
+    truncated = _run([litert_venv / "edge-unlearn", "validate", cut, "--bundle", artifacts.bundle], tmp_path)
+    assert truncated.returncode == 2 and truncated.stderr.count("\n") == 1 and "cut.tflite" in truncated.stderr
