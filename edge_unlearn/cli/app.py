@@ -172,13 +172,16 @@ def print_forget_summary(s: dict[str, Any]) -> None:
             click.echo(f"  {name:24s} {_fmt(before):>8s} {_fmt(after):>8s}")
         click.echo(f"  retain_drop {s['retain_drop']:+.4f}")
     if "feature_step" in s:
-        if "feature_depth" in s:  # NHLE v2: a rank-one retargeting edit per layer
+        if "target_classes" in s:  # NHLE with class statistics: a rank-one retargeting edit per forgotten class
             click.echo(
-                f"  feature step: {s['feature_step']} ({s.get('feature_directions', 0)} layer(s) edited, "
-                f"forget features sent toward classes {s.get('target_classes')})"
+                f"  feature step: {s['feature_step']} ({s.get('feature_directions', 0)} edit(s), "
+                f"forget features sent toward classes {s['target_classes']})"
             )
         else:
             click.echo(f"  feature step: {s['feature_step']} ({s.get('feature_directions', 0)} direction(s) removed)")
+    if "head_step" in s:
+        scales = f" at scale {s['head_scales']}" if "head_scales" in s else ""
+        click.echo(f"  head step: {s['head_step']}{scales}")
 
 
 @main.command("forget", renamed={"--forget-samples": "--forget-images"})

@@ -74,7 +74,9 @@ def register_method(name: str, config_cls: type, needs: str, description: str, m
 
 
 def method_config(method: str, overrides: dict[str, Any] | None = None) -> Any:
-    """The method's config dataclass with ``overrides`` (None values keep the default)."""
+    """The method's config dataclass with ``overrides`` (None values keep the default). A ``version`` override
+    asks for an earlier version of the method: its record is migrated by the config's ``from_json`` (NHLE:
+    ``--set version=5`` runs version 5's head step), or refused in one line where it cannot be."""
     spec = get_method(method)
     fields = {f.name for f in dataclasses.fields(spec.config_cls)}
     values = {k: v for k, v in (overrides or {}).items() if v is not None}
@@ -82,6 +84,8 @@ def method_config(method: str, overrides: dict[str, Any] | None = None) -> Any:
     if unknown:
         raise UsageError(f"method {method} has no parameter {', '.join(unknown)}; it takes {', '.join(sorted(fields))}")
     check_params(spec.config_cls, values)  # issue #13: --set steps=abc / lr=NaN are one-line errors
+    if "version" in values and hasattr(spec.config_cls, "from_json"):
+        return spec.config_cls.from_json(values)
     return spec.config_cls(**values)
 
 

@@ -1,4 +1,4 @@
-"""NHLE: negative-hot label encoding + class weight masking (Wang, Bie, Jing, Zhi, 2026), config version 5.
+"""NHLE: negative-hot label encoding + class weight masking (Wang, Bie, Jing, Zhi, 2026), config version 6.
 
 Only the paper's abstract is public; this is our reading of it (docs/design.md §2; why each choice, measured
 against retraining: docs/nhle.md). From a few forget samples and no retained data, in seconds:
@@ -14,9 +14,10 @@ against retraining: docs/nhle.md). From a few forget samples and no retained dat
 2. **The head step** (:func:`retarget_head`, ``head_scale``; needs the head's input class statistics). The same
    rank-one edit on the head: the forget samples' mean penultimate features get the retained logits of a point
    between the retained classes' recorded penultimate means, mixed by the model's own answer on the forget
-   samples, at most ``head_scale`` of the way out and never sharper than the answer before the step; every
-   retained class's recorded mean keeps its logits exactly. The retained logits stop reading the class (the
-   retained-logit probe) and answer it with the model's own confusion, as a retrained model does.
+   samples, at most ``head_scale`` of the way out and never sharper than ``head_entropy_ratio`` (3/4) of the
+   masked original's entropy on them; every retained class's recorded mean keeps its logits exactly. The
+   retained logits stop reading the class (the retained-logit probe) and answer it with the model's own
+   confusion, a little more surely than the masked original, as a retrained model does.
 3. **Negative-hot label encoding.** Each forget sample's target is −1 on the forgotten classes and the model's
    own distribution over the retained classes; the bounded loss ``−Σ t_r log p_r − log(1 − p_forgotten)``
    trains only the forgotten classes' head rows, so no retained logit moves.
@@ -24,8 +25,9 @@ against retraining: docs/nhle.md). From a few forget samples and no retained dat
    ever predict a forgotten class. The forgotten classes' statistics are erased from the model.
 
 Versions 1–3 had 23 parameters; the ones that measured no benefit are gone (docs/nhle.md). Older records still
-load: :meth:`NHLEConfig.from_json` migrates a version 1–4 record whose parameters version 5 can honour (version
-4 ran the head step only when asked, toward the nearest class).
+load: :meth:`NHLEConfig.from_json` migrates a version 1–5 record whose parameters version 6 can honour (version
+5 kept the answer no sharper than before the head step; version 4 ran the head step only when asked, toward the
+nearest class).
 """
 
 from __future__ import annotations
@@ -47,8 +49,8 @@ DATA_FREE = ("batchnorm", "none")
 #: the retained classes' recorded means mixed by the model's own mean answer on the forget samples (a retrained
 #: model's confusion, TREW-like), the nearest retained class's recorded mean (version 4), or no head step
 HEAD_TARGETS = ("mixture", "nearest", "none")
-NHLE_CONFIG_VERSION = 5
-#: version 1–3 parameters and the only value versions 4–5 implement for each (a record with another value
+NHLE_CONFIG_VERSION = 6
+#: version 1–3 parameters and the only value versions 4–6 implement for each (a record with another value
 #: cannot be reproduced by this edge-unlearn: :meth:`NHLEConfig.from_json` says so)
 LEGACY_PARAMETERS: dict[str, Any] = {
     "neg_value": 1.0,
@@ -80,17 +82,21 @@ LEGACY_DEFAULTS: dict[int, dict[str, Any]] = {
 
 @dataclass(frozen=True)
 class NHLEConfig:
-    """NHLE's parameters (version 5). ``steps`` Adam steps at ``lr`` train the forgotten classes' head rows on
+    """NHLE's parameters (version 6). ``steps`` Adam steps at ``lr`` train the forgotten classes' head rows on
     the negative-hot targets; ``target_scale`` is where the feature step sends the forget samples' mean: that
     fraction of the nearest retained class's recorded mean (1: onto the class mean — confident; smaller: less
     confident); ``entropy_ratio`` (opt-in) sets that fraction per request instead: the one at which the forget
     samples' mean entropy over the retained classes is this ratio of the masked original's (0.7: a retrained
-    model's sharpness on digits; fashion measured mixed, docs/nhle.md); ``data_free``: the estimate used when the
+    model's sharpness on digits; fashion measured mixed, docs/nhle.md; the head step then keeps that sharpness,
+    version 5's limit, in place of ``head_entropy_ratio``); ``data_free``: the estimate used when the
     model has no class statistics (``none``: skip the feature step); ``head_scale``: how far out the head step
     sends the forget samples' mean penultimate features, as a fraction of its target; ``head_target``: that
     target, ``mixture`` (the retained classes' penultimate means mixed by the model's own answer, the scale
-    lowered until the answer is no sharper than before the step), ``nearest`` (the nearest retained class's
-    mean, version 4's opt-in) or ``none`` (no head step). Defaults measured against retrained models (docs/nhle.md)."""
+    lowered until the answer is no surer than ``head_entropy_ratio`` allows), ``nearest`` (the nearest retained class's
+    mean, version 4's opt-in) or ``none`` (no head step); ``head_entropy_ratio``: how sure the mixture's answer
+    may become, as a share of the masked original's mean entropy on the forget samples (a retrained model answers
+    a forgotten class more surely than the masked original on digits and fashion; ``None``: no surer than before
+    the head step, version 5). Defaults measured against retrained models (docs/nhle.md)."""
 
     steps: int = 20
     lr: float = 0.05
@@ -99,6 +105,7 @@ class NHLEConfig:
     entropy_ratio: float | None = None
     head_scale: float = 0.9
     head_target: str = "mixture"
+    head_entropy_ratio: float | None = 0.75
     version: int = NHLE_CONFIG_VERSION
 
     def __post_init__(self) -> None:
@@ -120,6 +127,11 @@ class NHLEConfig:
             raise UsageError(
                 f"nhle head_scale must be in (0, 1] (1: the head step's target itself), got {self.head_scale}"
             )
+        if self.head_entropy_ratio is not None and not 0 < self.head_entropy_ratio <= 2:
+            raise UsageError(
+                f"nhle head_entropy_ratio must be in (0, 2] (of the masked original's entropy on the forget "
+                f"samples) or null, got {self.head_entropy_ratio}"
+            )
         if self.head_target not in HEAD_TARGETS:
             raise UsageError(f"nhle head_target must be one of {', '.join(HEAD_TARGETS)}, got {self.head_target!r}")
         if not 0 < self.target_scale <= 1:
@@ -132,17 +144,20 @@ class NHLEConfig:
 
     @classmethod
     def from_json(cls, record: dict[str, Any]) -> NHLEConfig:
-        """A config from a lineage record of any version: version 4 keeps its head step (off unless recorded,
-        toward the nearest class); versions 1–3 are migrated when every parameter version 4 dropped holds the
-        value version 4 implements; otherwise one line says which cannot be."""
+        """A config from a lineage record of any version: version 5 keeps its head step's limit (no surer than
+        before the step); version 4 keeps its head step (off unless recorded, toward the nearest class); versions
+        1–3 are migrated when every parameter version 4 dropped holds the value version 4 implements; otherwise
+        one line says which cannot be."""
         version = int(record.get("version", 1))
         fields = {k: record[k] for k in cls.__dataclass_fields__ if k in record and k != "version"}
         if version == NHLE_CONFIG_VERSION:
             return cls(**fields)
+        if version == 5:  # its head step: no surer than before the step
+            return cls(**{**fields, "head_entropy_ratio": None})
         if version == 4:  # its head step: off unless recorded, then toward the nearest class
             scale = fields.pop("head_scale", None)
             head = {"head_target": "none"} if scale is None else {"head_target": "nearest", "head_scale": scale}
-            return cls(**{**fields, **head})
+            return cls(**{**fields, **head, "head_entropy_ratio": None})
         if not 1 <= version < NHLE_CONFIG_VERSION:
             raise UsageError(f"nhle config version {version} is unknown to this edge-unlearn")
         record = {**LEGACY_DEFAULTS[version], **record}
@@ -158,6 +173,7 @@ class NHLEConfig:
             target_scale=record["target_scale"],
             data_free=record.get("data_free", "batchnorm"),
             head_target="none",
+            head_entropy_ratio=None,
         )
 
 
@@ -399,8 +415,9 @@ def retarget_forget_features(
         act = _layer_input(model, layer, x).mean(0)
         targets[c] = nearest_retained_classes(model, act, keep)[0]
         direction = model.class_stats[targets[c]].float()
-        if entropy_ratio is not None:
-            scales[c] = _scale_for_entropy(model, layer, x, act, direction, retained, ~keep, entropy_ratio)
+        if entropy_ratio is not None:  # that share of the entropy the model (the masked original) has now
+            goal = entropy_ratio * _retained_entropy(model, x, ~keep)
+            scales[c] = _scale_for_entropy(model, layer, x, act, direction, retained, ~keep, goal)
         edited += retarget_layer(model, layer, act, direction * scales.get(c, target_scale), retained)
     return {"layers_edited": edited, "target_classes": targets, **({"target_scales": scales} if scales else {})}
 
@@ -413,13 +430,15 @@ def retarget_head(
     forget_classes: list[int],
     scale: float,
     target: str = "nearest",
+    entropy_floors: dict[int, float] | None = None,
 ) -> dict[str, object]:
     """The head step: for each forgotten class, :func:`retarget_layer` on the head sends its samples' mean
     penultimate features to the logits of ``scale`` × a target built from the retained classes' recorded
     penultimate means (:meth:`~edge_unlearn.models.UnlearnableClassifier.head_input_stats`), while every retained
     class's recorded mean keeps its logits exactly. ``target`` (:data:`HEAD_TARGETS`): the means mixed by the
-    model's own mean answer over the retained classes on the class's samples, with ``scale`` lowered until that
-    answer is no sharper than before the step (:func:`_scale_for_entropy`), or the nearest class's mean. A
+    model's own mean answer over the retained classes on the class's samples, with ``scale`` lowered until the
+    answer's mean entropy on them is not below ``entropy_floors[c]`` (default: its entropy before the step;
+    :func:`_scale_for_entropy`), or the nearest class's mean. A
     retrained model answers a forgotten class like an unsure image of the similar classes; the original's
     retained head rows, trained against the class, still read it (the retained-logit probe). Returns the target
     weights (mixture) or class (nearest) and the scale used for each forgotten class, or why the step did not run."""
@@ -440,12 +459,15 @@ def retarget_head(
         feats = model.features(x).float().flatten(1)
         mean = feats.mean(0)
         scales[c] = scale
-        if target == "mixture":  # never sharper than the answer before the head step
+        if target == "mixture":  # never sharper than the floor (default: the answer before the head step)
             answer = torch.softmax(model.head(feats).float()[:, keep], dim=1).mean(0).to(retained)
             goal = answer @ retained
             targets[c] = {int(k): round(float(w), 4) for k, w in zip(kept, answer)}
+            head_feats = feats.to(x.dtype)
+            floor = (entropy_floors or {}).get(c)
+            floor = _retained_entropy(model, x, ~keep, head_feats) if floor is None else floor
             scales[c] = _scale_for_entropy(
-                model, model.head, x, mean, goal, retained, ~keep, 1.0, hi=scale, feats=feats.to(x.dtype)
+                model, model.head, x, mean, goal, retained, ~keep, floor, hi=scale, feats=head_feats
             )
         else:
             targets[c] = int(kept[(retained - mean.to(retained)).norm(dim=1).argmin()])
@@ -475,17 +497,16 @@ def _scale_for_entropy(
     direction: torch.Tensor,
     retained_means: torch.Tensor,
     masked: torch.Tensor,
-    ratio: float,
+    goal: float,
     lo: float = 0.05,
     hi: float = 2.0,
     iterations: int = 12,
     feats: torch.Tensor | None = None,
 ) -> float:
     """The target scale at which the edited model's mean entropy over the retained classes on the forget
-    samples ``x`` is ``ratio`` × the unedited model's (the masked original's): bisection on a log scale
-    (entropy falls as the target moves out along ``direction``). The layer is left unedited. ``feats``: the
-    penultimate features of ``x`` when ``layer`` is the head (they do not change; only the head is rerun)."""
-    goal = ratio * _retained_entropy(model, x, masked, feats)
+    samples ``x`` is ``goal`` (nats; the largest scale in [``lo``, ``hi``] not below it): bisection on a log
+    scale (entropy falls as the target moves out along ``direction``). The layer is left unedited. ``feats``:
+    the penultimate features of ``x`` when ``layer`` is the head (they do not change; only the head is rerun)."""
     saved = {k: v.clone() for k, v in _edit_state(model, layer).items()}
 
     def entropy_at(scale: float) -> float:
@@ -581,6 +602,13 @@ def run_nhle(
     x = forget_set.inputs
     with torch.no_grad():  # the targets: the original's own distribution over the retained classes
         targets = torch.softmax(model.head(model.features(x)).masked_fill(~keep, float("-inf")), dim=1)
+    floors = None  # the head step's limit; with entropy_ratio (the asked sharpness) it keeps the feature step's
+    if config.head_entropy_ratio is not None and config.entropy_ratio is None:  # of the masked original's entropy
+        labels = forget_set.labels.to(targets.device)
+        entropy = -(targets * targets.clamp_min(1e-30).log()).sum(1)
+        floors = {
+            c: config.head_entropy_ratio * float(entropy[labels == c].mean()) for c in forget if (labels == c).any()
+        }
     details: dict[str, object] = {}
     if model.has_class_stats:
         step = "class_stats"
@@ -596,7 +624,9 @@ def run_nhle(
         step = f"none (no class statistics{'; data_free=none' if config.data_free == 'none' else ', no BatchNorm before the edit layer'})"
         edited = 0
     if config.head_target != "none":
-        details.update(retarget_head(model, x, forget_set.labels, forget, config.head_scale, config.head_target))
+        details.update(
+            retarget_head(model, x, forget_set.labels, forget, config.head_scale, config.head_target, floors)
+        )
     _train_forgotten_rows(model, x, keep, forget, targets, config, progress)
     model.drop_class_stats(forget)
     return {"feature_step": step, "feature_directions": edited, **details}

@@ -133,6 +133,27 @@ def test_already_forgotten(digits_checkpoint, tmp_path):
     assert_usage_error(run("forget", out, "--forget", "2", "-o", tmp_path / "g.safetensors"), "already forgotten")
 
 
+def test_forget_says_what_each_nhle_step_did_and_runs_an_earlier_version(digits_checkpoint, tmp_path):
+    """The text output names the feature step's and the head step's edits; ``--set version=5`` runs version 5's
+    method (recorded as the version-6 parameters that reproduce it); an unknown version is a usage error."""
+    out = tmp_path / "f.safetensors"
+    result = run("forget", digits_checkpoint, "--forget", "2", "--samples", "8", "--no-eval", "-o", out)
+    assert result.exit_code == 0, result.output
+    assert "feature step: class_stats (1 edit(s), forget features sent toward classes {2: " in result.output
+    assert "head step: class_stats at scale {2: " in result.output
+    old = tmp_path / "v5.safetensors"
+    result = run(
+        "forget", digits_checkpoint, "--forget", "2", "--samples", "8", "-o", old, "--json", "--set", "version=5"
+    )
+    params = json.loads(result.output)["params"]
+    assert params["version"] == 6 and params["head_entropy_ratio"] is None and params["head_target"] == "mixture"
+    assert_usage_error(
+        run("forget", digits_checkpoint, "--forget", "2", "-o", tmp_path / "x.safetensors", "--set", "version=9"),
+        "unknown",
+    )
+    assert not (tmp_path / "x.safetensors").exists()
+
+
 def test_listing_commands():
     assert "lenet" in run("models").output and "nhle" in run("methods").output
     assert "forget" in run("--help").output

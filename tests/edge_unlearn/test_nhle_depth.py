@@ -1,5 +1,5 @@
-"""NHLE's feature step (retargeting onto the nearest retained class), its head step (version 5: the model's own
-answer mixed over the retained classes), the class statistics recorded at every depth, and the versioned
+"""NHLE's feature step (retargeting onto the nearest retained class), its head step (versions 5–6: the model's
+own answer mixed over the retained classes), the class statistics recorded at every depth, and the versioned
 configuration (old records migrated)."""
 
 from __future__ import annotations
@@ -166,13 +166,14 @@ def _retained_entropy(model, x, keep):
     return float(-(log_p.exp() * log_p).sum(1).mean())
 
 
-def test_default_head_step_sends_the_forget_mean_to_the_mixture_no_sharper_and_keeps_every_retained_mean(
+def test_default_head_step_sends_the_forget_mean_to_the_mixture_at_the_entropy_floor_and_keeps_every_retained_mean(
     with_depth_stats, digits
 ):
-    """Version 5's head step: the forget samples' mean penultimate features get the retained logits of
+    """Version 6's head step: the forget samples' mean penultimate features get the retained logits of
     ``scale`` × the retained classes' recorded means mixed by the model's own answer on the forget samples, the
-    scale (≤ head_scale) such that the answer is no sharper than before the step; every retained class's
-    recorded mean keeps its logits; forgetting and retained accuracy hold."""
+    scale (≤ head_scale) the largest at which the answer's mean entropy on them is not below head_entropy_ratio
+    × the masked original's; every retained class's recorded mean keeps its logits; forgetting and retained
+    accuracy hold."""
     fs = _forget_set(digits, [3])
     means = with_depth_stats.head_input_stats().clone()
     keep = torch.ones(10, dtype=torch.bool)
@@ -195,10 +196,34 @@ def test_default_head_step_sends_the_forget_mean_to_the_mixture_no_sharper_and_k
         want = plain.head(scale * (answer @ means[keep]))[keep]
         torch.testing.assert_close(got, want, rtol=1e-2, atol=1e-2)
         assert not torch.allclose(plain.head(feats.mean(0))[keep], want, atol=1e-2)  # the step changed something
-    assert _retained_entropy(model, fs.inputs, keep) >= _retained_entropy(plain, fs.inputs, keep) - 0.02
+    floor = NHLEConfig().head_entropy_ratio * _retained_entropy(with_depth_stats.eval(), fs.inputs, keep)
+    entropy = _retained_entropy(model, fs.inputs, keep)
+    assert entropy >= floor - 0.02
+    assert scale == NHLEConfig().head_scale or entropy == pytest.approx(floor, abs=0.02), (scale, entropy, floor)
     after = evaluate_model(model, digits, [3], probe=False)
     base = evaluate_model(with_depth_stats, digits, [3], probe=False)
     assert after.forget_acc == 0 and after.forget_acc_unmasked == 0 and base.retain_acc - after.retain_acc <= 0.01
+
+
+def test_head_entropy_ratio_sets_how_sure_the_answer_becomes_and_version_5_keeps_it_as_before(with_depth_stats, digits):
+    """A smaller head_entropy_ratio lets the head step go further out (a surer answer, never past head_scale);
+    ``--set version=5`` (method_config's migration) runs version 5's limit: no surer than before the step."""
+    fs = _forget_set(digits, [3])
+    keep = torch.ones(10, dtype=torch.bool)
+    keep[3] = False
+    plain = forget(copy.deepcopy(with_depth_stats), fs, config=NHLEConfig(head_target="none")).model.eval()
+    runs = {
+        ratio: forget(copy.deepcopy(with_depth_stats), fs, config=NHLEConfig(head_scale=1.0, head_entropy_ratio=ratio))
+        for ratio in (0.5, 1.0)
+    }
+    scales = {ratio: r.details["head_scales"][3] for ratio, r in runs.items()}
+    entropies = {ratio: _retained_entropy(r.model.eval(), fs.inputs, keep) for ratio, r in runs.items()}
+    assert scales[0.5] > scales[1.0] and entropies[0.5] < entropies[1.0], (scales, entropies)
+    v5 = method_config("nhle", {"version": 5})
+    assert v5.head_entropy_ratio is None and v5.version == 6
+    old = forget(copy.deepcopy(with_depth_stats), fs, config=v5)
+    before = _retained_entropy(plain, fs.inputs, keep)
+    assert _retained_entropy(old.model.eval(), fs.inputs, keep) == pytest.approx(before, abs=0.02)
 
 
 def test_head_step_toward_the_nearest_class_keeps_every_retained_mean(with_depth_stats, digits):
@@ -262,6 +287,9 @@ def test_depth_statistics_survive_a_checkpoint_and_old_checkpoints_still_load(
         ({"head_scale": 0.0}, "head_scale"),
         ({"head_scale": 1.5}, "head_scale"),
         ({"head_target": "farthest"}, "head_target"),
+        ({"head_entropy_ratio": 0.0}, "head_entropy_ratio"),
+        ({"head_entropy_ratio": 3.0}, "head_entropy_ratio"),
+        ({"version": 9}, "unknown"),
         ({"data_free": "magic"}, "data_free"),
         ({"steps": -1}, "steps"),
         ({"feature_target": "nearest_pair"}, "feature_target"),
@@ -273,14 +301,23 @@ def test_bad_feature_parameters_are_one_clear_error(overrides, needle):
 
 
 def test_config_record_is_versioned_and_old_records_migrate():
-    assert NHLEConfig().version == 5 and NHLEConfig().to_json()["version"] == 5
+    assert NHLEConfig().version == 6 and NHLEConfig().to_json()["version"] == 6
     assert NHLEConfig.from_json(NHLEConfig(target_scale=0.5).to_json()) == NHLEConfig(target_scale=0.5)
+    legacy = NHLEConfig(head_entropy_ratio=None)
+    assert NHLEConfig.from_json(legacy.to_json()) == legacy
+    v5 = {**NHLEConfig().to_json(), "version": 5}
+    del v5["head_entropy_ratio"]
+    assert NHLEConfig.from_json(v5) == legacy  # version 5: no surer than before the head step
     v4 = {"version": 4, "steps": 20, "lr": 0.05, "target_scale": 0.35, "data_free": "batchnorm", "entropy_ratio": None}
-    assert NHLEConfig.from_json(v4) == NHLEConfig(head_target="none")  # version 4's default: no head step
-    assert NHLEConfig.from_json({**v4, "head_scale": None}) == NHLEConfig(head_target="none")
-    assert NHLEConfig.from_json({**v4, "head_scale": 0.7}) == NHLEConfig(head_scale=0.7, head_target="nearest")
+    assert NHLEConfig.from_json(v4) == NHLEConfig(head_target="none", head_entropy_ratio=None)  # no head step
+    assert NHLEConfig.from_json({**v4, "head_scale": None}) == NHLEConfig(head_target="none", head_entropy_ratio=None)
+    assert NHLEConfig.from_json({**v4, "head_scale": 0.7}) == NHLEConfig(
+        head_scale=0.7, head_target="nearest", head_entropy_ratio=None
+    )
     v3 = {"version": 3, "steps": 10, "lr": 0.1, "feature_target": "nearest_class", "scope": "forgotten_rows"}
-    assert NHLEConfig.from_json(v3) == NHLEConfig(steps=10, lr=0.1, target_scale=0.25, head_target="none")
+    assert NHLEConfig.from_json(v3) == NHLEConfig(
+        steps=10, lr=0.1, target_scale=0.25, head_target="none", head_entropy_ratio=None
+    )
     for record, needle in (
         ({"version": 1}, "retained_mean"),
         ({"version": 2}, "nearest_pair"),
