@@ -189,7 +189,11 @@ def cached_train(
     """Train (or load the model cached under the recipe's :func:`cache_key`): (model, training seconds, key).
 
     Files: ``<cache>/<arch>_<key>.safetensors`` and ``.json`` (``seconds``: those of the run that trained it;
-    None for a model trained elsewhere and adopted into the cache)."""
+    None for a model trained elsewhere and adopted into the cache; ``trained_with``: torch's version and thread
+    count then — the key leaves them out so a cache serves any machine, but on CPU another thread count sums in
+    another order and trains other weights: docs/training.md)."""
+    import torch
+
     from edge_unlearn.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
     from edge_unlearn.training import train_model
 
@@ -211,7 +215,13 @@ def cached_train(
     save_checkpoint(path, result.model, meta)
     info.write_text(
         json.dumps(
-            {"seconds": result.seconds, "arch": arch, "recipe": recipe_json(recipe), "forget": sorted(forget_classes)}
+            {
+                "seconds": result.seconds,
+                "arch": arch,
+                "recipe": recipe_json(recipe),
+                "forget": sorted(forget_classes),
+                "trained_with": {"torch": torch.__version__, "threads": torch.get_num_threads()},
+            }
         )
     )
     return result.model, result.seconds, key

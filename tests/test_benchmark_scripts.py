@@ -191,6 +191,8 @@ def test_cached_train_trains_once_then_loads_what_it_saved(digits, tmp_path, tor
     recipe = TrainConfig(epochs=1, min_steps=20, seed=0, device="cpu")
     model, seconds, key = cached_train(tmp_path, "lenet", digits, data_digest(digits), recipe, (3,))
     assert sorted(p.name for p in tmp_path.iterdir()) == [f"lenet_{key}.json", f"lenet_{key}.safetensors"]
+    info = json.loads((tmp_path / f"lenet_{key}.json").read_text())
+    assert info["trained_with"] == {"torch": torch.__version__, "threads": torch.get_num_threads()}
     again, again_seconds, again_key = cached_train(tmp_path, "lenet", digits, data_digest(digits), recipe, (3,))
     assert (again_key, again_seconds) == (key, seconds)  # the seconds of the run that trained it, not a new run
     for name, tensor in model.state_dict().items():

@@ -78,3 +78,26 @@ def test_unknown_target_is_one_line_and_exit_2(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "best" in err[0] and "mixture_original" in err[0]
     assert not (tmp_path / "o.json").exists()
+
+
+def test_output_measures_on_cached_features_are_the_audits_figures(digits_checkpoint, digits):
+    """Each figure of the table is the one forgetting_depth reports for the same model (its audit functions run on
+    the model itself): same image draws, same probe, same MIA, same TV."""
+    from benchmarks.research.head_step_targets import image_sets, output_measures, penultimate
+    from edge_unlearn.attacks import mia_entropy
+    from edge_unlearn.metrics import RETAINED_LOGITS, probe_forget_accuracy_by_depth
+    from edge_unlearn.output_audit import forget_test_log_softmax, output_figures
+
+    original = load_checkpoint(digits_checkpoint).model
+    model = forget(original, forget_set(digits, [5], 32), method="nhle").model
+    reference = original  # any other model will do: its answer over the retained classes is the reference
+    sets = image_sets(digits, 5)
+    figures, _ = output_measures(
+        model.head, penultimate(model, digits, sets), digits, sets, 5, forget_test_log_softmax(reference, digits, [5])
+    )
+    audit = output_figures(model, digits, [5], [reference])
+    assert figures["out_entropy"] == pytest.approx(audit["entropy"], abs=1e-6)
+    assert figures["out_tv"] == pytest.approx(audit["tv"], abs=1e-6)
+    assert figures["mia_entropy"] == pytest.approx(mia_entropy(model, digits, [5]), abs=1e-9)
+    probe = probe_forget_accuracy_by_depth(model, digits, [5])[RETAINED_LOGITS]
+    assert figures["probe@retained_logits"] == pytest.approx(probe, abs=1e-9)
