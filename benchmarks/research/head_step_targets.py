@@ -28,7 +28,6 @@ import argparse
 import copy
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -62,7 +61,7 @@ from edge_unlearn.models import UnlearnableClassifier
 from edge_unlearn.output_audit import entropy_of, total_variation
 from edge_unlearn.training import TrainConfig
 from edge_unlearn.unlearn import ForgetSet, forget, method_config
-from edge_unlearn.unlearn.nhle import NHLEConfig
+from edge_unlearn.unlearn.nhle import NHLEConfig, largest_scale_above
 
 TARGETS = ("mixture", "mixture_original", "nearest", "groups", "sharpened")
 #: the audit's draws (forgetting_audit's defaults): probe training images, MIA images per set
@@ -151,19 +150,6 @@ def mean_entropy(head: nn.Module, feats: torch.Tensor, keep: torch.Tensor) -> fl
         return float(entropy_of(torch.log_softmax(head(feats).double()[:, keep], 1)).mean())
 
 
-def largest_scale(entropy_at: Callable[[float], float], floor: float, lo: float, hi: float, steps: int = 12) -> float:
-    """Version 6's rule (``_scale_for_entropy``): the largest scale in [lo, hi] with entropy >= ``floor``
-    (entropy falls as the scale grows), by bisection on a log scale."""
-    if entropy_at(hi) >= floor:
-        return hi
-    if entropy_at(lo) <= floor:
-        return lo
-    for _ in range(steps):
-        mid = (lo * hi) ** 0.5
-        lo, hi = (mid, hi) if entropy_at(mid) > floor else (lo, mid)
-    return (lo * hi) ** 0.5
-
-
 def head_targets(
     head: nn.Linear,
     head0: nn.Linear,
@@ -186,7 +172,7 @@ def head_targets(
         def entropy_at(scale: float) -> float:
             return mean_entropy(retarget_points(head, points, scale * goal, retained), forget_feats, keep)
 
-        scale = largest_scale(entropy_at, floor, 0.05, config.head_scale)
+        scale = largest_scale_above(entropy_at, floor, 0.05, config.head_scale)
         return retarget_points(head, points, scale * goal, retained), scale
 
     out: dict[str, dict[str, Any]] = {}

@@ -32,6 +32,7 @@ nearest class).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -517,6 +518,14 @@ def _scale_for_entropy(
             for k, v in _edit_state(model, layer).items():
                 v.copy_(saved[k])
 
+    return largest_scale_above(entropy_at, goal, lo, hi, iterations)
+
+
+def largest_scale_above(
+    entropy_at: Callable[[float], float], goal: float, lo: float, hi: float, iterations: int = 12
+) -> float:
+    """The largest scale in [``lo``, ``hi``] at which ``entropy_at`` (falling as the scale grows) is not below
+    ``goal``: ``hi`` or ``lo`` when the whole range is on one side, else bisection on a log scale."""
     if entropy_at(hi) >= goal:
         return hi
     if entropy_at(lo) <= goal:

@@ -6,6 +6,8 @@ import copy
 
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 
 from edge_unlearn.checkpoint import load_checkpoint
 from edge_unlearn.data import preprocess
@@ -13,7 +15,7 @@ from edge_unlearn.errors import UsageError
 from edge_unlearn.metrics import evaluate_model
 from edge_unlearn.models import build_model
 from edge_unlearn.unlearn import METHODS, ForgetSet, forget, list_methods, method_config
-from edge_unlearn.unlearn.nhle import NHLEConfig, project_forget_directions
+from edge_unlearn.unlearn.nhle import NHLEConfig, largest_scale_above, project_forget_directions
 from tests.conftest import forget_set
 
 
@@ -140,3 +142,17 @@ def test_projection_keeps_retained_mean_on_every_edit_layer_kind(arch, shape):
     torch.testing.assert_close(after, before, rtol=1e-3, atol=1e-3)
     result = forget(model, ForgetSet(x[y == 2], y[y == 2], (2,)), method="nhle")
     assert result.model.forgotten_classes == [2]
+
+
+@given(st.floats(0.06, 1.9), st.floats(0.1, 4.0))
+def test_largest_scale_above_finds_where_a_falling_entropy_crosses_the_goal(crossing, steepness):
+    """Version 6's rule: the largest scale whose entropy is not below the goal, for any falling curve; the ends
+    of the range when the whole range is on one side of the goal."""
+
+    def entropy_at(scale: float) -> float:
+        return 1.0 - steepness * (scale - crossing)  # equals the goal 1.0 at ``crossing``
+
+    found = largest_scale_above(entropy_at, 1.0, 0.05, 2.0)
+    assert found == pytest.approx(crossing, rel=0.01)
+    assert largest_scale_above(entropy_at, entropy_at(2.0) - 0.1, 0.05, 2.0) == 2.0
+    assert largest_scale_above(entropy_at, entropy_at(0.05) + 0.1, 0.05, 2.0) == 0.05
