@@ -183,6 +183,19 @@ def cache_key(arch: str, digest: str, recipe: TrainConfig, forget_classes: Seque
     ).hexdigest()[:16]
 
 
+def add_model_cache_and_output_args(parser: Any) -> None:
+    """The options every study on forgetting_depth's model cache takes: ``--out-dir`` (the cache), ``--json``,
+    ``--md``."""
+    parser.add_argument(
+        "--out-dir",
+        type=Path,
+        default=SCRATCH / "forgetting_depth",
+        help="the trained-model cache (forgetting_depth's)",
+    )
+    parser.add_argument("--json", type=Path)
+    parser.add_argument("--md", type=Path)
+
+
 def cached_train(
     cache: Path, arch: str, data: Dataset, digest: str, recipe: TrainConfig, forget_classes: tuple[int, ...] = ()
 ) -> tuple[UnlearnableClassifier, float | None, str]:

@@ -29,7 +29,6 @@ import copy
 import sys
 import time
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -45,7 +44,7 @@ from benchmarks.forgetting_depth import (
     TV_MARGIN,
 )
 from benchmarks.harness import (
-    SCRATCH,
+    add_model_cache_and_output_args,
     cached_train,
     data_digest,
     provenance,
@@ -356,14 +355,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--samples", type=int, default=32, help="forget samples per class (the CLI default)")
     parser.add_argument("--head-scale", type=float, default=NHLEConfig.head_scale)
     parser.add_argument("--head-entropy-ratio", type=float, default=NHLEConfig.head_entropy_ratio)
-    parser.add_argument(
-        "--out-dir",
-        type=Path,
-        default=SCRATCH / "forgetting_depth",
-        help="the trained-model cache (forgetting_depth's)",
-    )
-    parser.add_argument("--json", type=Path)
-    parser.add_argument("--md", type=Path)
+    add_model_cache_and_output_args(parser)
     return run_reporting_errors(run, parser.parse_args(argv))
 
 

@@ -23,7 +23,7 @@ from typing import Any
 
 from benchmarks.forgetting_depth import PRESETS, adopt_original, measure, summarise, table
 from benchmarks.harness import (
-    SCRATCH,
+    add_model_cache_and_output_args,
     cached_train,
     data_digest,
     provenance,
@@ -49,14 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--probe-train-size", type=int, default=5000)
     parser.add_argument("--relearn-max-steps", type=int, default=50)
     parser.add_argument("--device", default="auto")
-    parser.add_argument(
-        "--out-dir",
-        type=Path,
-        default=SCRATCH / "forgetting_depth",
-        help="the trained-model cache (forgetting_depth's)",
-    )
-    parser.add_argument("--json", type=Path)
-    parser.add_argument("--md", type=Path)
+    add_model_cache_and_output_args(parser)
     return run_reporting_errors(run, parser.parse_args(argv))
 
 
