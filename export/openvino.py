@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from edge_unlearn.deploy.onnx_meta import check_output_path, read_meta
-from edge_unlearn.deploy.runners_openvino import import_openvino, read_ir_meta, write_ir_meta
+from edge_unlearn.deploy.runners_openvino import compile_for_cpu, import_openvino, read_ir_meta, write_ir_meta
 from edge_unlearn.deploy.structure_openvino import analyse_ir, ir_static_checks
 from edge_unlearn.errors import DependencyError, ModelFileError, UsageError
 from edge_unlearn.fileio import atomic_output, sha256_file
@@ -202,7 +202,7 @@ def _quantize_with_accuracy_control(
     what the metadata records: max_drop, the agreement the model reaches (recomputed on the same images) and the
     compute ops left in float."""
     output = meta.output_name
-    reference = ov.Core().compile_model(model, "CPU")
+    reference = compile_for_cpu(model)
     top1 = np.asarray(reference(images)[reference.output(output)]).argmax(1)
     items = [(images[i : i + 1], int(top1[i])) for i in range(len(images))]
 
@@ -233,7 +233,7 @@ def _quantize_with_accuracy_control(
             "by reverting every quantized op to float: no INT8 op is left; nothing written (convert in fp32, or "
             "allow more disagreement)"
         )
-    reached, _ = agreement(ov.Core().compile_model(quantized, "CPU"), items)
+    reached, _ = agreement(compile_for_cpu(quantized), items)
     if reached < 1 - max_drop - 1e-9:
         raise ModelFileError(
             f"accuracy-controlled INT8 agrees with the FP32 model on {reached:.4f} of {len(items)} retained-class "
@@ -286,7 +286,7 @@ def _self_check(ov: Any, xml: Path, meta: Any) -> None:
     if failed:
         raise ModelFileError(f"the OpenVINO IR fails the gate's structural checks, nothing written: {failed[0]}")
     x = np.random.default_rng(0).standard_normal((4, *meta.input_shape)).astype(np.float32)
-    compiled = ov.Core().compile_model(model, "CPU")
+    compiled = compile_for_cpu(model)
     result = compiled(x)
     out = np.asarray(result[compiled.output(meta.output_name)])
     forgotten = list(meta.forgotten_classes)

@@ -1,5 +1,6 @@
 """The OpenVINO runner: an OpenVINO IR (``.xml`` + ``.bin`` from ``edge-unlearn convert --to openvino``) or an
-edge-unlearn ONNX file (``--provider openvino``) compiled for the CPU by ``openvino.Core().compile_model``.
+edge-unlearn ONNX file (``--provider openvino``) compiled for the CPU by ``openvino.Core().compile_model``, in f32
+(OpenVINO's default on CPUs with AMX or AVX-512 BF16 is bf16: :data:`CPU_CONFIG`).
 
 The IR carries the ONNX file's edge-unlearn metadata in its ``rt_info`` (``framework`` section, same keys:
 ``openvino.convert_model`` copies them and the converter rewrites them for the IR's precision), so ``validate``,
@@ -26,6 +27,10 @@ META_SECTION = "framework"
 NEEDS_OPENVINO = (
     "this needs OpenVINO, which is not installed here; install it with pip install 'edge-unlearn[openvino]'"
 )
+#: OpenVINO's CPU plugin runs every model in bf16 on CPUs with AMX or AVX-512 BF16 (Sapphire Rapids and later)
+#: unless told otherwise; every compile here asks for f32, so a figure is that of the precision the file declares
+#: on any Intel CPU (NNCF's own inference does the same). An application should pass the same hint.
+CPU_CONFIG: dict[str, Any] = {"INFERENCE_PRECISION_HINT": "f32"}
 
 
 def import_openvino() -> Any:
@@ -34,6 +39,13 @@ def import_openvino() -> Any:
     except ImportError as exc:
         raise DependencyError(NEEDS_OPENVINO) from exc
     return openvino
+
+
+def compile_for_cpu(model: Any, threads: int | None = None) -> Any:
+    """``openvino.Core().compile_model(model, "CPU")`` in f32 (:data:`CPU_CONFIG`), on ``threads`` threads if
+    given; ``model``: an ``openvino.Model`` or a file path."""
+    config = {**CPU_CONFIG, **({"INFERENCE_NUM_THREADS": int(threads)} if threads else {})}
+    return import_openvino().Core().compile_model(model, "CPU", config)
 
 
 def weights_path(xml: str | Path) -> Path:
@@ -83,7 +95,8 @@ def _first_line(exc: BaseException) -> str:
 
 
 class OpenVinoRunner(Runner):
-    """``openvino.Core().compile_model(model, "CPU")`` on an IR or an edge-unlearn ONNX file."""
+    """``openvino.Core().compile_model(model, "CPU")`` in f32 (:data:`CPU_CONFIG`) on an IR or an edge-unlearn
+    ONNX file."""
 
     runtime = "openvino"
 
@@ -102,10 +115,8 @@ class OpenVinoRunner(Runner):
         self._request = None
 
     def activate_impl(self) -> None:
-        ov = import_openvino()
-        config = {"INFERENCE_NUM_THREADS": int(self.threads)} if self.threads else {}
         try:
-            self._compiled = ov.Core().compile_model(self._model or self.path, "CPU", config)
+            self._compiled = compile_for_cpu(self._model or self.path, self.threads)
         except Exception as exc:  # noqa: BLE001 - OpenVINO's errors carry C++ frames
             raise ModelFileError(f"OpenVINO cannot compile {self.path} for the CPU: {_first_line(exc)}") from exc
         self._request = self._compiled.create_infer_request()
@@ -183,7 +194,7 @@ class OpenVinoRunner(Runner):
             "provider": "CPU",
             "precision": self.meta.precision,
             "quant_layout": "nncf" if self.is_ir and self.meta.precision == "int8" else "",
-            "inference_precision": str(compiled.get_property("INFERENCE_PRECISION_HINT")) if compiled else None,
+            "inference_precision": compiled.get_property("INFERENCE_PRECISION_HINT").to_string() if compiled else None,
             "device": str(core.get_property("CPU", "FULL_DEVICE_NAME")),
             "num_classes": self.meta.num_classes,
             "forgotten_classes": list(self.meta.forgotten_classes),
