@@ -347,3 +347,20 @@ def test_accuracy_control_puts_layers_back_in_float_until_the_bound_holds(artifa
 def test_max_disagreement_outside_openvino_int8_is_one_line(artifacts, tmp_path, extra, needle):
     one_line_error(invoke_cli(["convert", artifacts.fp32, *extra, "-o", tmp_path / "m.xml"]), needle)
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
+def test_openvinos_bf16_default_keeps_the_fill_exact_and_the_forgotten_classes_out(irs, artifacts, precision):
+    """What runs where an application leaves OpenVINO's default, on a CPU where that default is bf16: the logits
+    move (the gate measures f32), but the forgotten classes' fill stays exact and none of them is ever predicted."""
+    core = ov.Core()
+    if "BF16" not in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+        pytest.skip("this CPU has no bf16: OpenVINO's default is f32 here, the case does not arise")
+    compiled = core.compile_model(str(irs[precision]), "CPU")  # the application's default: no hint
+    assert compiled.get_property("INFERENCE_PRECISION_HINT").to_string() == "bf16"
+    x = np.load(artifacts.bundle)["inputs"]
+    default = np.asarray(compiled(x)[compiled.output("logits")])
+    forgotten = list(read_meta(artifacts.fp32).forgotten_classes)
+    assert np.all(default[:, forgotten] == np.float32(-1e4))
+    assert not np.isin(default.argmax(1), forgotten).any()
+    assert float(np.mean(default.argmax(1) == _ov_logits(irs[precision], x).argmax(1))) >= 0.99
