@@ -158,7 +158,7 @@ def convert_openvino(
                     f"{len(validation_inputs)} retained-class images"
                 )
             model, control = _quantize_with_accuracy_control(
-                nncf, ov, model, batches, scope, validation_inputs, max_disagreement, meta
+                nncf, model, batches, scope, validation_inputs, max_disagreement, meta
             )
             control["validation"] = "calibration inputs" if validation_inputs is calib_inputs else (calib or "(inputs)")
     info = {
@@ -189,7 +189,6 @@ def convert_openvino(
 
 def _quantize_with_accuracy_control(
     nncf: Any,
-    ov: Any,
     model: Any,
     batches: list[np.ndarray],
     scope: Any,
